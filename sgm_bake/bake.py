@@ -1,0 +1,326 @@
+"""Bake: write a checkpoint whose MLP weights carry the suppression factors.
+
+The output has the source's file set, tensor names, dtypes, shapes, safetensors metadata and
+sharding; only the targeted projection weights (and their biases, for output units) differ.
+Shards are streamed one tensor block at a time, so memory stays at a few blocks for any model
+size. Everything is written into a temporary folder and renamed into place at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from sgm_bake.checkpoint import (
+    BIN_INDEX,
+    SAFE_INDEX,
+    Checkpoint,
+    bin_to_safetensors_name,
+    load_bin,
+    open_checkpoint,
+)
+from sgm_bake.errors import SGMError
+from sgm_bake.expertise import Expertise, ModuleExpertise, ResolvedUnits, save_expertise
+from sgm_bake.fold import fold_weight, unit_axis
+from sgm_bake.outdir import atomic_folder, check_target
+from sgm_bake.recipes import CheckpointLayout, Recipe, recipe_for_config, resolve_checkpoint_layout
+from sgm_bake.safetensors_io import (
+    FOLDABLE,
+    TORCH_TO_TAG,
+    file_sha256,
+    rewrite_file,
+    write_tensors,
+)
+from sgm_bake.source import Source
+
+logger = logging.getLogger(__name__)
+
+SGM_DIR = "sgm"
+EXPERTISE_FILE = "expertise.safetensors"
+RECORD_FILE = "bake.json"
+SKIPPED_DIRS = {".git", ".cache", ".huggingface", SGM_DIR}
+
+
+@dataclass(frozen=True)
+class BakeOptions:
+    """Knobs of a bake."""
+
+    overwrite: bool = False
+    recipe_file: Path | None = None
+    progress: bool = True
+    command: str | None = None
+    extra_record: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class TensorEdit:
+    """The factors to apply to one checkpoint tensor, per axis of its stored form."""
+
+    key: str
+    shape: tuple[int, ...]
+    dtype: str
+    row_scale: torch.Tensor | None = None
+    col_scale: torch.Tensor | None = None
+
+    def scale_axis(self, axis: int, factors: torch.Tensor) -> None:
+        current = self.row_scale if axis == 0 else self.col_scale
+        combined = factors if current is None else current * factors
+        if axis == 0:
+            self.row_scale = combined
+        else:
+            self.col_scale = combined
+
+    def fold_block(self, block: torch.Tensor, first_row: int) -> torch.Tensor:
+        """Fold rows [first_row, first_row + len(block)) of this tensor."""
+        rows = None
+        if self.row_scale is not None:
+            rows = self.row_scale[first_row : first_row + block.shape[0]]
+        if block.ndim == 1:
+            return fold_weight(block[:, None], rows, None)[:, 0]
+        if len(self.shape) == 1:
+            return fold_weight(block, rows, None)
+        return fold_weight(block, rows, self.col_scale)
+
+
+@dataclass(frozen=True)
+class BakePlan:
+    """Everything decided before a byte is written."""
+
+    checkpoint: Checkpoint
+    recipe: Recipe
+    layout: CheckpointLayout
+    units: list[ResolvedUnits]
+    edits: dict[str, TensorEdit]
+    key_files: dict[str, str]
+
+
+def _tensor_shapes(checkpoint: Checkpoint) -> dict[str, tuple[tuple[int, ...], str]]:
+    if checkpoint.format == "safetensors":
+        return {
+            key: (info.shape, info.dtype)
+            for header in checkpoint.headers.values()
+            for key, info in header.tensors.items()
+        }
+    shapes = {}
+    for name in checkpoint.weight_files:
+        for key, tensor in load_bin(checkpoint.root / name).items():
+            shapes[key] = (tuple(tensor.shape), TORCH_TO_TAG.get(tensor.dtype, str(tensor.dtype)))
+    return shapes
+
+
+def plan_bake(
+    checkpoint: Checkpoint, expertise: Expertise, recipe_file: Path | None = None
+) -> BakePlan:
+    """Map every expertise entry to checkpoint tensors and check that the factors fit them."""
+    recipe = recipe_for_config(checkpoint.config, recipe_file)
+    key_files = checkpoint.tensor_keys()
+    layout = resolve_checkpoint_layout(recipe, checkpoint.config, key_files)
+    shapes = _tensor_shapes(checkpoint)
+    units = expertise.resolve(recipe, layout.layers)
+    edits: dict[str, TensorEdit] = {}
+    for unit in units:
+        key = layout.weight_key(unit.layer, unit.projection)
+        shape, dtype = shapes[key]
+        if len(shape) != 2:
+            raise SGMError(
+                f"checkpoint tensor {key!r} has shape {list(shape)}; expected a 2-D weight"
+            )
+        if dtype not in FOLDABLE:
+            raise SGMError(
+                f"checkpoint tensor {key!r} is stored as {dtype}; only F32, F16 and BF16 weights "
+                "can be folded (bake the unquantized model)"
+            )
+        axis = unit_axis(unit.projection.layout, unit.side)
+        alpha = unit.entry.alpha
+        if alpha.numel() != shape[axis]:
+            raise SGMError(
+                f"expertise for {unit.source_name!r} has {alpha.numel()} {unit.side} units but "
+                f"the checkpoint tensor {key!r} has {shape[axis]} (shape {list(shape)}); the "
+                "expertise was made for another model"
+            )
+        edits.setdefault(key, TensorEdit(key, shape, dtype)).scale_axis(axis, alpha)
+        bias_key = layout.bias_key(unit.layer, unit.projection)
+        if unit.side == "output" and bias_key in shapes:
+            edits.setdefault(
+                bias_key, TensorEdit(bias_key, shapes[bias_key][0], shapes[bias_key][1])
+            )
+            edits[bias_key].scale_axis(0, alpha)
+    return BakePlan(checkpoint, recipe, layout, units, edits, key_files)
+
+
+def canonical_expertise(plan: BakePlan, expertise: Expertise) -> Expertise:
+    """The expertise renamed to the recipe's current runtime module names."""
+    modules = {}
+    for unit in plan.units:
+        name = plan.recipe.runtime_name(unit.layer, unit.projection)
+        entry = unit.entry
+        modules[name] = ModuleExpertise(name, unit.side, entry.alpha, entry.auroc)
+    return Expertise(modules, dict(expertise.metadata))
+
+
+def _copy_other_files(checkpoint: Checkpoint, staging: Path) -> list[str]:
+    """Copy every non-weight file verbatim; return the weight files that were left out."""
+    dropped = []
+    for path in sorted(checkpoint.root.rglob("*")):
+        relative = path.relative_to(checkpoint.root)
+        if (
+            any(part in SKIPPED_DIRS for part in relative.parts[:-1])
+            or relative.parts[0] in SKIPPED_DIRS
+        ):
+            continue
+        if not path.is_file():
+            continue
+        name = relative.as_posix()
+        if name in (SAFE_INDEX, BIN_INDEX):
+            continue
+        if checkpoint.is_weight_file(name):
+            if name not in checkpoint.weight_files:
+                dropped.append(name)
+            continue
+        target = staging / relative
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, target)
+    return dropped
+
+
+def _write_weights(plan: BakePlan, staging: Path, progress: bool) -> None:
+    checkpoint = plan.checkpoint
+    per_file: dict[str, dict[str, Callable[[torch.Tensor, int], torch.Tensor]]] = {}
+    for key, edit in plan.edits.items():
+        per_file.setdefault(plan.key_files[key], {})[key] = edit.fold_block
+    total = sum((checkpoint.root / name).stat().st_size for name in checkpoint.weight_files)
+    with tqdm(
+        total=total, unit="B", unit_scale=True, desc="baking", disable=not progress, file=sys.stderr
+    ) as bar:
+        if checkpoint.format == "safetensors":
+            for name, header in checkpoint.headers.items():
+                rewrite_file(header, staging / name, per_file.get(name, {}), bar.update)
+            if checkpoint.index_file:
+                shutil.copyfile(checkpoint.root / checkpoint.index_file, staging / SAFE_INDEX)
+            return
+        renamed = {}
+        total_size = 0
+        for name in checkpoint.weight_files:
+            state = load_bin(checkpoint.root / name)
+            folds = per_file.get(name, {})
+            tensors = []
+            for key, tensor in state.items():
+                if key in folds:
+                    tensor = plan.edits[key].fold_block(tensor, 0)
+                tensors.append((key, tensor))
+                total_size += tensor.numel() * tensor.element_size()
+            renamed[name] = bin_to_safetensors_name(name)
+            write_tensors(staging / renamed[name], tensors, {"format": "pt"})
+            bar.update((checkpoint.root / name).stat().st_size)
+        if checkpoint.index_file:
+            index = json.loads((checkpoint.root / checkpoint.index_file).read_text())
+            index["weight_map"] = {k: renamed[v] for k, v in index["weight_map"].items()}
+            index.setdefault("metadata", {})["total_size"] = total_size
+            (staging / SAFE_INDEX).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+
+
+def module_counts(units: list[ResolvedUnits], recipe: Recipe) -> dict[str, dict[str, Any]]:
+    """Per-module record of how many units the factors touch."""
+    counts = {}
+    for unit in units:
+        alpha = unit.entry.alpha
+        counts[recipe.runtime_name(unit.layer, unit.projection)] = {
+            "layer": unit.layer,
+            "side": unit.side,
+            "units": alpha.numel(),
+            "suppressed": unit.entry.suppressed,
+            "zeroed": int((alpha == 0).sum()),
+            "amplified": int((alpha > 1).sum()),
+            "min_alpha": float(alpha.min()) if alpha.numel() else 1.0,
+            "mean_alpha": float(alpha.mean()) if alpha.numel() else 1.0,
+        }
+    return counts
+
+
+def output_hashes(folder: Path, skip: set[str] | None = None) -> dict[str, str]:
+    """sha256 of every file in `folder`, keyed by its relative path."""
+    skip = skip or set()
+    hashes = {}
+    for path in sorted(folder.rglob("*")):
+        name = path.relative_to(folder).as_posix()
+        if path.is_file() and name not in skip:
+            hashes[name] = file_sha256(path)
+    return hashes
+
+
+def write_record(folder: Path, record: dict[str, Any]) -> None:
+    """(Re)write sgm/bake.json with fresh sha256 figures of every other output file."""
+    record_path = folder / SGM_DIR / RECORD_FILE
+    record["files"] = output_hashes(folder, {f"{SGM_DIR}/{RECORD_FILE}"})
+    tmp = record_path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    os.replace(tmp, record_path)
+
+
+def read_record(folder: Path) -> dict[str, Any]:
+    """Load sgm/bake.json of a baked folder."""
+    path = folder / SGM_DIR / RECORD_FILE
+    if not path.is_file():
+        raise SGMError(f"{folder} has no {SGM_DIR}/{RECORD_FILE}; it is not an sgm-bake output")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise SGMError(f"{path} is not valid JSON; the output is damaged, bake it again") from exc
+
+
+def bake(source: Source, out: Path, expertise: Expertise, options: BakeOptions) -> dict[str, Any]:
+    """Bake `expertise` into the checkpoint at `source`, writing `out` atomically."""
+    from sgm_bake import __version__
+
+    check_target(out, source.path, options.overwrite)
+    checkpoint = open_checkpoint(source.path)
+    plan = plan_bake(checkpoint, expertise, options.recipe_file)
+    logger.info(
+        "recipe %s, layout %s, %d tensors to fold",
+        plan.recipe.model_type,
+        plan.layout.prefix_template,
+        len(plan.edits),
+    )
+    with atomic_folder(out, options.overwrite) as staging:
+        dropped = _copy_other_files(checkpoint, staging)
+        for name in dropped:
+            logger.warning("left out %s: weights in another format would ship unbaked", name)
+        _write_weights(plan, staging, options.progress)
+        (staging / SGM_DIR).mkdir()
+        save_expertise(canonical_expertise(plan, expertise), staging / SGM_DIR / EXPERTISE_FILE)
+        record: dict[str, Any] = {
+            "tool": {"name": "sgm-bake", "version": __version__},
+            "versions": {"torch": torch.__version__, "python": sys.version.split()[0]},
+            "source": source.record(),
+            "command": options.command,
+            "recipe": {
+                "model_type": plan.recipe.model_type,
+                "file": plan.recipe.path.name,
+                "checkpoint_layout": plan.layout.prefix_template,
+                "layers": [plan.layout.layers.start, plan.layout.layers.stop],
+            },
+            "format": {
+                "source": checkpoint.format,
+                "weight_files": list(checkpoint.weight_files),
+                "folded_dtypes": sorted({edit.dtype for edit in plan.edits.values()}),
+            },
+            "expertise": {
+                "metadata": dict(expertise.metadata),
+                "modules": module_counts(plan.units, plan.recipe),
+                "tensors_folded": sorted(plan.edits),
+            },
+            "dropped_files": dropped,
+            **options.extra_record,
+        }
+        write_record(staging, record)
+    return record

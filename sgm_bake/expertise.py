@@ -1,0 +1,200 @@
+"""The expertise file: per-unit suppression factors, the contract between profiling and baking.
+
+Format (a safetensors file; any tool may write it):
+
+- `alpha/<module>`: float32 [units], the factor each unit of `<module>` is multiplied by;
+- `auroc/<module>` (optional): float32 [units], the expertise the factors were derived from;
+- header metadata `side/<module>`: `output` when the units are the module's output channels (the
+  SGM reference's hook point) or `input` when they are its input channels (the classic MLP neuron
+  before `down_proj`); `output` when absent. Other metadata keys record how it was made.
+
+`<module>` is the module name in the loaded transformers model, e.g.
+`model.language_model.layers.3.mlp.down_proj`. Older namings of the same module are accepted and
+mapped through the recipe. The research code's interventions (a folder of
+`<module>.statedict` files, each a torch-saved dict with an `alpha` that multiplies the output)
+load too.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save
+
+from sgm_bake.errors import SGMError
+from sgm_bake.recipes import SIDES, Projection, Recipe, Side
+
+FORMAT_KEY = "sgm_bake.format"
+FORMAT_VERSION = "expertise/1"
+STATEDICT_SUFFIX = ".statedict"
+
+
+@dataclass(frozen=True)
+class ModuleExpertise:
+    """Suppression factors (and optionally AUROC scores) for the units of one module."""
+
+    module: str
+    side: Side
+    alpha: torch.Tensor
+    auroc: torch.Tensor | None = None
+
+    @property
+    def suppressed(self) -> int:
+        """Units whose factor is below one (scaled down or switched off)."""
+        return int((self.alpha < 1).sum())
+
+
+@dataclass(frozen=True)
+class Expertise:
+    """Factors for a set of modules, plus free-form string metadata."""
+
+    modules: dict[str, ModuleExpertise]
+    metadata: dict[str, str] = field(default_factory=dict)
+
+    def resolve(self, recipe: Recipe, layers: range) -> list[ResolvedUnits]:
+        """Map every module onto (layer, projection) of `recipe`, refusing anything else.
+
+        This is the guard that keeps vision towers, projectors and audio encoders untouched:
+        a module that is not a recipe projection in a post-fusion language layer is an error.
+        """
+        resolved: dict[tuple[int, str, str], ResolvedUnits] = {}
+        for name, entry in self.modules.items():
+            parsed = recipe.parse_module(name)
+            if parsed is None:
+                raise SGMError(
+                    f"expertise module {name!r} is not a language-layer MLP projection of "
+                    f"recipe {recipe.model_type!r}; it belongs to another model or another part "
+                    "of this one (vision tower, projector): profile this model again"
+                )
+            layer, projection = parsed
+            if layer not in layers:
+                raise SGMError(
+                    f"expertise module {name!r} is in layer {layer}, outside the post-fusion "
+                    f"language layers {layers.start}-{layers.stop - 1} of this model; it was "
+                    "made for a different model"
+                )
+            key = (layer, projection.name, entry.side)
+            if key in resolved:
+                raise SGMError(
+                    f"expertise names {name!r} and {resolved[key].source_name!r}, the same "
+                    "module under two namings; keep one"
+                )
+            resolved[key] = ResolvedUnits(layer, projection, entry.side, entry, name)
+        return [resolved[k] for k in sorted(resolved)]
+
+
+@dataclass(frozen=True)
+class ResolvedUnits:
+    """An expertise entry tied to a recipe projection in a given layer."""
+
+    layer: int
+    projection: Projection
+    side: Side
+    entry: ModuleExpertise
+    source_name: str
+
+
+def _check_vector(name: str, what: str, tensor: torch.Tensor, source: Path) -> torch.Tensor:
+    if tensor.ndim != 1 or not tensor.is_floating_point():
+        raise SGMError(
+            f"{what} of {name!r} in {source} has shape {list(tensor.shape)} and dtype "
+            f"{tensor.dtype}; it must be a 1-D float tensor, one value per unit"
+        )
+    tensor = tensor.to(torch.float32)
+    if not torch.isfinite(tensor).all():
+        raise SGMError(f"{what} of {name!r} in {source} has non-finite values; recompute it")
+    return tensor
+
+
+def validate_alpha(name: str, alpha: torch.Tensor, source: Path) -> torch.Tensor:
+    """Factors must be finite and non-negative: a negative factor flips a unit, never intended."""
+    alpha = _check_vector(name, "alpha", alpha, source)
+    if (alpha < 0).any():
+        worst = float(alpha.min())
+        raise SGMError(
+            f"alpha of {name!r} in {source} has negative values (min {worst:.4g}); factors must "
+            "be >= 0 (a --strength above 1 can cause this)"
+        )
+    return alpha
+
+
+def _load_safetensors(path: Path) -> Expertise:
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = dict(handle.metadata() or {})
+            tensors = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118
+    except (SafetensorError, OSError) as exc:
+        raise SGMError(
+            f"{path} is not a readable expertise file ({exc}); pass the file written by "
+            "'sgm-bake profile' or a folder of .statedict files"
+        ) from exc
+    modules: dict[str, ModuleExpertise] = {}
+    for key, tensor in tensors.items():
+        kind, _, module = key.partition("/")
+        if kind != "alpha" or not module:
+            continue
+        side = metadata.get(f"side/{module}", "output")
+        if side not in SIDES:
+            raise SGMError(f"{path}: side/{module} is {side!r}; it must be 'output' or 'input'")
+        alpha = validate_alpha(module, tensor, path)
+        auroc = tensors.get(f"auroc/{module}")
+        if auroc is not None:
+            auroc = _check_vector(module, "auroc", auroc, path)
+            if auroc.shape != alpha.shape:
+                raise SGMError(f"{path}: auroc and alpha of {module!r} differ in length")
+        modules[module] = ModuleExpertise(module, side, alpha, auroc)  # type: ignore[arg-type]
+    if not modules:
+        raise SGMError(f"{path} holds no 'alpha/<module>' tensors; it is not an expertise file")
+    return Expertise(modules, metadata)
+
+
+def _load_statedict_folder(path: Path) -> Expertise:
+    files = sorted(path.glob(f"*{STATEDICT_SUFFIX}"))
+    if not files:
+        raise SGMError(
+            f"{path} is a folder without *{STATEDICT_SUFFIX} files; pass an expertise "
+            "safetensors file or the AurA/SGM research code's interventions folder"
+        )
+    modules: dict[str, ModuleExpertise] = {}
+    for file in files:
+        module = file.name[: -len(STATEDICT_SUFFIX)]
+        try:
+            state = torch.load(file, map_location="cpu", weights_only=True)
+        except Exception as exc:
+            raise SGMError(
+                f"{file} is not a loadable torch state dict ({type(exc).__name__}); only plain "
+                "tensors are accepted (weights_only)"
+            ) from exc
+        if not isinstance(state, dict) or "alpha" not in state:
+            raise SGMError(f"{file} has no 'alpha' entry; it is not an AurA/SGM intervention")
+        alpha = torch.as_tensor(state["alpha"])
+        if alpha.ndim > 1 and math.prod(alpha.shape[:-1]) == 1:
+            alpha = alpha.reshape(-1)
+        modules[module] = ModuleExpertise(module, "output", validate_alpha(module, alpha, file))
+    return Expertise(modules, {"imported_from": "aura-statedict"})
+
+
+def load_expertise(path: Path | str) -> Expertise:
+    """Load an expertise safetensors file or a research-code folder of `.statedict` files."""
+    path = Path(path)
+    if not path.exists():
+        raise SGMError(f"expertise {path} does not exist; check the --expertise path")
+    if path.is_dir():
+        return _load_statedict_folder(path)
+    return _load_safetensors(path)
+
+
+def save_expertise(expertise: Expertise, path: Path | str) -> None:
+    """Write an expertise file (see the module docstring for the format)."""
+    tensors: dict[str, torch.Tensor] = {}
+    metadata = {"format": "pt", **expertise.metadata, FORMAT_KEY: FORMAT_VERSION}
+    for name, entry in expertise.modules.items():
+        tensors[f"alpha/{name}"] = entry.alpha.to(torch.float32).contiguous()
+        if entry.auroc is not None:
+            tensors[f"auroc/{name}"] = entry.auroc.to(torch.float32).contiguous()
+        metadata[f"side/{name}"] = entry.side
+    Path(path).write_bytes(save(tensors, metadata=metadata))

@@ -1,0 +1,62 @@
+"""The fold: scaling a linear layer's units inside its weights (pure math, no I/O).
+
+For `y = W x + b` with W stored [out, in], scaling output unit i by alpha_i is scaling row i of W
+and b_i: `alpha * (W x + b) = (diag(alpha) W) x + alpha * b`. Scaling input unit j (a pre-hook
+`x_j * alpha_j`) is scaling column j of W; the bias is untouched. GPT-2's Conv1D stores W as
+[in, out], which swaps rows and columns. Factors are applied in float32 and the result is rounded
+once to the stored dtype, so a bf16 weight incurs a single rounding.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from sgm_bake.recipes import Layout, Side
+
+
+def unit_axis(layout: Layout, side: Side) -> int:
+    """The axis of the stored weight that indexes the units of a hook point."""
+    output_axis = 0 if layout == "out_in" else 1
+    return output_axis if side == "output" else 1 - output_axis
+
+
+def fold_weight(
+    weight: torch.Tensor,
+    row_scale: torch.Tensor | None = None,
+    col_scale: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Scale the rows and/or columns of a 2-D weight, in float32, rounding once to its dtype."""
+    if weight.ndim != 2:
+        raise ValueError(f"expected a 2-D weight, got shape {tuple(weight.shape)}")
+    scaled = weight.to(torch.float32, copy=True)
+    if row_scale is not None:
+        if row_scale.shape != (weight.shape[0],):
+            raise ValueError(
+                f"row scale {tuple(row_scale.shape)} does not fit {tuple(weight.shape)}"
+            )
+        scaled.mul_(row_scale.to(torch.float32)[:, None])
+    if col_scale is not None:
+        if col_scale.shape != (weight.shape[1],):
+            raise ValueError(
+                f"col scale {tuple(col_scale.shape)} does not fit {tuple(weight.shape)}"
+            )
+        scaled.mul_(col_scale.to(torch.float32)[None, :])
+    return scaled.to(weight.dtype)
+
+
+def fold_bias(bias: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """Scale a bias vector by per-unit factors, in float32, rounding once to its dtype."""
+    if bias.shape != scale.shape:
+        raise ValueError(f"bias {tuple(bias.shape)} does not fit scale {tuple(scale.shape)}")
+    return (bias.to(torch.float32) * scale.to(torch.float32)).to(bias.dtype)
+
+
+def unfold_weight(
+    weight: torch.Tensor,
+    row_scale: torch.Tensor | None = None,
+    col_scale: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Invert `fold_weight` (up to the rounding it did); every scale must be non-zero."""
+    inverse_rows = None if row_scale is None else 1.0 / row_scale.to(torch.float32)
+    inverse_cols = None if col_scale is None else 1.0 / col_scale.to(torch.float32)
+    return fold_weight(weight, inverse_rows, inverse_cols)

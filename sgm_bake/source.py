@@ -1,0 +1,103 @@
+"""Resolve a SOURCE argument: a local model folder, or a Hub model id fetched with
+huggingface_hub. The resolved commit is recorded so the output can name exactly what it came from.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from sgm_bake.errors import SGMError
+
+logger = logging.getLogger(__name__)
+
+# Weights of other frameworks are never needed; PyTorch pickles only when no safetensors exist.
+ALWAYS_SKIP = [
+    "*.h5",
+    "*.msgpack",
+    "*.onnx",
+    "*.onnx_data",
+    "*.ot",
+    "*.tflite",
+    "*.gguf",
+    "*.ggml",
+    "*.mlmodel",
+    "*.mlpackage/*",
+    "original/*",
+    "consolidated*",
+    "*.pdparams",
+]
+PICKLE_WEIGHTS = ["*.bin", "*.pt", "*.pth", "*.ckpt"]
+_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+
+
+@dataclass(frozen=True)
+class Source:
+    """A checkpoint folder on disk and where it came from."""
+
+    path: Path
+    id: str
+    revision: str | None
+    hub: bool
+
+    def record(self) -> dict[str, str | None]:
+        """What bake.json says about the source (Hub id and commit, or the local folder)."""
+        if self.hub:
+            return {"id": self.id, "revision": self.revision, "kind": "hub"}
+        return {"id": self.id, "revision": None, "kind": "local", "path": str(self.path)}
+
+
+def resolve_source(
+    source: str, revision: str | None = None, cache_dir: Path | None = None
+) -> Source:
+    """A local folder as is; anything else that looks like a Hub id is downloaded."""
+    local = Path(source).expanduser()
+    if local.exists():
+        if revision:
+            raise SGMError(f"--revision applies to Hub ids, but {source} is a local folder")
+        return Source(local.resolve(), local.resolve().name, None, False)
+    if not _REPO_ID.match(source) or source.startswith((".", "/", "~")):
+        raise SGMError(f"source {source} does not exist locally and is not a Hub model id")
+    return _download(source, revision, cache_dir)
+
+
+def _download(repo_id: str, revision: str | None, cache_dir: Path | None) -> Source:
+    from huggingface_hub import HfApi, snapshot_download
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        HfHubHTTPError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    try:
+        info = HfApi().model_info(repo_id, revision=revision)
+        files = [sibling.rfilename for sibling in info.siblings or []]
+        skip = list(ALWAYS_SKIP)
+        if any(name.endswith(".safetensors") for name in files):
+            skip += PICKLE_WEIGHTS
+        logger.info("downloading %s at %s", repo_id, info.sha)
+        path = snapshot_download(
+            repo_id, revision=info.sha, ignore_patterns=skip, cache_dir=cache_dir
+        )
+    except GatedRepoError as exc:
+        raise SGMError(
+            f"{repo_id} is gated; accept its terms on the Hub and log in (HF_TOKEN or "
+            "'hf auth login')"
+        ) from exc
+    except RepositoryNotFoundError as exc:
+        raise SGMError(
+            f"Hub model {repo_id} was not found (or is private); check the id and your login"
+        ) from exc
+    except RevisionNotFoundError as exc:
+        raise SGMError(
+            f"revision {revision!r} of {repo_id} does not exist; check --revision"
+        ) from exc
+    except (HfHubHTTPError, OSError, ValueError) as exc:
+        raise SGMError(
+            f"could not download {repo_id} from the Hub ({type(exc).__name__}); check the "
+            "network, or pass a local folder"
+        ) from exc
+    return Source(Path(path), repo_id, info.sha, True)

@@ -1,0 +1,274 @@
+"""Verify a bake: the baked weights must reproduce the source model run with SGM hooks.
+
+One model is loaded (the source, in float32 by default). It runs a few fixed prompts with the
+hooks attached (the reference) and without (to show the size of the intervention); then only the
+folded tensors are swapped in from the baked files and the same prompts run again. Before the
+swap, each swapped parameter is checked to hold exactly the source checkpoint tensor the recipe
+maps it to, which checks the module-name/checkpoint-key map itself.
+
+Tolerance on the largest logit difference, relative to the largest reference logit: each folded
+weight is rounded once to its stored dtype, a relative error of at most u/2 (unit roundoff
+u = 2^-23 for fp32, 2^-10 for fp16, 2^-7 for bf16). Those errors are independent across weights,
+so they grow with the square root of the fan-in and the depth rather than linearly; the bounds
+below are about 1000x u for fp32 (dominated by float32 summation order, not rounding) and 10x u
+for fp16/bf16 with headroom. A wrong fold (a missed tensor, a transposed layout) changes logits
+by the size of the intervention itself, orders of magnitude above these bounds.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from sgm_bake.bake import EXPERTISE_FILE, SGM_DIR, read_record, write_record
+from sgm_bake.checkpoint import Checkpoint, load_bin, open_checkpoint
+from sgm_bake.errors import SGMError
+from sgm_bake.expertise import load_expertise
+from sgm_bake.hooks import SGMHooks
+from sgm_bake.recipes import Recipe, recipe_for_config, resolve_checkpoint_layout
+from sgm_bake.safetensors_io import read_tensor
+
+logger = logging.getLogger(__name__)
+
+TOLERANCE = {"F64": 1e-4, "F32": 1e-4, "F16": 1e-2, "BF16": 8e-2}
+COMPUTE_TOLERANCE = {torch.float32: 0.0, torch.float16: 1e-2, torch.bfloat16: 8e-2}
+PROMPTS = (
+    "Describe this image in one sentence.",
+    "What colour is the largest shape?",
+    "Is there any text in the picture? Read it.",
+)
+
+
+@dataclass(frozen=True)
+class VerifyReport:
+    """Figures comparing the baked model with the hooked source."""
+
+    passed: bool
+    inputs: str
+    samples: int
+    positions: int
+    max_abs_diff: float
+    max_rel_diff: float
+    top1_agreement: float
+    intervention_rel_effect: float
+    tolerance: float
+    compute_dtype: str
+    tensors_swapped: int
+
+    def summary(self) -> str:
+        verdict = "PASS" if self.passed else "FAIL"
+        return (
+            f"{verdict}: max |logit diff| {self.max_abs_diff:.3g} "
+            f"(relative {self.max_rel_diff:.3g}, "
+            f"tolerance {self.tolerance:.3g}), greedy agreement {self.top1_agreement:.1%} over "
+            f"{self.positions} positions, intervention effect {self.intervention_rel_effect:.3g} "
+            f"({self.inputs} inputs, {self.compute_dtype})"
+        )
+
+
+def pick_device(device: str) -> torch.device:
+    """Resolve `auto` to cuda, then mps, then cpu."""
+    if device != "auto":
+        return torch.device(device)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def load_model(folder: Path, recipe: Recipe, dtype: torch.dtype, device: torch.device) -> Any:
+    """Load a checkpoint with the recipe's transformers Auto class."""
+    import transformers
+
+    auto = getattr(transformers, recipe.auto_class, None)
+    if auto is None:
+        raise SGMError(
+            f"transformers {transformers.__version__} has no {recipe.auto_class}; upgrade it"
+        )
+    model = auto.from_pretrained(folder, dtype=dtype)
+    return model.to(device).eval()
+
+
+def sample_images() -> list[Any]:
+    """Three small synthetic pictures, drawn locally (no downloads)."""
+    from PIL import Image, ImageDraw
+
+    images = []
+    for index, (colour, shape) in enumerate(
+        [("red", "circle"), ("blue", "square"), ("green", "text")]
+    ):
+        image = Image.new("RGB", (224, 224), "white")
+        draw = ImageDraw.Draw(image)
+        if shape == "circle":
+            draw.ellipse((40, 40, 184, 184), fill=colour)
+        elif shape == "square":
+            draw.rectangle((50, 50, 174, 174), fill=colour)
+        else:
+            draw.rectangle((20, 80, 204, 144), outline=colour, width=6)
+            draw.text((60, 100), f"STOP {index}", fill="black")
+        images.append(image)
+    return images
+
+
+def _special_token_ids(config: Any) -> set[int]:
+    found: set[int] = set()
+    if isinstance(config, dict):
+        for key, value in config.items():
+            if "token" in key and isinstance(value, int):
+                found.add(value)
+            elif "token" in key and isinstance(value, list):
+                found.update(v for v in value if isinstance(v, int))
+            elif isinstance(value, dict):
+                found |= _special_token_ids(value)
+    return found
+
+
+def _vocab_size(config: dict[str, Any]) -> int:
+    for source in (config.get("text_config") or {}, config):
+        if isinstance(source.get("vocab_size"), int):
+            return source["vocab_size"]
+    raise SGMError("config.json has no vocab_size; cannot build verification inputs")
+
+
+def build_inputs(folder: Path, config: dict[str, Any]) -> tuple[str, list[dict[str, torch.Tensor]]]:
+    """Image+text inputs through the model's processor and chat template when it has them;
+    otherwise text through its tokenizer; otherwise fixed random token ids (tiny test models).
+    Every language layer runs on all of them, which is what the fold changes."""
+    from transformers import AutoProcessor, AutoTokenizer
+
+    try:
+        processor = AutoProcessor.from_pretrained(folder)
+    except Exception:
+        processor = None
+    if processor is not None and hasattr(processor, "image_processor"):
+        try:
+            batches = []
+            for prompt, image in zip(PROMPTS, sample_images(), strict=True):
+                conversation = [
+                    {
+                        "role": "user",
+                        "content": [{"type": "image"}, {"type": "text", "text": prompt}],
+                    }
+                ]
+                text = processor.apply_chat_template(
+                    conversation, add_generation_prompt=True, tokenize=False
+                )
+                batches.append(dict(processor(text=[text], images=[image], return_tensors="pt")))
+            return "image+text", batches
+        except Exception as exc:
+            logger.warning("processor could not build image inputs (%s); using text only", exc)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+        return "text", [dict(tokenizer(prompt, return_tensors="pt")) for prompt in PROMPTS]
+    except Exception:
+        logger.info("no tokenizer in %s; verifying on fixed random token ids", folder)
+    generator = torch.Generator().manual_seed(0)
+    vocab = _vocab_size(config)
+    banned = _special_token_ids(config)
+    allowed = torch.tensor([i for i in range(min(vocab, 4096)) if i not in banned])
+    batches = []
+    for length in (7, 12, 16):
+        picks = torch.randint(0, len(allowed), (1, length), generator=generator)
+        ids = allowed[picks]
+        batches.append({"input_ids": ids, "attention_mask": torch.ones_like(ids)})
+    return "token-ids", batches
+
+
+def _run(
+    model: Any, batches: list[dict[str, torch.Tensor]], device: torch.device
+) -> list[torch.Tensor]:
+    outputs = []
+    with torch.no_grad():
+        for batch in batches:
+            moved = {
+                k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()
+            }
+            outputs.append(model(**moved).logits.float().cpu())
+    return outputs
+
+
+def _checkpoint_tensor(checkpoint: Checkpoint, key_files: dict[str, str], key: str) -> torch.Tensor:
+    if checkpoint.format == "safetensors":
+        return read_tensor(checkpoint.headers[key_files[key]], key)
+    return load_bin(checkpoint.root / key_files[key])[key]
+
+
+def verify(
+    out: Path,
+    source_path: Path,
+    compute_dtype: torch.dtype = torch.float32,
+    device: str = "cpu",
+    record: bool = True,
+) -> VerifyReport:
+    """Compare the baked folder `out` with its source run with hooks; record the figures."""
+    bake_record = read_record(out)
+    source = open_checkpoint(source_path)
+    baked = open_checkpoint(out)
+    recipe = recipe_for_config(source.config)
+    expertise = load_expertise(out / SGM_DIR / EXPERTISE_FILE)
+    target = pick_device(device)
+    model = load_model(source_path, recipe, compute_dtype, target)
+    inputs_kind, batches = build_inputs(out, source.config)
+
+    base = _run(model, batches, target)
+    with SGMHooks(model, expertise, recipe) as hooks:
+        reference = _run(model, batches, target)
+        modules = hooks.modules
+
+    source_keys = source.tensor_keys()
+    baked_keys = baked.tensor_keys()
+    layout = resolve_checkpoint_layout(recipe, source.config, source_keys)
+    swapped = 0
+    for name, module, units in modules:
+        pairs = [("weight", layout.weight_key(units.layer, units.projection))]
+        if units.side == "output" and getattr(module, "bias", None) is not None:
+            pairs.append(("bias", layout.bias_key(units.layer, units.projection)))
+        for attribute, key in pairs:
+            parameter = getattr(module, attribute)
+            original = _checkpoint_tensor(source, source_keys, key)
+            if not torch.equal(parameter.detach().cpu(), original.to(parameter.dtype)):
+                raise SGMError(
+                    f"module {name}.{attribute} does not hold checkpoint tensor {key!r}: recipe "
+                    f"{recipe.path.name} maps them wrongly; fix the recipe"
+                )
+            if key not in baked_keys:
+                raise SGMError(f"{out} lacks tensor {key!r}; the output is incomplete, bake again")
+            value = _checkpoint_tensor(baked, baked_keys, key)
+            with torch.no_grad():
+                parameter.copy_(value.to(device=parameter.device, dtype=parameter.dtype))
+            swapped += 1
+    result = _run(model, batches, target)
+
+    max_abs = max(float((r - b).abs().max()) for r, b in zip(reference, result, strict=True))
+    scale = max(float(r.abs().max()) for r in reference) or 1.0
+    effect = max(float((r - b).abs().max()) for r, b in zip(reference, base, strict=True)) / scale
+    positions = sum(r.shape[0] * r.shape[1] for r in reference)
+    agree = sum(
+        int((r.argmax(-1) == b.argmax(-1)).sum()) for r, b in zip(reference, result, strict=True)
+    )
+    dtypes = bake_record.get("format", {}).get("folded_dtypes") or ["F32"]
+    tolerance = max(
+        max(TOLERANCE.get(d, 1e-4) for d in dtypes), COMPUTE_TOLERANCE.get(compute_dtype, 8e-2)
+    )
+    report = VerifyReport(
+        passed=max_abs / scale <= tolerance,
+        inputs=inputs_kind,
+        samples=len(batches),
+        positions=positions,
+        max_abs_diff=max_abs,
+        max_rel_diff=max_abs / scale,
+        top1_agreement=agree / positions,
+        intervention_rel_effect=effect,
+        tolerance=tolerance,
+        compute_dtype=str(compute_dtype).replace("torch.", ""),
+        tensors_swapped=swapped,
+    )
+    if record:
+        bake_record["verification"] = asdict(report)
+        write_record(out, bake_record)
+    return report

@@ -1,0 +1,807 @@
+"""Tiny random-weight configs for the model families sgm-bake must handle.
+
+Every config is built from explicit keyword arguments so tests never touch the
+Hub. Sizes are chosen so that each model instantiates and runs a text-only
+forward pass in well under a second on CPU, while keeping the same module
+layout (and therefore the same MLP names) as the real checkpoints.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoModelForImageTextToText,
+    PretrainedConfig,
+    PreTrainedModel,
+)
+
+VOCAB = 256
+"""Shared tiny vocabulary; special/image token ids live in 246..255 so that
+``torch.randint(10, VOCAB - 10, ...)`` never produces them."""
+
+HIDDEN = 32
+INTERMEDIATE = 64
+HEADS = 4
+KV_HEADS = 2
+HEAD_DIM = HIDDEN // HEADS
+LAYERS = 2
+
+IMAGE_TOKEN = 250
+VIDEO_TOKEN = 251
+BOI_TOKEN = 252
+EOI_TOKEN = 253
+VISION_START = 254
+VISION_END = 255
+
+_TEXT_COMMON: dict[str, Any] = {
+    "vocab_size": VOCAB,
+    "hidden_size": HIDDEN,
+    "intermediate_size": INTERMEDIATE,
+    "num_hidden_layers": LAYERS,
+    "num_attention_heads": HEADS,
+    "num_key_value_heads": KV_HEADS,
+    "max_position_embeddings": 128,
+    "pad_token_id": 0,
+    "bos_token_id": 1,
+    "eos_token_id": 2,
+}
+
+
+def _text(model_type: str | None = None, **overrides: Any) -> dict[str, Any]:
+    """Language-model sub-config kwargs shared by every family.
+
+    ``model_type`` is only set when the parent config resolves the text config
+    through ``AutoConfig`` (a dict without it would fall back to the default
+    text architecture of the parent, which is usually what we want anyway).
+    """
+    kwargs = dict(_TEXT_COMMON)
+    if model_type is not None:
+        kwargs["model_type"] = model_type
+    kwargs.update(overrides)
+    return kwargs
+
+
+def _clip_vision(**overrides: Any) -> dict[str, Any]:
+    """CLIP vision tower: 32px image, 8px patches -> 16 patches, 1 layer."""
+    kwargs: dict[str, Any] = {
+        "model_type": "clip_vision_model",
+        "hidden_size": HIDDEN,
+        "intermediate_size": INTERMEDIATE,
+        "num_hidden_layers": 1,
+        "num_attention_heads": HEADS,
+        "image_size": 32,
+        "patch_size": 8,
+        "projection_dim": HIDDEN,
+    }
+    kwargs.update(overrides)
+    return kwargs
+
+
+def _siglip_vision(**overrides: Any) -> dict[str, Any]:
+    """SigLIP vision tower: 32px image, 8px patches, 1 layer."""
+    kwargs: dict[str, Any] = {
+        "model_type": "siglip_vision_model",
+        "hidden_size": HIDDEN,
+        "intermediate_size": INTERMEDIATE,
+        "num_hidden_layers": 1,
+        "num_attention_heads": HEADS,
+        "image_size": 32,
+        "patch_size": 8,
+    }
+    kwargs.update(overrides)
+    return kwargs
+
+
+def _pixtral_vision(**overrides: Any) -> dict[str, Any]:
+    """Pixtral vision tower (Mistral3, LightOnOCR): 32px image, 8px patches."""
+    kwargs: dict[str, Any] = {
+        "model_type": "pixtral",
+        "hidden_size": HIDDEN,
+        "intermediate_size": INTERMEDIATE,
+        "num_hidden_layers": 1,
+        "num_attention_heads": HEADS,
+        "head_dim": HEAD_DIM,
+        "image_size": 32,
+        "patch_size": 8,
+    }
+    kwargs.update(overrides)
+    return kwargs
+
+
+def _mrope(section: list[int]) -> dict[str, Any]:
+    """Multimodal RoPE parameters; ``section`` must sum to head_dim // 2."""
+    return {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": section}
+
+
+# --------------------------------------------------------------------------
+# Text-only families (AutoModelForCausalLM)
+# --------------------------------------------------------------------------
+
+
+def _llama() -> PretrainedConfig:
+    return AutoConfig.for_model("llama", **_text(head_dim=HEAD_DIM))
+
+
+def _mistral() -> PretrainedConfig:
+    return AutoConfig.for_model("mistral", **_text(head_dim=HEAD_DIM, sliding_window=None))
+
+
+def _qwen2() -> PretrainedConfig:
+    return AutoConfig.for_model("qwen2", **_text())
+
+
+def _qwen3() -> PretrainedConfig:
+    return AutoConfig.for_model("qwen3", **_text(head_dim=HEAD_DIM))
+
+
+def _gpt2() -> PretrainedConfig:
+    """GPT-2 uses its own argument names and Conv1D projections."""
+    return AutoConfig.for_model(
+        "gpt2",
+        vocab_size=VOCAB,
+        n_positions=128,
+        n_embd=HIDDEN,
+        n_layer=LAYERS,
+        n_head=HEADS,
+        n_inner=INTERMEDIATE,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
+
+
+def _phi3() -> PretrainedConfig:
+    """Phi-3 fuses gate and up into ``gate_up_proj``."""
+    return AutoConfig.for_model(
+        "phi3",
+        **_text(original_max_position_embeddings=128, sliding_window=None),
+    )
+
+
+def _phi() -> PretrainedConfig:
+    """Phi-1/2: plain fc1/fc2 MLP with biases."""
+    return AutoConfig.for_model("phi", **_text())
+
+
+def _gemma() -> PretrainedConfig:
+    return AutoConfig.for_model("gemma", **_text(head_dim=HEAD_DIM))
+
+
+def _gemma2() -> PretrainedConfig:
+    return AutoConfig.for_model(
+        "gemma2", **_text(head_dim=HEAD_DIM, sliding_window=16, query_pre_attn_scalar=HEAD_DIM)
+    )
+
+
+def _gemma3_text() -> PretrainedConfig:
+    return AutoConfig.for_model(
+        "gemma3_text", **_text(head_dim=HEAD_DIM, sliding_window=16, query_pre_attn_scalar=HEAD_DIM)
+    )
+
+
+def _gemma3n_text() -> PretrainedConfig:
+    """Text-only Gemma 3n (the multimodal gemma3n needs timm for its vision tower).
+
+    Layer 0 gets activation sparsity like the first layers of the real model.
+    """
+    return AutoConfig.for_model(
+        "gemma3n_text",
+        **_text(head_dim=HEAD_DIM, sliding_window=16),
+        vocab_size_per_layer_input=VOCAB,
+        hidden_size_per_layer_input=8,
+        laurel_rank=4,
+        altup_num_inputs=2,
+        num_kv_shared_layers=0,
+        layer_types=["sliding_attention", "full_attention"],
+        activation_sparsity_pattern=[0.95, 0.0],
+    )
+
+
+def _olmo2() -> PretrainedConfig:
+    return AutoConfig.for_model("olmo2", **_text())
+
+
+def _granite() -> PretrainedConfig:
+    return AutoConfig.for_model("granite", **_text())
+
+
+# --------------------------------------------------------------------------
+# Multimodal families (AutoModelForImageTextToText)
+# --------------------------------------------------------------------------
+
+
+def _llava() -> PretrainedConfig:
+    return AutoConfig.for_model(
+        "llava",
+        vision_config=_clip_vision(),
+        text_config=_text("llama", head_dim=HEAD_DIM),
+        image_token_index=IMAGE_TOKEN,
+        vision_feature_layer=-1,
+    )
+
+
+def _llava_next() -> PretrainedConfig:
+    return AutoConfig.for_model(
+        "llava_next",
+        vision_config=_clip_vision(),
+        text_config=_text("llama", head_dim=HEAD_DIM),
+        image_token_index=IMAGE_TOKEN,
+        image_grid_pinpoints=[[32, 32]],
+        vision_feature_layer=-1,
+    )
+
+
+def _llava_next_video() -> PretrainedConfig:
+    return AutoConfig.for_model(
+        "llava_next_video",
+        vision_config=_clip_vision(),
+        text_config=_text("llama", head_dim=HEAD_DIM),
+        image_token_index=IMAGE_TOKEN,
+        video_token_index=VIDEO_TOKEN,
+        image_grid_pinpoints=[[32, 32]],
+        vision_feature_layer=-1,
+    )
+
+
+def _llava_onevision() -> PretrainedConfig:
+    return AutoConfig.for_model(
+        "llava_onevision",
+        vision_config=_siglip_vision(),
+        text_config=_text("qwen2"),
+        image_token_index=IMAGE_TOKEN,
+        video_token_index=VIDEO_TOKEN,
+        image_grid_pinpoints=[[32, 32]],
+        vision_feature_layer=-1,
+    )
+
+
+def _vipllava() -> PretrainedConfig:
+    """VipLlava concatenates several vision layers; two are enough."""
+    return AutoConfig.for_model(
+        "vipllava",
+        vision_config=_clip_vision(num_hidden_layers=2),
+        text_config=_text("llama", head_dim=HEAD_DIM),
+        image_token_index=IMAGE_TOKEN,
+        vision_feature_layers=[-2, -1],
+    )
+
+
+def _video_llava() -> PretrainedConfig:
+    return AutoConfig.for_model(
+        "video_llava",
+        vision_config=_clip_vision(),
+        text_config=_text("llama", head_dim=HEAD_DIM),
+        image_token_index=IMAGE_TOKEN,
+        video_token_index=VIDEO_TOKEN,
+        vision_feature_layer=-1,
+    )
+
+
+def _paligemma() -> PretrainedConfig:
+    return AutoConfig.for_model(
+        "paligemma",
+        vision_config=_siglip_vision(projection_dim=HIDDEN),
+        text_config=_text("gemma", head_dim=HEAD_DIM),
+        image_token_index=IMAGE_TOKEN,
+        projection_dim=HIDDEN,
+        hidden_size=HIDDEN,
+        vocab_size=VOCAB,
+    )
+
+
+def _gemma3() -> PretrainedConfig:
+    """Gemma3: 32px/8px -> 4x4 patches pooled to mm_tokens_per_image=4."""
+    return AutoConfig.for_model(
+        "gemma3",
+        vision_config=_siglip_vision(),
+        text_config=_text(
+            "gemma3_text", head_dim=HEAD_DIM, sliding_window=16, query_pre_attn_scalar=HEAD_DIM
+        ),
+        mm_tokens_per_image=4,
+        image_token_index=IMAGE_TOKEN,
+        boi_token_index=BOI_TOKEN,
+        eoi_token_index=EOI_TOKEN,
+    )
+
+
+def _mllama() -> PretrainedConfig:
+    """Mllama: 3 text layers, layer 1 is a cross-attention layer."""
+    return AutoConfig.for_model(
+        "mllama",
+        text_config=_text(num_hidden_layers=3, cross_attention_layers=[1]),
+        vision_config={
+            "hidden_size": HIDDEN,
+            "intermediate_size": INTERMEDIATE,
+            "num_hidden_layers": 1,
+            "num_global_layers": 1,
+            "attention_heads": HEADS,
+            "image_size": 32,
+            "patch_size": 8,
+            "max_num_tiles": 1,
+            "supported_aspect_ratios": [[1, 1]],
+            "intermediate_layers_indices": [0],
+            "vision_output_dim": HIDDEN * 2,
+        },
+        image_token_index=IMAGE_TOKEN,
+    )
+
+
+def _idefics2() -> PretrainedConfig:
+    return AutoConfig.for_model(
+        "idefics2",
+        vision_config={
+            "hidden_size": HIDDEN,
+            "intermediate_size": INTERMEDIATE,
+            "num_hidden_layers": 1,
+            "num_attention_heads": HEADS,
+            "image_size": 32,
+            "patch_size": 8,
+        },
+        perceiver_config={
+            "hidden_size": HIDDEN,
+            "resampler_n_latents": 4,
+            "resampler_depth": 1,
+            "resampler_n_heads": 2,
+            "resampler_head_dim": 8,
+            "num_key_value_heads": 1,
+        },
+        text_config=_text("mistral", head_dim=HEAD_DIM, sliding_window=None),
+        image_token_id=IMAGE_TOKEN,
+    )
+
+
+def _idefics3_like(model_type: str) -> PretrainedConfig:
+    """Idefics3 and SmolVLM share the exact same layout."""
+    return AutoConfig.for_model(
+        model_type,
+        vision_config={
+            "hidden_size": HIDDEN,
+            "intermediate_size": INTERMEDIATE,
+            "num_hidden_layers": 1,
+            "num_attention_heads": HEADS,
+            "image_size": 32,
+            "patch_size": 8,
+        },
+        text_config=_text("llama", head_dim=HEAD_DIM),
+        image_token_id=IMAGE_TOKEN,
+        scale_factor=2,
+    )
+
+
+def _qwen2_vl() -> PretrainedConfig:
+    return AutoConfig.for_model(
+        "qwen2_vl",
+        text_config=_text(rope_parameters=_mrope([2, 1, 1])),
+        vision_config={
+            "depth": 1,
+            "embed_dim": HIDDEN,
+            "hidden_size": HIDDEN,
+            "num_heads": HEADS,
+            "mlp_ratio": 2,
+            "patch_size": 4,
+            "spatial_merge_size": 2,
+            "temporal_patch_size": 2,
+        },
+        image_token_id=IMAGE_TOKEN,
+        video_token_id=VIDEO_TOKEN,
+        vision_start_token_id=VISION_START,
+        vision_end_token_id=VISION_END,
+    )
+
+
+def _qwen2_5_vl() -> PretrainedConfig:
+    return AutoConfig.for_model(
+        "qwen2_5_vl",
+        text_config=_text(rope_parameters=_mrope([2, 1, 1])),
+        vision_config={
+            "depth": 1,
+            "hidden_size": HIDDEN,
+            "intermediate_size": INTERMEDIATE,
+            "num_heads": HEADS,
+            "out_hidden_size": HIDDEN,
+            "patch_size": 4,
+            "spatial_merge_size": 2,
+            "temporal_patch_size": 2,
+            "window_size": 16,
+            "fullatt_block_indexes": [0],
+        },
+        image_token_id=IMAGE_TOKEN,
+        video_token_id=VIDEO_TOKEN,
+        vision_start_token_id=VISION_START,
+        vision_end_token_id=VISION_END,
+    )
+
+
+def _qwen3_vl_vision() -> dict[str, Any]:
+    return {
+        "depth": 1,
+        "hidden_size": HIDDEN,
+        "intermediate_size": INTERMEDIATE,
+        "num_heads": HEADS,
+        "out_hidden_size": HIDDEN,
+        "patch_size": 4,
+        "spatial_merge_size": 2,
+        "temporal_patch_size": 2,
+        "num_position_embeddings": 16,
+    }
+
+
+def _qwen3_vl() -> PretrainedConfig:
+    return AutoConfig.for_model(
+        "qwen3_vl",
+        text_config=_text(head_dim=HEAD_DIM, rope_parameters=_mrope([2, 1, 1])),
+        vision_config={**_qwen3_vl_vision(), "deepstack_visual_indexes": [0]},
+        image_token_id=IMAGE_TOKEN,
+        video_token_id=VIDEO_TOKEN,
+        vision_start_token_id=VISION_START,
+        vision_end_token_id=VISION_END,
+    )
+
+
+def _qwen3_5() -> PretrainedConfig:
+    """Qwen3.5 (dense): one linear-attention and one full-attention layer."""
+    return AutoConfig.for_model(
+        "qwen3_5",
+        text_config=_text(
+            head_dim=HEAD_DIM,
+            rope_parameters={**_mrope([2, 1, 1]), "partial_rotary_factor": 1.0},
+            layer_types=["linear_attention", "full_attention"],
+            linear_conv_kernel_dim=2,
+            linear_key_head_dim=8,
+            linear_value_head_dim=8,
+            linear_num_key_heads=2,
+            linear_num_value_heads=4,
+        ),
+        vision_config=_qwen3_vl_vision(),
+        image_token_id=IMAGE_TOKEN,
+        video_token_id=VIDEO_TOKEN,
+        vision_start_token_id=VISION_START,
+        vision_end_token_id=VISION_END,
+    )
+
+
+def _aya_vision() -> PretrainedConfig:
+    return AutoConfig.for_model(
+        "aya_vision",
+        vision_config=_siglip_vision(),
+        text_config=_text("cohere2", head_dim=HEAD_DIM, sliding_window=16),
+        image_token_index=IMAGE_TOKEN,
+        downsample_factor=2,
+    )
+
+
+def _cohere2_vision() -> PretrainedConfig:
+    return AutoConfig.for_model(
+        "cohere2_vision",
+        vision_config=_siglip_vision(),
+        text_config=_text("cohere2", head_dim=HEAD_DIM, sliding_window=16),
+        image_token_id=IMAGE_TOKEN,
+        downsample_factor=2,
+        alignment_intermediate_size=INTERMEDIATE,
+    )
+
+
+def _mistral3() -> PretrainedConfig:
+    return AutoConfig.for_model(
+        "mistral3",
+        vision_config=_pixtral_vision(),
+        text_config=_text("mistral", head_dim=HEAD_DIM, sliding_window=None),
+        image_token_index=IMAGE_TOKEN,
+        spatial_merge_size=2,
+    )
+
+
+def _lighton_ocr() -> PretrainedConfig:
+    return AutoConfig.for_model(
+        "lighton_ocr",
+        vision_config=_pixtral_vision(),
+        text_config=_text("qwen3", head_dim=HEAD_DIM),
+        image_token_id=IMAGE_TOKEN,
+        spatial_merge_size=2,
+    )
+
+
+def _internvl() -> PretrainedConfig:
+    return AutoConfig.for_model(
+        "internvl",
+        vision_config={
+            "hidden_size": HIDDEN,
+            "intermediate_size": INTERMEDIATE,
+            "num_hidden_layers": 1,
+            "num_attention_heads": HEADS,
+            "image_size": [32, 32],
+            "patch_size": [8, 8],
+        },
+        text_config=_text("qwen2"),
+        image_token_id=IMAGE_TOKEN,
+        image_seq_length=4,
+    )
+
+
+def _got_ocr2() -> PretrainedConfig:
+    return AutoConfig.for_model(
+        "got_ocr2",
+        vision_config={
+            "hidden_size": HIDDEN,
+            "output_channels": 16,
+            "num_hidden_layers": 1,
+            "num_attention_heads": HEADS,
+            "image_size": 64,
+            "patch_size": 16,
+            "window_size": 2,
+            "global_attn_indexes": [0],
+            "mlp_dim": INTERMEDIATE,
+        },
+        text_config=_text("qwen2"),
+        image_token_index=IMAGE_TOKEN,
+    )
+
+
+def _fuyu() -> PretrainedConfig:
+    """Fuyu has no vision tower: patches are linearly embedded into Persimmon."""
+    return AutoConfig.for_model(
+        "fuyu",
+        text_config=_text("persimmon"),
+        image_size=32,
+        patch_size=8,
+        image_token_id=IMAGE_TOKEN,
+    )
+
+
+def _chameleon() -> PretrainedConfig:
+    """Chameleon is a single decoder; images come in as VQ codes."""
+    return AutoConfig.for_model(
+        "chameleon",
+        **_text(),
+        vq_config={
+            "embed_dim": 8,
+            "num_embeddings": 16,
+            "latent_channels": 32,
+            "resolution": 16,
+            "base_channels": 32,  # GroupNorm uses 32 groups
+            "channel_multiplier": [1, 1],
+            "num_res_blocks": 1,
+            "attn_resolutions": [],
+        },
+        vocabulary_map={
+            "<image>": IMAGE_TOKEN,
+            **{f"IMGIMG{chr(65 + i)}Z": 230 + i for i in range(10)},
+        },
+    )
+
+
+def _emu3() -> PretrainedConfig:
+    return AutoConfig.for_model(
+        "emu3",
+        text_config=_text(),
+        vq_config={
+            "codebook_size": 16,
+            "embed_dim": 4,
+            "latent_channels": 4,
+            "base_channels": 32,  # GroupNorm uses 32 groups
+            "channel_multiplier": [1, 1],
+            "num_res_blocks": 1,
+            "attn_resolutions": [],
+            "hidden_size": 8,
+            "num_attention_heads": 1,
+            "temporal_downsample_factor": 2,
+        },
+        vocabulary_map={
+            "<image>": IMAGE_TOKEN,
+            "<|extra_200|>": EOI_TOKEN,
+            **{f"<|visual token{i:06d}|>": 230 + i for i in range(16)},
+        },
+    )
+
+
+def _janus() -> PretrainedConfig:
+    return AutoConfig.for_model(
+        "janus",
+        text_config=_text("llama", head_dim=HEAD_DIM),
+        vision_config={
+            "hidden_size": HIDDEN,
+            "num_hidden_layers": 1,
+            "num_attention_heads": HEADS,
+            "image_size": 32,
+            "patch_size": 8,
+            "mlp_ratio": 2.0,
+            "projection_dim": HIDDEN,
+            "num_image_tokens": 16,
+        },
+        vq_config={
+            "embed_dim": 8,
+            "num_embeddings": 16,
+            "latent_channels": 32,
+            "base_channels": 32,  # GroupNorm uses 32 groups
+            "channel_multiplier": [1, 1],
+            "num_res_blocks": 1,
+            "num_patches": 4,
+            "projection_dim": HIDDEN,
+            "image_token_embed_dim": HIDDEN,
+        },
+        image_token_id=IMAGE_TOKEN,
+    )
+
+
+def _lfm2_vl() -> PretrainedConfig:
+    """LFM2-VL: the LFM2 text model mixes short-conv and attention layers."""
+    return AutoConfig.for_model(
+        "lfm2_vl",
+        vision_config={
+            "model_type": "siglip2_vision_model",
+            "hidden_size": HIDDEN,
+            "intermediate_size": INTERMEDIATE,
+            "num_hidden_layers": 1,
+            "num_attention_heads": HEADS,
+            "patch_size": 8,
+            "num_patches": 16,
+            "vision_use_head": False,
+        },
+        text_config=_text(
+            "lfm2",
+            layer_types=["conv", "full_attention"],
+            block_auto_adjust_ff_dim=False,
+        ),
+        image_token_id=IMAGE_TOKEN,
+        projector_hidden_size=HIDDEN,
+        downsample_factor=2,
+    )
+
+
+def _glm4v() -> PretrainedConfig:
+    return AutoConfig.for_model(
+        "glm4v",
+        text_config=_text(rope_parameters={**_mrope([2, 1, 1]), "partial_rotary_factor": 1.0}),
+        vision_config={
+            "depth": 1,
+            "hidden_size": HIDDEN,
+            "intermediate_size": INTERMEDIATE,
+            "num_heads": HEADS,
+            "image_size": 16,
+            "patch_size": 4,
+            "out_hidden_size": HIDDEN,
+            "spatial_merge_size": 2,
+            "temporal_patch_size": 2,
+        },
+        image_token_id=IMAGE_TOKEN,
+        video_token_id=VIDEO_TOKEN,
+        image_start_token_id=VISION_START,
+        image_end_token_id=VISION_END,
+        video_start_token_id=BOI_TOKEN,
+        video_end_token_id=EOI_TOKEN,
+    )
+
+
+def _paddleocr_vl() -> PretrainedConfig:
+    return AutoConfig.for_model(
+        "paddleocr_vl",
+        text_config=_text(head_dim=HEAD_DIM, rope_parameters=_mrope([2, 1, 1])),
+        vision_config={
+            "hidden_size": HIDDEN,
+            "intermediate_size": INTERMEDIATE,
+            "num_hidden_layers": 1,
+            "num_attention_heads": HEADS,
+            "image_size": 32,
+            "patch_size": 8,
+            "spatial_merge_size": 2,
+        },
+        image_token_id=IMAGE_TOKEN,
+        video_token_id=VIDEO_TOKEN,
+        vision_start_token_id=VISION_START,
+        vision_end_token_id=VISION_END,
+    )
+
+
+def _ovis2() -> PretrainedConfig:
+    return AutoConfig.for_model(
+        "ovis2",
+        vision_config={
+            "hidden_size": HIDDEN,
+            "intermediate_size": INTERMEDIATE,
+            "num_hidden_layers": 1,
+            "num_attention_heads": HEADS,
+            "image_size": 32,
+            "patch_size": 8,
+            "vocab_size": 16,
+        },
+        text_config=_text("qwen2"),
+        image_token_id=IMAGE_TOKEN,
+        visual_indicator_token_ids=[246, 247, 248, 249, VIDEO_TOKEN],
+        vocab_size=VOCAB,
+        hidden_size=HIDDEN,
+    )
+
+
+_BUILDERS: dict[str, Callable[[], PretrainedConfig]] = {
+    # required
+    "llava": _llava,
+    "llava_next": _llava_next,
+    "llava_onevision": _llava_onevision,
+    "qwen2_vl": _qwen2_vl,
+    "qwen2_5_vl": _qwen2_5_vl,
+    "idefics3": lambda: _idefics3_like("idefics3"),
+    "smolvlm": lambda: _idefics3_like("smolvlm"),
+    "paligemma": _paligemma,
+    "gemma3": _gemma3,
+    "mllama": _mllama,
+    "llama": _llama,
+    "mistral": _mistral,
+    "qwen2": _qwen2,
+    "gpt2": _gpt2,
+    "phi3": _phi3,
+    # optional multimodal
+    "llava_next_video": _llava_next_video,
+    "vipllava": _vipllava,
+    "video_llava": _video_llava,
+    "aya_vision": _aya_vision,
+    "mistral3": _mistral3,
+    "internvl": _internvl,
+    "idefics2": _idefics2,
+    "qwen3_vl": _qwen3_vl,
+    "qwen3_5": _qwen3_5,
+    "got_ocr2": _got_ocr2,
+    "fuyu": _fuyu,
+    "chameleon": _chameleon,
+    "emu3": _emu3,
+    "janus": _janus,
+    "lfm2_vl": _lfm2_vl,
+    "cohere2_vision": _cohere2_vision,
+    "lighton_ocr": _lighton_ocr,
+    "glm4v": _glm4v,
+    "paddleocr_vl": _paddleocr_vl,
+    "ovis2": _ovis2,
+    # optional text-only
+    "gemma": _gemma,
+    "gemma2": _gemma2,
+    "gemma3_text": _gemma3_text,
+    "gemma3n_text": _gemma3n_text,
+    "qwen3": _qwen3,
+    "phi": _phi,
+    "olmo2": _olmo2,
+    "granite": _granite,
+}
+
+_TEXT_ONLY = {
+    "llama", "mistral", "qwen2", "gpt2", "phi3",
+    "gemma", "gemma2", "gemma3_text", "gemma3n_text", "qwen3", "phi", "olmo2", "granite",
+}  # fmt: skip
+
+TINY_FAMILIES: dict[str, str] = {
+    name: "AutoModelForCausalLM" if name in _TEXT_ONLY else "AutoModelForImageTextToText"
+    for name in _BUILDERS
+}
+"""model_type -> name of the transformers Auto class that loads it."""
+
+_AUTO_CLASSES = {
+    "AutoModelForCausalLM": AutoModelForCausalLM,
+    "AutoModelForImageTextToText": AutoModelForImageTextToText,
+}
+
+
+def tiny_config(model_type: str) -> PretrainedConfig:
+    """Return a fresh tiny config for ``model_type`` (a key of TINY_FAMILIES)."""
+    try:
+        builder = _BUILDERS[model_type]
+    except KeyError:
+        raise KeyError(f"no tiny config for model_type {model_type!r}") from None
+    return builder()
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python and torch RNGs so random init is reproducible."""
+    random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def build_tiny_model(model_type: str, seed: int = 0) -> PreTrainedModel:
+    """Instantiate the tiny model with random weights, in eval mode, float32."""
+    config = tiny_config(model_type)
+    seed_everything(seed)
+    auto_cls = _AUTO_CLASSES[TINY_FAMILIES[model_type]]
+    model = auto_cls.from_config(config, dtype=torch.float32)
+    return model.float().eval()
