@@ -122,3 +122,38 @@ def tiny_llava(
     model.save_pretrained(folder)
     processor.save_pretrained(folder)
     return folder
+
+
+def synthetic_expertise(
+    model: Any,
+    hook_points: tuple[str, ...] | None = None,
+    seed: int = 0,
+    share: float = 0.3,
+) -> Any:
+    """Random AurA-style factors for a loaded model: a `share` of units per module get an alpha
+    in [0, 1), the rest 1. For demos and tests of the bake; real factors come from profiling."""
+    from sgm_bake.expertise import Expertise, ModuleExpertise
+    from sgm_bake.fold import unit_axis
+    from sgm_bake.hooks import model_recipe, runtime_prefix
+    from sgm_bake.recipes import HookPoint
+
+    recipe = model_recipe(model)
+    layers = recipe.layers(model.config.to_dict())
+    template = runtime_prefix(model, recipe, layers)
+    points = (
+        [HookPoint.parse(h) for h in hook_points] if hook_points else recipe.default_hook_points
+    )
+    generator = torch.Generator().manual_seed(seed)
+    modules = {}
+    for layer in layers:
+        for point in points:
+            projection = recipe.projection(point.projection)
+            name = recipe.runtime_name(layer, projection, template)
+            weight = model.get_submodule(name).weight
+            units = weight.shape[unit_axis(projection.layout, point.side)]
+            alpha = torch.ones(units)
+            chosen = torch.rand(units, generator=generator) < share
+            alpha[chosen] = torch.rand(int(chosen.sum()), generator=generator)
+            canonical = recipe.runtime_name(layer, projection)
+            modules[canonical] = ModuleExpertise(canonical, point.side, alpha)
+    return Expertise(modules, {"rule": "synthetic", "seed": str(seed)})

@@ -6,13 +6,14 @@ folded tensors are swapped in from the baked files and the same prompts run agai
 swap, each swapped parameter is checked to hold exactly the source checkpoint tensor the recipe
 maps it to, which checks the module-name/checkpoint-key map itself.
 
-Tolerance on the largest logit difference, relative to the largest reference logit: each folded
-weight is rounded once to its stored dtype, a relative error of at most u/2 (unit roundoff
-u = 2^-23 for fp32, 2^-10 for fp16, 2^-7 for bf16). Those errors are independent across weights,
-so they grow with the square root of the fan-in and the depth rather than linearly; the bounds
-below are about 1000x u for fp32 (dominated by float32 summation order, not rounding) and 10x u
-for fp16/bf16 with headroom. A wrong fold (a missed tensor, a transposed layout) changes logits
-by the size of the intervention itself, orders of magnitude above these bounds.
+Tolerance on the largest logit difference, relative to the largest reference logit. Each folded
+weight is rounded once to its stored dtype, a relative error of at most u = 2^-24 (fp32),
+2^-11 (fp16) or 2^-8 (bf16). Independent per-weight errors give each dot product a relative error
+of order u, compounding like the square root of the depth: about 6u for a 32-layer model. We allow
+about 10u for fp16 (5e-3) and bf16 (2e-2), and 1e-4 for fp32, where float32 summation order (not
+the rounding) dominates. Computing the check itself in half precision adds its own noise: 1e-2 for
+fp16 and 5e-2 for bf16 passes. A wrong fold (a missed tensor, a transposed layout) moves logits by
+the size of the intervention itself, reported beside the difference as the intervention effect.
 """
 
 from __future__ import annotations
@@ -34,8 +35,8 @@ from sgm_bake.safetensors_io import read_tensor
 
 logger = logging.getLogger(__name__)
 
-TOLERANCE = {"F64": 1e-4, "F32": 1e-4, "F16": 1e-2, "BF16": 8e-2}
-COMPUTE_TOLERANCE = {torch.float32: 0.0, torch.float16: 1e-2, torch.bfloat16: 8e-2}
+TOLERANCE = {"F64": 1e-4, "F32": 1e-4, "F16": 5e-3, "BF16": 2e-2}
+COMPUTE_TOLERANCE = {torch.float32: 0.0, torch.float16: 1e-2, torch.bfloat16: 5e-2}
 PROMPTS = (
     "Describe this image in one sentence.",
     "What colour is the largest shape?",
@@ -253,7 +254,7 @@ def verify(
     )
     dtypes = bake_record.get("format", {}).get("folded_dtypes") or ["F32"]
     tolerance = max(
-        max(TOLERANCE.get(d, 1e-4) for d in dtypes), COMPUTE_TOLERANCE.get(compute_dtype, 8e-2)
+        max(TOLERANCE.get(d, 1e-4) for d in dtypes), COMPUTE_TOLERANCE.get(compute_dtype, 5e-2)
     )
     report = VerifyReport(
         passed=max_abs / scale <= tolerance,

@@ -22,8 +22,10 @@ from transformers import (
 )
 
 VOCAB = 256
-"""Shared tiny vocabulary; special/image token ids live in 246..255 so that
-``torch.randint(10, VOCAB - 10, ...)`` never produces them."""
+"""Shared tiny vocabulary. Image/video placeholder and other special token ids
+live in 246..255 so that ``torch.randint(10, VOCAB - 10, ...)`` never produces
+them. (Chameleon/Emu3 VQ-code tokens use 230..245; for a text-only forward they
+are ordinary tokens.)"""
 
 HIDDEN = 32
 INTERMEDIATE = 64
@@ -53,7 +55,7 @@ _TEXT_COMMON: dict[str, Any] = {
 }
 
 
-def _text(model_type: str | None = None, **overrides: Any) -> dict[str, Any]:
+def _text(model_type: str | None = None, **overrides: object) -> dict[str, Any]:
     """Language-model sub-config kwargs shared by every family.
 
     ``model_type`` is only set when the parent config resolves the text config
@@ -67,7 +69,7 @@ def _text(model_type: str | None = None, **overrides: Any) -> dict[str, Any]:
     return kwargs
 
 
-def _clip_vision(**overrides: Any) -> dict[str, Any]:
+def _clip_vision(**overrides: object) -> dict[str, Any]:
     """CLIP vision tower: 32px image, 8px patches -> 16 patches, 1 layer."""
     kwargs: dict[str, Any] = {
         "model_type": "clip_vision_model",
@@ -83,7 +85,7 @@ def _clip_vision(**overrides: Any) -> dict[str, Any]:
     return kwargs
 
 
-def _siglip_vision(**overrides: Any) -> dict[str, Any]:
+def _siglip_vision(**overrides: object) -> dict[str, Any]:
     """SigLIP vision tower: 32px image, 8px patches, 1 layer."""
     kwargs: dict[str, Any] = {
         "model_type": "siglip_vision_model",
@@ -98,7 +100,7 @@ def _siglip_vision(**overrides: Any) -> dict[str, Any]:
     return kwargs
 
 
-def _pixtral_vision(**overrides: Any) -> dict[str, Any]:
+def _pixtral_vision(**overrides: object) -> dict[str, Any]:
     """Pixtral vision tower (Mistral3, LightOnOCR): 32px image, 8px patches."""
     kwargs: dict[str, Any] = {
         "model_type": "pixtral",
@@ -645,7 +647,10 @@ def _lfm2_vl() -> PretrainedConfig:
         text_config=_text(
             "lfm2",
             layer_types=["conv", "full_attention"],
-            block_auto_adjust_ff_dim=False,
+            # Keep the real auto-adjust (2/3 * intermediate, rounded up) so the
+            # MLP width differs from intermediate_size exactly like LFM2 (64 -> 48).
+            block_auto_adjust_ff_dim=True,
+            block_multiple_of=16,
         ),
         image_token_id=IMAGE_TOKEN,
         projector_hidden_size=HIDDEN,

@@ -1,0 +1,232 @@
+"""Bad input through the CLI: one-line error, non-zero exit, nothing written."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from sgm_bake.cli import main
+from sgm_bake.expertise import Expertise, ModuleExpertise, load_expertise, save_expertise
+from tests.conftest import write_json
+
+
+def _assert_clean_failure(result, out: Path, *fragments: str) -> None:
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("error: ")]
+    assert len(errors) == 1, result.output
+    assert "Traceback" not in result.output
+    for fragment in fragments:
+        assert fragment in errors[0], errors[0]
+    leftovers = [p for p in out.parent.iterdir() if p.name.startswith(f".{out.name}.")]
+    assert not leftovers
+
+
+def _bake(runner, source: Path, out: Path, expertise: Path, *extra: str):
+    return runner.invoke(
+        main, ["-q", "bake", str(source), str(out), "--expertise", str(expertise), *extra]
+    )
+
+
+def _edited_expertise(path: Path, source: Path, edit) -> Path:
+    expertise = load_expertise(source)
+    modules = dict(expertise.modules)
+    edit(modules)
+    target = path / "edited.safetensors"
+    save_expertise(Expertise(modules, expertise.metadata), target)
+    return target
+
+
+def test_missing_source(runner, tmp_path, llava_expertise):
+    out = tmp_path / "out"
+    result = _bake(runner, tmp_path / "nowhere", out, llava_expertise)
+    _assert_clean_failure(result, out, "does not exist locally")
+    assert not out.exists()
+
+
+def test_folder_without_config(runner, tmp_path, llava_expertise):
+    source = tmp_path / "empty"
+    source.mkdir()
+    out = tmp_path / "out"
+    _assert_clean_failure(_bake(runner, source, out, llava_expertise), out, "no config.json")
+
+
+def test_folder_without_weights(runner, copy_model, llava_dir, llava_expertise, tmp_path):
+    source = copy_model(llava_dir)
+    (source / "model.safetensors").unlink()
+    out = tmp_path / "out"
+    _assert_clean_failure(_bake(runner, source, out, llava_expertise), out, "no weights")
+
+
+def test_unknown_model_type(runner, copy_model, llava_dir, llava_expertise, tmp_path):
+    source = copy_model(llava_dir)
+    config = json.loads((source / "config.json").read_text())
+    config["model_type"] = "frobnicator"
+    write_json(source / "config.json", config)
+    out = tmp_path / "out"
+    result = _bake(runner, source, out, llava_expertise)
+    _assert_clean_failure(
+        result, out, "no recipe for model_type 'frobnicator'", "llava", "--recipe"
+    )
+
+
+@pytest.mark.parametrize("method", ["gptq", "awq", "bitsandbytes", "fp8"])
+def test_quantized_checkpoint(runner, copy_model, llava_dir, llava_expertise, tmp_path, method):
+    source = copy_model(llava_dir)
+    config = json.loads((source / "config.json").read_text())
+    config["quantization_config"] = {"quant_method": method, "bits": 4}
+    write_json(source / "config.json", config)
+    out = tmp_path / "out"
+    result = _bake(runner, source, out, llava_expertise)
+    _assert_clean_failure(result, out, "quantized", method)
+
+
+@pytest.mark.parametrize("cut", ["header", "data"])
+def test_truncated_safetensors(runner, copy_model, llava_dir, llava_expertise, tmp_path, cut):
+    source = copy_model(llava_dir)
+    weights = source / "model.safetensors"
+    data = weights.read_bytes()
+    weights.write_bytes(data[:20] if cut == "header" else data[:-1000])
+    out = tmp_path / "out"
+    _assert_clean_failure(_bake(runner, source, out, llava_expertise), out, "truncated or corrupt")
+
+
+def test_corrupt_header(runner, copy_model, llava_dir, llava_expertise, tmp_path):
+    source = copy_model(llava_dir)
+    weights = source / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[8:12] = b"@@@@"
+    weights.write_bytes(bytes(data))
+    out = tmp_path / "out"
+    _assert_clean_failure(_bake(runner, source, out, llava_expertise), out, "not JSON")
+
+
+def test_unit_count_mismatch(runner, llava_dir, llava_expertise, tmp_path):
+    name = "model.language_model.layers.0.mlp.gate_proj"
+
+    def shrink(modules):
+        modules[name] = ModuleExpertise(name, "output", torch.full((63,), 0.5))
+
+    expertise = _edited_expertise(tmp_path, llava_expertise, shrink)
+    out = tmp_path / "out"
+    result = _bake(runner, llava_dir, out, expertise)
+    _assert_clean_failure(result, out, "63 output units", "another model")
+
+
+def test_vision_tower_module_is_refused(runner, llava_dir, llava_expertise, tmp_path):
+    name = "model.vision_tower.vision_model.encoder.layers.0.mlp.fc1"
+
+    def add(modules):
+        modules[name] = ModuleExpertise(name, "output", torch.full((64,), 0.5))
+
+    expertise = _edited_expertise(tmp_path, llava_expertise, add)
+    out = tmp_path / "out"
+    result = _bake(runner, llava_dir, out, expertise)
+    _assert_clean_failure(result, out, name, "not a language-layer MLP projection")
+
+
+def test_layer_out_of_range(runner, llava_dir, llava_expertise, tmp_path):
+    name = "model.language_model.layers.7.mlp.gate_proj"
+
+    def add(modules):
+        modules[name] = ModuleExpertise(name, "output", torch.full((64,), 0.5))
+
+    expertise = _edited_expertise(tmp_path, llava_expertise, add)
+    out = tmp_path / "out"
+    _assert_clean_failure(_bake(runner, llava_dir, out, expertise), out, "layer 7")
+
+
+@pytest.mark.parametrize(("value", "fragment"), [(float("nan"), "non-finite"), (-0.5, "negative")])
+def test_bad_alpha_values(runner, llava_dir, tmp_path, value, fragment):
+    from safetensors.torch import save_file
+
+    alpha = torch.ones(64)
+    alpha[3] = value
+    path = tmp_path / "bad.safetensors"
+    save_file({"alpha/model.language_model.layers.0.mlp.up_proj": alpha}, str(path))
+    out = tmp_path / "out"
+    _assert_clean_failure(_bake(runner, llava_dir, out, path), out, fragment)
+
+
+def test_not_an_expertise_file(runner, llava_dir, tmp_path):
+    path = tmp_path / "notes.safetensors"
+    path.write_text("hello")
+    out = tmp_path / "out"
+    _assert_clean_failure(_bake(runner, llava_dir, out, path), out, "not a readable expertise")
+
+
+def test_missing_expertise(runner, llava_dir, tmp_path):
+    out = tmp_path / "out"
+    result = _bake(runner, llava_dir, out, tmp_path / "missing.safetensors")
+    _assert_clean_failure(result, out, "does not exist")
+
+
+def test_out_inside_source(runner, copy_model, llava_dir, llava_expertise):
+    source = copy_model(llava_dir)
+    for out in (source, source / "baked"):
+        result = _bake(runner, source, out, llava_expertise)
+        assert result.exit_code == 2 and "inside the source" in result.output
+    assert not (source / "baked").exists()
+
+
+def test_existing_output_is_refused_then_replaced(runner, llava_dir, llava_expertise, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("precious")
+    result = _bake(runner, llava_dir, out, llava_expertise)
+    _assert_clean_failure(result, out, "--overwrite")
+    assert (out / "keep.txt").read_text() == "precious"
+    result = _bake(runner, llava_dir, out, llava_expertise, "--overwrite", "--no-verify")
+    assert result.exit_code == 0, result.output
+    assert not (out / "keep.txt").exists() and (out / "sgm" / "bake.json").is_file()
+
+
+def test_failed_overwrite_keeps_previous_output(runner, llava_dir, llava_expertise, tmp_path):
+    out = tmp_path / "out"
+    assert _bake(runner, llava_dir, out, llava_expertise, "--no-verify").exit_code == 0
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    name = "model.language_model.layers.0.mlp.gate_proj"
+
+    def shrink(modules):
+        modules[name] = ModuleExpertise(name, "output", torch.full((5,), 0.5))
+
+    bad = _edited_expertise(tmp_path, llava_expertise, shrink)
+    result = _bake(runner, llava_dir, out, bad, "--overwrite")
+    _assert_clean_failure(result, out, "5 output units")
+    after = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    assert after == before
+
+
+def test_interrupted_bake_leaves_nothing(runner, llava_dir, llava_expertise, tmp_path, monkeypatch):
+    import sgm_bake.safetensors_io as io
+
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(io, "fold_range", interrupt)
+    out = tmp_path / "out"
+    result = _bake(runner, llava_dir, out, llava_expertise)
+    assert result.exit_code == 130
+    assert not out.exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out.")]
+
+
+def test_verify_fails_on_a_tampered_weight(runner, llava_dir, llava_expertise, tmp_path):
+    from safetensors.torch import save_file
+
+    from tests.conftest import file_metadata, load_state
+
+    out = tmp_path / "out"
+    assert _bake(runner, llava_dir, out, llava_expertise, "--no-verify").exit_code == 0
+    state = load_state(out)
+    key = "language_model.model.layers.1.mlp.up_proj.weight"
+    state[key] = load_state(llava_dir)[key]
+    save_file(
+        state, str(out / "model.safetensors"), metadata=file_metadata(out / "model.safetensors")
+    )
+    result = runner.invoke(main, ["verify", str(out), "--device", "cpu"])
+    assert result.exit_code == 3, result.output
+    assert "FAIL" in result.output

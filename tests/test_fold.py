@@ -1,0 +1,104 @@
+"""The fold in isolation: folded weights compute exactly what the hooks compute."""
+
+from __future__ import annotations
+
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from transformers.pytorch_utils import Conv1D
+
+from sgm_bake.fold import fold_bias, fold_weight, unfold_weight, unit_axis
+
+shapes = st.tuples(st.integers(1, 12), st.integers(1, 12))
+seeds = st.integers(0, 2**31 - 1)
+
+
+def _linear(out_features: int, in_features: int, seed: int) -> torch.nn.Linear:
+    torch.manual_seed(seed)
+    return torch.nn.Linear(in_features, out_features)
+
+
+@settings(max_examples=60, deadline=None)
+@given(shapes, seeds)
+def test_output_fold_equals_output_hook(shape, seed):
+    out_features, in_features = shape
+    layer = _linear(out_features, in_features, seed)
+    alpha = torch.rand(out_features, generator=torch.Generator().manual_seed(seed))
+    x = torch.randn(5, in_features)
+    hooked = layer(x) * alpha
+    axis = unit_axis("out_in", "output")
+    assert axis == 0
+    folded = fold_weight(layer.weight.detach(), row_scale=alpha)
+    bias = fold_bias(layer.bias.detach(), alpha)
+    torch.testing.assert_close(x @ folded.T + bias, hooked, rtol=1e-5, atol=1e-6)
+
+
+@settings(max_examples=60, deadline=None)
+@given(shapes, seeds)
+def test_input_fold_equals_pre_hook(shape, seed):
+    out_features, in_features = shape
+    layer = _linear(out_features, in_features, seed)
+    alpha = torch.rand(in_features, generator=torch.Generator().manual_seed(seed))
+    x = torch.randn(5, in_features)
+    hooked = layer(x * alpha)
+    assert unit_axis("out_in", "input") == 1
+    folded = fold_weight(layer.weight.detach(), col_scale=alpha)
+    torch.testing.assert_close(x @ folded.T + layer.bias.detach(), hooked, rtol=1e-5, atol=1e-6)
+
+
+@settings(max_examples=40, deadline=None)
+@given(shapes, seeds, st.sampled_from(["output", "input"]))
+def test_conv1d_layout_swaps_axes(shape, seed, side):
+    n_out, n_in = shape
+    torch.manual_seed(seed)
+    layer = Conv1D(n_out, n_in)
+    torch.nn.init.normal_(layer.bias)
+    units = n_out if side == "output" else n_in
+    alpha = torch.rand(units, generator=torch.Generator().manual_seed(seed))
+    x = torch.randn(3, n_in)
+    axis = unit_axis("in_out", side)
+    weight = layer.weight.detach()
+    if side == "output":
+        hooked = layer(x) * alpha
+        folded = fold_weight(weight, col_scale=alpha) if axis == 1 else None
+        result = x @ folded + fold_bias(layer.bias.detach(), alpha)
+    else:
+        hooked = layer(x * alpha)
+        folded = fold_weight(weight, row_scale=alpha) if axis == 0 else None
+        result = x @ folded + layer.bias.detach()
+    torch.testing.assert_close(result, hooked, rtol=1e-5, atol=1e-6)
+
+
+@settings(max_examples=40, deadline=None)
+@given(shapes, seeds, st.sampled_from([torch.bfloat16, torch.float16]))
+def test_half_precision_rounds_once(shape, seed, dtype):
+    generator = torch.Generator().manual_seed(seed)
+    weight = torch.randn(shape, generator=generator).to(dtype)
+    rows = torch.rand(shape[0], generator=generator)
+    cols = torch.rand(shape[1], generator=generator)
+    folded = fold_weight(weight, rows, cols)
+    assert folded.dtype == dtype
+    expected = (weight.float() * rows[:, None] * cols[None, :]).to(dtype)
+    assert torch.equal(folded, expected)
+
+
+def test_identity_factors_are_bit_exact():
+    weight = torch.randn(7, 5).to(torch.bfloat16)
+    assert torch.equal(fold_weight(weight, torch.ones(7), torch.ones(5)), weight)
+
+
+@settings(max_examples=40, deadline=None)
+@given(shapes, seeds)
+def test_unfold_inverts_fold_in_fp32(shape, seed):
+    generator = torch.Generator().manual_seed(seed)
+    weight = torch.randn(shape, generator=generator)
+    rows = 0.05 + torch.rand(shape[0], generator=generator)
+    folded = fold_weight(weight, rows)
+    torch.testing.assert_close(unfold_weight(folded, rows), weight, rtol=3e-7, atol=0)
+
+
+def test_shape_mismatch_is_an_error():
+    import pytest
+
+    with pytest.raises(ValueError):
+        fold_weight(torch.zeros(3, 4), row_scale=torch.ones(4))
