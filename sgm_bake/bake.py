@@ -308,6 +308,7 @@ def bake(source: Source, out: Path, expertise: Expertise, options: BakeOptions) 
                 "file": plan.recipe.path.name,
                 "checkpoint_layout": plan.layout.prefix_template,
                 "layers": [plan.layout.layers.start, plan.layout.layers.stop],
+                "definition": plan.recipe.definition,
             },
             "format": {
                 "source": checkpoint.format,

@@ -18,7 +18,7 @@ import json
 import os
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
@@ -90,6 +90,7 @@ class Recipe:
     default_hook_points: tuple[HookPoint, ...]
     neuron_hook_points: tuple[HookPoint, ...]
     path: Path
+    definition: dict[str, Any] = field(compare=False, repr=False, hash=False)
 
     def projection(self, name: str) -> Projection:
         for projection in self.projections:
@@ -102,10 +103,16 @@ class Recipe:
 
     @cached_property
     def _module_patterns(self) -> list[tuple[re.Pattern[str], Projection]]:
+        # Runtime namings first (current, then older transformers), then checkpoint namings;
+        # the first match wins, so a runtime name is never read as a checkpoint name.
         patterns = []
-        for template in dict.fromkeys(self.runtime_prefixes + self.checkpoint_prefixes):
-            for projection in self.projections:
-                for leaf in dict.fromkeys((projection.name, projection.checkpoint_name)):
+        for templates, checkpoint in (
+            (self.runtime_prefixes, False),
+            (self.checkpoint_prefixes, True),
+        ):
+            for template in templates:
+                for projection in self.projections:
+                    leaf = projection.checkpoint_name if checkpoint else projection.name
                     regex = f"^{_template_regex(template)}\\.{re.escape(leaf)}$"
                     patterns.append((re.compile(regex), projection))
         return patterns
@@ -171,6 +178,13 @@ def load_recipe(path: Path) -> Recipe:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as exc:
         raise SGMError(f"recipe {path} is not readable JSON ({exc}); fix or remove it") from exc
+    return parse_recipe(data, path)
+
+
+def parse_recipe(data: dict[str, Any], path: Path) -> Recipe:
+    """Build a recipe from its JSON data (`path` names it in messages)."""
+    if not isinstance(data, dict):
+        raise SGMError(f"recipe {path} is not a JSON object; see recipes/README.md")
     layers = _require(data, "layers", path)
     projections = []
     for entry in _require(data, "projections", path):
@@ -198,6 +212,7 @@ def load_recipe(path: Path) -> Recipe:
         default_hook_points=tuple(HookPoint.parse(h) for h in data.get("default_hook_points", [])),
         neuron_hook_points=tuple(HookPoint.parse(h) for h in data.get("neuron_hook_points", [])),
         path=path,
+        definition=data,
     )
     for template in recipe.runtime_prefixes + recipe.checkpoint_prefixes:
         try:

@@ -30,13 +30,14 @@ from sgm_bake.checkpoint import Checkpoint, load_bin, open_checkpoint
 from sgm_bake.errors import SGMError
 from sgm_bake.expertise import load_expertise
 from sgm_bake.hooks import SGMHooks
-from sgm_bake.recipes import Recipe, recipe_for_config, resolve_checkpoint_layout
+from sgm_bake.recipes import Recipe, parse_recipe, recipe_for_config, resolve_checkpoint_layout
 from sgm_bake.safetensors_io import read_tensor
 
 logger = logging.getLogger(__name__)
 
 TOLERANCE = {"F64": 1e-4, "F32": 1e-4, "F16": 5e-3, "BF16": 2e-2}
 COMPUTE_TOLERANCE = {torch.float32: 0.0, torch.float16: 1e-2, torch.bfloat16: 5e-2}
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json")
 PROMPTS = (
     "Describe this image in one sentence.",
     "What colour is the largest shape?",
@@ -163,11 +164,15 @@ def build_inputs(folder: Path, config: dict[str, Any]) -> tuple[str, list[dict[s
             return "image+text", batches
         except Exception as exc:
             logger.warning("processor could not build image inputs (%s); using text only", exc)
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(folder)
-        return "text", [dict(tokenizer(prompt, return_tensors="pt")) for prompt in PROMPTS]
-    except Exception:
-        logger.info("no tokenizer in %s; verifying on fixed random token ids", folder)
+    if any((folder / name).is_file() for name in TOKENIZER_FILES):
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(folder)
+            batches = [dict(tokenizer(prompt, return_tensors="pt")) for prompt in PROMPTS]
+            if all(batch["input_ids"].numel() for batch in batches):
+                return "text", batches
+        except Exception as exc:
+            logger.warning("tokenizer in %s does not load (%s); using token ids", folder, exc)
+    logger.info("no usable tokenizer in %s; verifying on fixed random token ids", folder)
     generator = torch.Generator().manual_seed(0)
     vocab = _vocab_size(config)
     banned = _special_token_ids(config)
@@ -199,6 +204,14 @@ def _checkpoint_tensor(checkpoint: Checkpoint, key_files: dict[str, str], key: s
     return load_bin(checkpoint.root / key_files[key])[key]
 
 
+def recorded_recipe(bake_record: dict[str, Any], config: dict[str, Any]) -> Recipe:
+    """The recipe the bake used (stored in bake.json), so a custom --recipe is honoured."""
+    recorded = bake_record.get("recipe", {})
+    if isinstance(recorded.get("definition"), dict):
+        return parse_recipe(recorded["definition"], Path(recorded.get("file", "bake.json")))
+    return recipe_for_config(config)
+
+
 def verify(
     out: Path,
     source_path: Path,
@@ -210,7 +223,7 @@ def verify(
     bake_record = read_record(out)
     source = open_checkpoint(source_path)
     baked = open_checkpoint(out)
-    recipe = recipe_for_config(source.config)
+    recipe = recorded_recipe(bake_record, source.config)
     expertise = load_expertise(out / SGM_DIR / EXPERTISE_FILE)
     target = pick_device(device)
     model = load_model(source_path, recipe, compute_dtype, target)
