@@ -207,3 +207,44 @@ def recipes_command() -> None:
         recipe = load_recipe(path)
         projections = ", ".join(p.name for p in recipe.projections)
         click.echo(f"{model_type:24} {projections}  ({path})")
+
+
+@main.command()
+@click.argument("workdir", type=click.Path(path_type=Path, file_okay=False))
+@click.option("--overwrite", is_flag=True, help="Replace WORKDIR if it exists and is not empty.")
+@click.pass_context
+@user_errors
+def demo(ctx: click.Context, workdir: Path, overwrite: bool) -> None:
+    """Offline demo: build a tiny LLaVA, bake random factors into it and verify the result.
+
+    Writes WORKDIR/source (the tiny model), WORKDIR/expertise.safetensors and WORKDIR/baked.
+    The factors are random: this shows the mechanics of the bake, not a detox effect.
+    """
+    from transformers import AutoModelForImageTextToText
+
+    from sgm_bake.bake import BakeOptions
+    from sgm_bake.bake import bake as run_bake
+    from sgm_bake.expertise import load_expertise, save_expertise
+    from sgm_bake.outdir import atomic_folder, check_target
+    from sgm_bake.source import resolve_source
+    from sgm_bake.tiny import synthetic_expertise, tiny_llava
+
+    check_target(workdir, None, overwrite)
+    with atomic_folder(workdir, overwrite) as staging:
+        source = tiny_llava(staging / "source", hidden=64, intermediate=128, layers=4)
+        model = AutoModelForImageTextToText.from_pretrained(source)
+        save_expertise(synthetic_expertise(model, seed=0), staging / "expertise.safetensors")
+    workdir = workdir.resolve()
+    click.echo(f"built a tiny LLaVA in {workdir / 'source'} with random factors")
+
+    options = BakeOptions(progress=ctx.obj["progress"], command=_command_line())
+    record = run_bake(
+        resolve_source(str(workdir / "source")),
+        workdir / "baked",
+        load_expertise(workdir / "expertise.safetensors"),
+        options,
+    )
+    click.echo(
+        f"baked {workdir / 'baked'}: {len(record['expertise']['tensors_folded'])} tensors folded"
+    )
+    _run_verify(workdir / "baked", workdir / "source", "float32", "cpu")

@@ -208,6 +208,8 @@ def rewrite_file(
     with header.path.open("rb") as source, destination.open("wb") as out:
         writer = HashingWriter(out)
         writer.write(header.raw)
+        if on_bytes is not None:
+            on_bytes(len(header.raw))
         for info in header.tensors.values():
             if info.name in folds:
                 fold_range(source, info, folds[info.name], writer)
