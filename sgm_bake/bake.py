@@ -31,7 +31,7 @@ from sgm_bake.checkpoint import (
 )
 from sgm_bake.errors import SGMError
 from sgm_bake.expertise import Expertise, ModuleExpertise, ResolvedUnits, save_expertise
-from sgm_bake.fold import fold_weight, unit_axis
+from sgm_bake.fold import scale_weight, unit_axis
 from sgm_bake.outdir import atomic_folder, check_target
 from sgm_bake.recipes import CheckpointLayout, Recipe, recipe_for_config, resolve_checkpoint_layout
 from sgm_bake.safetensors_io import (
@@ -81,15 +81,16 @@ class TensorEdit:
             self.col_scale = combined
 
     def fold_block(self, block: torch.Tensor, first_row: int) -> torch.Tensor:
-        """Fold rows [first_row, first_row + len(block)) of this tensor."""
+        """Scale rows [first_row, first_row + len(block)) of this tensor (float32 result; the
+        writer rounds it once to the stored dtype)."""
         rows = None
         if self.row_scale is not None:
             rows = self.row_scale[first_row : first_row + block.shape[0]]
         if block.ndim == 1:
-            return fold_weight(block[:, None], rows, None)[:, 0]
+            return scale_weight(block[:, None], rows, None)[:, 0]
         if len(self.shape) == 1:
-            return fold_weight(block, rows, None)
-        return fold_weight(block, rows, self.col_scale)
+            return scale_weight(block, rows, None)
+        return scale_weight(block, rows, self.col_scale)
 
 
 @dataclass(frozen=True)
@@ -193,7 +194,8 @@ def _copy_other_files(checkpoint: Checkpoint, staging: Path) -> list[str]:
     return dropped
 
 
-def _write_weights(plan: BakePlan, staging: Path, progress: bool) -> None:
+def _write_weights(plan: BakePlan, staging: Path, progress: bool) -> dict[str, str]:
+    """Write the weight files (and index); return the sha256 of each weight file written."""
     checkpoint = plan.checkpoint
     per_file: dict[str, dict[str, Callable[[torch.Tensor, int], torch.Tensor]]] = {}
     for key, edit in plan.edits.items():
@@ -203,11 +205,14 @@ def _write_weights(plan: BakePlan, staging: Path, progress: bool) -> None:
         total=total, unit="B", unit_scale=True, desc="baking", disable=not progress, file=sys.stderr
     ) as bar:
         if checkpoint.format == "safetensors":
-            for name, header in checkpoint.headers.items():
-                rewrite_file(header, staging / name, per_file.get(name, {}), bar.update)
+            hashes = {
+                name: rewrite_file(header, staging / name, per_file.get(name, {}), bar.update)
+                for name, header in checkpoint.headers.items()
+            }
             if checkpoint.index_file:
                 shutil.copyfile(checkpoint.root / checkpoint.index_file, staging / SAFE_INDEX)
-            return
+            return hashes
+        hashes = {}
         renamed = {}
         total_size = 0
         for name in checkpoint.weight_files:
@@ -216,17 +221,20 @@ def _write_weights(plan: BakePlan, staging: Path, progress: bool) -> None:
             tensors = []
             for key, tensor in state.items():
                 if key in folds:
-                    tensor = plan.edits[key].fold_block(tensor, 0)
+                    tensor = plan.edits[key].fold_block(tensor, 0).to(tensor.dtype)
                 tensors.append((key, tensor))
                 total_size += tensor.numel() * tensor.element_size()
             renamed[name] = bin_to_safetensors_name(name)
-            write_tensors(staging / renamed[name], tensors, {"format": "pt"})
+            hashes[renamed[name]] = write_tensors(
+                staging / renamed[name], tensors, {"format": "pt"}
+            )
             bar.update((checkpoint.root / name).stat().st_size)
         if checkpoint.index_file:
             index = json.loads((checkpoint.root / checkpoint.index_file).read_text())
             index["weight_map"] = {k: renamed[v] for k, v in index["weight_map"].items()}
             index.setdefault("metadata", {})["total_size"] = total_size
             (staging / SAFE_INDEX).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+    return hashes
 
 
 def module_counts(units: list[ResolvedUnits], recipe: Recipe) -> dict[str, dict[str, Any]]:
@@ -247,21 +255,25 @@ def module_counts(units: list[ResolvedUnits], recipe: Recipe) -> dict[str, dict[
     return counts
 
 
-def output_hashes(folder: Path, skip: set[str] | None = None) -> dict[str, str]:
-    """sha256 of every file in `folder`, keyed by its relative path."""
+def output_hashes(
+    folder: Path, skip: set[str] | None = None, known: dict[str, str] | None = None
+) -> dict[str, str]:
+    """sha256 of every file in `folder`, keyed by relative path; `known` digests (computed while
+    the file was written) are reused rather than reading multi-GB shards again."""
     skip = skip or set()
+    known = known or {}
     hashes = {}
     for path in sorted(folder.rglob("*")):
         name = path.relative_to(folder).as_posix()
         if path.is_file() and name not in skip:
-            hashes[name] = file_sha256(path)
+            hashes[name] = known.get(name) or file_sha256(path)
     return hashes
 
 
-def write_record(folder: Path, record: dict[str, Any]) -> None:
-    """(Re)write sgm/bake.json with fresh sha256 figures of every other output file."""
+def write_record(folder: Path, record: dict[str, Any], known: dict[str, str] | None = None) -> None:
+    """(Re)write sgm/bake.json with the sha256 of every other output file."""
     record_path = folder / SGM_DIR / RECORD_FILE
-    record["files"] = output_hashes(folder, {f"{SGM_DIR}/{RECORD_FILE}"})
+    record["files"] = output_hashes(folder, {f"{SGM_DIR}/{RECORD_FILE}"}, known)
     tmp = record_path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     os.replace(tmp, record_path)
@@ -295,7 +307,7 @@ def bake(source: Source, out: Path, expertise: Expertise, options: BakeOptions) 
         dropped = _copy_other_files(checkpoint, staging)
         for name in dropped:
             logger.warning("left out %s: weights in another format would ship unbaked", name)
-        _write_weights(plan, staging, options.progress)
+        weight_hashes = _write_weights(plan, staging, options.progress)
         (staging / SGM_DIR).mkdir()
         save_expertise(canonical_expertise(plan, expertise), staging / SGM_DIR / EXPERTISE_FILE)
         record: dict[str, Any] = {
@@ -323,5 +335,5 @@ def bake(source: Source, out: Path, expertise: Expertise, options: BakeOptions) 
             "dropped_files": dropped,
             **options.extra_record,
         }
-        write_record(staging, record)
+        write_record(staging, record, weight_hashes)
     return record

@@ -20,12 +20,12 @@ def unit_axis(layout: Layout, side: Side) -> int:
     return output_axis if side == "output" else 1 - output_axis
 
 
-def fold_weight(
+def scale_weight(
     weight: torch.Tensor,
     row_scale: torch.Tensor | None = None,
     col_scale: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Scale the rows and/or columns of a 2-D weight, in float32, rounding once to its dtype."""
+    """Scale the rows and/or columns of a 2-D weight; the result is float32, not yet rounded."""
     if weight.ndim != 2:
         raise ValueError(f"expected a 2-D weight, got shape {tuple(weight.shape)}")
     scaled = weight.to(torch.float32, copy=True)
@@ -41,7 +41,16 @@ def fold_weight(
                 f"col scale {tuple(col_scale.shape)} does not fit {tuple(weight.shape)}"
             )
         scaled.mul_(col_scale.to(torch.float32)[None, :])
-    return scaled.to(weight.dtype)
+    return scaled
+
+
+def fold_weight(
+    weight: torch.Tensor,
+    row_scale: torch.Tensor | None = None,
+    col_scale: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Scale the rows and/or columns of a 2-D weight, in float32, rounding once to its dtype."""
+    return scale_weight(weight, row_scale, col_scale).to(weight.dtype)
 
 
 def fold_bias(bias: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:

@@ -284,5 +284,5 @@ def verify(
     )
     if record:
         bake_record["verification"] = asdict(report)
-        write_record(out, bake_record)
+        write_record(out, bake_record, bake_record.get("files"))
     return report
