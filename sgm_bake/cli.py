@@ -64,7 +64,24 @@ def _command_line() -> str:
     return shlex.join(["sgm-bake", *sys.argv[1:]])
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class DefaultGroup(click.Group):
+    """A group whose first argument may be a model instead of a command: `sgm-bake MODEL OUT`
+    runs the whole pipeline (the hidden `run` command)."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        positional = [a for a in args if not a.startswith("-")]
+        if positional and positional[0] not in self.commands:
+            index = args.index(positional[0])
+            args = [*args[:index], "run", *args[index:]]
+        return super().parse_args(ctx, args)
+
+
+@click.group(
+    cls=DefaultGroup,
+    context_settings={"help_option_names": ["-h", "--help"]},
+    epilog="One command for the whole pipeline (profile, bake, verify): sgm-bake MODEL OUT "
+    "[options]; see 'sgm-bake run --help'.",
+)
 @click.version_option(__version__, prog_name="sgm-bake")
 @click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars; errors only.")
@@ -248,3 +265,330 @@ def demo(ctx: click.Context, workdir: Path, overwrite: bool) -> None:
         f"baked {workdir / 'baked'}: {len(record['expertise']['tensors_folded'])} tensors folded"
     )
     _run_verify(workdir / "baked", workdir / "source", "float32", "cpu")
+
+
+def _profile_options(command: F) -> F:
+    """Options shared by `profile` and the one-command form."""
+    options = [
+        click.option(
+            "--profile-set",
+            default="builtin:default",
+            show_default=True,
+            help="Labelled image-text pairs: a .jsonl/.csv file, builtin:NAME or hf://datasets/ORG/NAME/FILE.",
+        ),
+        click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, mps."),
+        click.option(
+            "--dtype",
+            type=click.Choice(["auto", "float32", "bfloat16", "float16"]),
+            default="auto",
+            show_default=True,
+            help="Precision of the profiling passes (auto: float32 on CPU, bfloat16 on GPU).",
+        ),
+        click.option("--batch-size", type=click.IntRange(1), default=8, show_default=True),
+        click.option(
+            "--max-samples",
+            type=click.IntRange(2),
+            default=None,
+            help="Profile at most N samples, half per class.",
+        ),
+        click.option(
+            "--pooling",
+            type=click.Choice(["mean", "max"]),
+            default="mean",
+            show_default=True,
+            help="Pool each unit over token positions: mean (SGM) or max (AurA).",
+        ),
+        click.option(
+            "--positions",
+            type=click.Choice(["all", "text"]),
+            default="all",
+            show_default=True,
+            help="Pool over all non-padding positions (image tokens too, as SGM) or text "
+            "positions only.",
+        ),
+        click.option(
+            "--feed",
+            type=click.Choice(["response", "dialogue"]),
+            default="response",
+            show_default=True,
+            help="response: image + reply text in one user turn (SGM); dialogue: the prompt, "
+            "then the reply as the assistant's turn.",
+        ),
+        click.option(
+            "--hook-points",
+            default=None,
+            help="Comma-separated PROJECTION:SIDE list (default: the recipe's, the outputs of "
+            "the MLP projections).",
+        ),
+        click.option(
+            "--neurons",
+            is_flag=True,
+            help="Profile the classic MLP neurons (inputs of the down projection) instead of "
+            "the default hook points.",
+        ),
+        click.option(
+            "--layers",
+            "layer_spec",
+            default=None,
+            help="Only these post-fusion layers, e.g. '8-31' or '0,2,4'.",
+        ),
+        click.option(
+            "--responses-dir",
+            type=click.Path(path_type=Path, file_okay=False),
+            default=None,
+            help="Where pooled responses are stored (resumable); default: a cache folder per run.",
+        ),
+        click.option(
+            "--keep-responses", is_flag=True, help="Keep the response store after profiling."
+        ),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def _rule_options(command: F) -> F:
+    options = [
+        click.option(
+            "--rule",
+            type=click.Choice(["aura", "damp", "det0"]),
+            default=None,
+            help="aura (default): alpha = 1 - 2(auroc - 0.5); damp: fixed alpha for the top-k; "
+            "det0: alpha 0 for the top-k.",
+        ),
+        click.option(
+            "--threshold",
+            type=click.FloatRange(0, 1),
+            default=None,
+            help="Units with AUROC above this are experts (default 0.5; the SGM code uses 0.3).",
+        ),
+        click.option(
+            "--top-k",
+            type=click.IntRange(0),
+            default=None,
+            help="Only the k units with the highest AUROC, across all modules.",
+        ),
+        click.option(
+            "--damp-alpha",
+            type=click.FloatRange(0),
+            default=None,
+            help="The factor of the damp rule (default 0.5).",
+        ),
+        click.option(
+            "--strength",
+            type=click.FloatRange(0),
+            default=None,
+            help="Scale the suppression: alpha' = 1 - s(1 - alpha) (default 1).",
+        ),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def _rule(
+    rule: str | None,
+    threshold: float | None,
+    top_k: int | None,
+    damp_alpha: float | None,
+    strength: float | None,
+) -> Any:
+    from sgm_bake.expertise_math import RuleOptions
+
+    if rule in ("damp", "det0") and top_k is None and threshold is None:
+        click.echo(
+            f"note: --rule {rule} without --top-k acts on every unit with AUROC > 0.5", err=True
+        )
+    return RuleOptions(
+        rule=rule or "aura",
+        threshold=0.5 if threshold is None else threshold,
+        top_k=top_k,
+        damp_alpha=0.5 if damp_alpha is None else damp_alpha,
+        strength=1.0 if strength is None else strength,
+    )
+
+
+def _resolve_dtype(name: str, device: Any) -> Any:
+    import torch
+
+    if name != "auto":
+        return getattr(torch, name)
+    return torch.float32 if device.type == "cpu" else torch.bfloat16
+
+
+def _profile(
+    ctx: click.Context, source: Any, recipe_file: Path | None, params: dict[str, Any], rule: Any
+) -> Any:
+    from sgm_bake.checkpoint import open_checkpoint
+    from sgm_bake.profile import ProfileOptions, parse_layers, run_profile
+    from sgm_bake.profile_set import load_profile_set
+    from sgm_bake.recipes import recipe_for_config
+    from sgm_bake.verify import load_model, pick_device
+
+    checkpoint = open_checkpoint(source.path)
+    recipe = recipe_for_config(checkpoint.config, recipe_file)
+    profile_set = load_profile_set(params["profile_set"]).limited(params["max_samples"])
+    hook_points = None
+    if params["neurons"]:
+        hook_points = tuple(str(p) for p in recipe.neuron_hook_points)
+    elif params["hook_points"]:
+        hook_points = tuple(p.strip() for p in params["hook_points"].split(",") if p.strip())
+    options = ProfileOptions(
+        hook_points=hook_points,
+        layers=parse_layers(params["layer_spec"]),
+        pooling=params["pooling"],
+        positions=params["positions"],
+        feed=params["feed"],
+        batch_size=params["batch_size"],
+        max_samples=params["max_samples"],
+        responses_dir=params["responses_dir"],
+        keep_responses=params["keep_responses"],
+        progress=ctx.obj["progress"],
+        rule=rule,
+    )
+    device = pick_device(params["device"])
+    dtype = _resolve_dtype(params["dtype"], device)
+    toxic, benign = profile_set.counts()
+    click.echo(
+        f"profiling {source.id} on {profile_set.name} ({toxic} toxic, {benign} non-toxic) "
+        f"on {device}",
+        err=True,
+    )
+    model = load_model(source.path, recipe, dtype, device)
+    expertise = run_profile(
+        model, source.path, recipe, profile_set, options, source.id, source.revision, device, dtype
+    )
+    return expertise, recipe
+
+
+def _echo_summary(expertise: Any, recipe: Any) -> None:
+    from sgm_bake.profile import layer_summary
+
+    rows = layer_summary(expertise, recipe)
+    click.echo("layer  units  suppressed  zeroed  amplified")
+    for row in rows:
+        click.echo(
+            f"{row['layer']:>5}  {row['units']:>5}  {row['suppressed']:>10}  "
+            f"{row['zeroed']:>6}  {row['amplified']:>9}"
+        )
+    total = sum(r["units"] for r in rows)
+    suppressed = sum(r["suppressed"] for r in rows)
+    click.echo(f"total  {total} units, {suppressed} suppressed ({suppressed / max(1, total):.2%})")
+
+
+@main.command()
+@click.argument("model")
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(path_type=Path, dir_okay=False),
+    required=True,
+    help="Expertise file to write (safetensors).",
+)
+@click.option("--revision", default=None, help="Hub branch, tag or commit of MODEL.")
+@click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists.")
+@recipe_option
+@_profile_options
+@_rule_options
+@click.pass_context
+@user_errors
+def profile(
+    ctx: click.Context,
+    model: str,
+    output: Path,
+    revision: str | None,
+    overwrite: bool,
+    recipe_file: Path | None,
+    rule: str | None,
+    threshold: float | None,
+    top_k: int | None,
+    damp_alpha: float | None,
+    strength: float | None,
+    **params: Any,
+) -> None:
+    """Find the toxic expert units of MODEL and write their AUROC and factors to OUTPUT."""
+    import os
+
+    from sgm_bake.expertise import save_expertise
+    from sgm_bake.source import resolve_source
+
+    if output.exists() and not overwrite:
+        raise SGMError(f"{output} exists; pass --overwrite to replace it")
+    rule_options = _rule(rule, threshold, top_k, damp_alpha, strength)
+    source = resolve_source(model, revision)
+    expertise, recipe = _profile(ctx, source, recipe_file, params, rule_options)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    partial = output.with_name(f".{output.name}.partial")
+    save_expertise(expertise, partial)
+    os.replace(partial, output)
+    _echo_summary(expertise, recipe)
+    click.echo(f"wrote {output}")
+
+
+@main.command(hidden=True)
+@click.argument("model")
+@click.argument("out", type=click.Path(path_type=Path))
+@click.option(
+    "--expertise",
+    "expertise_path",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Reuse a profile (expertise file or research-code folder) instead of profiling.",
+)
+@click.option("--revision", default=None, help="Hub branch, tag or commit of MODEL.")
+@click.option("--overwrite", is_flag=True, help="Replace OUT if it exists and is not empty.")
+@recipe_option
+@click.option("--verify/--no-verify", default=True, show_default=True, help="Verify after baking.")
+@verify_dtype_option
+@_profile_options
+@_rule_options
+@click.pass_context
+@user_errors
+def run(
+    ctx: click.Context,
+    model: str,
+    out: Path,
+    expertise_path: Path | None,
+    revision: str | None,
+    overwrite: bool,
+    recipe_file: Path | None,
+    verify: bool,
+    verify_dtype: str,
+    rule: str | None,
+    threshold: float | None,
+    top_k: int | None,
+    damp_alpha: float | None,
+    strength: float | None,
+    **params: Any,
+) -> None:
+    """The whole pipeline: profile MODEL (or reuse --expertise), bake into OUT, verify.
+
+    Usage: sgm-bake MODEL OUT [options]
+    """
+    from sgm_bake.bake import BakeOptions
+    from sgm_bake.bake import bake as run_bake
+    from sgm_bake.expertise import load_expertise
+    from sgm_bake.outdir import check_target
+    from sgm_bake.profile import apply_rule
+    from sgm_bake.source import resolve_source
+
+    source = resolve_source(model, revision)
+    check_target(out, source.path, overwrite)
+    rule_given = any(v is not None for v in (rule, threshold, top_k, damp_alpha, strength))
+    rule_options = _rule(rule, threshold, top_k, damp_alpha, strength)
+    if expertise_path is not None:
+        expertise = load_expertise(expertise_path)
+        if rule_given:
+            expertise = apply_rule(expertise, rule_options)
+        from sgm_bake.checkpoint import open_checkpoint
+        from sgm_bake.recipes import recipe_for_config
+
+        recipe = recipe_for_config(open_checkpoint(source.path).config, recipe_file)
+    else:
+        expertise, recipe = _profile(ctx, source, recipe_file, params, rule_options)
+    _echo_summary(expertise, recipe)
+    options = BakeOptions(overwrite, recipe_file, ctx.obj["progress"], _command_line())
+    record = run_bake(source, out, expertise, options)
+    click.echo(f"baked {out}: {len(record['expertise']['tensors_folded'])} tensors folded")
+    if verify:
+        _run_verify(out, source.path, verify_dtype, params["device"])

@@ -1,0 +1,409 @@
+"""Profile: run a model over a labelled profile set and measure every unit's expertise.
+
+The model sees each sample as SGM's code feeds it: the image plus the text through the model's
+chat template (`feed="response"`: one user turn holding the image and the reply text), or as a
+dialogue (`feed="dialogue"`: the user's prompt with the image, then the reply as the assistant's
+turn). Capture hooks pool each unit's response; the pooled responses stream to a resumable
+on-disk store; AUROC per unit and a suppression rule turn them into an expertise file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from sgm_bake.capture import Capture, Pooling
+from sgm_bake.errors import SGMError
+from sgm_bake.expertise import Expertise, ModuleExpertise
+from sgm_bake.expertise_math import RuleOptions, auroc, factors
+from sgm_bake.fold import unit_axis
+from sgm_bake.hooks import runtime_prefix
+from sgm_bake.profile_set import ProfileSample, ProfileSet
+from sgm_bake.recipes import HookPoint, Recipe
+from sgm_bake.store import ResponseStore
+
+logger = logging.getLogger(__name__)
+
+Feed = Literal["response", "dialogue"]
+Positions = Literal["all", "text"]
+
+
+@dataclass(frozen=True)
+class ProfileOptions:
+    """How the responses are captured."""
+
+    hook_points: tuple[str, ...] | None = None
+    layers: tuple[int, ...] | None = None
+    pooling: Pooling = "mean"
+    positions: Positions = "all"
+    feed: Feed = "response"
+    batch_size: int = 8
+    max_samples: int | None = None
+    responses_dir: Path | None = None
+    keep_responses: bool = False
+    progress: bool = True
+    rule: RuleOptions = field(default_factory=RuleOptions)
+
+
+def parse_layers(text: str | None) -> tuple[int, ...] | None:
+    """`"8-31"`, `"0,2,4"` or `"0-3,8"` -> layer indices (inclusive ranges)."""
+    if not text:
+        return None
+    layers: list[int] = []
+    try:
+        for part in text.split(","):
+            first, _, last = part.strip().partition("-")
+            layers.extend(range(int(first), int(last or first) + 1))
+    except ValueError as exc:
+        raise SGMError(
+            f"--layers {text!r} is not a list of layers such as '8-31' or '0,2,4'"
+        ) from exc
+    return tuple(sorted(set(layers)))
+
+
+@dataclass(frozen=True)
+class ProfileTarget:
+    """One module to profile."""
+
+    name: str
+    module: torch.nn.Module
+    layer: int
+    point: HookPoint
+    units: int
+
+
+def profile_targets(model: Any, recipe: Recipe, options: ProfileOptions) -> list[ProfileTarget]:
+    """The modules to hook: recipe hook points in the selected post-fusion layers."""
+    all_layers = recipe.layers(model.config.to_dict())
+    layers = list(all_layers)
+    if options.layers is not None:
+        outside = [i for i in options.layers if i not in all_layers]
+        if outside:
+            raise SGMError(
+                f"--layers names {outside}, outside the post-fusion layers "
+                f"{all_layers.start}-{all_layers.stop - 1} of this model"
+            )
+        layers = list(options.layers)
+    points = (
+        [HookPoint.parse(text) for text in options.hook_points]
+        if options.hook_points
+        else list(recipe.default_hook_points)
+    )
+    template = runtime_prefix(model, recipe, all_layers)
+    targets = []
+    for layer in layers:
+        for point in points:
+            projection = recipe.projection(point.projection)
+            name = recipe.runtime_name(layer, projection, template)
+            module = model.get_submodule(name)
+            units = module.weight.shape[unit_axis(projection.layout, point.side)]
+            targets.append(
+                ProfileTarget(recipe.runtime_name(layer, projection), module, layer, point, units)
+            )
+    return targets
+
+
+class Inputs:
+    """Turns samples into model inputs with the model's processor or tokenizer."""
+
+    def __init__(self, folder: Path, config: dict[str, Any], feed: Feed, multimodal: bool) -> None:
+        from transformers import AutoProcessor, AutoTokenizer
+
+        self.feed = feed
+        self.processor = None
+        if multimodal:
+            try:
+                self.processor = AutoProcessor.from_pretrained(folder)
+            except Exception as exc:
+                raise SGMError(
+                    f"the model at {folder} has no loadable processor ({type(exc).__name__}); "
+                    "a multimodal model needs its processor files"
+                ) from exc
+        tokenizer = getattr(self.processor, "tokenizer", None)
+        if tokenizer is None:
+            try:
+                tokenizer = AutoTokenizer.from_pretrained(folder)
+            except Exception as exc:
+                raise SGMError(
+                    f"the model at {folder} has no loadable tokenizer ({type(exc).__name__})"
+                ) from exc
+        self.tokenizer = tokenizer
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        template_owner = self.processor if self.processor is not None else tokenizer
+        self.template_owner = (
+            template_owner if getattr(template_owner, "chat_template", None) else None
+        )
+        self.image_token_ids = _image_token_ids(config, self.processor)
+
+    def _conversation(self, sample: ProfileSample, with_image: bool) -> list[dict[str, Any]]:
+        image = [{"type": "image"}] if with_image else []
+        if self.feed == "dialogue" and sample.prompt:
+            return [
+                {"role": "user", "content": [*image, {"type": "text", "text": sample.prompt}]},
+                {"role": "assistant", "content": [{"type": "text", "text": sample.text}]},
+            ]
+        return [{"role": "user", "content": [*image, {"type": "text", "text": sample.text}]}]
+
+    def _text(self, sample: ProfileSample, with_image: bool) -> str:
+        if self.template_owner is not None:
+            return self.template_owner.apply_chat_template(
+                self._conversation(sample, with_image), tokenize=False, add_generation_prompt=False
+            )
+        image_token = getattr(self.processor, "image_token", "<image>")
+        prefix = f"{image_token}\n" if with_image else ""
+        if self.feed == "dialogue" and sample.prompt:
+            return f"{prefix}{sample.prompt}\n{sample.text}"
+        return f"{prefix}{sample.text}"
+
+    def build(self, samples: list[ProfileSample]) -> dict[str, torch.Tensor]:
+        images = [sample.image() for sample in samples] if self.processor is not None else []
+        with_image = bool(images) and all(image is not None for image in images)
+        texts = [self._text(sample, with_image) for sample in samples]
+        if self.processor is not None and with_image:
+            batch = self.processor(text=texts, images=images, padding=True, return_tensors="pt")
+        else:
+            batch = self.tokenizer(
+                texts,
+                padding=True,
+                return_tensors="pt",
+                add_special_tokens=self.template_owner is None,
+            )
+        return dict(batch)
+
+    def mask(self, batch: dict[str, torch.Tensor], positions: Positions) -> torch.Tensor:
+        mask = batch.get("attention_mask")
+        if mask is None:
+            mask = torch.ones_like(batch["input_ids"])
+        mask = mask.to(torch.bool)
+        if positions == "text":
+            for token in self.image_token_ids:
+                mask &= batch["input_ids"] != token
+        return mask
+
+
+def _image_token_ids(config: dict[str, Any], processor: Any) -> set[int]:
+    ids = set()
+    for key in ("image_token_id", "image_token_index", "video_token_id", "video_token_index"):
+        for source in (config, config.get("text_config") or {}):
+            value = source.get(key)
+            if isinstance(value, int):
+                ids.add(value)
+    token_id = getattr(processor, "image_token_id", None)
+    if isinstance(token_id, int):
+        ids.add(token_id)
+    return ids
+
+
+def _batches(
+    samples: tuple[ProfileSample, ...], start: int, size: int
+) -> Iterator[tuple[int, list[ProfileSample]]]:
+    for first in range(start, len(samples), size):
+        yield first, list(samples[first : first + size])
+
+
+def _forward(
+    model: Any, batch: dict[str, torch.Tensor], device: torch.device, dtype: torch.dtype
+) -> None:
+    moved = {}
+    for key, value in batch.items():
+        if isinstance(value, torch.Tensor):
+            value = value.to(device)
+            if value.is_floating_point():
+                value = value.to(dtype)
+        moved[key] = value
+    with torch.no_grad():
+        try:
+            model(**moved, logits_to_keep=1)  # the logits are not needed: skip most of lm_head
+        except TypeError:
+            model(**moved)
+
+
+def fingerprint(
+    source_id: str,
+    revision: str | None,
+    profile_set: ProfileSet,
+    options: ProfileOptions,
+    targets: list[ProfileTarget],
+    dtype: torch.dtype,
+) -> dict[str, Any]:
+    """What makes two profile runs the same: a resumed run must match it exactly."""
+    return {
+        "source": source_id,
+        "revision": revision,
+        "profile_set": profile_set.name,
+        "profile_set_sha256": profile_set.sha256,
+        "samples": len(profile_set.samples),
+        "modules": [f"{t.name}:{t.point.side}" for t in targets],
+        "pooling": options.pooling,
+        "positions": options.positions,
+        "feed": options.feed,
+        "batch_size": options.batch_size,
+        "dtype": str(dtype),
+    }
+
+
+def default_responses_dir(key: dict[str, Any]) -> Path:
+    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    return cache / "sgm-bake" / "responses" / digest
+
+
+def capture_responses(
+    model: Any,
+    inputs: Inputs,
+    profile_set: ProfileSet,
+    targets: list[ProfileTarget],
+    options: ProfileOptions,
+    store: ResponseStore,
+    device: torch.device,
+    dtype: torch.dtype,
+) -> None:
+    """Run every not-yet-stored batch through the model and store its pooled responses."""
+    modules = [(t.name, t.module, t.point.side) for t in targets]
+    with (
+        Capture(modules, options.pooling) as capture,
+        tqdm(
+            total=len(profile_set.samples),
+            initial=store.completed,
+            unit="sample",
+            desc="profiling",
+            disable=not options.progress,
+            file=sys.stderr,
+        ) as bar,
+    ):
+        for first, samples in _batches(profile_set.samples, store.completed, options.batch_size):
+            batch = inputs.build(samples)
+            mask = inputs.mask(batch, options.positions)
+            pooled = capture.collect(
+                mask, lambda batch=batch: _forward(model, batch, device, dtype)
+            )
+            missing = [name for name, _, _ in modules if name not in pooled]
+            if missing:
+                raise SGMError(
+                    f"module {missing[0]} did not run for these inputs (mllama's cross-attention "
+                    "layers run only with an image); give every sample an image or use --layers"
+                )
+            arrays = {}
+            for name, _, _ in modules:
+                values = pooled[name]
+                if not torch.isfinite(values).all():
+                    raise SGMError(
+                        f"module {name} produced non-finite responses (overflow?); profile in "
+                        "float32 with --dtype float32"
+                    )
+                arrays[name] = values.numpy().astype(np.float32)
+            store.write_batch(first, arrays)
+            bar.update(len(samples))
+
+
+def expertise_from_store(
+    store: ResponseStore, targets: list[ProfileTarget], labels: list[int], rule: RuleOptions
+) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """AUROC per module from the stored responses, and the rule's factors."""
+    label_tensor = torch.tensor(labels)
+    scores = []
+    for target in targets:
+        responses = torch.from_numpy(np.ascontiguousarray(store.responses(target.name)))
+        try:
+            scores.append(auroc(responses, label_tensor).to(torch.float32))
+        except ValueError as exc:
+            raise SGMError(f"cannot score module {target.name}: {exc}") from exc
+    return scores, factors(scores, rule)
+
+
+def apply_rule(expertise: Expertise, rule: RuleOptions) -> Expertise:
+    """Recompute the factors of an expertise file from its stored AUROC with another rule."""
+    names = [name for name, entry in expertise.modules.items() if entry.auroc is not None]
+    if len(names) != len(expertise.modules):
+        raise SGMError(
+            "this expertise file has no AUROC for some modules, so rule options cannot be "
+            "applied; bake its factors as they are (drop the rule options) or profile again"
+        )
+    scores = [expertise.modules[name].auroc for name in names]
+    alphas = factors(scores, rule)  # type: ignore[arg-type]
+    modules = {
+        name: ModuleExpertise(
+            name, expertise.modules[name].side, alpha, expertise.modules[name].auroc
+        )
+        for name, alpha in zip(names, alphas, strict=True)
+    }
+    metadata = {**expertise.metadata, **rule.describe()}
+    return Expertise(modules, metadata)
+
+
+def run_profile(
+    model: Any,
+    folder: Path,
+    recipe: Recipe,
+    profile_set: ProfileSet,
+    options: ProfileOptions,
+    source_id: str,
+    revision: str | None,
+    device: torch.device,
+    dtype: torch.dtype,
+) -> Expertise:
+    """Profile a loaded model; return the expertise (AUROC and factors) of every target."""
+    multimodal = recipe.auto_class != "AutoModelForCausalLM"
+    inputs = Inputs(folder, model.config.to_dict(), options.feed, multimodal)
+    targets = profile_targets(model, recipe, options)
+    key = fingerprint(source_id, revision, profile_set, options, targets, dtype)
+    folder_for_store = options.responses_dir or default_responses_dir(key)
+    store = ResponseStore.open(
+        folder_for_store, key, {t.name: t.units for t in targets}, len(profile_set.samples)
+    )
+    try:
+        capture_responses(model, inputs, profile_set, targets, options, store, device, dtype)
+        scores, alphas = expertise_from_store(store, targets, profile_set.labels, options.rule)
+    finally:
+        store.close()
+    if not options.keep_responses:
+        shutil.rmtree(folder_for_store, ignore_errors=True)
+    toxic, benign = profile_set.counts()
+    metadata = {
+        "source": source_id,
+        "revision": revision or "",
+        "profile_set": profile_set.name,
+        "profile_set_sha256": profile_set.sha256,
+        "samples_toxic": str(toxic),
+        "samples_non_toxic": str(benign),
+        "pooling": options.pooling,
+        "positions": options.positions,
+        "feed": options.feed,
+        "hook_points": ",".join(sorted({str(t.point) for t in targets})),
+        "profile_dtype": str(dtype).replace("torch.", ""),
+        **options.rule.describe(),
+    }
+    modules = {
+        t.name: ModuleExpertise(t.name, t.point.side, alpha, score)
+        for t, score, alpha in zip(targets, scores, alphas, strict=True)
+    }
+    return Expertise(modules, metadata)
+
+
+def layer_summary(expertise: Expertise, recipe: Recipe) -> list[dict[str, Any]]:
+    """Per layer: units, and how many the factors suppress, zero and amplify."""
+    rows: dict[int, dict[str, Any]] = {}
+    for name, entry in expertise.modules.items():
+        parsed = recipe.parse_module(name)
+        layer = parsed[0] if parsed else -1
+        row = rows.setdefault(
+            layer, {"layer": layer, "units": 0, "suppressed": 0, "zeroed": 0, "amplified": 0}
+        )
+        row["units"] += entry.alpha.numel()
+        row["suppressed"] += int((entry.alpha < 1).sum())
+        row["zeroed"] += int((entry.alpha == 0).sum())
+        row["amplified"] += int((entry.alpha > 1).sum())
+    return [rows[layer] for layer in sorted(rows)]
