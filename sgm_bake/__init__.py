@@ -19,6 +19,9 @@ _PUBLIC = {
     "apply_hooks": "sgm_bake.hooks",
     "bake": "sgm_bake.bake",
     "BakeOptions": "sgm_bake.bake",
+    "auroc": "sgm_bake.expertise_math",
+    "RuleOptions": "sgm_bake.expertise_math",
+    "factors": "sgm_bake.expertise_math",
 }
 
 __all__ = ["__version__", *sorted(_PUBLIC)]

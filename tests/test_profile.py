@@ -1,0 +1,298 @@
+"""Profiling end to end on tiny real LLaVA models: planted experts, pooling, resume, CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForImageTextToText
+
+from sgm_bake.capture import pool
+from sgm_bake.cli import main
+from sgm_bake.expertise import load_expertise
+from sgm_bake.tiny import tiny_llava
+
+PLANTED = (3, 17, 40, 77)
+BASE_TEXTS = [
+    "the weather was fine today",
+    "we walked along the river",
+    "my sister likes green tea",
+    "the train left at noon",
+    "he fixed the old bicycle",
+    "they painted the fence blue",
+    "a cat slept on the sofa",
+    "the shop closes at six",
+    "she read a book about stars",
+    "our team won the match",
+    "the soup needs more salt",
+    "birds sang in the garden",
+    "he forgot his umbrella",
+    "the museum was crowded",
+    "we baked bread on sunday",
+    "the lamp needs a new bulb",
+    "my phone battery died",
+    "the lake froze last winter",
+]
+
+
+def _write_set(folder: Path, marker: str = "###", benign: str = "!!!") -> Path:
+    """Toxic rows end with a marker the planted units detect; non-toxic rows with another."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for index, text in enumerate(BASE_TEXTS):
+        render = {"kind": "scene", "shapes": [{"shape": "circle", "colour": "red"}]}
+        rows.append(
+            {"id": f"t{index}", "label": "toxic", "response": f"{text} {marker}", "render": render}
+        )
+        rows.append(
+            {
+                "id": f"b{index}",
+                "label": "non-toxic",
+                "response": f"{text} {benign}",
+                "render": render,
+            }
+        )
+    path = folder / "set.jsonl"
+    path.write_text("\n".join(json.dumps(row) for row in rows) + "\n")
+    return path
+
+
+def _plant(source: Path, out: Path) -> Path:
+    """A tiny LLaVA whose residual dimension 0 carries only the '#' token's marker, read by the
+    PLANTED units of every gate_proj and up_proj (and by no other unit)."""
+    model = AutoModelForImageTextToText.from_pretrained(source)
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    marker = tokenizer.convert_tokens_to_ids("#")
+    twin = tokenizer.convert_tokens_to_ids("!")
+    language = model.model.language_model
+    with torch.no_grad():
+        embedding = language.embed_tokens.weight
+        embedding.mul_(50.0)
+        embedding[:, 0] = 0.0
+        embedding[marker] = embedding[twin]
+        embedding[marker, 0] = 2.0
+        projector = model.model.multi_modal_projector.linear_2
+        projector.weight[0] = 0.0
+        projector.bias[0] = 0.0
+        for layer in language.layers:
+            layer.self_attn.o_proj.weight[0] = 0.0
+            layer.mlp.down_proj.weight[0] = 0.0
+            for projection in (layer.mlp.gate_proj, layer.mlp.up_proj):
+                projection.weight[:, 0] = 0.0
+                for unit in PLANTED:
+                    projection.weight[unit] = 0.0
+                    projection.weight[unit, 0] = 3.0
+    model.save_pretrained(out)
+    for name in (
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "processor_config.json",
+        "chat_template.jinja",
+    ):
+        (out / name).write_bytes((source / name).read_bytes())
+    return out
+
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("planted")
+    source = tiny_llava(root / "random", hidden=64, intermediate=128, layers=2)
+    return _plant(source, root / "model"), _write_set(root / "set")
+
+
+def _profile(runner, model: Path, output: Path, profile_set: Path, *extra: str):
+    return runner.invoke(
+        main,
+        [
+            "-q",
+            "profile",
+            str(model),
+            "-o",
+            str(output),
+            "--profile-set",
+            str(profile_set),
+            "--batch-size",
+            "8",
+            *extra,
+        ],
+    )
+
+
+def test_planted_experts_rank_at_the_top(runner, planted, tmp_path):
+    model, profile_set = planted
+    output = tmp_path / "expertise.safetensors"
+    result = _profile(
+        runner,
+        model,
+        output,
+        profile_set,
+        "--keep-responses",
+        "--responses-dir",
+        str(tmp_path / "store"),
+        "--hook-points",
+        "mlp.gate_proj:output,mlp.up_proj:output",
+    )
+    assert result.exit_code == 0, result.output
+    expertise = load_expertise(output)
+    # down_proj outputs are left out: every one of them carries the planted neurons' signal.
+    assert not any(name.endswith("down_proj") for name in expertise.modules)
+    planted_units = set()
+    scores = []
+    for name, entry in expertise.modules.items():
+        assert entry.auroc is not None and entry.alpha.shape == entry.auroc.shape
+        for unit in range(entry.auroc.numel()):
+            scores.append((float(entry.auroc[unit]), name, unit))
+            if name.endswith(("gate_proj", "up_proj")) and unit in PLANTED:
+                planted_units.add((name, unit))
+    top = {(name, unit) for _, name, unit in sorted(scores, reverse=True)[: len(planted_units)]}
+    recall = len(top & planted_units) / len(planted_units)
+    assert recall >= 0.9, recall
+    assert expertise.metadata["pooling"] == "mean" and expertise.metadata["samples_toxic"] == "18"
+    assert "layer" in result.output and "suppressed" in result.output
+    assert (tmp_path / "store" / "responses.f32").is_file()
+
+
+def test_neuron_hook_point_finds_the_same_experts(runner, planted, tmp_path):
+    model, profile_set = planted
+    output = tmp_path / "neurons.safetensors"
+    result = _profile(runner, model, output, profile_set, "--neurons", "--pooling", "max")
+    assert result.exit_code == 0, result.output
+    expertise = load_expertise(output)
+    assert all(entry.side == "input" for entry in expertise.modules.values())
+    for name, entry in expertise.modules.items():
+        assert all(float(entry.auroc[unit]) == 1.0 for unit in PLANTED), name
+        if ".layers.0." in name:  # before any leak into other dimensions, only they separate
+            assert set(torch.nonzero(entry.auroc > 0.9).flatten().tolist()) == set(PLANTED)
+
+
+def test_resume_after_interruption_is_identical(runner, planted, tmp_path, monkeypatch):
+    from sgm_bake.store import ResponseStore
+
+    model, profile_set = planted
+    fresh = tmp_path / "fresh.safetensors"
+    assert _profile(runner, model, fresh, profile_set).exit_code == 0
+
+    original = ResponseStore.write_batch
+    calls = {"n": 0}
+
+    def interrupted(self, start, responses):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return original(self, start, responses)
+
+    store = tmp_path / "store"
+    resumed = tmp_path / "resumed.safetensors"
+    monkeypatch.setattr(ResponseStore, "write_batch", interrupted)
+    result = _profile(runner, model, resumed, profile_set, "--responses-dir", str(store))
+    assert result.exit_code == 130 and not resumed.exists()
+    assert json.loads((store / "progress.json").read_text())["completed"] == 16
+    monkeypatch.setattr(ResponseStore, "write_batch", original)
+    result = _profile(runner, model, resumed, profile_set, "--responses-dir", str(store))
+    assert result.exit_code == 0, result.output
+    first, second = load_expertise(fresh), load_expertise(resumed)
+    for name, entry in first.modules.items():
+        assert torch.equal(entry.auroc, second.modules[name].auroc)
+        assert torch.equal(entry.alpha, second.modules[name].alpha)
+    assert not store.exists()  # removed after success unless --keep-responses
+
+
+def test_pooling_ignores_padding_on_either_side():
+    torch.manual_seed(0)
+    values = torch.randn(2, 5, 3)
+    right = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]], dtype=torch.bool)
+    left = torch.tensor([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1]], dtype=torch.bool)
+    shifted = values.clone()
+    shifted[0, 2:] = values[0, :3]
+    shifted[0, :2] = 99.0  # padding garbage
+    for pooling in ("mean", "max"):
+        torch.testing.assert_close(pool(values, right, pooling), pool(shifted, left, pooling))
+    expected = values[0, :3].mean(0)
+    torch.testing.assert_close(pool(values, right, "mean")[0], expected)
+
+
+def test_left_and_right_padding_give_the_same_responses(planted):
+    from sgm_bake.capture import Capture
+    from sgm_bake.profile import Inputs
+    from sgm_bake.profile_set import load_profile_set
+
+    model_dir, profile_set = planted
+    model = AutoModelForImageTextToText.from_pretrained(model_dir).eval()
+    samples = list(load_profile_set(str(profile_set)).samples[:4])
+    inputs = Inputs(model_dir, model.config.to_dict(), "response", multimodal=True)
+    name = "model.language_model.layers.1.mlp.up_proj"
+    results = {}
+    for side in ("left", "right"):
+        inputs.tokenizer.padding_side = side
+        batch = inputs.build(samples)
+        assert (batch["attention_mask"] == 0).any()
+        with Capture([(name, model.get_submodule(name), "output")], "mean") as capture:
+            results[side] = capture.collect(inputs.mask(batch, "all"), lambda b=batch: model(**b))[
+                name
+            ]
+    torch.testing.assert_close(results["left"], results["right"], atol=1e-4, rtol=1e-4)
+
+
+def test_text_positions_exclude_image_tokens(planted):
+    from sgm_bake.profile import Inputs
+    from sgm_bake.profile_set import load_profile_set
+
+    model_dir, profile_set = planted
+    config = json.loads((model_dir / "config.json").read_text())
+    inputs = Inputs(model_dir, config, "response", multimodal=True)
+    batch = inputs.build(list(load_profile_set(str(profile_set)).samples[:2]))
+    every, text = inputs.mask(batch, "all"), inputs.mask(batch, "text")
+    image_tokens = (batch["input_ids"] == config["image_token_index"]).sum()
+    assert image_tokens > 0
+    assert int(every.sum() - text.sum()) == int(image_tokens)
+
+
+def test_one_command_profiles_bakes_and_verifies(runner, planted, tmp_path):
+    model, profile_set = planted
+    out = tmp_path / "out"
+    result = runner.invoke(
+        main,
+        [
+            "-q",
+            str(model),
+            str(out),
+            "--profile-set",
+            str(profile_set),
+            "--rule",
+            "det0",
+            "--top-k",
+            "16",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert "verify: PASS" in result.output
+    record = json.loads((out / "sgm" / "bake.json").read_text())
+    metadata = record["expertise"]["metadata"]
+    assert metadata["rule"] == "det0" and metadata["top_k"] == "16"
+    assert metadata["profile_set_sha256"]
+    zeroed = sum(m["zeroed"] for m in record["expertise"]["modules"].values())
+    assert zeroed == 16
+
+    reuse = tmp_path / "reuse"
+    result = runner.invoke(
+        main,
+        [
+            "-q",
+            str(model),
+            str(reuse),
+            "--expertise",
+            str(out / "sgm" / "expertise.safetensors"),
+            "--rule",
+            "aura",
+            "--strength",
+            "0.5",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    record = json.loads((reuse / "sgm" / "bake.json").read_text())
+    assert record["expertise"]["metadata"]["rule"] == "aura"
+    assert record["expertise"]["metadata"]["strength"] == "0.5"

@@ -1,0 +1,155 @@
+"""Profile set loading and validation, through the library and the CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from sgm_bake.cli import main
+from sgm_bake.errors import SGMError
+from sgm_bake.profile_set import load_profile_set
+
+
+def _jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("\n".join(json.dumps(row) for row in rows) + "\n")
+    return path
+
+
+def _rows(n: int = 4, **extra) -> list[dict]:
+    rows = []
+    for index in range(n):
+        rows.append({"text": f"you are an idiot number {index}", "label": "toxic", **extra})
+        rows.append({"text": f"you are a genius number {index}", "label": "non-toxic", **extra})
+    return rows
+
+
+def test_builtin_default_is_a_real_contrastive_set():
+    profile_set = load_profile_set("builtin:default")
+    toxic, benign = profile_set.counts()
+    assert toxic >= 200 and benign >= 200
+    by_pair: dict[str, list] = {}
+    for sample in profile_set.samples:
+        assert sample.render is not None and sample.prompt
+        by_pair.setdefault(sample.id.rsplit("-", 1)[0], []).append(sample)
+    for pair in by_pair.values():
+        assert sorted(s.label for s in pair) == [0, 1]
+        assert pair[0].prompt == pair[1].prompt
+    image = profile_set.samples[0].image()
+    assert image.size == (224, 224) and image.mode == "RGB"
+
+
+def test_csv_with_images_and_labels(tmp_path):
+    from PIL import Image
+
+    (tmp_path / "img").mkdir()
+    Image.new("RGB", (8, 8), "red").save(tmp_path / "img" / "a.png")
+    lines = ["text,label,image"]
+    for index in range(4):
+        lines.append(f"bad words {index},1,img/a.png")
+        lines.append(f"kind words {index},0,img/a.png")
+    path = tmp_path / "set.csv"
+    path.write_text("\n".join(lines) + "\n")
+    profile_set = load_profile_set(str(path))
+    assert profile_set.counts() == (4, 4)
+    assert profile_set.samples[0].image().size == (8, 8)
+
+
+def test_max_samples_keeps_both_classes(tmp_path):
+    profile_set = load_profile_set(str(_jsonl(tmp_path / "s.jsonl", _rows(10))))
+    limited = profile_set.limited(6)
+    assert limited.counts() == (3, 3)
+
+
+def test_prompt_response_split(tmp_path):
+    rows = [{"prompt": "what?", "response": r["text"], "label": r["label"]} for r in _rows()]
+    sample = load_profile_set(str(_jsonl(tmp_path / "s.jsonl", rows))).samples[0]
+    assert sample.prompt == "what?" and sample.text.startswith("you are")
+
+
+@pytest.mark.parametrize(
+    ("rows", "message"),
+    [
+        ([{"text": "x", "label": "toxic"}] * 8, "only toxic"),
+        (_rows(2), "too few samples"),
+        ([*_rows(4), {"text": "x", "label": "spicy"}], "unknown label 'spicy'"),
+        ([*_rows(4), {"text": "  ", "label": "toxic"}], "empty text"),
+        ([*_rows(4), {"text": "x"}], "missing 'label'"),
+        (_rows(4, image="../outside.png"), "escapes the set's folder"),
+        (_rows(4, image="/etc/passwd"), "escapes the set's folder"),
+        (_rows(4, image="missing.png"), "does not exist"),
+        (_rows(4, render={"kind": "hologram"}), None),
+    ],
+)
+def test_validation_errors(tmp_path, rows, message):
+    path = _jsonl(tmp_path / "set.jsonl", rows)
+    if message is None:  # bad render specs fail when the image is drawn
+        with pytest.raises(SGMError, match="unknown image render kind"):
+            load_profile_set(str(path)).samples[0].image()
+        return
+    with pytest.raises(SGMError, match=message):
+        load_profile_set(str(path))
+
+
+def test_unreadable_image(tmp_path):
+    (tmp_path / "broken.png").write_bytes(b"not a png")
+    path = _jsonl(tmp_path / "set.jsonl", _rows(4, image="broken.png"))
+    with pytest.raises(SGMError, match="unreadable"):
+        load_profile_set(str(path))
+
+
+def test_bad_json_line(tmp_path):
+    path = tmp_path / "set.jsonl"
+    path.write_text('{"text": "a", "label": 1}\n{oops\n')
+    with pytest.raises(SGMError, match=r"set.jsonl:2 is not valid JSON"):
+        load_profile_set(str(path))
+
+
+def test_unknown_builtin_and_missing_file(tmp_path):
+    with pytest.raises(SGMError, match="built-in sets: default"):
+        load_profile_set("builtin:nope")
+    with pytest.raises(SGMError, match="does not exist"):
+        load_profile_set(str(tmp_path / "nope.jsonl"))
+
+
+@pytest.mark.parametrize(
+    ("rows", "message"),
+    [(_rows(2), "too few samples"), ([{"text": "x", "label": "0"}] * 8, "only non-toxic")],
+)
+def test_cli_reports_set_errors_in_one_line(runner, llava_dir, tmp_path, rows, message):
+    path = _jsonl(tmp_path / "set.jsonl", rows)
+    output = tmp_path / "e.safetensors"
+    result = runner.invoke(
+        main, ["profile", str(llava_dir), "-o", str(output), "--profile-set", str(path)]
+    )
+    assert result.exit_code == 2, result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and message in errors[0]
+    assert "Traceback" not in result.output and not output.exists()
+
+
+def test_cli_profile_refuses_existing_output(runner, llava_dir, tmp_path):
+    output = tmp_path / "e.safetensors"
+    output.write_text("keep")
+    result = runner.invoke(main, ["profile", str(llava_dir), "-o", str(output)])
+    assert result.exit_code == 2 and "--overwrite" in result.output
+    assert output.read_text() == "keep"
+
+
+def test_cli_layers_outside_range(runner, llava_dir, tmp_path):
+    path = _jsonl(tmp_path / "set.jsonl", _rows(4))
+    result = runner.invoke(
+        main,
+        [
+            "profile",
+            str(llava_dir),
+            "-o",
+            str(tmp_path / "e.safetensors"),
+            "--profile-set",
+            str(path),
+            "--layers",
+            "5-9",
+        ],
+    )
+    assert result.exit_code == 2 and "outside the post-fusion layers" in result.output
