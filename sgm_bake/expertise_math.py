@@ -2,8 +2,10 @@
 
 AUROC of every unit at once. For unit m, AUROC = P(r_pos > r_neg) + 0.5 P(r_pos = r_neg), the
 Mann-Whitney U statistic with tie-averaged ranks divided by n_pos * n_neg (equal to sklearn's
-`roc_auc_score`). Each unit's responses are sorted once; the positive samples' ranks are summed,
-with tie groups given the mean of their first and last rank (only when ties exist).
+`roc_auc_score`). Each unit's negative and positive responses are sorted once; for every
+positive, binary searches count the negatives below it and equal to it. The searches of a whole
+chunk of units run as one vectorised search over keys that put the unit index above the value,
+and chunks run on a thread pool (numpy releases the GIL while sorting and searching).
 
 Suppression rules turn AUROC into per-unit factors:
 - `aura` (AurA's soft rule): alpha = 1 - 2 (auroc - 0.5) for units with auroc > threshold;
@@ -14,6 +16,8 @@ then a strength s scales the suppression, alpha' = max(0, 1 - s (1 - alpha)).
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Literal
 
@@ -22,7 +26,7 @@ import torch
 
 Rule = Literal["aura", "damp", "det0"]
 RULES: tuple[str, ...] = ("aura", "damp", "det0")
-CHUNK_ELEMENTS = 32 * 1024 * 1024
+CHUNK_ELEMENTS = 2 * 1024 * 1024
 
 
 def auroc(responses: torch.Tensor | np.ndarray, labels: torch.Tensor | np.ndarray) -> torch.Tensor:
@@ -31,49 +35,68 @@ def auroc(responses: torch.Tensor | np.ndarray, labels: torch.Tensor | np.ndarra
     Returns float64 [M]. A constant column gets 0.5. Raises ValueError on non-finite responses
     or when `labels` does not hold both classes.
     """
-    values = torch.as_tensor(responses)
-    target = torch.as_tensor(labels).to(torch.bool).reshape(-1)
-    if values.ndim != 2 or values.shape[0] != target.numel():
-        raise ValueError(f"responses {tuple(values.shape)} do not match labels [{target.numel()}]")
+    values = _numpy(responses)
+    target = _numpy(labels).reshape(-1).astype(bool)
+    if values.ndim != 2 or values.shape[0] != target.size:
+        raise ValueError(f"responses {tuple(values.shape)} do not match labels [{target.size}]")
     n_pos = int(target.sum())
-    n_neg = target.numel() - n_pos
+    n_neg = target.size - n_pos
     if n_pos == 0 or n_neg == 0:
         raise ValueError("labels must contain both classes (toxic and non-toxic samples)")
-    if not values.is_floating_point():
-        values = values.to(torch.float64)
-    if not torch.isfinite(values).all():
+    if values.dtype.kind != "f" or values.dtype.itemsize > 4:
+        values = values.astype(np.float64)
+    if not np.isfinite(values).all():
         raise ValueError("responses contain NaN or infinite values")
-    weights = target.to(torch.float64)
+    positives, negatives = values[target], values[~target]
     units = values.shape[1]
-    result = torch.empty(units, dtype=torch.float64)
     step = max(1, CHUNK_ELEMENTS // max(1, values.shape[0]))
-    for begin in range(0, units, step):
-        chunk = values[:, begin : begin + step].T.contiguous()
-        rank_sum = _positive_rank_sum(chunk, weights)
-        result[begin : begin + step] = (rank_sum - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
-    return result
+    result = np.empty(units, dtype=np.float64)
+
+    def chunk(begin: int) -> None:
+        columns = slice(begin, min(units, begin + step))
+        # +0.0 turns -0.0 into 0.0 (a sort treats them as equal, the integer keys would not);
+        # sorted queries make the binary searches walk memory forward.
+        negative = np.sort(np.ascontiguousarray(negatives[:, columns].T) + 0.0, axis=1)
+        positive = np.sort(np.ascontiguousarray(positives[:, columns].T) + 0.0, axis=1)
+        result[columns] = _wins(negative, positive) / (n_pos * n_neg)
+
+    workers = min(4, os.cpu_count() or 1)
+    with ThreadPoolExecutor(max_workers=workers) as pool:  # numpy releases the GIL here
+        list(pool.map(chunk, range(0, units, step)))
+    return torch.from_numpy(result)
 
 
-def _positive_rank_sum(rows: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """Sum of the (1-based, tie-averaged) ranks of the positive samples in each row."""
-    ordered, order = torch.sort(rows, dim=1)
-    positive = weights[order]
-    width = rows.shape[1]
-    position = torch.arange(1, width + 1, dtype=torch.float64)
-    ties = ordered[:, 1:] == ordered[:, :-1]
-    if not bool(ties.any()):
-        return positive @ position
-    # Average rank of a tie group = mean of its first and last 1-based positions.
-    index = torch.arange(width).expand(rows.shape[0], width)
-    starts = torch.ones_like(ordered, dtype=torch.bool)
-    starts[:, 1:] = ~ties
-    ends = torch.ones_like(ordered, dtype=torch.bool)
-    ends[:, :-1] = ~ties
-    first = torch.cummax(torch.where(starts, index, 0), dim=1).values
-    last_reversed = torch.cummin(torch.where(ends, index, width - 1).flip(1), dim=1).values
-    last = last_reversed.flip(1)
-    average = (first + last).to(torch.float64) / 2 + 1
-    return (positive * average).sum(dim=1)
+def _numpy(array: torch.Tensor | np.ndarray) -> np.ndarray:
+    if isinstance(array, torch.Tensor):
+        return array.detach().cpu().numpy()
+    return np.asarray(array)
+
+
+def _order_keys(rows: np.ndarray) -> np.ndarray:
+    """Flattened uint64 keys, ascending wherever `rows` is sorted row by row: the row index in
+    the high 32 bits, an order-preserving integer image of the float32 value in the low 32."""
+    bits = rows.view(np.uint32)
+    negative = (bits >> np.uint32(31)).astype(bool)
+    ordered = np.where(negative, ~bits, bits | np.uint32(0x80000000)).astype(np.uint64)
+    row = np.arange(rows.shape[0], dtype=np.uint64)[:, None] << np.uint64(32)
+    return (row | ordered).ravel()
+
+
+def _wins(negative: np.ndarray, positive: np.ndarray) -> np.ndarray:
+    """Per row: #(neg < pos) + 0.5 #(neg == pos) over all pairs, from row-sorted inputs."""
+    rows, n_neg = negative.shape
+    if negative.dtype == np.float32:
+        keys_neg, keys_pos = _order_keys(negative), _order_keys(positive)
+        shape = positive.shape
+        below = np.searchsorted(keys_neg, keys_pos, "left").reshape(shape)
+        upto = np.searchsorted(keys_neg, keys_pos, "right").reshape(shape)
+        offset = (np.arange(rows, dtype=np.int64) * n_neg)[:, None]
+        below, upto = below - offset, upto - offset
+    else:  # float64 leaves no room for a row index: search row by row
+        pairs = list(zip(negative, positive, strict=True))
+        below = np.stack([np.searchsorted(n, p, "left") for n, p in pairs])
+        upto = np.stack([np.searchsorted(n, p, "right") for n, p in pairs])
+    return (below.sum(axis=1, dtype=np.int64) + upto.sum(axis=1, dtype=np.int64)) / 2.0
 
 
 @dataclass(frozen=True)
