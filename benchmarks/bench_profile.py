@@ -64,11 +64,13 @@ def bench_auroc(samples: int, units: int, research_units: int) -> None:
     print("|---|---|---|")
     note = "" if research_units == units else f" (timed on {research_units} units, scaled)"
     print(
-        f"| research code: sklearn, chunks of 10, process pool{note} | {research_time:.1f} | {research_time / ours_time:.1f}x slower |"
+        f"| research code: sklearn, chunks of 10, process pool{note} | {research_time:.1f} "
+        f"| {research_time / ours_time:.1f}x slower |"
     )
     print(f"| sgm_bake.auroc | {ours_time:.2f} | 1.0 |")
     print(
-        f"| one numpy sort along samples (floor) | {sort_time:.2f} | ours is {ours_time / sort_time:.2f}x the sort |"
+        f"| one numpy sort along samples (floor) | {sort_time:.2f} "
+        f"| ours is {ours_time / sort_time:.2f}x the sort |"
     )
     print(f"max |difference| vs sklearn: {difference:.2e}")
     print()
