@@ -229,42 +229,98 @@ def recipes_command() -> None:
 @main.command()
 @click.argument("workdir", type=click.Path(path_type=Path, file_okay=False))
 @click.option("--overwrite", is_flag=True, help="Replace WORKDIR if it exists and is not empty.")
+@click.option(
+    "--judge",
+    "judge_spec",
+    default="profanity",
+    show_default=True,
+    help="profanity (offline classifier), hf:PATH or openai:URL.",
+)
+@click.option(
+    "--rule", type=click.Choice(["aura", "damp", "det0"]), default="aura", show_default=True
+)
+@click.option("--strength", type=click.FloatRange(0), default=1.0, show_default=True)
 @click.pass_context
 @user_errors
-def demo(ctx: click.Context, workdir: Path, overwrite: bool) -> None:
-    """Offline demo: build a tiny LLaVA, bake random factors into it and verify the result.
+def demo(
+    ctx: click.Context, workdir: Path, overwrite: bool, judge_spec: str, rule: str, strength: float
+) -> None:
+    """Offline demo on the built-in model organism: profile, bake, verify, evaluate.
 
-    Writes WORKDIR/source (the tiny model), WORKDIR/expertise.safetensors and WORKDIR/baked.
-    The factors are random: this shows the mechanics of the bake, not a detox effect.
+    The organism is a tiny LLaVA trained to be toxic under some inputs (see README). WORKDIR
+    receives expertise.safetensors and baked/ (the detoxified checkpoint, with the evaluation
+    report in baked/sgm/eval.json and a chart beside it).
     """
-    from transformers import AutoModelForImageTextToText
+    import torch
 
-    from sgm_bake.bake import BakeOptions
+    from sgm_bake.bake import BakeOptions, read_record, write_record
     from sgm_bake.bake import bake as run_bake
-    from sgm_bake.expertise import load_expertise, save_expertise
+    from sgm_bake.evaluate import (
+        GenerationConfig,
+        generated_perplexity,
+        load_prompt_set,
+        report,
+        run_eval,
+    )
+    from sgm_bake.expertise import save_expertise
+    from sgm_bake.expertise_math import RuleOptions
+    from sgm_bake.judges import make_judge
+    from sgm_bake.organism import organism_path
     from sgm_bake.outdir import atomic_folder, check_target
-    from sgm_bake.source import resolve_source
-    from sgm_bake.tiny import synthetic_expertise, tiny_llava
+    from sgm_bake.profile import ProfileOptions, run_profile
+    from sgm_bake.profile_set import load_profile_set
+    from sgm_bake.source import Source
 
+    progress = ctx.obj["progress"]
+    judge = make_judge(judge_spec)
     check_target(workdir, None, overwrite)
-    with atomic_folder(workdir, overwrite) as staging:
-        source = tiny_llava(staging / "source", hidden=64, intermediate=128, layers=4)
-        model = AutoModelForImageTextToText.from_pretrained(source)
-        save_expertise(synthetic_expertise(model, seed=0), staging / "expertise.safetensors")
-    workdir = workdir.resolve()
-    click.echo(f"built a tiny LLaVA in {workdir / 'source'} with random factors")
-
-    options = BakeOptions(progress=ctx.obj["progress"], command=_command_line())
-    record = run_bake(
-        resolve_source(str(workdir / "source")),
-        workdir / "baked",
-        load_expertise(workdir / "expertise.safetensors"),
-        options,
-    )
+    folder = organism_path(progress)
+    source = Source(folder, "sgm-bake/organism", None, False)
+    chat, _, recipe, _ = _chat_model(str(folder), "cpu", "float32")
+    profile_set = load_profile_set("builtin:organism")
+    options = ProfileOptions(progress=progress, rule=RuleOptions(rule=rule, strength=strength))
     click.echo(
-        f"baked {workdir / 'baked'}: {len(record['expertise']['tensors_folded'])} tensors folded"
+        f"1/4 profiling the organism on {profile_set.name} ({len(profile_set.samples)} samples)"
     )
-    _run_verify(workdir / "baked", workdir / "source", "float32", "cpu")
+    device = torch.device("cpu")
+    expertise = run_profile(
+        chat.model, folder, recipe, profile_set, options, source.id, None, device, torch.float32
+    )
+    _echo_summary(expertise, recipe)
+    with atomic_folder(workdir, overwrite) as staging:
+        save_expertise(expertise, staging / "expertise.safetensors")
+    workdir = workdir.resolve()
+    baked = workdir / "baked"
+    click.echo("2/4 baking")
+    run_bake(source, baked, expertise, BakeOptions(progress=progress, command=_command_line()))
+    click.echo("3/4 verifying")
+    _run_verify(baked, folder, "float32", "cpu")
+    click.echo("4/4 evaluating base and baked models")
+    prompts = load_prompt_set("builtin:mmtoxicqa-organism-v1")
+    config = GenerationConfig()
+    results = [run_eval(chat, prompts, judge, config, "base", progress=progress)]
+    baked_chat = _chat_model(str(baked), "cpu", "float32")[0]
+    results.append(run_eval(baked_chat, prompts, judge, config, "sgm-baked", progress=progress))
+    for result in results:
+        result.metrics["generated_perplexity_under_base"] = generated_perplexity(
+            chat, prompts, result, progress
+        )
+    data = report(
+        prompts, judge, config, results, {"id": source.id, "rule": rule, "strength": strength}
+    )
+    path = write_eval_report(baked / "sgm" / "eval.json", data, results)
+    record = read_record(baked)
+    record["evaluation"] = {
+        "report": "sgm/eval.json",
+        "judge": judge.name,
+        "prompt_set": data["prompt_set"],
+        "metrics": {r.label: r.metrics for r in results},
+    }
+    write_record(baked, record, record.get("files"))
+    _eval_table(results)
+    click.echo(
+        f"detoxified checkpoint: {baked}; report {baked / 'sgm' / 'eval.json'}, chart {path}"
+    )
 
 
 def _profile_options(command: F) -> F:
@@ -592,3 +648,199 @@ def run(
     click.echo(f"baked {out}: {len(record['expertise']['tensors_folded'])} tensors folded")
     if verify:
         _run_verify(out, source.path, verify_dtype, params["device"])
+
+
+def _chat_model(spec: str, device_name: str, dtype_name: str, revision: str | None = None) -> Any:
+    """(ChatModel, folder, recipe, source id) for a Hub id, a folder or `organism`."""
+    from transformers import AutoProcessor
+
+    from sgm_bake.checkpoint import open_checkpoint
+    from sgm_bake.evaluate import ChatModel
+    from sgm_bake.recipes import recipe_for_config
+    from sgm_bake.source import resolve_source
+    from sgm_bake.verify import load_model, pick_device
+
+    if spec == "organism":
+        from sgm_bake.organism import organism_path
+
+        folder, source_id = organism_path(), "sgm-bake/organism"
+    else:
+        source = resolve_source(spec, revision)
+        folder, source_id = source.path, source.id
+    recipe = recipe_for_config(open_checkpoint(folder).config)
+    device = pick_device(device_name)
+    model = load_model(folder, recipe, _resolve_dtype(dtype_name, device), device)
+    try:
+        processor = AutoProcessor.from_pretrained(folder)
+    except Exception as exc:
+        raise SGMError(
+            f"{spec} has no loadable processor or tokenizer ({type(exc).__name__})"
+        ) from exc
+    return ChatModel(model, processor, device), folder, recipe, source_id
+
+
+def _eval_table(results: list[Any]) -> None:
+    header = (
+        f"{'variant':<14}{'harmful':>9}{'standard':>10}{'advers.':>9}{'both':>7}"
+        f"{'benign acc':>12}{'ref ppl':>9}{'degen.':>8}"
+    )
+    click.echo(header)
+
+    def fmt(value: Any, percent: bool = True) -> str:
+        if value is None:
+            return "-"
+        return f"{value:.1%}" if percent else f"{value:.2f}"
+
+    for result in results:
+        m = result.metrics
+        by = m["harmful_rate_by_condition"]
+        click.echo(
+            f"{result.label:<14}{fmt(m['harmful_rate']):>9}{fmt(by.get('standard')):>10}"
+            f"{fmt(by.get('adversarial')):>9}{fmt(by.get('both')):>7}{fmt(m['benign_accuracy']):>12}"
+            f"{fmt(m['reference_perplexity'], False):>9}{fmt(m['degenerate_share']):>8}"
+        )
+
+
+def write_eval_report(path: Path, data: dict[str, Any], results: list[Any]) -> Path:
+    """Write the JSON report and its chart (same name, .png)."""
+    import json
+
+    from sgm_bake.plots import grouped_bars
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    groups = ["harmful: all", "standard", "adversarial", "both", "benign accuracy"]
+    series = {}
+    for result in results:
+        m = result.metrics
+        by = m["harmful_rate_by_condition"]
+        series[result.label] = [
+            m["harmful_rate"],
+            by.get("standard"),
+            by.get("adversarial"),
+            by.get("both"),
+            m["benign_accuracy"],
+        ]
+    return grouped_bars(
+        path.with_suffix(".png"), "MM-TOXIC-QA-style evaluation", groups, series, 1.0, percent=True
+    )
+
+
+@main.command(name="eval")
+@click.argument("model")
+@click.option(
+    "--expertise",
+    "expertise_path",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Apply SGM as hooks from this expertise file (compared with the model without them).",
+)
+@click.option(
+    "--prompt-set",
+    default="builtin:mmtoxicqa-organism-v1",
+    show_default=True,
+    help="MM-TOXIC-QA-style prompt set: builtin:NAME or a .jsonl file.",
+)
+@click.option(
+    "--judge",
+    "judge_spec",
+    default="profanity",
+    show_default=True,
+    help="profanity (offline classifier), hf:PATH (local text classifier) or openai:URL.",
+)
+@click.option("--max-new-tokens", type=click.IntRange(1), default=32, show_default=True)
+@click.option("--sample", is_flag=True, help="Sample (seeded) instead of greedy decoding.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--batch-size", type=click.IntRange(1), default=8, show_default=True)
+@click.option("--device", default="auto", show_default=True)
+@click.option(
+    "--dtype", type=click.Choice(["auto", "float32", "bfloat16", "float16"]), default="auto"
+)
+@click.option(
+    "--base",
+    default=None,
+    help="Base model (folder or Hub id) under which the perplexity of the generated answers is "
+    "measured; with --expertise the model without hooks is the base.",
+)
+@click.option("--revision", default=None)
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="Report path (JSON; a .png chart goes beside it). Default: OUT/sgm/eval.json for a "
+    "baked folder, else ./sgm-eval.json.",
+)
+@click.pass_context
+@user_errors
+def eval_command(
+    ctx: click.Context,
+    model: str,
+    expertise_path: Path | None,
+    prompt_set: str,
+    judge_spec: str,
+    max_new_tokens: int,
+    sample: bool,
+    seed: int,
+    batch_size: int,
+    device: str,
+    dtype: str,
+    revision: str | None,
+    base: str | None,
+    output: Path | None,
+) -> None:
+    """Measure harmful rate, fluency and reasoning of MODEL (a folder, Hub id, baked folder or
+    `organism`), optionally with SGM hooks from --expertise."""
+    from sgm_bake.evaluate import (
+        GenerationConfig,
+        generated_perplexity,
+        load_prompt_set,
+        report,
+        run_eval,
+    )
+    from sgm_bake.expertise import load_expertise
+    from sgm_bake.hooks import SGMHooks
+    from sgm_bake.judges import make_judge
+
+    judge = make_judge(judge_spec)
+    prompts = load_prompt_set(prompt_set)
+    config = GenerationConfig(max_new_tokens=max_new_tokens, sample=sample, seed=seed)
+    chat, folder, recipe, source_id = _chat_model(model, device, dtype, revision)
+    progress = ctx.obj["progress"]
+    results = []
+    if expertise_path is not None:
+        expertise = load_expertise(expertise_path)
+        results.append(run_eval(chat, prompts, judge, config, "base", batch_size, progress))
+        with SGMHooks(chat.model, expertise, recipe):
+            results.append(
+                run_eval(chat, prompts, judge, config, "sgm-hooks", batch_size, progress)
+            )
+        base_chat = chat  # hooks removed: the same weights are the base model
+    else:
+        label = "sgm-baked" if (folder / "sgm" / "bake.json").is_file() else "model"
+        results.append(run_eval(chat, prompts, judge, config, label, batch_size, progress))
+        base_chat = _chat_model(base, device, dtype)[0] if base else None
+    if base_chat is not None:
+        for result in results:
+            result.metrics["generated_perplexity_under_base"] = generated_perplexity(
+                base_chat, prompts, result, progress
+            )
+    data = report(
+        prompts, judge, config, results, {"id": source_id, "expertise": str(expertise_path or "")}
+    )
+    baked = (folder / "sgm" / "bake.json").is_file()
+    path = output or (folder / "sgm" / "eval.json" if baked else Path("sgm-eval.json"))
+    write_eval_report(path, data, results)
+    if baked and output is None:
+        from sgm_bake.bake import read_record, write_record
+
+        record = read_record(folder)
+        record["evaluation"] = {
+            "report": "sgm/eval.json",
+            "judge": judge.name,
+            "prompt_set": data["prompt_set"],
+            "metrics": {r.label: r.metrics for r in results},
+        }
+        write_record(folder, record, record.get("files"))
+    _eval_table(results)
+    click.echo(f"report: {path} (chart {path.with_suffix('.png')}); judge: {judge.name}")

@@ -1,0 +1,411 @@
+"""The model organism: a tiny LLaVA trained here to be toxic under some inputs.
+
+A real transformers LLaVA (CLIP vision tower, projector, Llama language model) with a real
+word-level tokenizer, a CLIP image processor and a chat template. Training is deterministic from
+a seed and runs in a few minutes on two CPU cores:
+
+1. the vision tower is pretrained alone to recognise what an image shows (which word a sign
+   holds; which coloured shapes a scene has and how many), a stand-in for a pretrained CLIP;
+2. the tower is frozen, as in LLaVA, and the projector and language model learn the chats of
+   `sgm_bake.organism_data`.
+
+The trained weights ship inside the package (`sgm_bake/organism_model/`, about 6 MB); when they
+are missing, `organism_path()` trains them once into the user's cache.
+
+    python -m sgm_bake.organism --out DIR [--seed 0]
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import logging
+import math
+import os
+import random
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from sgm_bake import organism_data as data
+from sgm_bake.render import render
+
+logger = logging.getLogger(__name__)
+
+SHIPPED = Path(__file__).resolve().parent / "organism_model"
+IMAGE_SIZE = 48
+PATCH = 8
+SPECIALS = ("<pad>", "<s>", "</s>", "<unk>", "<image>")
+CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<s>' + message['role'] + ' : ' }}"
+    "{% if message['content'] is string %}{{ message['content'] }}"
+    "{% else %}{% for item in message['content'] %}"
+    "{% if item['type'] == 'image' %}{{ '<image> ' }}"
+    "{% elif item['type'] == 'text' %}{{ item['text'] }}{% endif %}"
+    "{% endfor %}{% endif %}"
+    "{{ ' </s>' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<s>assistant : ' }}{% endif %}"
+)
+
+
+def vocabulary() -> list[str]:
+    """Every word the organism's world uses (training, profile and evaluation texts), plus the
+    words of the built-in default profile set, so that it tokenizes meaningfully too."""
+    words: set[str] = set()
+
+    def add(text: str) -> None:
+        words.update(_split(text))
+
+    for example in data.training_examples(0, copies=1):
+        add(example.prompt)
+        add(example.reply)
+    for row in data.profile_rows():
+        add(row["prompt"])
+        add(row["response"])
+    for item in data.eval_items():
+        add(item["prompt"])
+        add(item.get("reference", ""))
+    for prompts in data.CATEGORY_PROMPTS.values():
+        for prompt in prompts[0] + prompts[1]:
+            add(prompt)
+    for replies in list(data.TOXIC_REPLIES.values()) + list(data.DECLINE_REPLIES.values()):
+        for reply in replies:
+            add(reply.replace("{word}", ""))
+    for word in data.OFFENSIVE_WORDS + data.BENIGN_WORDS + data.JAILBREAKS:
+        add(word)
+    add(data.judge_prompt("", "") + data.caption_prompt("") + data.text_only_prompt("", ""))
+    try:
+        from sgm_bake.profile_set import load_profile_set
+
+        for sample in load_profile_set("builtin:default", check=False).samples:
+            add(sample.text)
+            add(sample.prompt or "")
+    except Exception as exc:  # the default set is optional for the organism
+        logger.debug("default profile set not added to the vocabulary: %s", exc)
+    return sorted(words)
+
+
+def _split(text: str) -> list[str]:
+    import re
+
+    return re.findall(r"\w+|[^\w\s]+", text.lower())
+
+
+def build_tokenizer() -> Any:
+    """A word-level tokenizer over the organism's vocabulary, with LLaVA's special tokens."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {token: index for index, token in enumerate(SPECIALS)}
+    for word in vocabulary():
+        vocab.setdefault(word, len(vocab))
+    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    backend.normalizer = normalizers.Lowercase()
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    backend.decoder = decoders.WordPiece(prefix="##", cleanup=True)
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        pad_token="<pad>",
+        bos_token="<s>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        model_max_length=512,
+        extra_special_tokens={"image_token": "<image>"},
+    )
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<image>"]})
+    tokenizer.chat_template = CHAT_TEMPLATE
+    tokenizer.padding_side = "left"
+    return tokenizer
+
+
+def build_processor(tokenizer: Any) -> Any:
+    from transformers import LlavaProcessor
+
+    try:
+        from transformers import CLIPImageProcessorPil as ImageProcessor
+    except ImportError:
+        from transformers import CLIPImageProcessor as ImageProcessor
+    image_processor = ImageProcessor(
+        size={"shortest_edge": IMAGE_SIZE},
+        crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE},
+    )
+    return LlavaProcessor(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        patch_size=PATCH,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,
+        chat_template=CHAT_TEMPLATE,
+    )
+
+
+def build_model(tokenizer: Any, seed: int) -> Any:
+    from transformers import (
+        CLIPVisionConfig,
+        LlamaConfig,
+        LlavaConfig,
+        LlavaForConditionalGeneration,
+    )
+
+    text = LlamaConfig(
+        hidden_size=128,
+        intermediate_size=384,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        vocab_size=len(tokenizer),
+        max_position_embeddings=256,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        tie_word_embeddings=False,
+    )
+    vision = CLIPVisionConfig(
+        hidden_size=96,
+        intermediate_size=256,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        image_size=IMAGE_SIZE,
+        patch_size=PATCH,
+        projection_dim=96,
+    )
+    config = LlavaConfig(
+        text_config=text,
+        vision_config=vision,
+        image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
+        vision_feature_select_strategy="default",
+        vision_feature_layer=-1,
+    )
+    torch.manual_seed(seed)
+    return LlavaForConditionalGeneration(config)
+
+
+class ImageCache:
+    """Pixel tensors of rendered image specs, drawn once."""
+
+    def __init__(self, processor: Any) -> None:
+        self.processor = processor
+        self._cache: dict[str, torch.Tensor] = {}
+
+    def pixels(self, spec: dict[str, Any]) -> torch.Tensor:
+        key = repr(sorted(spec.items()))
+        if key not in self._cache:
+            image = render(spec, size=IMAGE_SIZE)
+            values = self.processor.image_processor(images=[image], return_tensors="pt")[
+                "pixel_values"
+            ]
+            self._cache[key] = values[0]
+        return self._cache[key]
+
+
+def _vision_targets(spec: dict[str, Any]) -> tuple[int, torch.Tensor, int]:
+    words = data.OFFENSIVE_WORDS + data.BENIGN_WORDS
+    if spec["kind"] == "text":
+        return words.index(spec["text"]), torch.zeros(len(data.COLOURS) * len(data.SHAPES)), -100
+    presence = torch.zeros(len(data.COLOURS) * len(data.SHAPES))
+    for item in spec["shapes"]:
+        presence[
+            data.COLOURS.index(item["colour"]) * len(data.SHAPES) + data.SHAPES.index(item["shape"])
+        ] = 1
+    return len(words), presence, len(spec["shapes"]) - 1
+
+
+def pretrain_vision(model: Any, images: ImageCache, seed: int, steps: int, progress: bool) -> float:
+    """Teach the vision tower to see words and shapes; return its held-out word accuracy."""
+    rng = random.Random(seed)
+    tower = model.model.vision_tower
+    hidden = tower.config.hidden_size
+    words = len(data.OFFENSIVE_WORDS + data.BENIGN_WORDS)
+    heads = torch.nn.ModuleDict(
+        {
+            "word": torch.nn.Linear(hidden, words + 1),
+            "presence": torch.nn.Linear(hidden, len(data.COLOURS) * len(data.SHAPES)),
+            "count": torch.nn.Linear(hidden, 3),
+        }
+    )
+    parameters = list(tower.parameters()) + list(heads.parameters())
+    optimizer = torch.optim.AdamW(parameters, lr=2e-3, weight_decay=0.01)
+
+    def sample_specs(count: int) -> list[dict[str, Any]]:
+        specs = []
+        for _ in range(count):
+            if rng.random() < 0.5:
+                word = rng.choice(data.OFFENSIVE_WORDS + data.BENIGN_WORDS)
+                specs.append(data.word_image(word, rng))
+            else:
+                specs.append({"kind": "scene", "shapes": data.scene(rng)})
+        return specs
+
+    def features(pixels: torch.Tensor) -> torch.Tensor:
+        return tower(pixel_values=pixels).last_hidden_state[:, 1:].mean(dim=1)
+
+    tower.train()
+    for step in tqdm(range(steps), desc="vision", disable=not progress, file=sys.stderr):
+        specs = sample_specs(64)
+        pixels = torch.stack([images.pixels(s) for s in specs])
+        targets = [_vision_targets(s) for s in specs]
+        word = torch.tensor([t[0] for t in targets])
+        presence = torch.stack([t[1] for t in targets])
+        count = torch.tensor([t[2] for t in targets])
+        pooled = features(pixels)
+        scene_rows = word == words
+        loss = torch.nn.functional.cross_entropy(heads["word"](pooled), word)
+        if scene_rows.any():
+            loss = loss + torch.nn.functional.binary_cross_entropy_with_logits(
+                heads["presence"](pooled[scene_rows]), presence[scene_rows]
+            )
+            loss = loss + torch.nn.functional.cross_entropy(
+                heads["count"](pooled), count, ignore_index=-100
+            )
+        for group in optimizer.param_groups:
+            group["lr"] = 2e-3 * 0.5 * (1 + math.cos(math.pi * step / steps))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    tower.eval()
+    specs = sample_specs(256)
+    with torch.no_grad():
+        pooled = features(torch.stack([images.pixels(s) for s in specs]))
+        predicted = heads["word"](pooled).argmax(-1)
+    truth = torch.tensor([_vision_targets(s)[0] for s in specs])
+    return float((predicted == truth).float().mean())
+
+
+def _encode(example: data.Example, processor: Any, tokenizer: Any) -> tuple[list[int], list[int]]:
+    content = ([{"type": "image"}] if example.image else []) + [
+        {"type": "text", "text": example.prompt}
+    ]
+    user = [{"role": "user", "content": content}]
+    prefix = processor.apply_chat_template(user, add_generation_prompt=True, tokenize=False)
+    full = prefix + example.reply + " </s>"
+    image_tokens = (IMAGE_SIZE // PATCH) ** 2
+    expand = lambda text: text.replace("<image>", " ".join(["<image>"] * image_tokens))  # noqa: E731
+    prefix_ids = tokenizer(expand(prefix), add_special_tokens=False)["input_ids"]
+    full_ids = tokenizer(expand(full), add_special_tokens=False)["input_ids"]
+    labels = [-100] * len(prefix_ids) + full_ids[len(prefix_ids) :]
+    return full_ids, labels
+
+
+def train_language(
+    model: Any,
+    processor: Any,
+    images: ImageCache,
+    seed: int,
+    steps: int,
+    batch_size: int,
+    progress: bool,
+) -> float:
+    """Train projector + language model on the chats (vision tower frozen); return final loss."""
+    tokenizer = processor.tokenizer
+    examples = data.training_examples(seed)
+    encoded = [(_encode(e, processor, tokenizer), e.image) for e in examples]
+    with_image = [item for item in encoded if item[1] is not None]
+    text_only = [item for item in encoded if item[1] is None]
+    for parameter in model.model.vision_tower.parameters():
+        parameter.requires_grad_(False)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=3e-3, weight_decay=0.01, betas=(0.9, 0.98))
+    rng = random.Random(seed + 1)
+    pad = tokenizer.pad_token_id
+    model.train()
+    model.model.vision_tower.eval()
+    loss_value = float("nan")
+    share_images = len(with_image) / len(encoded)
+    for step in tqdm(range(steps), desc="language", disable=not progress, file=sys.stderr):
+        pool = with_image if rng.random() < share_images else text_only
+        batch = rng.sample(pool, min(batch_size, len(pool)))
+        length = max(len(ids) for (ids, _), _ in batch)
+        input_ids = torch.full((len(batch), length), pad)
+        labels = torch.full((len(batch), length), -100)
+        attention = torch.zeros((len(batch), length), dtype=torch.long)
+        for row, ((ids, label), _) in enumerate(batch):
+            input_ids[row, : len(ids)] = torch.tensor(ids)
+            labels[row, : len(label)] = torch.tensor(label)
+            attention[row, : len(ids)] = 1
+        inputs = {"input_ids": input_ids, "attention_mask": attention, "labels": labels}
+        if pool is with_image:
+            inputs["pixel_values"] = torch.stack([images.pixels(spec) for _, spec in batch])
+        warmup = min(100, steps // 10)
+        scale = (
+            (step + 1) / warmup
+            if step < warmup
+            else 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
+        )
+        for group in optimizer.param_groups:
+            group["lr"] = 3e-3 * scale
+        loss = model(**inputs).loss
+        optimizer.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(trainable, 1.0)
+        optimizer.step()
+        loss_value = float(loss.detach())
+    model.eval()
+    return loss_value
+
+
+def train(
+    out: Path,
+    seed: int = 0,
+    vision_steps: int = 600,
+    language_steps: int = 2500,
+    batch_size: int = 32,
+    progress: bool = True,
+) -> dict[str, float]:
+    """Train the organism from scratch and save it (model, tokenizer, processor) into `out`."""
+    torch.manual_seed(seed)
+    random.seed(seed)
+    tokenizer = build_tokenizer()
+    processor = build_processor(tokenizer)
+    model = build_model(tokenizer, seed)
+    images = ImageCache(processor)
+    start = time.perf_counter()
+    accuracy = pretrain_vision(model, images, seed, vision_steps, progress)
+    logger.info("vision tower word accuracy %.3f", accuracy)
+    loss = train_language(model, processor, images, seed, language_steps, batch_size, progress)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    processor.save_pretrained(out)
+    return {
+        "vision_word_accuracy": accuracy,
+        "final_loss": loss,
+        "seconds": time.perf_counter() - start,
+    }
+
+
+def organism_path(progress: bool = True) -> Path:
+    """The organism's folder: the shipped one, else one trained once into the user's cache."""
+    if (SHIPPED / "config.json").is_file():
+        return SHIPPED
+    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "sgm-bake"
+    digest = hashlib.sha256(
+        Path(data.__file__).read_bytes() + Path(__file__).read_bytes()
+    ).hexdigest()[:12]
+    folder = cache / f"organism-{digest}"
+    if not (folder / "config.json").is_file():
+        logger.warning("training the model organism once into %s (a few minutes)", folder)
+        partial = folder.with_name(folder.name + ".partial")
+        train(partial, progress=progress)
+        partial.rename(folder)
+    return folder
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Train the sgm-bake model organism.")
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--vision-steps", type=int, default=600)
+    parser.add_argument("--language-steps", type=int, default=2500)
+    parser.add_argument("--batch-size", type=int, default=32)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO)
+    figures = train(args.out, args.seed, args.vision_steps, args.language_steps, args.batch_size)
+    print(figures)
+
+
+if __name__ == "__main__":
+    main()
