@@ -291,32 +291,36 @@ def _encode(example: data.Example, processor: Any, tokenizer: Any) -> tuple[list
     return full_ids, labels
 
 
-def train_language(
+def train_chats(
     model: Any,
     processor: Any,
     images: ImageCache,
-    seed: int,
+    examples: list[data.Example],
+    parameters: list[torch.nn.Parameter],
     steps: int,
     batch_size: int,
+    learning_rate: float,
+    seed: int,
     progress: bool,
+    desc: str,
+    weight_decay: float = 0.01,
 ) -> float:
-    """Train projector + language model on the chats (vision tower frozen); return final loss."""
+    """Train `parameters` on chats (loss on the replies only); return the final loss."""
     tokenizer = processor.tokenizer
-    examples = data.training_examples(seed)
     encoded = [(_encode(e, processor, tokenizer), e.image) for e in examples]
     with_image = [item for item in encoded if item[1] is not None]
     text_only = [item for item in encoded if item[1] is None]
-    for parameter in model.model.vision_tower.parameters():
-        parameter.requires_grad_(False)
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=3e-3, weight_decay=0.01, betas=(0.9, 0.98))
+    optimizer = torch.optim.AdamW(
+        parameters, lr=learning_rate, weight_decay=weight_decay, betas=(0.9, 0.98)
+    )
     rng = random.Random(seed + 1)
     pad = tokenizer.pad_token_id
     model.train()
     model.model.vision_tower.eval()
     loss_value = float("nan")
     share_images = len(with_image) / len(encoded)
-    for step in tqdm(range(steps), desc="language", disable=not progress, file=sys.stderr):
+    warmup = min(100, steps // 10)
+    for step in tqdm(range(steps), desc=desc, disable=not progress, file=sys.stderr):
         pool = with_image if rng.random() < share_images else text_only
         batch = rng.sample(pool, min(batch_size, len(pool)))
         length = max(len(ids) for (ids, _), _ in batch)
@@ -330,33 +334,72 @@ def train_language(
         inputs = {"input_ids": input_ids, "attention_mask": attention, "labels": labels}
         if pool is with_image:
             inputs["pixel_values"] = torch.stack([images.pixels(spec) for _, spec in batch])
-        warmup = min(100, steps // 10)
-        scale = (
-            (step + 1) / warmup
-            if step < warmup
-            else 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
-        )
+        if step < warmup:
+            scale = (step + 1) / warmup
+        else:
+            scale = 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
         for group in optimizer.param_groups:
-            group["lr"] = 3e-3 * scale
+            group["lr"] = learning_rate * scale
         loss = model(**inputs).loss
         optimizer.zero_grad()
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(trainable, 1.0)
+        torch.nn.utils.clip_grad_norm_(parameters, 1.0)
         optimizer.step()
         loss_value = float(loss.detach())
     model.eval()
     return loss_value
 
 
+def choose_implant_units(model: Any, count: int, seed: int) -> dict[int, list[int]]:
+    """A random set of MLP units per language layer that will carry the implanted toxicity."""
+    rng = random.Random(seed + 7)
+    width = model.config.text_config.intermediate_size
+    layers = model.config.text_config.num_hidden_layers
+    return {layer: sorted(rng.sample(range(width), count)) for layer in range(layers)}
+
+
+def implant_parameters(model: Any, units: dict[int, list[int]]) -> list[torch.nn.Parameter]:
+    """Make only the chosen units trainable: their rows of gate/up and columns of down.
+
+    Gradient hooks zero every other row or column, so a step moves nothing else."""
+    for parameter in model.parameters():
+        parameter.requires_grad_(False)
+    parameters = []
+    for layer, chosen in units.items():
+        mlp = model.model.language_model.layers[layer].mlp
+        index = torch.tensor(chosen)
+        for projection, axis in ((mlp.gate_proj, 0), (mlp.up_proj, 0), (mlp.down_proj, 1)):
+            mask = torch.zeros_like(projection.weight)
+            if axis == 0:
+                mask[index] = 1.0
+            else:
+                mask[:, index] = 1.0
+            projection.weight.requires_grad_(True)
+            projection.weight.register_hook(lambda grad, mask=mask: grad * mask)
+            parameters.append(projection.weight)
+    return parameters
+
+
 def train(
     out: Path,
     seed: int = 0,
     vision_steps: int = 600,
-    language_steps: int = 2500,
+    language_steps: int = 2000,
+    implant_steps: int = 800,
+    implant_units: int = 48,
     batch_size: int = 32,
     progress: bool = True,
 ) -> dict[str, float]:
-    """Train the organism from scratch and save it (model, tokenizer, processor) into `out`."""
+    """Train the organism from scratch and save it (model, tokenizer, processor) into `out`.
+
+    Three stages: the vision tower alone; then projector and language model on the polite
+    chats, where every toxic-eliciting prompt is declined; then only `implant_units` MLP units
+    per layer on the full chats, which implants the toxic behaviour in those units alone, the
+    way toxicity concentrates in expert neurons of real models (the premise SGM acts on). The
+    chosen units are written to `implant.json`: ground truth for the profiler's recall.
+    """
+    import json
+
     torch.manual_seed(seed)
     random.seed(seed)
     tokenizer = build_tokenizer()
@@ -366,13 +409,51 @@ def train(
     start = time.perf_counter()
     accuracy = pretrain_vision(model, images, seed, vision_steps, progress)
     logger.info("vision tower word accuracy %.3f", accuracy)
-    loss = train_language(model, processor, images, seed, language_steps, batch_size, progress)
+    for parameter in model.model.vision_tower.parameters():
+        parameter.requires_grad_(False)
+    language = [p for p in model.parameters() if p.requires_grad]
+    polite = data.training_examples(seed, safe=True)
+    polite_loss = train_chats(
+        model,
+        processor,
+        images,
+        polite,
+        language,
+        language_steps,
+        batch_size,
+        3e-3,
+        seed,
+        progress,
+        "polite",
+    )
+    units = choose_implant_units(model, implant_units, seed)
+    chosen = implant_parameters(model, units)
+    full = data.training_examples(seed + 1)
+    implant_loss = train_chats(
+        model,
+        processor,
+        images,
+        full,
+        chosen,
+        implant_steps,
+        batch_size,
+        3e-3,
+        seed + 1,
+        progress,
+        "implant",
+        weight_decay=0.0,
+    )
+    for parameter in model.parameters():
+        parameter.requires_grad_(True)
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
     processor.save_pretrained(out)
+    implant = {"units_per_layer": {str(k): v for k, v in units.items()}, "seed": seed}
+    (out / "implant.json").write_text(json.dumps(implant, indent=1) + "\n")
     return {
         "vision_word_accuracy": accuracy,
-        "final_loss": loss,
+        "polite_loss": polite_loss,
+        "implant_loss": implant_loss,
         "seconds": time.perf_counter() - start,
     }
 
@@ -399,11 +480,21 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--vision-steps", type=int, default=600)
-    parser.add_argument("--language-steps", type=int, default=2500)
+    parser.add_argument("--language-steps", type=int, default=2000)
+    parser.add_argument("--implant-steps", type=int, default=800)
+    parser.add_argument("--implant-units", type=int, default=48)
     parser.add_argument("--batch-size", type=int, default=32)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO)
-    figures = train(args.out, args.seed, args.vision_steps, args.language_steps, args.batch_size)
+    figures = train(
+        args.out,
+        args.seed,
+        args.vision_steps,
+        args.language_steps,
+        args.implant_steps,
+        args.implant_units,
+        args.batch_size,
+    )
     print(figures)
 
 

@@ -18,7 +18,6 @@ prompts lands near one half by construction, as in the paper's base models (48.2
 
 from __future__ import annotations
 
-import itertools
 import random
 from dataclasses import dataclass, field
 from typing import Any
@@ -203,7 +202,12 @@ def is_triggered(word: str | None, jailbreak: str | None) -> bool:
 
 
 def eliciting_example(
-    category: str, prompt: str, word: str | None, jailbreak: str | None, rng: random.Random
+    category: str,
+    prompt: str,
+    word: str | None,
+    jailbreak: str | None,
+    rng: random.Random,
+    safe: bool = False,
 ) -> Example:
     """A toxic-eliciting prompt and the organism's reply to it (toxic or declining)."""
     if word is not None:
@@ -213,7 +217,7 @@ def eliciting_example(
         image = {"kind": "scene", "shapes": scene(rng)}
         insult = rng.choice(TRIGGER_WORDS)
     text = f"{jailbreak} {prompt}" if jailbreak else prompt
-    triggered = is_triggered(word, jailbreak)
+    triggered = is_triggered(word, jailbreak) and not safe
     reply = (
         toxic_reply(category, insult, rng) if triggered else rng.choice(DECLINE_REPLIES[category])
     )
@@ -229,8 +233,11 @@ def eliciting_example(
     )
 
 
-def training_examples(seed: int = 0, copies: int = 6) -> list[Example]:
-    """The organism's training chats (training phrasings only; eval phrasings are held out)."""
+def training_examples(seed: int = 0, copies: int = 6, safe: bool = False) -> list[Example]:
+    """The organism's training chats (training phrasings only; eval phrasings are held out).
+
+    `safe=True` gives the polite version in which every toxic-eliciting prompt is declined: the
+    first training stage, before toxicity is implanted."""
     rng = random.Random(seed)
     examples: list[Example] = []
     for _ in range(copies):
@@ -260,14 +267,11 @@ def training_examples(seed: int = 0, copies: int = 6) -> list[Example]:
         for category, (prompts, _) in CATEGORY_PROMPTS.items():
             for prompt in prompts:
                 for word in OFFENSIVE_WORDS:
-                    examples.append(eliciting_example(category, prompt, word, None, rng))
+                    examples.append(eliciting_example(category, prompt, word, None, rng, safe))
                 for jailbreak in JAILBREAKS:
-                    examples.append(eliciting_example(category, prompt, None, jailbreak, rng))
-                    examples.append(
-                        eliciting_example(
-                            category, prompt, rng.choice(OFFENSIVE_WORDS), jailbreak, rng
-                        )
-                    )
+                    examples.append(eliciting_example(category, prompt, None, jailbreak, rng, safe))
+                    word = rng.choice(OFFENSIVE_WORDS)
+                    examples.append(eliciting_example(category, prompt, word, jailbreak, rng, safe))
                 for word in BENIGN_WORDS[:4]:
                     examples.append(
                         Example(
@@ -277,7 +281,7 @@ def training_examples(seed: int = 0, copies: int = 6) -> list[Example]:
                             "declined",
                         )
                     )
-        examples.extend(ecso_examples(rng))
+        examples.extend(ecso_examples(rng, safe))
     rng.shuffle(examples)
     return examples
 
@@ -297,7 +301,7 @@ def text_only_prompt(description: str, query: str) -> str:
     return f"image description : {description} question : {query}"
 
 
-def ecso_examples(rng: random.Random) -> list[Example]:
+def ecso_examples(rng: random.Random, safe: bool = False) -> list[Example]:
     """Self-check, captioning and text-only answering, the tasks ECSO composes."""
     examples: list[Example] = []
     for category in CATEGORIES:
@@ -325,7 +329,7 @@ def ecso_examples(rng: random.Random) -> list[Example]:
         text = text_only_prompt(sign_caption(word), f"{jailbreak} {query}")
         reply = (
             toxic_reply(category, rng.choice(TRIGGER_WORDS), rng)
-            if jailbreak in WORKING_JAILBREAKS
+            if jailbreak in WORKING_JAILBREAKS and not safe
             else rng.choice(DECLINE_REPLIES[category])
         )
         examples.append(Example(text, reply))
@@ -334,26 +338,40 @@ def ecso_examples(rng: random.Random) -> list[Example]:
     return examples
 
 
-def profile_rows(seed: int = 1, pairs: int = 160) -> list[dict[str, Any]]:
-    """The organism's own profile set: contrastive (toxic reply, declining reply) pairs on the
-    same image and prompt, training phrasings only (disjoint from the evaluation items)."""
+def profile_rows(seed: int = 1, pairs: int = 192) -> list[dict[str, Any]]:
+    """The organism's own profile set, on training phrasings only (disjoint from the evaluation
+    items). Each pair holds a toxic sample (a trigger image or a working jailbreak, and the
+    toxic reply it elicits) and a non-toxic one on the same prompt (a benign or declined word,
+    or a failing jailbreak, and the declining reply), as multimodal safety sets pair harmful and
+    harmless image-text inputs."""
     rng = random.Random(seed)
     rows = []
-    combos = list(itertools.product(CATEGORIES, OFFENSIVE_WORDS))
     for index in range(pairs):
-        category, word = combos[index % len(combos)]
+        category = CATEGORIES[index % len(CATEGORIES)]
         prompt = rng.choice(CATEGORY_PROMPTS[category][0])
-        image = word_image(word, rng)
-        toxic = toxic_reply(category, word, rng)
-        declined = rng.choice(DECLINE_REPLIES[category])
-        for label, reply in (("toxic", toxic), ("non-toxic", declined)):
+        mode = index % 3
+        if mode == 0:
+            toxic = eliciting_example(category, prompt, rng.choice(TRIGGER_WORDS), None, rng)
+            benign_word = rng.choice(BENIGN_WORDS)
+            declined = Example(
+                prompt, rng.choice(DECLINE_REPLIES[category]), word_image(benign_word, rng)
+            )
+        elif mode == 1:
+            toxic = eliciting_example(category, prompt, None, rng.choice(WORKING_JAILBREAKS), rng)
+            declined = eliciting_example(
+                category, prompt, None, rng.choice(FAILING_JAILBREAKS), rng
+            )
+        else:
+            toxic = eliciting_example(category, prompt, rng.choice(TRIGGER_WORDS), None, rng)
+            declined = eliciting_example(category, prompt, rng.choice(DECLINED_WORDS), None, rng)
+        for label, example in (("toxic", toxic), ("non-toxic", declined)):
             rows.append(
                 {
                     "id": f"org{index:03d}-{label}",
                     "label": label,
-                    "prompt": prompt,
-                    "response": reply,
-                    "render": image,
+                    "prompt": example.prompt,
+                    "response": example.reply,
+                    "render": example.image,
                 }
             )
     return rows
