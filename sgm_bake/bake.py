@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from sgm_bake.card import source_card_metadata, write_card, write_plots
 from sgm_bake.checkpoint import (
     BIN_INDEX,
     SAFE_INDEX,
@@ -59,6 +60,7 @@ class BakeOptions:
     recipe_file: Path | None = None
     progress: bool = True
     command: str | None = None
+    base_model: str | None = None
     extra_record: dict[str, Any] = field(default_factory=dict)
 
 
@@ -117,6 +119,19 @@ def _tensor_shapes(checkpoint: Checkpoint) -> dict[str, tuple[tuple[int, ...], s
         for key, tensor in load_bin(checkpoint.root / name).items():
             shapes[key] = (tuple(tensor.shape), TORCH_TO_TAG.get(tensor.dtype, str(tensor.dtype)))
     return shapes
+
+
+def library_versions() -> dict[str, str]:
+    """Versions of the libraries that shaped the output."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    versions = {"python": sys.version.split()[0]}
+    for name in ("torch", "transformers", "safetensors", "huggingface-hub", "numpy"):
+        try:
+            versions[name] = version(name)
+        except PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
 
 
 def plan_bake(
@@ -271,12 +286,29 @@ def output_hashes(
 
 
 def write_record(folder: Path, record: dict[str, Any], known: dict[str, str] | None = None) -> None:
-    """(Re)write sgm/bake.json with the sha256 of every other output file."""
+    """(Re)write sgm/bake.json with the sha256 of every other output file.
+
+    `known` digests are reused for weight shards only (computed while they were written); every
+    other file is small and hashed afresh, so a re-rendered card or plot is never recorded stale.
+    """
     record_path = folder / SGM_DIR / RECORD_FILE
-    record["files"] = output_hashes(folder, {f"{SGM_DIR}/{RECORD_FILE}"}, known)
+    shards = {
+        name: digest
+        for name, digest in (known or {}).items()
+        if name.endswith(".safetensors") and not name.startswith(f"{SGM_DIR}/")
+    }
+    record["files"] = output_hashes(folder, {f"{SGM_DIR}/{RECORD_FILE}"}, shards)
     tmp = record_path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     os.replace(tmp, record_path)
+
+
+def refresh(folder: Path, record: dict[str, Any]) -> None:
+    """Re-render the model card from the record, then rewrite the record with fresh hashes."""
+    from sgm_bake.card import write_card
+
+    write_card(folder, record)
+    write_record(folder, record, record.get("files"))
 
 
 def read_record(folder: Path) -> dict[str, Any]:
@@ -312,7 +344,7 @@ def bake(source: Source, out: Path, expertise: Expertise, options: BakeOptions) 
         save_expertise(canonical_expertise(plan, expertise), staging / SGM_DIR / EXPERTISE_FILE)
         record: dict[str, Any] = {
             "tool": {"name": "sgm-bake", "version": __version__},
-            "versions": {"torch": torch.__version__, "python": sys.version.split()[0]},
+            "versions": library_versions(),
             "source": source.record(),
             "command": options.command,
             "recipe": {
@@ -333,7 +365,12 @@ def bake(source: Source, out: Path, expertise: Expertise, options: BakeOptions) 
                 "tensors_folded": sorted(plan.edits),
             },
             "dropped_files": dropped,
+            "source_card": source_card_metadata(source.path),
             **options.extra_record,
         }
+        if options.base_model:
+            record["base_model"] = options.base_model
+        write_plots(staging, record)
+        write_card(staging, record)
         write_record(staging, record, weight_hashes)
     return record

@@ -253,7 +253,7 @@ def demo(
     """
     import torch
 
-    from sgm_bake.bake import BakeOptions, read_record, write_record
+    from sgm_bake.bake import BakeOptions, read_record, refresh
     from sgm_bake.bake import bake as run_bake
     from sgm_bake.evaluate import (
         GenerationConfig,
@@ -316,7 +316,7 @@ def demo(
         "prompt_set": data["prompt_set"],
         "metrics": {r.label: r.metrics for r in results},
     }
-    write_record(baked, record, record.get("files"))
+    refresh(baked, record)
     _eval_table(results)
     click.echo(
         f"detoxified checkpoint: {baked}; report {baked / 'sgm' / 'eval.json'}, chart {path}"
@@ -832,7 +832,7 @@ def eval_command(
     path = output or (folder / "sgm" / "eval.json" if baked else Path("sgm-eval.json"))
     write_eval_report(path, data, results)
     if baked and output is None:
-        from sgm_bake.bake import read_record, write_record
+        from sgm_bake.bake import read_record, refresh
 
         record = read_record(folder)
         record["evaluation"] = {
@@ -841,6 +841,6 @@ def eval_command(
             "prompt_set": data["prompt_set"],
             "metrics": {r.label: r.metrics for r in results},
         }
-        write_record(folder, record, record.get("files"))
+        refresh(folder, record)
     _eval_table(results)
     click.echo(f"report: {path} (chart {path.with_suffix('.png')}); judge: {judge.name}")

@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from sgm_bake.bake import EXPERTISE_FILE, SGM_DIR, read_record, write_record
+from sgm_bake.bake import EXPERTISE_FILE, SGM_DIR, read_record, refresh
 from sgm_bake.checkpoint import Checkpoint, load_bin, open_checkpoint
 from sgm_bake.errors import SGMError
 from sgm_bake.expertise import load_expertise
@@ -284,5 +284,5 @@ def verify(
     )
     if record:
         bake_record["verification"] = asdict(report)
-        write_record(out, bake_record, bake_record.get("files"))
+        refresh(out, bake_record)
     return report

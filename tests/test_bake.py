@@ -57,9 +57,10 @@ def test_bake_changes_only_targeted_tensors(runner, llava_dir, llava_expertise, 
     assert file_metadata(out / "model.safetensors") == file_metadata(
         llava_dir / "model.safetensors"
     )
+    # exactly the source's file set plus the model card and sgm/: what converters and loaders see
     source_files = {p.name for p in llava_dir.iterdir()}
-    assert {p.name for p in out.iterdir()} == source_files | {"sgm"}
-    for name in source_files - {"model.safetensors"}:
+    assert {p.name for p in out.iterdir()} == source_files | {"sgm", "README.md"}
+    for name in source_files - {"model.safetensors", "README.md"}:
         assert (out / name).read_bytes() == (llava_dir / name).read_bytes(), name
 
 
