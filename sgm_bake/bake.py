@@ -73,6 +73,7 @@ class TensorEdit:
     dtype: str
     row_scale: torch.Tensor | None = None
     col_scale: torch.Tensor | None = None
+    compute: torch.dtype = torch.float32
 
     def scale_axis(self, axis: int, factors: torch.Tensor) -> None:
         current = self.row_scale if axis == 0 else self.col_scale
@@ -89,10 +90,10 @@ class TensorEdit:
         if self.row_scale is not None:
             rows = self.row_scale[first_row : first_row + block.shape[0]]
         if block.ndim == 1:
-            return scale_weight(block[:, None], rows, None)[:, 0]
+            return scale_weight(block[:, None], rows, None, self.compute)[:, 0]
         if len(self.shape) == 1:
-            return scale_weight(block, rows, None)
-        return scale_weight(block, rows, self.col_scale)
+            return scale_weight(block, rows, None, self.compute)
+        return scale_weight(block, rows, self.col_scale, self.compute)
 
 
 @dataclass(frozen=True)
@@ -135,10 +136,14 @@ def library_versions() -> dict[str, str]:
 
 
 def plan_bake(
-    checkpoint: Checkpoint, expertise: Expertise, recipe_file: Path | None = None
+    checkpoint: Checkpoint,
+    expertise: Expertise,
+    recipe_file: Path | None = None,
+    recipe: Recipe | None = None,
+    compute: torch.dtype = torch.float32,
 ) -> BakePlan:
     """Map every expertise entry to checkpoint tensors and check that the factors fit them."""
-    recipe = recipe_for_config(checkpoint.config, recipe_file)
+    recipe = recipe or recipe_for_config(checkpoint.config, recipe_file)
     key_files = checkpoint.tensor_keys()
     layout = resolve_checkpoint_layout(recipe, checkpoint.config, key_files)
     shapes = _tensor_shapes(checkpoint)
@@ -164,11 +169,14 @@ def plan_bake(
                 f"the checkpoint tensor {key!r} has {shape[axis]} (shape {list(shape)}); the "
                 "expertise was made for another model"
             )
-        edits.setdefault(key, TensorEdit(key, shape, dtype)).scale_axis(axis, alpha)
+        edits.setdefault(key, TensorEdit(key, shape, dtype, compute=compute)).scale_axis(
+            axis, alpha
+        )
         bias_key = layout.bias_key(unit.layer, unit.projection)
         if unit.side == "output" and bias_key in shapes:
             edits.setdefault(
-                bias_key, TensorEdit(bias_key, shapes[bias_key][0], shapes[bias_key][1])
+                bias_key,
+                TensorEdit(bias_key, shapes[bias_key][0], shapes[bias_key][1], compute=compute),
             )
             edits[bias_key].scale_axis(0, alpha)
     return BakePlan(checkpoint, recipe, layout, units, edits, key_files)
@@ -184,7 +192,9 @@ def canonical_expertise(plan: BakePlan, expertise: Expertise) -> Expertise:
     return Expertise(modules, dict(expertise.metadata))
 
 
-def _copy_other_files(checkpoint: Checkpoint, staging: Path) -> list[str]:
+def _copy_other_files(
+    checkpoint: Checkpoint, staging: Path, skip: frozenset[str] = frozenset()
+) -> list[str]:
     """Copy every non-weight file verbatim; return the weight files that were left out."""
     dropped = []
     for path in sorted(checkpoint.root.rglob("*")):
@@ -197,7 +207,7 @@ def _copy_other_files(checkpoint: Checkpoint, staging: Path) -> list[str]:
         if not path.is_file():
             continue
         name = relative.as_posix()
-        if name in (SAFE_INDEX, BIN_INDEX):
+        if name in (SAFE_INDEX, BIN_INDEX) or name in skip:
             continue
         if checkpoint.is_weight_file(name):
             if name not in checkpoint.weight_files:

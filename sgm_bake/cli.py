@@ -113,6 +113,11 @@ device_option = click.option(
     show_default=True,
     help="Device for verification: auto, cpu, cuda, mps.",
 )
+base_model_option = click.option(
+    "--base-model",
+    default=None,
+    help="Hub id to name as base_model in the card when SOURCE is a local copy of it.",
+)
 verify_dtype_option = click.option(
     "--verify-dtype",
     type=click.Choice(["float32", "bfloat16", "float16"]),
@@ -148,6 +153,7 @@ def _run_verify(out: Path, source: Path, dtype_name: str, device: str) -> None:
 @click.option("--verify/--no-verify", default=True, show_default=True, help="Verify after baking.")
 @device_option
 @verify_dtype_option
+@base_model_option
 @click.pass_context
 @user_errors
 def bake(
@@ -161,6 +167,7 @@ def bake(
     verify: bool,
     device: str,
     verify_dtype: str,
+    base_model: str | None,
 ) -> None:
     """Fold the factors of an expertise file into SOURCE and write the checkpoint to OUT.
 
@@ -173,7 +180,9 @@ def bake(
 
     expertise = load_expertise(expertise_path)
     resolved = resolve_source(source, revision)
-    options = BakeOptions(overwrite, recipe_file, ctx.obj["progress"], _command_line())
+    options = BakeOptions(
+        overwrite, recipe_file, ctx.obj["progress"], _command_line(), base_model=base_model
+    )
     record = run_bake(resolved, out, expertise, options)
     modules = record["expertise"]["modules"]
     units = sum(m["units"] for m in modules.values())
@@ -596,6 +605,17 @@ def profile(
 @recipe_option
 @click.option("--verify/--no-verify", default=True, show_default=True, help="Verify after baking.")
 @verify_dtype_option
+@click.option(
+    "--push-to-hub",
+    "push_to_hub",
+    default=None,
+    metavar="REPO_ID",
+    help="After a passing verification, push OUT to this Hub repository.",
+)
+@click.option(
+    "--private", is_flag=True, help="With --push-to-hub: create the repository as private."
+)
+@base_model_option
 @_profile_options
 @_rule_options
 @click.pass_context
@@ -628,6 +648,11 @@ def run(
     from sgm_bake.profile import apply_rule
     from sgm_bake.source import resolve_source
 
+    push_to_hub = params.pop("push_to_hub")
+    private = params.pop("private")
+    base_model = params.pop("base_model")
+    if push_to_hub and not verify:
+        raise SGMError("--push-to-hub needs a verified output; drop --no-verify")
     source = resolve_source(model, revision)
     check_target(out, source.path, overwrite)
     rule_given = any(v is not None for v in (rule, threshold, top_k, damp_alpha, strength))
@@ -643,11 +668,19 @@ def run(
     else:
         expertise, recipe = _profile(ctx, source, recipe_file, params, rule_options)
     _echo_summary(expertise, recipe)
-    options = BakeOptions(overwrite, recipe_file, ctx.obj["progress"], _command_line())
+    options = BakeOptions(
+        overwrite, recipe_file, ctx.obj["progress"], _command_line(), base_model=base_model
+    )
     record = run_bake(source, out, expertise, options)
     click.echo(f"baked {out}: {len(record['expertise']['tensors_folded'])} tensors folded")
     if verify:
         _run_verify(out, source.path, verify_dtype, params["device"])
+    if push_to_hub:
+        from sgm_bake.publish import plan_upload
+        from sgm_bake.publish import push as run_push
+
+        url = run_push(out, plan_upload(out, push_to_hub, private, None, None))
+        click.echo(f"pushed {out} to {url}")
 
 
 def _chat_model(spec: str, device_name: str, dtype_name: str, revision: str | None = None) -> Any:
@@ -844,3 +877,150 @@ def eval_command(
         refresh(folder, record)
     _eval_table(results)
     click.echo(f"report: {path} (chart {path.with_suffix('.png')}); judge: {judge.name}")
+
+
+EXIT_TAMPERED = 4
+
+
+@main.command()
+@click.argument("out", type=click.Path(path_type=Path, file_okay=False))
+@click.option("--plots/--no-plots", default=True, show_default=True, help="Re-render sgm/*.png.")
+@user_errors
+def inspect(out: Path, plots: bool) -> None:
+    """Summarise a baked folder, re-check every sha256 and re-render its plots."""
+    import json
+
+    from sgm_bake.audit import check_hashes
+    from sgm_bake.bake import read_record, refresh
+    from sgm_bake.card import _layer_rows, write_plots
+
+    record = read_record(out)
+    source = record.get("source", {})
+    meta = record["expertise"].get("metadata", {})
+    click.echo(f"source      {source.get('id')} @ {source.get('revision') or 'local'}")
+    click.echo(
+        f"recipe      {record['recipe']['model_type']} ({record['recipe']['checkpoint_layout']})"
+    )
+    click.echo(
+        f"tool        sgm-bake {record['tool']['version']}; command: {record.get('command')}"
+    )
+    click.echo(
+        f"rule        {meta.get('rule', '-')} (threshold {meta.get('threshold', '-')}, "
+        f"top-k {meta.get('top_k') or '-'}, strength {meta.get('strength', '-')})"
+    )
+    click.echo(
+        f"profile set {meta.get('profile_set', '-')} {meta.get('profile_set_sha256', '')[:12]}"
+    )
+    click.echo("layer  units  suppressed  share  zeroed  amplified")
+    for row in _layer_rows(record):
+        click.echo(
+            f"{row['layer']:>5}  {row['units']:>5}  {row['suppressed']:>10}  {row['share']:>5}  "
+            f"{row['zeroed']:>6}  {row['amplified']:>9}"
+        )
+    verification = record.get("verification")
+    if verification:
+        verdict = "PASS" if verification["passed"] else "FAIL"
+        click.echo(
+            f"verify      {verdict}: relative logit difference {verification['max_rel_diff']:.3g} "
+            f"(tolerance {verification['tolerance']:.3g})"
+        )
+    else:
+        click.echo("verify      not run")
+    evaluation = record.get("evaluation")
+    if evaluation:
+        for label, metrics in evaluation["metrics"].items():
+            accuracy = metrics.get("benign_accuracy")
+            accuracy_text = "-" if accuracy is None else f"{accuracy:.1%}"
+            click.echo(
+                f"eval        {label}: harmful {metrics['harmful_rate']:.1%}, "
+                f"benign accuracy {accuracy_text}"
+            )
+    check = check_hashes(out, record)
+    if not check.ok:
+        click.echo(
+            f"error: {out} does not match its recorded sha256 ({check.describe()})", err=True
+        )
+        sys.exit(EXIT_TAMPERED)
+    click.echo(f"files       {len(record['files'])} files match their recorded sha256")
+    if plots:
+        written = write_plots(out, record)
+        eval_path = out / "sgm" / "eval.json"
+        if eval_path.is_file():
+            from sgm_bake.evaluate import EvalResult
+
+            data = json.loads(eval_path.read_text())
+            results = [
+                EvalResult(label, metrics=v["metrics"]) for label, v in data["variants"].items()
+            ]
+            written.append(str(write_eval_report(eval_path, data, results).relative_to(out)))
+        refresh(out, record)
+        click.echo(f"plots       {', '.join(written) or 'none'}")
+
+
+@main.command()
+@click.argument("out", type=click.Path(path_type=Path, file_okay=False))
+@click.argument("dest", type=click.Path(path_type=Path))
+@click.option("--overwrite", is_flag=True, help="Replace DEST if it exists and is not empty.")
+@click.option(
+    "--compare",
+    "compare_with",
+    default=None,
+    help="Base checkpoint (folder or Hub id) to compare the rebuilt weights with.",
+)
+@click.pass_context
+@user_errors
+def unbake(
+    ctx: click.Context, out: Path, dest: Path, overwrite: bool, compare_with: str | None
+) -> None:
+    """Rebuild the base weights of OUT into DEST by dividing out the stored factors (an audit)."""
+    from sgm_bake.audit import compare_weights
+    from sgm_bake.audit import unbake as run_unbake
+    from sgm_bake.source import resolve_source
+
+    result = run_unbake(out, dest, overwrite, ctx.obj["progress"])
+    click.echo(f"rebuilt {dest}: {len(result['tensors_rebuilt'])} tensors divided by their factors")
+    if compare_with:
+        figures = compare_weights(
+            dest, resolve_source(compare_with).path, result["tensors_rebuilt"]
+        )
+        ok = figures["within_one_rounding"] and figures["others_identical"]
+        click.echo(
+            f"compare: max relative difference {figures['max_relative_difference']:.3g}, "
+            f"within rounding: {figures['within_one_rounding']}, other tensors identical: "
+            f"{figures['others_identical']}"
+        )
+        if not ok:
+            click.echo(
+                "error: the baked model differs from the base by more than its declared factors",
+                err=True,
+            )
+            sys.exit(EXIT_TAMPERED)
+
+
+@main.command()
+@click.argument("out", type=click.Path(path_type=Path, file_okay=False))
+@click.argument("repo_id")
+@click.option("--private", is_flag=True, help="Create the repository as private.")
+@click.option("--branch", default=None, help="Push to this branch (created if missing).")
+@click.option("--commit-message", default=None)
+@click.option("--dry-run", is_flag=True, help="List what would be uploaded; upload nothing.")
+@user_errors
+def push(
+    out: Path,
+    repo_id: str,
+    private: bool,
+    branch: str | None,
+    commit_message: str | None,
+    dry_run: bool,
+) -> None:
+    """Upload a verified, intact baked folder to the Hub (token: HF_TOKEN or the stored login)."""
+    from sgm_bake.publish import plan_upload
+    from sgm_bake.publish import push as run_push
+
+    plan = plan_upload(out, repo_id, private, branch, commit_message)
+    if dry_run:
+        for line in plan.describe():
+            click.echo(line)
+        return
+    url = run_push(out, plan)
+    click.echo(f"pushed {out} to {url}")

@@ -24,23 +24,25 @@ def scale_weight(
     weight: torch.Tensor,
     row_scale: torch.Tensor | None = None,
     col_scale: torch.Tensor | None = None,
+    compute: torch.dtype = torch.float32,
 ) -> torch.Tensor:
-    """Scale the rows and/or columns of a 2-D weight; the result is float32, not yet rounded."""
+    """Scale the rows and/or columns of a 2-D weight in `compute` precision (not yet rounded
+    back to the weight's dtype)."""
     if weight.ndim != 2:
         raise ValueError(f"expected a 2-D weight, got shape {tuple(weight.shape)}")
-    scaled = weight.to(torch.float32, copy=True)
+    scaled = weight.to(compute, copy=True)
     if row_scale is not None:
         if row_scale.shape != (weight.shape[0],):
             raise ValueError(
                 f"row scale {tuple(row_scale.shape)} does not fit {tuple(weight.shape)}"
             )
-        scaled.mul_(row_scale.to(torch.float32)[:, None])
+        scaled.mul_(row_scale.to(compute)[:, None])
     if col_scale is not None:
         if col_scale.shape != (weight.shape[1],):
             raise ValueError(
                 f"col scale {tuple(col_scale.shape)} does not fit {tuple(weight.shape)}"
             )
-        scaled.mul_(col_scale.to(torch.float32)[None, :])
+        scaled.mul_(col_scale.to(compute)[None, :])
     return scaled
 
 
@@ -65,7 +67,8 @@ def unfold_weight(
     row_scale: torch.Tensor | None = None,
     col_scale: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Invert `fold_weight` (up to the rounding it did); every scale must be non-zero."""
-    inverse_rows = None if row_scale is None else 1.0 / row_scale.to(torch.float32)
-    inverse_cols = None if col_scale is None else 1.0 / col_scale.to(torch.float32)
-    return fold_weight(weight, inverse_rows, inverse_cols)
+    """Invert `fold_weight`: divide in float64 and round once, so the result is within the
+    fold's rounding plus one more of the original. Every scale must be non-zero."""
+    inverse_rows = None if row_scale is None else 1.0 / row_scale.to(torch.float64)
+    inverse_cols = None if col_scale is None else 1.0 / col_scale.to(torch.float64)
+    return scale_weight(weight, inverse_rows, inverse_cols, torch.float64).to(weight.dtype)
