@@ -61,7 +61,9 @@ def user_errors(command: F) -> F:
 
 
 def _command_line() -> str:
-    return shlex.join(["sgm-bake", *sys.argv[1:]])
+    context = click.get_current_context(silent=True)
+    argv = context.find_root().meta.get("sgm_bake.argv") if context else None
+    return shlex.join(["sgm-bake", *(argv if argv is not None else sys.argv[1:])])
 
 
 class DefaultGroup(click.Group):
@@ -69,6 +71,7 @@ class DefaultGroup(click.Group):
     runs the whole pipeline (the hidden `run` command)."""
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        ctx.meta["sgm_bake.argv"] = list(args)  # recorded in bake.json
         positional = [a for a in args if not a.startswith("-")]
         if positional and positional[0] not in self.commands:
             index = args.index(positional[0])

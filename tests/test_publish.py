@@ -1,0 +1,280 @@
+"""Model cards, provenance, inspect, unbake and push."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from huggingface_hub import HfApi, ModelCard
+
+from sgm_bake.cli import main
+from sgm_bake.expertise import Expertise, ModuleExpertise, load_expertise, save_expertise
+from tests.conftest import load_state
+
+TOKEN = "hf_sgmTESTtoken0123456789secret"
+
+
+@pytest.fixture(scope="module")
+def baked(tmp_path_factory, llava_dir, llava_expertise) -> Path:
+    """A verified bake of the tiny LLaVA (shared read-only; tests that change it copy it)."""
+    from click.testing import CliRunner
+
+    out = tmp_path_factory.mktemp("published") / "out"
+    result = CliRunner().invoke(
+        main,
+        [
+            "-q",
+            "bake",
+            str(llava_dir),
+            str(out),
+            "--expertise",
+            str(llava_expertise),
+            "--base-model",
+            "llava-hf/llava-1.5-7b-hf",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def _copy(folder: Path, tmp_path: Path) -> Path:
+    target = tmp_path / "copy"
+    shutil.copytree(folder, target)
+    return target
+
+
+def test_card_parses_and_its_metadata_validates(baked):
+    card = ModelCard.load(baked / "README.md")
+    data = card.data.to_dict()
+    assert data["base_model"] == "llava-hf/llava-1.5-7b-hf"
+    assert {"sgm", "detoxification"} <= set(data["tags"])
+    assert data["library_name"] == "transformers"
+    assert data["pipeline_tag"] == "image-text-to-text"
+    text = card.text
+    for heading in (
+        "## What was changed",
+        "## Verification",
+        "## How to use",
+        "## Limitations",
+        "## Citation",
+    ):
+        assert heading in text
+    assert "passed" in text and "AutoModelForImageTextToText" in text
+    assert "2512.15052" in text and "suau2024aura" in text
+    assert "sgm/units_per_layer.png" in text and (baked / "sgm" / "units_per_layer.png").is_file()
+    assert str(baked.parent) not in card.content  # cards name Hub ids, never local paths
+
+
+def test_card_inherits_license_and_omits_local_base(
+    runner, copy_model, llava_dir, llava_expertise, tmp_path
+):
+    source = copy_model(llava_dir)
+    (source / "README.md").write_text(
+        "---\nlicense: apache-2.0\npipeline_tag: image-text-to-text\n---\n# base\n"
+    )
+    out = tmp_path / "out"
+    result = runner.invoke(
+        main, ["-q", "bake", str(source), str(out), "--expertise", str(llava_expertise)]
+    )
+    assert result.exit_code == 0, result.output
+    data = ModelCard.load(out / "README.md").data.to_dict()
+    assert data["license"] == "apache-2.0"
+    assert "base_model" not in data
+    assert "# base" not in (out / "README.md").read_text()
+
+
+def test_record_holds_provenance(baked):
+    record = json.loads((baked / "sgm" / "bake.json").read_text())
+    assert record["command"].startswith("sgm-bake -q bake")
+    assert record["tool"]["name"] == "sgm-bake" and record["tool"]["version"]
+    for library in ("torch", "transformers", "safetensors", "huggingface-hub", "numpy"):
+        assert record["versions"][library]
+    assert record["verification"]["passed"]
+    files = {p.relative_to(baked).as_posix() for p in baked.rglob("*") if p.is_file()}
+    assert set(record["files"]) == files - {"sgm/bake.json"}
+
+
+def test_inspect_passes_then_detects_a_modified_byte(runner, baked, tmp_path):
+    out = _copy(baked, tmp_path)
+    result = runner.invoke(main, ["inspect", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "files match their recorded sha256" in result.output and "PASS" in result.output
+    weights = out / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0x01
+    weights.write_bytes(bytes(data))
+    record_before = (out / "sgm" / "bake.json").read_bytes()
+    result = runner.invoke(main, ["inspect", str(out)])
+    assert result.exit_code == 4
+    assert "changed: model.safetensors" in result.output
+    assert (out / "sgm" / "bake.json").read_bytes() == record_before
+
+
+def test_unbake_restores_an_fp32_source_within_one_rounding(runner, baked, llava_dir, tmp_path):
+    dest = tmp_path / "rebuilt"
+    result = runner.invoke(
+        main, ["-q", "unbake", str(baked), str(dest), "--compare", str(llava_dir)]
+    )
+    assert result.exit_code == 0, result.output
+    assert (
+        "within rounding: True" in result.output
+        and "other tensors identical: True" in result.output
+    )
+    source, rebuilt = load_state(llava_dir), load_state(dest)
+    assert source.keys() == rebuilt.keys()
+    for key, tensor in source.items():
+        ulp = torch.finfo(torch.float32).eps * tensor.abs()
+        assert ((rebuilt[key] - tensor).abs() <= 2 * ulp + 1e-45).all(), key
+    assert not (dest / "sgm").exists() and not (dest / "README.md").exists()
+
+
+def test_unbake_refuses_erased_units(runner, llava_dir, llava_expertise, tmp_path):
+    expertise = load_expertise(llava_expertise)
+    name = "model.language_model.layers.0.mlp.up_proj"
+    alpha = expertise.modules[name].alpha.clone()
+    alpha[[3, 9]] = 0.0
+    expertise.modules[name] = ModuleExpertise(name, "output", alpha)
+    path = tmp_path / "det0.safetensors"
+    save_expertise(Expertise(expertise.modules), path)
+    out = tmp_path / "out"
+    assert (
+        runner.invoke(
+            main, ["-q", "bake", str(llava_dir), str(out), "--expertise", str(path)]
+        ).exit_code
+        == 0
+    )
+    result = runner.invoke(main, ["unbake", str(out), str(tmp_path / "dest")])
+    assert result.exit_code == 2
+    assert (
+        "2 units have factor 0" in result.output
+        and name in result.output
+        and "[3, 9]" in result.output
+    )
+    assert not (tmp_path / "dest").exists()
+
+
+class _Hub:
+    """Records what the real huggingface_hub client would send (interception at its boundary)."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, dict]] = []
+
+    def install(self, monkeypatch) -> None:
+        def create_repo(api, repo_id, **kwargs):
+            self.calls.append(("create_repo", {"repo_id": repo_id, **kwargs}))
+
+        def create_branch(api, repo_id, **kwargs):
+            self.calls.append(("create_branch", {"repo_id": repo_id, **kwargs}))
+
+        def create_commit(api, repo_id, operations, commit_message, **kwargs):
+            self.calls.append(
+                (
+                    "create_commit",
+                    {
+                        "repo_id": repo_id,
+                        "files": sorted(op.path_in_repo for op in operations),
+                        "commit_message": commit_message,
+                        "token": api.token,
+                        **kwargs,
+                    },
+                )
+            )
+            return type(
+                "Info", (), {"commit_url": f"https://huggingface.co/{repo_id}/commit/abc"}
+            )()
+
+        monkeypatch.setattr(HfApi, "create_repo", create_repo)
+        monkeypatch.setattr(HfApi, "create_branch", create_branch)
+        monkeypatch.setattr(HfApi, "create_commit", create_commit)
+
+
+def test_push_sends_exactly_the_verified_files(runner, baked, tmp_path, monkeypatch, caplog):
+    out = _copy(baked, tmp_path)
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    hub = _Hub()
+    hub.install(monkeypatch)
+    result = runner.invoke(
+        main,
+        [
+            "-v",
+            "push",
+            str(out),
+            "my-org/llava-sgm",
+            "--private",
+            "--branch",
+            "detox",
+            "--commit-message",
+            "detox v1",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    names = [name for name, _ in hub.calls]
+    assert names == ["create_repo", "create_branch", "create_commit"]
+    assert hub.calls[0][1]["repo_id"] == "my-org/llava-sgm" and hub.calls[0][1]["private"] is True
+    commit = hub.calls[2][1]
+    assert commit["commit_message"] == "detox v1" and commit["revision"] == "detox"
+    files = {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()}
+    assert set(commit["files"]) == files
+    assert "README.md" in files and "sgm/bake.json" in files
+    assert 'from_pretrained("my-org/llava-sgm")' in (out / "README.md").read_text()
+    # the token reaches the client, and nowhere else
+    assert commit["token"] is None or commit["token"] == TOKEN
+    assert TOKEN not in result.output and TOKEN not in caplog.text
+    for path in out.rglob("*"):
+        if path.is_file():
+            assert TOKEN.encode() not in path.read_bytes(), path
+
+
+def test_push_dry_run_lists_and_sends_nothing(runner, baked, monkeypatch):
+    hub = _Hub()
+    hub.install(monkeypatch)
+    result = runner.invoke(main, ["push", str(baked), "me/model", "--dry-run"])
+    assert result.exit_code == 0, result.output
+    assert (
+        "model.safetensors" in result.output
+        and "sgm/bake.json" in result.output
+        and "public" in result.output
+    )
+    assert hub.calls == []
+
+
+def test_push_refuses_tampered_and_unverified_outputs(
+    runner, baked, llava_dir, llava_expertise, tmp_path, monkeypatch
+):
+    hub = _Hub()
+    hub.install(monkeypatch)
+    out = _copy(baked, tmp_path)
+    (out / "config.json").write_text((out / "config.json").read_text() + " ")
+    result = runner.invoke(main, ["push", str(out), "me/model"])
+    assert result.exit_code == 2 and "tampered" in result.output and "config.json" in result.output
+    unverified = tmp_path / "unverified"
+    assert (
+        runner.invoke(
+            main,
+            [
+                "-q",
+                "bake",
+                str(llava_dir),
+                str(unverified),
+                "--expertise",
+                str(llava_expertise),
+                "--no-verify",
+            ],
+        ).exit_code
+        == 0
+    )
+    result = runner.invoke(main, ["push", str(unverified), "me/model"])
+    assert result.exit_code == 2 and "not been verified" in result.output
+    assert hub.calls == []
+
+
+def test_baked_model_loads_with_the_auto_class(baked):
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    _model, info = AutoModelForImageTextToText.from_pretrained(baked, output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"]
+    processor = AutoProcessor.from_pretrained(baked)
+    assert processor.chat_template
