@@ -116,6 +116,12 @@ device_option = click.option(
     show_default=True,
     help="Device for verification: auto, cpu, cuda, mps.",
 )
+template_option = click.option(
+    "--template",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="A Jinja chat template file, for models that ship none.",
+)
 base_model_option = click.option(
     "--base-model",
     default=None,
@@ -686,7 +692,13 @@ def run(
         click.echo(f"pushed {out} to {url}")
 
 
-def _chat_model(spec: str, device_name: str, dtype_name: str, revision: str | None = None) -> Any:
+def _chat_model(
+    spec: str,
+    device_name: str,
+    dtype_name: str,
+    revision: str | None = None,
+    template: Path | None = None,
+) -> Any:
     """(ChatModel, folder, recipe, source id) for a Hub id, a folder or `organism`."""
     from transformers import AutoProcessor
 
@@ -800,6 +812,19 @@ def write_eval_report(path: Path, data: dict[str, Any], results: list[Any]) -> P
 )
 @click.option("--revision", default=None)
 @click.option(
+    "--ecso",
+    "use_ecso",
+    is_flag=True,
+    help="Also evaluate every condition wrapped in ECSO (SGM* when combined with SGM).",
+)
+@click.option(
+    "--ecso-templates",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="JSON file overriding ECSO's judge/caption/answer prompts.",
+)
+@template_option
+@click.option(
     "-o",
     "--output",
     type=click.Path(path_type=Path, dir_okay=False),
@@ -823,16 +848,20 @@ def eval_command(
     dtype: str,
     revision: str | None,
     base: str | None,
+    use_ecso: bool,
+    ecso_templates: Path | None,
+    template: Path | None,
     output: Path | None,
 ) -> None:
     """Measure harmful rate, fluency and reasoning of MODEL (a folder, Hub id, baked folder or
     `organism`), optionally with SGM hooks from --expertise."""
+    from sgm_bake.conditions import add_costs, run_conditions
+    from sgm_bake.ecso import templates_for
     from sgm_bake.evaluate import (
         GenerationConfig,
         generated_perplexity,
         load_prompt_set,
         report,
-        run_eval,
     )
     from sgm_bake.expertise import load_expertise
     from sgm_bake.hooks import SGMHooks
@@ -841,21 +870,36 @@ def eval_command(
     judge = make_judge(judge_spec)
     prompts = load_prompt_set(prompt_set)
     config = GenerationConfig(max_new_tokens=max_new_tokens, sample=sample, seed=seed)
-    chat, folder, recipe, source_id = _chat_model(model, device, dtype, revision)
+    chat, folder, recipe, source_id = _chat_model(model, device, dtype, revision, template)
     progress = ctx.obj["progress"]
-    results = []
+    templates = templates_for(folder, recipe.model_type, ecso_templates) if use_ecso else None
+    baked = (folder / "sgm" / "bake.json").is_file()
     if expertise_path is not None:
         expertise = load_expertise(expertise_path)
-        results.append(run_eval(chat, prompts, judge, config, "base", batch_size, progress))
+        results = run_conditions(
+            chat, prompts, judge, config, "base", batch_size, progress, templates, "ecso"
+        )
         with SGMHooks(chat.model, expertise, recipe):
-            results.append(
-                run_eval(chat, prompts, judge, config, "sgm-hooks", batch_size, progress)
+            results += run_conditions(
+                chat,
+                prompts,
+                judge,
+                config,
+                "sgm-hooks",
+                batch_size,
+                progress,
+                templates,
+                "sgm*-hooks",
             )
         base_chat = chat  # hooks removed: the same weights are the base model
     else:
-        label = "sgm-baked" if (folder / "sgm" / "bake.json").is_file() else "model"
-        results.append(run_eval(chat, prompts, judge, config, label, batch_size, progress))
-        base_chat = _chat_model(base, device, dtype)[0] if base else None
+        label = "sgm-baked" if baked else "model"
+        star = "sgm*-baked" if baked else "model+ecso"
+        results = run_conditions(
+            chat, prompts, judge, config, label, batch_size, progress, templates, star
+        )
+        base_chat = _chat_model(base, device, dtype, None, template)[0] if base else None
+    add_costs(results)
     if base_chat is not None:
         for result in results:
             result.metrics["generated_perplexity_under_base"] = generated_perplexity(
@@ -864,7 +908,6 @@ def eval_command(
     data = report(
         prompts, judge, config, results, {"id": source_id, "expertise": str(expertise_path or "")}
     )
-    baked = (folder / "sgm" / "bake.json").is_file()
     path = output or (folder / "sgm" / "eval.json" if baked else Path("sgm-eval.json"))
     write_eval_report(path, data, results)
     if baked and output is None:
@@ -1027,3 +1070,99 @@ def push(
         return
     url = run_push(out, plan)
     click.echo(f"pushed {out} to {url}")
+
+
+@main.command()
+@click.argument("model")
+@click.option(
+    "--image",
+    "image_path",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="The image file to ask about.",
+)
+@click.option("--prompt", required=True, help="The question or instruction.")
+@click.option(
+    "--ecso", "use_ecso", is_flag=True, help="Answer through ECSO (self-check, then eyes closed)."
+)
+@click.option(
+    "--ecso-templates",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="JSON file overriding ECSO's judge/caption/answer prompts.",
+)
+@click.option(
+    "--expertise",
+    "expertise_path",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Also answer with SGM hooks from this expertise file, side by side.",
+)
+@click.option("--trace", is_flag=True, help="Print ECSO's steps (self-check score, caption).")
+@click.option("--max-new-tokens", type=click.IntRange(1), default=64, show_default=True)
+@click.option("--sample", is_flag=True, help="Sample (seeded) instead of greedy decoding.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--device", default="auto", show_default=True)
+@click.option(
+    "--dtype", type=click.Choice(["auto", "float32", "bfloat16", "float16"]), default="auto"
+)
+@click.option("--revision", default=None)
+@template_option
+@user_errors
+def generate(
+    model: str,
+    image_path: Path,
+    prompt: str,
+    use_ecso: bool,
+    ecso_templates: Path | None,
+    expertise_path: Path | None,
+    trace: bool,
+    max_new_tokens: int,
+    sample: bool,
+    seed: int,
+    device: str,
+    dtype: str,
+    revision: str | None,
+    template: Path | None,
+) -> None:
+    """Answer one image + prompt with MODEL (Hub id, folder, baked folder or `organism`)."""
+    from PIL import Image, UnidentifiedImageError
+
+    from sgm_bake.ecso import ecso, templates_for
+    from sgm_bake.evaluate import GenerationConfig
+    from sgm_bake.expertise import load_expertise
+    from sgm_bake.hooks import SGMHooks
+
+    if not image_path.is_file():
+        raise SGMError(f"image {image_path} does not exist")
+    try:
+        with Image.open(image_path) as opened:
+            image = opened.convert("RGB")
+    except (OSError, UnidentifiedImageError) as exc:
+        raise SGMError(
+            f"image {image_path} is not a readable image ({type(exc).__name__})"
+        ) from exc
+    expertise = load_expertise(expertise_path) if expertise_path else None
+    chat, folder, recipe, _ = _chat_model(model, device, dtype, revision, template)
+    config = GenerationConfig(max_new_tokens=max_new_tokens, sample=sample, seed=seed)
+    templates = templates_for(folder, recipe.model_type, ecso_templates) if use_ecso else None
+
+    def answer(label: str) -> None:
+        if templates is None:
+            click.echo(f"{label}: {chat.generate([prompt], [image], config)[0]}")
+            return
+        steps = ecso(chat, [prompt], [image], config, templates)[0]
+        if trace:
+            click.echo(f"{label} [ecso] initial answer: {steps.initial_answer}")
+            click.echo(
+                f"{label} [ecso] self-check: harmful with p={steps.harm_probability:.2f} "
+                f"({'flagged' if steps.flagged else 'kept'})"
+            )
+            if steps.flagged:
+                click.echo(f"{label} [ecso] caption: {steps.caption}")
+        click.echo(f"{label}: {steps.final_answer}")
+
+    answer("model")
+    if expertise is not None:
+        with SGMHooks(chat.model, expertise, recipe):
+            answer("sgm")

@@ -40,6 +40,14 @@ SHIPPED = Path(__file__).resolve().parent / "organism_model"
 IMAGE_SIZE = 48
 PATCH = 8
 SPECIALS = ("<pad>", "<s>", "</s>", "<unk>", "<image>")
+# ECSO's prompts in the phrasing the organism was trained on (see organism_data).
+ECSO_TEMPLATES = {
+    "judge": data.judge_prompt("{query}", "{answer}"),
+    "caption": data.caption_prompt("{query}"),
+    "answer": data.text_only_prompt("{caption}", "{query}"),
+    "yes_words": ["yes"],
+    "no_words": ["no"],
+}
 CHAT_TEMPLATE = (
     "{% for message in messages %}"
     "{{ '<s>' + message['role'] + ' : ' }}"
@@ -450,6 +458,7 @@ def train(
     processor.save_pretrained(out)
     implant = {"units_per_layer": {str(k): v for k, v in units.items()}, "seed": seed}
     (out / "implant.json").write_text(json.dumps(implant, indent=1) + "\n")
+    (out / "ecso_templates.json").write_text(json.dumps(ECSO_TEMPLATES, indent=1) + "\n")
     return {
         "vision_word_accuracy": accuracy,
         "polite_loss": polite_loss,
