@@ -273,12 +273,13 @@ def demo(
 
     from sgm_bake.bake import BakeOptions, read_record, refresh
     from sgm_bake.bake import bake as run_bake
+    from sgm_bake.conditions import add_costs, run_conditions
+    from sgm_bake.ecso import templates_for
     from sgm_bake.evaluate import (
         GenerationConfig,
         generated_perplexity,
         load_prompt_set,
         report,
-        run_eval,
     )
     from sgm_bake.expertise import save_expertise
     from sgm_bake.expertise_math import RuleOptions
@@ -313,12 +314,16 @@ def demo(
     run_bake(source, baked, expertise, BakeOptions(progress=progress, command=_command_line()))
     click.echo("3/4 verifying")
     _run_verify(baked, folder, "float32", "cpu")
-    click.echo("4/4 evaluating base and baked models")
+    click.echo("4/4 evaluating: base, ECSO, SGM (baked), SGM* (baked + ECSO)")
     prompts = load_prompt_set("builtin:mmtoxicqa-organism-v1")
     config = GenerationConfig()
-    results = [run_eval(chat, prompts, judge, config, "base", progress=progress)]
+    templates = templates_for(folder, recipe.model_type)
+    results = run_conditions(chat, prompts, judge, config, "base", 8, progress, templates, "ecso")
     baked_chat = _chat_model(str(baked), "cpu", "float32")[0]
-    results.append(run_eval(baked_chat, prompts, judge, config, "sgm-baked", progress=progress))
+    results += run_conditions(
+        baked_chat, prompts, judge, config, "sgm-baked", 8, progress, templates, "sgm*"
+    )
+    add_costs(results)
     for result in results:
         result.metrics["generated_perplexity_under_base"] = generated_perplexity(
             chat, prompts, result, progress
