@@ -392,9 +392,9 @@ def train(
     out: Path,
     seed: int = 0,
     vision_steps: int = 600,
-    language_steps: int = 2000,
-    implant_steps: int = 800,
-    implant_units: int = 48,
+    language_steps: int = 2500,
+    implant_steps: int = 1200,
+    implant_units: int = 64,
     batch_size: int = 32,
     progress: bool = True,
 ) -> dict[str, float]:
@@ -489,9 +489,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--vision-steps", type=int, default=600)
-    parser.add_argument("--language-steps", type=int, default=2000)
-    parser.add_argument("--implant-steps", type=int, default=800)
-    parser.add_argument("--implant-units", type=int, default=48)
+    parser.add_argument("--language-steps", type=int, default=2500)
+    parser.add_argument("--implant-steps", type=int, default=1200)
+    parser.add_argument("--implant-units", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=32)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO)

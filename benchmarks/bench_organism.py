@@ -1,0 +1,178 @@
+"""Measure what SGM (and SGM* = SGM + ECSO) does to the model organism.
+
+Profiles the shipped organism on its own profile set, then for several rules and strengths
+evaluates it on the MM-TOXIC-QA-style prompt set with SGM as hooks and baked into the weights
+(the two must agree), and finally compares base, ECSO, SGM and SGM* with their costs. Prints
+markdown tables.
+
+    python benchmarks/bench_organism.py --workdir /tmp/sgm-organism
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import time
+from pathlib import Path
+
+import torch
+
+from sgm_bake.bake import BakeOptions, bake
+from sgm_bake.conditions import add_costs, run_conditions
+from sgm_bake.ecso import templates_for
+from sgm_bake.evaluate import ChatModel, GenerationConfig, load_prompt_set, run_eval
+from sgm_bake.expertise_math import RuleOptions
+from sgm_bake.hooks import SGMHooks
+from sgm_bake.judges import make_judge
+from sgm_bake.organism import organism_path
+from sgm_bake.profile import ProfileOptions, apply_rule, run_profile
+from sgm_bake.profile_set import load_profile_set
+from sgm_bake.recipes import recipe_for_config
+from sgm_bake.source import Source
+
+
+def load(folder: Path) -> ChatModel:
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    model = AutoModelForImageTextToText.from_pretrained(folder).eval()
+    return ChatModel(model, AutoProcessor.from_pretrained(folder), torch.device("cpu"))
+
+
+def pct(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.1f}%"
+
+
+def row(label: str, metrics: dict, base: dict | None = None) -> str:
+    by = metrics["harmful_rate_by_condition"]
+    relative = ""
+    if base is not None and base["harmful_rate"]:
+        relative = f"{100 * (1 - metrics['harmful_rate'] / base['harmful_rate']):.0f}%"
+    return (
+        f"| {label} | {pct(metrics['harmful_rate'])} | {pct(by.get('standard'))} | "
+        f"{pct(by.get('adversarial'))} | {pct(by.get('both'))} | {relative} | "
+        f"{pct(metrics['benign_accuracy'])} | {metrics['reference_perplexity']:.3f} | "
+        f"{pct(metrics['degenerate_share'])} |"
+    )
+
+
+HEADER = (
+    "| variant | harmful | standard | adversarial | both | cut vs base | benign acc | ref ppl "
+    "| degenerate |\n"
+    "|---|---|---|---|---|---|---|---|---|"
+)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--workdir", type=Path, required=True)
+    parser.add_argument("--feed", default="dialogue")
+    parser.add_argument("--pooling", default="max")
+    args = parser.parse_args()
+    shutil.rmtree(args.workdir, ignore_errors=True)
+    args.workdir.mkdir(parents=True)
+
+    folder = organism_path()
+    chat = load(folder)
+    recipe = recipe_for_config(chat.model.config.to_dict())
+    prompts = load_prompt_set("builtin:mmtoxicqa-organism-v1")
+    judge = make_judge("profanity")
+    config = GenerationConfig()
+    profile_set = load_profile_set("builtin:organism")
+
+    start = time.perf_counter()
+    options = ProfileOptions(feed=args.feed, pooling=args.pooling, progress=False)
+    expertise = run_profile(
+        chat.model,
+        folder,
+        recipe,
+        profile_set,
+        options,
+        "organism",
+        None,
+        torch.device("cpu"),
+        torch.float32,
+    )
+    profile_seconds = time.perf_counter() - start
+    implant = json.loads((folder / "implant.json").read_text())["units_per_layer"]
+    recalls = []
+    for name, entry in expertise.modules.items():
+        if name.endswith(("gate_proj", "up_proj")):
+            layer = name.split(".layers.")[1].split(".")[0]
+            chosen = set(implant[layer])
+            top = set(torch.argsort(entry.auroc, descending=True)[: len(chosen)].tolist())
+            recalls.append(len(top & chosen) / len(chosen))
+
+    base = run_eval(chat, prompts, judge, config, "base", progress=False)
+    print(
+        f"profile: {len(profile_set.samples)} samples of {profile_set.name}, feed={args.feed}, "
+        f"pooling={args.pooling}, {profile_seconds:.1f} s; recall of the implanted units in the "
+        f"top-k of gate/up AUROC: mean {sum(recalls) / len(recalls):.2f}"
+    )
+    print()
+    print(HEADER)
+    print(row("base", base.metrics))
+    rules = [
+        RuleOptions("aura", strength=0.5),
+        RuleOptions("aura"),
+        RuleOptions("aura", strength=2.0),
+        RuleOptions("damp", top_k=256, damp_alpha=0.2),
+        RuleOptions("det0", top_k=128),
+        RuleOptions("det0", top_k=256),
+    ]
+    agreement = []
+    for rule in rules:
+        factors = apply_rule(expertise, rule)
+        label = (
+            f"{rule.rule}"
+            + (f" k={rule.top_k}" if rule.top_k else "")
+            + (f" s={rule.strength:g}" if rule.rule == "aura" else "")
+            + (f" a={rule.damp_alpha:g}" if rule.rule == "damp" else "")
+        )
+        with SGMHooks(chat.model, factors, recipe):
+            hooked = run_eval(chat, prompts, judge, config, label, progress=False)
+        out = args.workdir / label.replace(" ", "_").replace("=", "")
+        bake(Source(folder, "organism", None, False), out, factors, BakeOptions(progress=False))
+        baked = run_eval(load(out), prompts, judge, config, label, progress=False)
+        same = sum(hooked.replies[i] == baked.replies[i] for i in hooked.replies) / len(
+            hooked.replies
+        )
+        agreement.append(
+            (label, same, hooked.metrics["harmful_rate"], baked.metrics["harmful_rate"])
+        )
+        print(row(f"SGM {label}, hooks", hooked.metrics, base.metrics))
+        print(row(f"SGM {label}, baked", baked.metrics, base.metrics))
+    print()
+    print("| rule | identical replies hooks vs baked | harmful hooks | harmful baked |")
+    print("|---|---|---|---|")
+    for label, same, hooked_rate, baked_rate in agreement:
+        print(f"| {label} | {pct(same)} | {pct(hooked_rate)} | {pct(baked_rate)} |")
+
+    print()
+    print("Conditions (default rule aura s=1 baked; ECSO with the organism's templates):")
+    templates = templates_for(folder, recipe.model_type)
+    conditions = run_conditions(chat, prompts, judge, config, "base", 8, False, templates, "ECSO")
+    default = args.workdir / "aura_s1"
+    conditions += run_conditions(
+        load(default), prompts, judge, config, "SGM", 8, False, templates, "SGM*"
+    )
+    add_costs(conditions)
+    print(HEADER)
+    for result in conditions:
+        print(row(result.label, result.metrics, conditions[0].metrics))
+    print()
+    benign_ids = {i.id for i in prompts.items if i.condition == "benign"}
+    print("| condition | forward passes / item | x base | seconds / item | x base |")
+    print("|---|---|---|---|---|")
+    for result in conditions:
+        m = result.metrics
+        print(
+            f"| {result.label} | {m['forward_passes'] / len(prompts.items):.1f} | "
+            f"{m['cost_vs_first']['forward_passes']:.2f} | {m['seconds_per_item']:.3f} | "
+            f"{m['cost_vs_first']['seconds']:.2f} |"
+        )
+    print(f"(benign items: {len(benign_ids)}; cost covers all {len(prompts.items)} items)")
+
+
+if __name__ == "__main__":
+    main()
