@@ -255,17 +255,34 @@ def recipes_command() -> None:
     help="profanity (offline classifier), hf:PATH or openai:URL.",
 )
 @click.option(
-    "--rule", type=click.Choice(["aura", "damp", "det0"]), default="aura", show_default=True
+    "--rule", type=click.Choice(["aura", "damp", "det0"]), default="det0", show_default=True
+)
+@click.option(
+    "--top-k",
+    type=click.IntRange(0),
+    default=256,
+    show_default=True,
+    help="Experts the rule acts on (0 or less than all: see benchmarks/RESULTS.md).",
 )
 @click.option("--strength", type=click.FloatRange(0), default=1.0, show_default=True)
+@click.option("--positions", type=click.Choice(["all", "text"]), default="text", show_default=True)
 @click.pass_context
 @user_errors
 def demo(
-    ctx: click.Context, workdir: Path, overwrite: bool, judge_spec: str, rule: str, strength: float
+    ctx: click.Context,
+    workdir: Path,
+    overwrite: bool,
+    judge_spec: str,
+    rule: str,
+    top_k: int,
+    strength: float,
+    positions: str,
 ) -> None:
     """Offline demo on the built-in model organism: profile, bake, verify, evaluate.
 
-    The organism is a tiny LLaVA trained to be toxic under some inputs (see README). WORKDIR
+    The organism is a tiny LLaVA trained to be toxic under some inputs (see README). The
+    defaults are the setting that meets the paper's effect size on it (benchmarks/RESULTS.md);
+    --rule aura --top-k 0 shows the published soft rule. WORKDIR
     receives expertise.safetensors and baked/ (the detoxified checkpoint, with the evaluation
     report in baked/sgm/eval.json and a chart beside it).
     """
@@ -297,7 +314,8 @@ def demo(
     source = Source(folder, "sgm-bake/organism", None, False)
     chat, _, recipe, _ = _chat_model(str(folder), "cpu", "float32")
     profile_set = load_profile_set("builtin:organism")
-    options = ProfileOptions(progress=progress, rule=RuleOptions(rule=rule, strength=strength))
+    rule_options = RuleOptions(rule=rule, strength=strength, top_k=top_k or None)
+    options = ProfileOptions(positions=positions, progress=progress, rule=rule_options)
     click.echo(
         f"1/4 profiling the organism on {profile_set.name} ({len(profile_set.samples)} samples)"
     )
@@ -328,9 +346,7 @@ def demo(
         result.metrics["generated_perplexity_under_base"] = generated_perplexity(
             chat, prompts, result, progress
         )
-    data = report(
-        prompts, judge, config, results, {"id": source.id, "rule": rule, "strength": strength}
-    )
+    data = report(prompts, judge, config, results, {"id": source.id, **rule_options.describe()})
     path = write_eval_report(baked / "sgm" / "eval.json", data, results)
     record = read_record(baked)
     record["evaluation"] = {
@@ -373,7 +389,7 @@ def _profile_options(command: F) -> F:
         click.option(
             "--pooling",
             type=click.Choice(["mean", "max"]),
-            default="mean",
+            default="max",
             show_default=True,
             help="Pool each unit over token positions: mean (SGM) or max (AurA).",
         ),
@@ -388,7 +404,7 @@ def _profile_options(command: F) -> F:
         click.option(
             "--feed",
             type=click.Choice(["response", "dialogue"]),
-            default="response",
+            default="dialogue",
             show_default=True,
             help="response: image + reply text in one user turn (SGM); dialogue: the prompt, "
             "then the reply as the assistant's turn.",

@@ -46,9 +46,9 @@ class ProfileOptions:
 
     hook_points: tuple[str, ...] | None = None
     layers: tuple[int, ...] | None = None
-    pooling: Pooling = "mean"
+    pooling: Pooling = "max"
     positions: Positions = "all"
-    feed: Feed = "response"
+    feed: Feed = "dialogue"
     batch_size: int = 8
     max_samples: int | None = None
     responses_dir: Path | None = None
