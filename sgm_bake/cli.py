@@ -745,6 +745,14 @@ def _chat_model(
         raise SGMError(
             f"{spec} has no loadable processor or tokenizer ({type(exc).__name__})"
         ) from exc
+    if template is not None:
+        try:
+            text = template.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise SGMError(f"chat template {template} is not readable ({exc.strerror})") from exc
+        processor.chat_template = text
+        if getattr(processor, "tokenizer", None) is not None:
+            processor.tokenizer.chat_template = text
     return ChatModel(model, processor, device), folder, recipe, source_id
 
 
