@@ -135,6 +135,8 @@ def test_planted_experts_rank_at_the_top(runner, planted, tmp_path):
         str(tmp_path / "store"),
         "--hook-points",
         "mlp.gate_proj:output,mlp.up_proj:output",
+        "--pooling",
+        "mean",
     )
     assert result.exit_code == 0, result.output
     expertise = load_expertise(output)
@@ -152,6 +154,12 @@ def test_planted_experts_rank_at_the_top(runner, planted, tmp_path):
     recall = len(top & planted_units) / len(planted_units)
     assert recall >= 0.9, recall
     assert expertise.metadata["pooling"] == "mean" and expertise.metadata["samples_toxic"] == "18"
+    # with max pooling (the default) the planted units still score the top AUROC, 1.0
+    maximum = tmp_path / "max.safetensors"
+    result = _profile(runner, model, maximum, profile_set, "--hook-points", "mlp.gate_proj:output")
+    assert result.exit_code == 0, result.output
+    for entry in load_expertise(maximum).modules.values():
+        assert all(float(entry.auroc[unit]) == 1.0 for unit in PLANTED)
     assert "layer" in result.output and "suppressed" in result.output
     assert (tmp_path / "store" / "responses.f32").is_file()
 
