@@ -68,6 +68,7 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, required=True)
     parser.add_argument("--feed", default="dialogue")
     parser.add_argument("--pooling", default="max")
+    parser.add_argument("--positions", default="text")
     args = parser.parse_args()
     shutil.rmtree(args.workdir, ignore_errors=True)
     args.workdir.mkdir(parents=True)
@@ -81,7 +82,9 @@ def main() -> None:
     profile_set = load_profile_set("builtin:organism")
 
     start = time.perf_counter()
-    options = ProfileOptions(feed=args.feed, pooling=args.pooling, progress=False)
+    options = ProfileOptions(
+        feed=args.feed, pooling=args.pooling, positions=args.positions, progress=False
+    )
     expertise = run_profile(
         chat.model,
         folder,
@@ -115,7 +118,9 @@ def main() -> None:
     rules = [
         RuleOptions("aura", strength=0.5),
         RuleOptions("aura"),
+        RuleOptions("aura", strength=1.5),
         RuleOptions("aura", strength=2.0),
+        RuleOptions("aura", threshold=0.3),
         RuleOptions("damp", top_k=256, damp_alpha=0.2),
         RuleOptions("det0", top_k=128),
         RuleOptions("det0", top_k=256),
@@ -127,6 +132,7 @@ def main() -> None:
             f"{rule.rule}"
             + (f" k={rule.top_k}" if rule.top_k else "")
             + (f" s={rule.strength:g}" if rule.rule == "aura" else "")
+            + (f" t={rule.threshold:g}" if rule.threshold != 0.5 else "")
             + (f" a={rule.damp_alpha:g}" if rule.rule == "damp" else "")
         )
         with SGMHooks(chat.model, factors, recipe):
@@ -149,10 +155,13 @@ def main() -> None:
         print(f"| {label} | {pct(same)} | {pct(hooked_rate)} | {pct(baked_rate)} |")
 
     print()
-    print("Conditions (default rule aura s=1 baked; ECSO with the organism's templates):")
+    print(
+        "Conditions (SGM = det0 k=256 baked, the demo's setting; ECSO with the organism's "
+        "templates):"
+    )
     templates = templates_for(folder, recipe.model_type)
     conditions = run_conditions(chat, prompts, judge, config, "base", 8, False, templates, "ECSO")
-    default = args.workdir / "aura_s1"
+    default = args.workdir / "det0_k256"
     conditions += run_conditions(
         load(default), prompts, judge, config, "SGM", 8, False, templates, "SGM*"
     )
