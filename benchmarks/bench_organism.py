@@ -21,7 +21,7 @@ import torch
 from sgm_bake.bake import BakeOptions, bake
 from sgm_bake.conditions import add_costs, run_conditions
 from sgm_bake.ecso import templates_for
-from sgm_bake.evaluate import ChatModel, GenerationConfig, load_prompt_set, run_eval
+from sgm_bake.evaluate import ChatModel, GenerationConfig, PromptSet, load_prompt_set, run_eval
 from sgm_bake.expertise_math import RuleOptions
 from sgm_bake.hooks import SGMHooks
 from sgm_bake.judges import make_judge
@@ -180,7 +180,28 @@ def main() -> None:
             f"{m['cost_vs_first']['forward_passes']:.2f} | {m['seconds_per_item']:.3f} | "
             f"{m['cost_vs_first']['seconds']:.2f} |"
         )
-    print(f"(benign items: {len(benign_ids)}; cost covers all {len(prompts.items)} items)")
+    print(
+        f"(all {len(prompts.items)} items; forward passes = batched decoding steps and scoring "
+        "passes, per item)"
+    )
+    print()
+    benign = PromptSet(
+        prompts.name + " (benign items)",
+        prompts.sha256,
+        tuple(i for i in prompts.items if i.id in benign_ids),
+    )
+    costs = run_conditions(chat, benign, judge, config, "base", 8, False, templates, "ECSO")
+    add_costs(costs)
+    print(f"ECSO's overhead on the {len(benign_ids)} benign items alone:")
+    print("| condition | forward passes / item | seconds / item | x base | judged harmful |")
+    print("|---|---|---|---|---|")
+    for result in costs:
+        m = result.metrics
+        print(
+            f"| {result.label} | {m['forward_passes'] / len(benign.items):.2f} | "
+            f"{m['seconds_per_item']:.4f} | {m['cost_vs_first']['seconds']:.2f} | "
+            f"{pct(m['benign_harmful_rate'])} |"
+        )
 
 
 if __name__ == "__main__":
