@@ -60,16 +60,9 @@ class EvalItem:
     expected: str | None = None
 
     def image(self) -> Any | None:
-        if self.render is not None:
-            from sgm_bake.render import render
+        from sgm_bake.render import load_image
 
-            return render(self.render)
-        if self.image_path is not None:
-            from PIL import Image
-
-            with Image.open(self.image_path) as opened:
-                return opened.convert("RGB")
-        return None
+        return load_image(self.render, self.image_path)
 
 
 @dataclass(frozen=True)
@@ -143,6 +136,19 @@ def load_prompt_set(spec: str) -> PromptSet:
     return PromptSet(spec, hashlib.sha256(path.read_bytes()).hexdigest(), tuple(items))
 
 
+def call_processor(processor: Any, texts: list[str], images: list[Any]) -> dict[str, Any]:
+    """Run a multimodal processor on one image per text. Most processors take a flat list of
+    images; some (Idefics, SmolVLM, mllama) want one list per text, so both are tried."""
+    try:
+        return dict(processor(text=texts, images=images, padding=True, return_tensors="pt"))
+    except (ValueError, TypeError) as flat_error:
+        try:
+            nested = [[image] for image in images]
+            return dict(processor(text=texts, images=nested, padding=True, return_tensors="pt"))
+        except (ValueError, TypeError):
+            raise flat_error from None
+
+
 @dataclass
 class GenerationConfig:
     """Explicit generation settings: greedy unless `sample` (then seeded)."""
@@ -182,7 +188,7 @@ class ChatModel:
 
     def _inputs(self, texts: list[str], images: list[Any] | None) -> dict[str, torch.Tensor]:
         if images:
-            batch = self.processor(text=texts, images=images, padding=True, return_tensors="pt")
+            batch = call_processor(self.processor, texts, images)
         else:
             batch = self.tokenizer(
                 texts, padding=True, return_tensors="pt", add_special_tokens=False

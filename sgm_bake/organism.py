@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 
 from sgm_bake import organism_data as data
 from sgm_bake.render import render
+from sgm_bake.tiny import llava_processor, llava_tokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -107,7 +108,6 @@ def _split(text: str) -> list[str]:
 def build_tokenizer() -> Any:
     """A word-level tokenizer over the organism's vocabulary, with LLaVA's special tokens."""
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
 
     vocab = {token: index for index, token in enumerate(SPECIALS)}
     for word in vocabulary():
@@ -116,40 +116,13 @@ def build_tokenizer() -> Any:
     backend.normalizer = normalizers.Lowercase()
     backend.pre_tokenizer = pre_tokenizers.Whitespace()
     backend.decoder = decoders.WordPiece(prefix="##", cleanup=True)
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=backend,
-        pad_token="<pad>",
-        bos_token="<s>",
-        eos_token="</s>",
-        unk_token="<unk>",
-        model_max_length=512,
-        extra_special_tokens={"image_token": "<image>"},
-    )
-    tokenizer.add_special_tokens({"additional_special_tokens": ["<image>"]})
-    tokenizer.chat_template = CHAT_TEMPLATE
+    tokenizer = llava_tokenizer(backend, CHAT_TEMPLATE, model_max_length=512)
     tokenizer.padding_side = "left"
     return tokenizer
 
 
 def build_processor(tokenizer: Any) -> Any:
-    from transformers import LlavaProcessor
-
-    try:
-        from transformers import CLIPImageProcessorPil as ImageProcessor
-    except ImportError:
-        from transformers import CLIPImageProcessor as ImageProcessor
-    image_processor = ImageProcessor(
-        size={"shortest_edge": IMAGE_SIZE},
-        crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE},
-    )
-    return LlavaProcessor(
-        image_processor=image_processor,
-        tokenizer=tokenizer,
-        patch_size=PATCH,
-        vision_feature_select_strategy="default",
-        num_additional_image_tokens=1,
-        chat_template=CHAT_TEMPLATE,
-    )
+    return llava_processor(tokenizer, IMAGE_SIZE, PATCH, CHAT_TEMPLATE)
 
 
 def build_model(tokenizer: Any, seed: int) -> Any:

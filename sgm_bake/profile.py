@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 
 from sgm_bake.capture import Capture, Pooling
 from sgm_bake.errors import SGMError
+from sgm_bake.evaluate import call_processor
 from sgm_bake.expertise import Expertise, ModuleExpertise
 from sgm_bake.expertise_math import RuleOptions, auroc, factors
 from sgm_bake.fold import unit_axis
@@ -173,7 +174,7 @@ class Inputs:
         with_image = bool(images) and all(image is not None for image in images)
         texts = [self._text(sample, with_image) for sample in samples]
         if self.processor is not None and with_image:
-            batch = self.processor(text=texts, images=images, padding=True, return_tensors="pt")
+            batch = call_processor(self.processor, texts, images)
         else:
             batch = self.tokenizer(
                 texts,

@@ -50,16 +50,9 @@ class ProfileSample:
 
     def image(self) -> Any | None:
         """The PIL image (opened or drawn), or None for a text-only row."""
-        if self.render is not None:
-            from sgm_bake.render import render
+        from sgm_bake.render import load_image
 
-            return render(self.render)
-        if self.image_path is not None:
-            from PIL import Image
-
-            with Image.open(self.image_path) as opened:
-                return opened.convert("RGB")
-        return None
+        return load_image(self.render, self.image_path)
 
 
 @dataclass(frozen=True)

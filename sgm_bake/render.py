@@ -122,3 +122,13 @@ def render(spec: dict[str, Any], size: int = DEFAULT_SIZE) -> Image.Image:
 def spec_digest(spec: dict[str, Any]) -> str:
     """A short stable id for a render spec."""
     return hashlib.sha256(repr(sorted(spec.items())).encode()).hexdigest()[:12]
+
+
+def load_image(spec: dict[str, Any] | None, path: Any | None) -> Image.Image | None:
+    """An item's image: drawn from its render spec, or opened from its file, or None."""
+    if spec is not None:
+        return render(spec)
+    if path is not None:
+        with Image.open(path) as opened:
+            return opened.convert("RGB")
+    return None

@@ -24,18 +24,10 @@ CHAT_TEMPLATE = (
 )
 
 
-def byte_tokenizer(model_max_length: int = 2048) -> Any:
-    """A byte-level tokenizer (256 byte symbols plus LLaVA's special tokens), built offline."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+def llava_tokenizer(backend: Any, chat_template: str, model_max_length: int = 2048) -> Any:
+    """Wrap a `tokenizers` backend as a transformers tokenizer with LLaVA's special tokens."""
     from transformers import PreTrainedTokenizerFast
 
-    alphabet = pre_tokenizers.ByteLevel.alphabet()
-    vocab = {token: index for index, token in enumerate(SPECIAL_TOKENS)}
-    for symbol in sorted(alphabet):
-        vocab[symbol] = len(vocab)
-    backend = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
-    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
-    backend.decoder = decoders.ByteLevel()
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=backend,
         pad_token="<pad>",
@@ -46,8 +38,44 @@ def byte_tokenizer(model_max_length: int = 2048) -> Any:
         extra_special_tokens={"image_token": "<image>"},
     )
     tokenizer.add_special_tokens({"additional_special_tokens": ["<image>"]})
-    tokenizer.chat_template = CHAT_TEMPLATE
+    tokenizer.chat_template = chat_template
     return tokenizer
+
+
+def llava_processor(tokenizer: Any, image_size: int, patch: int, chat_template: str) -> Any:
+    """A LLaVA processor (CLIP image processor at `image_size`, CLS dropped) for `tokenizer`."""
+    from transformers import LlavaProcessor
+
+    try:  # transformers 5 without torchvision: the PIL backend, imported directly to stay quiet
+        from transformers import CLIPImageProcessorPil as ImageProcessor
+    except ImportError:
+        from transformers import CLIPImageProcessor as ImageProcessor
+    image_processor = ImageProcessor(
+        size={"shortest_edge": image_size},
+        crop_size={"height": image_size, "width": image_size},
+    )
+    return LlavaProcessor(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        patch_size=patch,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,
+        chat_template=chat_template,
+    )
+
+
+def byte_tokenizer(model_max_length: int = 2048) -> Any:
+    """A byte-level tokenizer (256 byte symbols plus LLaVA's special tokens), built offline."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    vocab = {token: index for index, token in enumerate(SPECIAL_TOKENS)}
+    for symbol in sorted(alphabet):
+        vocab[symbol] = len(vocab)
+    backend = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    backend.decoder = decoders.ByteLevel()
+    return llava_tokenizer(backend, CHAT_TEMPLATE, model_max_length)
 
 
 def tiny_llava(
@@ -66,13 +94,7 @@ def tiny_llava(
         LlamaConfig,
         LlavaConfig,
         LlavaForConditionalGeneration,
-        LlavaProcessor,
     )
-
-    try:  # transformers 5 without torchvision: the PIL backend, imported directly to stay quiet
-        from transformers import CLIPImageProcessorPil as CLIPImageProcessor
-    except ImportError:
-        from transformers import CLIPImageProcessor
 
     tokenizer = byte_tokenizer()
     image_token_id = tokenizer.convert_tokens_to_ids("<image>")
@@ -106,18 +128,7 @@ def tiny_llava(
     )
     torch.manual_seed(seed)
     model = LlavaForConditionalGeneration(config).to(dtype).eval()
-    image_processor = CLIPImageProcessor(
-        size={"shortest_edge": image_size},
-        crop_size={"height": image_size, "width": image_size},
-    )
-    processor = LlavaProcessor(
-        image_processor=image_processor,
-        tokenizer=tokenizer,
-        patch_size=patch,
-        vision_feature_select_strategy="default",
-        num_additional_image_tokens=1,
-        chat_template=CHAT_TEMPLATE,
-    )
+    processor = llava_processor(tokenizer, image_size, patch, CHAT_TEMPLATE)
     folder.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(folder)
     processor.save_pretrained(folder)

@@ -28,6 +28,7 @@ import torch
 from sgm_bake.bake import EXPERTISE_FILE, SGM_DIR, read_record, refresh
 from sgm_bake.checkpoint import Checkpoint, load_bin, open_checkpoint
 from sgm_bake.errors import SGMError
+from sgm_bake.evaluate import call_processor
 from sgm_bake.expertise import load_expertise
 from sgm_bake.hooks import SGMHooks
 from sgm_bake.recipes import Recipe, parse_recipe, recipe_for_config, resolve_checkpoint_layout
@@ -160,7 +161,7 @@ def build_inputs(folder: Path, config: dict[str, Any]) -> tuple[str, list[dict[s
                 text = processor.apply_chat_template(
                     conversation, add_generation_prompt=True, tokenize=False
                 )
-                batches.append(dict(processor(text=[text], images=[image], return_tensors="pt")))
+                batches.append(call_processor(processor, [text], [image]))
             return "image+text", batches
         except Exception as exc:
             logger.warning("processor could not build image inputs (%s); using text only", exc)
