@@ -186,3 +186,32 @@ def test_bad_prompt_set(tmp_path, content, message):
     path.write_text(content)
     with pytest.raises(SGMError, match=message):
         load_prompt_set(str(path))
+
+
+@pytest.mark.parametrize("verdict", ["toxic", "non-toxic"])
+def test_local_classifier_judge(tmp_path, verdict):
+    import torch
+    from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
+
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "you", "idiot", "nice", "day", "."]
+    (tmp_path / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    tokenizer = BertTokenizerFast(vocab_file=str(tmp_path / "vocab.txt"))
+    config = BertConfig(
+        vocab_size=len(vocab),
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+        id2label={0: "non-toxic", 1: "toxic"},
+        label2id={"non-toxic": 0, "toxic": 1},
+    )
+    model = BertForSequenceClassification(config)
+    with torch.no_grad():  # a classifier known to answer one way
+        model.classifier.weight.zero_()
+        model.classifier.bias.copy_(torch.tensor([0.0, 9.0] if verdict == "toxic" else [9.0, 0.0]))
+    folder = tmp_path / "judge"
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    judge = make_judge(f"hf:{folder}")
+    assert judge.name == "hf:judge"
+    assert judge.harmful(["you idiot .", "nice day ."]) == [verdict == "toxic"] * 2
