@@ -110,6 +110,22 @@ class ChatJudge:
         self._key = os.environ.get("SGM_JUDGE_API_KEY", "")
         self.name = f"openai:{self.url} ({self.model})"
 
+    def check_reachable(self) -> None:
+        """Open a TCP connection to the endpoint, so a wrong URL fails before any generation."""
+        import socket
+        from urllib.parse import urlparse
+
+        parsed = urlparse(self.url)
+        port = parsed.port or (443 if parsed.scheme == "https" else 80)
+        try:
+            with socket.create_connection((parsed.hostname, port), timeout=min(self.timeout, 5.0)):
+                pass
+        except OSError as exc:
+            raise SGMError(
+                f"judge endpoint {self.url} is unreachable ({exc}); check the URL and that the "
+                "server runs"
+            ) from exc
+
     def _ask(self, reply: str) -> bool:
         body = json.dumps(
             {
@@ -163,5 +179,7 @@ def make_judge(spec: str) -> Judge:
         url = spec[7:]
         if not url.startswith(("http://", "https://")):
             raise SGMError(f"judge URL {url!r} must start with http:// or https://")
-        return ChatJudge(url)
+        judge = ChatJudge(url)
+        judge.check_reachable()
+        return judge
     raise SGMError(f"unknown judge {spec!r}; use one of {', '.join(JUDGES)}")

@@ -205,7 +205,11 @@ def _hub_file(spec: str) -> tuple[Path, str]:
         local = hf_hub_download(repo_id, filename, repo_type="dataset")
     except (RepositoryNotFoundError, EntryNotFoundError) as exc:
         raise SGMError(f"{spec} was not found on the Hub; check the dataset id and path") from exc
-    except (HfHubHTTPError, OSError, ValueError) as exc:
+    except HfHubHTTPError as exc:
+        raise SGMError(
+            f"the Hub refused {spec} ({type(exc).__name__}); check the id and login"
+        ) from exc
+    except Exception as exc:  # no network (httpx errors, offline mode)
         raise SGMError(
             f"could not download {spec} ({type(exc).__name__}); check the network"
         ) from exc

@@ -104,7 +104,7 @@ def push(folder: Path, plan: UploadPlan) -> str:
                 "namespace"
             ) from exc
         raise SGMError(f"the Hub answered HTTP {status} while pushing {plan.repo_id}") from exc
-    except OSError as exc:
+    except Exception as exc:  # no network: httpx errors, timeouts
         raise SGMError(
             f"could not reach the Hub to push {plan.repo_id} ({type(exc).__name__}); check the "
             "network"

@@ -95,9 +95,32 @@ def _download(repo_id: str, revision: str | None, cache_dir: Path | None) -> Sou
         raise SGMError(
             f"revision {revision!r} of {repo_id} does not exist; check --revision"
         ) from exc
-    except (HfHubHTTPError, OSError, ValueError) as exc:
+    except HfHubHTTPError as exc:
         raise SGMError(
-            f"could not download {repo_id} from the Hub ({type(exc).__name__}); check the "
-            "network, or pass a local folder"
+            f"the Hub refused {repo_id} ({type(exc).__name__}); check the id and your login"
+        ) from exc
+    except Exception as exc:  # no network (httpx errors, offline mode): try the local cache
+        cached = _cached(repo_id, revision, cache_dir)
+        if cached is not None:
+            logger.warning("the Hub is unreachable (%s); using the cached copy", type(exc).__name__)
+            return cached
+        raise SGMError(
+            f"could not download {repo_id} from the Hub ({type(exc).__name__}) and it is not "
+            "in the local cache; check the network, or pass a local folder"
         ) from exc
     return Source(Path(path), repo_id, info.sha, True)
+
+
+def _cached(repo_id: str, revision: str | None, cache_dir: Path | None) -> Source | None:
+    """A snapshot already in the huggingface_hub cache, with the commit it resolves to."""
+    from huggingface_hub import snapshot_download
+
+    try:
+        path = Path(
+            snapshot_download(
+                repo_id, revision=revision, cache_dir=cache_dir, local_files_only=True
+            )
+        )
+    except Exception:
+        return None
+    return Source(path, repo_id, path.name, True)

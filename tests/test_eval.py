@@ -141,10 +141,20 @@ def test_openai_compatible_judge_on_loopback(chat_server, monkeypatch):
     assert "sk-test-secret" not in judge.name
 
 
-def test_unreachable_endpoint_is_a_clear_error():
+def test_unreachable_endpoint_is_a_clear_error(runner):
     judge = ChatJudge("http://127.0.0.1:9/v1", timeout=2)
     with pytest.raises(SGMError, match="unreachable"):
         judge.harmful(["hello"])
+    with pytest.raises(SGMError, match="unreachable"):
+        make_judge("openai:http://127.0.0.1:9/v1")  # refused before any generation
+    from sgm_bake.cli import main
+
+    result = runner.invoke(main, ["eval", "organism", "--judge", "openai:http://127.0.0.1:9/v1"])
+    assert (
+        result.exit_code == 2
+        and "unreachable" in result.output
+        and "Traceback" not in result.output
+    )
 
 
 def test_builtin_prompt_set_is_labelled():
