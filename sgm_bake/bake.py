@@ -13,7 +13,9 @@ import logging
 import os
 import shutil
 import sys
+import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,6 +52,7 @@ SGM_DIR = "sgm"
 EXPERTISE_FILE = "expertise.safetensors"
 RECORD_FILE = "bake.json"
 SKIPPED_DIRS = {".git", ".cache", ".huggingface", SGM_DIR}
+SHARD_WORKERS = 2
 
 
 @dataclass(frozen=True)
@@ -230,10 +233,20 @@ def _write_weights(plan: BakePlan, staging: Path, progress: bool) -> dict[str, s
         total=total, unit="B", unit_scale=True, desc="baking", disable=not progress, file=sys.stderr
     ) as bar:
         if checkpoint.format == "safetensors":
-            hashes = {
-                name: rewrite_file(header, staging / name, per_file.get(name, {}), bar.update)
-                for name, header in checkpoint.headers.items()
-            }
+            # Two shards at a time: while one waits on the disk the other folds and hashes.
+            lock = threading.Lock()
+
+            def advance(count: int) -> None:
+                with lock:
+                    bar.update(count)
+
+            def rewrite(item: tuple[str, Any]) -> tuple[str, str]:
+                name, header = item
+                return name, rewrite_file(header, staging / name, per_file.get(name, {}), advance)
+
+            workers = max(1, min(SHARD_WORKERS, len(checkpoint.headers)))
+            with ThreadPoolExecutor(max_workers=workers) as pool:
+                hashes = dict(pool.map(rewrite, checkpoint.headers.items()))
             if checkpoint.index_file:
                 shutil.copyfile(checkpoint.root / checkpoint.index_file, staging / SAFE_INDEX)
             return hashes
