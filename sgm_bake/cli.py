@@ -116,6 +116,23 @@ device_option = click.option(
     show_default=True,
     help="Device for verification: auto, cpu, cuda, mps.",
 )
+model_device_option = click.option(
+    "--device",
+    default="auto",
+    show_default=True,
+    help="auto (cuda, then mps, then cpu), cpu, cuda, mps.",
+)
+model_dtype_option = click.option(
+    "--dtype",
+    type=click.Choice(["auto", "float32", "bfloat16", "float16"]),
+    default="auto",
+    show_default=True,
+    help="Precision of the model (auto: float32 on CPU, bfloat16 on a GPU).",
+)
+sample_option = click.option(
+    "--sample", is_flag=True, help="Sample (seeded) instead of greedy decoding."
+)
+seed_option = click.option("--seed", type=int, default=0, show_default=True, help="Sampling seed.")
 template_option = click.option(
     "--template",
     type=click.Path(path_type=Path, dir_okay=False),
@@ -371,14 +388,8 @@ def _profile_options(command: F) -> F:
             show_default=True,
             help="Labelled image-text pairs: a .jsonl/.csv file, builtin:NAME or hf://datasets/ORG/NAME/FILE.",
         ),
-        click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, mps."),
-        click.option(
-            "--dtype",
-            type=click.Choice(["auto", "float32", "bfloat16", "float16"]),
-            default="auto",
-            show_default=True,
-            help="Precision of the profiling passes (auto: float32 on CPU, bfloat16 on GPU).",
-        ),
+        model_device_option,
+        model_dtype_option,
         click.option("--batch-size", type=click.IntRange(1), default=8, show_default=True),
         click.option(
             "--max-samples",
@@ -826,13 +837,11 @@ def write_eval_report(path: Path, data: dict[str, Any], results: list[Any]) -> P
     help="profanity (offline classifier), hf:PATH (local text classifier) or openai:URL.",
 )
 @click.option("--max-new-tokens", type=click.IntRange(1), default=32, show_default=True)
-@click.option("--sample", is_flag=True, help="Sample (seeded) instead of greedy decoding.")
-@click.option("--seed", type=int, default=0, show_default=True)
+@sample_option
+@seed_option
 @click.option("--batch-size", type=click.IntRange(1), default=8, show_default=True)
-@click.option("--device", default="auto", show_default=True)
-@click.option(
-    "--dtype", type=click.Choice(["auto", "float32", "bfloat16", "float16"]), default="auto"
-)
+@model_device_option
+@model_dtype_option
 @click.option(
     "--base",
     default=None,
@@ -1129,12 +1138,10 @@ def push(
 )
 @click.option("--trace", is_flag=True, help="Print ECSO's steps (self-check score, caption).")
 @click.option("--max-new-tokens", type=click.IntRange(1), default=64, show_default=True)
-@click.option("--sample", is_flag=True, help="Sample (seeded) instead of greedy decoding.")
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--device", default="auto", show_default=True)
-@click.option(
-    "--dtype", type=click.Choice(["auto", "float32", "bfloat16", "float16"]), default="auto"
-)
+@sample_option
+@seed_option
+@model_device_option
+@model_dtype_option
 @click.option("--revision", default=None)
 @template_option
 @user_errors
