@@ -153,12 +153,19 @@ verify_dtype_option = click.option(
 )
 
 
-def _run_verify(out: Path, source: Path, dtype_name: str, device: str) -> None:
+def _run_verify(out: Path, source: Path, dtype_name: str, device: str, model: Any = None) -> None:
+    """Verify OUT; `model` (the source, loaded for profiling) is reused when it already has the
+    verification's dtype and device."""
     import torch
 
-    from sgm_bake.verify import verify
+    from sgm_bake.verify import pick_device, verify
 
-    report = verify(out, source, getattr(torch, dtype_name), device)
+    dtype = getattr(torch, dtype_name)
+    if model is not None:
+        parameter = next(model.parameters())
+        if parameter.dtype != dtype or parameter.device.type != pick_device(device).type:
+            model = None
+    report = verify(out, source, dtype, device, model=model)
     click.echo(f"verify: {report.summary()}")
     if not report.passed:
         click.echo(
@@ -564,7 +571,7 @@ def _profile(
     expertise = run_profile(
         model, source.path, recipe, profile_set, options, source.id, source.revision, device, dtype
     )
-    return expertise, recipe
+    return expertise, recipe, model
 
 
 def _echo_summary(expertise: Any, recipe: Any) -> None:
@@ -622,7 +629,7 @@ def profile(
         raise SGMError(f"{output} exists; pass --overwrite to replace it")
     rule_options = _rule(rule, threshold, top_k, damp_alpha, strength)
     source = resolve_source(model, revision)
-    expertise, recipe = _profile(ctx, source, recipe_file, params, rule_options)
+    expertise, recipe, _ = _profile(ctx, source, recipe_file, params, rule_options)
     output.parent.mkdir(parents=True, exist_ok=True)
     partial = output.with_name(f".{output.name}.partial")
     save_expertise(expertise, partial)
@@ -698,6 +705,7 @@ def run(
     check_target(out, source.path, overwrite)
     rule_given = any(v is not None for v in (rule, threshold, top_k, damp_alpha, strength))
     rule_options = _rule(rule, threshold, top_k, damp_alpha, strength)
+    model = None
     if expertise_path is not None:
         expertise = load_expertise(expertise_path)
         if rule_given:
@@ -707,7 +715,7 @@ def run(
 
         recipe = recipe_for_config(open_checkpoint(source.path).config, recipe_file)
     else:
-        expertise, recipe = _profile(ctx, source, recipe_file, params, rule_options)
+        expertise, recipe, model = _profile(ctx, source, recipe_file, params, rule_options)
     _echo_summary(expertise, recipe)
     options = BakeOptions(
         overwrite, recipe_file, ctx.obj["progress"], _command_line(), base_model=base_model
@@ -715,7 +723,7 @@ def run(
     record = run_bake(source, out, expertise, options)
     click.echo(f"baked {out}: {len(record['expertise']['tensors_folded'])} tensors folded")
     if verify:
-        _run_verify(out, source.path, verify_dtype, params["device"])
+        _run_verify(out, source.path, verify_dtype, params["device"], model)
     if push_to_hub:
         from sgm_bake.publish import plan_upload
         from sgm_bake.publish import push as run_push

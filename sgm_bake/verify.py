@@ -219,15 +219,20 @@ def verify(
     compute_dtype: torch.dtype = torch.float32,
     device: str = "cpu",
     record: bool = True,
+    model: Any = None,
 ) -> VerifyReport:
-    """Compare the baked folder `out` with its source run with hooks; record the figures."""
+    """Compare the baked folder `out` with its source run with hooks; record the figures.
+
+    `model` may be the source already loaded (in `compute_dtype`, on `device`, no hooks), to
+    spare a second load; its folded parameters are overwritten with the baked ones."""
     bake_record = read_record(out)
     source = open_checkpoint(source_path)
     baked = open_checkpoint(out)
     recipe = recorded_recipe(bake_record, source.config)
     expertise = load_expertise(out / SGM_DIR / EXPERTISE_FILE)
     target = pick_device(device)
-    model = load_model(source_path, recipe, compute_dtype, target)
+    if model is None:
+        model = load_model(source_path, recipe, compute_dtype, target)
     inputs_kind, batches = build_inputs(out, source.config)
 
     base = _run(model, batches, target)
