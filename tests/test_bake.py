@@ -196,3 +196,36 @@ def test_record_lists_every_output_file_hash(runner, llava_dir, llava_expertise,
     assert modules["model.language_model.layers.1.mlp.down_proj"]["side"] == "input"
     baked_expertise = load_expertise(out / "sgm" / "expertise.safetensors")
     assert set(baked_expertise.modules) == set(modules)
+
+
+def test_sharded_bin_source_gets_a_safetensors_index(
+    runner, copy_model, llava_dir, llava_expertise, tmp_path
+):
+    source = copy_model(llava_dir)
+    state = load_state(source)
+    (source / "model.safetensors").unlink()
+    keys = sorted(state)
+    halves = {
+        "pytorch_model-00001-of-00002.bin": keys[: len(keys) // 2],
+        "pytorch_model-00002-of-00002.bin": keys[len(keys) // 2 :],
+    }
+    weight_map = {}
+    for name, part in halves.items():
+        torch.save({k: state[k] for k in part}, source / name)
+        weight_map.update(dict.fromkeys(part, name))
+    (source / "pytorch_model.bin.index.json").write_text(
+        json.dumps({"metadata": {}, "weight_map": weight_map})
+    )
+    out = tmp_path / "out"
+    result = _bake(runner, source, out, llava_expertise)
+    assert result.exit_code == 0, result.output
+    index = json.loads((out / "model.safetensors.index.json").read_text())
+    assert set(index["weight_map"].values()) == {
+        "model-00001-of-00002.safetensors",
+        "model-00002-of-00002.safetensors",
+    }
+    assert index["metadata"]["total_size"] == sum(
+        t.numel() * t.element_size() for t in state.values()
+    )
+    assert not list(out.glob("*.bin")) and not (out / "pytorch_model.bin.index.json").exists()
+    assert load_state(out).keys() == state.keys()
