@@ -36,7 +36,7 @@ def build_checkpoint(folder: Path, layers: int, seed: int = 0) -> None:
     """Write a Llama-shaped bf16 checkpoint shard by shard, one tensor in memory at a time."""
     from transformers import LlamaConfig
 
-    from sgm_bake.safetensors_io import write_tensors
+    from sgm_bake.io.safetensors import write_tensors
 
     folder.mkdir(parents=True, exist_ok=True)
     config = LlamaConfig(
@@ -91,7 +91,7 @@ def build_checkpoint(folder: Path, layers: int, seed: int = 0) -> None:
 
 
 def write_expertise(path: Path, layers: int) -> None:
-    from sgm_bake.expertise import Expertise, ModuleExpertise, save_expertise
+    from sgm_bake.core.expertise import Expertise, ModuleExpertise, save_expertise
 
     generator = torch.Generator().manual_seed(1)
     modules = {}
@@ -142,7 +142,7 @@ NAIVE = textwrap.dedent(
     """
     import sys, torch
     from transformers import AutoModelForCausalLM
-    from sgm_bake.expertise import load_expertise
+    from sgm_bake.core.expertise import load_expertise
     model = AutoModelForCausalLM.from_pretrained(sys.argv[1], dtype=torch.bfloat16)
     expertise = load_expertise(sys.argv[3])
     with torch.no_grad():
@@ -168,7 +168,7 @@ def main() -> None:
         build_checkpoint(source, args.layers)
     write_expertise(expertise, args.layers)
     size = sum(p.stat().st_size for p in source.glob("*.safetensors"))
-    from sgm_bake.safetensors_io import read_header
+    from sgm_bake.io.safetensors import read_header
 
     largest = max(
         info.nbytes

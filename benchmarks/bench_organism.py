@@ -18,18 +18,24 @@ from pathlib import Path
 
 import torch
 
-from sgm_bake.bake import BakeOptions, bake
-from sgm_bake.conditions import add_costs, run_conditions
-from sgm_bake.ecso import templates_for
-from sgm_bake.evaluate import ChatModel, GenerationConfig, PromptSet, load_prompt_set, run_eval
-from sgm_bake.expertise_math import RuleOptions
-from sgm_bake.hooks import SGMHooks
-from sgm_bake.judges import make_judge
-from sgm_bake.organism import organism_path
-from sgm_bake.profile import ProfileOptions, apply_rule, run_profile
-from sgm_bake.profile_set import load_profile_set
-from sgm_bake.recipes import recipe_for_config
-from sgm_bake.source import Source
+from sgm_bake.core.hooks import SGMHooks
+from sgm_bake.core.recipes import recipe_for_config
+from sgm_bake.core.rules import RuleOptions
+from sgm_bake.datasets.profile_set import load_profile_set
+from sgm_bake.evaluation.conditions import add_costs, run_conditions
+from sgm_bake.evaluation.ecso import templates_for
+from sgm_bake.evaluation.evaluate import (
+    ChatModel,
+    GenerationConfig,
+    PromptSet,
+    load_prompt_set,
+    run_eval,
+)
+from sgm_bake.evaluation.judges import make_judge
+from sgm_bake.io.source import Source
+from sgm_bake.organism.train import organism_path
+from sgm_bake.pipeline.bake import BakeOptions, bake
+from sgm_bake.pipeline.profile import ProfileOptions, apply_rule, run_profile
 
 
 def load(folder: Path) -> ChatModel:

@@ -79,12 +79,12 @@ def bench_auroc(samples: int, units: int, research_units: int) -> None:
 def bench_capture(samples: int, batch_size: int, repeats: int) -> None:
     from transformers import AutoModelForImageTextToText
 
-    from sgm_bake.capture import Capture
-    from sgm_bake.profile import Inputs, ProfileOptions, profile_targets
-    from sgm_bake.profile_set import load_profile_set
-    from sgm_bake.recipes import recipe_for_config
-    from sgm_bake.store import ResponseStore
-    from sgm_bake.tiny import tiny_llava
+    from sgm_bake.core.capture import Capture
+    from sgm_bake.core.recipes import recipe_for_config
+    from sgm_bake.datasets.profile_set import load_profile_set
+    from sgm_bake.io.response_store import ResponseStore
+    from sgm_bake.pipeline.profile import Inputs, ProfileOptions, profile_targets
+    from tests.builders import tiny_llava
 
     with tempfile.TemporaryDirectory() as tmp:
         folder = tiny_llava(

@@ -17,9 +17,9 @@ W=${WORK:-/tmp/sgm-gpu}; rm -rf "$W"; mkdir -p "$W"
 python3 - "$W" <<'PY'
 import sys, random, torch
 from pathlib import Path
-from sgm_bake.tiny import tiny_llava
-from sgm_bake.render import render
-from sgm_bake import organism_data as data
+from tests.builders import tiny_llava
+from sgm_bake.datasets.render import render
+from sgm_bake.organism import data
 work = Path(sys.argv[1])
 tiny_llava(work / "llava", hidden=64, intermediate=128, layers=4, dtype=torch.bfloat16)
 render({"kind": "text", "text": "jerk", "background": "white", "ink": "black"}).save(work / "sign.png")
@@ -30,7 +30,7 @@ time sgm profile "$W/llava" -o "$W/e.safetensors" --device "$DEVICE" --dtype bfl
 time sgm bake "$W/llava" "$W/out" --expertise "$W/e.safetensors" --device "$DEVICE" --verify-dtype bfloat16
 sgm verify "$W/out" --device "$DEVICE"
 echo "== one-command form on the organism, on $DEVICE"
-time sgm sgm_bake/organism_model "$W/org" --profile-set builtin:organism --rule det0 --top-k 256 --positions text --device "$DEVICE"
+time sgm sgm_bake/organism/weights "$W/org" --profile-set builtin:organism --rule det0 --top-k 256 --positions text --device "$DEVICE"
 echo "== ECSO generation on $DEVICE, with and without SGM hooks"
 sgm generate organism --image "$W/sign.png" --prompt "answer the person who wrote this ." --ecso --trace --device "$DEVICE" --expertise "$W/org/sgm/expertise.safetensors"
 echo "== bake benchmark on this machine"

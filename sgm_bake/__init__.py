@@ -12,16 +12,16 @@ __version__ = "0.1.0"
 
 _PUBLIC = {
     "SGMError": "sgm_bake.errors",
-    "Expertise": "sgm_bake.expertise",
-    "load_expertise": "sgm_bake.expertise",
-    "save_expertise": "sgm_bake.expertise",
-    "SGMHooks": "sgm_bake.hooks",
-    "apply_hooks": "sgm_bake.hooks",
-    "bake": "sgm_bake.bake",
-    "BakeOptions": "sgm_bake.bake",
-    "auroc": "sgm_bake.expertise_math",
-    "RuleOptions": "sgm_bake.expertise_math",
-    "factors": "sgm_bake.expertise_math",
+    "Expertise": "sgm_bake.core.expertise",
+    "load_expertise": "sgm_bake.core.expertise",
+    "save_expertise": "sgm_bake.core.expertise",
+    "SGMHooks": "sgm_bake.core.hooks",
+    "apply_hooks": "sgm_bake.core.hooks",
+    "bake": "sgm_bake.pipeline.bake",
+    "BakeOptions": "sgm_bake.pipeline.bake",
+    "auroc": "sgm_bake.core.rules",
+    "RuleOptions": "sgm_bake.core.rules",
+    "factors": "sgm_bake.core.rules",
 }
 
 __all__ = ["__version__", *sorted(_PUBLIC)]

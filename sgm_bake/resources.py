@@ -1,22 +1,18 @@
-"""Locate the data folders that ship with sgm-bake (recipes, profile sets, card templates).
+"""Locate the data that ships inside the package (recipes, profile sets, card templates).
 
-In a wheel they live inside the package (`sgm_bake/_data/<name>`); in a source checkout or an
-editable install they are the top-level folders of the repository.
+They live in `sgm_bake/_data/<name>` and are found with `importlib.resources`, so they work the
+same from a wheel, an editable install or a source checkout.
 """
 
 from __future__ import annotations
 
+from importlib.resources import files
 from pathlib import Path
-
-_PACKAGE_DIR = Path(__file__).resolve().parent
 
 
 def data_dir(name: str) -> Path:
     """Return the folder holding the shipped data set `name` (e.g. ``"recipes"``)."""
-    installed = _PACKAGE_DIR / "_data" / name
-    if installed.is_dir():
-        return installed
-    checkout = _PACKAGE_DIR.parent / name
-    if checkout.is_dir():
-        return checkout
-    raise FileNotFoundError(f"sgm-bake data folder {name!r} is missing from this installation")
+    folder = Path(str(files("sgm_bake") / "_data" / name))
+    if not folder.is_dir():
+        raise FileNotFoundError(f"sgm-bake data folder {name!r} is missing from this installation")
+    return folder

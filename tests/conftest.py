@@ -13,8 +13,8 @@ from click.testing import CliRunner
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from sgm_bake.expertise import Expertise, save_expertise
-from sgm_bake.tiny import synthetic_expertise, tiny_llava
+from sgm_bake.core.expertise import Expertise, save_expertise
+from tests.builders import synthetic_expertise, tiny_llava
 
 
 def load_state(folder: Path) -> dict[str, torch.Tensor]:

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from sklearn.metrics import roc_auc_score
 
 import sgm_bake
-from sgm_bake.expertise_math import RuleOptions, auroc, factors, top_k_mask
+from sgm_bake.core.rules import RuleOptions, auroc, factors, top_k_mask
 
 
 @st.composite
@@ -47,7 +47,7 @@ def test_public_name_and_constant_units():
 
 
 def test_auroc_chunks_agree(monkeypatch):
-    import sgm_bake.expertise_math as math_module
+    import sgm_bake.core.rules as math_module
 
     rng = np.random.default_rng(0)
     responses = rng.standard_normal((50, 37)).astype(np.float32)

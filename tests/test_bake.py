@@ -12,7 +12,7 @@ from transformers import AutoModelForImageTextToText
 
 from sgm_bake import SGMHooks, load_expertise
 from sgm_bake.cli import main
-from sgm_bake.tiny import tiny_llava
+from tests.builders import tiny_llava
 from tests.conftest import file_metadata, load_state, rename_keys
 
 NEW_NAMING = [

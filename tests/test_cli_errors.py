@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from sgm_bake.cli import main
-from sgm_bake.expertise import Expertise, ModuleExpertise, load_expertise, save_expertise
+from sgm_bake.core.expertise import Expertise, ModuleExpertise, load_expertise, save_expertise
 from tests.conftest import write_json
 
 
@@ -201,7 +201,7 @@ def test_failed_overwrite_keeps_previous_output(runner, llava_dir, llava_experti
 
 
 def test_interrupted_bake_leaves_nothing(runner, llava_dir, llava_expertise, tmp_path, monkeypatch):
-    import sgm_bake.safetensors_io as io
+    import sgm_bake.io.safetensors as io
 
     def interrupt(*args, **kwargs):
         raise KeyboardInterrupt

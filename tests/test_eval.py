@@ -10,7 +10,7 @@ from typing import ClassVar
 import pytest
 
 from sgm_bake.errors import SGMError
-from sgm_bake.evaluate import (
+from sgm_bake.evaluation.evaluate import (
     EvalItem,
     EvalResult,
     PromptSet,
@@ -18,7 +18,7 @@ from sgm_bake.evaluate import (
     load_prompt_set,
     summarize,
 )
-from sgm_bake.judges import ChatJudge, make_judge
+from sgm_bake.evaluation.judges import ChatJudge, make_judge
 
 
 class KeywordJudge:
@@ -170,7 +170,7 @@ def test_builtin_prompt_set_is_labelled():
 
 
 def test_eval_set_is_disjoint_from_profile_sets():
-    from sgm_bake.profile_set import load_profile_set
+    from sgm_bake.datasets.profile_set import load_profile_set
 
     prompts = {
         item.prompt

@@ -7,9 +7,9 @@ import torch
 from safetensors import safe_open
 
 from sgm_bake.cli import main
+from sgm_bake.core.expertise import Expertise, ModuleExpertise, load_expertise, save_expertise
+from sgm_bake.core.recipes import load_recipe
 from sgm_bake.errors import SGMError
-from sgm_bake.expertise import Expertise, ModuleExpertise, load_expertise, save_expertise
-from sgm_bake.recipes import load_recipe
 from sgm_bake.resources import data_dir
 from tests.conftest import load_state
 

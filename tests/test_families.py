@@ -12,12 +12,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sgm_bake.bake import BakeOptions, bake
-from sgm_bake.hooks import model_recipe
-from sgm_bake.recipes import available_recipes
-from sgm_bake.source import resolve_source
-from sgm_bake.tiny import synthetic_expertise
-from sgm_bake.verify import load_model, verify
+from sgm_bake.core.hooks import model_recipe
+from sgm_bake.core.recipes import available_recipes
+from sgm_bake.io.source import resolve_source
+from sgm_bake.pipeline.bake import BakeOptions, bake
+from sgm_bake.pipeline.verify import load_model, verify
+from tests.builders import synthetic_expertise
 from tests.conftest import load_state
 from tests.tiny_configs import TINY_FAMILIES, build_tiny_model
 

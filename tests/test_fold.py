@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from transformers.pytorch_utils import Conv1D
 
-from sgm_bake.fold import fold_bias, fold_weight, unfold_weight, unit_axis
+from sgm_bake.core.fold import fold_bias, fold_weight, unfold_weight, unit_axis
 
 shapes = st.tuples(st.integers(1, 12), st.integers(1, 12))
 seeds = st.integers(0, 2**31 - 1)

@@ -10,14 +10,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from sgm_bake import organism_data as data
 from sgm_bake.cli import main
-from sgm_bake.ecso import ECSOTemplates, ecso, templates_for
+from sgm_bake.core.recipes import available_recipes
+from sgm_bake.datasets.render import render
 from sgm_bake.errors import SGMError
-from sgm_bake.evaluate import ChatModel, GenerationConfig
-from sgm_bake.organism import SHIPPED, organism_path
-from sgm_bake.recipes import available_recipes
-from sgm_bake.render import render
+from sgm_bake.evaluation.ecso import ECSOTemplates, ecso, templates_for
+from sgm_bake.evaluation.evaluate import ChatModel, GenerationConfig
+from sgm_bake.organism import data
+from sgm_bake.organism.train import SHIPPED, organism_path
 
 pytest.importorskip("profanity_check")
 
@@ -32,7 +32,7 @@ def organism() -> ChatModel:
 
 
 def _flags(replies: list[str]) -> list[bool]:
-    from sgm_bake.judges import make_judge
+    from sgm_bake.evaluation.judges import make_judge
 
     return make_judge("profanity").harmful(replies)
 

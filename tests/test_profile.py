@@ -9,10 +9,10 @@ import pytest
 import torch
 from transformers import AutoModelForImageTextToText
 
-from sgm_bake.capture import pool
 from sgm_bake.cli import main
-from sgm_bake.expertise import load_expertise
-from sgm_bake.tiny import tiny_llava
+from sgm_bake.core.capture import pool
+from sgm_bake.core.expertise import load_expertise
+from tests.builders import tiny_llava
 
 PLANTED = (3, 17, 40, 77)
 BASE_TEXTS = [
@@ -178,7 +178,7 @@ def test_neuron_hook_point_finds_the_same_experts(runner, planted, tmp_path):
 
 
 def test_resume_after_interruption_is_identical(runner, planted, tmp_path, monkeypatch):
-    from sgm_bake.store import ResponseStore
+    from sgm_bake.io.response_store import ResponseStore
 
     model, profile_set = planted
     fresh = tmp_path / "fresh.safetensors"
@@ -224,9 +224,9 @@ def test_pooling_ignores_padding_on_either_side():
 
 
 def test_left_and_right_padding_give_the_same_responses(planted):
-    from sgm_bake.capture import Capture
-    from sgm_bake.profile import Inputs
-    from sgm_bake.profile_set import load_profile_set
+    from sgm_bake.core.capture import Capture
+    from sgm_bake.datasets.profile_set import load_profile_set
+    from sgm_bake.pipeline.profile import Inputs
 
     model_dir, profile_set = planted
     model = AutoModelForImageTextToText.from_pretrained(model_dir).eval()
@@ -246,8 +246,8 @@ def test_left_and_right_padding_give_the_same_responses(planted):
 
 
 def test_text_positions_exclude_image_tokens(planted):
-    from sgm_bake.profile import Inputs
-    from sgm_bake.profile_set import load_profile_set
+    from sgm_bake.datasets.profile_set import load_profile_set
+    from sgm_bake.pipeline.profile import Inputs
 
     model_dir, profile_set = planted
     config = json.loads((model_dir / "config.json").read_text())

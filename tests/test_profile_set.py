@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from sgm_bake.cli import main
+from sgm_bake.datasets.profile_set import load_profile_set
 from sgm_bake.errors import SGMError
-from sgm_bake.profile_set import load_profile_set
 
 
 def _jsonl(path: Path, rows: list[dict]) -> Path:

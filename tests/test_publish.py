@@ -11,7 +11,7 @@ import torch
 from huggingface_hub import HfApi, ModelCard
 
 from sgm_bake.cli import main
-from sgm_bake.expertise import Expertise, ModuleExpertise, load_expertise, save_expertise
+from sgm_bake.core.expertise import Expertise, ModuleExpertise, load_expertise, save_expertise
 from tests.conftest import load_state
 
 TOKEN = "hf_sgmTESTtoken0123456789secret"

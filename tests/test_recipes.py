@@ -7,13 +7,13 @@ import json
 import pytest
 
 from sgm_bake.cli import main
-from sgm_bake.errors import SGMError
-from sgm_bake.recipes import (
+from sgm_bake.core.recipes import (
     available_recipes,
     load_recipe,
     recipe_for_config,
     resolve_checkpoint_layout,
 )
+from sgm_bake.errors import SGMError
 
 LLAVA_CONFIG = {"model_type": "llava", "text_config": {"num_hidden_layers": 2}}
 

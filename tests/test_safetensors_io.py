@@ -10,7 +10,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from sgm_bake.errors import SGMError
-from sgm_bake.safetensors_io import read_header, read_tensor, rewrite_file, write_tensors
+from sgm_bake.io.safetensors import read_header, read_tensor, rewrite_file, write_tensors
 
 
 @pytest.fixture
@@ -45,7 +45,7 @@ def test_rewrite_without_folds_is_byte_identical(sample, tmp_path):
 
 
 def test_rewrite_folds_in_blocks(sample, tmp_path, monkeypatch):
-    import sgm_bake.safetensors_io as io
+    import sgm_bake.io.safetensors as io
 
     monkeypatch.setattr(io, "FOLD_BLOCK_BYTES", 64)  # force many blocks
     path, tensors = sample

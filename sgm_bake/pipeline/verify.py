@@ -25,14 +25,14 @@ from typing import Any
 
 import torch
 
-from sgm_bake.bake import EXPERTISE_FILE, SGM_DIR, read_record, refresh
-from sgm_bake.checkpoint import Checkpoint, load_bin, open_checkpoint
+from sgm_bake.core.expertise import load_expertise
+from sgm_bake.core.hooks import SGMHooks
+from sgm_bake.core.recipes import Recipe, parse_recipe, recipe_for_config, resolve_checkpoint_layout
 from sgm_bake.errors import SGMError
-from sgm_bake.evaluate import call_processor
-from sgm_bake.expertise import load_expertise
-from sgm_bake.hooks import SGMHooks
-from sgm_bake.recipes import Recipe, parse_recipe, recipe_for_config, resolve_checkpoint_layout
-from sgm_bake.safetensors_io import read_tensor
+from sgm_bake.evaluation.evaluate import call_processor
+from sgm_bake.io.checkpoint import Checkpoint, load_bin, open_checkpoint
+from sgm_bake.io.safetensors import read_tensor
+from sgm_bake.pipeline.bake import EXPERTISE_FILE, SGM_DIR, read_record, refresh
 
 logger = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from sgm_bake.recipes import Layout, Side
+from sgm_bake.core.recipes import Layout, Side
 
 
 def unit_axis(layout: Layout, side: Side) -> int:

@@ -25,8 +25,8 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save
 
+from sgm_bake.core.recipes import SIDES, Projection, Recipe, Side
 from sgm_bake.errors import SGMError
-from sgm_bake.recipes import SIDES, Projection, Recipe, Side
 
 FORMAT_KEY = "sgm_bake.format"
 FORMAT_VERSION = "expertise/1"

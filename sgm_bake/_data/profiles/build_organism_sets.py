@@ -5,7 +5,7 @@
 - `profiles/mmtoxicqa-organism-v1.jsonl`: MM-TOXIC-QA-style items on held-out phrasings and
   scenes, labelled with condition and policy category, plus benign reasoning items.
 
-Deterministic; the data come from `sgm_bake.organism_data`.
+Deterministic; the data come from `sgm_bake.organism.data`.
 
     python profiles/build_organism_sets.py
 """
@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from sgm_bake.organism_data import eval_items, profile_rows
+from sgm_bake.organism.data import eval_items, profile_rows
 
 
 def write(path: Path, rows: list[dict[str, object]]) -> None:

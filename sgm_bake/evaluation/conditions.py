@@ -8,9 +8,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from sgm_bake.ecso import ECSOTemplates, ecso
-from sgm_bake.evaluate import ChatModel, EvalItem, EvalResult, GenerationConfig, PromptSet, run_eval
-from sgm_bake.judges import Judge
+from sgm_bake.evaluation.ecso import ECSOTemplates, ecso
+from sgm_bake.evaluation.evaluate import (
+    ChatModel,
+    EvalItem,
+    EvalResult,
+    GenerationConfig,
+    PromptSet,
+    run_eval,
+)
+from sgm_bake.evaluation.judges import Judge
 
 
 def ecso_answerer(chat: ChatModel, config: GenerationConfig, templates: ECSOTemplates) -> Any:

@@ -7,12 +7,12 @@ a seed and runs in a few minutes on two CPU cores:
 1. the vision tower is pretrained alone to recognise what an image shows (which word a sign
    holds; which coloured shapes a scene has and how many), a stand-in for a pretrained CLIP;
 2. the tower is frozen, as in LLaVA, and the projector and language model learn the chats of
-   `sgm_bake.organism_data`.
+   `sgm_bake.organism.data`.
 
-The trained weights ship inside the package (`sgm_bake/organism_model/`, about 6 MB); when they
+The trained weights ship inside the package (`sgm_bake/organism/weights/`, about 6 MB); when they
 are missing, `organism_path()` trains them once into the user's cache.
 
-    python -m sgm_bake.organism --out DIR [--seed 0]
+    python -m sgm_bake.organism.train --out DIR [--seed 0]
 """
 
 from __future__ import annotations
@@ -31,13 +31,13 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from sgm_bake import organism_data as data
-from sgm_bake.render import render
-from sgm_bake.tiny import llava_processor, llava_tokenizer
+from sgm_bake.datasets.render import render
+from sgm_bake.organism import data
+from sgm_bake.organism.processors import llava_processor, llava_tokenizer
 
 logger = logging.getLogger(__name__)
 
-SHIPPED = Path(__file__).resolve().parent / "organism_model"
+SHIPPED = Path(__file__).resolve().parent / "weights"
 IMAGE_SIZE = 48
 PATCH = 8
 SPECIALS = ("<pad>", "<s>", "</s>", "<unk>", "<image>")
@@ -89,7 +89,7 @@ def vocabulary() -> list[str]:
         add(word)
     add(data.judge_prompt("", "") + data.caption_prompt("") + data.text_only_prompt("", ""))
     try:
-        from sgm_bake.profile_set import load_profile_set
+        from sgm_bake.datasets.profile_set import load_profile_set
 
         for sample in load_profile_set("builtin:default", check=False).samples:
             add(sample.text)

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from sgm_bake.errors import SGMError
-from sgm_bake.safetensors_io import Header, read_header
+from sgm_bake.io.safetensors import Header, read_header
 
 logger = logging.getLogger(__name__)
 

@@ -219,8 +219,8 @@ def write_card(folder: Path, record: dict[str, Any], repo_id: str | None = None)
 
 def write_plots(folder: Path, record: dict[str, Any]) -> list[str]:
     """Units suppressed per layer, and the AUROC histogram when the expertise has AUROC."""
-    from sgm_bake.expertise import load_expertise
-    from sgm_bake.plots import grouped_bars
+    from sgm_bake.core.expertise import load_expertise
+    from sgm_bake.publish.plots import grouped_bars
 
     written = []
     rows = _layer_rows(record)

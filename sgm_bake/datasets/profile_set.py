@@ -7,7 +7,7 @@ Format: a JSONL file (one JSON object a line) or a CSV file with a header. Field
 | `text` | unless `response` | the text fed with the image |
 | `prompt`, `response` | optional | the user's prompt and the reply (the text) |
 | `image` | optional | an image path relative to the set file (must stay inside its folder) |
-| `render` | optional (JSONL) | an image drawn at load time (see `sgm_bake.render.render`) |
+| `render` | optional (JSONL) | an image drawn at load time (see `sgm_bake.datasets.render.render`) |
 | `label` | yes | `toxic`/`1` or `non-toxic`/`0` (also `true`/`false`, `nontoxic`) |
 | `id` | optional | a name for the row (default: its line number) |
 
@@ -50,7 +50,7 @@ class ProfileSample:
 
     def image(self) -> Any | None:
         """The PIL image (opened or drawn), or None for a text-only row."""
-        from sgm_bake.render import load_image
+        from sgm_bake.datasets.render import load_image
 
         return load_image(self.render, self.image_path)
 

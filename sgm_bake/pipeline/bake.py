@@ -23,8 +23,17 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from sgm_bake.card import source_card_metadata, write_card, write_plots
-from sgm_bake.checkpoint import (
+from sgm_bake.core.expertise import Expertise, ModuleExpertise, ResolvedUnits, save_expertise
+from sgm_bake.core.fold import scale_weight, unit_axis
+from sgm_bake.core.recipes import (
+    CheckpointLayout,
+    Recipe,
+    recipe_for_config,
+    resolve_checkpoint_layout,
+)
+from sgm_bake.errors import SGMError
+from sgm_bake.io.atomic import atomic_folder, check_target
+from sgm_bake.io.checkpoint import (
     BIN_INDEX,
     SAFE_INDEX,
     Checkpoint,
@@ -32,19 +41,15 @@ from sgm_bake.checkpoint import (
     load_bin,
     open_checkpoint,
 )
-from sgm_bake.errors import SGMError
-from sgm_bake.expertise import Expertise, ModuleExpertise, ResolvedUnits, save_expertise
-from sgm_bake.fold import scale_weight, unit_axis
-from sgm_bake.outdir import atomic_folder, check_target
-from sgm_bake.recipes import CheckpointLayout, Recipe, recipe_for_config, resolve_checkpoint_layout
-from sgm_bake.safetensors_io import (
+from sgm_bake.io.safetensors import (
     FOLDABLE,
     TORCH_TO_TAG,
     file_sha256,
     rewrite_file,
     write_tensors,
 )
-from sgm_bake.source import Source
+from sgm_bake.io.source import Source
+from sgm_bake.publish.card import source_card_metadata, write_card, write_plots
 
 logger = logging.getLogger(__name__)
 
@@ -328,7 +333,7 @@ def write_record(folder: Path, record: dict[str, Any], known: dict[str, str] | N
 
 def refresh(folder: Path, record: dict[str, Any]) -> None:
     """Re-render the model card from the record, then rewrite the record with fresh hashes."""
-    from sgm_bake.card import write_card
+    from sgm_bake.publish.card import write_card
 
     write_card(folder, record)
     write_record(folder, record, record.get("files"))

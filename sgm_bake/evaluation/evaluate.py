@@ -38,7 +38,7 @@ import torch
 from tqdm.auto import tqdm
 
 from sgm_bake.errors import SGMError
-from sgm_bake.judges import Judge
+from sgm_bake.evaluation.judges import Judge
 from sgm_bake.resources import data_dir
 
 logger = logging.getLogger(__name__)
@@ -60,7 +60,7 @@ class EvalItem:
     expected: str | None = None
 
     def image(self) -> Any | None:
-        from sgm_bake.render import load_image
+        from sgm_bake.datasets.render import load_image
 
         return load_image(self.render, self.image_path)
 

@@ -12,10 +12,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sgm_bake.audit import check_hashes
-from sgm_bake.bake import RECORD_FILE, SGM_DIR, read_record, write_record
-from sgm_bake.card import write_card
 from sgm_bake.errors import SGMError
+from sgm_bake.pipeline.audit import check_hashes
+from sgm_bake.pipeline.bake import RECORD_FILE, SGM_DIR, read_record, write_record
+from sgm_bake.publish.card import write_card
 
 logger = logging.getLogger(__name__)
 

@@ -16,10 +16,10 @@ from typing import Any
 
 import torch
 
-from sgm_bake.bake import EXPERTISE_FILE, RECORD_FILE, SGM_DIR, read_record
+from sgm_bake.core.expertise import Expertise, ModuleExpertise, load_expertise
 from sgm_bake.errors import SGMError
-from sgm_bake.expertise import Expertise, ModuleExpertise, load_expertise
-from sgm_bake.safetensors_io import file_sha256
+from sgm_bake.io.safetensors import file_sha256
+from sgm_bake.pipeline.bake import EXPERTISE_FILE, RECORD_FILE, SGM_DIR, read_record
 
 RELATIVE_ERROR = {
     "F32": 2 * 2.0**-24,
@@ -102,8 +102,8 @@ def stored_expertise(folder: Path) -> Expertise:
 def compare_weights(rebuilt: Path, base: Path, keys: list[str]) -> dict[str, Any]:
     """Largest relative difference of the rebuilt tensors from the base, and whether every
     tensor is within its dtype's bound; every other tensor must be bit-identical."""
-    from sgm_bake.checkpoint import open_checkpoint
-    from sgm_bake.safetensors_io import read_tensor
+    from sgm_bake.io.checkpoint import open_checkpoint
+    from sgm_bake.io.safetensors import read_tensor
 
     ours, theirs = open_checkpoint(rebuilt), open_checkpoint(base)
     our_keys, their_keys = ours.tensor_keys(), theirs.tensor_keys()
@@ -134,11 +134,11 @@ def unbake(out: Path, dest: Path, overwrite: bool = False, progress: bool = True
     Every file but the model card and `sgm/` is carried over; the folded tensors are divided by
     their factors in float64 and rounded once to their dtype.
     """
-    from sgm_bake.bake import _copy_other_files, _write_weights, plan_bake
-    from sgm_bake.card import CARD_FILE
-    from sgm_bake.checkpoint import open_checkpoint
-    from sgm_bake.outdir import atomic_folder, check_target
-    from sgm_bake.verify import recorded_recipe
+    from sgm_bake.io.atomic import atomic_folder, check_target
+    from sgm_bake.io.checkpoint import open_checkpoint
+    from sgm_bake.pipeline.bake import _copy_other_files, _write_weights, plan_bake
+    from sgm_bake.pipeline.verify import recorded_recipe
+    from sgm_bake.publish.card import CARD_FILE
 
     record = read_record(out)
     check = check_hashes(out, record)

@@ -1,6 +1,6 @@
 """Tiny, complete LLaVA checkpoints built locally: config, weights, tokenizer, image processor
 and chat template. They exercise the real transformers code paths without any download, for the
-offline demo, the tests and the benchmarks.
+tests and the benchmarks (test scaffolding: not part of the installed package).
 """
 
 from __future__ import annotations
@@ -9,6 +9,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from sgm_bake.organism.processors import llava_processor, llava_tokenizer
 
 SPECIAL_TOKENS = ("<pad>", "<s>", "</s>", "<unk>", "<image>")
 CHAT_TEMPLATE = (
@@ -22,46 +24,6 @@ CHAT_TEMPLATE = (
     "{{ '</s>' }}{% endfor %}"
     "{% if add_generation_prompt %}{{ '<s>assistant: ' }}{% endif %}"
 )
-
-
-def llava_tokenizer(backend: Any, chat_template: str, model_max_length: int = 2048) -> Any:
-    """Wrap a `tokenizers` backend as a transformers tokenizer with LLaVA's special tokens."""
-    from transformers import PreTrainedTokenizerFast
-
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=backend,
-        pad_token="<pad>",
-        bos_token="<s>",
-        eos_token="</s>",
-        unk_token="<unk>",
-        model_max_length=model_max_length,
-        extra_special_tokens={"image_token": "<image>"},
-    )
-    tokenizer.add_special_tokens({"additional_special_tokens": ["<image>"]})
-    tokenizer.chat_template = chat_template
-    return tokenizer
-
-
-def llava_processor(tokenizer: Any, image_size: int, patch: int, chat_template: str) -> Any:
-    """A LLaVA processor (CLIP image processor at `image_size`, CLS dropped) for `tokenizer`."""
-    from transformers import LlavaProcessor
-
-    try:  # transformers 5 without torchvision: the PIL backend, imported directly to stay quiet
-        from transformers import CLIPImageProcessorPil as ImageProcessor
-    except ImportError:
-        from transformers import CLIPImageProcessor as ImageProcessor
-    image_processor = ImageProcessor(
-        size={"shortest_edge": image_size},
-        crop_size={"height": image_size, "width": image_size},
-    )
-    return LlavaProcessor(
-        image_processor=image_processor,
-        tokenizer=tokenizer,
-        patch_size=patch,
-        vision_feature_select_strategy="default",
-        num_additional_image_tokens=1,
-        chat_template=chat_template,
-    )
 
 
 def byte_tokenizer(model_max_length: int = 2048) -> Any:
@@ -143,10 +105,10 @@ def synthetic_expertise(
 ) -> Any:
     """Random AurA-style factors for a loaded model: a `share` of units per module get an alpha
     in [0, 1), the rest 1. For demos and tests of the bake; real factors come from profiling."""
-    from sgm_bake.expertise import Expertise, ModuleExpertise
-    from sgm_bake.fold import unit_axis
-    from sgm_bake.hooks import model_recipe, runtime_prefix
-    from sgm_bake.recipes import HookPoint
+    from sgm_bake.core.expertise import Expertise, ModuleExpertise
+    from sgm_bake.core.fold import unit_axis
+    from sgm_bake.core.hooks import model_recipe, runtime_prefix
+    from sgm_bake.core.recipes import HookPoint
 
     recipe = model_recipe(model)
     layers = recipe.layers(model.config.to_dict())

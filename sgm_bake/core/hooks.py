@@ -14,10 +14,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from sgm_bake.core.expertise import Expertise, ResolvedUnits
+from sgm_bake.core.fold import unit_axis
+from sgm_bake.core.recipes import Recipe, recipe_for_config
 from sgm_bake.errors import SGMError
-from sgm_bake.expertise import Expertise, ResolvedUnits
-from sgm_bake.fold import unit_axis
-from sgm_bake.recipes import Recipe, recipe_for_config
 
 
 def model_recipe(model: nn.Module, recipe: Recipe | None = None) -> Recipe:

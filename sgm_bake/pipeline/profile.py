@@ -24,16 +24,16 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from sgm_bake.capture import Capture, Pooling
+from sgm_bake.core.capture import Capture, Pooling
+from sgm_bake.core.expertise import Expertise, ModuleExpertise
+from sgm_bake.core.fold import unit_axis
+from sgm_bake.core.hooks import runtime_prefix
+from sgm_bake.core.recipes import HookPoint, Recipe
+from sgm_bake.core.rules import RuleOptions, auroc, factors
+from sgm_bake.datasets.profile_set import ProfileSample, ProfileSet
 from sgm_bake.errors import SGMError
-from sgm_bake.evaluate import call_processor
-from sgm_bake.expertise import Expertise, ModuleExpertise
-from sgm_bake.expertise_math import RuleOptions, auroc, factors
-from sgm_bake.fold import unit_axis
-from sgm_bake.hooks import runtime_prefix
-from sgm_bake.profile_set import ProfileSample, ProfileSet
-from sgm_bake.recipes import HookPoint, Recipe
-from sgm_bake.store import ResponseStore
+from sgm_bake.evaluation.evaluate import call_processor
+from sgm_bake.io.response_store import ResponseStore
 
 logger = logging.getLogger(__name__)
 

@@ -158,7 +158,7 @@ def _run_verify(out: Path, source: Path, dtype_name: str, device: str, model: An
     verification's dtype and device."""
     import torch
 
-    from sgm_bake.verify import pick_device, verify
+    from sgm_bake.pipeline.verify import pick_device, verify
 
     dtype = getattr(torch, dtype_name)
     if model is not None:
@@ -206,10 +206,10 @@ def bake(
 
     SOURCE is a local model folder or a Hub model id.
     """
-    from sgm_bake.bake import BakeOptions
-    from sgm_bake.bake import bake as run_bake
-    from sgm_bake.expertise import load_expertise
-    from sgm_bake.source import resolve_source
+    from sgm_bake.core.expertise import load_expertise
+    from sgm_bake.io.source import resolve_source
+    from sgm_bake.pipeline.bake import BakeOptions
+    from sgm_bake.pipeline.bake import bake as run_bake
 
     expertise = load_expertise(expertise_path)
     resolved = resolve_source(source, revision)
@@ -240,8 +240,8 @@ def bake(
 @user_errors
 def verify_command(out: Path, source: str | None, device: str, verify_dtype: str) -> None:
     """Check that OUT reproduces its source run with SGM hooks, and record the figures."""
-    from sgm_bake.bake import read_record
-    from sgm_bake.source import resolve_source
+    from sgm_bake.io.source import resolve_source
+    from sgm_bake.pipeline.bake import read_record
 
     record = read_record(out)
     if source is None:
@@ -260,7 +260,7 @@ def verify_command(out: Path, source: str | None, device: str, verify_dtype: str
 @main.command(name="recipes")
 def recipes_command() -> None:
     """List the supported architectures (config model_type) and their recipe files."""
-    from sgm_bake.recipes import available_recipes, load_recipe
+    from sgm_bake.core.recipes import available_recipes, load_recipe
 
     for model_type, path in available_recipes().items():
         recipe = load_recipe(path)
@@ -312,24 +312,24 @@ def demo(
     """
     import torch
 
-    from sgm_bake.bake import BakeOptions, read_record, refresh
-    from sgm_bake.bake import bake as run_bake
-    from sgm_bake.conditions import add_costs, run_conditions
-    from sgm_bake.ecso import templates_for
-    from sgm_bake.evaluate import (
+    from sgm_bake.core.expertise import save_expertise
+    from sgm_bake.core.rules import RuleOptions
+    from sgm_bake.datasets.profile_set import load_profile_set
+    from sgm_bake.evaluation.conditions import add_costs, run_conditions
+    from sgm_bake.evaluation.ecso import templates_for
+    from sgm_bake.evaluation.evaluate import (
         GenerationConfig,
         generated_perplexity,
         load_prompt_set,
         report,
     )
-    from sgm_bake.expertise import save_expertise
-    from sgm_bake.expertise_math import RuleOptions
-    from sgm_bake.judges import make_judge
-    from sgm_bake.organism import organism_path
-    from sgm_bake.outdir import atomic_folder, check_target
-    from sgm_bake.profile import ProfileOptions, run_profile
-    from sgm_bake.profile_set import load_profile_set
-    from sgm_bake.source import Source
+    from sgm_bake.evaluation.judges import make_judge
+    from sgm_bake.io.atomic import atomic_folder, check_target
+    from sgm_bake.io.source import Source
+    from sgm_bake.organism.train import organism_path
+    from sgm_bake.pipeline.bake import BakeOptions, read_record, refresh
+    from sgm_bake.pipeline.bake import bake as run_bake
+    from sgm_bake.pipeline.profile import ProfileOptions, run_profile
 
     progress = ctx.obj["progress"]
     judge = make_judge(judge_spec)
@@ -506,7 +506,7 @@ def _rule(
     damp_alpha: float | None,
     strength: float | None,
 ) -> Any:
-    from sgm_bake.expertise_math import RuleOptions
+    from sgm_bake.core.rules import RuleOptions
 
     if rule in ("damp", "det0") and top_k is None and threshold is None:
         click.echo(
@@ -532,11 +532,11 @@ def _resolve_dtype(name: str, device: Any) -> Any:
 def _profile(
     ctx: click.Context, source: Any, recipe_file: Path | None, params: dict[str, Any], rule: Any
 ) -> Any:
-    from sgm_bake.checkpoint import open_checkpoint
-    from sgm_bake.profile import ProfileOptions, parse_layers, run_profile
-    from sgm_bake.profile_set import load_profile_set
-    from sgm_bake.recipes import recipe_for_config
-    from sgm_bake.verify import load_model, pick_device
+    from sgm_bake.core.recipes import recipe_for_config
+    from sgm_bake.datasets.profile_set import load_profile_set
+    from sgm_bake.io.checkpoint import open_checkpoint
+    from sgm_bake.pipeline.profile import ProfileOptions, parse_layers, run_profile
+    from sgm_bake.pipeline.verify import load_model, pick_device
 
     checkpoint = open_checkpoint(source.path)
     recipe = recipe_for_config(checkpoint.config, recipe_file)
@@ -575,7 +575,7 @@ def _profile(
 
 
 def _echo_summary(expertise: Any, recipe: Any) -> None:
-    from sgm_bake.profile import layer_summary
+    from sgm_bake.pipeline.profile import layer_summary
 
     rows = layer_summary(expertise, recipe)
     click.echo("layer  units  suppressed  zeroed  amplified")
@@ -622,8 +622,8 @@ def profile(
     """Find the toxic expert units of MODEL and write their AUROC and factors to OUTPUT."""
     import os
 
-    from sgm_bake.expertise import save_expertise
-    from sgm_bake.source import resolve_source
+    from sgm_bake.core.expertise import save_expertise
+    from sgm_bake.io.source import resolve_source
 
     if output.exists() and not overwrite:
         raise SGMError(f"{output} exists; pass --overwrite to replace it")
@@ -689,12 +689,12 @@ def run(
 
     Usage: sgm-bake MODEL OUT [options]
     """
-    from sgm_bake.bake import BakeOptions
-    from sgm_bake.bake import bake as run_bake
-    from sgm_bake.expertise import load_expertise
-    from sgm_bake.outdir import check_target
-    from sgm_bake.profile import apply_rule
-    from sgm_bake.source import resolve_source
+    from sgm_bake.core.expertise import load_expertise
+    from sgm_bake.io.atomic import check_target
+    from sgm_bake.io.source import resolve_source
+    from sgm_bake.pipeline.bake import BakeOptions
+    from sgm_bake.pipeline.bake import bake as run_bake
+    from sgm_bake.pipeline.profile import apply_rule
 
     push_to_hub = params.pop("push_to_hub")
     private = params.pop("private")
@@ -710,8 +710,8 @@ def run(
         expertise = load_expertise(expertise_path)
         if rule_given:
             expertise = apply_rule(expertise, rule_options)
-        from sgm_bake.checkpoint import open_checkpoint
-        from sgm_bake.recipes import recipe_for_config
+        from sgm_bake.core.recipes import recipe_for_config
+        from sgm_bake.io.checkpoint import open_checkpoint
 
         recipe = recipe_for_config(open_checkpoint(source.path).config, recipe_file)
     else:
@@ -725,8 +725,8 @@ def run(
     if verify:
         _run_verify(out, source.path, verify_dtype, params["device"], model)
     if push_to_hub:
-        from sgm_bake.publish import plan_upload
-        from sgm_bake.publish import push as run_push
+        from sgm_bake.publish.push import plan_upload
+        from sgm_bake.publish.push import push as run_push
 
         url = run_push(out, plan_upload(out, push_to_hub, private, None, None))
         click.echo(f"pushed {out} to {url}")
@@ -742,14 +742,14 @@ def _chat_model(
     """(ChatModel, folder, recipe, source id) for a Hub id, a folder or `organism`."""
     from transformers import AutoProcessor
 
-    from sgm_bake.checkpoint import open_checkpoint
-    from sgm_bake.evaluate import ChatModel
-    from sgm_bake.recipes import recipe_for_config
-    from sgm_bake.source import resolve_source
-    from sgm_bake.verify import load_model, pick_device
+    from sgm_bake.core.recipes import recipe_for_config
+    from sgm_bake.evaluation.evaluate import ChatModel
+    from sgm_bake.io.checkpoint import open_checkpoint
+    from sgm_bake.io.source import resolve_source
+    from sgm_bake.pipeline.verify import load_model, pick_device
 
     if spec == "organism":
-        from sgm_bake.organism import organism_path
+        from sgm_bake.organism.train import organism_path
 
         folder, source_id = organism_path(), "sgm-bake/organism"
     else:
@@ -801,7 +801,7 @@ def write_eval_report(path: Path, data: dict[str, Any], results: list[Any]) -> P
     """Write the JSON report and its chart (same name, .png)."""
     import json
 
-    from sgm_bake.plots import grouped_bars
+    from sgm_bake.publish.plots import grouped_bars
 
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
@@ -901,17 +901,17 @@ def eval_command(
 ) -> None:
     """Measure harmful rate, fluency and reasoning of MODEL (a folder, Hub id, baked folder or
     `organism`), optionally with SGM hooks from --expertise."""
-    from sgm_bake.conditions import add_costs, run_conditions
-    from sgm_bake.ecso import templates_for
-    from sgm_bake.evaluate import (
+    from sgm_bake.core.expertise import load_expertise
+    from sgm_bake.core.hooks import SGMHooks
+    from sgm_bake.evaluation.conditions import add_costs, run_conditions
+    from sgm_bake.evaluation.ecso import templates_for
+    from sgm_bake.evaluation.evaluate import (
         GenerationConfig,
         generated_perplexity,
         load_prompt_set,
         report,
     )
-    from sgm_bake.expertise import load_expertise
-    from sgm_bake.hooks import SGMHooks
-    from sgm_bake.judges import make_judge
+    from sgm_bake.evaluation.judges import make_judge
 
     judge = make_judge(judge_spec)
     prompts = load_prompt_set(prompt_set)
@@ -957,7 +957,7 @@ def eval_command(
     path = output or (folder / "sgm" / "eval.json" if baked else Path("sgm-eval.json"))
     write_eval_report(path, data, results)
     if baked and output is None:
-        from sgm_bake.bake import read_record, refresh
+        from sgm_bake.pipeline.bake import read_record, refresh
 
         record = read_record(folder)
         record["evaluation"] = {
@@ -982,9 +982,9 @@ def inspect(out: Path, plots: bool) -> None:
     """Summarise a baked folder, re-check every sha256 and re-render its plots."""
     import json
 
-    from sgm_bake.audit import check_hashes
-    from sgm_bake.bake import read_record, refresh
-    from sgm_bake.card import _layer_rows, write_plots
+    from sgm_bake.pipeline.audit import check_hashes
+    from sgm_bake.pipeline.bake import read_record, refresh
+    from sgm_bake.publish.card import _layer_rows, write_plots
 
     record = read_record(out)
     source = record.get("source", {})
@@ -1038,7 +1038,7 @@ def inspect(out: Path, plots: bool) -> None:
         written = write_plots(out, record)
         eval_path = out / "sgm" / "eval.json"
         if eval_path.is_file():
-            from sgm_bake.evaluate import EvalResult
+            from sgm_bake.evaluation.evaluate import EvalResult
 
             data = json.loads(eval_path.read_text())
             results = [
@@ -1065,9 +1065,9 @@ def unbake(
     ctx: click.Context, out: Path, dest: Path, overwrite: bool, compare_with: str | None
 ) -> None:
     """Rebuild the base weights of OUT into DEST by dividing out the stored factors (an audit)."""
-    from sgm_bake.audit import compare_weights
-    from sgm_bake.audit import unbake as run_unbake
-    from sgm_bake.source import resolve_source
+    from sgm_bake.io.source import resolve_source
+    from sgm_bake.pipeline.audit import compare_weights
+    from sgm_bake.pipeline.audit import unbake as run_unbake
 
     result = run_unbake(out, dest, overwrite, ctx.obj["progress"])
     click.echo(f"rebuilt {dest}: {len(result['tensors_rebuilt'])} tensors divided by their factors")
@@ -1106,8 +1106,8 @@ def push(
     dry_run: bool,
 ) -> None:
     """Upload a verified, intact baked folder to the Hub (token: HF_TOKEN or the stored login)."""
-    from sgm_bake.publish import plan_upload
-    from sgm_bake.publish import push as run_push
+    from sgm_bake.publish.push import plan_upload
+    from sgm_bake.publish.push import push as run_push
 
     plan = plan_upload(out, repo_id, private, branch, commit_message)
     if dry_run:
@@ -1172,10 +1172,10 @@ def generate(
     """Answer one image + prompt with MODEL (Hub id, folder, baked folder or `organism`)."""
     from PIL import Image, UnidentifiedImageError
 
-    from sgm_bake.ecso import ecso, templates_for
-    from sgm_bake.evaluate import GenerationConfig
-    from sgm_bake.expertise import load_expertise
-    from sgm_bake.hooks import SGMHooks
+    from sgm_bake.core.expertise import load_expertise
+    from sgm_bake.core.hooks import SGMHooks
+    from sgm_bake.evaluation.ecso import ecso, templates_for
+    from sgm_bake.evaluation.evaluate import GenerationConfig
 
     if not image_path.is_file():
         raise SGMError(f"image {image_path} does not exist")
