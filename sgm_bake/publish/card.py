@@ -163,14 +163,17 @@ def render_card(folder: Path, record: dict[str, Any], repo_id: str | None = None
     verification = record.get("verification")
     verification_view = None
     if verification:
+        # Two forms: the layer-streamed check (mode "layers") and the whole-model logits check.
         verification_view = {
             **verification,
-            "max_abs_diff_text": f"{verification['max_abs_diff']:.3g}",
             "max_rel_diff_text": f"{verification['max_rel_diff']:.3g}",
             "tolerance_text": f"{verification['tolerance']:.3g}",
-            "agreement_text": _percent(verification["top1_agreement"]),
+            "effect_text": f"{verification.get('intervention_rel_effect', 0.0):.3g}",
             "verdict": "passed" if verification["passed"] else "FAILED",
         }
+        if verification.get("mode") != "layers":
+            verification_view["max_abs_diff_text"] = f"{verification['max_abs_diff']:.3g}"
+            verification_view["agreement_text"] = _percent(verification["top1_agreement"])
     sides = sorted({m["side"] for m in counts})
     hook_points = meta.get("hook_points") or ", ".join(f"MLP projection {side}s" for side in sides)
     data = ModelCardData(**metadata)

@@ -1,0 +1,604 @@
+"""Layer-streamed verification: check a bake one MLP block at a time, at any model size.
+
+The fold only changes MLP projections, so the part of the network whose function it changes is
+each layer's MLP block (the deepest module holding all of the recipe's projections, e.g.
+`model.language_model.layers.7.mlp`). For each folded layer we
+
+1. take that block from a skeleton of the real transformers model built on the meta device from
+   the config (no weights, so no memory), which gives the exact module class and its forward;
+2. load only its tensors, in float32, from the source checkpoint through the recipe's module-name
+   to checkpoint-key map, lazily from safetensors (one tensor read at a time);
+3. run it on the same inputs without hooks (the intervention's size), with SGM hooks (the
+   reference) and with its folded tensors swapped for the baked ones from OUT;
+4. compare the output of every folded projection per unit and the block's output, then drop the
+   block's tensors before the next layer.
+
+Peak memory is one MLP block in float32 plus the inputs, whatever the model size.
+
+Inputs. When a source model is already loaded (the one-command form has one after profiling),
+the block inputs are captured from real prompts (a few token positions per prompt). Otherwise they
+are seeded random hidden states at the scale real inputs have: the block's input is the output of
+the layer's own normalisation (RMSNorm or LayerNorm), which maps every token vector to unit RMS
+before its per-channel weight (and bias). Feeding standard normal vectors (RMS 1) through that
+very norm module, with its checkpoint weights, reproduces the per-channel scale of real inputs
+exactly; only their direction (outlier channels, correlations) is synthetic. Architectures whose
+MLP reads the un-normalised residual stream (post-norm layers such as OLMo-2) get unit-RMS inputs.
+
+Tolerance. Per unit, the largest difference between baked and reference output is divided by
+that unit's largest unhooked output, so a unit scaled twice by alpha shows a relative error of
+alpha(1 - alpha) (0.09 or more for alpha in [0.1, 0.9]) however small the unit is compared to the
+others. The bound is the per-dtype rounding tolerance of `verify.py` (one rounding of each folded
+weight: about 10 unit roundoffs for fp16/bf16, 1e-4 for fp32); all arithmetic here is float32.
+
+The recipe map itself (module name -> checkpoint key) is checked exactly when a loaded model is
+given: each folded parameter transformers loaded must equal the checkpoint tensor the recipe maps
+it to. Without one, every parameter of the block must map to a present key of the same shape;
+`verify --full` loads the model through transformers and checks the map exactly.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from sgm_bake.core.expertise import Expertise, ResolvedUnits, load_expertise
+from sgm_bake.core.hooks import SGMHooks, runtime_prefix
+from sgm_bake.core.recipes import Recipe, resolve_checkpoint_layout
+from sgm_bake.errors import SGMError
+from sgm_bake.io.checkpoint import Checkpoint, load_bin, open_checkpoint
+from sgm_bake.io.safetensors import read_tensor
+from sgm_bake.pipeline.bake import EXPERTISE_FILE, SGM_DIR, read_record, refresh
+from sgm_bake.pipeline.verify import TOLERANCE, build_inputs, recorded_recipe
+
+logger = logging.getLogger(__name__)
+
+MLP_INPUT_NORMS = (
+    "pre_feedforward_layernorm",
+    "post_attention_layernorm",
+    "ln_2",
+    "input_layernorm",
+)
+"""Where the MLP's input normalisation sits in a decoder layer, most specific first (Gemma 2/3
+have both a post-attention and a pre-feedforward norm; the latter feeds the MLP; Phi runs
+attention and MLP in parallel from the input norm). A recipe may name it as `mlp_input_norm`."""
+RANDOM_TOKENS = 64
+CAPTURED_TOKENS_PER_PROMPT = 32
+SCALE_FLOOR = 1e-3
+"""Units whose largest unhooked output is below this share of the module's largest are compared
+against that floor instead (a dead unit has no scale of its own)."""
+
+
+@dataclass(frozen=True)
+class LayerCheck:
+    """The figures of one layer's block."""
+
+    layer: int
+    block: str
+    max_rel_diff: float
+    worst_module: str
+    block_rel_diff: float
+    intervention_rel_effect: float
+    passed: bool
+
+
+@dataclass(frozen=True)
+class LayerVerifyReport:
+    """Figures comparing each baked MLP block with its hooked source."""
+
+    passed: bool
+    mode: str
+    inputs: str
+    samples: int
+    positions: int
+    layers_checked: int
+    max_rel_diff: float
+    worst_layer: int
+    worst_module: str
+    intervention_rel_effect: float
+    tolerance: float
+    compute_dtype: str
+    tensors_swapped: int
+    mapping_check: str
+    layers: tuple[LayerCheck, ...]
+
+    def summary(self) -> str:
+        verdict = "PASS" if self.passed else "FAIL"
+        return (
+            f"{verdict}: {self.layers_checked} MLP blocks checked layer by layer, largest "
+            f"per-unit relative difference {self.max_rel_diff:.3g} (layer {self.worst_layer}, "
+            f"{self.worst_module}; tolerance {self.tolerance:.3g}), intervention effect "
+            f"{self.intervention_rel_effect:.3g} ({self.inputs} inputs, {self.positions} "
+            f"positions per layer, tensor map checked {self.mapping_check})"
+        )
+
+    def record(self) -> dict[str, Any]:
+        """The JSON form stored in the bake record."""
+        data = asdict(self)
+        data["layers"] = [asdict(check) for check in self.layers]
+        return data
+
+
+def block_path(names: list[str]) -> str:
+    """The deepest module path that holds every projection (`mlp` for `mlp.gate_proj`...)."""
+    parents = [name.split(".")[:-1] for name in names]
+    common: list[str] = []
+    for parts in zip(*parents, strict=False):
+        if len(set(parts)) != 1:
+            break
+        common.append(parts[0])
+    return ".".join(common)
+
+
+def _mlp_block(recipe: Recipe) -> tuple[str, str]:
+    runtime = block_path([p.name for p in recipe.projections])
+    checkpoint = block_path([p.checkpoint_name for p in recipe.projections])
+    if not runtime:
+        raise SGMError(
+            f"the MLP projections of recipe {recipe.model_type!r} share no parent module, so "
+            "there is no block to verify layer by layer; use --verify full"
+        )
+    return runtime, checkpoint
+
+
+def meta_skeleton(folder: Path, recipe: Recipe) -> nn.Module:
+    """The model's module tree with every parameter on the meta device (no memory).
+
+    Buffers stay real (they are small: rotary frequencies, position ids) so that modules which
+    keep non-persistent buffers still compute correctly once their parameters are loaded.
+    """
+    import transformers
+    from accelerate import init_empty_weights
+    from transformers import AutoConfig
+
+    auto = getattr(transformers, recipe.auto_class, None)
+    if auto is None:
+        raise SGMError(
+            f"transformers {transformers.__version__} has no {recipe.auto_class}; upgrade it"
+        )
+    try:
+        config = AutoConfig.from_pretrained(folder)
+    except (OSError, ValueError) as exc:
+        raise SGMError(f"{folder}/config.json does not load with transformers ({exc})") from exc
+    with init_empty_weights(include_buffers=False):
+        model = auto.from_config(config)
+    return model.eval()
+
+
+class TensorSource:
+    """Reads single tensors of a checkpoint lazily (safetensors: one seek and read each)."""
+
+    def __init__(self, checkpoint: Checkpoint) -> None:
+        self.checkpoint = checkpoint
+        self.files = checkpoint.tensor_keys()
+        self._bin_cache: tuple[str, dict[str, Any]] | None = None
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.files
+
+    def shape(self, key: str) -> tuple[int, ...]:
+        if self.checkpoint.format == "safetensors":
+            return self.checkpoint.headers[self.files[key]].tensors[key].shape
+        return tuple(self.read(key).shape)
+
+    def read(self, key: str) -> torch.Tensor:
+        name = self.files[key]
+        if self.checkpoint.format == "safetensors":
+            return read_tensor(self.checkpoint.headers[name], key)
+        # .bin shards are memory-mapped; keep the last one open rather than reopening per key.
+        if self._bin_cache is None or self._bin_cache[0] != name:
+            self._bin_cache = (name, load_bin(self.checkpoint.root / name))
+        return self._bin_cache[1][key]
+
+
+def _checkpoint_relative(relative: str, leaf_map: Mapping[str, str]) -> str:
+    """A parameter path inside the block, renamed to the checkpoint's projection names."""
+    module, _, attribute = relative.rpartition(".")
+    return f"{leaf_map.get(module, module)}.{attribute}" if module else relative
+
+
+def _load_module(
+    module: nn.Module,
+    source: TensorSource,
+    prefix: str,
+    runtime_prefix_name: str,
+    leaf_map: Mapping[str, str] | None = None,
+) -> dict[str, str]:
+    """Assign every parameter and persistent buffer of `module` from the checkpoint in float32;
+    return the map relative name -> checkpoint key used."""
+    leaf_map = leaf_map or {}
+    state: dict[str, torch.Tensor] = {}
+    keys: dict[str, str] = {}
+    for relative, tensor in module.state_dict(keep_vars=True).items():
+        key = f"{prefix}.{_checkpoint_relative(relative, leaf_map)}"
+        if key not in source:
+            raise SGMError(
+                f"checkpoint has no tensor {key!r} for {runtime_prefix_name}.{relative}; the "
+                "recipe's map does not fit this checkpoint (check the recipe or use --verify full)"
+            )
+        if tuple(source.shape(key)) != tuple(tensor.shape):
+            raise SGMError(
+                f"checkpoint tensor {key!r} has shape {list(source.shape(key))} but "
+                f"{runtime_prefix_name}.{relative} needs {list(tensor.shape)}: the recipe maps "
+                "them wrongly; fix the recipe"
+            )
+        value = source.read(key)
+        state[relative] = value.to(torch.float32) if value.is_floating_point() else value
+        keys[relative] = key
+    module.load_state_dict(state, strict=True, assign=True)
+    return keys
+
+
+def _release(module: nn.Module) -> None:
+    """Put a block's parameters back on the meta device, freeing their memory."""
+    module.to_empty(device="meta", recurse=True)
+
+
+def _first_tensor(args: tuple[Any, ...], kwargs: dict[str, Any]) -> torch.Tensor:
+    for value in (*args, *kwargs.values()):
+        if isinstance(value, torch.Tensor):
+            return value
+    raise SGMError("the MLP block was called without a tensor input; use --verify full")
+
+
+def capture_block_inputs(
+    model: nn.Module,
+    recipe: Recipe,
+    layers: list[int],
+    batches: list[dict[str, torch.Tensor]],
+    tokens_per_prompt: int = CAPTURED_TOKENS_PER_PROMPT,
+    seed: int = 0,
+) -> dict[int, torch.Tensor]:
+    """Hidden states entering each layer's MLP block on real prompts, moved to the CPU in
+    float32 (a few seeded token positions per prompt, so the buffer stays small)."""
+    block, _ = _mlp_block(recipe)
+    template = runtime_prefix(model, recipe, recipe.layers(model.config.to_dict()))
+    captured: dict[int, list[torch.Tensor]] = {layer: [] for layer in layers}
+    generator = torch.Generator().manual_seed(seed)
+    picks: list[torch.Tensor] = []
+
+    def hook_for(layer: int) -> Any:
+        def hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+            hidden = _first_tensor(args, kwargs).detach()
+            flat = hidden.reshape(-1, hidden.shape[-1])
+            captured[layer].append(flat[picks[-1].to(flat.device)].float().cpu())
+
+        return hook
+
+    handles = [
+        model.get_submodule(f"{template.format(layer=layer)}.{block}").register_forward_pre_hook(
+            hook_for(layer), with_kwargs=True
+        )
+        for layer in layers
+    ]
+    device = _input_device(model)
+    try:
+        with torch.no_grad():
+            for batch in batches:
+                ids = batch["input_ids"]
+                count = ids.numel()
+                chosen = torch.randperm(count, generator=generator)[:tokens_per_prompt]
+                picks.append(torch.sort(chosen).values)
+                moved = {
+                    k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()
+                }
+                model(**moved)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return {layer: torch.cat(parts) for layer, parts in captured.items() if parts}
+
+
+def _input_device(model: nn.Module) -> torch.device:
+    """Where inputs go: the device of the first parameter (accelerate's hooks move them on)."""
+    for parameter in model.parameters():
+        if parameter.device.type != "meta":
+            return parameter.device
+    return torch.device("cpu")
+
+
+def random_block_inputs(
+    layer_module: nn.Module,
+    source: TensorSource,
+    checkpoint_prefix: str,
+    runtime_layer: str,
+    width: int,
+    norm_name: str | None,
+    seed: int,
+    tokens: int = RANDOM_TOKENS,
+) -> tuple[torch.Tensor, str]:
+    """Seeded standard-normal hidden states passed through the layer's own MLP-input norm
+    (see the module docstring for why this is the scale of real inputs)."""
+    generator = torch.Generator().manual_seed(seed)
+    hidden = torch.randn(tokens, width, generator=generator)
+    names = (norm_name,) if norm_name else MLP_INPUT_NORMS
+    for name in names:
+        try:
+            norm = layer_module.get_submodule(name)
+        except AttributeError:
+            continue
+        weight = getattr(norm, "weight", None)
+        if weight is None or tuple(weight.shape) != (width,):
+            continue
+        _load_module(norm, source, f"{checkpoint_prefix}.{name}", f"{runtime_layer}.{name}")
+        try:
+            with torch.no_grad():
+                scaled = norm(hidden).float()
+        finally:
+            _release(norm)
+        return scaled, name
+    return hidden, "unit-rms"
+
+
+def _block_width(recipe: Recipe, block_module: nn.Module, block: str) -> int:
+    """The block's input width: the input side of its first projection."""
+    first = recipe.projections[0]
+    relative = first.name[len(block) + 1 :]
+    weight = block_module.get_submodule(relative).weight
+    return int(weight.shape[1] if first.layout == "out_in" else weight.shape[0])
+
+
+@contextmanager
+def _capture_outputs(
+    block_module: nn.Module, names: Mapping[str, str]
+) -> Iterator[dict[str, torch.Tensor]]:
+    """Record the outputs of the named submodules (relative name -> label); hooks registered
+    after SGM's see the scaled outputs."""
+    outputs: dict[str, torch.Tensor] = {}
+    handles = []
+    for relative, label in names.items():
+
+        def hook(module: nn.Module, args: Any, output: torch.Tensor, label: str = label) -> None:
+            outputs[label] = output.detach().float()
+
+        handles.append(block_module.get_submodule(relative).register_forward_hook(hook))
+    try:
+        yield outputs
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def _unit_rel_diff(result: torch.Tensor, reference: torch.Tensor, base: torch.Tensor) -> float:
+    """Largest per-unit difference, relative to each unit's largest unhooked output."""
+    width = result.shape[-1]
+    diff = (result - reference).abs().reshape(-1, width).amax(0)
+    scale = base.abs().reshape(-1, width).amax(0)
+    floor = float(scale.max()) * SCALE_FLOOR or 1.0
+    return float((diff / scale.clamp_min(floor)).max())
+
+
+def _layer_expertise(expertise: Expertise, units: list[ResolvedUnits]) -> Expertise:
+    return Expertise({u.source_name: expertise.modules[u.source_name] for u in units}, {})
+
+
+def _check_against_model(
+    model: nn.Module | None,
+    runtime_layer_names: Mapping[str, str],
+    source: TensorSource,
+    keys: Mapping[str, str],
+    recipe: Recipe,
+) -> bool:
+    """The exact map check: transformers' loaded parameter equals the mapped checkpoint tensor.
+    Returns False when it could not run (no model, or the parameter is offloaded)."""
+    if model is None:
+        return False
+    checked = False
+    for relative, key in keys.items():
+        try:
+            parameter = model.get_parameter(runtime_layer_names[relative])
+        except (AttributeError, KeyError):
+            return False
+        if parameter.device.type == "meta":
+            return False
+        original = source.read(key)
+        if not torch.equal(parameter.detach().cpu(), original.to(parameter.dtype)):
+            raise SGMError(
+                f"module {runtime_layer_names[relative]} does not hold checkpoint tensor {key!r}: "
+                f"recipe {recipe.path.name} maps them wrongly; fix the recipe"
+            )
+        checked = True
+    return checked
+
+
+def verify_layers(
+    out: Path,
+    source_path: Path,
+    record: bool = True,
+    model: nn.Module | None = None,
+    progress: bool = False,
+) -> LayerVerifyReport:
+    """Verify the baked folder `out` against its source layer by layer; record the figures.
+
+    `model` may be the source already loaded (any dtype, any device map): then the block inputs
+    are captured from real prompts and the recipe map is checked exactly against it."""
+    bake_record = read_record(out)
+    source_checkpoint = open_checkpoint(source_path)
+    baked_checkpoint = open_checkpoint(out)
+    recipe = recorded_recipe(bake_record, source_checkpoint.config)
+    expertise = load_expertise(out / SGM_DIR / EXPERTISE_FILE)
+    source = TensorSource(source_checkpoint)
+    baked = TensorSource(baked_checkpoint)
+    source_layout = resolve_checkpoint_layout(recipe, source_checkpoint.config, source.files)
+    baked_layout = resolve_checkpoint_layout(recipe, baked_checkpoint.config, baked.files)
+    block, checkpoint_block = _mlp_block(recipe)
+    skeleton = meta_skeleton(source_path, recipe)
+    layers_range = recipe.layers(skeleton.config.to_dict())
+    template = runtime_prefix(skeleton, recipe, layers_range)
+    units_by_layer: dict[int, list[ResolvedUnits]] = {}
+    for units in expertise.resolve(recipe, layers_range):
+        units_by_layer.setdefault(units.layer, []).append(units)
+    layers = sorted(units_by_layer)
+
+    inputs_kind = "random"
+    captured: dict[int, torch.Tensor] = {}
+    samples = 0
+    if model is not None:
+        inputs_kind, batches = build_inputs(out, source_checkpoint.config)
+        captured = capture_block_inputs(model, recipe, layers, batches)
+        samples = len(batches)
+        inputs_kind = f"captured {inputs_kind}"
+    dtypes = bake_record.get("format", {}).get("folded_dtypes") or ["F32"]
+    tolerance = max(TOLERANCE.get(d, 1e-4) for d in dtypes)
+    norm_name = recipe.definition.get("mlp_input_norm")
+
+    checks: list[LayerCheck] = []
+    swapped = 0
+    exact_map = model is not None
+    positions = 0
+    for layer in tqdm(layers, desc="verifying layers", disable=not progress, unit="layer"):
+        runtime_layer = template.format(layer=layer)
+        layer_module = skeleton.get_submodule(runtime_layer)
+        block_module = layer_module.get_submodule(block)
+        # Projection paths relative to the block, runtime -> checkpoint naming.
+        leaf_map = {
+            p.name[len(block) + 1 :]: p.checkpoint_name[len(checkpoint_block) + 1 :]
+            for p in recipe.projections
+        }
+        source_prefix = f"{source_layout.prefix_template.format(layer=layer)}.{checkpoint_block}"
+        baked_prefix = f"{baked_layout.prefix_template.format(layer=layer)}.{checkpoint_block}"
+        runtime_block = f"{runtime_layer}.{block}"
+        try:
+            keys = _load_module(block_module, source, source_prefix, runtime_block, leaf_map)
+            if layer in captured:
+                hidden = captured[layer]
+                kind = inputs_kind
+            else:
+                width = _block_width(recipe, block_module, block)
+                hidden, kind = random_block_inputs(
+                    layer_module,
+                    source,
+                    source_layout.prefix_template.format(layer=layer),
+                    runtime_layer,
+                    width,
+                    norm_name,
+                    seed=layer,
+                )
+                inputs_kind = f"random ({kind}-scaled)" if kind != "unit-rms" else "random"
+            positions = hidden.shape[0]
+            units = units_by_layer[layer]
+            folded = _folded_relatives(units, block, _bias_present(block_module, units, block))
+            runtime_names = {rel: f"{runtime_block}.{rel}" for rel in folded}
+            if exact_map:
+                exact_map = _check_against_model(
+                    model, runtime_names, source, {r: keys[r] for r in folded}, recipe
+                )
+            labels = {u.projection.name[len(block) + 1 :]: u.projection.name for u in units}
+            layer_expertise = _layer_expertise(expertise, units)
+            with torch.no_grad():
+                with _capture_outputs(block_module, labels) as outputs:
+                    base_out = block_module(hidden).float()
+                    base = dict(outputs)
+                with (
+                    SGMHooks(skeleton, layer_expertise, recipe),
+                    _capture_outputs(block_module, labels) as outputs,
+                ):
+                    reference_out = block_module(hidden).float()
+                    reference = dict(outputs)
+                _swap_in_baked(block_module, folded, baked, baked_prefix, leaf_map, out)
+                swapped += len(folded)
+                with _capture_outputs(block_module, labels) as outputs:
+                    result_out = block_module(hidden).float()
+                    result = dict(outputs)
+        finally:
+            _release(block_module)
+        per_module = {
+            label: _unit_rel_diff(result[label], reference[label], base[label]) for label in base
+        }
+        effect = max(
+            (_unit_rel_diff(reference[label], base[label], base[label]) for label in base),
+            default=0.0,
+        )
+        scale = float(reference_out.abs().max()) or 1.0
+        block_diff = float((result_out - reference_out).abs().max()) / scale
+        per_module[block] = block_diff
+        worst = max(per_module, key=lambda name: per_module[name])
+        checks.append(
+            LayerCheck(
+                layer=layer,
+                block=runtime_block,
+                max_rel_diff=per_module[worst],
+                worst_module=worst,
+                block_rel_diff=block_diff,
+                intervention_rel_effect=effect,
+                passed=per_module[worst] <= tolerance,
+            )
+        )
+        del base_out
+    if not checks:
+        raise SGMError(f"{out} folds no layer; nothing to verify")
+    worst_check = max(checks, key=lambda check: check.max_rel_diff)
+    report = LayerVerifyReport(
+        passed=all(check.passed for check in checks),
+        mode="layers",
+        inputs=inputs_kind,
+        samples=samples,
+        positions=positions,
+        layers_checked=len(checks),
+        max_rel_diff=worst_check.max_rel_diff,
+        worst_layer=worst_check.layer,
+        worst_module=worst_check.worst_module,
+        intervention_rel_effect=max(check.intervention_rel_effect for check in checks),
+        tolerance=tolerance,
+        compute_dtype="float32",
+        tensors_swapped=swapped,
+        mapping_check="exactly against the loaded model" if exact_map else "by key and shape",
+        layers=tuple(checks),
+    )
+    if record:
+        bake_record["verification"] = report.record()
+        refresh(out, bake_record)
+    return report
+
+
+def _bias_present(block_module: nn.Module, units: list[ResolvedUnits], block: str) -> set[str]:
+    present = set()
+    for unit in units:
+        relative = unit.projection.name[len(block) + 1 :]
+        if getattr(block_module.get_submodule(relative), "bias", None) is not None:
+            present.add(relative)
+    return present
+
+
+def _folded_relatives(units: list[ResolvedUnits], block: str, with_bias: set[str]) -> list[str]:
+    """Parameter paths, relative to the block, that the bake rewrote for these units."""
+    names: list[str] = []
+    for unit in units:
+        relative = unit.projection.name[len(block) + 1 :]
+        for attribute in ("weight", "bias"):
+            if attribute == "bias" and (unit.side != "output" or relative not in with_bias):
+                continue
+            name = f"{relative}.{attribute}"
+            if name not in names:
+                names.append(name)
+    return names
+
+
+def _swap_in_baked(
+    block_module: nn.Module,
+    folded: list[str],
+    baked: TensorSource,
+    baked_prefix: str,
+    leaf_map: Mapping[str, str],
+    out: Path,
+) -> None:
+    """Replace the folded parameters with OUT's tensors under the same checkpoint keys."""
+    for relative in folded:
+        key = f"{baked_prefix}.{_checkpoint_relative(relative, leaf_map)}"
+        if key not in baked:
+            raise SGMError(f"{out} lacks tensor {key!r}; the output is incomplete, bake again")
+        parameter = block_module.get_parameter(relative)
+        value = baked.read(key)
+        if tuple(value.shape) != tuple(parameter.shape):
+            raise SGMError(
+                f"{out} tensor {key!r} has shape {list(value.shape)}, the source "
+                f"{list(parameter.shape)}; the output does not belong to this source"
+            )
+        parameter.data = value.to(torch.float32)
