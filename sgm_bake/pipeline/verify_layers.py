@@ -137,7 +137,7 @@ def block_path(names: list[str]) -> str:
     return ".".join(common)
 
 
-def _mlp_block(recipe: Recipe) -> tuple[str, str]:
+def mlp_block_names(recipe: Recipe) -> tuple[str, str]:
     runtime = block_path([p.name for p in recipe.projections])
     checkpoint = block_path([p.checkpoint_name for p in recipe.projections])
     if not runtime:
@@ -258,7 +258,7 @@ def capture_block_inputs(
 ) -> dict[int, torch.Tensor]:
     """Hidden states entering each layer's MLP block on real prompts, moved to the CPU in
     float32 (a few seeded token positions per prompt, so the buffer stays small)."""
-    block, _ = _mlp_block(recipe)
+    block, _ = mlp_block_names(recipe)
     template = runtime_prefix(model, recipe, recipe.layers(model.config.to_dict()))
     captured: dict[int, list[torch.Tensor]] = {layer: [] for layer in layers}
     generator = torch.Generator().manual_seed(seed)
@@ -428,7 +428,7 @@ def verify_layers(
     baked = TensorSource(baked_checkpoint)
     source_layout = resolve_checkpoint_layout(recipe, source_checkpoint.config, source.files)
     baked_layout = resolve_checkpoint_layout(recipe, baked_checkpoint.config, baked.files)
-    block, checkpoint_block = _mlp_block(recipe)
+    block, checkpoint_block = mlp_block_names(recipe)
     skeleton = meta_skeleton(source_path, recipe)
     layers_range = recipe.layers(skeleton.config.to_dict())
     template = runtime_prefix(skeleton, recipe, layers_range)
