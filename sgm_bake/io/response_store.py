@@ -94,6 +94,17 @@ class ResponseStore:
         self.completed = start + count
         _write_json(self.folder / PROGRESS, {"completed": self.completed})
 
+    def write_rows(self, module: str, start: int, values: np.ndarray) -> None:
+        """Store one module's rows for samples [start, start + len(values)) without marking them
+        complete (merging ranks' parts module by module); `mark_completed` follows."""
+        self._block(module)[start : start + values.shape[0]] = values
+
+    def mark_completed(self, count: int) -> None:
+        """Flush and record that the first `count` samples hold every module's rows."""
+        self._data.flush()
+        self.completed = count
+        _write_json(self.folder / PROGRESS, {"completed": self.completed})
+
     def responses(self, module: str) -> np.ndarray:
         """[samples, units] responses of one module (a view into the memory map)."""
         if self.completed != self.samples:

@@ -16,7 +16,7 @@ import os
 import shutil
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -34,6 +34,7 @@ from sgm_bake.datasets.profile_set import ProfileSample, ProfileSet
 from sgm_bake.errors import SGMError
 from sgm_bake.evaluation.evaluate import call_processor
 from sgm_bake.io.response_store import ResponseStore
+from sgm_bake.runtime.distributed import Distributed, rank_share
 
 logger = logging.getLogger(__name__)
 
@@ -310,6 +311,59 @@ def capture_responses(
             bar.update(len(samples))
 
 
+def part_folder(store_folder: Path, distributed: Distributed) -> Path:
+    """Where one rank keeps its share of the responses (beside the merged store, so that
+    starting the merged store anew never deletes a rank's resumable part)."""
+    name = f"{store_folder.name}.rank{distributed.rank}-of-{distributed.world_size}"
+    return store_folder.parent / name
+
+
+def capture_share(
+    model: Any,
+    inputs: Inputs,
+    profile_set: ProfileSet,
+    targets: list[ProfileTarget],
+    options: ProfileOptions,
+    store_folder: Path,
+    key: dict[str, Any],
+    device: torch.device,
+    dtype: torch.dtype,
+    distributed: Distributed,
+) -> None:
+    """Profile this rank's share into its own resumable store, then gather every share into the
+    merged store on rank 0 (module by module, so no rank holds more than one module's rows).
+
+    The share is a run of whole single-process batches, so the merged store holds exactly the
+    bytes a single process would have written."""
+    total = len(profile_set.samples)
+    first, stop = rank_share(total, options.batch_size, distributed.world_size, distributed.rank)
+    share = replace(profile_set, samples=profile_set.samples[first:stop])
+    modules = {t.name: t.units for t in targets}
+    part_key = {**key, "rank": distributed.rank, "world_size": distributed.world_size}
+    part_key["share"] = [first, stop]
+    part_path = part_folder(store_folder, distributed)
+    part = ResponseStore.open(part_path, part_key, modules, stop - first)
+    shown = replace(options, progress=options.progress and distributed.is_main)
+    try:
+        capture_responses(model, inputs, share, targets, shown, part, device, dtype)
+        counts = distributed.all_counts(part.samples)
+        merged = None
+        if distributed.is_main:
+            merged = ResponseStore.open(store_folder, key, modules, total)
+        for target in targets:
+            rows = distributed.gather_rows(part.responses(target.name), counts)
+            if merged is not None and rows is not None:
+                merged.write_rows(target.name, 0, rows)
+        if merged is not None:
+            merged.mark_completed(total)
+            merged.close()
+    finally:
+        part.close()
+    distributed.barrier()  # the merged store is complete: the parts are no longer needed
+    if not options.keep_responses:
+        shutil.rmtree(part_path, ignore_errors=True)
+
+
 def expertise_from_store(
     store: ResponseStore, targets: list[ProfileTarget], labels: list[int], rule: RuleOptions
 ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
@@ -355,18 +409,38 @@ def run_profile(
     revision: str | None,
     device: torch.device,
     dtype: torch.dtype,
-) -> Expertise:
-    """Profile a loaded model; return the expertise (AUROC and factors) of every target."""
+    distributed: Distributed | None = None,
+) -> Expertise | None:
+    """Profile a loaded model; return the expertise (AUROC and factors) of every target.
+
+    Under torchrun (`distributed` given) every rank profiles its share of the set and rank 0
+    alone scores the merged responses: it returns the expertise, the other ranks None."""
     multimodal = recipe.auto_class != "AutoModelForCausalLM"
     inputs = Inputs(folder, model.config.to_dict(), options.feed, multimodal)
     targets = profile_targets(model, recipe, options)
     key = fingerprint(source_id, revision, profile_set, options, targets, dtype)
     folder_for_store = options.responses_dir or default_responses_dir(key)
+    if distributed is not None:
+        capture_share(
+            model,
+            inputs,
+            profile_set,
+            targets,
+            options,
+            folder_for_store,
+            key,
+            device,
+            dtype,
+            distributed,
+        )
+        if not distributed.is_main:
+            return None
     store = ResponseStore.open(
         folder_for_store, key, {t.name: t.units for t in targets}, len(profile_set.samples)
     )
     try:
-        capture_responses(model, inputs, profile_set, targets, options, store, device, dtype)
+        if distributed is None:
+            capture_responses(model, inputs, profile_set, targets, options, store, device, dtype)
         scores, alphas = expertise_from_store(store, targets, profile_set.labels, options.rule)
     finally:
         store.close()
