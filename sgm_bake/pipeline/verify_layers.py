@@ -55,7 +55,8 @@ from sgm_bake.core.recipes import Recipe, resolve_checkpoint_layout
 from sgm_bake.errors import SGMError
 from sgm_bake.io.checkpoint import Checkpoint, load_bin, open_checkpoint
 from sgm_bake.io.safetensors import read_tensor
-from sgm_bake.pipeline.bake import EXPERTISE_FILE, SGM_DIR, read_record, refresh
+from sgm_bake.pipeline.bake import EXPERTISE_FILE
+from sgm_bake.pipeline.record import SGM_DIR, Verification, read_record, refresh
 from sgm_bake.pipeline.verify import TOLERANCE, build_inputs, recorded_recipe
 
 logger = logging.getLogger(__name__)
@@ -85,6 +86,7 @@ class LayerCheck:
     max_rel_diff: float
     worst_module: str
     block_rel_diff: float
+    block_abs_diff: float
     intervention_rel_effect: float
     passed: bool
 
@@ -99,6 +101,7 @@ class LayerVerifyReport:
     samples: int
     positions: int
     layers_checked: int
+    max_abs_diff: float
     max_rel_diff: float
     worst_layer: int
     worst_module: str
@@ -445,7 +448,7 @@ def verify_layers(
         captured = capture_block_inputs(model, recipe, layers, batches)
         samples = len(batches)
         inputs_kind = f"captured {inputs_kind}"
-    dtypes = bake_record.get("format", {}).get("folded_dtypes") or ["F32"]
+    dtypes = bake_record.format.folded_dtypes or ["F32"]
     tolerance = max(TOLERANCE.get(d, 1e-4) for d in dtypes)
     norm_name = recipe.definition.get("mlp_input_norm")
 
@@ -517,7 +520,8 @@ def verify_layers(
             default=0.0,
         )
         scale = float(reference_out.abs().max()) or 1.0
-        block_diff = float((result_out - reference_out).abs().max()) / scale
+        block_abs = float((result_out - reference_out).abs().max())
+        block_diff = block_abs / scale
         per_module[block] = block_diff
         worst = max(per_module, key=lambda name: per_module[name])
         checks.append(
@@ -527,6 +531,7 @@ def verify_layers(
                 max_rel_diff=per_module[worst],
                 worst_module=worst,
                 block_rel_diff=block_diff,
+                block_abs_diff=block_abs,
                 intervention_rel_effect=effect,
                 passed=per_module[worst] <= tolerance,
             )
@@ -542,6 +547,7 @@ def verify_layers(
         samples=samples,
         positions=positions,
         layers_checked=len(checks),
+        max_abs_diff=max(check.block_abs_diff for check in checks),
         max_rel_diff=worst_check.max_rel_diff,
         worst_layer=worst_check.layer,
         worst_module=worst_check.worst_module,
@@ -553,7 +559,7 @@ def verify_layers(
         layers=tuple(checks),
     )
     if record:
-        bake_record["verification"] = report.record()
+        bake_record.verification = Verification(**report.record())
         refresh(out, bake_record)
     return report
 
