@@ -19,7 +19,8 @@ from sgm_bake.core.fold import fold_weight
 from sgm_bake.core.hooks import model_recipe
 from sgm_bake.core.recipes import available_recipes
 from sgm_bake.io.source import resolve_source
-from sgm_bake.pipeline.bake import BakeOptions, bake, read_record
+from sgm_bake.pipeline.bake import BakeOptions, bake
+from sgm_bake.pipeline.record import read_record
 from sgm_bake.pipeline.verify_layers import block_path, verify_layers
 from tests.builders import synthetic_expertise
 from tests.conftest import file_metadata, load_state
@@ -65,10 +66,10 @@ def test_streamed_verification_catches_wrong_folds(model_type: str, tmp_path: Pa
     assert report.passed, report.summary()
     assert report.max_rel_diff <= 1e-5
     assert report.intervention_rel_effect > 0.1
-    assert read_record(out)["verification"]["mode"] == "layers"
+    assert read_record(out).verification.mode == "layers"
 
     recipe = model_recipe(model)
-    template = read_record(out)["recipe"]["checkpoint_layout"]
+    template = read_record(out).recipe.checkpoint_layout
     layers = recipe.layers(model.config.to_dict())
     # The two mistakes go into different layers when there are two, so one run checks both.
     row_layer, swap_layer = layers[-1], layers[0]
