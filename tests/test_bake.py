@@ -84,12 +84,20 @@ def test_baked_logits_equal_hooked_logits(runner, llava_dir, llava_expertise, tm
 def test_verify_records_figures(runner, llava_dir, llava_expertise, tmp_path):
     out = tmp_path / "out"
     assert _bake(runner, llava_dir, out, llava_expertise, "--no-verify").exit_code == 0
-    result = runner.invoke(main, ["verify", str(out), "--device", "cpu"])
+    result = runner.invoke(main, ["verify", str(out), "--device", "cpu", "--full"])
     assert result.exit_code == 0, result.output
     verification = json.loads((out / "sgm" / "bake.json").read_text())["verification"]
     assert verification["passed"] and verification["inputs"] == "image+text"
+    assert verification["mode"] == "full"
     assert verification["max_abs_diff"] <= 1e-4
     assert verification["top1_agreement"] == 1.0
+    assert verification["intervention_rel_effect"] > 100 * verification["max_rel_diff"]
+    # The default is the layer-streamed check.
+    result = runner.invoke(main, ["verify", str(out)])
+    assert result.exit_code == 0, result.output
+    verification = json.loads((out / "sgm" / "bake.json").read_text())["verification"]
+    assert verification["passed"] and verification["mode"] == "layers"
+    assert verification["layers_checked"] == 2 and verification["max_rel_diff"] <= 1e-5
     assert verification["intervention_rel_effect"] > 100 * verification["max_rel_diff"]
 
 

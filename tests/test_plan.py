@@ -25,7 +25,8 @@ def test_parse_max_memory():
     for bad in ("0:70GiB", "gpu=1GiB", "0=lots", "0=1GiB,0=2GiB"):
         with pytest.raises(SGMError):
             parse_max_memory(bad)
-    assert format_bytes(1536 * 2**20) == "1.5 GiB"
+    assert format_bytes(1536 * 2**20) == "1.50 GiB"
+    assert format_bytes(1010 * 2**20) == "1010 MiB"
 
 
 def test_facts_from_headers_match_config_alone(llava_dir: Path, tmp_path: Path) -> None:

@@ -15,12 +15,15 @@ from sgm_bake.cli.common import (
     command_line,
     device_option,
     expertise_option,
+    make_placement,
     overwrite_option,
+    placement_options,
     progress_enabled,
     recipe_option,
     revision_option,
     user_errors,
     verify_dtype_option,
+    verify_mode_of,
     verify_option,
 )
 from sgm_bake.errors import SGMError
@@ -50,6 +53,7 @@ def report_verification(out: Path, report: Any) -> None:
         verify_option,
         device_option,
         verify_dtype_option,
+        placement_options,
         base_model_option,
     ]
 )
@@ -61,9 +65,13 @@ def bake(
     revision: str | None,
     overwrite: bool,
     recipe_file: Path | None,
-    verify: bool,
+    verify_mode: str,
+    no_verify: bool,
     device: str,
     verify_dtype: str,
+    device_map: str | None,
+    max_memory: str | None,
+    offload_folder: Path | None,
     base_model: str | None,
 ) -> None:
     """Fold the factors of an expertise file into SOURCE and write the checkpoint to OUT.
@@ -76,6 +84,8 @@ def bake(
     from sgm_bake.pipeline.bake import bake as run_bake
     from sgm_bake.pipeline.run import verify_output
 
+    mode = verify_mode_of(verify_mode, no_verify)
+    placement = make_placement(device, device_map, max_memory, offload_folder)
     expertise = load_expertise(expertise_path)
     resolved = resolve_source(source, revision)
     options = BakeOptions(
@@ -87,8 +97,19 @@ def bake(
         f"{record.expertise.suppressed}/{record.expertise.units} units suppressed across "
         f"{len(record.expertise.modules)} modules"
     )
-    if verify:
-        report_verification(out, verify_output(out, resolved.path, verify_dtype, device))
+    if mode is not None:
+        report_verification(
+            out,
+            verify_output(
+                out,
+                resolved.path,
+                verify_dtype,
+                device,
+                mode=mode,
+                placement=placement,
+                progress=progress_enabled(),
+            ),
+        )
 
 
 @click.command(name="verify")
@@ -98,11 +119,31 @@ def bake(
     default=None,
     help="Source checkpoint (folder or Hub id); default: the one recorded in OUT/sgm/bake.json.",
 )
+@click.option(
+    "--full",
+    is_flag=True,
+    help="Compare the whole model's logits (loads the model; see --device-map) instead of "
+    "checking each folded MLP block on its own.",
+)
 @device_option
 @verify_dtype_option
+@placement_options
 @user_errors
-def verify_command(out: Path, source: str | None, device: str, verify_dtype: str) -> None:
-    """Check that OUT reproduces its source run with SGM hooks, and record the figures."""
+def verify_command(
+    out: Path,
+    source: str | None,
+    full: bool,
+    device: str,
+    verify_dtype: str,
+    device_map: str | None,
+    max_memory: str | None,
+    offload_folder: Path | None,
+) -> None:
+    """Check that OUT reproduces its source run with SGM hooks, and record the figures.
+
+    By default each folded MLP block is checked on its own (one block in memory, any model
+    size); --full compares the logits of the whole model."""
+    placement = make_placement(device, device_map, max_memory, offload_folder)
     from sgm_bake.io.source import resolve_source
     from sgm_bake.pipeline.record import read_record
     from sgm_bake.pipeline.run import verify_output
@@ -116,7 +157,16 @@ def verify_command(out: Path, source: str | None, device: str, verify_dtype: str
         resolved = resolve_source(source, recorded.revision if recorded.kind == "hub" else None)
     else:
         resolved = resolve_source(source)
-    report_verification(out, verify_output(out, resolved.path, verify_dtype, device))
+    report = verify_output(
+        out,
+        resolved.path,
+        verify_dtype,
+        device,
+        mode="full" if full else "layers",
+        placement=placement,
+        progress=progress_enabled(),
+    )
+    report_verification(out, report)
 
 
 @click.command(name="recipes")

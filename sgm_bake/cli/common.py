@@ -128,9 +128,69 @@ verify_dtype_option = click.option(
     show_default=True,
     help="Precision of the verification forward passes (float32 is exact; halve memory with bf16).",
 )
-verify_option = click.option(
-    "--verify/--no-verify", default=True, show_default=True, help="Verify after baking."
+verify_option = add_options(
+    [
+        click.option(
+            "--verify",
+            "verify_mode",
+            type=click.Choice(["layers", "full", "none"]),
+            default="layers",
+            is_flag=False,
+            flag_value="layers",
+            show_default=True,
+            help="Verify after baking: layers (each folded MLP block against the hooked source, "
+            "one block in memory at a time), full (the whole model's logits; loads it, see "
+            "--device-map) or none.",
+        ),
+        click.option("--no-verify", "no_verify", is_flag=True, help="Same as --verify none."),
+    ]
 )
+
+
+def verify_mode_of(verify_mode: str, no_verify: bool) -> str | None:
+    """The verification to run after a bake (None: none)."""
+    return None if no_verify or verify_mode == "none" else verify_mode
+
+
+placement_options = add_options(
+    [
+        click.option(
+            "--device-map",
+            default=None,
+            help="Spread the model with accelerate: auto, balanced, balanced_low_0, sequential, "
+            "or one device (cpu, cuda:N). Default: auto on a GPU machine, else --device.",
+        ),
+        click.option(
+            "--max-memory",
+            default=None,
+            metavar="BUDGETS",
+            help="Per-device budgets for the device map, e.g. 0=70GiB,1=70GiB,cpu=200GiB.",
+        ),
+        click.option(
+            "--offload-folder",
+            type=click.Path(path_type=Path, file_okay=False),
+            default=None,
+            help="Keep layers that fit no budget on disk here (slow, but any size runs).",
+        ),
+    ]
+)
+
+
+def make_placement(
+    device: str, device_map: str | None, max_memory: str | None, offload_folder: Path | None
+) -> Any:
+    """The runtime Placement from the shared device options."""
+    from sgm_bake.runtime.loading import Placement
+    from sgm_bake.runtime.memory import parse_max_memory
+
+    return Placement(
+        device=device,
+        device_map=device_map,
+        max_memory=parse_max_memory(max_memory),
+        offload_folder=offload_folder,
+    )
+
+
 base_model_option = click.option(
     "--base-model",
     default=None,

@@ -15,6 +15,8 @@ from sgm_bake.cli.common import (
     dtype_option,
     ecso_templates_option,
     judge_option,
+    make_placement,
+    placement_options,
     progress_enabled,
     revision_option,
     sample_option,
@@ -83,7 +85,7 @@ def _base_spec(folder: Path) -> tuple[str, str | None] | None:
 @click.option("--max-new-tokens", type=click.IntRange(1), default=32, show_default=True)
 @add_options([sample_option, seed_option])
 @click.option("--batch-size", type=click.IntRange(1), default=8, show_default=True)
-@add_options([device_option, dtype_option])
+@add_options([device_option, dtype_option, placement_options])
 @click.option(
     "--base",
     default=None,
@@ -121,6 +123,9 @@ def eval_command(
     batch_size: int,
     device: str,
     dtype: str,
+    device_map: str | None,
+    max_memory: str | None,
+    offload_folder: Path | None,
     base: str | None,
     no_base: bool,
     revision: str | None,
@@ -154,7 +159,8 @@ def eval_command(
     expertise = load_expertise(expertise_path) if expertise_path is not None else None
     progress = progress_enabled()
     source = resolve_model_source(model, revision, progress)
-    chat, loaded = load_chat(source, device, dtype, template)
+    placement = make_placement(device, device_map, max_memory, offload_folder)
+    chat, loaded = load_chat(source, device, dtype, template, placement)
     folder = source.path
     baked = (folder / RECORD_PATH).is_file()
     templates = (
@@ -174,7 +180,7 @@ def eval_command(
     else:
         spec = (base, None) if base else (_base_spec(folder) if baked and not no_base else None)
         if spec is not None:
-            base_chat, _ = load_chat(resolve_source(*spec), device, dtype, template)
+            base_chat, _ = load_chat(resolve_source(*spec), device, dtype, template, placement)
             variants.append(Variant("base", base_chat, ecso_label="ecso"))
         label, star = ("sgm-baked", "sgm*-baked") if baked else ("model", "model+ecso")
         variants.append(Variant(label, chat, ecso_label=star))
@@ -217,7 +223,8 @@ def eval_command(
 )
 @click.option("--trace", is_flag=True, help="Print ECSO's steps (self-check score, caption).")
 @click.option("--max-new-tokens", type=click.IntRange(1), default=64, show_default=True)
-@add_options([sample_option, seed_option, device_option, dtype_option, revision_option])
+@add_options([sample_option, seed_option, device_option, dtype_option, placement_options])
+@revision_option
 @template_option
 @user_errors
 def generate(
@@ -233,6 +240,9 @@ def generate(
     seed: int,
     device: str,
     dtype: str,
+    device_map: str | None,
+    max_memory: str | None,
+    offload_folder: Path | None,
     revision: str | None,
     template: Path | None,
 ) -> None:
@@ -256,7 +266,8 @@ def generate(
         ) from exc
     expertise = load_expertise(expertise_path) if expertise_path else None
     source = resolve_model_source(model, revision, progress_enabled())
-    chat, loaded = load_chat(source, device, dtype, template)
+    placement = make_placement(device, device_map, max_memory, offload_folder)
+    chat, loaded = load_chat(source, device, dtype, template, placement)
     config = GenerationConfig(max_new_tokens=max_new_tokens, sample=sample, seed=seed)
     templates = (
         templates_for(source.path, loaded.recipe.model_type, ecso_templates) if use_ecso else None

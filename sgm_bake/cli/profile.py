@@ -15,8 +15,10 @@ from sgm_bake.cli.common import (
     device_option,
     dtype_option,
     echo_lines,
+    make_placement,
     make_rule,
     overwrite_option,
+    placement_options,
     progress_enabled,
     recipe_option,
     revision_option,
@@ -24,6 +26,7 @@ from sgm_bake.cli.common import (
     step,
     user_errors,
     verify_dtype_option,
+    verify_mode_of,
     verify_option,
 )
 from sgm_bake.errors import SGMError
@@ -39,6 +42,7 @@ profile_options = add_options(
         ),
         device_option,
         dtype_option,
+        placement_options,
         click.option("--batch-size", type=click.IntRange(1), default=8, show_default=True),
         click.option(
             "--max-samples",
@@ -129,6 +133,9 @@ def profile_request(params: dict[str, Any], recipe_file: Path | None, rule: Any)
         hook_points=hook_points,
         neurons=params["neurons"],
         options=options,
+        placement=make_placement(
+            params["device"], params["device_map"], params["max_memory"], params["offload_folder"]
+        ),
     )
 
 
@@ -170,18 +177,30 @@ def profile(
     strength: float | None,
     **params: Any,
 ) -> None:
-    """Find the toxic expert units of MODEL and write their AUROC and factors to OUTPUT."""
+    """Find the toxic expert units of MODEL and write their AUROC and factors to OUTPUT.
+
+    Under torchrun (`torchrun --nproc-per-node N -m sgm_bake profile ...`) every rank profiles
+    its share of the set and rank 0 writes OUTPUT, byte-identical to a single-process run."""
     import os
 
     from sgm_bake.core.expertise import save_expertise
     from sgm_bake.pipeline.run import profile_source
+    from sgm_bake.runtime.distributed import from_env
     from sgm_bake.runtime.loading import resolve_model_source
 
     if output.exists() and not overwrite:
         raise SGMError(f"{output} exists; pass --overwrite to replace it")
     rule_options_ = make_rule(rule, threshold, top_k, damp_alpha, strength)
+    request = profile_request(params, recipe_file, rule_options_)
     source = resolve_model_source(model, revision, progress_enabled())
-    outcome = profile_source(source, profile_request(params, recipe_file, rule_options_), announce)
+    distributed = from_env()
+    try:
+        outcome = profile_source(source, request, announce, distributed)
+    finally:
+        if distributed is not None:
+            distributed.close()
+    if outcome.expertise is None:
+        return  # a rank other than 0: its share is merged into rank 0's output
     output.parent.mkdir(parents=True, exist_ok=True)
     partial = output.with_name(f".{output.name}.partial")
     save_expertise(outcome.expertise, partial)
@@ -226,7 +245,8 @@ def run(
     revision: str | None,
     overwrite: bool,
     recipe_file: Path | None,
-    verify: bool,
+    verify_mode: str,
+    no_verify: bool,
     verify_dtype: str,
     push_to_hub: str | None,
     private: bool,
@@ -241,7 +261,8 @@ def run(
     """The whole pipeline: profile MODEL (or reuse --expertise), bake into OUT, verify, and
     optionally push.
 
-    Usage: sgm-bake MODEL OUT [options]
+    Usage: sgm-bake MODEL OUT [options]. Under torchrun every rank profiles its share of the set;
+    rank 0 alone bakes, verifies and pushes.
     """
     from sgm_bake.core.expertise import load_expertise
     from sgm_bake.core.recipes import recipe_for_config
@@ -255,8 +276,11 @@ def run(
         profile_source,
         verify_output,
     )
+    from sgm_bake.runtime.distributed import from_env
     from sgm_bake.runtime.loading import resolve_model_source
 
+    mode = verify_mode_of(verify_mode, no_verify)
+    verify = mode is not None
     if push_to_hub and not verify:
         raise SGMError("--push-to-hub needs a verified output; drop --no-verify")
     rule_given = any(v is not None for v in (rule, threshold, top_k, damp_alpha, strength))
@@ -275,8 +299,16 @@ def run(
         )
         recipe = recipe_for_config(open_checkpoint(source.path).config, recipe_file)
     else:
-        step(1, total, f"profiling {source.id}")
-        outcome = profile_source(source, request, announce)
+        distributed = from_env()
+        if distributed is None or distributed.is_main:
+            step(1, total, f"profiling {source.id}")
+        try:
+            outcome = profile_source(source, request, announce, distributed)
+        finally:
+            if distributed is not None:
+                distributed.close()
+        if outcome.expertise is None:
+            return  # a rank other than 0: rank 0 bakes, verifies and pushes
         expertise, recipe, loaded = outcome.expertise, outcome.recipe, outcome.loaded
     echo_summary(expertise, recipe)
     step(2, total, f"baking {out}")
@@ -288,7 +320,17 @@ def run(
     if verify:
         step(3, total, "verifying")
         report_verification(
-            out, verify_output(out, source.path, verify_dtype, params["device"], loaded)
+            out,
+            verify_output(
+                out,
+                source.path,
+                verify_dtype,
+                params["device"],
+                loaded,
+                mode=mode,
+                placement=request.placement,
+                progress=progress_enabled(),
+            ),
         )
     if push_to_hub:
         from sgm_bake.publish.push import plan_upload

@@ -331,6 +331,7 @@ def _whole_model_stage(
             gpus = len(gpu_budgets)
             host += spill
             note = f"{format_bytes(spill)} offloaded to the CPU (slow)"
+            return StagePlan(name, host, per_gpu, gpus, True, note)
         else:
             fits = False
             note = (

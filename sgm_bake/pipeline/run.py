@@ -20,7 +20,9 @@ from sgm_bake.io.checkpoint import open_checkpoint
 from sgm_bake.io.source import Source
 from sgm_bake.pipeline.profile import ProfileOptions, run_profile
 from sgm_bake.pipeline.verify import VerifyReport, verify
-from sgm_bake.runtime.loading import LoadedModel, load, pick_device
+from sgm_bake.pipeline.verify_layers import LayerVerifyReport, verify_layers
+from sgm_bake.runtime.distributed import Distributed
+from sgm_bake.runtime.loading import LoadedModel, Placement, load, pick_device
 
 logger = logging.getLogger(__name__)
 
@@ -39,13 +41,17 @@ class ProfileRequest:
     hook_points: tuple[str, ...] | None = None
     neurons: bool = False
     options: ProfileOptions = field(default_factory=ProfileOptions)
+    placement: Placement | None = None
+    """Device map, memory budgets and offload folder (None: `device` alone)."""
 
 
 @dataclass
 class ProfileOutcome:
-    """The expertise, and the model that was loaded to measure it (reusable for verification)."""
+    """The expertise, and the model that was loaded to measure it (reusable for verification).
 
-    expertise: Expertise
+    Under torchrun only rank 0 has an expertise; the other ranks get None and stop there."""
+
+    expertise: Expertise | None
     recipe: Recipe
     profile_set: ProfileSet
     loaded: LoadedModel
@@ -57,9 +63,15 @@ def load_profile_inputs(request: ProfileRequest) -> ProfileSet:
 
 
 def profile_source(
-    source: Source, request: ProfileRequest, announce: Announce | None = None
+    source: Source,
+    request: ProfileRequest,
+    announce: Announce | None = None,
+    distributed: Distributed | None = None,
 ) -> ProfileOutcome:
-    """Load the source and measure the expertise of its units on the profile set."""
+    """Load the source and measure the expertise of its units on the profile set.
+
+    Under torchrun (`distributed`) each rank loads its own copy (on its own GPU unless a device
+    map is asked for) and profiles its share of the set; rank 0 scores the merged responses."""
     profile_set = load_profile_inputs(request)
     recipe = recipe_for_config(open_checkpoint(source.path).config, request.recipe_file)
     hook_points = request.hook_points
@@ -67,12 +79,16 @@ def profile_source(
         hook_points = tuple(str(p) for p in recipe.neuron_hook_points)
     options = ProfileOptions(**{**request.options.__dict__, "hook_points": hook_points})
     toxic, benign = profile_set.counts()
-    if announce is not None:
+    placement = request.placement or Placement(device=request.device)
+    if distributed is not None and distributed.backend == "nccl" and placement == Placement():
+        placement = Placement(device=f"cuda:{distributed.local_rank}")
+    if announce is not None and (distributed is None or distributed.is_main):
+        ranks = f" x {distributed.world_size} ranks" if distributed is not None else ""
         announce(
             f"profiling {source.id} on {profile_set.name} ({toxic} toxic, {benign} non-toxic) "
-            f"on {pick_device(request.device)}"
+            f"on {placement.describe()}{ranks}"
         )
-    loaded = load(source, request.device, request.dtype, request.recipe_file)
+    loaded = load(source, request.device, request.dtype, request.recipe_file, placement)
     expertise = run_profile(
         loaded.model,
         source.path,
@@ -83,6 +99,7 @@ def profile_source(
         source.revision,
         loaded.device,
         loaded.dtype,
+        distributed,
     )
     return ProfileOutcome(expertise, loaded.recipe, profile_set, loaded)
 
@@ -93,14 +110,26 @@ def verify_output(
     dtype_name: str,
     device: str,
     loaded: LoadedModel | None = None,
-) -> VerifyReport:
-    """Verify OUT against its source; a model already loaded for profiling is reused when it
-    has the verification's dtype and device (its folded parameters are then overwritten)."""
+    mode: str = "layers",
+    placement: Placement | None = None,
+    progress: bool = False,
+) -> VerifyReport | LayerVerifyReport:
+    """Verify OUT against its source.
+
+    `layers` (the default) checks each folded MLP block on its own, whatever the model size; a
+    model already loaded for profiling supplies real hidden states and the exact tensor-map
+    check. `full` compares the whole model's logits, loading it on `placement`; a loaded model
+    is reused when it has the verification's dtype and device (its folded parameters are then
+    overwritten)."""
+    if mode == "layers":
+        model = loaded.model if loaded is not None else None
+        return verify_layers(out, source_path, model=model, progress=progress)
     dtype = getattr(torch, dtype_name)
-    model: Any = None
-    if loaded is not None and loaded.dtype == dtype and loaded.device == pick_device(device):
-        model = loaded.model
-    return verify(out, source_path, dtype, device, model=model)
+    reuse: Any = None
+    wanted = placement.main_device() if placement is not None else pick_device(device)
+    if loaded is not None and loaded.dtype == dtype and loaded.device == wanted:
+        reuse = loaded.model
+    return verify(out, source_path, dtype, device, model=reuse, placement=placement)
 
 
 def apply_rule_if_given(expertise: Expertise, rule: RuleOptions | None) -> Expertise:

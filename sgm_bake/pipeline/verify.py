@@ -34,7 +34,7 @@ from sgm_bake.io.safetensors import read_tensor
 from sgm_bake.pipeline.bake import EXPERTISE_FILE
 from sgm_bake.pipeline.record import SGM_DIR, BakeRecord, Verification, read_record, refresh
 from sgm_bake.runtime.chat import call_processor
-from sgm_bake.runtime.loading import load_model, pick_device
+from sgm_bake.runtime.loading import Placement, input_device, load_model
 
 logger = logging.getLogger(__name__)
 
@@ -197,19 +197,21 @@ def verify(
     device: str = "cpu",
     record: bool = True,
     model: Any = None,
+    placement: Placement | None = None,
 ) -> VerifyReport:
     """Compare the baked folder `out` with its source run with hooks; record the figures.
 
     `model` may be the source already loaded (in `compute_dtype`, on `device`, no hooks), to
-    spare a second load; its folded parameters are overwritten with the baked ones."""
+    spare a second load; its folded parameters are overwritten with the baked ones. Otherwise
+    the source is loaded on `placement` (an accelerate device map over several devices)."""
     bake_record = read_record(out)
     source = open_checkpoint(source_path)
     baked = open_checkpoint(out)
     recipe = recorded_recipe(bake_record, source.config)
     expertise = load_expertise(out / SGM_DIR / EXPERTISE_FILE)
-    target = pick_device(device)
     if model is None:
-        model = load_model(source_path, recipe, compute_dtype, target)
+        model = load_model(source_path, recipe, compute_dtype, placement or Placement(device))
+    target = input_device(model)
     inputs_kind, batches = build_inputs(out, source.config)
 
     base = _run(model, batches, target)
@@ -227,6 +229,12 @@ def verify(
             pairs.append(("bias", layout.bias_key(units.layer, units.projection)))
         for attribute, key in pairs:
             parameter = getattr(module, attribute)
+            if parameter.device.type == "meta":
+                raise SGMError(
+                    f"{name} is offloaded (its weights live on disk or in a CPU map), so its "
+                    "baked tensors cannot be swapped in; give verify --full more --max-memory, "
+                    "or use the default layer-streamed verification"
+                )
             original = _checkpoint_tensor(source, source_keys, key)
             if not torch.equal(parameter.detach().cpu(), original.to(parameter.dtype)):
                 raise SGMError(

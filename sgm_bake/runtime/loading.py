@@ -2,13 +2,21 @@
 
 Profiling, generation, evaluation, tuning and whole-model verification all load through here, so
 a model is always loaded the same way: with the recipe's transformers Auto class, straight into
-the requested dtype, on the requested device.
+the requested dtype, on the requested devices.
+
+Placement is accelerate's big-model loading through transformers' `device_map`: a single device
+(`cpu`, `cuda:1`, `mps`) or a strategy (`auto`, `balanced`, `balanced_low_0`, `sequential`) that
+spreads the layers over the GPUs, then the CPU, then disk (`--offload-folder`) within the
+`--max-memory` budgets. Weights are read from the checkpoint straight into the target dtype on
+their target device: there is no float32 copy of the model on the CPU first. On a GPU machine
+the default is `device_map="auto"` in bfloat16, so a model larger than one GPU simply spans
+several.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +30,7 @@ from sgm_bake.io.source import Source, resolve_source
 logger = logging.getLogger(__name__)
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
+DEVICE_MAP_STRATEGIES = ("auto", "balanced", "balanced_low_0", "sequential")
 ORGANISM = "organism"
 
 
@@ -55,8 +64,75 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     return torch.float32 if device.type == "cpu" else torch.bfloat16
 
 
-def load_model(folder: Path, recipe: Recipe, dtype: torch.dtype, device: torch.device) -> Any:
-    """Load a checkpoint with the recipe's Auto class, in `dtype`, on `device`, in eval mode."""
+@dataclass(frozen=True)
+class Placement:
+    """Where a whole model goes: one device, or an accelerate device map over several."""
+
+    device: str = "auto"
+    """--device: auto, cpu, cuda, cuda:N, mps (used when no device map is asked for)."""
+    device_map: str | None = None
+    """--device-map: a strategy (auto, balanced, balanced_low_0, sequential) or one device."""
+    max_memory: dict[int | str, int] = field(default_factory=dict)
+    """--max-memory budgets in bytes, keyed by GPU index or 'cpu' (accelerate's form)."""
+    offload_folder: Path | None = None
+    """--offload-folder: where layers that fit no budget are kept (disk offload)."""
+
+    def device_map_argument(self) -> str:
+        """The `device_map` handed to transformers."""
+        if self.device_map is not None:
+            if self.device_map in DEVICE_MAP_STRATEGIES:
+                return self.device_map
+            return str(pick_device(self.device_map))
+        if self.max_memory or self.offload_folder is not None:
+            return "auto"
+        target = pick_device(self.device)
+        if self.device == "auto" and target.type == "cuda":
+            return "auto"  # a GPU machine: spread over every GPU, the CPU only if needed
+        return str(target)
+
+    def main_device(self) -> torch.device:
+        """The device that decides the default dtype and receives the inputs (the first GPU of a
+        device map over GPUs)."""
+        argument = self.device_map_argument()
+        if argument in DEVICE_MAP_STRATEGIES:
+            gpus = [key for key in self.max_memory if isinstance(key, int)]
+            if torch.cuda.is_available() and (gpus or not self.max_memory):
+                return torch.device("cuda", min(gpus) if gpus else 0)
+            return torch.device("cpu")
+        return torch.device(argument)
+
+    def describe(self) -> str:
+        argument = self.device_map_argument()
+        if argument not in DEVICE_MAP_STRATEGIES:
+            return argument
+        budget = ",".join(f"{key}={value}" for key, value in self.max_memory.items())
+        return f"device_map={argument}" + (f" (max memory {budget})" if budget else "")
+
+
+def input_device(model: Any) -> torch.device:
+    """Where a model's inputs go: the device its input embeddings run on (accelerate's hooks
+    move activations between the devices of a map; an offloaded embedding runs on its hook's
+    execution device)."""
+    embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    if embeddings is not None:
+        hook = getattr(embeddings, "_hf_hook", None)
+        execution = getattr(hook, "execution_device", None)
+        if execution is not None:
+            return torch.device(execution)
+        weight = getattr(embeddings, "weight", None)
+        if weight is not None and weight.device.type != "meta":
+            return weight.device
+    for parameter in model.parameters():
+        if parameter.device.type != "meta":
+            return parameter.device
+    return torch.device("cpu")
+
+
+def load_model(
+    folder: Path, recipe: Recipe, dtype: torch.dtype, device: torch.device | Placement
+) -> Any:
+    """Load a checkpoint with the recipe's Auto class, in `dtype`, placed on `device` (one
+    device, or a Placement with an accelerate device map), in eval mode."""
     import transformers
 
     auto = getattr(transformers, recipe.auto_class, None)
@@ -64,14 +140,25 @@ def load_model(folder: Path, recipe: Recipe, dtype: torch.dtype, device: torch.d
         raise SGMError(
             f"transformers {transformers.__version__} has no {recipe.auto_class}; upgrade it"
         )
+    placement = device if isinstance(device, Placement) else Placement(device=str(device))
+    extra: dict[str, Any] = {"device_map": placement.device_map_argument()}
+    if placement.max_memory:
+        extra["max_memory"] = dict(placement.max_memory)
+    if placement.offload_folder is not None:
+        placement.offload_folder.mkdir(parents=True, exist_ok=True)
+        extra["offload_folder"] = str(placement.offload_folder)
     try:
-        model = auto.from_pretrained(folder, dtype=dtype)
+        model = auto.from_pretrained(folder, dtype=dtype, **extra)
     except (OSError, ValueError) as exc:
         raise SGMError(
             f"transformers cannot load the model in {folder} ({type(exc).__name__}: "
-            f"{str(exc).splitlines()[0] if str(exc) else ''}); check the checkpoint"
+            f"{str(exc).splitlines()[0] if str(exc) else ''}); check the checkpoint, or give "
+            "--max-memory budgets and an --offload-folder that hold it"
         ) from exc
-    return model.to(device).eval()
+    device_map = getattr(model, "hf_device_map", None)
+    if device_map:
+        logger.info("device map: %s", device_map)
+    return model.eval()
 
 
 def load_processor(folder: Path, template: Path | None = None) -> Any:
@@ -124,14 +211,16 @@ def load(
     device: str = "auto",
     dtype: str = "auto",
     recipe_file: Path | None = None,
+    placement: Placement | None = None,
 ) -> LoadedModel:
-    """Load the model of `source` for a step that needs the whole model."""
+    """Load the model of `source` for a step that needs the whole model (`placement`, when
+    given, overrides `device`)."""
     recipe = recipe_for_config(open_checkpoint(source.path).config, recipe_file)
-    target = pick_device(device)
-    torch_dtype = resolve_dtype(dtype, target)
-    logger.info("loading %s on %s in %s", source.id, target, torch_dtype)
-    model = load_model(source.path, recipe, torch_dtype, target)
-    return LoadedModel(model, source, recipe, target, torch_dtype)
+    placement = placement or Placement(device=device)
+    torch_dtype = resolve_dtype(dtype, placement.main_device())
+    logger.info("loading %s on %s in %s", source.id, placement.describe(), torch_dtype)
+    model = load_model(source.path, recipe, torch_dtype, placement)
+    return LoadedModel(model, source, recipe, input_device(model), torch_dtype)
 
 
 def load_chat(
@@ -139,10 +228,11 @@ def load_chat(
     device: str = "auto",
     dtype: str = "auto",
     template: Path | None = None,
+    placement: Placement | None = None,
 ) -> tuple[Any, LoadedModel]:
     """(ChatModel, LoadedModel) for generation and evaluation."""
     from sgm_bake.runtime.chat import ChatModel
 
-    loaded = load(source, device, dtype)
+    loaded = load(source, device, dtype, placement=placement)
     processor = load_processor(source.path, template)
     return ChatModel(loaded.model, processor, loaded.device), loaded

@@ -75,10 +75,12 @@ def parse_max_memory(text: str | None) -> dict[int | str, int]:
 
 
 def format_bytes(count: float) -> str:
-    """Bytes in binary units with three significant figures (`13.5 GiB`)."""
+    """Bytes in binary units with about three significant figures (`13.5 GiB`)."""
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
         if abs(count) < 1024 or unit == "TiB":
-            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.3g} {unit}"
+            if unit == "B" or abs(count) >= 100:
+                return f"{count:.0f} {unit}"
+            return f"{count:.1f} {unit}" if abs(count) >= 10 else f"{count:.2f} {unit}"
         count /= 1024
     raise AssertionError("unreachable")
 

@@ -1,0 +1,90 @@
+"""`plan`: each stage's peak memory and GPU count, before anything is loaded."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from sgm_bake.cli.common import echo_lines, recipe_option, revision_option, user_errors
+from sgm_bake.errors import SGMError
+
+
+@click.command(name="plan")
+@click.argument("model")
+@click.option(
+    "--dtype",
+    type=click.Choice(["bfloat16", "float16", "float32"]),
+    default="bfloat16",
+    show_default=True,
+    help="Precision of the whole-model stages (verify --full, profile, eval, generate).",
+)
+@click.option(
+    "--max-memory",
+    default=None,
+    metavar="BUDGETS",
+    help="Budgets to check against, e.g. 0=70GiB,1=70GiB,cpu=200GiB; a stage that cannot "
+    "fit them is refused (exit 2).",
+)
+@click.option(
+    "--gpu-memory",
+    default="80GiB",
+    show_default=True,
+    help="Memory per GPU for the GPU counts when --max-memory names no GPU.",
+)
+@click.option("--batch-size", type=click.IntRange(1), default=8, show_default=True)
+@click.option(
+    "--sequence-length",
+    type=click.IntRange(1),
+    default=1024,
+    show_default=True,
+    help="Tokens per sample (image tokens included) for activations and the KV cache.",
+)
+@click.option(
+    "--samples",
+    type=click.IntRange(1),
+    default=400,
+    show_default=True,
+    help="Profile-set size (for the response store).",
+)
+@click.option("--markdown", is_flag=True, help="Print the table in Markdown.")
+@revision_option
+@recipe_option
+@user_errors
+def plan_command(
+    model: str,
+    dtype: str,
+    max_memory: str | None,
+    gpu_memory: str,
+    batch_size: int,
+    sequence_length: int,
+    samples: int,
+    markdown: bool,
+    revision: str | None,
+    recipe_file: Path | None,
+) -> None:
+    """Print each stage's peak host and GPU memory and GPU count for MODEL (a folder, with or
+    without weights, or a Hub id), reading only config.json and safetensors headers."""
+    from sgm_bake.pipeline.plan import PlanOptions, plan
+    from sgm_bake.runtime.memory import parse_max_memory, parse_size
+
+    options = PlanOptions(
+        dtype=dtype,
+        max_memory=parse_max_memory(max_memory),
+        gpu_bytes=parse_size(gpu_memory),
+        batch_size=batch_size,
+        sequence_length=sequence_length,
+        profile_samples=samples,
+        revision=revision,
+    )
+    result = plan(model, options, recipe_file)
+    echo_lines(result.lines()[:2] + result.markdown() if markdown else result.lines())
+    refused = [stage.stage for stage in result.stages if not stage.fits]
+    if refused:
+        raise SGMError(
+            f"{', '.join(refused)} cannot fit --max-memory {max_memory}; give more budget, more "
+            "GPUs or an --offload-folder (see the table above)"
+        )
+
+
+COMMANDS = [plan_command]
