@@ -43,6 +43,7 @@ class Source:
     hub: bool
 
 
+
 def resolve_source(
     source: str, revision: str | None = None, cache_dir: Path | None = None
 ) -> Source:
