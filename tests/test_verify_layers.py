@@ -66,7 +66,12 @@ def test_streamed_verification_catches_wrong_folds(model_type: str, tmp_path: Pa
     assert report.passed, report.summary()
     assert report.max_rel_diff <= 1e-5
     assert report.intervention_rel_effect > 0.1
-    assert read_record(out).verification.mode == "layers"
+    record = read_record(out)
+    assert record.verification.mode == "layers"
+    # Each stage's measured peak host memory is recorded beside its figures.
+    for stage in ("bake", "verify"):
+        assert record.stages[stage]["host_peak_rss_anon_bytes"] > 0
+        assert record.stages[stage]["seconds"] > 0
 
     recipe = model_recipe(model)
     template = read_record(out).recipe.checkpoint_layout

@@ -292,6 +292,7 @@ def run(
     check_target(out, source.path, overwrite)
     total = 2 + int(verify) + int(bool(push_to_hub))
     loaded = None
+    outcome_memory: dict[str, Any] = {}
     if expertise_path is not None:
         step(1, total, f"reusing the profile {expertise_path}")
         expertise = apply_rule_if_given(
@@ -310,10 +311,16 @@ def run(
         if outcome.expertise is None:
             return  # a rank other than 0: rank 0 bakes, verifies and pushes
         expertise, recipe, loaded = outcome.expertise, outcome.recipe, outcome.loaded
+        outcome_memory = outcome.memory
     echo_summary(expertise, recipe)
     step(2, total, f"baking {out}")
     options = BakeOptions(
-        overwrite, recipe_file, progress_enabled(), command_line(), base_model=base_model
+        overwrite,
+        recipe_file,
+        progress_enabled(),
+        command_line(),
+        base_model=base_model,
+        stages={"profile": outcome_memory} if outcome_memory else {},
     )
     record = run_bake(source, out, expertise, options)
     click.echo(f"baked {out}: {len(record.expertise.tensors_folded)} tensors folded")

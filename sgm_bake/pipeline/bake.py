@@ -61,6 +61,7 @@ from sgm_bake.pipeline.record import (
 )
 from sgm_bake.pipeline.summary import count_module
 from sgm_bake.publish.card import source_card_metadata, write_card, write_plots
+from sgm_bake.runtime.memory import PeakMemory
 
 logger = logging.getLogger(__name__)
 
@@ -79,6 +80,8 @@ class BakeOptions:
     command: str | None = None
     base_model: str | None = None
     extra_record: dict[str, Any] = field(default_factory=dict)
+    stages: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Measured figures of stages that ran before the bake (the one-command form's profile)."""
 
 
 @dataclass
@@ -313,12 +316,14 @@ def bake(source: Source, out: Path, expertise: Expertise, options: BakeOptions) 
         len(plan.edits),
     )
     with atomic_folder(out, options.overwrite) as staging:
-        dropped = copy_other_files(checkpoint, staging)
-        for name in dropped:
-            logger.warning("left out %s: weights in another format would ship unbaked", name)
-        weight_hashes = write_weights(plan, staging, options.progress)
-        (staging / SGM_DIR).mkdir()
-        save_expertise(canonical_expertise(plan, expertise), staging / SGM_DIR / EXPERTISE_FILE)
+        with PeakMemory("bake") as memory:
+            dropped = copy_other_files(checkpoint, staging)
+            for name in dropped:
+                logger.warning("left out %s: weights in another format would ship unbaked", name)
+            weight_hashes = write_weights(plan, staging, options.progress)
+            (staging / SGM_DIR).mkdir()
+            expertise_path = staging / SGM_DIR / EXPERTISE_FILE
+            save_expertise(canonical_expertise(plan, expertise), expertise_path)
         record = BakeRecord(
             tool=ToolInfo("sgm-bake", __version__),
             versions=library_versions(),
@@ -346,6 +351,7 @@ def bake(source: Source, out: Path, expertise: Expertise, options: BakeOptions) 
             source_card=source_card_metadata(source.path),
             base_model=options.base_model,
             extra=dict(options.extra_record),
+            stages={**options.stages, "bake": memory.record()},
         )
         write_plots(staging, record)
         write_card(staging, record)

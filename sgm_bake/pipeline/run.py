@@ -23,6 +23,7 @@ from sgm_bake.pipeline.verify import VerifyReport, verify
 from sgm_bake.pipeline.verify_layers import LayerVerifyReport, verify_layers
 from sgm_bake.runtime.distributed import Distributed
 from sgm_bake.runtime.loading import LoadedModel, Placement, load, pick_device
+from sgm_bake.runtime.memory import PeakMemory
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +56,8 @@ class ProfileOutcome:
     recipe: Recipe
     profile_set: ProfileSet
     loaded: LoadedModel
+    memory: dict[str, Any] = field(default_factory=dict)
+    """The stage's measured time and peak memory (loading included), for the bake record."""
 
 
 def load_profile_inputs(request: ProfileRequest) -> ProfileSet:
@@ -88,20 +91,21 @@ def profile_source(
             f"profiling {source.id} on {profile_set.name} ({toxic} toxic, {benign} non-toxic) "
             f"on {placement.describe()}{ranks}"
         )
-    loaded = load(source, request.device, request.dtype, request.recipe_file, placement)
-    expertise = run_profile(
-        loaded.model,
-        source.path,
-        loaded.recipe,
-        profile_set,
-        options,
-        source.id,
-        source.revision,
-        loaded.device,
-        loaded.dtype,
-        distributed,
-    )
-    return ProfileOutcome(expertise, loaded.recipe, profile_set, loaded)
+    with PeakMemory("profile") as memory:
+        loaded = load(source, request.device, request.dtype, request.recipe_file, placement)
+        expertise = run_profile(
+            loaded.model,
+            source.path,
+            loaded.recipe,
+            profile_set,
+            options,
+            source.id,
+            source.revision,
+            loaded.device,
+            loaded.dtype,
+            distributed,
+        )
+    return ProfileOutcome(expertise, loaded.recipe, profile_set, loaded, memory.record())
 
 
 def verify_output(

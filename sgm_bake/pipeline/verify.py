@@ -35,6 +35,7 @@ from sgm_bake.pipeline.bake import EXPERTISE_FILE
 from sgm_bake.pipeline.record import SGM_DIR, BakeRecord, Verification, read_record, refresh
 from sgm_bake.runtime.chat import call_processor
 from sgm_bake.runtime.loading import Placement, input_device, load_model
+from sgm_bake.runtime.memory import PeakMemory
 
 logger = logging.getLogger(__name__)
 
@@ -204,6 +205,24 @@ def verify(
     `model` may be the source already loaded (in `compute_dtype`, on `device`, no hooks), to
     spare a second load; its folded parameters are overwritten with the baked ones. Otherwise
     the source is loaded on `placement` (an accelerate device map over several devices)."""
+    with PeakMemory("verify_full") as memory:
+        report = _verify_full(out, source_path, compute_dtype, device, model, placement)
+    if record:
+        bake_record = read_record(out)
+        bake_record.verification = Verification(**asdict(report), mode="full")
+        bake_record.stages["verify_full"] = memory.record()
+        refresh(out, bake_record)
+    return report
+
+
+def _verify_full(
+    out: Path,
+    source_path: Path,
+    compute_dtype: torch.dtype,
+    device: str,
+    model: Any,
+    placement: Placement | None,
+) -> VerifyReport:
     bake_record = read_record(out)
     source = open_checkpoint(source_path)
     baked = open_checkpoint(out)
@@ -273,7 +292,4 @@ def verify(
         compute_dtype=str(compute_dtype).replace("torch.", ""),
         tensors_swapped=swapped,
     )
-    if record:
-        bake_record.verification = Verification(**asdict(report), mode="full")
-        refresh(out, bake_record)
     return report

@@ -58,6 +58,7 @@ from sgm_bake.io.safetensors import read_tensor
 from sgm_bake.pipeline.bake import EXPERTISE_FILE
 from sgm_bake.pipeline.record import SGM_DIR, Verification, read_record, refresh
 from sgm_bake.pipeline.verify import TOLERANCE, build_inputs, recorded_recipe
+from sgm_bake.runtime.memory import PeakMemory
 
 logger = logging.getLogger(__name__)
 
@@ -418,10 +419,24 @@ def verify_layers(
     model: nn.Module | None = None,
     progress: bool = False,
 ) -> LayerVerifyReport:
-    """Verify the baked folder `out` against its source layer by layer; record the figures.
+    """Verify the baked folder `out` against its source layer by layer; record the figures
+    (and the stage's measured peak memory) in its bake record.
 
     `model` may be the source already loaded (any dtype, any device map): then the block inputs
     are captured from real prompts and the recipe map is checked exactly against it."""
+    with PeakMemory("verify") as memory:
+        report = _verify_layers(out, source_path, model, progress)
+    if record:
+        bake_record = read_record(out)
+        bake_record.verification = Verification(**report.record())
+        bake_record.stages["verify"] = memory.record()
+        refresh(out, bake_record)
+    return report
+
+
+def _verify_layers(
+    out: Path, source_path: Path, model: nn.Module | None, progress: bool
+) -> LayerVerifyReport:
     bake_record = read_record(out)
     source_checkpoint = open_checkpoint(source_path)
     baked_checkpoint = open_checkpoint(out)
@@ -558,9 +573,6 @@ def verify_layers(
         mapping_check="exactly against the loaded model" if exact_map else "by key and shape",
         layers=tuple(checks),
     )
-    if record:
-        bake_record.verification = Verification(**report.record())
-        refresh(out, bake_record)
     return report
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -106,9 +107,11 @@ class PeakMemory:
     """
 
     stage: str
+    seconds: float = 0.0
     host_peak: int = 0
     host_start: int = 0
     gpu_peaks: dict[str, int] = field(default_factory=dict)
+    _started: float = field(default=0.0, repr=False)
     _stop: threading.Event = field(default_factory=threading.Event, repr=False)
     _thread: threading.Thread | None = field(default=None, repr=False)
 
@@ -119,6 +122,7 @@ class PeakMemory:
                 self.host_peak = current
 
     def __enter__(self) -> PeakMemory:
+        self._started = time.perf_counter()
         self.host_start = rss_anon() or 0
         self.host_peak = self.host_start
         cuda = _cuda()
@@ -138,6 +142,7 @@ class PeakMemory:
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
+        self.seconds = time.perf_counter() - self._started
         current = rss_anon()
         if current is not None:
             self.host_peak = max(self.host_peak, current)
@@ -150,6 +155,7 @@ class PeakMemory:
     def record(self) -> dict[str, Any]:
         """The JSON form stored in the bake record under `memory.<stage>`."""
         return {
+            "seconds": round(self.seconds, 3),
             "host_peak_rss_anon_bytes": self.host_peak,
             "host_start_rss_anon_bytes": self.host_start,
             "gpu_peak_allocated_bytes": dict(self.gpu_peaks),
