@@ -1,17 +1,25 @@
-"""Benchmark: streaming bake vs a plain copy vs the naive transformers round trip.
+"""Benchmark: the default bake (with its layer-streamed verification) vs copying and hashing.
 
 Builds a synthetic sharded bf16 checkpoint shaped like a subset of Llama-7B's language model
 (hidden 4096, MLP 11008, vocab 32000; --layers decoder layers; about 4.6 GB at 10 layers), puts
-alphas on every MLP projection, and measures in one run, each step in its own process:
+alphas on every MLP projection, warms the page cache, and measures in one run, each step in its
+own process:
 
-- copy:  `cp -r` of the checkpoint folder (the floor: the bytes must be read and written once);
-- bake:  `sgm-bake bake --no-verify`;
-- naive: transformers `from_pretrained`, scale the rows in place, `save_pretrained`.
+- copy:         `cp -r` of the checkpoint folder (the bytes read and written once);
+- copy + sha256: `cp -r`, then the sha256 of every copied file with Python's hashlib (what the
+                bake also does: it records the digest of every output file);
+- bake:         `sgm-bake bake` with its default verification (layer by layer);
+- bake, no verify: `sgm-bake bake --no-verify`;
+- verify --full: `sgm-bake verify OUT --full` (the whole-model logits check), once;
+- naive:        transformers `from_pretrained`, scale the rows in place, `save_pretrained`
+                (unless --skip-naive).
 
-Wall time and peak anonymous memory (RssAnon, sampled every 20 ms; file-backed pages of the
-memory-mapped shards do not count) are reported as a markdown table.
+Wall time and peak anonymous memory of the process tree (RssAnon, sampled every 20 ms;
+file-backed pages of the memory-mapped shards do not count) are reported as a markdown table,
+with the goals of issue 11: bake peak <= 1 GB + the largest tensor, bake wall time <= 1.5x
+(copy + sha256).
 
-    python benchmarks/bench_bake.py --workdir /tmp/sgm-bench --layers 10
+    nice python benchmarks/bench_bake.py --workdir /tmp/sgm-bench --layers 10
 """
 
 from __future__ import annotations
@@ -108,8 +116,31 @@ def write_expertise(path: Path, layers: int) -> None:
     save_expertise(Expertise(modules), path)
 
 
+def _tree(pid: int) -> list[int]:
+    """`pid` and all its descendants (from /proc/PID/task/*/children)."""
+    found = [pid]
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            children = (task / "children").read_text().split()
+        except OSError:
+            continue
+        for child in children:
+            found.extend(_tree(int(child)))
+    return found
+
+
+def _rss_anon(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("RssAnon:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        return 0
+    return 0
+
+
 def measure(command: list[str]) -> tuple[float, int]:
-    """Run a command; return wall seconds and peak RssAnon bytes (sampled)."""
+    """Run a command; return wall seconds and the peak RssAnon of its process tree (sampled)."""
     start = time.perf_counter()
     process = subprocess.Popen(command)
     peak = 0
@@ -117,14 +148,8 @@ def measure(command: list[str]) -> tuple[float, int]:
 
     def sample() -> None:
         nonlocal peak
-        status = Path(f"/proc/{process.pid}/status")
         while not done.is_set():
-            try:
-                for line in status.read_text().splitlines():
-                    if line.startswith("RssAnon:"):
-                        peak = max(peak, int(line.split()[1]) * 1024)
-            except (FileNotFoundError, ProcessLookupError):
-                break
+            peak = max(peak, sum(_rss_anon(pid) for pid in _tree(process.pid)))
             time.sleep(0.02)
 
     sampler = threading.Thread(target=sample, daemon=True)
@@ -136,6 +161,20 @@ def measure(command: list[str]) -> tuple[float, int]:
     if code != 0:
         raise SystemExit(f"{command} failed with exit code {code}")
     return elapsed, peak
+
+
+HASH = textwrap.dedent(
+    """
+    import hashlib, sys
+    from pathlib import Path
+    for path in sorted(Path(sys.argv[1]).rglob("*")):
+        if path.is_file():
+            digest = hashlib.sha256()
+            with path.open("rb") as handle:
+                while chunk := handle.read(64 * 1024 * 1024):
+                    digest.update(chunk)
+    """
+)
 
 
 NAIVE = textwrap.dedent(
@@ -160,6 +199,9 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=10)
     parser.add_argument("--repeat", type=int, default=2, help="runs per method (best is kept)")
     parser.add_argument("--skip-naive", action="store_true")
+    parser.add_argument(
+        "--full-dtype", default="float32", help="--verify-dtype of the verify --full run"
+    )
     args = parser.parse_args()
 
     source = args.workdir / "source"
@@ -177,9 +219,8 @@ def main() -> None:
     )
     subprocess.run(["cat", *map(str, source.glob("*"))], stdout=subprocess.DEVNULL, check=True)
 
-    methods = {
-        "copy (cp -r)": lambda out: ["cp", "-r", str(source), str(out)],
-        "sgm-bake bake": lambda out: [
+    def bake(out: Path, *extra: str) -> list[str]:
+        return [
             sys.executable,
             "-m",
             "sgm_bake",
@@ -189,8 +230,22 @@ def main() -> None:
             str(out),
             "--expertise",
             str(expertise),
-            "--no-verify",
+            *extra,
+        ]
+
+    copy_and_hash = f'cp -r "$1" "$2" && "{sys.executable}" -c \'{HASH}\' "$2"'
+    methods = {
+        "copy (cp -r)": lambda out: ["cp", "-r", str(source), str(out)],
+        "copy + hashlib sha256": lambda out: [
+            "sh",
+            "-c",
+            copy_and_hash,
+            "sh",
+            str(source),
+            str(out),
         ],
+        "sgm-bake bake (default: layer-streamed verify)": lambda out: bake(out),
+        "sgm-bake bake --no-verify": lambda out: bake(out, "--no-verify"),
     }
     if not args.skip_naive:
         methods["naive from_pretrained/save_pretrained"] = lambda out: [
@@ -201,10 +256,11 @@ def main() -> None:
             str(out),
             str(expertise),
         ]
-    results = {}
+    results: dict[str, tuple[float, int]] = {}
+    out = args.workdir / "out"
+    kept = args.workdir / "baked"
     for _ in range(args.repeat):
         for label, command in methods.items():
-            out = args.workdir / "out"
             shutil.rmtree(out, ignore_errors=True)
             elapsed, peak = measure(command(out))
             best = results.get(label)
@@ -212,19 +268,63 @@ def main() -> None:
                 min(elapsed, best[0]) if best else elapsed,
                 max(peak, best[1]) if best else peak,
             )
+            if label.endswith("layer-streamed verify)"):
+                shutil.rmtree(kept, ignore_errors=True)
+                out.rename(kept)
             shutil.rmtree(out, ignore_errors=True)
+    record = json.loads((kept / "sgm" / "bake.json").read_text())
+    results["sgm-bake verify --full (once)"] = measure(
+        [
+            sys.executable,
+            "-m",
+            "sgm_bake",
+            "-q",
+            "verify",
+            str(kept),
+            "--full",
+            "--device",
+            "cpu",
+            "--verify-dtype",
+            args.full_dtype,
+        ]
+    )
+    full_record = json.loads((kept / "sgm" / "bake.json").read_text())
+    shutil.rmtree(kept, ignore_errors=True)
 
-    copy_time = results["copy (cp -r)"][0]
+    floor = results["copy + hashlib sha256"][0]
     print(
         f"checkpoint: {size / 1e9:.2f} GB bf16 in "
         f"{len(list(source.glob('*.safetensors')))} shards, "
         f"{args.layers} layers; largest tensor {largest / 1e6:.0f} MB; best of {args.repeat}"
     )
     print()
-    print("| method | wall s | x copy | peak RssAnon MB |")
+    print("| method | wall s | x (copy + sha256) | peak RssAnon MB |")
     print("|---|---|---|---|")
     for label, (elapsed, peak) in results.items():
-        print(f"| {label} | {elapsed:.1f} | {elapsed / copy_time:.2f} | {peak / 1e6:.0f} |")
+        print(f"| {label} | {elapsed:.1f} | {elapsed / floor:.2f} | {peak / 1e6:.0f} |")
+    print()
+    verification = record["verification"]
+    print(
+        f"default verification: {verification['mode']}, {verification['layers_checked']} blocks, "
+        f"max per-unit rel diff {verification['max_rel_diff']:.3g} "
+        f"(tolerance {verification['tolerance']:.3g}), passed {verification['passed']}"
+    )
+    for name, stage in {**record["stages"], **full_record["stages"]}.items():
+        print(
+            f"stage {name}: {stage['seconds']:.1f} s, in-process peak RssAnon "
+            f"{stage['host_peak_rss_anon_bytes'] / 1e6:.0f} MB"
+        )
+    label = "sgm-bake bake (default: layer-streamed verify)"
+    elapsed, peak = results[label]
+    print()
+    print(
+        f"goal peak <= 1 GB + largest tensor ({(1e9 + largest) / 1e6:.0f} MB): "
+        f"{peak / 1e6:.0f} MB, {'met' if peak <= 1e9 + largest else 'NOT met'}"
+    )
+    print(
+        f"goal wall <= 1.5x (copy + sha256) ({1.5 * floor:.1f} s): {elapsed:.1f} s "
+        f"({elapsed / floor:.2f}x), {'met' if elapsed <= 1.5 * floor else 'NOT met'}"
+    )
 
 
 if __name__ == "__main__":

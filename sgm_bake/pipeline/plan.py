@@ -11,7 +11,8 @@ What each stage holds (see DESIGN.md, "Scale"):
 - bake: a few blocks per shard worker; the source is memory-mapped (page cache, not process
   memory), so the figure is constant.
 - verify (layer-streamed, the default): one MLP block in float32, the largest of its tensors in
-  its stored dtype while it is read, and 64 hidden states.
+  its stored dtype while it is read, and up to a hundred hidden states with their
+  intermediate activations.
 - verify --full, profile, eval/generate: the whole model at the run dtype across the devices of an
   accelerate device map, plus activations (profile: a batch's hidden states and logits) or the KV
   cache (generation). On GPUs the host holds the process and one tensor in flight.
@@ -371,7 +372,7 @@ def plan_stages(facts: ModelFacts, options: PlanOptions) -> MemoryPlan:
         PROCESS_BYTES
         + facts.block_params * 4
         + facts.block_largest_bytes
-        + 4 * 64 * hidden_width * 4
+        + 4 * 128 * hidden_width * 4
     )
     stages.append(
         StagePlan(

@@ -38,13 +38,17 @@ it to. Without one, every parameter of the block must map to a present key of th
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import mmap
+import warnings
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 from tqdm.auto import tqdm
@@ -54,7 +58,7 @@ from sgm_bake.core.hooks import SGMHooks, runtime_prefix
 from sgm_bake.core.recipes import Recipe, resolve_checkpoint_layout
 from sgm_bake.errors import SGMError
 from sgm_bake.io.checkpoint import Checkpoint, load_bin, open_checkpoint
-from sgm_bake.io.safetensors import read_tensor
+from sgm_bake.io.safetensors import DTYPES
 from sgm_bake.pipeline.bake import EXPERTISE_FILE
 from sgm_bake.pipeline.record import SGM_DIR, Verification, read_record, refresh
 from sgm_bake.pipeline.verify import TOLERANCE, build_inputs, recorded_recipe
@@ -71,7 +75,11 @@ MLP_INPUT_NORMS = (
 """Where the MLP's input normalisation sits in a decoder layer, most specific first (Gemma 2/3
 have both a post-attention and a pre-feedforward norm; the latter feeds the MLP; Phi runs
 attention and MLP in parallel from the input norm). A recipe may name it as `mlp_input_norm`."""
-RANDOM_TOKENS = 64
+RANDOM_TOKENS = 16
+"""Random tokens per layer. A wrong fold scales a unit's output wrongly on every token (by
+alpha instead of alpha^2, say), so a handful of tokens exposes it; 16 guard against tokens where
+a unit happens to be near zero, and keep the float32 matmuls cheap on a CPU (for a 7B layer,
+16 tokens x 9 projection calls is about 13 GFLOP)."""
 CAPTURED_TOKENS_PER_PROMPT = 32
 SCALE_FLOOR = 1e-3
 """Units whose largest unhooked output is below this share of the module's largest are compared
@@ -177,11 +185,16 @@ def meta_skeleton(folder: Path, recipe: Recipe) -> nn.Module:
 
 
 class TensorSource:
-    """Reads single tensors of a checkpoint lazily (safetensors: one seek and read each)."""
+    """Reads single tensors of a checkpoint lazily.
+
+    safetensors shards are memory-mapped once and a tensor is converted straight from the mapped
+    pages (file-backed page cache, not process memory) into the dtype asked for: one pass over
+    its bytes and no intermediate copy."""
 
     def __init__(self, checkpoint: Checkpoint) -> None:
         self.checkpoint = checkpoint
         self.files = checkpoint.tensor_keys()
+        self._maps: dict[str, mmap.mmap] = {}
         self._bin_cache: tuple[str, dict[str, Any]] | None = None
 
     def __contains__(self, key: str) -> bool:
@@ -192,14 +205,34 @@ class TensorSource:
             return self.checkpoint.headers[self.files[key]].tensors[key].shape
         return tuple(self.read(key).shape)
 
-    def read(self, key: str) -> torch.Tensor:
+    def read(self, key: str, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """The tensor under `key`, as a new tensor in `dtype` (default: its stored dtype)."""
         name = self.files[key]
-        if self.checkpoint.format == "safetensors":
-            return read_tensor(self.checkpoint.headers[name], key)
-        # .bin shards are memory-mapped; keep the last one open rather than reopening per key.
-        if self._bin_cache is None or self._bin_cache[0] != name:
-            self._bin_cache = (name, load_bin(self.checkpoint.root / name))
-        return self._bin_cache[1][key]
+        if self.checkpoint.format != "safetensors":
+            # .bin shards are memory-mapped by torch; keep the last one open.
+            if self._bin_cache is None or self._bin_cache[0] != name:
+                self._bin_cache = (name, load_bin(self.checkpoint.root / name))
+            tensor = self._bin_cache[1][key]
+            return tensor.to(dtype or tensor.dtype, copy=True)
+        info = self.checkpoint.headers[name].tensors[key]
+        stored = DTYPES[info.dtype][0]
+        if stored is None:
+            raise SGMError(f"tensor {key!r} has dtype {info.dtype}, which torch cannot represent")
+        if name not in self._maps:
+            with (self.checkpoint.root / name).open("rb") as handle:
+                self._maps[name] = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
+        raw = np.frombuffer(self._maps[name], dtype=np.uint8, count=info.nbytes, offset=info.start)
+        with warnings.catch_warnings():  # a read-only view, never written through
+            warnings.simplefilter("ignore", UserWarning)
+            view = torch.from_numpy(raw).view(stored).view(info.shape)
+        return view.to(dtype or stored, copy=True)
+
+    def close(self) -> None:
+        for mapped in self._maps.values():
+            with contextlib.suppress(BufferError):
+                mapped.close()
+        self._maps.clear()
+        self._bin_cache = None
 
 
 def _checkpoint_relative(relative: str, leaf_map: Mapping[str, str]) -> str:
@@ -233,8 +266,8 @@ def _load_module(
                 f"{runtime_prefix_name}.{relative} needs {list(tensor.shape)}: the recipe maps "
                 "them wrongly; fix the recipe"
             )
-        value = source.read(key)
-        state[relative] = value.to(torch.float32) if value.is_floating_point() else value
+        stored = source.read(key) if not tensor.is_floating_point() else None
+        state[relative] = stored if stored is not None else source.read(key, torch.float32)
         keys[relative] = key
     module.load_state_dict(state, strict=True, assign=True)
     return keys
@@ -444,6 +477,27 @@ def _verify_layers(
     expertise = load_expertise(out / SGM_DIR / EXPERTISE_FILE)
     source = TensorSource(source_checkpoint)
     baked = TensorSource(baked_checkpoint)
+    try:
+        return _check_layers(
+            out, source_path, model, progress, bake_record, recipe, expertise, source, baked
+        )
+    finally:
+        source.close()
+        baked.close()
+
+
+def _check_layers(
+    out: Path,
+    source_path: Path,
+    model: nn.Module | None,
+    progress: bool,
+    bake_record: Any,
+    recipe: Recipe,
+    expertise: Expertise,
+    source: TensorSource,
+    baked: TensorSource,
+) -> LayerVerifyReport:
+    source_checkpoint, baked_checkpoint = source.checkpoint, baked.checkpoint
     source_layout = resolve_checkpoint_layout(recipe, source_checkpoint.config, source.files)
     baked_layout = resolve_checkpoint_layout(recipe, baked_checkpoint.config, baked.files)
     block, checkpoint_block = mlp_block_names(recipe)
@@ -613,10 +667,10 @@ def _swap_in_baked(
         if key not in baked:
             raise SGMError(f"{out} lacks tensor {key!r}; the output is incomplete, bake again")
         parameter = block_module.get_parameter(relative)
-        value = baked.read(key)
-        if tuple(value.shape) != tuple(parameter.shape):
+        if tuple(baked.shape(key)) != tuple(parameter.shape):
             raise SGMError(
-                f"{out} tensor {key!r} has shape {list(value.shape)}, the source "
+                f"{out} tensor {key!r} has shape {list(baked.shape(key))}, the source "
                 f"{list(parameter.shape)}; the output does not belong to this source"
             )
-        parameter.data = value.to(torch.float32)
+        parameter.data = torch.empty(0)  # drop the source tensor before reading its successor
+        parameter.data = baked.read(key, torch.float32)
