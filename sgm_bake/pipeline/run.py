@@ -83,8 +83,8 @@ def profile_source(
     options = ProfileOptions(**{**request.options.__dict__, "hook_points": hook_points})
     toxic, benign = profile_set.counts()
     placement = request.placement or Placement(device=request.device)
-    if distributed is not None and distributed.backend == "nccl" and placement == Placement():
-        placement = Placement(device=f"cuda:{distributed.local_rank}")
+    if distributed is not None:
+        placement = placement.for_rank(distributed.local_rank, distributed.local_world_size)
     if announce is not None and (distributed is None or distributed.is_main):
         ranks = f" x {distributed.world_size} ranks" if distributed is not None else ""
         announce(

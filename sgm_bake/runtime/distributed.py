@@ -37,6 +37,8 @@ class Distributed:
     world_size: int
     local_rank: int
     backend: str
+    local_world_size: int = 1
+    """Ranks on this machine (torchrun's LOCAL_WORLD_SIZE), which share its GPUs."""
 
     @property
     def is_main(self) -> bool:
@@ -46,7 +48,7 @@ class Distributed:
     def device(self) -> torch.device:
         """The device this rank's collectives use (its own GPU under NCCL)."""
         if self.backend == "nccl":
-            return torch.device("cuda", self.local_rank)
+            return torch.device("cuda", first_gpu(self.local_rank, self.local_world_size))
         return torch.device("cpu")
 
     def barrier(self) -> None:
@@ -100,9 +102,10 @@ def from_env(environ: dict[str, str] | None = None) -> Distributed | None:
         raise SGMError("this torch build has no torch.distributed; run without torchrun")
     rank = int(env.get("RANK", "0"))
     local_rank = int(env.get("LOCAL_RANK", "0"))
+    local_world_size = int(env.get("LOCAL_WORLD_SIZE", "1") or 1)
     backend = "nccl" if torch.cuda.is_available() and dist.is_nccl_available() else "gloo"
     if backend == "nccl":
-        torch.cuda.set_device(local_rank)
+        torch.cuda.set_device(first_gpu(local_rank, local_world_size))
     if not dist.is_initialized():
         try:
             dist.init_process_group(backend=backend, timeout=TIMEOUT)
@@ -112,7 +115,14 @@ def from_env(environ: dict[str, str] | None = None) -> Distributed | None:
                 "--rdzv-endpoint and that every node can reach it"
             ) from exc
     logger.info("rank %d of %d (%s)", rank, world_size, backend)
-    return Distributed(rank, world_size, local_rank, backend)
+    return Distributed(rank, world_size, local_rank, backend, local_world_size)
+
+
+def first_gpu(local_rank: int, local_world_size: int) -> int:
+    """The first of the GPUs a rank owns when a machine's GPUs are shared out evenly among its
+    ranks (the same rule as runtime.loading.Placement.for_rank)."""
+    share = max(1, torch.cuda.device_count() // max(1, local_world_size))
+    return local_rank * share
 
 
 def rank_share(samples: int, batch_size: int, world_size: int, rank: int) -> tuple[int, int]:

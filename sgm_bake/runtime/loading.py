@@ -16,7 +16,7 @@ several.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -100,6 +100,33 @@ class Placement:
                 return torch.device("cuda", min(gpus) if gpus else 0)
             return torch.device("cpu")
         return torch.device(argument)
+
+    def for_rank(self, local_rank: int, local_world_size: int) -> Placement:
+        """This placement for one of several torchrun ranks on a machine, each with its own
+        GPUs: `--max-memory` GPU indices count from the rank's first GPU (rank r of a map over
+        k GPUs uses GPUs r*k .. r*k+k-1); without budgets each rank gets an equal share of the
+        machine's GPUs (one each when there are as many ranks as GPUs)."""
+        if not torch.cuda.is_available() or self.device_map in ("cpu",) or self.device == "cpu":
+            return self
+        gpus = sorted(key for key in self.max_memory if isinstance(key, int))
+        if gpus:
+            offset = local_rank * (max(gpus) + 1)
+            budgets: dict[int | str, int] = {
+                (key + offset if isinstance(key, int) else key): value
+                for key, value in self.max_memory.items()
+            }
+            return replace(self, device_map=self.device_map or "auto", max_memory=budgets)
+        if self.device_map is None or self.device_map in DEVICE_MAP_STRATEGIES:
+            share = max(1, torch.cuda.device_count() // max(1, local_world_size))
+            first = local_rank * share
+            if share == 1:
+                return replace(self, device=f"cuda:{first}", device_map=None)
+            budgets = {
+                index: torch.cuda.get_device_properties(index).total_memory
+                for index in range(first, first + share)
+            }
+            return replace(self, device_map=self.device_map or "auto", max_memory=budgets)
+        return self
 
     def describe(self) -> str:
         argument = self.device_map_argument()
