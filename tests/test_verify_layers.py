@@ -66,6 +66,7 @@ def test_streamed_verification_catches_wrong_folds(model_type: str, tmp_path: Pa
     assert report.passed, report.summary()
     assert report.max_rel_diff <= 1e-5
     assert report.intervention_rel_effect > 0.1
+    assert report.mapping_check.startswith("exactly against transformers"), report.mapping_check
     record = read_record(out)
     assert record.verification.mode == "layers"
     # Each stage's measured peak host memory is recorded beside its figures.

@@ -30,10 +30,13 @@ alpha(1 - alpha) (0.09 or more for alpha in [0.1, 0.9]) however small the unit i
 others. The bound is the per-dtype rounding tolerance of `verify.py` (one rounding of each folded
 weight: about 10 unit roundoffs for fp16/bf16, 1e-4 for fp32); all arithmetic here is float32.
 
-The recipe map itself (module name -> checkpoint key) is checked exactly when a loaded model is
-given: each folded parameter transformers loaded must equal the checkpoint tensor the recipe maps
-it to. Without one, every parameter of the block must map to a present key of the same shape;
-`verify --full` loads the model through transformers and checks the map exactly.
+The recipe map itself (module name -> checkpoint key) is checked exactly, against transformers'
+own loading and its key conversions: each parameter transformers loads must equal the checkpoint
+tensor the recipe maps it to. With a loaded model that is the model; without one, transformers
+loads just two blocks (the first and last folded layers) with every other module left on disk
+(offloaded safetensors stay in their files), so this costs two blocks in their stored dtype. If
+transformers cannot load that way, every parameter must at least map to a present key of the
+right shape, and `verify --full` checks the map exactly.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import mmap
+import tempfile
 import warnings
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -241,6 +245,15 @@ def _checkpoint_relative(relative: str, leaf_map: Mapping[str, str]) -> str:
     return f"{leaf_map.get(module, module)}.{attribute}" if module else relative
 
 
+def _block_keys(module: nn.Module, prefix: str, leaf_map: Mapping[str, str]) -> dict[str, str]:
+    """The recipe's map for one block: each parameter or persistent buffer (relative name) ->
+    its checkpoint key."""
+    return {
+        relative: f"{prefix}.{_checkpoint_relative(relative, leaf_map)}"
+        for relative in module.state_dict(keep_vars=True)
+    }
+
+
 def _load_module(
     module: nn.Module,
     source: TensorSource,
@@ -250,11 +263,10 @@ def _load_module(
 ) -> dict[str, str]:
     """Assign every parameter and persistent buffer of `module` from the checkpoint in float32;
     return the map relative name -> checkpoint key used."""
-    leaf_map = leaf_map or {}
+    keys = _block_keys(module, prefix, leaf_map or {})
     state: dict[str, torch.Tensor] = {}
-    keys: dict[str, str] = {}
     for relative, tensor in module.state_dict(keep_vars=True).items():
-        key = f"{prefix}.{_checkpoint_relative(relative, leaf_map)}"
+        key = keys[relative]
         if key not in source:
             raise SGMError(
                 f"checkpoint has no tensor {key!r} for {runtime_prefix_name}.{relative}; the "
@@ -268,9 +280,87 @@ def _load_module(
             )
         stored = source.read(key) if not tensor.is_floating_point() else None
         state[relative] = stored if stored is not None else source.read(key, torch.float32)
-        keys[relative] = key
     module.load_state_dict(state, strict=True, assign=True)
     return keys
+
+
+def _transformers_device_map(model: nn.Module, targets: list[str]) -> dict[str, str]:
+    """A device map that keeps `targets` on the CPU and every other module on disk (offloaded
+    safetensors weights stay in their files: nothing is copied or loaded for them)."""
+    device_map: dict[str, str] = {}
+
+    def walk(prefix: str, module: nn.Module) -> None:
+        # Parameters held directly by an ancestor of a target (LLaVA-NeXT's image_newline,
+        # mllama's cross-attention gates) need a place of their own.
+        for name, _ in module.named_parameters(recurse=False):
+            device_map[f"{prefix}.{name}" if prefix else name] = "disk"
+        for name, child in module.named_children():
+            path = f"{prefix}.{name}" if prefix else name
+            if path in targets:
+                device_map[path] = "cpu"
+            elif any(target.startswith(f"{path}.") for target in targets):
+                walk(path, child)
+            else:
+                device_map[path] = "disk"
+
+    walk("", model)
+    return device_map
+
+
+def check_map_with_transformers(
+    folder: Path,
+    recipe: Recipe,
+    skeleton: nn.Module,
+    blocks: list[str],
+    expected: Mapping[str, str],
+    source: TensorSource,
+) -> bool:
+    """Check the recipe's module-name -> checkpoint-key map against transformers' own loading
+    (its key conversions included) without loading the model: only `blocks` are loaded, in their
+    stored dtype, everything else stays on disk. Each loaded parameter must equal the checkpoint
+    tensor the recipe maps it to. Returns False, with a warning, when transformers cannot load
+    this way (the map is then checked by key and shape only)."""
+    import transformers
+
+    if not (folder / "config.json").is_file() or source.checkpoint.format != "safetensors":
+        return False
+    auto = getattr(transformers, recipe.auto_class)
+    with tempfile.TemporaryDirectory(prefix="sgm-verify-offload-") as offload:
+        try:
+            with warnings.catch_warnings():  # parameter-level keys are fine, whatever it says
+                warnings.filterwarnings("ignore", message="The following device_map keys")
+                model = auto.from_pretrained(
+                    folder,
+                    dtype="auto",
+                    device_map=_transformers_device_map(skeleton, blocks),
+                    offload_folder=offload,
+                )
+        except Exception as exc:  # any loader failure only downgrades the check
+            logger.warning(
+                "transformers could not load single blocks of %s (%s: %s); the recipe map is "
+                "checked by key and shape only (verify --full checks it exactly)",
+                folder,
+                type(exc).__name__,
+                exc,
+            )
+            return False
+        try:
+            for name, key in expected.items():
+                try:
+                    loaded = model.get_parameter(name)
+                except AttributeError:
+                    loaded = model.get_buffer(name)
+                if loaded.device.type == "meta":
+                    logger.warning("transformers left %s offloaded; map checked by shape", name)
+                    return False
+                if not torch.equal(loaded.detach(), source.read(key, loaded.dtype)):
+                    raise SGMError(
+                        f"module {name} does not hold checkpoint tensor {key!r}: recipe "
+                        f"{recipe.path.name} maps them wrongly; fix the recipe"
+                    )
+        finally:
+            del model
+    return True
 
 
 def _release(module: nn.Module) -> None:
@@ -520,6 +610,26 @@ def _check_layers(
     dtypes = bake_record.format.folded_dtypes or ["F32"]
     tolerance = max(TOLERANCE.get(d, 1e-4) for d in dtypes)
     norm_name = recipe.definition.get("mlp_input_norm")
+    leaf_map = {
+        p.name[len(block) + 1 :]: p.checkpoint_name[len(checkpoint_block) + 1 :]
+        for p in recipe.projections
+    }
+    mapped_by_transformers = False
+    if model is None:
+        ends = sorted({layers[0], layers[-1]})
+        expected = {
+            f"{template.format(layer=layer)}.{block}.{relative}": key
+            for layer in ends
+            for relative, key in _block_keys(
+                skeleton.get_submodule(f"{template.format(layer=layer)}.{block}"),
+                f"{source_layout.prefix_template.format(layer=layer)}.{checkpoint_block}",
+                leaf_map,
+            ).items()
+        }
+        blocks = [f"{template.format(layer=layer)}.{block}" for layer in ends]
+        mapped_by_transformers = check_map_with_transformers(
+            source_path, recipe, skeleton, blocks, expected, source
+        )
 
     checks: list[LayerCheck] = []
     swapped = 0
@@ -529,11 +639,6 @@ def _check_layers(
         runtime_layer = template.format(layer=layer)
         layer_module = skeleton.get_submodule(runtime_layer)
         block_module = layer_module.get_submodule(block)
-        # Projection paths relative to the block, runtime -> checkpoint naming.
-        leaf_map = {
-            p.name[len(block) + 1 :]: p.checkpoint_name[len(checkpoint_block) + 1 :]
-            for p in recipe.projections
-        }
         source_prefix = f"{source_layout.prefix_template.format(layer=layer)}.{checkpoint_block}"
         baked_prefix = f"{baked_layout.prefix_template.format(layer=layer)}.{checkpoint_block}"
         runtime_block = f"{runtime_layer}.{block}"
@@ -624,7 +729,13 @@ def _check_layers(
         tolerance=tolerance,
         compute_dtype="float32",
         tensors_swapped=swapped,
-        mapping_check="exactly against the loaded model" if exact_map else "by key and shape",
+        mapping_check=(
+            "exactly against the loaded model"
+            if exact_map
+            else "exactly against transformers' loading of two blocks"
+            if mapped_by_transformers
+            else "by key and shape"
+        ),
         layers=tuple(checks),
     )
     return report
