@@ -7,7 +7,7 @@ Format: a JSONL file (one JSON object a line) or a CSV file with a header. Field
 | `text` | unless `response` | the text fed with the image |
 | `prompt`, `response` | optional | the user's prompt and the reply (the text) |
 | `image` | optional | an image path relative to the set file (must stay inside its folder) |
-| `render` | optional (JSONL) | an image drawn at load time (see `sgm_bake.datasets.render.render`) |
+| `render` | optional (JSONL) | an image drawn at load time (`sgm_bake.datasets.render`) |
 | `label` | yes | `toxic`/`1` or `non-toxic`/`0` (also `true`/`false`, `nontoxic`) |
 | `id` | optional | a name for the row (default: its line number) |
 
@@ -26,7 +26,9 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from sgm_bake.datasets.render import check_image_file, check_render_spec
 from sgm_bake.errors import SGMError
+from sgm_bake.io.paths import contained, relative_name
 from sgm_bake.resources import data_dir
 
 logger = logging.getLogger(__name__)
@@ -117,12 +119,9 @@ def _rows(path: Path) -> list[dict[str, Any]]:
 
 
 def _image_path(value: str, folder: Path, where: str) -> Path:
-    relative = PurePosixPath(value.replace("\\", "/"))
-    if relative.is_absolute() or ".." in relative.parts or not relative.parts:
-        raise SGMError(
-            f"{where}: image path {value!r} escapes the set's folder; use a relative path inside it"
-        )
-    return folder / Path(*relative.parts)
+    """The image a row names, refused unless it stays inside the set's folder after following
+    symlinks (a set must not read files from elsewhere on the machine)."""
+    return contained(folder, value, f"{where}: image path")
 
 
 def parse_rows(rows: list[dict[str, Any]], folder: Path, source: str) -> list[ProfileSample]:
@@ -140,10 +139,8 @@ def parse_rows(rows: list[dict[str, Any]], folder: Path, source: str) -> list[Pr
         prompt = str(row.get("prompt") or "").strip() or None
         image_path = None
         render = row.get("render")
-        if render is not None and not isinstance(render, dict):
-            raise SGMError(
-                f"{where}: 'render' must be an object such as {{'kind': 'text', 'text': '...'}}"
-            )
+        if render is not None:
+            check_render_spec(render, where)
         if row.get("image"):
             image_path = _image_path(str(row["image"]), folder, where)
             if not image_path.is_file():
@@ -158,18 +155,9 @@ def parse_rows(rows: list[dict[str, Any]], folder: Path, source: str) -> list[Pr
 
 def check_images(samples: list[ProfileSample], source: str) -> None:
     """Open every image once, so an unreadable file fails before hours of profiling."""
-    from PIL import Image, UnidentifiedImageError
-
     for sample in samples:
-        if sample.image_path is None:
-            continue
-        try:
-            with Image.open(sample.image_path) as image:
-                image.verify()
-        except (OSError, UnidentifiedImageError) as exc:
-            raise SGMError(
-                f"{source} row {sample.id}: image {sample.image_path.name} is unreadable ({exc})"
-            ) from exc
+        if sample.image_path is not None:
+            check_image_file(sample.image_path, f"{source} row {sample.id}")
 
 
 def validate(samples: list[ProfileSample], source: str) -> None:
@@ -225,7 +213,7 @@ def _fetch_hub_images(spec: str, rows: list[dict[str, Any]], repo_path: str) -> 
     base = PurePosixPath(repo_path).parent
     for number, row in enumerate(rows, start=1):
         if row.get("image"):
-            _image_path(str(row["image"]), Path("."), f"{spec} row {number}")
+            relative_name(str(row["image"]), f"{spec} row {number}: image path")
             try:
                 hf_hub_download(repo_id, str(base / str(row["image"])), repo_type="dataset")
             except EntryNotFoundError as exc:

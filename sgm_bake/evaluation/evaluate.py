@@ -37,8 +37,10 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from sgm_bake.datasets.render import check_image_file, check_render_spec
 from sgm_bake.errors import SGMError
 from sgm_bake.evaluation.judges import Judge
+from sgm_bake.io.paths import contained
 from sgm_bake.resources import data_dir
 
 logger = logging.getLogger(__name__)
@@ -111,13 +113,13 @@ def load_prompt_set(spec: str) -> PromptSet:
                 f"prompt set {where}: condition {row['condition']!r} is not one of {CONDITIONS}"
             )
         image_path = None
+        if row.get("render") is not None:
+            check_render_spec(row["render"], f"prompt set {where}")
         if row.get("image"):
-            relative = Path(str(row["image"]))
-            if relative.is_absolute() or ".." in relative.parts:
-                raise SGMError(f"prompt set {where}: image path escapes the set's folder")
-            image_path = path.parent / relative
+            image_path = contained(path.parent, str(row["image"]), f"prompt set {where}: image")
             if not image_path.is_file():
                 raise SGMError(f"prompt set {where}: image {row['image']} does not exist")
+            check_image_file(image_path, f"prompt set {where}")
         items.append(
             EvalItem(
                 id=str(row.get("id") or number),

@@ -203,7 +203,10 @@ def canonical_expertise(plan: BakePlan, expertise: Expertise) -> Expertise:
 def _copy_other_files(
     checkpoint: Checkpoint, staging: Path, skip: frozenset[str] = frozenset()
 ) -> list[str]:
-    """Copy every non-weight file verbatim; return the weight files that were left out."""
+    """Copy every non-weight file verbatim; return the weight files that were left out.
+
+    A symlink resolving outside the source folder is refused, never followed into the output.
+    """
     dropped = []
     for path in sorted(checkpoint.root.rglob("*")):
         relative = path.relative_to(checkpoint.root)
@@ -212,6 +215,11 @@ def _copy_other_files(
             or relative.parts[0] in SKIPPED_DIRS
         ):
             continue
+        if not checkpoint.contains(path):
+            raise SGMError(
+                f"{path} links to {os.path.realpath(path)}, outside the source folder; copy "
+                "the file into the folder (sgm-bake never copies content from outside SOURCE)"
+            )
         if not path.is_file():
             continue
         name = relative.as_posix()
@@ -247,6 +255,7 @@ def _write_weights(plan: BakePlan, staging: Path, progress: bool) -> dict[str, s
 
             def rewrite(item: tuple[str, Any]) -> tuple[str, str]:
                 name, header = item
+                (staging / name).parent.mkdir(parents=True, exist_ok=True)  # shards in subfolders
                 return name, rewrite_file(header, staging / name, per_file.get(name, {}), advance)
 
             workers = max(1, min(SHARD_WORKERS, len(checkpoint.headers)))
@@ -268,6 +277,7 @@ def _write_weights(plan: BakePlan, staging: Path, progress: bool) -> dict[str, s
                 tensors.append((key, tensor))
                 total_size += tensor.numel() * tensor.element_size()
             renamed[name] = bin_to_safetensors_name(name)
+            (staging / renamed[name]).parent.mkdir(parents=True, exist_ok=True)
             hashes[renamed[name]] = write_tensors(
                 staging / renamed[name], tensors, {"format": "pt"}
             )
