@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from sgm_bake.errors import SGMError
+from sgm_bake.io import interrupts
 
 # safetensors dtype tag -> (torch dtype, bytes per element); tags without a torch dtype are
 # carried byte for byte but cannot be folded.
@@ -251,9 +252,12 @@ def _copy_range(source: int, destination: int, start: int, length: int) -> None:
     copied = 0
     use_kernel = hasattr(os, "copy_file_range")
     while copied < length:
+        interrupts.check()  # chunks of COPY_CHUNK: a signal stops a worker within one
         if use_kernel:
             try:
-                count = os.copy_file_range(source, destination, length - copied, start + copied)
+                count = os.copy_file_range(
+                    source, destination, min(COPY_CHUNK, length - copied), start + copied
+                )
             except OSError:
                 use_kernel = False
                 continue
@@ -294,6 +298,7 @@ def fold_range(
     block_rows = max(1, FOLD_BLOCK_BYTES // row_bytes)
     chunk_rows = max(block_rows, (WRITE_CHUNK_BYTES // row_bytes) // block_rows * block_rows)
     for chunk_start in range(0, rows, chunk_rows):
+        interrupts.check()
         chunk_stop = min(rows, chunk_start + chunk_rows)
         chunk = torch.empty((chunk_stop - chunk_start, *source.shape[1:]), dtype=source.dtype)
         for block_start in range(chunk_start, chunk_stop, block_rows):
@@ -320,6 +325,7 @@ def rewrite_file(
 
     Everything else, the header included, is copied byte for byte. Returns the sha256.
     """
+    interrupts.check()  # a queued shard does not start after a signal
     with header.path.open("rb") as source, destination.open("wb", buffering=0) as out:
         mapped = mmap.mmap(source.fileno(), 0, access=mmap.ACCESS_READ)
         whole = memoryview(mapped)

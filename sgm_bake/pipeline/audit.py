@@ -19,7 +19,13 @@ import torch
 from sgm_bake.core.expertise import Expertise, ModuleExpertise, load_expertise
 from sgm_bake.errors import SGMError
 from sgm_bake.io.safetensors import file_sha256
-from sgm_bake.pipeline.bake import EXPERTISE_FILE, RECORD_FILE, SGM_DIR, read_record
+from sgm_bake.pipeline.bake import (
+    EXPERTISE_FILE,
+    RECORD_FILE,
+    SGM_DIR,
+    expertise_path,
+    read_record,
+)
 
 RELATIVE_ERROR = {
     "F32": 2 * 2.0**-24,
@@ -93,7 +99,7 @@ def inverse_expertise(expertise: Expertise) -> Expertise:
 
 
 def stored_expertise(folder: Path) -> Expertise:
-    path = folder / SGM_DIR / EXPERTISE_FILE
+    path = expertise_path(folder)
     if not path.is_file():
         raise SGMError(f"{folder} has no {SGM_DIR}/{EXPERTISE_FILE}; it is not an sgm-bake output")
     return load_expertise(path)

@@ -32,6 +32,7 @@ from sgm_bake.core.recipes import (
     resolve_checkpoint_layout,
 )
 from sgm_bake.errors import SGMError
+from sgm_bake.io import interrupts
 from sgm_bake.io.atomic import atomic_folder, check_target
 from sgm_bake.io.checkpoint import (
     BIN_INDEX,
@@ -54,7 +55,10 @@ from sgm_bake.publish.card import source_card_metadata, write_card, write_plots
 logger = logging.getLogger(__name__)
 
 SGM_DIR = "sgm"
-EXPERTISE_FILE = "expertise.safetensors"
+# Named so that no weight glob (`*.safetensors`, as vLLM and TGI download) fetches it with the
+# weights; still a safetensors-format file. Outputs of earlier versions used the legacy name.
+EXPERTISE_FILE = "expertise.sgm"
+LEGACY_EXPERTISE_FILE = "expertise.safetensors"
 RECORD_FILE = "bake.json"
 SKIPPED_DIRS = {".git", ".cache", ".huggingface", SGM_DIR}
 SHARD_WORKERS = 2
@@ -260,7 +264,11 @@ def _write_weights(plan: BakePlan, staging: Path, progress: bool) -> dict[str, s
 
             workers = max(1, min(SHARD_WORKERS, len(checkpoint.headers)))
             with ThreadPoolExecutor(max_workers=workers) as pool:
-                hashes = dict(pool.map(rewrite, checkpoint.headers.items()))
+                try:
+                    hashes = dict(pool.map(rewrite, checkpoint.headers.items()))
+                except BaseException:  # Ctrl-C/SIGTERM: workers stop at their next block
+                    pool.shutdown(wait=True, cancel_futures=True)
+                    raise
             if checkpoint.index_file:
                 shutil.copyfile(checkpoint.root / checkpoint.index_file, staging / SAFE_INDEX)
             return hashes
@@ -268,6 +276,7 @@ def _write_weights(plan: BakePlan, staging: Path, progress: bool) -> dict[str, s
         renamed = {}
         total_size = 0
         for name in checkpoint.weight_files:
+            interrupts.check()
             state = load_bin(checkpoint.root / name)
             folds = per_file.get(name, {})
             tensors = []
@@ -349,6 +358,13 @@ def refresh(folder: Path, record: dict[str, Any]) -> None:
     write_record(folder, record, record.get("files"))
 
 
+def expertise_path(folder: Path) -> Path:
+    """The expertise file of a baked folder (the current name, else the legacy one)."""
+    path = folder / SGM_DIR / EXPERTISE_FILE
+    legacy = folder / SGM_DIR / LEGACY_EXPERTISE_FILE
+    return legacy if not path.is_file() and legacy.is_file() else path
+
+
 def read_record(folder: Path) -> dict[str, Any]:
     """Load sgm/bake.json of a baked folder."""
     path = folder / SGM_DIR / RECORD_FILE
@@ -367,6 +383,11 @@ def bake(source: Source, out: Path, expertise: Expertise, options: BakeOptions) 
     check_target(out, source.path, options.overwrite)
     checkpoint = open_checkpoint(source.path)
     plan = plan_bake(checkpoint, expertise, options.recipe_file)
+    if all(bool((unit.entry.alpha == 1).all()) for unit in plan.units):
+        logger.warning(
+            "every factor is 1: this bake changes no weight (no unit passed the rule's "
+            "threshold and top-k); check the expertise file and the rule's knobs"
+        )
     logger.info(
         "recipe %s, layout %s, %d tensors to fold",
         plan.recipe.model_type,

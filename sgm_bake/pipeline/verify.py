@@ -32,7 +32,7 @@ from sgm_bake.errors import SGMError
 from sgm_bake.evaluation.evaluate import call_processor
 from sgm_bake.io.checkpoint import Checkpoint, load_bin, open_checkpoint
 from sgm_bake.io.safetensors import read_tensor
-from sgm_bake.pipeline.bake import EXPERTISE_FILE, SGM_DIR, read_record, refresh
+from sgm_bake.pipeline.bake import expertise_path, read_record, refresh
 
 logger = logging.getLogger(__name__)
 
@@ -229,7 +229,7 @@ def verify(
     source = open_checkpoint(source_path)
     baked = open_checkpoint(out)
     recipe = recorded_recipe(bake_record, source.config)
-    expertise = load_expertise(out / SGM_DIR / EXPERTISE_FILE)
+    expertise = load_expertise(expertise_path(out))
     target = pick_device(device)
     if model is None:
         model = load_model(source_path, recipe, compute_dtype, target)

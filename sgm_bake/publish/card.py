@@ -236,7 +236,9 @@ def write_plots(folder: Path, record: dict[str, Any]) -> list[str]:
             percent=True,
         )
         written.append("sgm/units_per_layer.png")
-    expertise = load_expertise(folder / "sgm" / "expertise.safetensors")
+    from sgm_bake.pipeline.bake import expertise_path
+
+    expertise = load_expertise(expertise_path(folder))
     scores = [entry.auroc for entry in expertise.modules.values() if entry.auroc is not None]
     if scores:
         import torch
