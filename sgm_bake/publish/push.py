@@ -10,12 +10,11 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from sgm_bake.errors import SGMError
 from sgm_bake.io.paths import relative_name
 from sgm_bake.pipeline.audit import check_hashes
-from sgm_bake.pipeline.bake import RECORD_FILE, SGM_DIR, read_record, write_record
+from sgm_bake.pipeline.record import RECORD_PATH, BakeRecord, read_record, write_record
 from sgm_bake.publish.card import write_card
 
 logger = logging.getLogger(__name__)
@@ -39,13 +38,13 @@ class UploadPlan:
         return [*lines, f"{len(self.files)} files, {total:,} bytes to {target}, {visibility}"]
 
 
-def check_publishable(folder: Path) -> dict[str, Any]:
+def check_publishable(folder: Path) -> BakeRecord:
     """Refuse an output whose verification failed or is missing, or whose files changed."""
     record = read_record(folder)
-    verification = record.get("verification")
-    if not verification:
+    verification = record.verification
+    if verification is None:
         raise SGMError(f"{folder} has not been verified; run 'sgm-bake verify {folder}' first")
-    if not verification.get("passed"):
+    if not verification.passed:
         raise SGMError(f"{folder} failed verification; it must not be published (bake it again)")
     check = check_hashes(folder, record)
     if not check.ok:
@@ -56,7 +55,7 @@ def check_publishable(folder: Path) -> dict[str, Any]:
     return record
 
 
-def recorded_path(folder: Path, name: object) -> Path:
+def recorded_path(folder: Path, name: str) -> Path:
     """A file the record lists, refused if it or a folder on its way is a symlink: the upload
     would send whatever the link points to, which the sha256 check may not have read."""
     path = folder
@@ -75,11 +74,11 @@ def plan_upload(
 ) -> UploadPlan:
     if folder.is_symlink():
         raise SGMError(f"{folder} is a symlink; push the real folder it points to")
-    names = sorted([*read_record(folder).get("files", {}), f"{SGM_DIR}/{RECORD_FILE}"])
+    names = sorted([*read_record(folder).files, RECORD_PATH])
     paths = [recorded_path(folder, name) for name in names]
     record = check_publishable(folder)
     files = [(name, path.stat().st_size) for name, path in zip(names, paths, strict=True)]
-    source = record.get("source", {}).get("id", "a base model")
+    source = record.source.id
     return UploadPlan(
         repo_id, files, private, branch, message or f"Upload SGM-detoxified {source} (sgm-bake)"
     )
@@ -92,7 +91,7 @@ def push(folder: Path, plan: UploadPlan) -> str:
 
     record = read_record(folder)
     write_card(folder, record, plan.repo_id)  # the card's code snippet names the repo
-    write_record(folder, record, record.get("files"))
+    write_record(folder, record, record.files)
     plan = plan_upload(folder, plan.repo_id, plan.private, plan.branch, plan.commit_message)
     api = HfApi()
     try:
