@@ -505,16 +505,45 @@ def test_bin_training_entries_are_skipped_with_a_warning(tmp_path, llava_dir, ca
 
 
 def test_two_bakes_are_byte_identical(tmp_path, llava_dir, llava_expertise):
+    """Every output file is byte-identical, the expertise file included; the record differs
+    only in its time stamp."""
     expertise = load_expertise(llava_expertise)
     for name in ("a", "b"):
         bake(
             resolve_source(str(llava_dir)), tmp_path / name, expertise, BakeOptions(progress=False)
         )
     first, second = snapshot(tmp_path / "a"), snapshot(tmp_path / "b")
-    assert "sgm/expertise.sgm" in first and not any(
-        n.endswith("expertise.safetensors") for n in first
-    )
+    assert "sgm/expertise.sgm" in first
+    assert not any(name.endswith("expertise.safetensors") for name in first)
+    records = [json.loads((tmp_path / n / "sgm" / "bake.json").read_text()) for n in "ab"]
+    for record in records:
+        record.pop("created")
+    assert records[0] == records[1]
+    first.pop("sgm/bake.json"), second.pop("sgm/bake.json")
     assert first == second
+
+
+def test_inspect_never_modifies_the_folder(runner, tmp_path, llava_dir, llava_expertise):
+    out = tmp_path / "out"
+    bake(resolve_source(str(llava_dir)), out, load_expertise(llava_expertise), BakeOptions())
+    before = snapshot(tmp_path)
+    result = runner.invoke(main, ["-q", "inspect", str(out)])
+    assert result.exit_code == 0, result.output
+    assert snapshot(tmp_path) == before
+    (out / "README.md").write_text("tampered")
+    before = snapshot(tmp_path)
+    result = runner.invoke(main, ["-q", "inspect", str(out)])
+    assert result.exit_code == 4 and snapshot(tmp_path) == before
+
+
+def test_old_expertise_name_is_still_read(runner, tmp_path, llava_dir, llava_expertise):
+    from sgm_bake.pipeline.bake import expertise_path
+
+    out = tmp_path / "out"
+    bake(resolve_source(str(llava_dir)), out, load_expertise(llava_expertise), BakeOptions())
+    (out / "sgm" / "expertise.sgm").rename(out / "sgm" / "expertise.safetensors")
+    assert expertise_path(out).name == "expertise.safetensors"
+    assert load_expertise(expertise_path(out)).modules
 
 
 def test_top_k_zero_means_no_cap_and_a_no_op_bake_warns(
