@@ -7,7 +7,6 @@ shapes. Both are deterministic: the same spec always gives the same pixels.
 
 from __future__ import annotations
 
-import hashlib
 import math
 import warnings
 from functools import lru_cache
@@ -202,11 +201,6 @@ def check_image_file(path: Path, where: str) -> None:
         raise SGMError(f"{where}: image {path.name} is damaged ({type(exc).__name__})") from exc
     finally:
         image.close()
-
-
-def spec_digest(spec: dict[str, Any]) -> str:
-    """A short stable id for a render spec."""
-    return hashlib.sha256(repr(sorted(spec.items())).encode()).hexdigest()[:12]
 
 
 def load_image(spec: dict[str, Any] | None, path: Any | None) -> Image.Image | None:
