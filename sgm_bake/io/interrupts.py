@@ -101,11 +101,11 @@ def handling() -> Iterator[None]:
     _STATE.event.clear()
     _STATE.signum = 0
     _STATE.shield = 0
-    previous: dict[int, Any] = {}
-    for signum in HANDLED:
-        previous[signum] = signal.signal(signum, _handler)
+    previous: dict[signal.Signals, Any] = {}
+    for handled in HANDLED:
+        previous[handled] = signal.signal(handled, _handler)
     try:
         yield
     finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
+        for handled, handler in previous.items():
+            signal.signal(handled, handler)

@@ -307,7 +307,7 @@ def fold_range(
             if folded.shape != (block_stop - block_start, *source.shape[1:]):
                 raise AssertionError(f"fold changed the shape of {info.name}")
             chunk[block_start - chunk_start : block_stop - chunk_start] = folded
-        data = memoryview(chunk.view(-1).view(torch.uint8).numpy())
+        data = chunk.view(-1).view(torch.uint8).numpy().data
         view = data
         while view.nbytes:
             written = os.write(out, view)
@@ -389,7 +389,7 @@ def write_tensors(
         for _, tensor in items:
             flat = tensor.detach().contiguous().reshape(-1)
             if flat.numel():
-                writer.write(flat.view(torch.uint8).numpy())
+                writer.write(flat.view(torch.uint8).numpy().data)
         out.flush()
         os.fsync(out.fileno())
     return writer.sha256.hexdigest()
