@@ -185,7 +185,12 @@ def check_config(config: dict[str, Any], path: Path) -> None:
                 value = where.get(key)
                 if value is None:
                     continue
-                if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= limit:
+                # Some families give a size per layer (gemma3n's intermediate_size).
+                values = value if isinstance(value, list) and keys is SIZES and value else [value]
+                if not all(
+                    isinstance(v, int) and not isinstance(v, bool) and 0 < v <= limit
+                    for v in values
+                ):
                     raise SGMError(
                         f"{path}: {prefix}{key} is {value!r}; expected a whole number from 1 to "
                         f"{limit}: the config is damaged"
