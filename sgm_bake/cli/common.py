@@ -73,14 +73,15 @@ def user_errors(command: F) -> F:
                     )
                 else:
                     click.echo(
-                        f"interrupted by {exc.signal_name}: temporary files removed, existing "
-                        "outputs unchanged",
+                        f"interrupted by {exc.signal_name}: temporary files removed; no output "
+                        "was left half-written or replaced by an incomplete one",
                         err=True,
                     )
                 sys.exit(exc.exit_code)
             except KeyboardInterrupt:
                 click.echo(
-                    "interrupted by SIGINT: temporary files removed, existing outputs unchanged",
+                    "interrupted by SIGINT: temporary files removed; no output was left "
+                    "half-written or replaced by an incomplete one",
                     err=True,
                 )
                 sys.exit(EXIT_INTERRUPTED)
