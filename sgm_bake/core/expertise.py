@@ -199,20 +199,14 @@ def save_expertise(expertise: Expertise, path: Path | str) -> None:
         if entry.auroc is not None:
             tensors[f"auroc/{name}"] = entry.auroc.to(torch.float32).contiguous()
         metadata[f"side/{name}"] = entry.side
-    Path(path).write_bytes(canonical_header(save(tensors, metadata=metadata)))
+    Path(path).write_bytes(_canonical(save(tensors, metadata=metadata)))
 
 
-def canonical_header(data: bytes) -> bytes:
-    """The same safetensors bytes with the header's keys sorted.
-
-    safetensors serialises metadata from a hash map whose order changes from process to process,
-    so two runs with identical contents would write different bytes; sorting makes the expertise
-    file byte-identical across runs (and across ranks of a distributed profile). Offsets are
-    relative to the data, so only the header changes, and it keeps its padded length."""
-    (length,) = struct.unpack("<Q", data[:8])
-    header = json.loads(data[8 : 8 + length])
+def _canonical(blob: bytes) -> bytes:
+    """The same safetensors file with its header's keys sorted: the library writes metadata in
+    hash order, which differs from run to run, and two bakes must give identical files."""
+    (length,) = struct.unpack("<Q", blob[:8])
+    header = json.loads(blob[8 : 8 + length])
     text = json.dumps(header, sort_keys=True, separators=(",", ":")).encode("utf-8")
-    text += b" " * (length - len(text))
-    if len(text) != length:
-        raise AssertionError("a canonical safetensors header changed length")
-    return data[:8] + text + data[8 + length :]
+    text += b" " * (-len(text) % 8)
+    return struct.pack("<Q", len(text)) + text + blob[8 + length :]

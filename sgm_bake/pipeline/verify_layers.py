@@ -63,8 +63,8 @@ from sgm_bake.core.recipes import Recipe, resolve_checkpoint_layout
 from sgm_bake.errors import SGMError
 from sgm_bake.io.checkpoint import Checkpoint, load_bin, open_checkpoint
 from sgm_bake.io.safetensors import DTYPES
-from sgm_bake.pipeline.bake import EXPERTISE_FILE
-from sgm_bake.pipeline.record import SGM_DIR, Verification, read_record, refresh
+from sgm_bake.pipeline.bake import expertise_path
+from sgm_bake.pipeline.record import Verification, read_record, refresh
 from sgm_bake.pipeline.verify import TOLERANCE, build_inputs, recorded_recipe
 from sgm_bake.runtime.memory import PeakMemory
 
@@ -564,7 +564,7 @@ def _verify_layers(
     source_checkpoint = open_checkpoint(source_path)
     baked_checkpoint = open_checkpoint(out)
     recipe = recorded_recipe(bake_record, source_checkpoint.config)
-    expertise = load_expertise(out / SGM_DIR / EXPERTISE_FILE)
+    expertise = load_expertise(expertise_path(out))
     source = TensorSource(source_checkpoint)
     baked = TensorSource(baked_checkpoint)
     try:
