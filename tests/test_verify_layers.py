@@ -19,7 +19,7 @@ from sgm_bake.core.fold import fold_weight
 from sgm_bake.core.hooks import model_recipe
 from sgm_bake.core.recipes import available_recipes
 from sgm_bake.io.source import resolve_source
-from sgm_bake.pipeline.bake import BakeOptions, bake
+from sgm_bake.pipeline.bake import BakeOptions, bake, expertise_path
 from sgm_bake.pipeline.record import read_record
 from sgm_bake.pipeline.verify_layers import block_path, verify_layers
 from tests.builders import synthetic_expertise
@@ -81,7 +81,7 @@ def test_streamed_verification_catches_wrong_folds(model_type: str, tmp_path: Pa
     row_layer, swap_layer = layers[-1], layers[0]
     baked_state = load_state(out)
     source_state = load_state(source)
-    canonical = load_expertise(out / "sgm" / "expertise.safetensors")
+    canonical = load_expertise(expertise_path(out))
     wrong = dict(baked_state)
 
     def key_of(layer: int, projection) -> str:
