@@ -506,7 +506,7 @@ def test_bin_training_entries_are_skipped_with_a_warning(tmp_path, llava_dir, ca
 
 def test_two_bakes_are_byte_identical(tmp_path, llava_dir, llava_expertise):
     """Every output file is byte-identical, the expertise file included; the record differs
-    only in its time stamp."""
+    only in its time stamp and the stages' measured time and memory."""
     expertise = load_expertise(llava_expertise)
     for name in ("a", "b"):
         bake(
@@ -518,6 +518,8 @@ def test_two_bakes_are_byte_identical(tmp_path, llava_dir, llava_expertise):
     records = [json.loads((tmp_path / n / "sgm" / "bake.json").read_text()) for n in "ab"]
     for record in records:
         record.pop("created")
+        for stage in record.pop("stages").values():  # measured time and memory differ
+            assert stage["seconds"] > 0 and stage["host_peak_rss_anon_bytes"] > 0
     assert records[0] == records[1]
     first.pop("sgm/bake.json"), second.pop("sgm/bake.json")
     assert first == second
