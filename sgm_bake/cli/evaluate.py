@@ -362,15 +362,16 @@ def demo(
     )
     step(1, 4, "profiling the organism on builtin:organism")
     outcome = profile_source(source, request)
-    echo_summary(outcome.expertise, outcome.recipe)
+    expertise = outcome.expertise
+    if expertise is None:  # only ranks other than 0 of a torchrun job get none
+        raise SGMError("the demo runs in one process; start it without torchrun")
+    echo_summary(expertise, outcome.recipe)
     with atomic_folder(workdir, overwrite) as staging:
-        save_expertise(outcome.expertise, staging / "expertise.safetensors")
+        save_expertise(expertise, staging / "expertise.safetensors")
     workdir = workdir.resolve()
     baked = workdir / "baked"
     step(2, 4, "baking")
-    run_bake(
-        source, baked, outcome.expertise, BakeOptions(progress=progress, command=command_line())
-    )
+    run_bake(source, baked, expertise, BakeOptions(progress=progress, command=command_line()))
     step(3, 4, "verifying")
     # The profiling model stays the base: verification loads its own copy.
     report_verification(baked, verify_output(baked, source.path, "float32", "cpu"))

@@ -334,7 +334,7 @@ def run(
                 verify_dtype,
                 params["device"],
                 loaded,
-                mode=mode,
+                mode=mode or "layers",
                 placement=request.placement,
                 progress=progress_enabled(),
             ),

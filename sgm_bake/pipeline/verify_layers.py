@@ -164,7 +164,7 @@ def mlp_block_names(recipe: Recipe) -> tuple[str, str]:
     return runtime, checkpoint
 
 
-def meta_skeleton(folder: Path, recipe: Recipe) -> nn.Module:
+def meta_skeleton(folder: Path, recipe: Recipe) -> Any:
     """The model's module tree with every parameter on the meta device (no memory).
 
     Buffers stay real (they are small: rotary frequencies, position ids) so that modules which
@@ -376,7 +376,7 @@ def _first_tensor(args: tuple[Any, ...], kwargs: dict[str, Any]) -> torch.Tensor
 
 
 def capture_block_inputs(
-    model: nn.Module,
+    model: Any,
     recipe: Recipe,
     layers: list[int],
     batches: list[dict[str, torch.Tensor]],
@@ -468,7 +468,9 @@ def _block_width(recipe: Recipe, block_module: nn.Module, block: str) -> int:
     """The block's input width: the input side of its first projection."""
     first = recipe.projections[0]
     relative = first.name[len(block) + 1 :]
-    weight = block_module.get_submodule(relative).weight
+    weight = getattr(block_module.get_submodule(relative), "weight", None)
+    if not isinstance(weight, torch.Tensor):
+        raise SGMError(f"{relative} has no weight; recipe {recipe.path.name} is wrong")
     return int(weight.shape[1] if first.layout == "out_in" else weight.shape[0])
 
 
@@ -660,15 +662,16 @@ def _check_layers(
                 )
                 inputs_kind = f"random ({kind}-scaled)" if kind != "unit-rms" else "random"
             positions = hidden.shape[0]
-            units = units_by_layer[layer]
-            folded = _folded_relatives(units, block, _bias_present(block_module, units, block))
+            layer_units = units_by_layer[layer]
+            present = _bias_present(block_module, layer_units, block)
+            folded = _folded_relatives(layer_units, block, present)
             runtime_names = {rel: f"{runtime_block}.{rel}" for rel in folded}
             if exact_map:
                 exact_map = _check_against_model(
                     model, runtime_names, source, {r: keys[r] for r in folded}, recipe
                 )
-            labels = {u.projection.name[len(block) + 1 :]: u.projection.name for u in units}
-            layer_expertise = _layer_expertise(expertise, units)
+            labels = {u.projection.name[len(block) + 1 :]: u.projection.name for u in layer_units}
+            layer_expertise = _layer_expertise(expertise, layer_units)
             with torch.no_grad():
                 with _capture_outputs(block_module, labels) as outputs:
                     base_out = block_module(hidden).float()
