@@ -83,7 +83,7 @@ def test_broken_recipe_file(tmp_path):
     with pytest.raises(SGMError, match="not readable JSON"):
         load_recipe(path)
     path.write_text(json.dumps({"model_type": "x"}))
-    with pytest.raises(SGMError, match="lacks the required key"):
+    with pytest.raises(SGMError, match="lacks the required field 'num_layers'"):
         load_recipe(path)
 
 
@@ -95,7 +95,7 @@ def test_recipes_command_lists_supported(runner):
 
 
 def test_wrong_recipe_mapping_is_caught_by_verify(runner, llava_dir, llava_expertise, tmp_path):
-    data = json.loads(available_recipes()["llava"].read_text())
+    data = load_recipe(available_recipes()["llava"]).definition  # blocks expanded
     for entry in data["projections"]:
         if entry["name"] == "mlp.gate_proj":
             entry["checkpoint_name"] = "mlp.up_proj"
