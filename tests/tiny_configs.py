@@ -722,6 +722,169 @@ def _ovis2() -> PretrainedConfig:
     )
 
 
+EXPERTS = 4
+MOE_INTERMEDIATE = 24
+"""Expert width: 2 * 24 = 48 and 24 both differ from HIDDEN = 32, so the orientation of a
+stacked expert tensor can be told from its shape (a square one could not)."""
+
+
+def _moe_text(**overrides: object) -> dict[str, Any]:
+    """Text config of a mixture-of-experts family: 4 experts, top 2."""
+    return _text(
+        head_dim=HEAD_DIM,
+        num_experts_per_tok=2,
+        moe_intermediate_size=MOE_INTERMEDIATE,
+        **overrides,
+    )
+
+
+def _qwen3_vl_moe() -> PretrainedConfig:
+    """Qwen3-VL-MoE: layer 0 dense (mlp_only_layers), layer 1 with 4 experts."""
+    return AutoConfig.for_model(
+        "qwen3_vl_moe",
+        text_config=_moe_text(
+            rope_parameters=_mrope([2, 1, 1]),
+            num_experts=EXPERTS,
+            decoder_sparse_step=1,
+            mlp_only_layers=[0],
+        ),
+        vision_config={**_qwen3_vl_vision(), "deepstack_visual_indexes": [0]},
+        image_token_id=IMAGE_TOKEN,
+        video_token_id=VIDEO_TOKEN,
+        vision_start_token_id=VISION_START,
+        vision_end_token_id=VISION_END,
+    )
+
+
+def _qwen3_5_moe() -> PretrainedConfig:
+    """Qwen3.5-MoE: every layer has 4 experts plus a gated shared expert."""
+    return AutoConfig.for_model(
+        "qwen3_5_moe",
+        text_config=_moe_text(
+            rope_parameters={**_mrope([2, 1, 1]), "partial_rotary_factor": 1.0},
+            layer_types=["linear_attention", "full_attention"],
+            linear_conv_kernel_dim=2,
+            linear_key_head_dim=8,
+            linear_value_head_dim=8,
+            linear_num_key_heads=2,
+            linear_num_value_heads=4,
+            num_experts=EXPERTS,
+            shared_expert_intermediate_size=40,
+        ),
+        vision_config=_qwen3_vl_vision(),
+        image_token_id=IMAGE_TOKEN,
+        video_token_id=VIDEO_TOKEN,
+        vision_start_token_id=VISION_START,
+        vision_end_token_id=VISION_END,
+    )
+
+
+def _glm4v_moe() -> PretrainedConfig:
+    """GLM-4.5V: layer 0 dense (first_k_dense_replace), layer 1 with 4 experts and a shared one."""
+    return AutoConfig.for_model(
+        "glm4v_moe",
+        text_config=_moe_text(
+            rope_parameters={**_mrope([2, 1, 1]), "partial_rotary_factor": 1.0},
+            n_routed_experts=EXPERTS,
+            n_shared_experts=1,
+            first_k_dense_replace=1,
+            n_group=1,
+            topk_group=1,
+        ),
+        vision_config={
+            "depth": 1,
+            "hidden_size": HIDDEN,
+            "intermediate_size": INTERMEDIATE,
+            "num_heads": HEADS,
+            "image_size": 16,
+            "patch_size": 4,
+            "out_hidden_size": HIDDEN,
+            "spatial_merge_size": 2,
+            "temporal_patch_size": 2,
+        },
+        image_token_id=IMAGE_TOKEN,
+        video_token_id=VIDEO_TOKEN,
+        image_start_token_id=VISION_START,
+        image_end_token_id=VISION_END,
+        video_start_token_id=BOI_TOKEN,
+        video_end_token_id=EOI_TOKEN,
+    )
+
+
+def _llama4() -> PretrainedConfig:
+    """Llama 4: layer 0 dense, layer 1 MoE (4 experts, top 1, plus a shared expert)."""
+    text = _text(
+        head_dim=HEAD_DIM,
+        intermediate_size=MOE_INTERMEDIATE,
+        intermediate_size_mlp=INTERMEDIATE,
+        num_local_experts=EXPERTS,
+        num_experts_per_tok=1,
+        moe_layers=[1],
+        attention_chunk_size=16,
+        no_rope_layers=[1, 1],
+    )
+    return AutoConfig.for_model(
+        "llama4",
+        text_config=text,
+        vision_config={
+            "hidden_size": HIDDEN,
+            "intermediate_size": INTERMEDIATE,
+            "num_hidden_layers": 1,
+            "num_attention_heads": HEADS,
+            "image_size": 32,
+            "patch_size": 8,
+            "vision_output_dim": HIDDEN,
+            "projector_input_dim": HIDDEN,
+            "projector_output_dim": HIDDEN,
+            "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0},
+        },
+        image_token_index=IMAGE_TOKEN,
+        boi_token_index=BOI_TOKEN,
+        eoi_token_index=EOI_TOKEN,
+    )
+
+
+def _gemma4(moe: bool = False) -> PretrainedConfig:
+    """Gemma 4; with `moe`, every layer adds 4 experts beside its dense MLP (26B-A4B's form)."""
+    extra: dict[str, Any] = {}
+    if moe:
+        extra = {
+            "enable_moe_block": True,
+            "num_experts": EXPERTS,
+            "top_k_experts": 2,
+            "moe_intermediate_size": MOE_INTERMEDIATE,
+        }
+    return AutoConfig.for_model(
+        "gemma4",
+        text_config=_text(
+            head_dim=HEAD_DIM,
+            sliding_window=16,
+            layer_types=["sliding_attention", "full_attention"],
+            hidden_size_per_layer_input=0,
+            vocab_size_per_layer_input=VOCAB,
+            global_head_dim=HEAD_DIM,
+            **extra,
+        ),
+        vision_config={
+            "hidden_size": HIDDEN,
+            "intermediate_size": INTERMEDIATE,
+            "num_hidden_layers": 1,
+            "num_attention_heads": HEADS,
+            "num_key_value_heads": HEADS,
+            "head_dim": HEAD_DIM,
+            "patch_size": 8,
+        },
+        audio_config=None,
+        image_token_id=IMAGE_TOKEN,
+        video_token_id=VIDEO_TOKEN,
+        boi_token_id=BOI_TOKEN,
+        eoi_token_id=EOI_TOKEN,
+        audio_token_id=249,
+        boa_token_id=248,
+        eoa_token_index=247,
+    )
+
+
 _BUILDERS: dict[str, Callable[[], PretrainedConfig]] = {
     # required
     "llava": _llava,
@@ -760,6 +923,12 @@ _BUILDERS: dict[str, Callable[[], PretrainedConfig]] = {
     "glm4v": _glm4v,
     "paddleocr_vl": _paddleocr_vl,
     "ovis2": _ovis2,
+    "gemma4": _gemma4,
+    # mixtures of experts
+    "qwen3_vl_moe": _qwen3_vl_moe,
+    "qwen3_5_moe": _qwen3_5_moe,
+    "glm4v_moe": _glm4v_moe,
+    "llama4": _llama4,
     # optional text-only
     "gemma": _gemma,
     "gemma2": _gemma2,
@@ -788,10 +957,25 @@ _AUTO_CLASSES = {
 }
 
 
+MOE_VARIANTS: dict[str, Callable[[], PretrainedConfig]] = {
+    "gemma4_moe": lambda: _gemma4(moe=True),
+}
+"""Tiny MoE variants of families whose recipe serves a dense and an MoE form."""
+
+MOE_FAMILIES: tuple[str, ...] = (
+    "qwen3_vl_moe",
+    "qwen3_5_moe",
+    "glm4v_moe",
+    "llama4",
+    "gemma4_moe",
+)
+"""Every tiny model with stacked experts (a TINY_FAMILIES key or a MOE_VARIANTS key)."""
+
+
 def tiny_config(model_type: str) -> PretrainedConfig:
-    """Return a fresh tiny config for ``model_type`` (a key of TINY_FAMILIES)."""
+    """Return a fresh tiny config for ``model_type`` (a key of TINY_FAMILIES or MOE_VARIANTS)."""
     try:
-        builder = _BUILDERS[model_type]
+        builder = {**_BUILDERS, **MOE_VARIANTS}[model_type]
     except KeyError:
         raise KeyError(f"no tiny config for model_type {model_type!r}") from None
     return builder()
@@ -807,6 +991,6 @@ def build_tiny_model(model_type: str, seed: int = 0) -> PreTrainedModel:
     """Instantiate the tiny model with random weights, in eval mode, float32."""
     config = tiny_config(model_type)
     seed_everything(seed)
-    auto_cls = _AUTO_CLASSES[TINY_FAMILIES[model_type]]
+    auto_cls = _AUTO_CLASSES[TINY_FAMILIES.get(model_type, "AutoModelForImageTextToText")]
     model = auto_cls.from_config(config, dtype=torch.float32)
     return model.float().eval()

@@ -720,6 +720,17 @@ class CheckpointLayout:
         return value
 
 
+def _configured_expert_dims(recipe: Recipe, config: Mapping[str, Any]) -> tuple[int, int, int]:
+    """The expert dimensions, or zeros when the family has experts but this model's config
+    declares none (Gemma 4 dense shares its recipe with the MoE variant)."""
+    if not recipe.is_moe:
+        return (0, 0, 0)
+    try:
+        return recipe.expert_dims(config)
+    except SGMError:
+        return (0, 0, 0)
+
+
 def _per_expert_keys(prefix: str, projection: Projection, experts: int) -> list[str]:
     return [
         f"{prefix}.{leaf.replace(EXPERT_FIELD, str(e))}.weight"
@@ -780,7 +791,7 @@ def resolve_checkpoint_layout(
     """
     key_set = set(keys)
     layers = layers if layers is not None else recipe.layers(config)
-    dims = recipe.expert_dims(config) if recipe.is_moe else (0, 0, 0)
+    dims = _configured_expert_dims(recipe, config)
     complete: list[CheckpointLayout] = []
     partial: list[tuple[str, str]] = []
     for template in recipe.checkpoint_prefixes:
@@ -797,6 +808,12 @@ def resolve_checkpoint_layout(
                 stacked_key = probe.weight_key(layer, projection)
                 if projection.stacked:
                     per_keys = _per_expert_keys(prefix, projection, dims[0])
+                    if stacked_key in key_set and not dims[0]:
+                        raise SGMError(
+                            f"checkpoint holds stacked experts {stacked_key!r} but config.json "
+                            f"has none of {list(recipe.experts.count) if recipe.experts else []}"
+                            " (expert count); the config does not match the checkpoint"
+                        )
                     if stacked_key in key_set:
                         orientation = _stacked_orientation(
                             recipe, projection, stacked_key, (shapes or {}).get(stacked_key), dims

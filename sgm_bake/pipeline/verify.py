@@ -32,7 +32,7 @@ from sgm_bake.errors import SGMError
 from sgm_bake.evaluation.evaluate import call_processor
 from sgm_bake.io.checkpoint import Checkpoint, load_bin, open_checkpoint
 from sgm_bake.io.safetensors import read_tensor
-from sgm_bake.pipeline.bake import EXPERTISE_FILE, SGM_DIR, read_record, refresh
+from sgm_bake.pipeline.bake import EXPERTISE_FILE, SGM_DIR, read_record, refresh, tensor_shapes
 
 logger = logging.getLogger(__name__)
 
@@ -242,26 +242,49 @@ def verify(
 
     source_keys = source.tensor_keys()
     baked_keys = baked.tensor_keys()
-    layout = resolve_checkpoint_layout(recipe, source.config, source_keys)
-    swapped = 0
+    shapes = {key: shape for key, (shape, _) in tensor_shapes(source).items()}
+    recorded_layers = bake_record.get("recipe", {}).get("layers")
+    layers = range(*recorded_layers) if recorded_layers else None
+    layout = resolve_checkpoint_layout(recipe, source.config, source_keys, shapes, layers)
+    read_keys: set[str] = set()
+
+    def read_source(key: str) -> torch.Tensor:
+        return _checkpoint_tensor(source, source_keys, key)
+
+    def read_baked(key: str) -> torch.Tensor:
+        if key not in baked_keys:
+            raise SGMError(f"{out} lacks tensor {key!r}; the output is incomplete, bake again")
+        read_keys.add(key)
+        return _checkpoint_tensor(baked, baked_keys, key)
+
     for name, module, units in modules:
-        pairs = [("weight", layout.weight_key(units.layer, units.projection))]
-        if units.side == "output" and getattr(module, "bias", None) is not None:
-            pairs.append(("bias", layout.bias_key(units.layer, units.projection)))
-        for attribute, key in pairs:
+        projection = units.projection
+        attributes = [projection.parameter_name]
+        if (
+            units.side == "output"
+            and not projection.stacked
+            and getattr(module, "bias", None) is not None
+        ):
+            attributes.append("bias")
+        for attribute in attributes:
             parameter = getattr(module, attribute)
-            original = _checkpoint_tensor(source, source_keys, key)
-            if not torch.equal(parameter.detach().cpu(), original.to(parameter.dtype)):
+            if attribute == "bias":
+                key = layout.bias_key(units.layer, projection)
+                original, value = read_source(key), read_baked(key)
+            else:
+                key = layout.weight_key(units.layer, projection)
+                original = layout.runtime_weight(units.layer, projection, read_source)
+                value = layout.runtime_weight(units.layer, projection, read_baked)
+            if original.shape != parameter.shape or not torch.equal(
+                parameter.detach().cpu(), original.to(parameter.dtype)
+            ):
                 raise SGMError(
-                    f"module {name}.{attribute} does not hold checkpoint tensor {key!r}: recipe "
+                    f"{name}.{attribute} does not hold checkpoint tensor {key!r}: recipe "
                     f"{recipe.path.name} maps them wrongly; fix the recipe"
                 )
-            if key not in baked_keys:
-                raise SGMError(f"{out} lacks tensor {key!r}; the output is incomplete, bake again")
-            value = _checkpoint_tensor(baked, baked_keys, key)
             with torch.no_grad():
                 parameter.copy_(value.to(device=parameter.device, dtype=parameter.dtype))
-            swapped += 1
+    swapped = len(read_keys)
     result = _run(model, batches, target)
 
     max_abs = max(float((r - b).abs().max()) for r, b in zip(reference, result, strict=True))
