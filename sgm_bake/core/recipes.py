@@ -147,6 +147,9 @@ class Recipe:
     definition: dict[str, Any] = field(compare=False, repr=False, hash=False)
     """The recipe with its block references expanded: self-contained, stored in bake.json."""
     experts: ExpertsSpec | None = None
+    text_forward: str | None = None
+    """Submodule that runs text-only inputs, for a family whose top-level forward cannot run in
+    the installed transformers (Llama 4 in 5.24 fails building its output); None otherwise."""
 
     @property
     def is_moe(self) -> bool:
@@ -290,6 +293,7 @@ _RECIPE_KEYS = {
     "default_hook_points": (list, False),
     "neuron_hook_points": (list, False),
     "experts": (dict, False),
+    "text_forward": (str, False),
 }
 _LAYER_KEYS = {"runtime": (list, True), "checkpoint": (list, True)}
 _USE_KEYS = {"use": (str, True), "at": (str, False), "layers": (str, False)}
@@ -570,6 +574,7 @@ def parse_recipe(data: dict[str, Any], path: Path) -> Recipe:
         path=path,
         definition=data,
         experts=experts,
+        text_forward=data.get("text_forward"),
     )
     for template in recipe.runtime_prefixes + recipe.checkpoint_prefixes:
         try:

@@ -138,16 +138,20 @@ def _vocab_size(config: dict[str, Any]) -> int:
     raise SGMError("config.json has no vocab_size; cannot build verification inputs")
 
 
-def build_inputs(folder: Path, config: dict[str, Any]) -> tuple[str, list[dict[str, torch.Tensor]]]:
-    """Image+text inputs through the model's processor and chat template when it has them;
-    otherwise text through its tokenizer; otherwise fixed random token ids (tiny test models).
-    Every language layer runs on all of them, which is what the fold changes."""
+def build_inputs(
+    folder: Path, config: dict[str, Any], images: bool = True
+) -> tuple[str, list[dict[str, torch.Tensor]]]:
+    """Image+text inputs through the model's processor and chat template when it has them (and
+    `images`); otherwise text through its tokenizer; otherwise fixed random token ids (tiny test
+    models). Every language layer runs on all of them, which is what the fold changes."""
     from transformers import AutoProcessor, AutoTokenizer
 
-    try:
-        processor = AutoProcessor.from_pretrained(folder)
-    except Exception:
-        processor = None
+    processor = None
+    if images:
+        try:
+            processor = AutoProcessor.from_pretrained(folder)
+        except Exception:
+            processor = None
     if processor is not None and hasattr(processor, "image_processor"):
         try:
             batches = []
@@ -199,6 +203,15 @@ def _run(
     return outputs
 
 
+def forward_module(model: Any, recipe: Recipe) -> Any:
+    """The module verification runs: the model, or the recipe's `text_forward` submodule for a
+    family whose top-level forward cannot run in the installed transformers (then the inputs are
+    text only, which still runs every language layer the fold changes)."""
+    if recipe.text_forward is None:
+        return model
+    return model.get_submodule(recipe.text_forward)
+
+
 def _checkpoint_tensor(checkpoint: Checkpoint, key_files: dict[str, str], key: str) -> torch.Tensor:
     if checkpoint.format == "safetensors":
         return read_tensor(checkpoint.headers[key_files[key]], key)
@@ -233,11 +246,12 @@ def verify(
     target = pick_device(device)
     if model is None:
         model = load_model(source_path, recipe, compute_dtype, target)
-    inputs_kind, batches = build_inputs(out, source.config)
+    inputs_kind, batches = build_inputs(out, source.config, images=recipe.text_forward is None)
+    runner = forward_module(model, recipe)
 
-    base = _run(model, batches, target)
+    base = _run(runner, batches, target)
     with SGMHooks(model, expertise, recipe) as hooks:
-        reference = _run(model, batches, target)
+        reference = _run(runner, batches, target)
         modules = hooks.modules
 
     source_keys = source.tensor_keys()
@@ -285,7 +299,7 @@ def verify(
             with torch.no_grad():
                 parameter.copy_(value.to(device=parameter.device, dtype=parameter.dtype))
     swapped = len(read_keys)
-    result = _run(model, batches, target)
+    result = _run(runner, batches, target)
 
     max_abs = max(float((r - b).abs().max()) for r, b in zip(reference, result, strict=True))
     scale = max(float(r.abs().max()) for r in reference) or 1.0
