@@ -609,6 +609,43 @@ def available_recipes() -> dict[str, Path]:
     return dict(sorted(found.items()))
 
 
+@dataclass(frozen=True)
+class RecipeSummary:
+    """One line of `sgm-bake recipes`."""
+
+    model_type: str
+    moe: bool
+    blocks: str
+    """The MLP blocks of a layer, e.g. ``mlp: gate_proj up_proj down_proj; mlp.experts:
+    gate_up_proj down_proj (stacked, some layers)``."""
+    file: str
+
+
+def recipe_summaries() -> list[RecipeSummary]:
+    """Every available recipe, parsed (so a broken one fails here, naming its file)."""
+    summaries = []
+    for model_type, path in available_recipes().items():
+        recipe = load_recipe(path)
+        groups: dict[str, list[Projection]] = {}
+        for projection in recipe.projections:
+            groups.setdefault(projection.group, []).append(projection)
+        parts = []
+        for group, members in groups.items():
+            leaves = " ".join(p.name[len(group) + 1 :] if group else p.name for p in members)
+            notes = [
+                note
+                for note, flag in (
+                    ("stacked", members[0].stacked),
+                    ("some layers", not members[0].required),
+                )
+                if flag
+            ]
+            suffix = f" ({', '.join(notes)})" if notes else ""
+            parts.append(f"{group or '<layer>'}: {leaves}{suffix}")
+        summaries.append(RecipeSummary(model_type, recipe.is_moe, "; ".join(parts), path.name))
+    return summaries
+
+
 def recipe_for_config(config: Mapping[str, Any], recipe_file: Path | None = None) -> Recipe:
     """The recipe for a model config (an explicit `recipe_file` wins)."""
     if recipe_file is not None:

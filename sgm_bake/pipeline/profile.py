@@ -32,8 +32,8 @@ from sgm_bake.core.recipes import HookPoint, Projection, Recipe
 from sgm_bake.core.rules import RuleOptions, auroc, factors
 from sgm_bake.datasets.profile_set import ProfileSample, ProfileSet
 from sgm_bake.errors import SGMError
-from sgm_bake.evaluation.evaluate import call_processor
 from sgm_bake.io.response_store import ResponseStore
+from sgm_bake.runtime.chat import call_processor
 
 logger = logging.getLogger(__name__)
 
