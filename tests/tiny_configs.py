@@ -885,6 +885,71 @@ def _gemma4(moe: bool = False) -> PretrainedConfig:
     )
 
 
+def _blip_2() -> PretrainedConfig:
+    """BLIP-2 with an OPT decoder (fc1/fc2 with biases on the layer itself)."""
+    return AutoConfig.for_model(
+        "blip-2",
+        vision_config={
+            "hidden_size": HIDDEN,
+            "intermediate_size": INTERMEDIATE,
+            "num_hidden_layers": 1,
+            "num_attention_heads": HEADS,
+            "image_size": 32,
+            "patch_size": 8,
+        },
+        qformer_config={
+            "hidden_size": HIDDEN,
+            "intermediate_size": INTERMEDIATE,
+            "num_hidden_layers": 1,
+            "num_attention_heads": HEADS,
+            "encoder_hidden_size": HIDDEN,
+            "vocab_size": VOCAB,
+        },
+        text_config={
+            "model_type": "opt",
+            "vocab_size": VOCAB,
+            "hidden_size": HIDDEN,
+            "ffn_dim": INTERMEDIATE,
+            "num_hidden_layers": LAYERS,
+            "num_attention_heads": HEADS,
+            "word_embed_proj_dim": HIDDEN,
+            "max_position_embeddings": 128,
+            "pad_token_id": 0,
+            "bos_token_id": 1,
+            "eos_token_id": 2,
+        },
+        num_query_tokens=4,
+        image_token_index=IMAGE_TOKEN,
+    )
+
+
+def _phi4_multimodal() -> PretrainedConfig:
+    """Phi-4-multimodal: Phi-3-style decoder with tiny image and audio encoders."""
+    return AutoConfig.for_model(
+        "phi4_multimodal",
+        **_text(),
+        vision_config={
+            "hidden_size": HIDDEN,
+            "intermediate_size": INTERMEDIATE,
+            "num_hidden_layers": 1,
+            "num_attention_heads": HEADS,
+            "image_size": 32,
+            "patch_size": 8,
+            "crop_size": 32,
+        },
+        audio_config={
+            "hidden_size": HIDDEN,
+            "intermediate_size": INTERMEDIATE,
+            "num_blocks": 1,
+            "num_attention_heads": HEADS,
+            "nemo_conv_channels": 8,
+            "nemo_final_size": 4,
+            "depthwise_seperable_out_channel": 8,
+            "ext_pw_out_channel": 8,
+        },
+    )
+
+
 _BUILDERS: dict[str, Callable[[], PretrainedConfig]] = {
     # required
     "llava": _llava,
@@ -924,6 +989,7 @@ _BUILDERS: dict[str, Callable[[], PretrainedConfig]] = {
     "paddleocr_vl": _paddleocr_vl,
     "ovis2": _ovis2,
     "gemma4": _gemma4,
+    "blip-2": _blip_2,
     # mixtures of experts
     "qwen3_vl_moe": _qwen3_vl_moe,
     "qwen3_5_moe": _qwen3_5_moe,
@@ -938,11 +1004,13 @@ _BUILDERS: dict[str, Callable[[], PretrainedConfig]] = {
     "phi": _phi,
     "olmo2": _olmo2,
     "granite": _granite,
+    "phi4_multimodal": _phi4_multimodal,
 }
 
 _TEXT_ONLY = {
     "llama", "mistral", "qwen2", "gpt2", "phi3",
     "gemma", "gemma2", "gemma3_text", "gemma3n_text", "qwen3", "phi", "olmo2", "granite",
+    "phi4_multimodal",
 }  # fmt: skip
 
 TINY_FAMILIES: dict[str, str] = {

@@ -148,8 +148,9 @@ class Recipe:
     """The recipe with its block references expanded: self-contained, stored in bake.json."""
     experts: ExpertsSpec | None = None
     text_forward: str | None = None
-    """Submodule that runs text-only inputs, for a family whose top-level forward cannot run in
-    the installed transformers (Llama 4 in 5.24 fails building its output); None otherwise."""
+    """Submodule that runs text-only inputs, for a family whose top-level forward cannot run
+    them (BLIP-2 requires pixel_values; Llama 4 in transformers 5.24 fails building its
+    output); None otherwise."""
 
     @property
     def is_moe(self) -> bool:

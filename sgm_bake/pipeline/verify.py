@@ -183,8 +183,8 @@ def _run(
 
 def forward_module(model: Any, recipe: Recipe) -> Any:
     """The module verification runs: the model, or the recipe's `text_forward` submodule for a
-    family whose top-level forward cannot run in the installed transformers (then the inputs are
-    text only, which still runs every language layer the fold changes)."""
+    family whose top-level forward cannot run text-only inputs (then the inputs are text only,
+    which still runs every language layer the fold changes)."""
     if recipe.text_forward is None:
         return model
     return model.get_submodule(recipe.text_forward)
