@@ -886,41 +886,8 @@ def _gemma4(moe: bool = False) -> PretrainedConfig:
 
 
 def _blip_2() -> PretrainedConfig:
-    """BLIP-2 with an OPT decoder (fc1/fc2 with biases on the layer itself)."""
-    return AutoConfig.for_model(
-        "blip-2",
-        vision_config={
-            "hidden_size": HIDDEN,
-            "intermediate_size": INTERMEDIATE,
-            "num_hidden_layers": 1,
-            "num_attention_heads": HEADS,
-            "image_size": 32,
-            "patch_size": 8,
-        },
-        qformer_config={
-            "hidden_size": HIDDEN,
-            "intermediate_size": INTERMEDIATE,
-            "num_hidden_layers": 1,
-            "num_attention_heads": HEADS,
-            "encoder_hidden_size": HIDDEN,
-            "vocab_size": VOCAB,
-        },
-        text_config={
-            "model_type": "opt",
-            "vocab_size": VOCAB,
-            "hidden_size": HIDDEN,
-            "ffn_dim": INTERMEDIATE,
-            "num_hidden_layers": LAYERS,
-            "num_attention_heads": HEADS,
-            "word_embed_proj_dim": HIDDEN,
-            "max_position_embeddings": 128,
-            "pad_token_id": 0,
-            "bos_token_id": 1,
-            "eos_token_id": 2,
-        },
-        num_query_tokens=4,
-        image_token_index=IMAGE_TOKEN,
-    )
+    """BLIP-2 with an OPT decoder."""
+    return AutoConfig.for_model("blip-2", text_config=_opt_text(), **_blip_vision_qformer())
 
 
 def _phi4_multimodal() -> PretrainedConfig:
@@ -947,6 +914,109 @@ def _phi4_multimodal() -> PretrainedConfig:
             "depthwise_seperable_out_channel": 8,
             "ext_pw_out_channel": 8,
         },
+    )
+
+
+def _opt_text() -> dict[str, Any]:
+    """OPT decoder (BLIP-2, InstructBLIP): fc1/fc2 with biases on the layer itself."""
+    return {
+        "model_type": "opt",
+        "vocab_size": VOCAB,
+        "hidden_size": HIDDEN,
+        "ffn_dim": INTERMEDIATE,
+        "num_hidden_layers": LAYERS,
+        "num_attention_heads": HEADS,
+        "word_embed_proj_dim": HIDDEN,
+        "max_position_embeddings": 128,
+        "pad_token_id": 0,
+        "bos_token_id": 1,
+        "eos_token_id": 2,
+    }
+
+
+def _blip_vision_qformer() -> dict[str, Any]:
+    return {
+        "vision_config": {
+            "hidden_size": HIDDEN,
+            "intermediate_size": INTERMEDIATE,
+            "num_hidden_layers": 1,
+            "num_attention_heads": HEADS,
+            "image_size": 32,
+            "patch_size": 8,
+        },
+        "qformer_config": {
+            "hidden_size": HIDDEN,
+            "intermediate_size": INTERMEDIATE,
+            "num_hidden_layers": 1,
+            "num_attention_heads": HEADS,
+            "encoder_hidden_size": HIDDEN,
+            "vocab_size": VOCAB,
+        },
+        "num_query_tokens": 4,
+        "image_token_index": IMAGE_TOKEN,
+    }
+
+
+def _instructblip() -> PretrainedConfig:
+    return AutoConfig.for_model("instructblip", text_config=_opt_text(), **_blip_vision_qformer())
+
+
+def _glm_vision() -> dict[str, Any]:
+    return {
+        "depth": 1,
+        "hidden_size": HIDDEN,
+        "intermediate_size": INTERMEDIATE,
+        "num_heads": HEADS,
+        "image_size": 16,
+        "patch_size": 4,
+        "out_hidden_size": HIDDEN,
+        "spatial_merge_size": 2,
+        "temporal_patch_size": 2,
+    }
+
+
+def _glm_like(model_type: str, text_type: str | None) -> PretrainedConfig:
+    """GLM-4.6V and GLM-OCR: GLM-4V's layout (fused gate_up_proj)."""
+    vision = _glm_vision()
+    if model_type == "glm46v":
+        vision["model_type"] = "glm4v_vision"
+    return AutoConfig.for_model(
+        model_type,
+        text_config=_text(
+            text_type, rope_parameters={**_mrope([2, 1, 1]), "partial_rotary_factor": 1.0}
+        ),
+        vision_config=vision,
+        image_token_id=IMAGE_TOKEN,
+        video_token_id=VIDEO_TOKEN,
+        image_start_token_id=VISION_START,
+        image_end_token_id=VISION_END,
+        video_start_token_id=BOI_TOKEN,
+        video_end_token_id=EOI_TOKEN,
+    )
+
+
+def _deepseek_vl() -> PretrainedConfig:
+    return AutoConfig.for_model(
+        "deepseek_vl",
+        text_config=_text("llama", head_dim=HEAD_DIM),
+        vision_config=_siglip_vision(),
+        image_token_id=IMAGE_TOKEN,
+    )
+
+
+def _video_llama_3() -> PretrainedConfig:
+    return AutoConfig.for_model(
+        "video_llama_3",
+        text_config=_text("qwen2"),
+        vision_config={
+            "hidden_size": HIDDEN,
+            "intermediate_size": INTERMEDIATE,
+            "num_hidden_layers": 1,
+            "num_attention_heads": HEADS,
+            "patch_size": 8,
+        },
+        image_token_id=IMAGE_TOKEN,
+        video_token_id=VIDEO_TOKEN,
     )
 
 
@@ -990,6 +1060,11 @@ _BUILDERS: dict[str, Callable[[], PretrainedConfig]] = {
     "ovis2": _ovis2,
     "gemma4": _gemma4,
     "blip-2": _blip_2,
+    "instructblip": _instructblip,
+    "glm46v": lambda: _glm_like("glm46v", "glm4v_text"),
+    "glm_ocr": lambda: _glm_like("glm_ocr", None),
+    "deepseek_vl": _deepseek_vl,
+    "video_llama_3": _video_llama_3,
     # mixtures of experts
     "qwen3_vl_moe": _qwen3_vl_moe,
     "qwen3_5_moe": _qwen3_5_moe,
