@@ -46,6 +46,7 @@ LAYOUTS = {
     "glm4v_moe": ("saved", "stacked"),
     "llama4": ("saved",),
     "gemma4_moe": ("saved",),
+    "aria": ("saved",),
 }
 PER_EXPERT = re.compile(r"^(.*\.experts)\.(\d+)\.(gate_proj|up_proj|down_proj)\.weight$")
 

@@ -1020,6 +1020,31 @@ def _video_llama_3() -> PretrainedConfig:
     )
 
 
+def _aria() -> PretrainedConfig:
+    """Aria: every layer has 4 experts (stored [E, H, 2I]) and a shared expert."""
+    return AutoConfig.for_model(
+        "aria",
+        text_config=_text(
+            "aria_text",
+            intermediate_size=MOE_INTERMEDIATE,
+            moe_num_experts=EXPERTS,
+            moe_topk=2,
+            moe_num_shared_experts=1,
+        ),
+        vision_config={
+            "model_type": "idefics3_vision",
+            "hidden_size": HIDDEN,
+            "intermediate_size": INTERMEDIATE,
+            "num_hidden_layers": 1,
+            "num_attention_heads": HEADS,
+            "image_size": 32,
+            "patch_size": 8,
+        },
+        projector_patch_to_query_dict={"16": 4, "4": 4},
+        image_token_index=IMAGE_TOKEN,
+    )
+
+
 _BUILDERS: dict[str, Callable[[], PretrainedConfig]] = {
     # required
     "llava": _llava,
@@ -1070,6 +1095,7 @@ _BUILDERS: dict[str, Callable[[], PretrainedConfig]] = {
     "qwen3_5_moe": _qwen3_5_moe,
     "glm4v_moe": _glm4v_moe,
     "llama4": _llama4,
+    "aria": _aria,
     # optional text-only
     "gemma": _gemma,
     "gemma2": _gemma2,
@@ -1111,6 +1137,7 @@ MOE_FAMILIES: tuple[str, ...] = (
     "glm4v_moe",
     "llama4",
     "gemma4_moe",
+    "aria",
 )
 """Every tiny model with stacked experts (a TINY_FAMILIES key or a MOE_VARIANTS key)."""
 
