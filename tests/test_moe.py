@@ -47,6 +47,7 @@ LAYOUTS = {
     "llama4": ("saved",),
     "gemma4_moe": ("saved",),
     "aria": ("saved",),
+    "kimi_k25": ("saved", "stacked"),
 }
 PER_EXPERT = re.compile(r"^(.*\.experts)\.(\d+)\.(gate_proj|up_proj|down_proj)\.weight$")
 

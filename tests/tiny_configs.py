@@ -1045,6 +1045,69 @@ def _aria() -> PretrainedConfig:
     )
 
 
+def _kimi_k25() -> PretrainedConfig:
+    """Kimi K2.5: DeepSeek-V3 text (tiny MLA), layer 0 dense, layer 1 with 4 experts."""
+    latent = {
+        "kv_lora_rank": 16,
+        "q_lora_rank": 16,
+        "qk_rope_head_dim": HEAD_DIM,
+        "qk_nope_head_dim": HEAD_DIM,
+        "v_head_dim": HEAD_DIM,
+        "head_dim": HEAD_DIM,
+    }
+    return AutoConfig.for_model(
+        "kimi_k25",
+        text_config=_text(
+            "deepseek_v3",
+            n_routed_experts=EXPERTS,
+            moe_intermediate_size=MOE_INTERMEDIATE,
+            first_k_dense_replace=1,
+            n_group=1,
+            topk_group=1,
+            num_experts_per_tok=2,
+            n_shared_experts=1,
+            num_key_value_heads=HEADS,
+            **latent,
+        ),
+        vision_config={
+            "model_type": "kimi_k25_vision",
+            "hidden_size": HIDDEN,
+            "intermediate_size": INTERMEDIATE,
+            "num_hidden_layers": 1,
+            "num_attention_heads": HEADS,
+            "patch_size": 8,
+            "pos_emb_height": 4,
+            "pos_emb_width": 4,
+        },
+        projection_hidden_size=HIDDEN,
+        image_token_id=IMAGE_TOKEN,
+        video_token_id=VIDEO_TOKEN,
+        vision_start_token_id=VISION_START,
+        vision_end_token_id=VISION_END,
+    )
+
+
+def _exaone4_5() -> PretrainedConfig:
+    return AutoConfig.for_model(
+        "exaone4_5",
+        text_config=_text(
+            "exaone4", head_dim=HEAD_DIM, sliding_window=16, sliding_window_pattern=2
+        ),
+        vision_config={
+            "hidden_size": HIDDEN,
+            "intermediate_size": INTERMEDIATE,
+            "num_heads": HEADS,
+            "depth": 1,
+            "out_hidden_size": HIDDEN,
+            "patch_size": 4,
+            "spatial_merge_size": 2,
+            "temporal_patch_size": 2,
+        },
+        image_token_id=IMAGE_TOKEN,
+        video_token_id=VIDEO_TOKEN,
+    )
+
+
 _BUILDERS: dict[str, Callable[[], PretrainedConfig]] = {
     # required
     "llava": _llava,
@@ -1096,6 +1159,8 @@ _BUILDERS: dict[str, Callable[[], PretrainedConfig]] = {
     "glm4v_moe": _glm4v_moe,
     "llama4": _llama4,
     "aria": _aria,
+    "kimi_k25": _kimi_k25,
+    "exaone4_5": _exaone4_5,
     # optional text-only
     "gemma": _gemma,
     "gemma2": _gemma2,
@@ -1138,6 +1203,7 @@ MOE_FAMILIES: tuple[str, ...] = (
     "llama4",
     "gemma4_moe",
     "aria",
+    "kimi_k25",
 )
 """Every tiny model with stacked experts (a TINY_FAMILIES key or a MOE_VARIANTS key)."""
 
