@@ -48,6 +48,7 @@ LAYOUTS = {
     "gemma4_moe": ("saved",),
     "aria": ("saved",),
     "kimi_k25": ("saved", "stacked"),
+    "qwen3_omni_moe_thinker": ("saved", "stacked"),
 }
 PER_EXPERT = re.compile(r"^(.*\.experts)\.(\d+)\.(gate_proj|up_proj|down_proj)\.weight$")
 

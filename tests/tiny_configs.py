@@ -1108,6 +1108,36 @@ def _exaone4_5() -> PretrainedConfig:
     )
 
 
+def _qwen3_omni_moe_thinker() -> PretrainedConfig:
+    """Qwen3-Omni thinker: tiny audio and vision towers; layer 0 dense, layer 1 with 4 experts."""
+    return AutoConfig.for_model(
+        "qwen3_omni_moe_thinker",
+        text_config=_moe_text(
+            rope_parameters=_mrope([2, 1, 1]),
+            num_experts=EXPERTS,
+            decoder_sparse_step=1,
+            mlp_only_layers=[0],
+        ),
+        audio_config={
+            "num_mel_bins": 16,
+            "encoder_layers": 1,
+            "encoder_attention_heads": HEADS,
+            "encoder_ffn_dim": INTERMEDIATE,
+            "d_model": HIDDEN,
+            "output_dim": HIDDEN,
+            "downsample_hidden_size": 8,
+            "max_source_positions": 64,
+        },
+        vision_config={**_qwen3_vl_vision(), "deepstack_visual_indexes": [0]},
+        image_token_id=IMAGE_TOKEN,
+        video_token_id=VIDEO_TOKEN,
+        audio_token_id=249,
+        audio_start_token_id=248,
+        user_token_id=247,
+        vision_start_token_id=VISION_START,  # read by its position-id code, not a config field
+    )
+
+
 _BUILDERS: dict[str, Callable[[], PretrainedConfig]] = {
     # required
     "llava": _llava,
@@ -1160,6 +1190,7 @@ _BUILDERS: dict[str, Callable[[], PretrainedConfig]] = {
     "llama4": _llama4,
     "aria": _aria,
     "kimi_k25": _kimi_k25,
+    "qwen3_omni_moe_thinker": _qwen3_omni_moe_thinker,
     "exaone4_5": _exaone4_5,
     # optional text-only
     "gemma": _gemma,
@@ -1204,6 +1235,7 @@ MOE_FAMILIES: tuple[str, ...] = (
     "gemma4_moe",
     "aria",
     "kimi_k25",
+    "qwen3_omni_moe_thinker",
 )
 """Every tiny model with stacked experts (a TINY_FAMILIES key or a MOE_VARIANTS key)."""
 
