@@ -1138,6 +1138,48 @@ def _qwen3_omni_moe_thinker() -> PretrainedConfig:
     )
 
 
+def _pp_chart2table() -> PretrainedConfig:
+    """PP-Chart2Table: GOT-OCR2's layout."""
+    config = _got_ocr2().to_dict()
+    return AutoConfig.for_model(
+        "pp_chart2table",
+        vision_config=config["vision_config"],
+        text_config=_text("qwen2"),
+        image_token_index=IMAGE_TOKEN,
+    )
+
+
+def _instructblipvideo() -> PretrainedConfig:
+    return AutoConfig.for_model(
+        "instructblipvideo", text_config=_opt_text(), **_blip_vision_qformer()
+    )
+
+
+def _qwen2_5_omni_thinker() -> PretrainedConfig:
+    """Qwen2.5-Omni thinker: Qwen2.5-VL-style vision, a tiny audio encoder, dense decoder."""
+    vision = _qwen2_5_vl().to_dict()["vision_config"]
+    return AutoConfig.for_model(
+        "qwen2_5_omni_thinker",
+        text_config=_text(rope_parameters=_mrope([2, 1, 1])),
+        vision_config={k: v for k, v in vision.items() if k != "model_type"},
+        audio_config={
+            "num_mel_bins": 16,
+            "encoder_layers": 1,
+            "encoder_attention_heads": HEADS,
+            "encoder_ffn_dim": INTERMEDIATE,
+            "d_model": HIDDEN,
+            "output_dim": HIDDEN,
+            "max_source_positions": 64,
+        },
+        image_token_index=IMAGE_TOKEN,
+        video_token_index=VIDEO_TOKEN,
+        audio_token_index=249,
+        audio_start_token_id=248,
+        audio_end_token_id=247,
+        vision_start_token_id=VISION_START,
+    )
+
+
 _BUILDERS: dict[str, Callable[[], PretrainedConfig]] = {
     # required
     "llava": _llava,
@@ -1179,6 +1221,9 @@ _BUILDERS: dict[str, Callable[[], PretrainedConfig]] = {
     "gemma4": _gemma4,
     "blip-2": _blip_2,
     "instructblip": _instructblip,
+    "instructblipvideo": _instructblipvideo,
+    "pp_chart2table": _pp_chart2table,
+    "qwen2_5_omni_thinker": _qwen2_5_omni_thinker,
     "glm46v": lambda: _glm_like("glm46v", "glm4v_text"),
     "glm_ocr": lambda: _glm_like("glm_ocr", None),
     "deepseek_vl": _deepseek_vl,
