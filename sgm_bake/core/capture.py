@@ -163,7 +163,7 @@ class Capture:
             selected = flat[tokens]
             pool = self._pools.setdefault(
                 target.name,
-                _ExpertPool(target, batch, self.pooling),  # type: ignore[arg-type]
+                _ExpertPool(target, batch, self.pooling),
             )
             pool.add(expert, tokens[selected] // positions, values[selected])
 

@@ -49,7 +49,15 @@ def _apply(matrix: torch.Tensor, inputs: torch.Tensor, layout: Layout) -> torch.
     """One expert's matrix applied to rows of inputs, for either stored orientation."""
     if layout == "out_in":
         return functional.linear(inputs, matrix)
-    return inputs @ matrix
+    result: torch.Tensor = inputs @ matrix
+    return result
+
+
+def _parameter(module: nn.Module, name: str) -> torch.Tensor:
+    value = getattr(module, name)
+    if not isinstance(value, torch.Tensor):
+        raise SGMError(f"{type(module).__name__}.{name} is not a tensor")
+    return value
 
 
 def _scale(values: torch.Tensor, factors: torch.Tensor | None, expert: int) -> torch.Tensor:
@@ -87,16 +95,15 @@ class ExpertsPatch:
         self.routing = routing
         self.scales = scales
         self.tap = tap
-        self._had_forward = "forward" in module.__dict__
-        self._previous = module.__dict__.get("forward")
-        module.forward = self.forward  # type: ignore[method-assign]
+        self._previous: Any = module.__dict__.get("forward")
+        module.__dict__["forward"] = self.forward
 
     def remove(self) -> None:
         """Give the module its own forward back."""
-        if self._had_forward:
-            self.module.forward = self._previous  # type: ignore[method-assign]
+        if self._previous is not None:
+            self.module.__dict__["forward"] = self._previous
         else:
-            del self.module.forward
+            del self.module.__dict__["forward"]
 
     def _factor(self, kind: str, side: Side) -> torch.Tensor | None:
         return None if self.scales is None else self.scales.get(kind, side)
@@ -105,19 +112,20 @@ class ExpertsPatch:
         """Expert `expert` on the rows `inputs` (the tokens `tokens` of the flat sequence)."""
         module = self.module
         tap = self.tap
+        act: Callable[[torch.Tensor], torch.Tensor] = module.act_fn  # type: ignore[assignment]
         inputs = _scale(inputs, self._factor("gate_up", "input"), expert)
         if tap is not None:
             tap("gate_up", "input", expert, tokens, inputs)
-        gate_up = _apply(module.gate_up_proj[expert], inputs, self.gate_up.layout)
+        gate_up = _apply(_parameter(module, "gate_up_proj")[expert], inputs, self.gate_up.layout)
         gate_up = _scale(gate_up, self._factor("gate_up", "output"), expert)
         if tap is not None:
             tap("gate_up", "output", expert, tokens, gate_up)
         gate, up = gate_up.chunk(2, dim=-1)
-        hidden = module.act_fn(gate) * up
+        hidden = act(gate) * up
         hidden = _scale(hidden, self._factor("down", "input"), expert)
         if tap is not None:
             tap("down", "input", expert, tokens, hidden)
-        out = _apply(module.down_proj[expert], hidden, self.down.layout)
+        out = _apply(_parameter(module, "down_proj")[expert], hidden, self.down.layout)
         out = _scale(out, self._factor("down", "output"), expert)
         if tap is not None:
             tap("down", "output", expert, tokens, out)
@@ -136,7 +144,7 @@ class ExpertsPatch:
         *args: Any,
         **kwargs: Any,
     ) -> torch.Tensor:
-        experts = self.module.gate_up_proj.shape[0]
+        experts = _parameter(self.module, "gate_up_proj").shape[0]
         final = torch.zeros_like(hidden_states)
         for expert in range(experts):
             token_index, slot = torch.where(top_k_index == expert)
@@ -147,8 +155,10 @@ class ExpertsPatch:
             final.index_add_(0, token_index, out.to(final.dtype))
         return final
 
-    def _forward_prescaled(self, hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
-        experts = self.module.gate_up_proj.shape[0]
+    def _forward_prescaled(
+        self, hidden_states: torch.Tensor, *args: Any, **kwargs: Any
+    ) -> torch.Tensor:
+        experts = _parameter(self.module, "gate_up_proj").shape[0]
         per_expert = hidden_states.view(experts, -1, hidden_states.shape[-1])
         outputs = []
         for expert in range(experts):
@@ -166,5 +176,5 @@ class ExpertsPatch:
         return torch.cat(outputs, dim=0)
 
     def _output_width(self) -> int:
-        down = self.module.down_proj
-        return down.shape[1] if self.down.layout == "out_in" else down.shape[2]
+        down = _parameter(self.module, "down_proj")
+        return int(down.shape[1] if self.down.layout == "out_in" else down.shape[2])

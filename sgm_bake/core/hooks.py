@@ -77,7 +77,7 @@ def resolve_modules(
     """(name, module, units) for every expertise entry, checked against the model; for stacked
     experts the name is the parameter path and the module the experts module."""
     recipe = model_recipe(model, recipe)
-    config = model.config.to_dict()
+    config: dict[str, Any] = model.config.to_dict()  # type: ignore[union-attr, operator]
     layers = recipe.all_layers(config)
     template = runtime_prefix(model, recipe, recipe.layers(config))
     resolved = []
@@ -124,6 +124,13 @@ def patch_experts(
     )
 
 
+def _weight(module: nn.Module) -> torch.Tensor:
+    weight = getattr(module, "weight", None)
+    if not isinstance(weight, torch.Tensor):
+        raise SGMError(f"module {type(module).__name__} has no weight tensor")
+    return weight
+
+
 class _Scale:
     """Multiplies a module's output (or input) by per-unit factors along the last axis."""
 
@@ -158,10 +165,10 @@ class SGMHooks:
         for _, module, units in self.modules:
             if units.projection.stacked:
                 entry = experts.setdefault(id(module), (module, units.projection.group, {}))
-                weight = getattr(module, units.projection.parameter_name)
+                weight: torch.Tensor = getattr(module, units.projection.parameter_name)
                 entry[2][(units.projection.kind, units.side)] = units.entry.alpha.to(weight.device)
                 continue
-            scale = _Scale(units.entry.alpha.to(module.weight.device))
+            scale = _Scale(units.entry.alpha.to(_weight(module).device))
             if units.side == "output":
                 self._handles.append(module.register_forward_hook(scale.output_hook))
             else:
