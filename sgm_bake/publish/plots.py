@@ -9,7 +9,7 @@ says how to get them.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -105,7 +105,7 @@ def auroc_histogram(path: Path, scores: Sequence[float], threshold: float) -> Pa
 def evaluation_bars(
     path: Path,
     variants: Sequence[str],
-    harmful: dict[str, Sequence[float | None]],
+    harmful: Mapping[str, Sequence[float | None]],
     accuracy: Sequence[float | None],
 ) -> Path:
     """Harmful rate per condition (left) and benign accuracy (right), one bar per variant."""

@@ -51,7 +51,8 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     if name not in DTYPES:
         raise SGMError(f"dtype {name!r} is not one of {', '.join(DTYPES)}")
     if name != "auto":
-        return getattr(torch, name)  # type: ignore[no-any-return]
+        dtype: torch.dtype = getattr(torch, name)
+        return dtype
     return torch.float32 if device.type == "cpu" else torch.bfloat16
 
 
