@@ -98,9 +98,12 @@ class TensorFold:
 
     def fold_block(self, block: torch.Tensor, first_row: int) -> torch.Tensor:
         """Fold rows [first_row, first_row + len(block)) of the stored tensor's first axis (matrix
-        rows, or whole experts of a stack; a bias may come as [n] or [n, 1]). The result is in
-        `compute` precision; the caller rounds it once to the stored dtype."""
+        rows, or whole experts of a stack [E, a, b]; a stack may also come as rows of its
+        [E * a, b] view, and a bias as [n] or [n, 1]). The result is in `compute` precision;
+        the caller rounds it once to the stored dtype."""
         count = block.shape[0]
+        if len(self.shape) == 3 and block.ndim == 2:
+            return self._fold_flat_rows(block, first_row)
         rows = None if self.row_scale is None else self.row_scale[first_row : first_row + count]
         if len(self.shape) == 1:
             column = block.reshape(count, 1)
@@ -110,6 +113,21 @@ class TensorFold:
         if len(self.shape) == 3 and cols is not None:
             cols = cols[first_row : first_row + count]
         return scale_weight(block, rows, cols, self.compute)
+
+    def _fold_flat_rows(self, block: torch.Tensor, first_row: int) -> torch.Tensor:
+        """A block of a stack [E, a, b] viewed as [E * a, b]: row r is row r % a of expert
+        r // a. The streaming writer folds stacks this way, so a block can be a slice of one
+        expert's matrix and memory stays at about a megabyte however large the experts are.
+        The multiplications are the same, in the same order, as `scale_weight` on the stack."""
+        rows_per_expert = self.shape[1]
+        index = torch.arange(first_row, first_row + block.shape[0])
+        experts, within = index // rows_per_expert, index % rows_per_expert
+        scaled = block.to(self.compute, copy=True)
+        if self.row_scale is not None:
+            scaled.mul_(self.row_scale[experts, within].to(self.compute).unsqueeze(-1))
+        if self.col_scale is not None:
+            scaled.mul_(self.col_scale[experts].to(self.compute))
+        return scaled
 
     def fold(self, tensor: torch.Tensor) -> torch.Tensor:
         """The whole tensor folded and rounded once to its dtype."""
