@@ -292,7 +292,7 @@ def test_verification_catches_a_wrong_expert_fold(name, layout, tmp_path):
     expertise = _both_sides_expertise(model, seed=6)
     out = tmp_path / "out"
     bake(resolve_source(str(source)), out, expertise, BakeOptions(progress=False))
-    assert verify(out, source, device="cpu", record=False).passed
+    # The correct bake of these layouts passes (test_moe_bake_equals_hooks, test_families).
     _refold_with_wrong_experts(out, source, expertise)
     report = verify(out, source, device="cpu", record=False)
     assert not report.passed, report.summary()
