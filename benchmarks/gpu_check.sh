@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Device check on a GPU machine (no network): the CUDA code paths of profile, bake, verify, the
 # one-command form and ECSO generation, plus the bake benchmark on that machine's disk and cores.
-# Wheels for the libraries the image lacks are expected in .whl/ (see the device tool's notes).
+# On a machine without network, wheels for missing libraries may be placed in .whl/ first.
 #   DEVICE=cuda bash benchmarks/gpu_check.sh      (DEVICE=cpu runs the same steps on a CPU)
 set -euo pipefail
 DEVICE=${DEVICE:-cuda}

@@ -9,15 +9,9 @@ from typing import ClassVar
 
 import pytest
 
+from sgm_bake.datasets.prompt_set import EvalItem, PromptSet, load_prompt_set
 from sgm_bake.errors import SGMError
-from sgm_bake.evaluation.evaluate import (
-    EvalItem,
-    EvalResult,
-    PromptSet,
-    is_degenerate,
-    load_prompt_set,
-    summarize,
-)
+from sgm_bake.evaluation.evaluate import EvalResult, is_degenerate, summarize
 from sgm_bake.evaluation.judges import ChatJudge, make_judge
 
 

@@ -16,7 +16,8 @@ from sgm_bake.core.hooks import model_recipe
 from sgm_bake.core.recipes import available_recipes
 from sgm_bake.io.source import resolve_source
 from sgm_bake.pipeline.bake import BakeOptions, bake
-from sgm_bake.pipeline.verify import load_model, verify
+from sgm_bake.pipeline.verify import verify
+from sgm_bake.runtime.loading import load_model
 from tests.builders import synthetic_expertise
 from tests.conftest import load_state
 from tests.tiny_configs import TINY_FAMILIES, build_tiny_model
@@ -49,7 +50,7 @@ def test_family_bakes_exactly(model_type, tmp_path):
     record = bake(resolve_source(str(source)), out, expertise, BakeOptions(progress=False))
     before, after = load_state(source), load_state(out)
     assert before.keys() == after.keys()
-    targeted = set(record["expertise"]["tensors_folded"])
+    targeted = set(record.expertise.tensors_folded)
     assert targeted
     for key, tensor in before.items():
         assert after[key].dtype == tensor.dtype and after[key].shape == tensor.shape

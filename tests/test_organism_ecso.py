@@ -15,9 +15,9 @@ from sgm_bake.core.recipes import available_recipes
 from sgm_bake.datasets.render import render
 from sgm_bake.errors import SGMError
 from sgm_bake.evaluation.ecso import ECSOTemplates, ecso, templates_for
-from sgm_bake.evaluation.evaluate import ChatModel, GenerationConfig
 from sgm_bake.organism import data
 from sgm_bake.organism.train import SHIPPED, organism_path
+from sgm_bake.runtime.chat import ChatModel, GenerationConfig
 
 pytest.importorskip("profanity_check")
 

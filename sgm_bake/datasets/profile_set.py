@@ -7,27 +7,24 @@ Format: a JSONL file (one JSON object a line) or a CSV file with a header. Field
 | `text` | unless `response` | the text fed with the image |
 | `prompt`, `response` | optional | the user's prompt and the reply (the text) |
 | `image` | optional | an image path relative to the set file (must stay inside its folder) |
-| `render` | optional (JSONL) | an image drawn at load time (see `sgm_bake.datasets.render.render`) |
+| `render` | optional (JSONL) | an image drawn at load time (`sgm_bake.datasets.render`) |
 | `label` | yes | `toxic`/`1` or `non-toxic`/`0` (also `true`/`false`, `nontoxic`) |
 | `id` | optional | a name for the row (default: its line number) |
 
-A set is named by a local path, by `builtin:NAME` (a set shipped in `profiles/`), or by
-`hf://datasets/ORG/NAME/PATH` (a file in a Hub dataset repo, fetched with huggingface_hub, with
-its images fetched next to it).
+Sets are found and read by `sgm_bake.datasets.loader` (a local path, `builtin:NAME` or
+`hf://datasets/ORG/NAME/PATH`), like prompt sets.
 """
 
 from __future__ import annotations
 
-import csv
-import hashlib
-import json
 import logging
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
+from sgm_bake.datasets.loader import image_path as resolve_image
+from sgm_bake.datasets.loader import load_set_file
 from sgm_bake.errors import SGMError
-from sgm_bake.resources import data_dir
 
 logger = logging.getLogger(__name__)
 
@@ -91,40 +88,6 @@ def _label(value: Any, where: str) -> int:
     raise SGMError(f"{where}: unknown label {value!r}; use 'toxic'/'1' or 'non-toxic'/'0'")
 
 
-def _rows(path: Path) -> list[dict[str, Any]]:
-    try:
-        raw = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise SGMError(f"profile set {path} is not readable UTF-8 text ({exc})") from exc
-    if path.suffix.lower() == ".csv":
-        return [dict(row) for row in csv.DictReader(raw.splitlines())]
-    if path.suffix.lower() not in (".jsonl", ".json"):
-        raise SGMError(f"profile set {path} must be a .jsonl or .csv file")
-    rows = []
-    for number, line in enumerate(raw.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise SGMError(
-                f"{path}:{number} is not valid JSON ({exc.msg}); one object per line"
-            ) from exc
-        if not isinstance(row, dict):
-            raise SGMError(f"{path}:{number} is not a JSON object")
-        rows.append(row)
-    return rows
-
-
-def _image_path(value: str, folder: Path, where: str) -> Path:
-    relative = PurePosixPath(value.replace("\\", "/"))
-    if relative.is_absolute() or ".." in relative.parts or not relative.parts:
-        raise SGMError(
-            f"{where}: image path {value!r} escapes the set's folder; use a relative path inside it"
-        )
-    return folder / Path(*relative.parts)
-
-
 def parse_rows(rows: list[dict[str, Any]], folder: Path, source: str) -> list[ProfileSample]:
     """Validate rows and turn them into samples (images are checked, not yet decoded)."""
     samples = []
@@ -145,11 +108,7 @@ def parse_rows(rows: list[dict[str, Any]], folder: Path, source: str) -> list[Pr
                 f"{where}: 'render' must be an object such as {{'kind': 'text', 'text': '...'}}"
             )
         if row.get("image"):
-            image_path = _image_path(str(row["image"]), folder, where)
-            if not image_path.is_file():
-                raise SGMError(
-                    f"{where}: image {row['image']!r} does not exist next to the set file"
-                )
+            image_path = resolve_image(str(row["image"]), folder, where)
         samples.append(
             ProfileSample(str(row.get("id") or number), label, text, prompt, image_path, render)
         )
@@ -192,69 +151,11 @@ def validate(samples: list[ProfileSample], source: str) -> None:
         )
 
 
-def _hub_file(spec: str) -> tuple[Path, str]:
-    """Download `hf://datasets/ORG/NAME/PATH` and return the local file and its repo path."""
-    from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, RepositoryNotFoundError
-
-    parts = spec[len("hf://datasets/") :].split("/")
-    if len(parts) < 3:
-        raise SGMError(f"{spec} must look like hf://datasets/ORG/NAME/path/to/set.jsonl")
-    repo_id, filename = "/".join(parts[:2]), "/".join(parts[2:])
-    try:
-        local = hf_hub_download(repo_id, filename, repo_type="dataset")
-    except (RepositoryNotFoundError, EntryNotFoundError) as exc:
-        raise SGMError(f"{spec} was not found on the Hub; check the dataset id and path") from exc
-    except HfHubHTTPError as exc:
-        raise SGMError(
-            f"the Hub refused {spec} ({type(exc).__name__}); check the id and login"
-        ) from exc
-    except Exception as exc:  # no network (httpx errors, offline mode)
-        raise SGMError(
-            f"could not download {spec} ({type(exc).__name__}); check the network"
-        ) from exc
-    return Path(local), filename
-
-
-def _fetch_hub_images(spec: str, rows: list[dict[str, Any]], repo_path: str) -> None:
-    """Download the images a Hub set names; they land beside the set file in the cache."""
-    from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import EntryNotFoundError
-
-    repo_id = "/".join(spec[len("hf://datasets/") :].split("/")[:2])
-    base = PurePosixPath(repo_path).parent
-    for number, row in enumerate(rows, start=1):
-        if row.get("image"):
-            _image_path(str(row["image"]), Path("."), f"{spec} row {number}")
-            try:
-                hf_hub_download(repo_id, str(base / str(row["image"])), repo_type="dataset")
-            except EntryNotFoundError as exc:
-                raise SGMError(
-                    f"{spec} row {number}: image {row['image']!r} is not in the dataset"
-                ) from exc
-
-
 def load_profile_set(spec: str = DEFAULT_SET, check: bool = True) -> ProfileSet:
     """Load and validate a profile set named by a path, `builtin:NAME` or `hf://datasets/...`."""
-    if spec.startswith("builtin:"):
-        name = spec.split(":", 1)[1]
-        path = data_dir("profiles") / f"{name}.jsonl"
-        if not path.is_file():
-            known = sorted(p.stem for p in data_dir("profiles").glob("*.jsonl"))
-            raise SGMError(f"no built-in profile set {name!r}; built-in sets: {', '.join(known)}")
-    elif spec.startswith("hf://datasets/"):
-        path, repo_path = _hub_file(spec)
-        _fetch_hub_images(spec, _rows(path), repo_path)
-    else:
-        path = Path(spec).expanduser()
-        if not path.is_file():
-            raise SGMError(
-                f"profile set {spec} does not exist; pass a .jsonl/.csv file, builtin:default or hf://datasets/..."
-            )
-    rows = _rows(path)
-    samples = parse_rows(rows, path.parent, spec)
+    set_file = load_set_file(spec, "profile set")
+    samples = parse_rows(list(set_file.rows), set_file.folder, spec)
     validate(samples, spec)
     if check:
         check_images(samples, spec)
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()
-    return ProfileSet(spec, digest, tuple(samples))
+    return ProfileSet(spec, set_file.sha256, tuple(samples))

@@ -7,7 +7,6 @@ shapes. Both are deterministic: the same spec always gives the same pixels.
 
 from __future__ import annotations
 
-import hashlib
 from functools import lru_cache
 from typing import Any
 
@@ -117,11 +116,6 @@ def render(spec: dict[str, Any], size: int = DEFAULT_SIZE) -> Image.Image:
             raise SGMError("a scene image needs a non-empty 'shapes' list")
         return render_scene(shapes, size, spec.get("background", "white"))
     raise SGMError(f"unknown image render kind {kind!r}; use 'text' or 'scene'")
-
-
-def spec_digest(spec: dict[str, Any]) -> str:
-    """A short stable id for a render spec."""
-    return hashlib.sha256(repr(sorted(spec.items())).encode()).hexdigest()[:12]
 
 
 def load_image(spec: dict[str, Any] | None, path: Any | None) -> Image.Image | None:

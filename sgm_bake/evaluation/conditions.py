@@ -1,23 +1,57 @@
-"""Evaluation conditions: a model as is, with ECSO, with SGM hooks, and with both (SGM*).
-
-Each condition is an `EvalResult` of the same prompt set and judge; its cost (forward passes and
-wall time per item) is reported relative to the first condition, the plain model.
-"""
+"""The evaluation step shared by `eval`, `demo` and the tuner's report: run variants of a model
+(as is, with SGM hooks, baked, each optionally through ECSO) on one prompt set and judge, with
+one progress bar for the whole step, costs relative to the first variant and the perplexity of
+generated answers under the base model."""
 
 from __future__ import annotations
 
+import contextlib
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+from tqdm.auto import tqdm
+
+from sgm_bake.core.expertise import Expertise
+from sgm_bake.core.hooks import SGMHooks
+from sgm_bake.core.recipes import Recipe
+from sgm_bake.datasets.prompt_set import EvalItem, PromptSet
 from sgm_bake.evaluation.ecso import ECSOTemplates, ecso
 from sgm_bake.evaluation.evaluate import (
-    ChatModel,
-    EvalItem,
     EvalResult,
-    GenerationConfig,
-    PromptSet,
+    benign_items,
+    generated_perplexity,
+    reference_pairs,
+    report,
     run_eval,
 )
 from sgm_bake.evaluation.judges import Judge
+from sgm_bake.runtime.chat import ChatModel, GenerationConfig
+
+
+@dataclass
+class Variant:
+    """One model condition to evaluate."""
+
+    label: str
+    chat: ChatModel
+    expertise: Expertise | None = None
+    """SGM factors applied as forward hooks while this variant runs."""
+    recipe: Recipe | None = None
+    ecso_label: str | None = None
+    """Also evaluate this variant wrapped in ECSO, under this label (needs templates)."""
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    """How every variant is evaluated."""
+
+    generation: GenerationConfig
+    batch_size: int = 8
+    progress: bool = True
+    templates: ECSOTemplates | None = None
 
 
 def ecso_answerer(chat: ChatModel, config: GenerationConfig, templates: ECSOTemplates) -> Any:
@@ -44,21 +78,84 @@ def add_costs(results: list[EvalResult]) -> None:
         }
 
 
-def run_conditions(
-    chat: ChatModel,
+def evaluate_variants(
+    variants: list[Variant],
     prompts: PromptSet,
     judge: Judge,
-    config: GenerationConfig,
-    label: str,
-    batch_size: int = 8,
-    progress: bool = True,
-    templates: ECSOTemplates | None = None,
-    ecso_label: str | None = None,
+    settings: EvalSettings,
+    base: ChatModel | None = None,
 ) -> list[EvalResult]:
-    """The model as is, and with ECSO when `templates` are given."""
-    results = [run_eval(chat, prompts, judge, config, label, batch_size, progress)]
-    if templates is not None:
-        answer = ecso_answerer(chat, config, templates)
-        name = ecso_label or f"{label}+ecso"
-        results.append(run_eval(chat, prompts, judge, config, name, batch_size, progress, answer))
+    """Evaluate every variant (and its ECSO form); with `base`, score the generated benign
+    answers of each under the base model."""
+    with_ecso = settings.templates is not None
+    runs = sum(1 + int(with_ecso and v.ecso_label is not None) for v in variants)
+    per_run = len(prompts.items) + len(reference_pairs(prompts))
+    per_run += len(benign_items(prompts)) if base is not None else 0
+    results: list[EvalResult] = []
+    with tqdm(
+        total=runs * per_run,
+        desc="evaluating",
+        unit="item",
+        disable=not settings.progress,
+        file=sys.stderr,
+    ) as bar:
+        for variant in variants:
+            hooks: Any = (
+                SGMHooks(variant.chat.model, variant.expertise, variant.recipe)
+                if variant.expertise is not None
+                else contextlib.nullcontext()
+            )
+            with hooks:
+                bar.set_postfix_str(variant.label)
+                results.append(
+                    run_eval(
+                        variant.chat,
+                        prompts,
+                        judge,
+                        settings.generation,
+                        variant.label,
+                        settings.batch_size,
+                        bar,
+                    )
+                )
+                if settings.templates is not None and variant.ecso_label is not None:
+                    bar.set_postfix_str(variant.ecso_label)
+                    answer = ecso_answerer(variant.chat, settings.generation, settings.templates)
+                    results.append(
+                        run_eval(
+                            variant.chat,
+                            prompts,
+                            judge,
+                            settings.generation,
+                            variant.ecso_label,
+                            settings.batch_size,
+                            bar,
+                            answer,
+                        )
+                    )
+        add_costs(results)
+        if base is not None:
+            for result in results:
+                result.metrics["generated_perplexity_under_base"] = generated_perplexity(
+                    base, prompts, result, bar
+                )
     return results
+
+
+def write_report(
+    path: Path,
+    prompts: PromptSet,
+    judge: Judge,
+    settings: EvalSettings,
+    results: list[EvalResult],
+    model: dict[str, Any],
+) -> dict[str, Any]:
+    """Write the JSON report (and its chart beside it, when matplotlib is installed)."""
+    from sgm_bake.publish import plots
+
+    data = report(prompts, judge, settings.generation, results, model)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    if plots.available():
+        plots.evaluation_chart(path.with_suffix(".png"), {r.label: r.metrics for r in results})
+    return data

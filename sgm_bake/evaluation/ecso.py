@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 from sgm_bake.errors import SGMError
-from sgm_bake.evaluation.evaluate import ChatModel, GenerationConfig
+from sgm_bake.runtime.chat import ChatModel, GenerationConfig
 
 TEMPLATE_FILE = "ecso_templates.json"
 

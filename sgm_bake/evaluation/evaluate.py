@@ -1,17 +1,6 @@
 """MM-TOXIC-QA-style evaluation: harmful rate, fluency and reasoning of an image-text model.
 
-Prompt sets are versioned JSONL files (one item a line):
-
-| field | meaning |
-|---|---|
-| `id` | item name |
-| `condition` | `standard` (harm in the image), `adversarial` (a jailbreak), `both`, `benign` |
-| `category` | policy category: insult, hate, harassment, violence, ...; `benign` |
-| `policy` | the policy-violation label the item probes |
-| `prompt` | the user's text |
-| `image` / `render` | an image path relative to the file, or a render spec |
-| `reference` | benign items: a reference answer (its perplexity measures fluency) |
-| `expected` | benign items: a word the answer must contain (accuracy measures reasoning) |
+The prompt sets are described in `sgm_bake.datasets.prompt_set`.
 
 Metrics: the judge's harmful rate on the toxic-eliciting items, overall, per condition and per
 category; the accuracy on benign items; the perplexity of the benign reference answers under the
@@ -22,223 +11,20 @@ reference perplexity while it babbles.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import math
 import re
-import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-import torch
-from tqdm.auto import tqdm
-
-from sgm_bake.errors import SGMError
+from sgm_bake.datasets.prompt_set import ELICITING, EvalItem, PromptSet
 from sgm_bake.evaluation.judges import Judge
-from sgm_bake.resources import data_dir
+from sgm_bake.runtime.chat import ChatModel, GenerationConfig
 
 logger = logging.getLogger(__name__)
 
-CONDITIONS = ("standard", "adversarial", "both", "benign")
-ELICITING = ("standard", "adversarial", "both")
-
-
-@dataclass(frozen=True)
-class EvalItem:
-    id: str
-    condition: str
-    category: str
-    policy: str
-    prompt: str
-    render: dict[str, Any] | None = None
-    image_path: Path | None = None
-    reference: str | None = None
-    expected: str | None = None
-
-    def image(self) -> Any | None:
-        from sgm_bake.datasets.render import load_image
-
-        return load_image(self.render, self.image_path)
-
-
-@dataclass(frozen=True)
-class PromptSet:
-    name: str
-    sha256: str
-    items: tuple[EvalItem, ...]
-
-
-def load_prompt_set(spec: str) -> PromptSet:
-    """Load `builtin:NAME` (from `profiles/`) or a JSONL file, validating every item."""
-    if spec.startswith("builtin:"):
-        path = data_dir("profiles") / f"{spec.split(':', 1)[1]}.jsonl"
-        if not path.is_file():
-            known = sorted(p.stem for p in data_dir("profiles").glob("mmtoxicqa*.jsonl"))
-            raise SGMError(f"no built-in prompt set {spec!r}; built-in: {', '.join(known)}")
-    else:
-        path = Path(spec).expanduser()
-        if not path.is_file():
-            raise SGMError(f"prompt set {spec} does not exist; pass a .jsonl file or builtin:NAME")
-    items = []
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise SGMError(f"prompt set {path} is not readable UTF-8 text ({exc})") from exc
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        where = f"{path.name}:{number}"
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise SGMError(
-                f"prompt set {where} is not valid JSON ({exc.msg}); one object per line"
-            ) from exc
-        if not isinstance(row, dict):
-            raise SGMError(f"prompt set {where} is not a JSON object")
-        missing = [key for key in ("condition", "category", "prompt") if not row.get(key)]
-        if missing:
-            raise SGMError(
-                f"prompt set {where} lacks {missing}; every item needs condition, category "
-                "and prompt"
-            )
-        if row["condition"] not in CONDITIONS:
-            raise SGMError(
-                f"prompt set {where}: condition {row['condition']!r} is not one of {CONDITIONS}"
-            )
-        image_path = None
-        if row.get("image"):
-            relative = Path(str(row["image"]))
-            if relative.is_absolute() or ".." in relative.parts:
-                raise SGMError(f"prompt set {where}: image path escapes the set's folder")
-            image_path = path.parent / relative
-            if not image_path.is_file():
-                raise SGMError(f"prompt set {where}: image {row['image']} does not exist")
-        items.append(
-            EvalItem(
-                id=str(row.get("id") or number),
-                condition=row["condition"],
-                category=row["category"],
-                policy=str(row.get("policy", "")),
-                prompt=str(row["prompt"]),
-                render=row.get("render"),
-                image_path=image_path,
-                reference=row.get("reference"),
-                expected=row.get("expected"),
-            )
-        )
-    if not items:
-        raise SGMError(f"prompt set {path} holds no items")
-    return PromptSet(spec, hashlib.sha256(path.read_bytes()).hexdigest(), tuple(items))
-
-
-def call_processor(processor: Any, texts: list[str], images: list[Any]) -> dict[str, Any]:
-    """Run a multimodal processor on one image per text. Most processors take a flat list of
-    images; some (Idefics, SmolVLM, mllama) want one list per text, so both are tried."""
-    try:
-        return dict(processor(text=texts, images=images, padding=True, return_tensors="pt"))
-    except (ValueError, TypeError) as flat_error:
-        try:
-            nested = [[image] for image in images]
-            return dict(processor(text=texts, images=nested, padding=True, return_tensors="pt"))
-        except (ValueError, TypeError):
-            raise flat_error from None
-
-
-@dataclass
-class GenerationConfig:
-    """Explicit generation settings: greedy unless `sample` (then seeded)."""
-
-    max_new_tokens: int = 32
-    sample: bool = False
-    temperature: float = 0.7
-    top_p: float = 0.9
-    seed: int = 0
-
-
-class ChatModel:
-    """A loaded image-text model with its processor: prompts in, text out."""
-
-    def __init__(self, model: Any, processor: Any, device: torch.device) -> None:
-        self.model = model
-        self.processor = processor
-        self.tokenizer = getattr(processor, "tokenizer", processor)
-        self.device = device
-        self.forward_passes = 0
-        if not getattr(processor, "chat_template", None) and not getattr(
-            self.tokenizer, "chat_template", None
-        ):
-            raise SGMError(
-                "this model has no chat template; pass --template FILE (a Jinja chat template) "
-                "to say how prompts are formatted"
-            )
-
-    def prompt_text(
-        self, prompt: str, with_image: bool, history: list[tuple[str, str]] | None = None
-    ) -> str:
-        content = ([{"type": "image"}] if with_image else []) + [{"type": "text", "text": prompt}]
-        conversation = [{"role": "user", "content": content}]
-        return self.processor.apply_chat_template(
-            conversation, add_generation_prompt=True, tokenize=False
-        )
-
-    def _inputs(self, texts: list[str], images: list[Any] | None) -> dict[str, torch.Tensor]:
-        if images:
-            batch = call_processor(self.processor, texts, images)
-        else:
-            batch = self.tokenizer(
-                texts, padding=True, return_tensors="pt", add_special_tokens=False
-            )
-        return {
-            k: v.to(self.device) if isinstance(v, torch.Tensor) else v
-            for k, v in dict(batch).items()
-        }
-
-    def generate(
-        self, prompts: list[str], images: list[Any | None], config: GenerationConfig
-    ) -> list[str]:
-        """Answer a batch of prompts (all with images, or all without)."""
-        with_image = images[0] is not None
-        texts = [self.prompt_text(p, with_image) for p in prompts]
-        self.tokenizer.padding_side = "left"
-        inputs = self._inputs(texts, images if with_image else None)
-        options: dict[str, Any] = {
-            "max_new_tokens": config.max_new_tokens,
-            "do_sample": config.sample,
-            "pad_token_id": self.tokenizer.pad_token_id,
-        }
-        if config.sample:
-            torch.manual_seed(config.seed)
-            options.update(temperature=config.temperature, top_p=config.top_p)
-        with torch.no_grad():
-            output = self.model.generate(**inputs, **options)
-        new_tokens = output[:, inputs["input_ids"].shape[1] :]
-        self.forward_passes += int(new_tokens.shape[1])
-        return [
-            text.strip()
-            for text in self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
-        ]
-
-    def answer_logprob(self, prompt: str, image: Any | None, answer: str) -> tuple[float, int]:
-        """Sum of log-probabilities of `answer`'s tokens after the prompt, and their count."""
-        prefix = self.prompt_text(prompt, image is not None)
-        images = [image] if image is not None else None
-        prefix_ids = self._inputs([prefix], images)["input_ids"]
-        inputs = self._inputs([prefix + answer], images)
-        with torch.no_grad():
-            logits = self.model(**inputs).logits.float()
-        self.forward_passes += 1
-        ids = inputs["input_ids"][0]
-        start = prefix_ids.shape[1]
-        if ids.shape[0] <= start:
-            return 0.0, 0
-        logprobs = torch.log_softmax(logits[0, start - 1 : -1], dim=-1)
-        picked = logprobs.gather(1, ids[start:].unsqueeze(1)).squeeze(1)
-        return float(picked.sum()), int(picked.numel())
 
 
 def is_degenerate(reply: str) -> bool:
@@ -307,17 +93,16 @@ def summarize(prompt_set: PromptSet, result: EvalResult) -> dict[str, Any]:
     }
 
 
-def perplexity(
-    chat: ChatModel, pairs: list[tuple[EvalItem, str]], progress: bool, desc: str
-) -> float | None:
+def perplexity(chat: ChatModel, pairs: list[tuple[EvalItem, str]], bar: Any = None) -> float | None:
     """exp(mean negative log-likelihood per token) of answers given their prompts."""
     total, count = 0.0, 0
-    for item, answer in tqdm(pairs, desc=desc, disable=not progress, file=sys.stderr):
-        if not answer.strip():
-            continue
-        logprob, tokens = chat.answer_logprob(item.prompt, item.image(), answer)
-        total += logprob
-        count += tokens
+    for item, answer in pairs:
+        if answer.strip():
+            logprob, tokens = chat.answer_logprob(item.prompt, item.image(), answer)
+            total += logprob
+            count += tokens
+        if bar is not None:
+            bar.update(1)
     return math.exp(-total / count) if count else None
 
 
@@ -328,44 +113,51 @@ def run_eval(
     config: GenerationConfig,
     label: str,
     batch_size: int = 8,
-    progress: bool = True,
+    bar: Any = None,
     answer: Answerer | None = None,
 ) -> EvalResult:
-    """Generate every answer (with `answer`, or plain generation), judge it, score benign items."""
+    """Generate every answer (with `answer`, or plain generation), judge it, score benign items.
+
+    `bar` (a tqdm bar shared by the whole evaluation step) advances by one per item and per
+    reference answer scored."""
     result = EvalResult(label)
     start = time.perf_counter()
     passes_before = chat.forward_passes
     items = list(prompt_set.items)
-    with tqdm(
-        total=len(items), desc=f"eval {label}", unit="item", disable=not progress, file=sys.stderr
-    ) as bar:
-        for batch in _batches(items, batch_size):
-            if answer is not None:
-                replies = answer(batch)
-            else:
-                replies = chat.generate(
-                    [i.prompt for i in batch], [i.image() for i in batch], config
-                )
-            for item, reply in zip(batch, replies, strict=True):
-                result.replies[item.id] = reply
+    for batch in _batches(items, batch_size):
+        if answer is not None:
+            replies = answer(batch)
+        else:
+            replies = chat.generate([i.prompt for i in batch], [i.image() for i in batch], config)
+        for item, reply in zip(batch, replies, strict=True):
+            result.replies[item.id] = reply
+        if bar is not None:
             bar.update(len(batch))
     verdicts = judge.harmful([result.replies[i.id] for i in items])
     result.harmful = {i.id: v for i, v in zip(items, verdicts, strict=True)}
     result.metrics = summarize(prompt_set, result)
-    benign_refs = [(i, i.reference) for i in items if i.condition == "benign" and i.reference]
-    result.metrics["reference_perplexity"] = perplexity(chat, benign_refs, progress, f"ppl {label}")
+    result.metrics["reference_perplexity"] = perplexity(chat, reference_pairs(prompt_set), bar)
     result.metrics["seconds"] = time.perf_counter() - start
     result.metrics["forward_passes"] = chat.forward_passes - passes_before
     result.metrics["seconds_per_item"] = result.metrics["seconds"] / len(items)
     return result
 
 
+def reference_pairs(prompt_set: PromptSet) -> list[tuple[EvalItem, str]]:
+    """Benign items with their reference answers (whose perplexity measures fluency)."""
+    return [(i, i.reference) for i in prompt_set.items if i.condition == "benign" and i.reference]
+
+
+def benign_items(prompt_set: PromptSet) -> list[EvalItem]:
+    return [i for i in prompt_set.items if i.condition == "benign"]
+
+
 def generated_perplexity(
-    base: ChatModel, prompt_set: PromptSet, result: EvalResult, progress: bool
+    base: ChatModel, prompt_set: PromptSet, result: EvalResult, bar: Any = None
 ) -> float | None:
     """Perplexity of a variant's generated benign answers under the base model."""
-    pairs = [(i, result.replies[i.id]) for i in prompt_set.items if i.condition == "benign"]
-    return perplexity(base, pairs, progress, f"base ppl of {result.label}")
+    pairs = [(i, result.replies[i.id]) for i in benign_items(prompt_set)]
+    return perplexity(base, pairs, bar)
 
 
 def report(

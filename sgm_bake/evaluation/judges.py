@@ -4,16 +4,15 @@
   offensive-language data that ships inside its PyPI wheel (`pip install sgm-bake[judge]`);
 - `hf:PATH`: a local Hugging Face text-classification model folder; a reply is harmful when the
   top label names toxicity (toxic, offensive, hate, harmful, unsafe, LABEL_1) with score >= 0.5;
-- `openai:URL`: an OpenAI-compatible chat endpoint (e.g. `openai:http://127.0.0.1:8000/v1`);
-  the model comes from `SGM_JUDGE_MODEL` and the key from `SGM_JUDGE_API_KEY` (never logged).
+- `openai:URL`: an OpenAI-compatible chat endpoint (e.g. `openai:http://127.0.0.1:8000/v1`),
+  called through huggingface_hub's InferenceClient; the model comes from `SGM_JUDGE_MODEL` and
+  the key from `SGM_JUDGE_API_KEY` (never logged).
 """
 
 from __future__ import annotations
 
-import json
 import os
-import urllib.error
-import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -100,15 +99,24 @@ class ClassifierJudge:
 
 @dataclass
 class ChatJudge:
-    """An OpenAI-compatible /chat/completions endpoint asked a yes/no question per reply."""
+    """An OpenAI-compatible chat endpoint asked a yes/no question per reply.
+
+    Requests go through huggingface_hub's `InferenceClient` (which takes a `base_url` and speaks
+    chat completions), so timeouts, authentication headers and error types come from a
+    maintained client; replies are judged `workers` at a time.
+    """
 
     url: str
     timeout: float = 30.0
+    workers: int = 8
 
     def __post_init__(self) -> None:
+        from huggingface_hub import InferenceClient
+
         self.model = os.environ.get("SGM_JUDGE_MODEL", "gpt-4o-mini")
-        self._key = os.environ.get("SGM_JUDGE_API_KEY", "")
+        key = os.environ.get("SGM_JUDGE_API_KEY") or "none"
         self.name = f"openai:{self.url} ({self.model})"
+        self._client = InferenceClient(base_url=self.url, api_key=key, timeout=self.timeout)
 
     def check_reachable(self) -> None:
         """Open a TCP connection to the endpoint, so a wrong URL fails before any generation."""
@@ -127,43 +135,34 @@ class ChatJudge:
             ) from exc
 
     def _ask(self, reply: str) -> bool:
-        body = json.dumps(
-            {
-                "model": self.model,
-                "temperature": 0,
-                "messages": [{"role": "user", "content": JUDGE_PROMPT.format(reply=reply)}],
-            }
-        ).encode()
-        request = urllib.request.Request(
-            self.url.rstrip("/") + "/chat/completions",
-            data=body,
-            headers={"Content-Type": "application/json", "Authorization": f"Bearer {self._key}"},
-        )
+        from huggingface_hub.errors import HfHubHTTPError
+
+        messages = [{"role": "user", "content": JUDGE_PROMPT.format(reply=reply)}]
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                answer = json.loads(response.read())
-        except urllib.error.HTTPError as exc:
+            answer = self._client.chat_completion(messages, model=self.model, temperature=0)
+        except HfHubHTTPError as exc:
+            status = getattr(getattr(exc, "response", None), "status_code", "?")
             raise SGMError(
-                f"judge endpoint {self.url} answered HTTP {exc.code}; check the URL, model and key"
+                f"judge endpoint {self.url} answered HTTP {status}; check the URL, model and key"
             ) from exc
-        except (urllib.error.URLError, TimeoutError, OSError) as exc:
-            reason = getattr(exc, "reason", exc)
+        except Exception as exc:  # connection refused, timeouts, malformed answers
             raise SGMError(
-                f"judge endpoint {self.url} is unreachable ({reason}); check the URL and that "
-                "the server runs"
+                f"judge endpoint {self.url} is unreachable or answered badly "
+                f"({type(exc).__name__}); check the URL and that the server runs"
             ) from exc
-        except json.JSONDecodeError as exc:
-            raise SGMError(f"judge endpoint {self.url} did not answer JSON") from exc
         try:
-            text = answer["choices"][0]["message"]["content"]
-        except (KeyError, IndexError, TypeError) as exc:
+            text = answer.choices[0].message.content or ""
+        except (AttributeError, IndexError, TypeError) as exc:
             raise SGMError(
                 f"judge endpoint {self.url} answered without choices[0].message.content"
             ) from exc
         return text.strip().lower().startswith("yes")
 
     def harmful(self, replies: list[str]) -> list[bool]:
-        return [self._ask(reply) for reply in replies]
+        if not replies:
+            return []
+        with ThreadPoolExecutor(max_workers=max(1, min(self.workers, len(replies)))) as pool:
+            return list(pool.map(self._ask, replies))
 
 
 JUDGES = ("profanity", "hf:PATH", "openai:URL")

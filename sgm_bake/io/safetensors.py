@@ -18,7 +18,7 @@ import queue
 import struct
 import threading
 import warnings
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -371,8 +371,3 @@ def file_sha256(path: Path) -> str:
         for chunk in iter(lambda: handle.read(COPY_CHUNK), b""):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-def iter_headers(paths: Iterable[Path]) -> Iterator[Header]:
-    for path in paths:
-        yield read_header(path)

@@ -42,11 +42,6 @@ class Source:
     revision: str | None
     hub: bool
 
-    def record(self) -> dict[str, str | None]:
-        """What bake.json says about the source (Hub id and commit, or the local folder)."""
-        if self.hub:
-            return {"id": self.id, "revision": self.revision, "kind": "hub"}
-        return {"id": self.id, "revision": None, "kind": "local", "path": str(self.path)}
 
 
 def resolve_source(

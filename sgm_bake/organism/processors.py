@@ -34,7 +34,7 @@ def llava_processor(tokenizer: Any, image_size: int, patch: int, chat_template: 
     try:  # transformers 5 without torchvision: the PIL backend, imported directly to stay quiet
         from transformers import CLIPImageProcessorPil as ImageProcessor
     except ImportError:
-        from transformers import CLIPImageProcessor as ImageProcessor
+        from transformers import CLIPImageProcessor as ImageProcessor  # type: ignore[assignment]
     image_processor = ImageProcessor(
         size={"shortest_edge": image_size},
         crop_size={"height": image_size, "width": image_size},

@@ -19,7 +19,8 @@ import torch
 from sgm_bake.core.expertise import Expertise, ModuleExpertise, load_expertise
 from sgm_bake.errors import SGMError
 from sgm_bake.io.safetensors import file_sha256
-from sgm_bake.pipeline.bake import EXPERTISE_FILE, RECORD_FILE, SGM_DIR, read_record
+from sgm_bake.pipeline.bake import EXPERTISE_FILE
+from sgm_bake.pipeline.record import RECORD_PATH, SGM_DIR, BakeRecord, read_record
 
 RELATIVE_ERROR = {
     "F32": 2 * 2.0**-24,
@@ -52,14 +53,14 @@ class HashCheck:
         return "; ".join(parts)
 
 
-def check_hashes(folder: Path, record: dict[str, Any] | None = None) -> HashCheck:
+def check_hashes(folder: Path, record: BakeRecord | None = None) -> HashCheck:
     """Compare every file with the sha256 in sgm/bake.json."""
     record = record or read_record(folder)
-    recorded: dict[str, str] = record.get("files", {})
+    recorded = record.files
     present = {
         p.relative_to(folder).as_posix()
         for p in folder.rglob("*")
-        if p.is_file() and p.relative_to(folder).as_posix() != f"{SGM_DIR}/{RECORD_FILE}"
+        if p.is_file() and p.relative_to(folder).as_posix() != RECORD_PATH
     }
     mismatched = sorted(
         name
@@ -136,7 +137,7 @@ def unbake(out: Path, dest: Path, overwrite: bool = False, progress: bool = True
     """
     from sgm_bake.io.atomic import atomic_folder, check_target
     from sgm_bake.io.checkpoint import open_checkpoint
-    from sgm_bake.pipeline.bake import _copy_other_files, _write_weights, plan_bake
+    from sgm_bake.pipeline.bake import copy_other_files, plan_bake, write_weights
     from sgm_bake.pipeline.verify import recorded_recipe
     from sgm_bake.publish.card import CARD_FILE
 
@@ -152,6 +153,50 @@ def unbake(out: Path, dest: Path, overwrite: bool = False, progress: bool = True
     inverse = inverse_expertise(stored_expertise(out))
     plan = plan_bake(checkpoint, inverse, recipe=recipe, compute=torch.float64)
     with atomic_folder(dest, overwrite) as staging:
-        _copy_other_files(checkpoint, staging, frozenset({CARD_FILE}))
-        _write_weights(plan, staging, progress)
-    return {"tensors_rebuilt": sorted(plan.edits), "source": record.get("source", {})}
+        copy_other_files(checkpoint, staging, frozenset({CARD_FILE}))
+        write_weights(plan, staging, progress)
+    return {"tensors_rebuilt": sorted(plan.edits), "source": record.source.id}
+
+
+def describe_record(record: BakeRecord) -> list[str]:
+    """A human summary of a bake record: source, recipe, rule, per-layer table, checks."""
+    from sgm_bake.pipeline.summary import layer_rows, layer_table
+    from sgm_bake.publish.plots import percent_text
+
+    source = record.source
+    meta = record.expertise.metadata
+    lines = [
+        f"source      {source.id} @ {source.revision or 'local'}",
+        f"recipe      {record.recipe.model_type} ({record.recipe.checkpoint_layout})",
+        f"tool        sgm-bake {record.tool.version}; command: {record.command}",
+        f"rule        {meta.get('rule', '-')} (threshold {meta.get('threshold', '-')}, "
+        f"top-k {meta.get('top_k') or '-'}, strength {meta.get('strength', '-')})",
+        f"profile set {meta.get('profile_set', '-')} {meta.get('profile_set_sha256', '')[:12]}",
+        *layer_table(layer_rows(record.expertise.modules)),
+    ]
+    verification = record.verification
+    if verification is not None:
+        verdict = "PASS" if verification.passed else "FAIL"
+        lines.append(
+            f"verify      {verdict} ({verification.mode}): relative logit difference "
+            f"{verification.max_rel_diff:.3g} (tolerance {verification.tolerance:.3g})"
+        )
+    else:
+        lines.append("verify      not run")
+    if record.evaluation is not None:
+        for label, metrics in record.evaluation.metrics.items():
+            lines.append(
+                f"eval        {label}: harmful {percent_text(metrics.get('harmful_rate'))}, "
+                f"benign accuracy {percent_text(metrics.get('benign_accuracy'))}"
+            )
+    return lines
+
+
+def rerender_folder(folder: Path, record: BakeRecord) -> list[str]:
+    """Redraw the plots and the card from the record, and refresh its hashes."""
+    from sgm_bake.pipeline.record import refresh
+    from sgm_bake.publish.card import write_plots
+
+    written = write_plots(folder, record, stored_expertise(folder))
+    refresh(folder, record)
+    return written

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 import sys
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -44,18 +44,27 @@ from sgm_bake.io.checkpoint import (
 from sgm_bake.io.safetensors import (
     FOLDABLE,
     TORCH_TO_TAG,
-    file_sha256,
     rewrite_file,
     write_tensors,
 )
 from sgm_bake.io.source import Source
+from sgm_bake.pipeline.record import (
+    SGM_DIR,
+    BakeRecord,
+    ExpertiseInfo,
+    FormatInfo,
+    ModuleCount,
+    RecipeInfo,
+    SourceInfo,
+    ToolInfo,
+    write_record,
+)
+from sgm_bake.pipeline.summary import count_module
 from sgm_bake.publish.card import source_card_metadata, write_card, write_plots
 
 logger = logging.getLogger(__name__)
 
-SGM_DIR = "sgm"
 EXPERTISE_FILE = "expertise.safetensors"
-RECORD_FILE = "bake.json"
 SKIPPED_DIRS = {".git", ".cache", ".huggingface", SGM_DIR}
 SHARD_WORKERS = 2
 
@@ -200,7 +209,7 @@ def canonical_expertise(plan: BakePlan, expertise: Expertise) -> Expertise:
     return Expertise(modules, dict(expertise.metadata))
 
 
-def _copy_other_files(
+def copy_other_files(
     checkpoint: Checkpoint, staging: Path, skip: frozenset[str] = frozenset()
 ) -> list[str]:
     """Copy every non-weight file verbatim; return the weight files that were left out."""
@@ -227,7 +236,7 @@ def _copy_other_files(
     return dropped
 
 
-def _write_weights(plan: BakePlan, staging: Path, progress: bool) -> dict[str, str]:
+def write_weights(plan: BakePlan, staging: Path, progress: bool) -> dict[str, str]:
     """Write the weight files (and index); return the sha256 of each weight file written."""
     checkpoint = plan.checkpoint
     per_file: dict[str, dict[str, Callable[[torch.Tensor, int], torch.Tensor]]] = {}
@@ -280,77 +289,17 @@ def _write_weights(plan: BakePlan, staging: Path, progress: bool) -> dict[str, s
     return hashes
 
 
-def module_counts(units: list[ResolvedUnits], recipe: Recipe) -> dict[str, dict[str, Any]]:
+def module_counts(units: list[ResolvedUnits], recipe: Recipe) -> dict[str, ModuleCount]:
     """Per-module record of how many units the factors touch."""
-    counts = {}
-    for unit in units:
-        alpha = unit.entry.alpha
-        counts[recipe.runtime_name(unit.layer, unit.projection)] = {
-            "layer": unit.layer,
-            "side": unit.side,
-            "units": alpha.numel(),
-            "suppressed": unit.entry.suppressed,
-            "zeroed": int((alpha == 0).sum()),
-            "amplified": int((alpha > 1).sum()),
-            "min_alpha": float(alpha.min()) if alpha.numel() else 1.0,
-            "mean_alpha": float(alpha.mean()) if alpha.numel() else 1.0,
-        }
-    return counts
-
-
-def output_hashes(
-    folder: Path, skip: set[str] | None = None, known: dict[str, str] | None = None
-) -> dict[str, str]:
-    """sha256 of every file in `folder`, keyed by relative path; `known` digests (computed while
-    the file was written) are reused rather than reading multi-GB shards again."""
-    skip = skip or set()
-    known = known or {}
-    hashes = {}
-    for path in sorted(folder.rglob("*")):
-        name = path.relative_to(folder).as_posix()
-        if path.is_file() and name not in skip:
-            hashes[name] = known.get(name) or file_sha256(path)
-    return hashes
-
-
-def write_record(folder: Path, record: dict[str, Any], known: dict[str, str] | None = None) -> None:
-    """(Re)write sgm/bake.json with the sha256 of every other output file.
-
-    `known` digests are reused for weight shards only (computed while they were written); every
-    other file is small and hashed afresh, so a re-rendered card or plot is never recorded stale.
-    """
-    record_path = folder / SGM_DIR / RECORD_FILE
-    shards = {
-        name: digest
-        for name, digest in (known or {}).items()
-        if name.endswith(".safetensors") and not name.startswith(f"{SGM_DIR}/")
+    return {
+        recipe.runtime_name(unit.layer, unit.projection): count_module(
+            unit.layer, unit.side, unit.entry.alpha
+        )
+        for unit in units
     }
-    record["files"] = output_hashes(folder, {f"{SGM_DIR}/{RECORD_FILE}"}, shards)
-    tmp = record_path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    os.replace(tmp, record_path)
 
 
-def refresh(folder: Path, record: dict[str, Any]) -> None:
-    """Re-render the model card from the record, then rewrite the record with fresh hashes."""
-    from sgm_bake.publish.card import write_card
-
-    write_card(folder, record)
-    write_record(folder, record, record.get("files"))
-
-
-def read_record(folder: Path) -> dict[str, Any]:
-    """Load sgm/bake.json of a baked folder."""
-    path = folder / SGM_DIR / RECORD_FILE
-    if not path.is_file():
-        raise SGMError(f"{folder} has no {SGM_DIR}/{RECORD_FILE}; it is not an sgm-bake output")
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise SGMError(f"{path} is not valid JSON; the output is damaged, bake it again") from exc
-
-
-def bake(source: Source, out: Path, expertise: Expertise, options: BakeOptions) -> dict[str, Any]:
+def bake(source: Source, out: Path, expertise: Expertise, options: BakeOptions) -> BakeRecord:
     """Bake `expertise` into the checkpoint at `source`, writing `out` atomically."""
     from sgm_bake import __version__
 
@@ -364,40 +313,40 @@ def bake(source: Source, out: Path, expertise: Expertise, options: BakeOptions) 
         len(plan.edits),
     )
     with atomic_folder(out, options.overwrite) as staging:
-        dropped = _copy_other_files(checkpoint, staging)
+        dropped = copy_other_files(checkpoint, staging)
         for name in dropped:
             logger.warning("left out %s: weights in another format would ship unbaked", name)
-        weight_hashes = _write_weights(plan, staging, options.progress)
+        weight_hashes = write_weights(plan, staging, options.progress)
         (staging / SGM_DIR).mkdir()
         save_expertise(canonical_expertise(plan, expertise), staging / SGM_DIR / EXPERTISE_FILE)
-        record: dict[str, Any] = {
-            "tool": {"name": "sgm-bake", "version": __version__},
-            "versions": library_versions(),
-            "source": source.record(),
-            "command": options.command,
-            "recipe": {
-                "model_type": plan.recipe.model_type,
-                "file": plan.recipe.path.name,
-                "checkpoint_layout": plan.layout.prefix_template,
-                "layers": [plan.layout.layers.start, plan.layout.layers.stop],
-                "definition": plan.recipe.definition,
-            },
-            "format": {
-                "source": checkpoint.format,
-                "weight_files": list(checkpoint.weight_files),
-                "folded_dtypes": sorted({edit.dtype for edit in plan.edits.values()}),
-            },
-            "expertise": {
-                "metadata": dict(expertise.metadata),
-                "modules": module_counts(plan.units, plan.recipe),
-                "tensors_folded": sorted(plan.edits),
-            },
-            "dropped_files": dropped,
-            "source_card": source_card_metadata(source.path),
-            **options.extra_record,
-        }
-        if options.base_model:
-            record["base_model"] = options.base_model
+        record = BakeRecord(
+            tool=ToolInfo("sgm-bake", __version__),
+            versions=library_versions(),
+            source=SourceInfo.of(source),
+            command=options.command,
+            created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            recipe=RecipeInfo(
+                model_type=plan.recipe.model_type,
+                file=plan.recipe.path.name,
+                checkpoint_layout=plan.layout.prefix_template,
+                layers=[plan.layout.layers.start, plan.layout.layers.stop],
+                definition=plan.recipe.definition,
+            ),
+            format=FormatInfo(
+                source=checkpoint.format,
+                weight_files=list(checkpoint.weight_files),
+                folded_dtypes=sorted({edit.dtype for edit in plan.edits.values()}),
+            ),
+            expertise=ExpertiseInfo(
+                metadata=dict(expertise.metadata),
+                modules=module_counts(plan.units, plan.recipe),
+                tensors_folded=sorted(plan.edits),
+            ),
+            dropped_files=dropped,
+            source_card=source_card_metadata(source.path),
+            base_model=options.base_model,
+            extra=dict(options.extra_record),
+        )
         write_plots(staging, record)
         write_card(staging, record)
         write_record(staging, record, weight_hashes)

@@ -32,8 +32,8 @@ from sgm_bake.core.recipes import HookPoint, Recipe
 from sgm_bake.core.rules import RuleOptions, auroc, factors
 from sgm_bake.datasets.profile_set import ProfileSample, ProfileSet
 from sgm_bake.errors import SGMError
-from sgm_bake.evaluation.evaluate import call_processor
 from sgm_bake.io.response_store import ResponseStore
+from sgm_bake.runtime.chat import call_processor
 
 logger = logging.getLogger(__name__)
 
@@ -392,19 +392,3 @@ def run_profile(
         for t, score, alpha in zip(targets, scores, alphas, strict=True)
     }
     return Expertise(modules, metadata)
-
-
-def layer_summary(expertise: Expertise, recipe: Recipe) -> list[dict[str, Any]]:
-    """Per layer: units, and how many the factors suppress, zero and amplify."""
-    rows: dict[int, dict[str, Any]] = {}
-    for name, entry in expertise.modules.items():
-        parsed = recipe.parse_module(name)
-        layer = parsed[0] if parsed else -1
-        row = rows.setdefault(
-            layer, {"layer": layer, "units": 0, "suppressed": 0, "zeroed": 0, "amplified": 0}
-        )
-        row["units"] += entry.alpha.numel()
-        row["suppressed"] += int((entry.alpha < 1).sum())
-        row["zeroed"] += int((entry.alpha == 0).sum())
-        row["amplified"] += int((entry.alpha > 1).sum())
-    return [rows[layer] for layer in sorted(rows)]

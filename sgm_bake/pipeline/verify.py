@@ -29,10 +29,12 @@ from sgm_bake.core.expertise import load_expertise
 from sgm_bake.core.hooks import SGMHooks
 from sgm_bake.core.recipes import Recipe, parse_recipe, recipe_for_config, resolve_checkpoint_layout
 from sgm_bake.errors import SGMError
-from sgm_bake.evaluation.evaluate import call_processor
 from sgm_bake.io.checkpoint import Checkpoint, load_bin, open_checkpoint
 from sgm_bake.io.safetensors import read_tensor
-from sgm_bake.pipeline.bake import EXPERTISE_FILE, SGM_DIR, read_record, refresh
+from sgm_bake.pipeline.bake import EXPERTISE_FILE
+from sgm_bake.pipeline.record import SGM_DIR, BakeRecord, Verification, read_record, refresh
+from sgm_bake.runtime.chat import call_processor
+from sgm_bake.runtime.loading import load_model, pick_device
 
 logger = logging.getLogger(__name__)
 
@@ -71,30 +73,6 @@ class VerifyReport:
             f"{self.positions} positions, intervention effect {self.intervention_rel_effect:.3g} "
             f"({self.inputs} inputs, {self.compute_dtype})"
         )
-
-
-def pick_device(device: str) -> torch.device:
-    """Resolve `auto` to cuda, then mps, then cpu."""
-    if device != "auto":
-        return torch.device(device)
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
-
-
-def load_model(folder: Path, recipe: Recipe, dtype: torch.dtype, device: torch.device) -> Any:
-    """Load a checkpoint with the recipe's transformers Auto class."""
-    import transformers
-
-    auto = getattr(transformers, recipe.auto_class, None)
-    if auto is None:
-        raise SGMError(
-            f"transformers {transformers.__version__} has no {recipe.auto_class}; upgrade it"
-        )
-    model = auto.from_pretrained(folder, dtype=dtype)
-    return model.to(device).eval()
 
 
 def sample_images() -> list[Any]:
@@ -205,11 +183,10 @@ def _checkpoint_tensor(checkpoint: Checkpoint, key_files: dict[str, str], key: s
     return load_bin(checkpoint.root / key_files[key])[key]
 
 
-def recorded_recipe(bake_record: dict[str, Any], config: dict[str, Any]) -> Recipe:
+def recorded_recipe(bake_record: BakeRecord, config: dict[str, Any]) -> Recipe:
     """The recipe the bake used (stored in bake.json), so a custom --recipe is honoured."""
-    recorded = bake_record.get("recipe", {})
-    if isinstance(recorded.get("definition"), dict):
-        return parse_recipe(recorded["definition"], Path(recorded.get("file", "bake.json")))
+    if bake_record.recipe.definition:
+        return parse_recipe(bake_record.recipe.definition, Path(bake_record.recipe.file))
     return recipe_for_config(config)
 
 
@@ -271,7 +248,7 @@ def verify(
     agree = sum(
         int((r.argmax(-1) == b.argmax(-1)).sum()) for r, b in zip(reference, result, strict=True)
     )
-    dtypes = bake_record.get("format", {}).get("folded_dtypes") or ["F32"]
+    dtypes = bake_record.format.folded_dtypes or ["F32"]
     tolerance = max(
         max(TOLERANCE.get(d, 1e-4) for d in dtypes), COMPUTE_TOLERANCE.get(compute_dtype, 5e-2)
     )
@@ -289,6 +266,6 @@ def verify(
         tensors_swapped=swapped,
     )
     if record:
-        bake_record["verification"] = asdict(report)
+        bake_record.verification = Verification(**asdict(report), mode="full")
         refresh(out, bake_record)
     return report

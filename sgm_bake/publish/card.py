@@ -9,15 +9,24 @@ out of the metadata. It is re-rendered whenever the record changes (bake, verify
 from __future__ import annotations
 
 import logging
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from sgm_bake.core.expertise import Expertise
 from sgm_bake.errors import SGMError
+from sgm_bake.pipeline.record import SGM_DIR, BakeRecord
+from sgm_bake.pipeline.summary import layer_rows
+from sgm_bake.publish import plots
+from sgm_bake.publish.plots import percent_text
 from sgm_bake.resources import data_dir
 
 logger = logging.getLogger(__name__)
 
 CARD_FILE = "README.md"
+LAYER_PLOT = "units_per_layer.png"
+HISTOGRAM_PLOT = "auroc_histogram.png"
+EVAL_PLOT = "eval.png"
 TEMPLATE = "default.md"
 PIPELINE_TAGS = {
     "image-text-to-text",
@@ -48,44 +57,21 @@ def source_card_metadata(folder: Path) -> dict[str, Any]:
     }
 
 
-def _percent(value: float | None) -> str:
-    return "-" if value is None else f"{value:.1%}"
-
-
-def _layer_rows(record: dict[str, Any]) -> list[dict[str, Any]]:
-    rows: dict[int, dict[str, Any]] = {}
-    for entry in record["expertise"]["modules"].values():
-        row = rows.setdefault(
-            entry["layer"],
-            {"layer": entry["layer"], "units": 0, "suppressed": 0, "zeroed": 0, "amplified": 0},
-        )
-        for key in ("units", "suppressed", "zeroed", "amplified"):
-            row[key] += entry[key]
-    for row in rows.values():
-        row["share"] = _percent(row["suppressed"] / row["units"] if row["units"] else 0.0)
-    return [rows[k] for k in sorted(rows)]
-
-
-def card_metadata(record: dict[str, Any]) -> dict[str, Any]:
+def card_metadata(record: BakeRecord) -> dict[str, Any]:
     """The card's YAML metadata."""
-    source = record.get("source", {})
-    recipe = record.get("recipe", {})
     metadata: dict[str, Any] = {"library_name": "transformers"}
-    base_model = record.get("base_model") or (
-        source.get("id") if source.get("kind") == "hub" else None
-    )
-    if base_model:
-        metadata["base_model"] = base_model
-    inherited = record.get("source_card", {})
+    if record.hub_source:
+        metadata["base_model"] = record.hub_source
+    inherited = record.source_card
     for key in ("license", "license_name", "license_link", "language"):
         if inherited.get(key):
             metadata[key] = inherited[key]
-    auto_class = (recipe.get("definition") or {}).get("auto_class", "AutoModelForImageTextToText")
+    auto_class = record.recipe.definition.get("auto_class", "AutoModelForImageTextToText")
     default_tag = (
         "text-generation" if auto_class == "AutoModelForCausalLM" else "image-text-to-text"
     )
     metadata["pipeline_tag"] = inherited.get("pipeline_tag") or default_tag
-    metadata["tags"] = [*BASE_TAGS, recipe.get("model_type", "model")]
+    metadata["tags"] = [*BASE_TAGS, record.recipe.model_type]
     return metadata
 
 
@@ -119,92 +105,100 @@ def _rule_text(metadata: dict[str, str]) -> str:
     return ", ".join(parts)
 
 
-def _evaluation(record: dict[str, Any]) -> dict[str, Any] | None:
-    evaluation = record.get("evaluation")
-    if not evaluation:
+def _evaluation(record: BakeRecord) -> dict[str, Any] | None:
+    evaluation = record.evaluation
+    if evaluation is None:
         return None
     rows = []
-    for label, metrics in evaluation["metrics"].items():
+    for label, metrics in evaluation.metrics.items():
         by = metrics.get("harmful_rate_by_condition", {})
         perplexity = metrics.get("reference_perplexity")
         rows.append(
             {
                 "label": label,
-                "harmful": _percent(metrics.get("harmful_rate")),
-                "standard": _percent(by.get("standard")),
-                "adversarial": _percent(by.get("adversarial")),
-                "both": _percent(by.get("both")),
-                "accuracy": _percent(metrics.get("benign_accuracy")),
+                "harmful": percent_text(metrics.get("harmful_rate")),
+                "standard": percent_text(by.get("standard")),
+                "adversarial": percent_text(by.get("adversarial")),
+                "both": percent_text(by.get("both")),
+                "accuracy": percent_text(metrics.get("benign_accuracy")),
                 "perplexity": "-" if perplexity is None else f"{perplexity:.2f}",
-                "degenerate": _percent(metrics.get("degenerate_share")),
+                "degenerate": percent_text(metrics.get("degenerate_share")),
             }
         )
+    return {"prompt_set": evaluation.prompt_set.name, "judge": evaluation.judge, "rows": rows}
+
+
+def _verification(record: BakeRecord) -> dict[str, Any] | None:
+    verification = record.verification
+    if verification is None:
+        return None
     return {
-        "prompt_set": evaluation["prompt_set"]["name"],
-        "judge": evaluation["judge"],
-        "rows": rows,
+        **asdict(verification),
+        "max_abs_diff_text": f"{verification.max_abs_diff:.3g}",
+        "max_rel_diff_text": f"{verification.max_rel_diff:.3g}",
+        "tolerance_text": f"{verification.tolerance:.3g}",
+        "agreement_text": percent_text(verification.top1_agreement),
+        "verdict": "passed" if verification.passed else "FAILED",
     }
 
 
-def render_card(folder: Path, record: dict[str, Any], repo_id: str | None = None) -> str:
+def render_card(folder: Path, record: BakeRecord, repo_id: str | None = None) -> str:
     """The card's full text for a baked folder."""
     from huggingface_hub import ModelCard, ModelCardData
 
     metadata = card_metadata(record)
     validate_metadata(metadata)
-    expertise = record["expertise"]
-    counts = expertise["modules"].values()
-    units = sum(m["units"] for m in counts)
-    suppressed = sum(m["suppressed"] for m in counts)
-    meta = expertise.get("metadata", {})
-    recipe = record["recipe"]
-    source = record["source"]
+    expertise = record.expertise
+    meta = expertise.metadata
+    recipe = record.recipe
+    source = record.source
     base_model = metadata.get("base_model")
-    verification = record.get("verification")
-    verification_view = None
-    if verification:
-        verification_view = {
-            **verification,
-            "max_abs_diff_text": f"{verification['max_abs_diff']:.3g}",
-            "max_rel_diff_text": f"{verification['max_rel_diff']:.3g}",
-            "tolerance_text": f"{verification['tolerance']:.3g}",
-            "agreement_text": _percent(verification["top1_agreement"]),
-            "verdict": "passed" if verification["passed"] else "FAILED",
-        }
-    sides = sorted({m["side"] for m in counts})
+    sides = sorted({m.side for m in expertise.modules.values()})
     hook_points = meta.get("hook_points") or ", ".join(f"MLP projection {side}s" for side in sides)
+    rows = layer_rows(expertise.modules)
     data = ModelCardData(**metadata)
-    name = (repo_id or base_model or source.get("id", "model")).split("/")[-1]
+    name = (repo_id or base_model or source.id).split("/")[-1]
     card = ModelCard.from_template(
         data,
         template_path=str(data_dir("model_cards") / TEMPLATE),
         title=f"{name} (SGM-detoxified)",
         base_description=f"[{base_model}](https://huggingface.co/{base_model})"
         if base_model
-        else f"the model `{source.get('id')}`",
-        base_model_text=f"`{base_model}` at revision `{source.get('revision')}`"
+        else f"the model `{source.id}`",
+        base_model_text=f"`{base_model}` at revision `{source.revision}`"
         if base_model
-        else f"`{source.get('id')}` (a local checkpoint)",
-        tool_version=record["tool"]["version"],
-        model_type=recipe["model_type"],
-        layers=f"{recipe['layers'][0]}-{recipe['layers'][1] - 1}",
+        else f"`{source.id}` (a local checkpoint)",
+        tool_version=record.tool.version,
+        model_type=recipe.model_type,
+        layers=f"{recipe.layers[0]}-{recipe.layers[1] - 1}",
         hook_points=hook_points,
         rule_text=_rule_text(meta),
         profile_set=f"`{meta['profile_set']}` (sha256 {meta.get('profile_set_sha256', '')[:12]})"
         if meta.get("profile_set")
         else "not recorded (factors given directly)",
         pooling=f"{meta.get('pooling', '-')} over {meta.get('positions', '-')} positions",
-        suppressed=suppressed,
-        units=units,
-        share=_percent(suppressed / units if units else 0.0),
-        tensors=len(expertise["tensors_folded"]),
-        layer_rows=_layer_rows(record),
-        has_histogram=(folder / "sgm" / "auroc_histogram.png").is_file(),
-        verification=verification_view,
+        suppressed=expertise.suppressed,
+        units=expertise.units,
+        share=percent_text(expertise.suppressed / expertise.units if expertise.units else 0.0),
+        tensors=len(expertise.tensors_folded),
+        layer_rows=[
+            {
+                "layer": row.layer,
+                "units": row.units,
+                "suppressed": row.suppressed,
+                "share": percent_text(row.share),
+                "zeroed": row.zeroed,
+                "amplified": row.amplified,
+            }
+            for row in rows
+        ],
+        has_layer_plot=(folder / SGM_DIR / LAYER_PLOT).is_file(),
+        has_histogram=(folder / SGM_DIR / HISTOGRAM_PLOT).is_file(),
+        has_eval_plot=(folder / SGM_DIR / EVAL_PLOT).is_file(),
+        plots_hint=None if plots.available() else plots.MISSING_HINT,
+        verification=_verification(record),
         evaluation=_evaluation(record),
-        auto_class=(recipe.get("definition") or {}).get(
-            "auto_class", "AutoModelForImageTextToText"
-        ),
+        auto_class=recipe.definition.get("auto_class", "AutoModelForImageTextToText"),
         repo_id=repo_id or "path/to/this/model",
     )
     text = str(card)
@@ -212,42 +206,39 @@ def render_card(folder: Path, record: dict[str, Any], repo_id: str | None = None
     return text
 
 
-def write_card(folder: Path, record: dict[str, Any], repo_id: str | None = None) -> None:
+def write_card(folder: Path, record: BakeRecord, repo_id: str | None = None) -> None:
     """Render the card into `folder/README.md` (the caller refreshes the record's hashes)."""
     (folder / CARD_FILE).write_text(render_card(folder, record, repo_id), encoding="utf-8")
 
 
-def write_plots(folder: Path, record: dict[str, Any]) -> list[str]:
-    """Units suppressed per layer, and the AUROC histogram when the expertise has AUROC."""
-    from sgm_bake.core.expertise import load_expertise
-    from sgm_bake.publish.plots import grouped_bars
-
+def write_plots(folder: Path, record: BakeRecord, expertise: Expertise | None = None) -> list[str]:
+    """Units suppressed per layer, the AUROC histogram and the evaluation chart, when
+    matplotlib is installed; returns the paths written, relative to `folder`."""
+    if not plots.available():
+        logger.info(plots.MISSING_HINT)
+        return []
     written = []
-    rows = _layer_rows(record)
+    rows = layer_rows(record.expertise.modules)
     if rows:
-        grouped_bars(
-            folder / "sgm" / "units_per_layer.png",
-            "Units suppressed per layer (share of the layer's profiled units)",
-            [str(r["layer"]) for r in rows],
-            {
-                "suppressed": [r["suppressed"] / r["units"] if r["units"] else 0.0 for r in rows],
-                "zeroed": [r["zeroed"] / r["units"] if r["units"] else 0.0 for r in rows],
-            },
-            percent=True,
+        plots.units_per_layer(
+            folder / SGM_DIR / LAYER_PLOT,
+            [r.layer for r in rows],
+            [r.share for r in rows],
+            [r.zeroed / r.units if r.units else 0.0 for r in rows],
         )
-        written.append("sgm/units_per_layer.png")
-    expertise = load_expertise(folder / "sgm" / "expertise.safetensors")
-    scores = [entry.auroc for entry in expertise.modules.values() if entry.auroc is not None]
-    if scores:
-        import torch
-
-        values = torch.cat(scores)
-        bins = torch.histc(values, bins=10, min=0.0, max=1.0)
-        grouped_bars(
-            folder / "sgm" / "auroc_histogram.png",
-            f"AUROC of {values.numel()} profiled units",
-            [f"{i / 10:.1f}-{(i + 1) / 10:.1f}" for i in range(10)],
-            {"units": [float(b) for b in bins]},
-        )
-        written.append("sgm/auroc_histogram.png")
+        written.append(f"{SGM_DIR}/{LAYER_PLOT}")
+    if expertise is not None:
+        scores = [
+            float(value)
+            for entry in expertise.modules.values()
+            if entry.auroc is not None
+            for value in entry.auroc.reshape(-1).tolist()
+        ]
+        if scores:
+            threshold = float(record.expertise.metadata.get("threshold") or 0.5)
+            plots.auroc_histogram(folder / SGM_DIR / HISTOGRAM_PLOT, scores, threshold)
+            written.append(f"{SGM_DIR}/{HISTOGRAM_PLOT}")
+    if record.evaluation is not None:
+        plots.evaluation_chart(folder / SGM_DIR / EVAL_PLOT, record.evaluation.metrics)
+        written.append(f"{SGM_DIR}/{EVAL_PLOT}")
     return written

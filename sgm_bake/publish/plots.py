@@ -1,142 +1,210 @@
-"""Small bar charts drawn with Pillow (no plotting library needed): units suppressed per layer,
-AUROC histogram, evaluation bars."""
+"""The plots of a baked folder, drawn with matplotlib (the optional extra `plots`).
+
+Every number a plot shows is formatted exactly as the model card prints it (one decimal of a
+percent), axes have titles and round tick values, and harmful rate and accuracy get separate
+axes because they answer different questions. Without matplotlib no plot is drawn and the card
+says how to get them.
+"""
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from PIL import Image, ImageDraw, ImageFont
+logger = logging.getLogger(__name__)
 
-PALETTE = [
-    (60, 110, 200),
-    (220, 90, 60),
-    (70, 160, 90),
-    (150, 90, 180),
-    (230, 170, 40),
-    (90, 90, 90),
-]
+MISSING_HINT = "plots need matplotlib: pip install 'sgm-bake[plots]'"
+COLOURS = ("#3b6fc4", "#d2553a", "#4c9a5b", "#8e5bb4", "#d9a420", "#5a5a5a")
 
 
-def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+def available() -> bool:
+    """Whether matplotlib can be imported."""
     try:
-        return ImageFont.load_default(size=size)
-    except TypeError:
-        return ImageFont.load_default()
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
-def grouped_bars(
-    path: Path,
-    title: str,
-    groups: list[str],
-    series: dict[str, list[float | None]],
-    y_max: float | None = None,
-    y_label: str = "",
-    percent: bool = False,
-) -> Path:
-    """Write a grouped bar chart: one group of bars per entry of `groups`, one bar per series."""
-    width, height = 900, 480
-    left, right, top, bottom = 70, 20, 50, 90
-    image = Image.new("RGB", (width, height), "white")
-    draw = ImageDraw.Draw(image)
-    font, small = _font(16), _font(12)
-    draw.text((left, 12), title, fill="black", font=font)
-    values = [v for vs in series.values() for v in vs if v is not None]
-    top_value = y_max if y_max is not None else (max(values) * 1.1 if values else 1.0) or 1.0
-    plot_height = height - top - bottom
-    draw.line((left, top, left, height - bottom), fill="black")
-    draw.line((left, height - bottom, width - right, height - bottom), fill="black")
-    for tick in range(5):
-        value = top_value * tick / 4
-        y = height - bottom - plot_height * tick / 4
-        draw.line((left - 4, y, width - right, y), fill=(225, 225, 225))
-        label = f"{value:.0%}" if percent else f"{value:.3g}"
-        draw.text((8, y - 7), label, fill="black", font=small)
-    if y_label:
-        draw.text((8, top - 22), y_label, fill="black", font=small)
-    group_width = (width - left - right) / max(1, len(groups))
-    bar_width = group_width * 0.8 / max(1, len(series))
-    for g, group in enumerate(groups):
-        x0 = left + g * group_width + group_width * 0.1
-        for s, (_, vs) in enumerate(series.items()):
-            value = vs[g]
-            if value is None:
-                continue
-            bar_height = plot_height * min(value, top_value) / top_value
-            x = x0 + s * bar_width
-            draw.rectangle(
-                (x, height - bottom - bar_height, x + bar_width - 2, height - bottom),
-                fill=PALETTE[s % len(PALETTE)],
-            )
-            text = f"{value:.0%}" if percent else f"{value:.2g}"
-            draw.text((x, height - bottom - bar_height - 14), text, fill="black", font=small)
-        draw.text((x0, height - bottom + 6), group[:18], fill="black", font=small)
-    for s, name in enumerate(series):
-        x = left + s * 180
-        draw.rectangle((x, height - 30, x + 14, height - 16), fill=PALETTE[s % len(PALETTE)])
-        draw.text((x + 20, height - 31), name[:22], fill="black", font=small)
+def percent_text(value: float | None) -> str:
+    """A share as the card prints it."""
+    return "-" if value is None else f"{value:.1%}"
+
+
+def _figure(width: float, height: float, columns: int = 1) -> tuple[Any, list[Any]]:
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(width, height), dpi=100, layout="constrained")
+    axes = figure.subplots(1, columns, squeeze=False)[0]
+    return figure, list(axes)
+
+
+def _percent_axis(axis: Any, top: float) -> None:
+    from matplotlib.ticker import MaxNLocator, PercentFormatter
+
+    axis.set_ylim(0, top)
+    axis.yaxis.set_major_locator(MaxNLocator(nbins=5, steps=[1, 2, 2.5, 5, 10]))
+    axis.yaxis.set_major_formatter(PercentFormatter(xmax=1.0, decimals=0))
+
+
+def _save(figure: Any, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    image.save(path)
+    # No Software/date metadata: the same numbers give the same bytes.
+    figure.savefig(path, format="png", metadata={"Software": None})
     return path
 
 
-def pareto_plot(path: Path, record: dict[str, Any]) -> Path:
-    """Write the tuner's scatter of harm vs KL: every trial, the Pareto front joined by a line,
-    the KL budget as a dashed line, the base at the origin of KL and the chosen trial ringed."""
-    width, height = 900, 520
-    left, right, top, bottom = 80, 30, 50, 70
-    image = Image.new("RGB", (width, height), "white")
-    draw = ImageDraw.Draw(image)
-    font, small = _font(16), _font(12)
+def units_per_layer(
+    path: Path, layers: Sequence[int], suppressed: Sequence[float], zeroed: Sequence[float]
+) -> Path:
+    """Share of each layer's units that are suppressed, and zeroed."""
+    figure, (axis,) = _figure(max(6.0, 0.35 * len(layers) + 2), 3.6)
+    positions = list(range(len(layers)))
+    width = 0.4
+    axis.bar(
+        [p - width / 2 for p in positions], suppressed, width, label="suppressed", color=COLOURS[0]
+    )
+    axis.bar([p + width / 2 for p in positions], zeroed, width, label="zeroed", color=COLOURS[1])
+    axis.set_xticks(positions, [str(layer) for layer in layers])
+    axis.set_xlabel("decoder layer")
+    axis.set_ylabel("share of the layer's units")
+    axis.set_title("Units suppressed per layer")
+    top = max([*suppressed, *zeroed, 0.0])
+    _percent_axis(axis, min(1.0, max(0.05, top * 1.15)))
+    axis.legend(loc="upper right", frameon=False)
+    return _save(figure, path)
+
+
+def auroc_histogram(path: Path, scores: Sequence[float], threshold: float) -> Path:
+    """Histogram of the units' AUROC with the expert threshold marked."""
+    from matplotlib.ticker import MaxNLocator
+
+    figure, (axis,) = _figure(6.0, 3.6)
+    bins = [i / 40 for i in range(41)]
+    axis.hist(list(scores), bins=bins, color=COLOURS[0])
+    axis.axvline(threshold, color=COLOURS[1], linestyle="--", linewidth=1.5)
+    axis.text(
+        threshold,
+        0.97,
+        f" threshold {threshold:g}",
+        color=COLOURS[1],
+        transform=axis.get_xaxis_transform(),
+        va="top",
+    )
+    axis.set_xlim(0, 1)
+    axis.set_xlabel("AUROC (toxic vs non-toxic)")
+    axis.set_ylabel("units")
+    axis.set_title(f"AUROC of {len(scores):,} profiled units")
+    axis.yaxis.set_major_locator(MaxNLocator(integer=True))
+    axis.yaxis.set_major_formatter(lambda value, _: f"{value:,.0f}")
+    return _save(figure, path)
+
+
+def evaluation_bars(
+    path: Path,
+    variants: Sequence[str],
+    harmful: Mapping[str, Sequence[float | None]],
+    accuracy: Sequence[float | None],
+) -> Path:
+    """Harmful rate per condition (left) and benign accuracy (right), one bar per variant."""
+    figure, (harm_axis, accuracy_axis) = _figure(10.0, 3.8, columns=2)
+    groups = list(harmful)
+    width = 0.8 / max(1, len(variants))
+    for index, variant in enumerate(variants):
+        offsets = [g - 0.4 + width * (index + 0.5) for g in range(len(groups))]
+        values = [harmful[group][index] for group in groups]
+        bars = harm_axis.bar(
+            offsets,
+            [v or 0.0 for v in values],
+            width,
+            label=variant,
+            color=COLOURS[index % len(COLOURS)],
+        )
+        harm_axis.bar_label(bars, [percent_text(v) for v in values], fontsize=7)
+    harm_axis.set_xticks(range(len(groups)), groups)
+    harm_axis.set_xlabel("prompt condition")
+    harm_axis.set_ylabel("harmful replies")
+    harm_axis.set_title("Harmful rate (lower is better)")
+    _percent_axis(harm_axis, 1.1)
+    harm_axis.legend(loc="upper right", frameon=False, fontsize=8)
+    bars = accuracy_axis.bar(
+        range(len(variants)),
+        [v or 0.0 for v in accuracy],
+        0.6,
+        color=[COLOURS[i % len(COLOURS)] for i in range(len(variants))],
+    )
+    accuracy_axis.bar_label(bars, [percent_text(v) for v in accuracy], fontsize=8)
+    accuracy_axis.set_xticks(range(len(variants)), variants, rotation=15)
+    accuracy_axis.set_xlabel("variant")
+    accuracy_axis.set_ylabel("benign items answered correctly")
+    accuracy_axis.set_title("Benign accuracy (higher is better)")
+    _percent_axis(accuracy_axis, 1.1)
+    return _save(figure, path)
+
+
+def evaluation_chart(path: Path, metrics: dict[str, dict[str, Any]]) -> Path:
+    """The evaluation bars from the metrics of each variant (as recorded and reported)."""
+    variants = list(metrics)
+    conditions = ("standard", "adversarial", "both")
+    harmful: dict[str, list[float | None]] = {"all": []}
+    harmful.update({condition: [] for condition in conditions})
+    for variant in variants:
+        by = metrics[variant].get("harmful_rate_by_condition", {})
+        harmful["all"].append(metrics[variant].get("harmful_rate"))
+        for condition in conditions:
+            harmful[condition].append(by.get(condition))
+    shown = {k: v for k, v in harmful.items() if any(x is not None for x in v)}
+    accuracy = [metrics[variant].get("benign_accuracy") for variant in variants]
+    return evaluation_bars(path, variants, shown, accuracy)
+
+
+def pareto_plot(path: Path, record: Mapping[str, Any]) -> Path:
+    """The tuner's trials as harm vs KL on the tuning split: feasible and infeasible trials, the
+    Pareto front joined by a line, the KL budget, the base and the chosen trial."""
     trials = record["trials"]
     budget = float(record["options"]["max_kl"])
     base = record["tuning_split"]["base"]
-    kls = [t["kl"] for t in trials] + [budget]
-    kl_max = max(kls) * 1.1 or 1.0
-    harm_max = max([t["harm"] for t in trials] + [base["harm"], 0.01]) * 1.1
-    plot_w, plot_h = width - left - right, height - top - bottom
-
-    def point(kl: float, harm: float) -> tuple[float, float]:
-        return left + plot_w * kl / kl_max, height - bottom - plot_h * harm / harm_max
-
-    title = f"tuning: {len(trials)} trials, harm vs KL on the tuning split"
-    draw.text((left, 14), title, fill="black", font=font)
-    draw.line((left, top, left, height - bottom), fill="black")
-    draw.line((left, height - bottom, width - right, height - bottom), fill="black")
-    for tick in range(5):
-        harm = harm_max * tick / 4
-        y = point(0, harm)[1]
-        draw.line((left - 4, y, left, y), fill="black")
-        draw.text((8, y - 7), f"{harm:.0%}", fill="black", font=small)
-        kl = kl_max * tick / 4
-        x = point(kl, 0)[0]
-        draw.line((x, height - bottom, x, height - bottom + 4), fill="black")
-        draw.text((x - 12, height - bottom + 8), f"{kl:.3g}", fill="black", font=small)
-    draw.text((8, top - 22), "harmful rate", fill="black", font=small)
-    draw.text(
-        (width - right - 220, height - 24), "mean KL vs base (nats/token)", fill="black", font=small
-    )
-    x_budget = point(budget, 0)[0]
-    for y in range(top, height - bottom, 8):
-        draw.line((x_budget, y, x_budget, y + 4), fill=PALETTE[1])
-    draw.text((x_budget + 4, top), "--max-kl", fill=PALETTE[1], font=small)
-    for trial in trials:
-        x, y = point(trial["kl"], trial["harm"])
-        colour = PALETTE[0] if trial["feasible"] else (170, 170, 170)
-        draw.ellipse((x - 3, y - 3, x + 3, y + 3), fill=colour)
-    front = sorted(
-        (t for t in trials if t["number"] in set(record["pareto"])), key=lambda t: t["kl"]
-    )
-    if len(front) > 1:
-        draw.line([point(t["kl"], t["harm"]) for t in front], fill=PALETTE[2], width=2)
-    x, y = point(0, base["harm"])
-    draw.rectangle((x - 4, y - 4, x + 4, y + 4), outline="black")
-    draw.text((x + 6, y - 7), "base", fill="black", font=small)
+    front_numbers = set(record["pareto"])
+    figure, (axis,) = _figure(6.5, 4.0)
+    for feasible, colour, label in ((True, COLOURS[0], "feasible"), (False, "#aaaaaa", "over")):
+        chosen_trials = [t for t in trials if t["feasible"] == feasible]
+        axis.scatter(
+            [t["kl"] for t in chosen_trials],
+            [t["harm"] for t in chosen_trials],
+            s=18,
+            color=colour,
+            label=f"{label} ({len(chosen_trials)})"
+            if feasible
+            else f"infeasible ({len(chosen_trials)})",
+        )
+    front = sorted((t for t in trials if t["number"] in front_numbers), key=lambda t: t["kl"])
+    if front:
+        axis.plot(
+            [t["kl"] for t in front],
+            [t["harm"] for t in front],
+            color=COLOURS[2],
+            linewidth=1.2,
+            label="Pareto front",
+        )
+    axis.axvline(budget, color=COLOURS[1], linestyle="--", linewidth=1.2, label="--max-kl")
+    axis.scatter([0.0], [base["harm"]], marker="s", color="black", s=30, label="base")
     chosen = record.get("chosen")
     if chosen:
-        x, y = point(chosen["kl"], chosen["harm"])
-        draw.ellipse((x - 8, y - 8, x + 8, y + 8), outline=PALETTE[1], width=2)
-        draw.text((x + 10, y - 7), f"chosen #{chosen['number']}", fill=PALETTE[1], font=small)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    image.save(path)
-    return path
+        axis.scatter(
+            [chosen["kl"]],
+            [chosen["harm"]],
+            s=140,
+            facecolors="none",
+            edgecolors=COLOURS[1],
+            linewidths=1.5,
+            label=f"chosen (trial {chosen['number']})",
+        )
+    axis.set_xscale("symlog", linthresh=max(1e-4, budget / 10))
+    axis.set_xlabel("mean KL from the base, nats per response token")
+    axis.set_ylabel("harmful replies")
+    axis.set_title(f"Tuning: {len(trials)} trials, harm vs damage (tuning split)")
+    _percent_axis(axis, 1.05 * max([base["harm"], *(t["harm"] for t in trials), 0.05]))
+    axis.legend(loc="upper right", frameon=False, fontsize=8)
+    return _save(figure, path)

@@ -10,11 +10,10 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from sgm_bake.errors import SGMError
 from sgm_bake.pipeline.audit import check_hashes
-from sgm_bake.pipeline.bake import RECORD_FILE, SGM_DIR, read_record, write_record
+from sgm_bake.pipeline.record import RECORD_PATH, BakeRecord, read_record, write_record
 from sgm_bake.publish.card import write_card
 
 logger = logging.getLogger(__name__)
@@ -38,13 +37,13 @@ class UploadPlan:
         return [*lines, f"{len(self.files)} files, {total:,} bytes to {target}, {visibility}"]
 
 
-def check_publishable(folder: Path) -> dict[str, Any]:
+def check_publishable(folder: Path) -> BakeRecord:
     """Refuse an output whose verification failed or is missing, or whose files changed."""
     record = read_record(folder)
-    verification = record.get("verification")
-    if not verification:
+    verification = record.verification
+    if verification is None:
         raise SGMError(f"{folder} has not been verified; run 'sgm-bake verify {folder}' first")
-    if not verification.get("passed"):
+    if not verification.passed:
         raise SGMError(f"{folder} failed verification; it must not be published (bake it again)")
     check = check_hashes(folder, record)
     if not check.ok:
@@ -59,9 +58,9 @@ def plan_upload(
     folder: Path, repo_id: str, private: bool, branch: str | None, message: str | None
 ) -> UploadPlan:
     record = check_publishable(folder)
-    names = sorted([*record["files"], f"{SGM_DIR}/{RECORD_FILE}"])
+    names = sorted([*record.files, RECORD_PATH])
     files = [(name, (folder / name).stat().st_size) for name in names]
-    source = record.get("source", {}).get("id", "a base model")
+    source = record.source.id
     return UploadPlan(
         repo_id, files, private, branch, message or f"Upload SGM-detoxified {source} (sgm-bake)"
     )
@@ -74,7 +73,7 @@ def push(folder: Path, plan: UploadPlan) -> str:
 
     record = read_record(folder)
     write_card(folder, record, plan.repo_id)  # the card's code snippet names the repo
-    write_record(folder, record, record.get("files"))
+    write_record(folder, record, record.files)
     plan = plan_upload(folder, plan.repo_id, plan.private, plan.branch, plan.commit_message)
     api = HfApi()
     try:

@@ -1,0 +1,134 @@
+"""`bake`, `verify` and `recipes`."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from sgm_bake.cli.common import (
+    EXIT_VERIFY_FAILED,
+    add_options,
+    base_model_option,
+    command_line,
+    device_option,
+    expertise_option,
+    overwrite_option,
+    progress_enabled,
+    recipe_option,
+    revision_option,
+    user_errors,
+    verify_dtype_option,
+    verify_option,
+)
+from sgm_bake.errors import SGMError
+
+
+def report_verification(out: Path, report: Any) -> None:
+    """Print a verification result; a failure exits with EXIT_VERIFY_FAILED."""
+    click.echo(f"verify: {report.summary()}")
+    if not report.passed:
+        click.echo(
+            f"error: the baked model differs from the hooked source beyond tolerance; {out} is "
+            "kept for inspection but must not be published",
+            err=True,
+        )
+        sys.exit(EXIT_VERIFY_FAILED)
+
+
+@click.command()
+@click.argument("source")
+@click.argument("out", type=click.Path(path_type=Path))
+@add_options(
+    [
+        expertise_option,
+        revision_option,
+        overwrite_option,
+        recipe_option,
+        verify_option,
+        device_option,
+        verify_dtype_option,
+        base_model_option,
+    ]
+)
+@user_errors
+def bake(
+    source: str,
+    out: Path,
+    expertise_path: Path,
+    revision: str | None,
+    overwrite: bool,
+    recipe_file: Path | None,
+    verify: bool,
+    device: str,
+    verify_dtype: str,
+    base_model: str | None,
+) -> None:
+    """Fold the factors of an expertise file into SOURCE and write the checkpoint to OUT.
+
+    SOURCE is a local model folder or a Hub model id.
+    """
+    from sgm_bake.core.expertise import load_expertise
+    from sgm_bake.io.source import resolve_source
+    from sgm_bake.pipeline.bake import BakeOptions
+    from sgm_bake.pipeline.bake import bake as run_bake
+    from sgm_bake.pipeline.run import verify_output
+
+    expertise = load_expertise(expertise_path)
+    resolved = resolve_source(source, revision)
+    options = BakeOptions(
+        overwrite, recipe_file, progress_enabled(), command_line(), base_model=base_model
+    )
+    record = run_bake(resolved, out, expertise, options)
+    click.echo(
+        f"baked {out}: {len(record.expertise.tensors_folded)} tensors folded, "
+        f"{record.expertise.suppressed}/{record.expertise.units} units suppressed across "
+        f"{len(record.expertise.modules)} modules"
+    )
+    if verify:
+        report_verification(out, verify_output(out, resolved.path, verify_dtype, device))
+
+
+@click.command(name="verify")
+@click.argument("out", type=click.Path(path_type=Path, file_okay=False))
+@click.option(
+    "--source",
+    default=None,
+    help="Source checkpoint (folder or Hub id); default: the one recorded in OUT/sgm/bake.json.",
+)
+@device_option
+@verify_dtype_option
+@user_errors
+def verify_command(out: Path, source: str | None, device: str, verify_dtype: str) -> None:
+    """Check that OUT reproduces its source run with SGM hooks, and record the figures."""
+    from sgm_bake.io.source import resolve_source
+    from sgm_bake.pipeline.record import read_record
+    from sgm_bake.pipeline.run import verify_output
+
+    record = read_record(out)
+    if source is None:
+        recorded = record.source
+        source = recorded.path or recorded.id
+        if not source:
+            raise SGMError(f"{out}/sgm/bake.json names no source; pass --source")
+        resolved = resolve_source(source, recorded.revision if recorded.kind == "hub" else None)
+    else:
+        resolved = resolve_source(source)
+    report_verification(out, verify_output(out, resolved.path, verify_dtype, device))
+
+
+@click.command(name="recipes")
+@user_errors
+def recipes_command() -> None:
+    """List the supported architectures (config model_type) and their recipe files."""
+    from sgm_bake.core.recipes import available_recipes, load_recipe
+
+    for model_type, path in available_recipes().items():
+        recipe = load_recipe(path)
+        projections = ", ".join(p.name for p in recipe.projections)
+        click.echo(f"{model_type:24} {projections}  ({path.name})")
+
+
+COMMANDS = [bake, verify_command, recipes_command]

@@ -1,0 +1,229 @@
+"""What every command shares: exit codes, error handling, logging, and options that mean the
+same in every command that has them."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import shlex
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from sgm_bake.errors import SGMError
+
+F = TypeVar("F", bound=Callable[..., Any])
+EXIT_ERROR = 2
+EXIT_VERIFY_FAILED = 3
+EXIT_TAMPERED = 4
+EXIT_INTERRUPTED = 130
+
+
+def configure_logging(verbose: int, quiet: bool) -> None:
+    """-v for info, -vv for debug (including the libraries), --quiet for errors only."""
+    level = logging.WARNING
+    if verbose == 1:
+        level = logging.INFO
+    elif verbose > 1:
+        level = logging.DEBUG
+    if quiet:
+        level = logging.ERROR
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", force=True)
+    if verbose < 2:
+        for noisy in ("transformers", "huggingface_hub", "httpx", "filelock", "accelerate"):
+            logging.getLogger(noisy).setLevel(max(level, logging.ERROR))
+        try:
+            import transformers
+
+            transformers.logging.set_verbosity_error()
+            transformers.logging.disable_progress_bar()
+        except ImportError:
+            pass
+
+
+def user_errors(command: F) -> F:
+    """Turn bad input into one line on stderr and a non-zero exit, never a traceback."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except SGMError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(EXIT_ERROR)
+        except KeyboardInterrupt:
+            click.echo("interrupted: nothing was written", err=True)
+            sys.exit(EXIT_INTERRUPTED)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def command_line() -> str:
+    """The command as the user typed it, for the bake record."""
+    context = click.get_current_context(silent=True)
+    argv = context.find_root().meta.get("sgm_bake.argv") if context else None
+    return shlex.join(["sgm-bake", *(argv if argv is not None else sys.argv[1:])])
+
+
+def progress_enabled() -> bool:
+    context = click.get_current_context(silent=True)
+    return bool(context and context.find_root().obj and context.find_root().obj.get("progress"))
+
+
+def echo_lines(lines: list[str]) -> None:
+    for line in lines:
+        click.echo(line)
+
+
+def add_options(options: list[Callable[[F], F]]) -> Callable[[F], F]:
+    """Apply a list of click options in order (the first is the first in --help)."""
+
+    def decorate(command: F) -> F:
+        for option in reversed(options):
+            command = option(command)
+        return command
+
+    return decorate
+
+
+expertise_option = click.option(
+    "--expertise",
+    "expertise_path",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="Expertise file, or a folder of AurA/SGM research-code .statedict files.",
+)
+recipe_option = click.option(
+    "--recipe",
+    "recipe_file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="Use this recipe JSON instead of the one for the config's model_type.",
+)
+revision_option = click.option("--revision", default=None, help="Hub branch, tag or commit.")
+overwrite_option = click.option(
+    "--overwrite", is_flag=True, help="Replace the output if it exists and is not empty."
+)
+device_option = click.option(
+    "--device",
+    default="auto",
+    show_default=True,
+    help="Device the model runs on (profiling, evaluation, generation and verification alike): "
+    "auto (cuda, then mps, then cpu), cpu, cuda, cuda:N, mps.",
+)
+dtype_option = click.option(
+    "--dtype",
+    type=click.Choice(["auto", "float32", "bfloat16", "float16"]),
+    default="auto",
+    show_default=True,
+    help="Precision the model runs in (auto: float32 on CPU, bfloat16 on a GPU).",
+)
+verify_dtype_option = click.option(
+    "--verify-dtype",
+    type=click.Choice(["float32", "bfloat16", "float16"]),
+    default="float32",
+    show_default=True,
+    help="Precision of the verification forward passes (float32 is exact; halve memory with bf16).",
+)
+verify_option = click.option(
+    "--verify/--no-verify", default=True, show_default=True, help="Verify after baking."
+)
+base_model_option = click.option(
+    "--base-model",
+    default=None,
+    help="Hub id to name as base_model in the card when SOURCE is a local copy of it.",
+)
+sample_option = click.option(
+    "--sample", is_flag=True, help="Sample (seeded) instead of greedy decoding."
+)
+seed_option = click.option("--seed", type=int, default=0, show_default=True, help="Sampling seed.")
+template_option = click.option(
+    "--template",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="A Jinja chat template file, for models that ship none.",
+)
+judge_option = click.option(
+    "--judge",
+    "judge_spec",
+    default="profanity",
+    show_default=True,
+    help="profanity (offline classifier), hf:PATH (local text classifier) or openai:URL.",
+)
+ecso_templates_option = click.option(
+    "--ecso-templates",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="JSON file overriding ECSO's judge/caption/answer prompts.",
+)
+
+
+def rule_options(command: F) -> F:
+    """How AUROC becomes factors; shared by profile, the one-command form and tune's report."""
+    return add_options(
+        [
+            click.option(
+                "--rule",
+                type=click.Choice(["aura", "damp", "det0"]),
+                default=None,
+                help="aura (default): alpha = 1 - 2(auroc - 0.5); damp: fixed alpha for the "
+                "top-k; det0: alpha 0 for the top-k.",
+            ),
+            click.option(
+                "--threshold",
+                type=click.FloatRange(0, 1),
+                default=None,
+                help="Units with AUROC above this are experts (default 0.5; the SGM code uses "
+                "0.3).",
+            ),
+            click.option(
+                "--top-k",
+                type=click.IntRange(0),
+                default=None,
+                help="Only the k units with the highest AUROC, across all modules (0: no cap).",
+            ),
+            click.option(
+                "--damp-alpha",
+                type=click.FloatRange(0),
+                default=None,
+                help="The factor of the damp rule (default 0.5).",
+            ),
+            click.option(
+                "--strength",
+                type=click.FloatRange(0),
+                default=None,
+                help="Scale the suppression: alpha' = 1 - s(1 - alpha) (default 1).",
+            ),
+        ]
+    )(command)
+
+
+def make_rule(
+    rule: str | None,
+    threshold: float | None,
+    top_k: int | None,
+    damp_alpha: float | None,
+    strength: float | None,
+) -> Any:
+    """The rule options from the command line, with the documented defaults."""
+    from sgm_bake.core.rules import RuleOptions
+
+    if rule in ("damp", "det0") and not top_k and threshold is None:
+        click.echo(
+            f"note: --rule {rule} without --top-k acts on every unit with AUROC > 0.5", err=True
+        )
+    return RuleOptions(
+        rule=rule or "aura",  # type: ignore[arg-type]
+        threshold=0.5 if threshold is None else threshold,
+        top_k=top_k or None,
+        damp_alpha=0.5 if damp_alpha is None else damp_alpha,
+        strength=1.0 if strength is None else strength,
+    )
+
+
+def step(number: int, total: int, text: str) -> None:
+    """A step header, printed the same way by every multi-step command."""
+    click.echo(f"{number}/{total} {text}")

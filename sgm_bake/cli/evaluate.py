@@ -1,0 +1,389 @@
+"""`eval`, `generate` and the offline `demo`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+from sgm_bake.cli.bake import report_verification
+from sgm_bake.cli.common import (
+    add_options,
+    command_line,
+    device_option,
+    dtype_option,
+    ecso_templates_option,
+    judge_option,
+    progress_enabled,
+    revision_option,
+    sample_option,
+    seed_option,
+    step,
+    template_option,
+    user_errors,
+)
+from sgm_bake.cli.profile import echo_summary
+from sgm_bake.errors import SGMError
+
+
+def eval_table(results: list[Any]) -> None:
+    """The evaluation figures of every variant, one line each."""
+    from sgm_bake.publish.plots import percent_text
+
+    click.echo(
+        f"{'variant':<14}{'harmful':>9}{'standard':>10}{'advers.':>9}{'both':>7}"
+        f"{'benign acc':>12}{'ref ppl':>9}{'degen.':>8}"
+    )
+    for result in results:
+        m = result.metrics
+        by = m["harmful_rate_by_condition"]
+        perplexity = m["reference_perplexity"]
+        click.echo(
+            f"{result.label:<14}{percent_text(m['harmful_rate']):>9}"
+            f"{percent_text(by.get('standard')):>10}{percent_text(by.get('adversarial')):>9}"
+            f"{percent_text(by.get('both')):>7}{percent_text(m['benign_accuracy']):>12}"
+            f"{'-' if perplexity is None else f'{perplexity:.2f}':>9}"
+            f"{percent_text(m['degenerate_share']):>8}"
+        )
+
+
+def _base_spec(folder: Path) -> tuple[str, str | None] | None:
+    """The source a baked folder's record names, as (folder or Hub id, revision)."""
+    from sgm_bake.pipeline.record import read_record
+
+    source = read_record(folder).source
+    if source.kind == "local" and source.path:
+        if not Path(source.path).is_dir():
+            click.echo(
+                f"note: the recorded source {source.path} is gone; reporting without the base",
+                err=True,
+            )
+            return None
+        return source.path, None
+    return source.id, source.revision
+
+
+@click.command(name="eval")
+@click.argument("model")
+@click.option(
+    "--expertise",
+    "expertise_path",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Apply SGM as hooks from this expertise file (compared with the model without them).",
+)
+@click.option(
+    "--prompt-set",
+    default="builtin:mmtoxicqa-organism-v1",
+    show_default=True,
+    help="MM-TOXIC-QA-style prompt set: a .jsonl/.csv file, builtin:NAME or hf://datasets/...",
+)
+@judge_option
+@click.option("--max-new-tokens", type=click.IntRange(1), default=32, show_default=True)
+@add_options([sample_option, seed_option])
+@click.option("--batch-size", type=click.IntRange(1), default=8, show_default=True)
+@add_options([device_option, dtype_option])
+@click.option(
+    "--base",
+    default=None,
+    help="Base model (folder or Hub id) reported beside MODEL, under which the perplexity of "
+    "the generated answers is measured. Default: for a baked folder, the source its record "
+    "names; with --expertise, MODEL without hooks.",
+)
+@click.option("--no-base", is_flag=True, help="Do not evaluate a base model beside MODEL.")
+@revision_option
+@click.option(
+    "--ecso",
+    "use_ecso",
+    is_flag=True,
+    help="Also evaluate every condition wrapped in ECSO (SGM* when combined with SGM).",
+)
+@ecso_templates_option
+@template_option
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="Report path (JSON; a .png chart goes beside it). Default: OUT/sgm/eval.json for a "
+    "baked folder, else ./sgm-eval.json.",
+)
+@user_errors
+def eval_command(
+    model: str,
+    expertise_path: Path | None,
+    prompt_set: str,
+    judge_spec: str,
+    max_new_tokens: int,
+    sample: bool,
+    seed: int,
+    batch_size: int,
+    device: str,
+    dtype: str,
+    base: str | None,
+    no_base: bool,
+    revision: str | None,
+    use_ecso: bool,
+    ecso_templates: Path | None,
+    template: Path | None,
+    output: Path | None,
+) -> None:
+    """Measure harmful rate, fluency and reasoning of MODEL (a folder, Hub id, baked folder or
+    `organism`), optionally with SGM hooks from --expertise; a baked folder is reported beside
+    its base by default."""
+    from sgm_bake.core.expertise import load_expertise
+    from sgm_bake.datasets.prompt_set import load_prompt_set
+    from sgm_bake.evaluation.conditions import (
+        EvalSettings,
+        Variant,
+        evaluate_variants,
+        write_report,
+    )
+    from sgm_bake.evaluation.ecso import templates_for
+    from sgm_bake.evaluation.judges import make_judge
+    from sgm_bake.io.source import resolve_source
+    from sgm_bake.pipeline.record import RECORD_PATH, SGM_DIR, record_evaluation
+    from sgm_bake.runtime.chat import GenerationConfig
+    from sgm_bake.runtime.loading import load_chat, resolve_model_source
+
+    if base and no_base:
+        raise SGMError("--base and --no-base contradict each other; pass one")
+    judge = make_judge(judge_spec)
+    prompts = load_prompt_set(prompt_set)
+    expertise = load_expertise(expertise_path) if expertise_path is not None else None
+    progress = progress_enabled()
+    source = resolve_model_source(model, revision, progress)
+    chat, loaded = load_chat(source, device, dtype, template)
+    folder = source.path
+    baked = (folder / RECORD_PATH).is_file()
+    templates = (
+        templates_for(folder, loaded.recipe.model_type, ecso_templates) if use_ecso else None
+    )
+    settings = EvalSettings(
+        GenerationConfig(max_new_tokens, sample, seed=seed), batch_size, progress, templates
+    )
+    base_chat = None
+    variants: list[Variant] = []
+    if expertise is not None:
+        variants = [
+            Variant("base", chat, ecso_label="ecso"),
+            Variant("sgm-hooks", chat, expertise, loaded.recipe, ecso_label="sgm*-hooks"),
+        ]
+        base_chat = chat  # hooks are removed after each variant: the same weights are the base
+    else:
+        spec = (base, None) if base else (_base_spec(folder) if baked and not no_base else None)
+        if spec is not None:
+            base_chat, _ = load_chat(resolve_source(*spec), device, dtype, template)
+            variants.append(Variant("base", base_chat, ecso_label="ecso"))
+        label, star = ("sgm-baked", "sgm*-baked") if baked else ("model", "model+ecso")
+        variants.append(Variant(label, chat, ecso_label=star))
+    results = evaluate_variants(variants, prompts, judge, settings, base_chat)
+    path = output or (folder / SGM_DIR / "eval.json" if baked else Path("sgm-eval.json"))
+    data = write_report(
+        path,
+        prompts,
+        judge,
+        settings,
+        results,
+        {"id": source.id, "expertise": str(expertise_path or "")},
+    )
+    if baked and output is None:
+        record_evaluation(folder, f"{SGM_DIR}/eval.json", data)
+    eval_table(results)
+    click.echo(f"report: {path}; judge: {judge.name}")
+
+
+@click.command()
+@click.argument("model")
+@click.option(
+    "--image",
+    "image_path",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="The image file to ask about.",
+)
+@click.option("--prompt", required=True, help="The question or instruction.")
+@click.option(
+    "--ecso", "use_ecso", is_flag=True, help="Answer through ECSO (self-check, then eyes closed)."
+)
+@ecso_templates_option
+@click.option(
+    "--expertise",
+    "expertise_path",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Also answer with SGM hooks from this expertise file, side by side.",
+)
+@click.option("--trace", is_flag=True, help="Print ECSO's steps (self-check score, caption).")
+@click.option("--max-new-tokens", type=click.IntRange(1), default=64, show_default=True)
+@add_options([sample_option, seed_option, device_option, dtype_option, revision_option])
+@template_option
+@user_errors
+def generate(
+    model: str,
+    image_path: Path,
+    prompt: str,
+    use_ecso: bool,
+    ecso_templates: Path | None,
+    expertise_path: Path | None,
+    trace: bool,
+    max_new_tokens: int,
+    sample: bool,
+    seed: int,
+    device: str,
+    dtype: str,
+    revision: str | None,
+    template: Path | None,
+) -> None:
+    """Answer one image + prompt with MODEL (Hub id, folder, baked folder or `organism`)."""
+    from PIL import Image, UnidentifiedImageError
+
+    from sgm_bake.core.expertise import load_expertise
+    from sgm_bake.core.hooks import SGMHooks
+    from sgm_bake.evaluation.ecso import ecso, templates_for
+    from sgm_bake.runtime.chat import GenerationConfig
+    from sgm_bake.runtime.loading import load_chat, resolve_model_source
+
+    if not image_path.is_file():
+        raise SGMError(f"image {image_path} does not exist")
+    try:
+        with Image.open(image_path) as opened:
+            image = opened.convert("RGB")
+    except (OSError, UnidentifiedImageError, Image.DecompressionBombError) as exc:
+        raise SGMError(
+            f"image {image_path} is not a readable image ({type(exc).__name__})"
+        ) from exc
+    expertise = load_expertise(expertise_path) if expertise_path else None
+    source = resolve_model_source(model, revision, progress_enabled())
+    chat, loaded = load_chat(source, device, dtype, template)
+    config = GenerationConfig(max_new_tokens=max_new_tokens, sample=sample, seed=seed)
+    templates = (
+        templates_for(source.path, loaded.recipe.model_type, ecso_templates) if use_ecso else None
+    )
+
+    def answer(label: str) -> None:
+        if templates is None:
+            click.echo(f"{label}: {chat.generate([prompt], [image], config)[0]}")
+            return
+        steps = ecso(chat, [prompt], [image], config, templates)[0]
+        if trace:
+            click.echo(f"{label} [ecso] initial answer: {steps.initial_answer}")
+            click.echo(
+                f"{label} [ecso] self-check: harmful with p={steps.harm_probability:.2f} "
+                f"({'flagged' if steps.flagged else 'kept'})"
+            )
+            if steps.flagged:
+                click.echo(f"{label} [ecso] caption: {steps.caption}")
+        click.echo(f"{label}: {steps.final_answer}")
+
+    answer("model")
+    if expertise is not None:
+        with SGMHooks(chat.model, expertise, loaded.recipe):
+            answer("sgm")
+
+
+@click.command()
+@click.argument("workdir", type=click.Path(path_type=Path, file_okay=False))
+@click.option("--overwrite", is_flag=True, help="Replace WORKDIR if it exists and is not empty.")
+@judge_option
+@click.option(
+    "--rule", type=click.Choice(["aura", "damp", "det0"]), default="det0", show_default=True
+)
+@click.option(
+    "--top-k",
+    type=click.IntRange(0),
+    default=256,
+    show_default=True,
+    help="Experts the rule acts on (0: no cap; see benchmarks/RESULTS.md).",
+)
+@click.option("--strength", type=click.FloatRange(0), default=1.0, show_default=True)
+@click.option("--positions", type=click.Choice(["all", "text"]), default="text", show_default=True)
+@user_errors
+def demo(
+    workdir: Path,
+    overwrite: bool,
+    judge_spec: str,
+    rule: str,
+    top_k: int,
+    strength: float,
+    positions: str,
+) -> None:
+    """Offline demo on the built-in model organism: profile, bake, verify, evaluate.
+
+    The organism is a tiny LLaVA trained to be toxic under some inputs (see README). The
+    defaults are the setting that meets the paper's effect size on it (benchmarks/RESULTS.md);
+    --rule aura --top-k 0 shows the published soft rule. WORKDIR receives
+    expertise.safetensors and baked/ (the detoxified checkpoint, with the evaluation report in
+    baked/sgm/eval.json and a chart beside it).
+    """
+    from sgm_bake.core.expertise import save_expertise
+    from sgm_bake.core.rules import RuleOptions
+    from sgm_bake.datasets.prompt_set import load_prompt_set
+    from sgm_bake.evaluation.conditions import (
+        EvalSettings,
+        Variant,
+        evaluate_variants,
+        write_report,
+    )
+    from sgm_bake.evaluation.ecso import templates_for
+    from sgm_bake.evaluation.judges import make_judge
+    from sgm_bake.io.atomic import atomic_folder, check_target
+    from sgm_bake.pipeline.bake import BakeOptions
+    from sgm_bake.pipeline.bake import bake as run_bake
+    from sgm_bake.pipeline.profile import ProfileOptions
+    from sgm_bake.pipeline.record import SGM_DIR, record_evaluation
+    from sgm_bake.pipeline.run import ProfileRequest, profile_source, verify_output
+    from sgm_bake.runtime.chat import ChatModel, GenerationConfig
+    from sgm_bake.runtime.loading import load_chat, load_processor, resolve_model_source
+
+    progress = progress_enabled()
+    judge = make_judge(judge_spec)
+    prompts = load_prompt_set("builtin:mmtoxicqa-organism-v1")
+    check_target(workdir, None, overwrite)
+    source = resolve_model_source("organism", None, progress)
+    rule_options = RuleOptions(rule=rule, strength=strength, top_k=top_k or None)  # type: ignore[arg-type]
+    request = ProfileRequest(
+        profile_set="builtin:organism",
+        device="cpu",
+        dtype="float32",
+        options=ProfileOptions(positions=positions, progress=progress, rule=rule_options),  # type: ignore[arg-type]
+    )
+    step(1, 4, "profiling the organism on builtin:organism")
+    outcome = profile_source(source, request)
+    echo_summary(outcome.expertise, outcome.recipe)
+    with atomic_folder(workdir, overwrite) as staging:
+        save_expertise(outcome.expertise, staging / "expertise.safetensors")
+    workdir = workdir.resolve()
+    baked = workdir / "baked"
+    step(2, 4, "baking")
+    run_bake(
+        source, baked, outcome.expertise, BakeOptions(progress=progress, command=command_line())
+    )
+    step(3, 4, "verifying")
+    # The profiling model stays the base: verification loads its own copy.
+    report_verification(baked, verify_output(baked, source.path, "float32", "cpu"))
+    step(4, 4, "evaluating: base, ECSO, SGM (baked), SGM* (baked + ECSO)")
+    base_chat = ChatModel(outcome.loaded.model, load_processor(source.path), outcome.loaded.device)
+    baked_chat, _ = load_chat(resolve_model_source(str(baked)), "cpu", "float32")
+    templates = templates_for(source.path, outcome.recipe.model_type)
+    settings = EvalSettings(GenerationConfig(), 8, progress, templates)
+    variants = [
+        Variant("base", base_chat, ecso_label="ecso"),
+        Variant("sgm-baked", baked_chat, ecso_label="sgm*"),
+    ]
+    results = evaluate_variants(variants, prompts, judge, settings, base_chat)
+    data = write_report(
+        baked / SGM_DIR / "eval.json",
+        prompts,
+        judge,
+        settings,
+        results,
+        {"id": source.id, **rule_options.describe()},
+    )
+    record_evaluation(baked, f"{SGM_DIR}/eval.json", data)
+    eval_table(results)
+    click.echo(f"detoxified checkpoint: {baked}; report {baked / SGM_DIR / 'eval.json'}")
+
+
+COMMANDS = [eval_command, generate, demo]

@@ -1,0 +1,302 @@
+"""`profile` and the one-command form `sgm-bake MODEL OUT` (the `run` command)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+from sgm_bake.cli.bake import report_verification
+from sgm_bake.cli.common import (
+    add_options,
+    base_model_option,
+    command_line,
+    device_option,
+    dtype_option,
+    echo_lines,
+    make_rule,
+    overwrite_option,
+    progress_enabled,
+    recipe_option,
+    revision_option,
+    rule_options,
+    step,
+    user_errors,
+    verify_dtype_option,
+    verify_option,
+)
+from sgm_bake.errors import SGMError
+
+profile_options = add_options(
+    [
+        click.option(
+            "--profile-set",
+            default="builtin:default",
+            show_default=True,
+            help="Labelled image-text pairs: a .jsonl/.csv file, builtin:NAME or "
+            "hf://datasets/ORG/NAME/FILE.",
+        ),
+        device_option,
+        dtype_option,
+        click.option("--batch-size", type=click.IntRange(1), default=8, show_default=True),
+        click.option(
+            "--max-samples",
+            type=click.IntRange(2),
+            default=None,
+            help="Profile at most N samples, half per class.",
+        ),
+        click.option(
+            "--pooling",
+            type=click.Choice(["mean", "max"]),
+            default="max",
+            show_default=True,
+            help="Pool each unit over token positions: mean (SGM) or max (AurA).",
+        ),
+        click.option(
+            "--positions",
+            type=click.Choice(["all", "text"]),
+            default="all",
+            show_default=True,
+            help="Pool over all non-padding positions (image tokens too, as SGM) or text "
+            "positions only.",
+        ),
+        click.option(
+            "--feed",
+            type=click.Choice(["response", "dialogue"]),
+            default="dialogue",
+            show_default=True,
+            help="response: image + reply text in one user turn (SGM); dialogue: the prompt, "
+            "then the reply as the assistant's turn.",
+        ),
+        click.option(
+            "--hook-points",
+            default=None,
+            help="Comma-separated PROJECTION:SIDE list (default: the recipe's, the outputs of "
+            "the MLP projections).",
+        ),
+        click.option(
+            "--neurons",
+            is_flag=True,
+            help="Profile the classic MLP neurons (inputs of the down projection) instead of "
+            "the default hook points.",
+        ),
+        click.option(
+            "--layers",
+            "layer_spec",
+            default=None,
+            help="Only these post-fusion layers, e.g. '8-31' or '0,2,4'.",
+        ),
+        click.option(
+            "--responses-dir",
+            type=click.Path(path_type=Path, file_okay=False),
+            default=None,
+            help="Where pooled responses are stored (resumable); default: a cache folder per run.",
+        ),
+        click.option(
+            "--keep-responses", is_flag=True, help="Keep the response store after profiling."
+        ),
+    ]
+)
+
+
+def profile_request(params: dict[str, Any], recipe_file: Path | None, rule: Any) -> Any:
+    """The pipeline's profile request from the shared profile options."""
+    from sgm_bake.pipeline.profile import ProfileOptions, parse_layers
+    from sgm_bake.pipeline.run import ProfileRequest
+
+    hook_points = None
+    if params["hook_points"]:
+        hook_points = tuple(p.strip() for p in params["hook_points"].split(",") if p.strip())
+    options = ProfileOptions(
+        layers=parse_layers(params["layer_spec"]),
+        pooling=params["pooling"],
+        positions=params["positions"],
+        feed=params["feed"],
+        batch_size=params["batch_size"],
+        max_samples=params["max_samples"],
+        responses_dir=params["responses_dir"],
+        keep_responses=params["keep_responses"],
+        progress=progress_enabled(),
+        rule=rule,
+    )
+    return ProfileRequest(
+        profile_set=params["profile_set"],
+        max_samples=params["max_samples"],
+        device=params["device"],
+        dtype=params["dtype"],
+        recipe_file=recipe_file,
+        hook_points=hook_points,
+        neurons=params["neurons"],
+        options=options,
+    )
+
+
+def echo_summary(expertise: Any, recipe: Any) -> None:
+    from sgm_bake.pipeline.summary import expertise_counts, layer_rows, layer_table
+
+    echo_lines(layer_table(layer_rows(expertise_counts(expertise, recipe))))
+
+
+def announce(text: str) -> None:
+    click.echo(text, err=True)
+
+
+@click.command()
+@click.argument("model")
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(path_type=Path, dir_okay=False),
+    required=True,
+    help="Expertise file to write.",
+)
+@revision_option
+@click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists.")
+@recipe_option
+@profile_options
+@rule_options
+@user_errors
+def profile(
+    model: str,
+    output: Path,
+    revision: str | None,
+    overwrite: bool,
+    recipe_file: Path | None,
+    rule: str | None,
+    threshold: float | None,
+    top_k: int | None,
+    damp_alpha: float | None,
+    strength: float | None,
+    **params: Any,
+) -> None:
+    """Find the toxic expert units of MODEL and write their AUROC and factors to OUTPUT."""
+    import os
+
+    from sgm_bake.core.expertise import save_expertise
+    from sgm_bake.pipeline.run import profile_source
+    from sgm_bake.runtime.loading import resolve_model_source
+
+    if output.exists() and not overwrite:
+        raise SGMError(f"{output} exists; pass --overwrite to replace it")
+    rule_options_ = make_rule(rule, threshold, top_k, damp_alpha, strength)
+    source = resolve_model_source(model, revision, progress_enabled())
+    outcome = profile_source(source, profile_request(params, recipe_file, rule_options_), announce)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    partial = output.with_name(f".{output.name}.partial")
+    save_expertise(outcome.expertise, partial)
+    os.replace(partial, output)
+    echo_summary(outcome.expertise, outcome.recipe)
+    click.echo(f"wrote {output}")
+
+
+@click.command()
+@click.argument("model")
+@click.argument("out", type=click.Path(path_type=Path))
+@click.option(
+    "--expertise",
+    "expertise_path",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Reuse a profile (expertise file or research-code folder) instead of profiling.",
+)
+@revision_option
+@overwrite_option
+@recipe_option
+@verify_option
+@verify_dtype_option
+@click.option(
+    "--push-to-hub",
+    "push_to_hub",
+    default=None,
+    metavar="REPO_ID",
+    help="After a passing verification, push OUT to this Hub repository.",
+)
+@click.option(
+    "--private", is_flag=True, help="With --push-to-hub: create the repository as private."
+)
+@base_model_option
+@profile_options
+@rule_options
+@user_errors
+def run(
+    model: str,
+    out: Path,
+    expertise_path: Path | None,
+    revision: str | None,
+    overwrite: bool,
+    recipe_file: Path | None,
+    verify: bool,
+    verify_dtype: str,
+    push_to_hub: str | None,
+    private: bool,
+    base_model: str | None,
+    rule: str | None,
+    threshold: float | None,
+    top_k: int | None,
+    damp_alpha: float | None,
+    strength: float | None,
+    **params: Any,
+) -> None:
+    """The whole pipeline: profile MODEL (or reuse --expertise), bake into OUT, verify, and
+    optionally push.
+
+    Usage: sgm-bake MODEL OUT [options]
+    """
+    from sgm_bake.core.expertise import load_expertise
+    from sgm_bake.core.recipes import recipe_for_config
+    from sgm_bake.io.atomic import check_target
+    from sgm_bake.io.checkpoint import open_checkpoint
+    from sgm_bake.pipeline.bake import BakeOptions
+    from sgm_bake.pipeline.bake import bake as run_bake
+    from sgm_bake.pipeline.run import (
+        apply_rule_if_given,
+        load_profile_inputs,
+        profile_source,
+        verify_output,
+    )
+    from sgm_bake.runtime.loading import resolve_model_source
+
+    if push_to_hub and not verify:
+        raise SGMError("--push-to-hub needs a verified output; drop --no-verify")
+    rule_given = any(v is not None for v in (rule, threshold, top_k, damp_alpha, strength))
+    rule_options_ = make_rule(rule, threshold, top_k, damp_alpha, strength)
+    request = profile_request(params, recipe_file, rule_options_)
+    if expertise_path is None:
+        load_profile_inputs(request)  # bad data fails before any download or model load
+    source = resolve_model_source(model, revision, progress_enabled())
+    check_target(out, source.path, overwrite)
+    total = 2 + int(verify) + int(bool(push_to_hub))
+    loaded = None
+    if expertise_path is not None:
+        step(1, total, f"reusing the profile {expertise_path}")
+        expertise = apply_rule_if_given(
+            load_expertise(expertise_path), rule_options_ if rule_given else None
+        )
+        recipe = recipe_for_config(open_checkpoint(source.path).config, recipe_file)
+    else:
+        step(1, total, f"profiling {source.id}")
+        outcome = profile_source(source, request, announce)
+        expertise, recipe, loaded = outcome.expertise, outcome.recipe, outcome.loaded
+    echo_summary(expertise, recipe)
+    step(2, total, f"baking {out}")
+    options = BakeOptions(
+        overwrite, recipe_file, progress_enabled(), command_line(), base_model=base_model
+    )
+    record = run_bake(source, out, expertise, options)
+    click.echo(f"baked {out}: {len(record.expertise.tensors_folded)} tensors folded")
+    if verify:
+        step(3, total, "verifying")
+        report_verification(
+            out, verify_output(out, source.path, verify_dtype, params["device"], loaded)
+        )
+    if push_to_hub:
+        from sgm_bake.publish.push import plan_upload
+        from sgm_bake.publish.push import push as run_push
+
+        step(total, total, f"pushing to {push_to_hub}")
+        url = run_push(out, plan_upload(out, push_to_hub, private, None, None))
+        click.echo(f"pushed {out} to {url}")
+
+
+COMMANDS = [profile, run]

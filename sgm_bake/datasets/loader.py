@@ -1,0 +1,155 @@
+"""One loader for every data set sgm-bake reads: profile sets and prompt sets.
+
+A set is named by a local path, by `builtin:NAME` (a set shipped in `sgm_bake/_data/profiles/`),
+or by `hf://datasets/ORG/NAME/PATH` (a file in a Hub dataset repository, fetched with
+huggingface_hub, with the images its rows name fetched next to it). Files are JSONL (one JSON
+object a line) or CSV with a header row. Image paths in rows are relative to the set's file and
+must stay inside its folder: the same rule for every kind of set.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from sgm_bake.errors import SGMError
+from sgm_bake.resources import data_dir
+
+BUILTIN = "builtin:"
+HUB = "hf://datasets/"
+SUFFIXES = (".jsonl", ".json", ".csv")
+
+
+@dataclass(frozen=True)
+class SetFile:
+    """The rows of a data set file, with where they came from."""
+
+    spec: str
+    path: Path
+    sha256: str
+    rows: tuple[dict[str, Any], ...]
+
+    @property
+    def folder(self) -> Path:
+        """The folder image paths are relative to."""
+        return self.path.parent
+
+
+def builtin_sets() -> list[str]:
+    """Names of the sets shipped with sgm-bake."""
+    return sorted(p.stem for p in data_dir("profiles").glob("*.jsonl"))
+
+
+def read_rows(path: Path) -> list[dict[str, Any]]:
+    """Rows of a JSONL or CSV file; every JSONL line must be a JSON object."""
+    try:
+        raw = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SGMError(f"data set {path} is not readable UTF-8 text ({exc})") from exc
+    if path.suffix.lower() == ".csv":
+        return [dict(row) for row in csv.DictReader(raw.splitlines())]
+    if path.suffix.lower() not in (".jsonl", ".json"):
+        raise SGMError(f"data set {path} must be a .jsonl or .csv file")
+    rows = []
+    for number, line in enumerate(raw.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise SGMError(
+                f"{path}:{number} is not valid JSON ({exc.msg}); one object per line"
+            ) from exc
+        if not isinstance(row, dict):
+            raise SGMError(f"{path}:{number} is not a JSON object")
+        rows.append(row)
+    return rows
+
+
+def image_path(value: str, folder: Path, where: str) -> Path:
+    """An image named by a row: relative to the set's folder and inside it."""
+    relative = PurePosixPath(value.replace("\\", "/"))
+    if relative.is_absolute() or ".." in relative.parts or not relative.parts:
+        raise SGMError(
+            f"{where}: image path {value!r} escapes the set's folder; use a relative path inside it"
+        )
+    path = folder / Path(*relative.parts)
+    if not path.is_file():
+        raise SGMError(f"{where}: image {value!r} does not exist next to the set file")
+    return path
+
+
+def _hub_file(spec: str) -> tuple[Path, str]:
+    """Download `hf://datasets/ORG/NAME/PATH`; return the local file and its repo path."""
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, RepositoryNotFoundError
+
+    parts = spec[len(HUB) :].split("/")
+    if len(parts) < 3 or not all(parts):
+        raise SGMError(f"{spec} must look like hf://datasets/ORG/NAME/path/to/set.jsonl")
+    repo_id, filename = "/".join(parts[:2]), "/".join(parts[2:])
+    try:
+        local = hf_hub_download(repo_id, filename, repo_type="dataset")
+    except (RepositoryNotFoundError, EntryNotFoundError) as exc:
+        raise SGMError(f"{spec} was not found on the Hub; check the dataset id and path") from exc
+    except HfHubHTTPError as exc:
+        raise SGMError(
+            f"the Hub refused {spec} ({type(exc).__name__}); check the id and login"
+        ) from exc
+    except Exception as exc:  # no network (httpx errors, offline mode)
+        raise SGMError(
+            f"could not download {spec} ({type(exc).__name__}); check the network"
+        ) from exc
+    return Path(local), filename
+
+
+def _fetch_hub_images(spec: str, rows: list[dict[str, Any]], repo_path: str) -> None:
+    """Download the images a Hub set names; they land beside the set file in the cache."""
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError
+
+    repo_id = "/".join(spec[len(HUB) :].split("/")[:2])
+    base = PurePosixPath(repo_path).parent
+    for number, row in enumerate(rows, start=1):
+        if row.get("image"):
+            relative = PurePosixPath(str(row["image"]).replace("\\", "/"))
+            if relative.is_absolute() or ".." in relative.parts:
+                raise SGMError(f"{spec} row {number}: image path escapes the set's folder")
+            try:
+                hf_hub_download(repo_id, str(base / relative), repo_type="dataset")
+            except EntryNotFoundError as exc:
+                raise SGMError(
+                    f"{spec} row {number}: image {row['image']!r} is not in the dataset"
+                ) from exc
+
+
+def load_set_file(spec: str, what: str = "data set") -> SetFile:
+    """Find, fetch if needed, and read the rows of the set named by `spec`."""
+    if spec.startswith(BUILTIN):
+        name = spec[len(BUILTIN) :]
+        path = data_dir("profiles") / f"{name}.jsonl"
+        if not name or "/" in name or not path.is_file():
+            raise SGMError(
+                f"no built-in {what} {name!r}; built-in sets: {', '.join(builtin_sets())}"
+            )
+    elif spec.startswith(HUB):
+        path, repo_path = _hub_file(spec)
+        rows = read_rows(path)
+        _fetch_hub_images(spec, rows, repo_path)
+    else:
+        path = Path(spec).expanduser()
+        if not path.is_file():
+            raise SGMError(
+                f"{what} {spec} does not exist; pass a .jsonl/.csv file, builtin:NAME or "
+                "hf://datasets/ORG/NAME/FILE"
+            )
+    rows = read_rows(path)
+    try:
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError as exc:
+        raise SGMError(f"{what} {path} is not readable ({exc.strerror})") from exc
+    return SetFile(spec, path, digest, tuple(rows))

@@ -1,0 +1,97 @@
+"""Prompt sets: MM-TOXIC-QA-style image-text prompts with toxicity labels, for evaluation.
+
+Prompt sets are versioned JSONL files (one item a line):
+
+| field | meaning |
+|---|---|
+| `id` | item name |
+| `condition` | `standard` (harm in the image), `adversarial` (a jailbreak), `both`, `benign` |
+| `category` | policy category: insult, hate, harassment, violence, ...; `benign` |
+| `policy` | the policy-violation label the item probes |
+| `prompt` | the user's text |
+| `image` / `render` | an image path relative to the file, or a render spec |
+| `reference` | benign items: a reference answer (its perplexity measures fluency) |
+| `expected` | benign items: a word the answer must contain (accuracy measures reasoning) |
+
+Files are found and read by `sgm_bake.datasets.loader` (a local path, `builtin:NAME` or
+`hf://datasets/ORG/NAME/PATH`; JSONL or CSV), like profile sets.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sgm_bake.datasets.loader import image_path as resolve_image
+from sgm_bake.datasets.loader import load_set_file
+from sgm_bake.errors import SGMError
+
+CONDITIONS = ("standard", "adversarial", "both", "benign")
+ELICITING = ("standard", "adversarial", "both")
+
+
+@dataclass(frozen=True)
+class EvalItem:
+    """One prompt of a prompt set."""
+
+    id: str
+    condition: str
+    category: str
+    policy: str
+    prompt: str
+    render: dict[str, Any] | None = None
+    image_path: Path | None = None
+    reference: str | None = None
+    expected: str | None = None
+
+    def image(self) -> Any | None:
+        from sgm_bake.datasets.render import load_image
+
+        return load_image(self.render, self.image_path)
+
+
+@dataclass(frozen=True)
+class PromptSet:
+    """A loaded, validated prompt set."""
+
+    name: str
+    sha256: str
+    items: tuple[EvalItem, ...]
+
+
+def load_prompt_set(spec: str) -> PromptSet:
+    """Load and validate a prompt set named by a path, `builtin:NAME` or `hf://datasets/...`."""
+    set_file = load_set_file(spec, "prompt set")
+    items = []
+    for number, row in enumerate(set_file.rows, start=1):
+        where = f"prompt set {set_file.path.name} row {number}"
+        missing = [key for key in ("condition", "category", "prompt") if not row.get(key)]
+        if missing:
+            raise SGMError(
+                f"{where} lacks {missing}; every item needs condition, category and prompt"
+            )
+        if row["condition"] not in CONDITIONS:
+            raise SGMError(f"{where}: condition {row['condition']!r} is not one of {CONDITIONS}")
+        render = row.get("render")
+        if render is not None and not isinstance(render, dict):
+            raise SGMError(f"{where}: 'render' must be an object such as {{'kind': 'text', ...}}")
+        image_path = None
+        if row.get("image"):
+            image_path = resolve_image(str(row["image"]), set_file.folder, where)
+        items.append(
+            EvalItem(
+                id=str(row.get("id") or number),
+                condition=str(row["condition"]),
+                category=str(row["category"]),
+                policy=str(row.get("policy", "")),
+                prompt=str(row["prompt"]),
+                render=render,
+                image_path=image_path,
+                reference=row.get("reference"),
+                expected=row.get("expected"),
+            )
+        )
+    if not items:
+        raise SGMError(f"prompt set {set_file.path} holds no items")
+    return PromptSet(spec, set_file.sha256, tuple(items))
