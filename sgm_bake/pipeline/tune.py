@@ -54,15 +54,9 @@ from sgm_bake.core.hooks import SGMHooks
 from sgm_bake.core.recipes import HookPoint, Recipe
 from sgm_bake.core.rules import RULES, RuleOptions, auroc, factors
 from sgm_bake.datasets.profile_set import MIN_PER_CLASS, ProfileSample, ProfileSet
+from sgm_bake.datasets.prompt_set import EvalItem, PromptSet
 from sgm_bake.errors import SGMError
-from sgm_bake.evaluation.evaluate import (
-    ChatModel,
-    EvalItem,
-    GenerationConfig,
-    PromptSet,
-    call_processor,
-    run_eval,
-)
+from sgm_bake.evaluation.evaluate import run_eval
 from sgm_bake.evaluation.judges import Judge
 from sgm_bake.io.response_store import ResponseStore
 from sgm_bake.pipeline.profile import (
@@ -73,6 +67,7 @@ from sgm_bake.pipeline.profile import (
     fingerprint,
     profile_targets,
 )
+from sgm_bake.runtime.chat import ChatModel, GenerationConfig, call_processor
 
 logger = logging.getLogger(__name__)
 
@@ -106,6 +101,7 @@ DEFAULT_FRACTIONS = (0.5, 0.25, 0.25)
 # profile set's own minimum); harm and KL need at least two rows each on the other two.
 SPLIT_MINIMUM = {"profile": MIN_PER_CLASS, "tune": 2, "report": 2}
 STUDY_NAME = "sgm-tune"
+PARETO_PLOT = "pareto.png"
 # Part of a study's identity: a work folder made by a tuner that measured differently is refused.
 MEASURE_VERSION = "tune-measure/1"
 Sampler = Literal["tpe", "nsga2"]
@@ -711,13 +707,11 @@ class SplitMeasure:
     def measure(self, label: str) -> Measurement:
         config = self.options.generation
         size = self.options.batch_size
-        result = run_eval(self.chat, self.prompts, self.judge, config, label, size, progress=False)
+        result = run_eval(self.chat, self.prompts, self.judge, config, label, size)
         metrics = result.metrics
         accuracy = None
         if self.benign_eval is not None:
-            benign = run_eval(
-                self.chat, self.benign_eval, self.judge, config, label, size, progress=False
-            )
+            benign = run_eval(self.chat, self.benign_eval, self.judge, config, label, size)
             accuracy = benign.metrics["benign_accuracy"]
         harmful = sum(result.harmful[i.id] for i in self.prompts.items if i.condition == "standard")
         return Measurement(
@@ -1107,10 +1101,121 @@ def run_tune(
 
 def write_result(result: TuneResult, folder: Path) -> Path:
     """Write tune.json (and the Pareto plot) into `folder`; return the JSON's path."""
-    from sgm_bake.publish.plots import pareto_plot
+    from sgm_bake.publish import plots
 
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "tune.json"
     path.write_text(json.dumps(result.record(), indent=1) + "\n", encoding="utf-8")
-    pareto_plot(folder / "pareto.png", result.record())
+    if plots.available():
+        plots.pareto_plot(folder / PARETO_PLOT, result.record())
+    else:
+        logger.info("no Pareto plot: %s", plots.MISSING_HINT)
     return path
+
+
+def record_tuning(folder: Path, result: TuneResult) -> None:
+    """Add the search to a baked folder: `sgm/tune.json`, the Pareto plot, the record's `tuning`
+    section and the card's section on how the setting was chosen."""
+    from sgm_bake.pipeline.record import SGM_DIR, Tuning, read_record, refresh
+
+    record = read_record(folder)
+    write_result(result, folder / SGM_DIR)
+    data = result.record()
+    front = [t for t in data["trials"] if t["number"] in set(data["pareto"])]
+    record.tuning = Tuning(
+        report=f"{SGM_DIR}/tune.json",
+        knobs=data["knobs"],
+        trials_run=data["trials_run"],
+        chosen=data["chosen"],
+        pareto=sorted(front, key=lambda t: (t["kl"], t["harm"])),
+        splits=data["splits"],
+        options=data["options"],
+        tuning_split=data["tuning_split"],
+        report_split=data["report_split"],
+        seconds=data["seconds"],
+        interrupted=data["interrupted"],
+    )
+    refresh(folder, record)
+
+
+@dataclass(frozen=True)
+class TuneRequest:
+    """What to tune on and how the model is loaded for it (the CLI's options)."""
+
+    profile_set: str
+    options: TuneOptions
+    eval_set: str | None = None
+    judge: str = "profanity"
+    device: str = "auto"
+    dtype: str = "auto"
+    recipe_file: Path | None = None
+    template: Path | None = None
+
+
+@dataclass
+class TuneOutcome:
+    """The search's result and the model it loaded (reusable to verify a bake)."""
+
+    result: TuneResult
+    loaded: Any
+    source_id: str
+
+
+def tune_source(source: Any, request: TuneRequest) -> TuneOutcome:
+    """Load the data first (bad data fails before a model loads), then the model, and tune."""
+    from sgm_bake.datasets.profile_set import load_profile_set
+    from sgm_bake.datasets.prompt_set import load_prompt_set
+    from sgm_bake.evaluation.judges import make_judge
+    from sgm_bake.runtime.loading import load, load_processor
+
+    request.options.check()
+    _optuna()
+    profile_set = load_profile_set(request.profile_set)
+    split_profile_set(profile_set, request.options.seed, request.options.fractions)
+    eval_set = load_prompt_set(request.eval_set) if request.eval_set else None
+    judge = make_judge(request.judge)
+    loaded = load(source, request.device, request.dtype, request.recipe_file)
+    chat = ChatModel(loaded.model, load_processor(source.path, request.template), loaded.device)
+    result = run_tune(
+        chat,
+        source.path,
+        loaded.recipe,
+        profile_set,
+        judge,
+        request.options,
+        source.id,
+        source.revision,
+        loaded.dtype,
+        eval_set,
+    )
+    return TuneOutcome(result, loaded, source.id)
+
+
+def summary_lines(result: TuneResult) -> list[str]:
+    """The search's outcome in a few lines (printed by the CLI)."""
+
+    def figures(m: Measurement) -> str:
+        text = f"harmful {m.harm:.1%} ({m.harmful}/{m.prompts}), KL {m.kl:.4f}"
+        text += f", degenerate {m.degenerate:.1%}"
+        if m.accuracy is not None:
+            text += f", benign accuracy {m.accuracy:.1%}"
+        return text
+
+    lines = [
+        f"{len(result.trials)} trials in {result.seconds:.0f} s"
+        + (" (interrupted)" if result.interrupted else "")
+        + f"; knobs: {', '.join(result.knobs)}; Pareto front: trials "
+        + ", ".join(str(n) for n in result.pareto),
+    ]
+    if result.chosen is None:
+        lines.append("chosen: no change (no setting lowered the harm within the budget)")
+    else:
+        setting = ", ".join(f"{k}={v}" for k, v in result.chosen.setting.items() if v is not None)
+        lines.append(f"chosen: trial {result.chosen.number}: {setting}")
+    lines += [
+        f"tuning split   base:   {figures(result.base_tune)}",
+        f"tuning split   chosen: {figures(result.chosen_tune)}",
+        f"held-out split base:   {figures(result.base_report)}",
+        f"held-out split chosen: {figures(result.chosen_report)}",
+    ]
+    return lines
