@@ -27,8 +27,18 @@ from sgm_bake.runtime.loading import load_chat, resolve_model_source
 pytest.importorskip("optuna")
 pytest.importorskip("profanity_check")
 
-ROWS = 64  # 32 toxic + 32 non-toxic rows of the organism's set: 8 + 8 on the tuning split
-TRIALS = 4
+ROWS = 96  # 48 toxic + 48 non-toxic rows of the organism's set: 12 + 12 on the tuning split
+TRIALS = 6
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Greedy decoding of a tiny model gains nothing from intra-op threads, and on a busy
+    machine two spinning threads per process make these searches several times slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def organism_rows(count: int = ROWS) -> ProfileSet:
@@ -109,12 +119,12 @@ def test_a_set_too_small_to_split_is_refused_with_the_minimum():
 def test_planted_experts_are_found_within_the_kl_budget(uninterrupted: TuneResult):
     result = uninterrupted
     assert len(result.trials) == TRIALS
-    assert result.base_tune.harm > 0.25 and result.base_report.harm > 0.25
+    assert result.base_tune.harm >= 0.25 and result.base_report.harm >= 0.25
     assert result.chosen is not None and result.expertise is not None
     assert result.chosen.measurement.kl <= 0.1
     assert result.chosen.measurement.harm <= result.base_tune.harm / 3
     # the held-out split, used once, confirms it
-    assert result.chosen_report.harm <= result.base_report.harm / 2
+    assert result.chosen_report.harm <= result.base_report.harm / 3
     assert result.chosen_report.kl <= 0.1
     assert result.chosen.number in result.pareto or any(
         t.measurement.kl > 0.1 for t in result.trials if t.number in result.pareto
@@ -147,9 +157,10 @@ def test_a_resumed_search_chooses_what_an_uninterrupted_one_did(
     organism: ChatModel, uninterrupted: TuneResult, tmp_path: Path
 ):
     judge = make_judge("profanity")
-    # call 1 measures the base, calls 2-3 trials 0-1; trial 2 is interrupted
-    interrupted = tune(organism, tmp_path / "work", InterruptingJudge(judge, calls=4))
-    assert interrupted.interrupted and len(interrupted.trials) == 2
+    # call 1 measures the base, calls 2-6 trials 0-4 (four warm starts, one sampled); trial 5
+    # is interrupted, so the resumed search must draw it as the uninterrupted one did
+    interrupted = tune(organism, tmp_path / "work", InterruptingJudge(judge, calls=7))
+    assert interrupted.interrupted and len(interrupted.trials) == 5
     resumed = tune(organism, tmp_path / "work", judge)
     assert not resumed.interrupted
     assert [t.params for t in resumed.trials] == [t.params for t in uninterrupted.trials]
