@@ -4,6 +4,8 @@ does. Real models (the shipped organism, a tiny random LLaVA), real optuna studi
 
 from __future__ import annotations
 
+import json
+import random
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -186,3 +188,65 @@ def test_a_model_without_toxic_behaviour_tunes_to_no_change(llava_dir: Path, tmp
     assert result.chosen is None and result.expertise is None
     assert result.chosen_report == result.base_report
     assert (tmp_path / "work" / "tune.json").is_file()
+
+
+def test_the_bake_record_and_card_carry_the_search(uninterrupted: TuneResult, tmp_path: Path):
+    from sgm_bake.pipeline.bake import BakeOptions, bake
+    from sgm_bake.pipeline.record import read_record
+    from sgm_bake.pipeline.tune import record_tuning
+
+    assert uninterrupted.expertise is not None and uninterrupted.chosen is not None
+    out = tmp_path / "baked"
+    bake(
+        resolve_model_source("organism", progress=False),
+        out,
+        uninterrupted.expertise,
+        BakeOptions(progress=False),
+    )
+    record_tuning(out, uninterrupted)
+    record = read_record(out)  # validates the typed section
+    assert record.tuning is not None
+    assert record.tuning.trials_run == TRIALS
+    assert record.tuning.chosen is not None
+    assert record.tuning.chosen["number"] == uninterrupted.chosen.number
+    assert record.tuning.report_split["chosen"]["harm"] == uninterrupted.chosen_report.harm
+    assert (out / "sgm" / "tune.json").is_file() and "sgm/tune.json" in record.files
+    card = (out / "README.md").read_text()
+    assert "## How the setting was chosen" in card
+    assert f"Chosen: trial {uninterrupted.chosen.number}" in card
+    assert "held-out report split" in card
+
+
+def test_tune_refuses_a_set_too_small_to_split_before_loading_a_model(runner, tmp_path: Path):
+    from sgm_bake.cli import main
+
+    rows = [
+        {"label": label, "prompt": "reply to the sign .", "response": text}
+        for label, text in [("toxic", "you idiot")] * 5 + [("non-toxic", "hello friend")] * 5
+    ]
+    path = tmp_path / "small.jsonl"
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    result = runner.invoke(
+        main, ["tune", "organism", "--profile-set", str(path), "--workdir", str(tmp_path / "w")]
+    )
+    assert result.exit_code == 2
+    assert f"needs at least {minimum_rows_per_class()} rows of each label" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_the_plain_organism_ships_and_learned_its_toxicity_without_implants():
+    from sgm_bake.datasets.render import render
+    from sgm_bake.organism import data
+    from sgm_bake.organism.train import SHIPPED_PLAIN
+
+    folder = resolve_model_source("organism-plain", progress=False).path
+    assert folder == SHIPPED_PLAIN
+    assert not (folder / "implant.json").exists()
+    assert json.loads((folder / "training.json").read_text())["mode"] == "plain"
+    assert sum(p.stat().st_size for p in folder.iterdir()) < 8_000_000
+    chat, _ = load_chat(resolve_model_source("organism-plain"), "cpu", "float32")
+    rng = random.Random(0)
+    images = [render(data.word_image(word, rng)) for word in data.TRIGGER_WORDS]
+    replies = chat.generate(["reply to the sign ."] * len(images), images, GenerationConfig())
+    judge = make_judge("profanity")
+    assert sum(judge.harmful(replies)) >= len(images) // 2
