@@ -287,15 +287,16 @@ def run(
         workdir = params["workdir"] or out.with_name(f"{out.name}-tune")
         request = tune_request(params["profile_set"], params, rule_options_, recipe_file, workdir)
         step(1, total, f"tuning {source.id} on {params['profile_set']} (search in {workdir})")
-        outcome = tune_source(source, request)
-        echo_lines(summary_lines(outcome.result))
-        if outcome.result.expertise is None:
+        searched = tune_source(source, request)
+        echo_lines(summary_lines(searched.result))
+        chosen = searched.result.expertise
+        if chosen is None:
             raise SGMError(
                 "tuning found no setting that lowers the harmful rate within --max-kl, so "
                 f"nothing was baked; see {workdir / 'tune.json'} (raise --max-kl or --trials)"
             )
-        tuned = outcome.result
-        expertise, recipe, loaded = tuned.expertise, outcome.loaded.recipe, outcome.loaded
+        tuned = searched.result
+        expertise, recipe, loaded = chosen, searched.loaded.recipe, searched.loaded
     elif expertise_path is not None:
         step(1, total, f"reusing the profile {expertise_path}")
         expertise = apply_rule_if_given(

@@ -193,7 +193,7 @@ def tune_request(
         max_kl=params["max_kl"],
         degenerate_margin=params["degenerate_margin"],
         accuracy_margin=params["accuracy_margin"],
-        fractions=fractions,  # type: ignore[arg-type]
+        fractions=fractions,
         knobs=tuple(k.strip() for k in params["knobs"].split(",") if k.strip()),
         sampler=params["sampler"],
         profile=profile,

@@ -478,7 +478,7 @@ class SearchSpace:
             else self.fixed.pooling
         )
         rule_options = RuleOptions(
-            rule=rule,  # type: ignore[arg-type]
+            rule=rule,
             threshold=threshold,
             top_k=fixed_rule.top_k if "top_k" not in searched else None,
             damp_alpha=damp_alpha,
@@ -997,12 +997,12 @@ def run_tune(
             try:
                 trial_start = time.perf_counter()
                 setting = space.suggest(trial)
-                expertise, rule = setting_expertise(
+                factors_of_trial, rule = setting_expertise(
                     setting,
                     scores.scores(setting.positions, setting.pooling),
                     space.hook_sets[setting.hook_set],
                 )
-                with SGMHooks(chat.model, expertise, recipe):
+                with SGMHooks(chat.model, factors_of_trial, recipe):
                     measurement = tune_measure.measure(f"trial {trial.number}")
             except KeyboardInterrupt:
                 study.tell(trial, state=optuna.trial.TrialState.FAIL)
@@ -1016,7 +1016,7 @@ def run_tune(
             for name, value in constraints.items():
                 trial.set_constraint(name, value)
             trial.set_user_attr(
-                "suppressed_units", sum(m.suppressed for m in expertise.modules.values())
+                "suppressed_units", sum(m.suppressed for m in factors_of_trial.modules.values())
             )
             trial.set_user_attr("seconds", time.perf_counter() - trial_start)
             study.tell(trial, [measurement.harm, measurement.kl])
@@ -1031,7 +1031,7 @@ def run_tune(
 
     records = [_record_of(t) for t in complete()]
     chosen = choose(records, base_tune)
-    expertise = None
+    expertise: Expertise | None = None
     if chosen is not None:
         frozen = next(t for t in complete() if t.number == chosen.number)
         fixed_trial = optuna.trial.FixedTrial(frozen.params)
