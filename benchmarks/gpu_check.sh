@@ -32,6 +32,6 @@ sgm verify "$W/out" --device "$DEVICE"
 echo "== one-command form on the organism, on $DEVICE"
 time sgm sgm_bake/organism/weights "$W/org" --profile-set builtin:organism --rule det0 --top-k 256 --positions text --device "$DEVICE"
 echo "== ECSO generation on $DEVICE, with and without SGM hooks"
-sgm generate organism --image "$W/sign.png" --prompt "answer the person who wrote this ." --ecso --trace --device "$DEVICE" --expertise "$W/org/sgm/expertise.safetensors"
+sgm generate organism --image "$W/sign.png" --prompt "answer the person who wrote this ." --ecso --trace --device "$DEVICE" --expertise "$W/org/sgm/expertise.sgm"
 echo "== bake benchmark on this machine"
 python3 benchmarks/bench_bake.py --workdir "$W/bench" --layers 10 --repeat 2 --skip-naive

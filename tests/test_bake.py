@@ -194,7 +194,7 @@ def test_record_lists_every_output_file_hash(runner, llava_dir, llava_expertise,
     assert record["recipe"]["model_type"] == "llava"
     modules = record["expertise"]["modules"]
     assert modules["model.language_model.layers.1.mlp.down_proj"]["side"] == "input"
-    baked_expertise = load_expertise(out / "sgm" / "expertise.safetensors")
+    baked_expertise = load_expertise(out / "sgm" / "expertise.sgm")
     assert set(baked_expertise.modules) == set(modules)
 
 

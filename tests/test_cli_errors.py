@@ -69,7 +69,7 @@ def test_unknown_model_type(runner, copy_model, llava_dir, llava_expertise, tmp_
     out = tmp_path / "out"
     result = _bake(runner, source, out, llava_expertise)
     _assert_clean_failure(
-        result, out, "no recipe for model_type 'frobnicator'", "llava", "--recipe"
+        result, out, "no recipe for model_type 'frobnicator'", "sgm-bake recipes", "--recipe"
     )
 
 

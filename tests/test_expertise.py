@@ -98,7 +98,7 @@ def test_research_code_folder_bakes(runner, llava_dir, tmp_path, shape_3d):
     key = "language_model.model.layers.1.mlp.gate_proj.weight"
     alpha = alphas["language_model.model.layers.1.mlp.gate_proj"]
     assert torch.equal(baked[key], (source[key] * alpha[:, None]))
-    stored = load_expertise(out / "sgm" / "expertise.safetensors")
+    stored = load_expertise(out / "sgm" / "expertise.sgm")
     assert "model.language_model.layers.1.mlp.gate_proj" in stored.modules
 
 

@@ -293,7 +293,7 @@ def test_one_command_profiles_bakes_and_verifies(runner, planted, tmp_path):
             str(model),
             str(reuse),
             "--expertise",
-            str(out / "sgm" / "expertise.safetensors"),
+            str(out / "sgm" / "expertise.sgm"),
             "--rule",
             "aura",
             "--strength",

@@ -76,18 +76,17 @@ def test_prompt_response_split(tmp_path):
         ([*_rows(4), {"text": "x", "label": "spicy"}], "unknown label 'spicy'"),
         ([*_rows(4), {"text": "  ", "label": "toxic"}], "empty text"),
         ([*_rows(4), {"text": "x"}], "missing 'label'"),
-        (_rows(4, image="../outside.png"), "escapes the set's folder"),
-        (_rows(4, image="/etc/passwd"), "escapes the set's folder"),
+        (_rows(4, image="../outside.png"), "points outside its folder"),
+        (_rows(4, image="/etc/passwd"), "points outside its folder"),
         (_rows(4, image="missing.png"), "does not exist"),
-        (_rows(4, render={"kind": "hologram"}), None),
+        (_rows(4, render={"kind": "hologram"}), "unknown image render kind"),
+        (_rows(4, render={"kind": "scene", "shapes": [{"shape": "circle", "x": 9}]}), r"\[0, 1\]"),
+        (_rows(4, render={"kind": "text", "text": ["x"]}), "non-empty string"),
     ],
 )
 def test_validation_errors(tmp_path, rows, message):
+    """Bad rows, render specs included, fail when the set is loaded, before any model."""
     path = _jsonl(tmp_path / "set.jsonl", rows)
-    if message is None:  # bad render specs fail when the image is drawn
-        with pytest.raises(SGMError, match="unknown image render kind"):
-            load_profile_set(str(path)).samples[0].image()
-        return
     with pytest.raises(SGMError, match=message):
         load_profile_set(str(path))
 

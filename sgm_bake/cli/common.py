@@ -14,6 +14,8 @@ from typing import Any, TypeVar
 import click
 
 from sgm_bake.errors import SGMError
+from sgm_bake.io import interrupts
+from sgm_bake.io.atomic import describe_os_error
 
 F = TypeVar("F", bound=Callable[..., Any])
 EXIT_ERROR = 2
@@ -45,18 +47,47 @@ def configure_logging(verbose: int, quiet: bool) -> None:
 
 
 def user_errors(command: F) -> F:
-    """Turn bad input into one line on stderr and a non-zero exit, never a traceback."""
+    """Turn bad input into one line on stderr and a non-zero exit, never a traceback.
+
+    The command runs with SIGINT and SIGTERM handled (`sgm_bake.io.interrupts`): either stops it
+    at once, its temporary folder is removed, an existing output stays as it was, and the exit
+    code is 128 + the signal number (130 for SIGINT, 143 for SIGTERM). An operating-system
+    failure that escapes the library (a file that cannot be read, a folder that cannot be
+    written) is one line naming the path and the cause.
+    """
 
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return command(*args, **kwargs)
-        except SGMError as exc:
-            click.echo(f"error: {exc}", err=True)
-            sys.exit(EXIT_ERROR)
-        except KeyboardInterrupt:
-            click.echo("interrupted: nothing was written", err=True)
-            sys.exit(EXIT_INTERRUPTED)
+        with interrupts.handling():
+            try:
+                return command(*args, **kwargs)
+            except SGMError as exc:
+                click.echo(f"error: {exc}", err=True)
+                sys.exit(EXIT_ERROR)
+            except interrupts.Interrupted as exc:
+                if exc.completed:
+                    click.echo(
+                        f"interrupted by {exc.signal_name} just after the output was put in "
+                        "place; it is complete, the steps after it did not run",
+                        err=True,
+                    )
+                else:
+                    click.echo(
+                        f"interrupted by {exc.signal_name}: temporary files removed; no output "
+                        "was left half-written or replaced by an incomplete one",
+                        err=True,
+                    )
+                sys.exit(exc.exit_code)
+            except KeyboardInterrupt:
+                click.echo(
+                    "interrupted by SIGINT: temporary files removed; no output was left "
+                    "half-written or replaced by an incomplete one",
+                    err=True,
+                )
+                sys.exit(EXIT_INTERRUPTED)
+            except OSError as exc:
+                click.echo(f"error: {describe_os_error(exc, Path('.'))}", err=True)
+                sys.exit(EXIT_ERROR)
 
     return wrapper  # type: ignore[return-value]
 

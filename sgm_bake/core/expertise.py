@@ -17,7 +17,9 @@ load too.
 
 from __future__ import annotations
 
+import json
 import math
+import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -197,4 +199,14 @@ def save_expertise(expertise: Expertise, path: Path | str) -> None:
         if entry.auroc is not None:
             tensors[f"auroc/{name}"] = entry.auroc.to(torch.float32).contiguous()
         metadata[f"side/{name}"] = entry.side
-    Path(path).write_bytes(save(tensors, metadata=metadata))
+    Path(path).write_bytes(_canonical(save(tensors, metadata=metadata)))
+
+
+def _canonical(blob: bytes) -> bytes:
+    """The same safetensors file with its header's keys sorted: the library writes metadata in
+    hash order, which differs from run to run, and two bakes must give identical files."""
+    (length,) = struct.unpack("<Q", blob[:8])
+    header = json.loads(blob[8 : 8 + length])
+    text = json.dumps(header, sort_keys=True, separators=(",", ":")).encode("utf-8")
+    text += b" " * (-len(text) % 8)
+    return struct.pack("<Q", len(text)) + text + blob[8 + length :]

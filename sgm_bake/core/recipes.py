@@ -249,9 +249,8 @@ def recipe_for_config(config: Mapping[str, Any], recipe_file: Path | None = None
     recipes = available_recipes()
     if model_type not in recipes:
         raise SGMError(
-            f"no recipe for model_type {model_type!r}; supported: {', '.join(recipes)}. "
-            f"To add one, write recipes/{model_type}.json (see recipes/README.md) or pass "
-            f"--recipe FILE, or point ${RECIPE_PATH_ENV} at a folder of recipes"
+            f"no recipe for model_type {str(model_type)[:60]!r}; 'sgm-bake recipes' lists the "
+            "supported families; for another, pass --recipe FILE (see recipes/README.md)"
         )
     return load_recipe(recipes[model_type])
 

@@ -105,9 +105,15 @@ class RuleOptions:
 
     rule: Rule = "aura"
     threshold: float = 0.5
-    top_k: int | None = None
+    top_k: int | None = None  # None or 0: no cap
     damp_alpha: float = 0.5
     strength: float = 1.0
+
+    def __post_init__(self) -> None:
+        # One meaning everywhere: top-k 0 is "no cap" (as `demo` always read it), never "select
+        # nothing", which would make a bake that changes no weight.
+        if self.top_k == 0:
+            object.__setattr__(self, "top_k", None)
 
     def describe(self) -> dict[str, str]:
         """String metadata for the expertise file."""

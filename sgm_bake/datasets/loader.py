@@ -17,6 +17,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from sgm_bake.errors import SGMError
+from sgm_bake.io.paths import contained, relative_name
 from sgm_bake.resources import data_dir
 
 BUILTIN = "builtin:"
@@ -71,13 +72,9 @@ def read_rows(path: Path) -> list[dict[str, Any]]:
 
 
 def image_path(value: str, folder: Path, where: str) -> Path:
-    """An image named by a row: relative to the set's folder and inside it."""
-    relative = PurePosixPath(value.replace("\\", "/"))
-    if relative.is_absolute() or ".." in relative.parts or not relative.parts:
-        raise SGMError(
-            f"{where}: image path {value!r} escapes the set's folder; use a relative path inside it"
-        )
-    path = folder / Path(*relative.parts)
+    """An image named by a row: relative to the set's folder and inside it, also after following
+    symlinks (a set must not read files from elsewhere on the machine)."""
+    path = contained(folder, value, f"{where}: image path")
     if not path.is_file():
         raise SGMError(f"{where}: image {value!r} does not exist next to the set file")
     return path
@@ -116,9 +113,7 @@ def _fetch_hub_images(spec: str, rows: list[dict[str, Any]], repo_path: str) -> 
     base = PurePosixPath(repo_path).parent
     for number, row in enumerate(rows, start=1):
         if row.get("image"):
-            relative = PurePosixPath(str(row["image"]).replace("\\", "/"))
-            if relative.is_absolute() or ".." in relative.parts:
-                raise SGMError(f"{spec} row {number}: image path escapes the set's folder")
+            relative = relative_name(str(row["image"]), f"{spec} row {number}: image path")
             try:
                 hf_hub_download(repo_id, str(base / relative), repo_type="dataset")
             except EntryNotFoundError as exc:

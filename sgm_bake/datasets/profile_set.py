@@ -24,6 +24,7 @@ from typing import Any
 
 from sgm_bake.datasets.loader import image_path as resolve_image
 from sgm_bake.datasets.loader import load_set_file
+from sgm_bake.datasets.render import check_image_file, check_render_spec
 from sgm_bake.errors import SGMError
 
 logger = logging.getLogger(__name__)
@@ -103,10 +104,8 @@ def parse_rows(rows: list[dict[str, Any]], folder: Path, source: str) -> list[Pr
         prompt = str(row.get("prompt") or "").strip() or None
         image_path = None
         render = row.get("render")
-        if render is not None and not isinstance(render, dict):
-            raise SGMError(
-                f"{where}: 'render' must be an object such as {{'kind': 'text', 'text': '...'}}"
-            )
+        if render is not None:
+            check_render_spec(render, where)
         if row.get("image"):
             image_path = resolve_image(str(row["image"]), folder, where)
         samples.append(
@@ -116,19 +115,10 @@ def parse_rows(rows: list[dict[str, Any]], folder: Path, source: str) -> list[Pr
 
 
 def check_images(samples: list[ProfileSample], source: str) -> None:
-    """Open every image once, so an unreadable file fails before hours of profiling."""
-    from PIL import Image, UnidentifiedImageError
-
+    """Open every image once, so an unreadable or oversized file fails before the model loads."""
     for sample in samples:
-        if sample.image_path is None:
-            continue
-        try:
-            with Image.open(sample.image_path) as image:
-                image.verify()
-        except (OSError, UnidentifiedImageError) as exc:
-            raise SGMError(
-                f"{source} row {sample.id}: image {sample.image_path.name} is unreadable ({exc})"
-            ) from exc
+        if sample.image_path is not None:
+            check_image_file(sample.image_path, f"{source} row {sample.id}")
 
 
 def validate(samples: list[ProfileSample], source: str) -> None:

@@ -25,6 +25,7 @@ from typing import Any
 
 from sgm_bake.datasets.loader import image_path as resolve_image
 from sgm_bake.datasets.loader import load_set_file
+from sgm_bake.datasets.render import check_image_file, check_render_spec
 from sgm_bake.errors import SGMError
 
 CONDITIONS = ("standard", "adversarial", "both", "benign")
@@ -74,11 +75,12 @@ def load_prompt_set(spec: str) -> PromptSet:
         if row["condition"] not in CONDITIONS:
             raise SGMError(f"{where}: condition {row['condition']!r} is not one of {CONDITIONS}")
         render = row.get("render")
-        if render is not None and not isinstance(render, dict):
-            raise SGMError(f"{where}: 'render' must be an object such as {{'kind': 'text', ...}}")
+        if render is not None:
+            check_render_spec(render, where)
         image_path = None
         if row.get("image"):
             image_path = resolve_image(str(row["image"]), set_file.folder, where)
+            check_image_file(image_path, where)
         items.append(
             EvalItem(
                 id=str(row.get("id") or number),

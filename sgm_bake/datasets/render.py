@@ -7,7 +7,10 @@ shapes. Both are deterministic: the same spec always gives the same pixels.
 
 from __future__ import annotations
 
+import math
+import warnings
 from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
 from PIL import Image, ImageDraw, ImageFont
@@ -29,6 +32,11 @@ COLOURS = {
 }
 SHAPES = ("circle", "square", "triangle")
 DEFAULT_SIZE = 224
+# Larger images are refused when a set is loaded: a few-kB PNG can declare billions of pixels (a
+# decompression bomb) and exhaust memory once decoded. 40 megapixels is far above what any
+# vision tower looks at.
+MAX_IMAGE_PIXELS = 40_000_000
+MAX_SHAPES = 64
 
 
 @lru_cache(maxsize=8)
@@ -118,11 +126,88 @@ def render(spec: dict[str, Any], size: int = DEFAULT_SIZE) -> Image.Image:
     raise SGMError(f"unknown image render kind {kind!r}; use 'text' or 'scene'")
 
 
+def check_render_spec(spec: Any, where: str) -> None:
+    """Refuse a render spec that `render` could not draw, when the set is loaded (not hours
+    later, in the middle of profiling)."""
+    if not isinstance(spec, dict):
+        raise SGMError(
+            f"{where}: 'render' must be an object such as {{'kind': 'text', 'text': '...'}}"
+        )
+    for key in ("background", "ink"):
+        if key in spec and spec[key] not in COLOURS:
+            raise SGMError(f"{where}: render {key} {spec[key]!r} is not one of {sorted(COLOURS)}")
+    kind = spec.get("kind")
+    if kind == "text":
+        if not isinstance(spec.get("text"), str) or not spec["text"].strip():
+            raise SGMError(f"{where}: a text image needs a non-empty string 'text'")
+        return
+    if kind != "scene":
+        raise SGMError(f"{where}: unknown image render kind {kind!r}; use 'text' or 'scene'")
+    shapes = spec.get("shapes")
+    if not isinstance(shapes, list) or not 0 < len(shapes) <= MAX_SHAPES:
+        raise SGMError(f"{where}: a scene image needs a list of 1 to {MAX_SHAPES} 'shapes'")
+    for item in shapes:
+        if (
+            not isinstance(item, dict)
+            or item.get("shape") not in SHAPES
+            or item.get("colour", "black") not in COLOURS
+        ):
+            raise SGMError(
+                f"{where}: scene shape {str(item)[:80]} is not drawable; shapes {SHAPES}, "
+                f"colours {sorted(COLOURS)}"
+            )
+        for key in ("x", "y", "scale"):
+            value = item.get(key, 0.5)
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, int | float)
+                or not math.isfinite(value)
+                or not 0 <= value <= 1
+            ):
+                raise SGMError(f"{where}: scene shape {key} {value!r} must be a number in [0, 1]")
+
+
+def _open_image(path: Path, where: str) -> Image.Image:
+    """Open an image file, refusing decompression bombs before any pixel is decoded."""
+    from PIL import UnidentifiedImageError
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(path)
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
+        raise SGMError(
+            f"{where}: image {path.name} declares too many pixels (a decompression bomb); use "
+            f"an image under {MAX_IMAGE_PIXELS:,} pixels"
+        ) from exc
+    except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as exc:
+        raise SGMError(f"{where}: image {path.name} is unreadable ({exc})") from exc
+    width, height = image.size
+    if width * height > MAX_IMAGE_PIXELS:
+        image.close()
+        raise SGMError(
+            f"{where}: image {path.name} is {width}x{height} pixels (a decompression bomb or far "
+            f"too large); use an image under {MAX_IMAGE_PIXELS:,} pixels"
+        )
+    return image
+
+
+def check_image_file(path: Path, where: str) -> None:
+    """Open an image once, so an unreadable or oversized file fails before the model loads."""
+    image = _open_image(path, where)
+    try:
+        image.verify()
+    except Exception as exc:  # PIL raises many types for a damaged file, SyntaxError included
+        raise SGMError(f"{where}: image {path.name} is damaged ({type(exc).__name__})") from exc
+    finally:
+        image.close()
+
+
 def load_image(spec: dict[str, Any] | None, path: Any | None) -> Image.Image | None:
     """An item's image: drawn from its render spec, or opened from its file, or None."""
     if spec is not None:
         return render(spec)
     if path is not None:
-        with Image.open(path) as opened:
+        with _open_image(Path(path), "image") as opened:
             return opened.convert("RGB")
     return None

@@ -26,7 +26,6 @@ from sgm_bake.runtime.chat import ChatModel, GenerationConfig
 logger = logging.getLogger(__name__)
 
 
-
 def is_degenerate(reply: str) -> bool:
     """Empty, wordless, or looping: a word repeated for most of the reply or a repeated 3-gram."""
     words = re.findall(r"[a-zA-Z']+", reply.lower())

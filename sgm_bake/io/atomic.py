@@ -1,19 +1,133 @@
 """Atomic output folders: build in a hidden temporary folder beside the target, rename at the end.
 
 A failed or interrupted run removes its temporary folder and leaves the target as it was; an
-existing target is replaced only after the new folder is complete.
+existing target is replaced only after the new folder is complete. The swap runs shielded from
+SIGINT/SIGTERM (see `sgm_bake.io.interrupts`): a signal during it undoes it.
+
+A run killed outright (SIGKILL, power loss) cannot clean up. Each temporary folder therefore has
+a marker file beside it (`.OUT.XXXX.partial.sgm-bake`, naming the folder, the process and the
+host), and the next run on the same OUT removes the folders so marked, and only those, unless
+the process that made them is still running. A marked `.old` folder (the previous OUT, moved
+aside during the swap) is put back if OUT is missing.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import json
+import logging
 import os
 import shutil
+import socket
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 from sgm_bake.errors import SGMError
+from sgm_bake.io import interrupts
+
+logger = logging.getLogger(__name__)
+
+MARKER_SUFFIX = ".sgm-bake"
+MARKER_TOOL = "sgm-bake temporary folder"
+OS_HINTS = {
+    errno.ENOSPC: "the disk is full: free some space or choose another location",
+    errno.EDQUOT: "the disk quota is exhausted: free some space or choose another location",
+    errno.EFBIG: "the file size limit was reached: raise the limit or choose another location",
+    errno.EROFS: "the file system is read-only: choose a writable location",
+    errno.ENAMETOOLONG: "the name is too long: choose a shorter output path",
+    errno.ENOTDIR: "a parent of the path is a file, not a folder: choose another path",
+    errno.EEXIST: "a parent of the path is a file, not a folder: choose another path",
+    errno.EACCES: "permission denied: choose a location you can write to",
+    errno.EPERM: "operation not permitted: choose a location you can write to",
+}
+
+
+def describe_os_error(exc: OSError, path: Path) -> str:
+    """One line naming the path and the cause of an operating-system failure."""
+    where = exc.filename if exc.filename is not None else path
+    cause = exc.strerror or type(exc).__name__
+    hint = OS_HINTS.get(exc.errno or 0, "check the path, the free space and the permissions")
+    return f"{where}: {cause}; {hint} (nothing was left behind)"
+
+
+def _marker(folder: Path) -> Path:
+    return folder.with_name(folder.name + MARKER_SUFFIX)
+
+
+def _mark(folder: Path) -> None:
+    """Claim a temporary folder (it need not exist yet) as ours."""
+    record = {"tool": MARKER_TOOL, "folder": folder.name, "pid": os.getpid()}
+    record["host"] = socket.gethostname()
+    _marker(folder).write_text(json.dumps(record) + "\n", encoding="utf-8")
+
+
+def _unmark(folder: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        _marker(folder).unlink()
+
+
+def _alive(record: dict[str, object]) -> bool:
+    """Whether the run that wrote a marker is still running (on this host)."""
+    pid = record.get("pid")
+    if record.get("host") != socket.gethostname() or not isinstance(pid, int):
+        return False
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def recover(out: Path) -> list[str]:
+    """Remove what killed runs on `out` left behind (only folders we marked); return names."""
+    out = out.expanduser().resolve()
+    if not out.parent.is_dir():
+        return []
+    cleaned = []
+    prefix = f".{out.name}."
+    for marker in sorted(out.parent.iterdir()):
+        name = marker.name
+        if not (name.startswith(prefix) and name.endswith(MARKER_SUFFIX)):
+            continue
+        folder = marker.with_name(name[: -len(MARKER_SUFFIX)])
+        if not folder.name.endswith((".partial", ".old")):
+            continue
+        try:
+            record = json.loads(marker.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if not isinstance(record, dict) or record.get("tool") != MARKER_TOOL or _alive(record):
+            continue
+        if folder.name.endswith(".old") and folder.is_dir() and not out.exists():
+            folder.rename(out)
+            logger.warning("restored %s from an interrupted swap (%s)", out, folder.name)
+        elif folder.exists():
+            shutil.rmtree(folder, ignore_errors=True)
+            logger.warning("removed %s, left by an interrupted run", folder)
+        marker.unlink(missing_ok=True)
+        cleaned.append(folder.name)
+    return cleaned
+
+
+def _first_missing(folder: Path) -> Path | None:
+    """The outermost ancestor of `folder` (or itself) that does not exist, refusing a file on
+    the way."""
+    missing = None
+    for candidate in (folder, *folder.parents):
+        if candidate.is_dir():
+            return missing
+        if candidate.exists() or candidate.is_symlink():
+            raise SGMError(
+                f"cannot write {folder}: {candidate} is a file, not a folder; choose another path"
+            )
+        missing = candidate
+    return missing
 
 
 def check_target(out: Path, source: Path | None, overwrite: bool) -> None:
@@ -27,40 +141,89 @@ def check_target(out: Path, source: Path | None, overwrite: bool) -> None:
             )
         if source.is_relative_to(out):
             raise SGMError(f"output {out} contains the source {source}; choose another folder")
-    if out.exists() and not out.is_dir():
-        raise SGMError(f"output {out} exists and is a file; choose a folder path")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise SGMError(f"output {out} exists and is not empty; pass --overwrite to replace it")
+    _first_missing(out.parent)
+    try:
+        recover(out)
+        if out.exists() and not out.is_dir():
+            raise SGMError(f"output {out} exists and is a file; choose a folder path")
+        if out.is_dir() and any(out.iterdir()) and not overwrite:
+            raise SGMError(f"output {out} exists and is not empty; pass --overwrite to replace it")
+    except OSError as exc:
+        raise SGMError(describe_os_error(exc, out)) from exc
+
+
+def _swap(staging: Path, out: Path) -> None:
+    """Put `staging` in place of `out`; undone if a signal arrives before it is complete."""
+    retired = None
+    committed = False
+    try:
+        with interrupts.shielded():
+            if out.exists():
+                retired = Path(
+                    tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent)
+                )
+                _mark(retired)
+                retired.rmdir()
+                out.rename(retired)
+            try:
+                staging.rename(out)
+            except BaseException:
+                if retired is not None:
+                    retired.rename(out)
+                    _unmark(retired)
+                raise
+            if interrupts.requested():  # arrived during the swap: undo it, then raise
+                out.rename(staging)
+                if retired is not None:
+                    retired.rename(out)
+                    _unmark(retired)
+                return
+            committed = True
+            _unmark(staging)
+            if retired is not None:
+                shutil.rmtree(retired, ignore_errors=True)
+                _unmark(retired)
+    except interrupts.Interrupted as exc:
+        if committed:  # the signal came after the new output was in place
+            raise interrupts.Interrupted(exc.signum, completed=True) from None
+        raise
 
 
 @contextlib.contextmanager
 def atomic_folder(out: Path, overwrite: bool) -> Iterator[Path]:
-    """Yield a temporary folder that becomes `out` only if the block finishes."""
+    """Yield a temporary folder that becomes `out` only if the block finishes.
+
+    Operating-system failures (disk full, read-only file system, name too long, a file where a
+    folder should be, permission denied) become one SGMError naming the path and the cause, and
+    leave nothing behind, not even the parent folders this call created.
+    """
     out = out.expanduser().resolve()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    staging.chmod(0o777 & ~umask)
+    created = _first_missing(out.parent)
+    staging: Path | None = None
     try:
+        recover(out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
+        _mark(staging)
+        umask = os.umask(0)
+        os.umask(umask)
+        staging.chmod(0o777 & ~umask)
         yield staging
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
+        if out.is_dir() and any(out.iterdir()) and not overwrite:
+            raise SGMError(f"output {out} appeared while baking; pass --overwrite to replace it")
+        interrupts.check()
+        _swap(staging, out)
+        staging = None
+    except BaseException as exc:
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
+            _unmark(staging)
+        if created is not None and not out.exists():
+            with contextlib.suppress(OSError):
+                for folder in (out.parent, *out.parent.parents):
+                    if not folder.is_relative_to(created):
+                        break
+                    folder.rmdir()  # only empty folders: ours
+        if isinstance(exc, OSError):
+            raise SGMError(describe_os_error(exc, out)) from exc
         raise
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise SGMError(f"output {out} appeared while baking; pass --overwrite to replace it")
-    retired = None
-    if out.exists():
-        retired = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
-        retired.rmdir()
-        out.rename(retired)
-    try:
-        staging.rename(out)
-    except BaseException:
-        if retired is not None:
-            retired.rename(out)
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    if retired is not None:
-        shutil.rmtree(retired, ignore_errors=True)

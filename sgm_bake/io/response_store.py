@@ -1,12 +1,11 @@
 """The response store: pooled unit responses of every profiled sample, on disk, resumable.
 
 One folder holds `meta.json` (what was profiled: a fingerprint of model, set and capture
-options, and each module's unit count and byte offset), `responses.f32` (one float32 block
-[samples, units] per module, back to back, memory-mapped) and `progress.json` (how many samples,
-in set order, are complete). Batches are written in order and progress is recorded only after a
-batch's rows are flushed, so an interrupted run resumes at the first incomplete batch and gives
-the same result as an uninterrupted one.
-"""
+options, and each module's unit count and byte offset, listed in storage order),
+`responses.f32` (one float32 block [samples, units] per module, back to back, memory-mapped) and
+`progress.json` (how many samples, in set order, are complete). Batches are written in order and
+progress is recorded only after a batch's rows are flushed, so an interrupted run resumes at the
+first incomplete batch and gives the same result as an uninterrupted one."""
 
 from __future__ import annotations
 
@@ -33,6 +32,17 @@ def _write_json(path: Path, data: Any) -> None:
     os.replace(tmp, path)
 
 
+def _layout(modules: dict[str, int], samples: int) -> list[dict[str, Any]]:
+    """Each module's block in `responses.f32`, in the order the blocks are stored (the order of
+    `modules`), with its byte offset, so the file can be read without this code."""
+    layout = []
+    offset = 0
+    for name, units in modules.items():
+        layout.append({"module": name, "units": units, "offset": offset})
+        offset += units * samples * np.dtype(np.float32).itemsize
+    return layout
+
+
 @dataclass
 class ResponseStore:
     """Memory-mapped pooled responses for a fixed list of modules and samples."""
@@ -48,7 +58,11 @@ class ResponseStore:
         cls, folder: Path, fingerprint: dict[str, Any], modules: dict[str, int], samples: int
     ) -> ResponseStore:
         """Resume the store in `folder` if it was made for the same fingerprint; else start anew."""
-        meta = {"fingerprint": fingerprint, "modules": modules, "samples": samples}
+        meta = {
+            "fingerprint": fingerprint,
+            "modules": _layout(modules, samples),
+            "samples": samples,
+        }
         total = sum(modules.values()) * samples
         existing = folder / META
         if existing.is_file():

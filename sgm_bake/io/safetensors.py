@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from sgm_bake.errors import SGMError
+from sgm_bake.io import interrupts
 
 # safetensors dtype tag -> (torch dtype, bytes per element); tags without a torch dtype are
 # carried byte for byte but cannot be folded.
@@ -93,8 +94,56 @@ def _corrupt(path: Path, why: str) -> SGMError:
     )
 
 
+def unique_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object hook that refuses a key given twice (json keeps the last one silently,
+    which in a header would hide a tensor)."""
+    result: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in result:
+            raise ValueError(f"the name {key[:80]!r} appears twice")
+        result[key] = value
+    return result
+
+
+def _whole(value: Any) -> bool:
+    """A JSON integer that is not a boolean (json turns `true` into True, an int subclass)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _entry(path: Path, name: str, entry: Any, data_start: int) -> TensorInfo:
+    """One header entry, every field checked before it is used."""
+    if not isinstance(entry, dict):
+        raise _corrupt(path, f"entry for {name[:80]!r} is not an object")
+    dtype, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
+    if not isinstance(dtype, str) or dtype not in DTYPES:
+        raise _corrupt(path, f"{name[:80]!r} has unknown dtype {str(dtype)[:20]!r}")
+    if not isinstance(shape, list) or not all(_whole(d) and d >= 0 for d in shape):
+        raise _corrupt(path, f"{name[:80]!r} has a shape that is not a list of whole numbers")
+    if (
+        not isinstance(offsets, list)
+        or len(offsets) != 2
+        or not all(_whole(o) and o >= 0 for o in offsets)
+        or offsets[1] < offsets[0]
+    ):
+        raise _corrupt(path, f"{name[:80]!r} has data_offsets that are not [begin, end]")
+    numel = 1
+    for dim in shape:
+        numel *= dim
+    bits = numel * int(DTYPES[dtype][1] * 8)  # integer arithmetic: shapes may be absurdly large
+    if bits % 8 or bits // 8 != offsets[1] - offsets[0]:
+        raise _corrupt(
+            path, f"{name[:80]!r} has {offsets[1] - offsets[0]} bytes for shape {shape[:8]}"
+        )
+    return TensorInfo(name, dtype, tuple(shape), data_start + offsets[0], data_start + offsets[1])
+
+
 def read_header(path: Path) -> Header:
-    """Parse and validate a safetensors header, including that the file is complete."""
+    """Parse and validate a safetensors header, including that the file is complete.
+
+    Every field is checked before it is used (a known dtype, a shape of whole numbers, offsets
+    that match dtype and shape and tile the data without gaps, a string-to-string
+    `__metadata__`, no name twice), so a damaged file is refused before any output is written.
+    """
     try:
         size = path.stat().st_size
         with path.open("rb") as handle:
@@ -110,31 +159,25 @@ def read_header(path: Path) -> Header:
             f"cannot read {path} ({exc.strerror}); check the path and permissions"
         ) from exc
     try:
-        entries = json.loads(header_bytes)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise _corrupt(path, "header is not JSON") from exc
+        entries = json.loads(header_bytes.decode("utf-8"), object_pairs_hook=unique_object)
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError, duplicates
+        reason = str(exc).splitlines()[0][:100] if isinstance(exc, ValueError) else "nested"
+        raise _corrupt(path, f"header is not JSON: {reason}") from exc
     if not isinstance(entries, dict):
         raise _corrupt(path, "header is not a JSON object")
     metadata = entries.pop("__metadata__", None)
+    if metadata is not None and (
+        not isinstance(metadata, dict)
+        or not all(isinstance(value, str) for value in metadata.values())
+    ):
+        raise _corrupt(path, "__metadata__ is not a map of strings to strings")
     data_start = 8 + length
-    tensors: list[TensorInfo] = []
-    for name, entry in entries.items():
-        try:
-            dtype, shape = entry["dtype"], tuple(int(d) for d in entry["shape"])
-            begin, end = (int(o) for o in entry["data_offsets"])
-        except (KeyError, TypeError, ValueError) as exc:
-            raise _corrupt(path, f"bad entry for {name!r}") from exc
-        numel = 1
-        for dim in shape:
-            numel *= dim
-        if dtype in DTYPES and dtype != "F4" and numel * DTYPES[dtype][1] != end - begin:
-            raise _corrupt(path, f"{name!r} has {end - begin} bytes for shape {list(shape)}")
-        tensors.append(TensorInfo(name, dtype, shape, data_start + begin, data_start + end))
+    tensors = [_entry(path, name, entry, data_start) for name, entry in entries.items()]
     tensors.sort(key=lambda t: (t.start, t.end))
     position = data_start
     for info in tensors:
-        if info.start != position or info.end < info.start:
-            raise _corrupt(path, f"tensor data of {info.name!r} is not contiguous")
+        if info.start != position:
+            raise _corrupt(path, f"tensor data of {info.name[:80]!r} is not contiguous")
         position = info.end
     if position != size:
         raise _corrupt(path, f"expected {position} bytes, found {size}")
@@ -209,9 +252,12 @@ def _copy_range(source: int, destination: int, start: int, length: int) -> None:
     copied = 0
     use_kernel = hasattr(os, "copy_file_range")
     while copied < length:
+        interrupts.check()  # chunks of COPY_CHUNK: a signal stops a worker within one
         if use_kernel:
             try:
-                count = os.copy_file_range(source, destination, length - copied, start + copied)
+                count = os.copy_file_range(
+                    source, destination, min(COPY_CHUNK, length - copied), start + copied
+                )
             except OSError:
                 use_kernel = False
                 continue
@@ -252,6 +298,7 @@ def fold_range(
     block_rows = max(1, FOLD_BLOCK_BYTES // row_bytes)
     chunk_rows = max(block_rows, (WRITE_CHUNK_BYTES // row_bytes) // block_rows * block_rows)
     for chunk_start in range(0, rows, chunk_rows):
+        interrupts.check()
         chunk_stop = min(rows, chunk_start + chunk_rows)
         chunk = torch.empty((chunk_stop - chunk_start, *source.shape[1:]), dtype=source.dtype)
         for block_start in range(chunk_start, chunk_stop, block_rows):
@@ -260,7 +307,7 @@ def fold_range(
             if folded.shape != (block_stop - block_start, *source.shape[1:]):
                 raise AssertionError(f"fold changed the shape of {info.name}")
             chunk[block_start - chunk_start : block_stop - chunk_start] = folded
-        data = memoryview(chunk.view(-1).view(torch.uint8).numpy())
+        data = chunk.view(-1).view(torch.uint8).numpy().data
         view = data
         while view.nbytes:
             written = os.write(out, view)
@@ -278,6 +325,7 @@ def rewrite_file(
 
     Everything else, the header included, is copied byte for byte. Returns the sha256.
     """
+    interrupts.check()  # a queued shard does not start after a signal
     with header.path.open("rb") as source, destination.open("wb", buffering=0) as out:
         mapped = mmap.mmap(source.fileno(), 0, access=mmap.ACCESS_READ)
         whole = memoryview(mapped)
@@ -341,7 +389,7 @@ def write_tensors(
         for _, tensor in items:
             flat = tensor.detach().contiguous().reshape(-1)
             if flat.numel():
-                writer.write(flat.view(torch.uint8).numpy())
+                writer.write(flat.view(torch.uint8).numpy().data)
         out.flush()
         os.fsync(out.fileno())
     return writer.sha256.hexdigest()

@@ -43,7 +43,6 @@ class Source:
     hub: bool
 
 
-
 def resolve_source(
     source: str, revision: str | None = None, cache_dir: Path | None = None
 ) -> Source:

@@ -19,7 +19,7 @@ import torch
 from sgm_bake.core.expertise import Expertise, ModuleExpertise, load_expertise
 from sgm_bake.errors import SGMError
 from sgm_bake.io.safetensors import file_sha256
-from sgm_bake.pipeline.bake import EXPERTISE_FILE
+from sgm_bake.pipeline.bake import EXPERTISE_FILE, expertise_path
 from sgm_bake.pipeline.record import RECORD_PATH, SGM_DIR, BakeRecord, read_record
 
 RELATIVE_ERROR = {
@@ -94,7 +94,7 @@ def inverse_expertise(expertise: Expertise) -> Expertise:
 
 
 def stored_expertise(folder: Path) -> Expertise:
-    path = folder / SGM_DIR / EXPERTISE_FILE
+    path = expertise_path(folder)
     if not path.is_file():
         raise SGMError(f"{folder} has no {SGM_DIR}/{EXPERTISE_FILE}; it is not an sgm-bake output")
     return load_expertise(path)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import sys
 import threading
@@ -32,6 +33,7 @@ from sgm_bake.core.recipes import (
     resolve_checkpoint_layout,
 )
 from sgm_bake.errors import SGMError
+from sgm_bake.io import interrupts
 from sgm_bake.io.atomic import atomic_folder, check_target
 from sgm_bake.io.checkpoint import (
     BIN_INDEX,
@@ -64,7 +66,10 @@ from sgm_bake.publish.card import source_card_metadata, write_card, write_plots
 
 logger = logging.getLogger(__name__)
 
-EXPERTISE_FILE = "expertise.safetensors"
+# Named so that no weight glob (`*.safetensors`, as vLLM and TGI download) fetches it with the
+# weights; still a safetensors-format file. Outputs of earlier versions used the legacy name.
+EXPERTISE_FILE = "expertise.sgm"
+LEGACY_EXPERTISE_FILE = "expertise.safetensors"
 SKIPPED_DIRS = {".git", ".cache", ".huggingface", SGM_DIR}
 SHARD_WORKERS = 2
 
@@ -212,7 +217,10 @@ def canonical_expertise(plan: BakePlan, expertise: Expertise) -> Expertise:
 def copy_other_files(
     checkpoint: Checkpoint, staging: Path, skip: frozenset[str] = frozenset()
 ) -> list[str]:
-    """Copy every non-weight file verbatim; return the weight files that were left out."""
+    """Copy every non-weight file verbatim; return the weight files that were left out.
+
+    A symlink resolving outside the source folder is refused, never followed into the output.
+    """
     dropped = []
     for path in sorted(checkpoint.root.rglob("*")):
         relative = path.relative_to(checkpoint.root)
@@ -221,6 +229,11 @@ def copy_other_files(
             or relative.parts[0] in SKIPPED_DIRS
         ):
             continue
+        if not checkpoint.contains(path):
+            raise SGMError(
+                f"{path} links to {os.path.realpath(path)}, outside the source folder; copy "
+                "the file into the folder (sgm-bake never copies content from outside SOURCE)"
+            )
         if not path.is_file():
             continue
         name = relative.as_posix()
@@ -256,11 +269,16 @@ def write_weights(plan: BakePlan, staging: Path, progress: bool) -> dict[str, st
 
             def rewrite(item: tuple[str, Any]) -> tuple[str, str]:
                 name, header = item
+                (staging / name).parent.mkdir(parents=True, exist_ok=True)  # shards in subfolders
                 return name, rewrite_file(header, staging / name, per_file.get(name, {}), advance)
 
             workers = max(1, min(SHARD_WORKERS, len(checkpoint.headers)))
             with ThreadPoolExecutor(max_workers=workers) as pool:
-                hashes = dict(pool.map(rewrite, checkpoint.headers.items()))
+                try:
+                    hashes = dict(pool.map(rewrite, checkpoint.headers.items()))
+                except BaseException:  # Ctrl-C/SIGTERM: workers stop at their next block
+                    pool.shutdown(wait=True, cancel_futures=True)
+                    raise
             if checkpoint.index_file:
                 shutil.copyfile(checkpoint.root / checkpoint.index_file, staging / SAFE_INDEX)
             return hashes
@@ -268,6 +286,7 @@ def write_weights(plan: BakePlan, staging: Path, progress: bool) -> dict[str, st
         renamed = {}
         total_size = 0
         for name in checkpoint.weight_files:
+            interrupts.check()
             state = load_bin(checkpoint.root / name)
             folds = per_file.get(name, {})
             tensors = []
@@ -277,6 +296,7 @@ def write_weights(plan: BakePlan, staging: Path, progress: bool) -> dict[str, st
                 tensors.append((key, tensor))
                 total_size += tensor.numel() * tensor.element_size()
             renamed[name] = bin_to_safetensors_name(name)
+            (staging / renamed[name]).parent.mkdir(parents=True, exist_ok=True)
             hashes[renamed[name]] = write_tensors(
                 staging / renamed[name], tensors, {"format": "pt"}
             )
@@ -299,6 +319,13 @@ def module_counts(units: list[ResolvedUnits], recipe: Recipe) -> dict[str, Modul
     }
 
 
+def expertise_path(folder: Path) -> Path:
+    """The expertise file of a baked folder (the current name, else the legacy one)."""
+    path = folder / SGM_DIR / EXPERTISE_FILE
+    legacy = folder / SGM_DIR / LEGACY_EXPERTISE_FILE
+    return legacy if not path.is_file() and legacy.is_file() else path
+
+
 def bake(source: Source, out: Path, expertise: Expertise, options: BakeOptions) -> BakeRecord:
     """Bake `expertise` into the checkpoint at `source`, writing `out` atomically."""
     from sgm_bake import __version__
@@ -306,6 +333,11 @@ def bake(source: Source, out: Path, expertise: Expertise, options: BakeOptions) 
     check_target(out, source.path, options.overwrite)
     checkpoint = open_checkpoint(source.path)
     plan = plan_bake(checkpoint, expertise, options.recipe_file)
+    if all(bool((unit.entry.alpha == 1).all()) for unit in plan.units):
+        logger.warning(
+            "every factor is 1: this bake changes no weight (no unit passed the rule's "
+            "threshold and top-k); check the expertise file and the rule's knobs"
+        )
     logger.info(
         "recipe %s, layout %s, %d tensors to fold",
         plan.recipe.model_type,

@@ -31,8 +31,8 @@ from sgm_bake.core.recipes import Recipe, parse_recipe, recipe_for_config, resol
 from sgm_bake.errors import SGMError
 from sgm_bake.io.checkpoint import Checkpoint, load_bin, open_checkpoint
 from sgm_bake.io.safetensors import read_tensor
-from sgm_bake.pipeline.bake import EXPERTISE_FILE
-from sgm_bake.pipeline.record import SGM_DIR, BakeRecord, Verification, read_record, refresh
+from sgm_bake.pipeline.bake import expertise_path
+from sgm_bake.pipeline.record import BakeRecord, Verification, read_record, refresh
 from sgm_bake.runtime.chat import call_processor
 from sgm_bake.runtime.loading import load_model, pick_device
 
@@ -206,7 +206,7 @@ def verify(
     source = open_checkpoint(source_path)
     baked = open_checkpoint(out)
     recipe = recorded_recipe(bake_record, source.config)
-    expertise = load_expertise(out / SGM_DIR / EXPERTISE_FILE)
+    expertise = load_expertise(expertise_path(out))
     target = pick_device(device)
     if model is None:
         model = load_model(source_path, recipe, compute_dtype, target)

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sgm_bake.errors import SGMError
+from sgm_bake.io.paths import relative_name
 from sgm_bake.pipeline.audit import check_hashes
 from sgm_bake.pipeline.record import RECORD_PATH, BakeRecord, read_record, write_record
 from sgm_bake.publish.card import write_card
@@ -54,12 +55,29 @@ def check_publishable(folder: Path) -> BakeRecord:
     return record
 
 
+def recorded_path(folder: Path, name: str) -> Path:
+    """A file the record lists, refused if it or a folder on its way is a symlink: the upload
+    would send whatever the link points to, which the sha256 check may not have read."""
+    path = folder
+    for part in relative_name(name, "recorded file").parts:
+        path = path / part
+        if path.is_symlink():
+            raise SGMError(
+                f"{path} has become a symlink since it was baked; a pushed folder holds only "
+                "real files: bake it again"
+            )
+    return path
+
+
 def plan_upload(
     folder: Path, repo_id: str, private: bool, branch: str | None, message: str | None
 ) -> UploadPlan:
+    if folder.is_symlink():
+        raise SGMError(f"{folder} is a symlink; push the real folder it points to")
+    names = sorted([*read_record(folder).files, RECORD_PATH])
+    paths = [recorded_path(folder, name) for name in names]
     record = check_publishable(folder)
-    names = sorted([*record.files, RECORD_PATH])
-    files = [(name, (folder / name).stat().st_size) for name in names]
+    files = [(name, path.stat().st_size) for name, path in zip(names, paths, strict=True)]
     source = record.source.id
     return UploadPlan(
         repo_id, files, private, branch, message or f"Upload SGM-detoxified {source} (sgm-bake)"
