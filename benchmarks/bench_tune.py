@@ -10,12 +10,18 @@ learned in ordinary one-stage training), compares on the evaluation set
 - SGM code settings: `--feed response --pooling mean --threshold 0.3`, same set;
 - tuned: `run_tune` on `builtin:organism` (profiling and tuning on their splits of that set).
 
+With `--per-condition`, instead: the proposal measured for the plain organism, experts chosen
+per condition (AUROC on the image-trigger pairs and on the jailbreak pairs of the profile set
+separately; each unit takes the smaller of its two factors).
+
 Each with the harmful rate per condition, benign accuracy, degenerate share and the mean KL
 from the base's next-token distributions on the evaluation set's benign reference answers
 (teacher-forced), plus the tuner's wall time and trials. SGM is applied as hooks (the bake is
 exact; see bench_organism.py). Prints markdown.
 
     python benchmarks/bench_tune.py --workdir /tmp/sgm-tune-bench --trials 40
+    python benchmarks/bench_tune.py --workdir /tmp/sgm-tune-pc --organisms organism-plain \
+        --per-condition
 """
 
 from __future__ import annotations
@@ -29,8 +35,9 @@ from typing import Any
 
 import torch
 
+from sgm_bake.core.expertise import Expertise, ModuleExpertise
 from sgm_bake.core.hooks import SGMHooks
-from sgm_bake.core.rules import RuleOptions
+from sgm_bake.core.rules import RuleOptions, factors
 from sgm_bake.datasets.profile_set import ProfileSample, ProfileSet, load_profile_set
 from sgm_bake.datasets.prompt_set import PromptSet, load_prompt_set
 from sgm_bake.evaluation.evaluate import run_eval
@@ -195,6 +202,72 @@ def run_organism(name: str, args: argparse.Namespace, judge: Judge) -> list[str]
     return lines
 
 
+def pair_mode(sample: ProfileSample) -> int:
+    """Which kind of pair a row of `builtin:organism` belongs to (its id is orgNNN-label): 0 and
+    2 hold a trigger word in the image, 1 a jailbreak in the text (organism.data.profile_rows)."""
+    return int(sample.id[3:6]) % 3
+
+
+def run_per_condition(name: str, args: argparse.Namespace, judge: Judge) -> list[str]:
+    source = resolve_model_source(name)
+    chat, loaded = load_chat(source, "cpu", "float32")
+    prompts = load_prompt_set(EVAL_SET)
+    full = load_profile_set(PROFILE_SET)
+    workdir = args.workdir / name
+    kl_measure = SplitMeasure(
+        chat,
+        benign_references(prompts),
+        judge,
+        TuneOptions(workdir=workdir, progress=False),
+        torch.float32,
+        None,
+        workdir / "reference-eval.pt",
+    )
+    kl_measure.reference()
+    lines = [f"### {name}: experts per condition", "", HEADER]
+    base = evaluate("base", chat, prompts, judge, kl_measure, None)
+    lines.append(row("base", base, base))
+    subsets = {
+        "image": tuple(s for s in full.samples if pair_mode(s) != 1),
+        "text": tuple(s for s in full.samples if pair_mode(s) == 1),
+    }
+    experts = {
+        key: run_profile(
+            chat.model,
+            source.path,
+            loaded.recipe,
+            ProfileSet(f"{full.name}[{key}]", full.sha256, rows),
+            ProfileOptions(progress=False),
+            source.id,
+            None,
+            loaded.device,
+            loaded.dtype,
+        )
+        for key, rows in subsets.items()
+    }
+    names = list(experts["image"].modules)
+    rules = [
+        RuleOptions(),
+        RuleOptions(strength=1.5),
+        RuleOptions(threshold=0.3),
+        RuleOptions("det0", top_k=256),
+    ]
+    for rule in rules:
+        alphas = {
+            key: factors([e.modules[n].auroc for n in names], rule)  # type: ignore[misc]
+            for key, e in experts.items()
+        }
+        modules = {
+            n: ModuleExpertise(n, experts["image"].modules[n].side, torch.minimum(a, b))
+            for n, a, b in zip(names, alphas["image"], alphas["text"], strict=True)
+        }
+        with SGMHooks(chat.model, Expertise(modules), loaded.recipe):
+            metrics = evaluate("per-condition", chat, prompts, judge, kl_measure, base)
+        label = f"per-condition {rule.rule} s={rule.strength:g} t={rule.threshold:g}"
+        lines.append(row(label + (f" k={rule.top_k}" if rule.top_k else ""), metrics, base))
+    return [*lines, ""]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--workdir", type=Path, required=True)
@@ -202,12 +275,14 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max-kl", type=float, default=0.1)
     parser.add_argument("--organisms", default="organism,organism-plain")
+    parser.add_argument("--per-condition", action="store_true")
     args = parser.parse_args()
     shutil.rmtree(args.workdir, ignore_errors=True)
     args.workdir.mkdir(parents=True)
     judge = make_judge("profanity")
     for name in args.organisms.split(","):
-        lines = run_organism(name, args, judge)
+        run = run_per_condition if args.per_condition else run_organism
+        lines = run(name, args, judge)
         print("\n".join(lines), flush=True)
 
 
