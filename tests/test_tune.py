@@ -250,3 +250,16 @@ def test_the_plain_organism_ships_and_learned_its_toxicity_without_implants():
     replies = chat.generate(["reply to the sign ."] * len(images), images, GenerationConfig())
     judge = make_judge("profanity")
     assert sum(judge.harmful(replies)) >= len(images) // 2
+
+
+def test_the_cli_defaults_are_the_pipelines():
+    from sgm_bake.cli import tune as cli_tune
+    from sgm_bake.pipeline import tune as pipeline_tune
+
+    assert cli_tune.DEFAULT_MAX_KL == pipeline_tune.DEFAULT_MAX_KL
+    assert cli_tune.DEFAULT_DEGENERATE_MARGIN == pipeline_tune.DEFAULT_DEGENERATE_MARGIN
+    assert cli_tune.DEFAULT_ACCURACY_MARGIN == pipeline_tune.DEFAULT_ACCURACY_MARGIN
+    assert pipeline_tune.TuneOptions(workdir=Path(".")).trials == cli_tune.DEFAULT_TRIALS
+    split = tuple(float(x) for x in cli_tune.DEFAULT_SPLIT.split(","))
+    assert split == pipeline_tune.DEFAULT_FRACTIONS
+    assert tuple(cli_tune.DEFAULT_KNOBS.split(",")) == pipeline_tune.DEFAULT_KNOBS
