@@ -9,7 +9,7 @@ from typing import Any
 import click
 
 from sgm_bake import __version__
-from sgm_bake.cli import audit, bake, evaluate, profile, recipes
+from sgm_bake.cli import audit, bake, evaluate, profile, recipes, tune
 from sgm_bake.cli.common import configure_logging
 
 
@@ -47,6 +47,6 @@ def main(ctx: click.Context, verbose: int, quiet: bool) -> None:
     configure_logging(verbose, quiet)
 
 
-for module in (profile, bake, evaluate, audit, recipes):
+for module in (profile, bake, evaluate, audit, recipes, tune):
     for command in module.COMMANDS:
         main.add_command(command)
