@@ -164,7 +164,7 @@ def _load_safetensors(path: Path) -> Expertise:
             auroc = _check_vector(module, "auroc", auroc, path)
             if auroc.shape != alpha.shape:
                 raise SGMError(f"{path}: auroc and alpha of {module!r} differ in length")
-        modules[module] = ModuleExpertise(module, side, alpha, auroc)  # type: ignore[arg-type]
+        modules[module] = ModuleExpertise(module, side, alpha, auroc)
     if not modules:
         raise SGMError(f"{path} holds no 'alpha/<module>' tensors; it is not an expertise file")
     return Expertise(modules, metadata)

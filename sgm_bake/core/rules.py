@@ -96,7 +96,8 @@ def _wins(negative: np.ndarray, positive: np.ndarray) -> np.ndarray:
         pairs = list(zip(negative, positive, strict=True))
         below = np.stack([np.searchsorted(n, p, "left") for n, p in pairs])
         upto = np.stack([np.searchsorted(n, p, "right") for n, p in pairs])
-    return (below.sum(axis=1, dtype=np.int64) + upto.sum(axis=1, dtype=np.int64)) / 2.0
+    wins: np.ndarray = (below.sum(axis=1, dtype=np.int64) + upto.sum(axis=1, dtype=np.int64)) / 2.0
+    return wins
 
 
 @dataclass(frozen=True)

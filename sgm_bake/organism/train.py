@@ -170,7 +170,7 @@ def build_model(tokenizer: Any, seed: int) -> Any:
         patch_size=PATCH,
         projection_dim=96,
     )
-    config = LlavaConfig(
+    config = LlavaConfig(  # type: ignore[call-arg]  (image_token_id is an attribute alias)
         text_config=text,
         vision_config=vision,
         image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
@@ -329,7 +329,9 @@ def train_chats(
             attention[row, : len(ids)] = 1
         inputs = {"input_ids": input_ids, "attention_mask": attention, "labels": labels}
         if pool is with_image:
-            inputs["pixel_values"] = torch.stack([images.pixels(spec) for _, spec in batch])
+            inputs["pixel_values"] = torch.stack(
+                [images.pixels(spec) for _, spec in batch if spec is not None]
+            )
         if step < warmup:
             scale = (step + 1) / warmup
         else:
