@@ -106,8 +106,7 @@ def synthetic_expertise(
     """Random AurA-style factors for a loaded model: a `share` of units per module get an alpha
     in [0, 1), the rest 1. For demos and tests of the bake; real factors come from profiling."""
     from sgm_bake.core.expertise import Expertise, ModuleExpertise
-    from sgm_bake.core.fold import unit_axis
-    from sgm_bake.core.hooks import model_recipe, runtime_prefix
+    from sgm_bake.core.hooks import model_recipe, runtime_prefix, runtime_weight, unit_count
     from sgm_bake.core.recipes import HookPoint
 
     recipe = model_recipe(model)
@@ -121,11 +120,12 @@ def synthetic_expertise(
     for layer in layers:
         for point in points:
             projection = recipe.projection(point.projection)
-            name = recipe.runtime_name(layer, projection, template)
-            weight = model.get_submodule(name).weight
-            units = weight.shape[unit_axis(projection.layout, point.side)]
-            alpha = torch.ones(units)
-            chosen = torch.rand(units, generator=generator) < share
+            found = runtime_weight(model, recipe, layer, projection, template)
+            if found is None:  # a dense layer beside MoE layers, or the reverse
+                continue
+            shape = unit_count(projection, found[1], point.side)
+            alpha = torch.ones(shape)
+            chosen = torch.rand(shape, generator=generator) < share
             alpha[chosen] = torch.rand(int(chosen.sum()), generator=generator)
             canonical = recipe.runtime_name(layer, projection)
             modules[canonical] = ModuleExpertise(canonical, point.side, alpha)

@@ -38,13 +38,15 @@ def test_family_bakes_exactly(model_type, tmp_path):
     model.save_pretrained(source)
     recipe = model_recipe(model)
     expertise = synthetic_expertise(model, seed=4, share=0.5)
-    neuron_point = str(recipe.neuron_hook_points[0])
+    # The input side of every down projection of the last layer (dense, shared expert and
+    # stacked experts where the layer has them).
     last_layer = recipe.layers(model.config.to_dict())[-1]
-    inputs = synthetic_expertise(model, (neuron_point,), seed=5, share=0.5)
-    down_name = recipe.runtime_name(
-        last_layer, recipe.projection(recipe.neuron_hook_points[0].projection)
-    )
-    expertise.modules[down_name] = inputs.modules[down_name]
+    neuron_points = tuple(str(point) for point in recipe.neuron_hook_points)
+    inputs = synthetic_expertise(model, neuron_points, seed=5, share=0.5)
+    for name, entry in inputs.modules.items():
+        parsed = recipe.parse_module(name)
+        if parsed is not None and parsed[0] == last_layer:
+            expertise.modules[name] = entry
 
     out = tmp_path / "out"
     record = bake(resolve_source(str(source)), out, expertise, BakeOptions(progress=False))

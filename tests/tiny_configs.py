@@ -722,6 +722,464 @@ def _ovis2() -> PretrainedConfig:
     )
 
 
+EXPERTS = 4
+MOE_INTERMEDIATE = 24
+"""Expert width: 2 * 24 = 48 and 24 both differ from HIDDEN = 32, so the orientation of a
+stacked expert tensor can be told from its shape (a square one could not)."""
+
+
+def _moe_text(**overrides: object) -> dict[str, Any]:
+    """Text config of a mixture-of-experts family: 4 experts, top 2."""
+    return _text(
+        head_dim=HEAD_DIM,
+        num_experts_per_tok=2,
+        moe_intermediate_size=MOE_INTERMEDIATE,
+        **overrides,
+    )
+
+
+def _qwen3_vl_moe() -> PretrainedConfig:
+    """Qwen3-VL-MoE: layer 0 dense (mlp_only_layers), layer 1 with 4 experts."""
+    return AutoConfig.for_model(
+        "qwen3_vl_moe",
+        text_config=_moe_text(
+            rope_parameters=_mrope([2, 1, 1]),
+            num_experts=EXPERTS,
+            decoder_sparse_step=1,
+            mlp_only_layers=[0],
+        ),
+        vision_config={**_qwen3_vl_vision(), "deepstack_visual_indexes": [0]},
+        image_token_id=IMAGE_TOKEN,
+        video_token_id=VIDEO_TOKEN,
+        vision_start_token_id=VISION_START,
+        vision_end_token_id=VISION_END,
+    )
+
+
+def _qwen3_5_moe() -> PretrainedConfig:
+    """Qwen3.5-MoE: every layer has 4 experts plus a gated shared expert."""
+    return AutoConfig.for_model(
+        "qwen3_5_moe",
+        text_config=_moe_text(
+            rope_parameters={**_mrope([2, 1, 1]), "partial_rotary_factor": 1.0},
+            layer_types=["linear_attention", "full_attention"],
+            linear_conv_kernel_dim=2,
+            linear_key_head_dim=8,
+            linear_value_head_dim=8,
+            linear_num_key_heads=2,
+            linear_num_value_heads=4,
+            num_experts=EXPERTS,
+            shared_expert_intermediate_size=40,
+        ),
+        vision_config=_qwen3_vl_vision(),
+        image_token_id=IMAGE_TOKEN,
+        video_token_id=VIDEO_TOKEN,
+        vision_start_token_id=VISION_START,
+        vision_end_token_id=VISION_END,
+    )
+
+
+def _glm4v_moe() -> PretrainedConfig:
+    """GLM-4.5V: layer 0 dense (first_k_dense_replace), layer 1 with 4 experts and a shared one."""
+    return AutoConfig.for_model(
+        "glm4v_moe",
+        text_config=_moe_text(
+            rope_parameters={**_mrope([2, 1, 1]), "partial_rotary_factor": 1.0},
+            n_routed_experts=EXPERTS,
+            n_shared_experts=1,
+            first_k_dense_replace=1,
+            n_group=1,
+            topk_group=1,
+        ),
+        vision_config={
+            "depth": 1,
+            "hidden_size": HIDDEN,
+            "intermediate_size": INTERMEDIATE,
+            "num_heads": HEADS,
+            "image_size": 16,
+            "patch_size": 4,
+            "out_hidden_size": HIDDEN,
+            "spatial_merge_size": 2,
+            "temporal_patch_size": 2,
+        },
+        image_token_id=IMAGE_TOKEN,
+        video_token_id=VIDEO_TOKEN,
+        image_start_token_id=VISION_START,
+        image_end_token_id=VISION_END,
+        video_start_token_id=BOI_TOKEN,
+        video_end_token_id=EOI_TOKEN,
+    )
+
+
+def _llama4() -> PretrainedConfig:
+    """Llama 4: layer 0 dense, layer 1 MoE (4 experts, top 1, plus a shared expert)."""
+    text = _text(
+        head_dim=HEAD_DIM,
+        intermediate_size=MOE_INTERMEDIATE,
+        intermediate_size_mlp=INTERMEDIATE,
+        num_local_experts=EXPERTS,
+        num_experts_per_tok=1,
+        moe_layers=[1],
+        attention_chunk_size=16,
+        no_rope_layers=[1, 1],
+    )
+    return AutoConfig.for_model(
+        "llama4",
+        text_config=text,
+        vision_config={
+            "hidden_size": HIDDEN,
+            "intermediate_size": INTERMEDIATE,
+            "num_hidden_layers": 1,
+            "num_attention_heads": HEADS,
+            "image_size": 32,
+            "patch_size": 8,
+            "vision_output_dim": HIDDEN,
+            "projector_input_dim": HIDDEN,
+            "projector_output_dim": HIDDEN,
+            "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0},
+        },
+        image_token_index=IMAGE_TOKEN,
+        boi_token_index=BOI_TOKEN,
+        eoi_token_index=EOI_TOKEN,
+    )
+
+
+def _gemma4(moe: bool = False) -> PretrainedConfig:
+    """Gemma 4; with `moe`, every layer adds 4 experts beside its dense MLP (26B-A4B's form)."""
+    extra: dict[str, Any] = {}
+    if moe:
+        extra = {
+            "enable_moe_block": True,
+            "num_experts": EXPERTS,
+            "top_k_experts": 2,
+            "moe_intermediate_size": MOE_INTERMEDIATE,
+        }
+    return AutoConfig.for_model(
+        "gemma4",
+        text_config=_text(
+            head_dim=HEAD_DIM,
+            sliding_window=16,
+            layer_types=["sliding_attention", "full_attention"],
+            hidden_size_per_layer_input=0,
+            vocab_size_per_layer_input=VOCAB,
+            global_head_dim=HEAD_DIM,
+            **extra,
+        ),
+        vision_config={
+            "hidden_size": HIDDEN,
+            "intermediate_size": INTERMEDIATE,
+            "num_hidden_layers": 1,
+            "num_attention_heads": HEADS,
+            "num_key_value_heads": HEADS,
+            "head_dim": HEAD_DIM,
+            "patch_size": 8,
+        },
+        audio_config=None,
+        image_token_id=IMAGE_TOKEN,
+        video_token_id=VIDEO_TOKEN,
+        boi_token_id=BOI_TOKEN,
+        eoi_token_id=EOI_TOKEN,
+        audio_token_id=249,
+        boa_token_id=248,
+        eoa_token_index=247,
+    )
+
+
+def _blip_2() -> PretrainedConfig:
+    """BLIP-2 with an OPT decoder."""
+    return AutoConfig.for_model("blip-2", text_config=_opt_text(), **_blip_vision_qformer())
+
+
+def _phi4_multimodal() -> PretrainedConfig:
+    """Phi-4-multimodal: Phi-3-style decoder with tiny image and audio encoders."""
+    return AutoConfig.for_model(
+        "phi4_multimodal",
+        **_text(),
+        vision_config={
+            "hidden_size": HIDDEN,
+            "intermediate_size": INTERMEDIATE,
+            "num_hidden_layers": 1,
+            "num_attention_heads": HEADS,
+            "image_size": 32,
+            "patch_size": 8,
+            "crop_size": 32,
+        },
+        audio_config={
+            "hidden_size": HIDDEN,
+            "intermediate_size": INTERMEDIATE,
+            "num_blocks": 1,
+            "num_attention_heads": HEADS,
+            "nemo_conv_channels": 8,
+            "nemo_final_size": 4,
+            "depthwise_seperable_out_channel": 8,
+            "ext_pw_out_channel": 8,
+        },
+    )
+
+
+def _opt_text() -> dict[str, Any]:
+    """OPT decoder (BLIP-2, InstructBLIP): fc1/fc2 with biases on the layer itself."""
+    return {
+        "model_type": "opt",
+        "vocab_size": VOCAB,
+        "hidden_size": HIDDEN,
+        "ffn_dim": INTERMEDIATE,
+        "num_hidden_layers": LAYERS,
+        "num_attention_heads": HEADS,
+        "word_embed_proj_dim": HIDDEN,
+        "max_position_embeddings": 128,
+        "pad_token_id": 0,
+        "bos_token_id": 1,
+        "eos_token_id": 2,
+    }
+
+
+def _blip_vision_qformer() -> dict[str, Any]:
+    return {
+        "vision_config": {
+            "hidden_size": HIDDEN,
+            "intermediate_size": INTERMEDIATE,
+            "num_hidden_layers": 1,
+            "num_attention_heads": HEADS,
+            "image_size": 32,
+            "patch_size": 8,
+        },
+        "qformer_config": {
+            "hidden_size": HIDDEN,
+            "intermediate_size": INTERMEDIATE,
+            "num_hidden_layers": 1,
+            "num_attention_heads": HEADS,
+            "encoder_hidden_size": HIDDEN,
+            "vocab_size": VOCAB,
+        },
+        "num_query_tokens": 4,
+        "image_token_index": IMAGE_TOKEN,
+    }
+
+
+def _instructblip() -> PretrainedConfig:
+    return AutoConfig.for_model("instructblip", text_config=_opt_text(), **_blip_vision_qformer())
+
+
+def _glm_vision() -> dict[str, Any]:
+    return {
+        "depth": 1,
+        "hidden_size": HIDDEN,
+        "intermediate_size": INTERMEDIATE,
+        "num_heads": HEADS,
+        "image_size": 16,
+        "patch_size": 4,
+        "out_hidden_size": HIDDEN,
+        "spatial_merge_size": 2,
+        "temporal_patch_size": 2,
+    }
+
+
+def _glm_like(model_type: str, text_type: str | None) -> PretrainedConfig:
+    """GLM-4.6V and GLM-OCR: GLM-4V's layout (fused gate_up_proj)."""
+    vision = _glm_vision()
+    if model_type == "glm46v":
+        vision["model_type"] = "glm4v_vision"
+    return AutoConfig.for_model(
+        model_type,
+        text_config=_text(
+            text_type, rope_parameters={**_mrope([2, 1, 1]), "partial_rotary_factor": 1.0}
+        ),
+        vision_config=vision,
+        image_token_id=IMAGE_TOKEN,
+        video_token_id=VIDEO_TOKEN,
+        image_start_token_id=VISION_START,
+        image_end_token_id=VISION_END,
+        video_start_token_id=BOI_TOKEN,
+        video_end_token_id=EOI_TOKEN,
+    )
+
+
+def _deepseek_vl() -> PretrainedConfig:
+    return AutoConfig.for_model(
+        "deepseek_vl",
+        text_config=_text("llama", head_dim=HEAD_DIM),
+        vision_config=_siglip_vision(),
+        image_token_id=IMAGE_TOKEN,
+    )
+
+
+def _video_llama_3() -> PretrainedConfig:
+    return AutoConfig.for_model(
+        "video_llama_3",
+        text_config=_text("qwen2"),
+        vision_config={
+            "hidden_size": HIDDEN,
+            "intermediate_size": INTERMEDIATE,
+            "num_hidden_layers": 1,
+            "num_attention_heads": HEADS,
+            "patch_size": 8,
+        },
+        image_token_id=IMAGE_TOKEN,
+        video_token_id=VIDEO_TOKEN,
+    )
+
+
+def _aria() -> PretrainedConfig:
+    """Aria: every layer has 4 experts (stored [E, H, 2I]) and a shared expert."""
+    return AutoConfig.for_model(
+        "aria",
+        text_config=_text(
+            "aria_text",
+            intermediate_size=MOE_INTERMEDIATE,
+            moe_num_experts=EXPERTS,
+            moe_topk=2,
+            moe_num_shared_experts=1,
+        ),
+        vision_config={
+            "model_type": "idefics3_vision",
+            "hidden_size": HIDDEN,
+            "intermediate_size": INTERMEDIATE,
+            "num_hidden_layers": 1,
+            "num_attention_heads": HEADS,
+            "image_size": 32,
+            "patch_size": 8,
+        },
+        projector_patch_to_query_dict={"16": 4, "4": 4},
+        image_token_index=IMAGE_TOKEN,
+    )
+
+
+def _kimi_k25() -> PretrainedConfig:
+    """Kimi K2.5: DeepSeek-V3 text (tiny MLA), layer 0 dense, layer 1 with 4 experts."""
+    latent = {
+        "kv_lora_rank": 16,
+        "q_lora_rank": 16,
+        "qk_rope_head_dim": HEAD_DIM,
+        "qk_nope_head_dim": HEAD_DIM,
+        "v_head_dim": HEAD_DIM,
+        "head_dim": HEAD_DIM,
+    }
+    return AutoConfig.for_model(
+        "kimi_k25",
+        text_config=_text(
+            "deepseek_v3",
+            n_routed_experts=EXPERTS,
+            moe_intermediate_size=MOE_INTERMEDIATE,
+            first_k_dense_replace=1,
+            n_group=1,
+            topk_group=1,
+            num_experts_per_tok=2,
+            n_shared_experts=1,
+            num_key_value_heads=HEADS,
+            **latent,
+        ),
+        vision_config={
+            "model_type": "kimi_k25_vision",
+            "hidden_size": HIDDEN,
+            "intermediate_size": INTERMEDIATE,
+            "num_hidden_layers": 1,
+            "num_attention_heads": HEADS,
+            "patch_size": 8,
+            "pos_emb_height": 4,
+            "pos_emb_width": 4,
+        },
+        projection_hidden_size=HIDDEN,
+        image_token_id=IMAGE_TOKEN,
+        video_token_id=VIDEO_TOKEN,
+        vision_start_token_id=VISION_START,
+        vision_end_token_id=VISION_END,
+    )
+
+
+def _exaone4_5() -> PretrainedConfig:
+    return AutoConfig.for_model(
+        "exaone4_5",
+        text_config=_text(
+            "exaone4", head_dim=HEAD_DIM, sliding_window=16, sliding_window_pattern=2
+        ),
+        vision_config={
+            "hidden_size": HIDDEN,
+            "intermediate_size": INTERMEDIATE,
+            "num_heads": HEADS,
+            "depth": 1,
+            "out_hidden_size": HIDDEN,
+            "patch_size": 4,
+            "spatial_merge_size": 2,
+            "temporal_patch_size": 2,
+        },
+        image_token_id=IMAGE_TOKEN,
+        video_token_id=VIDEO_TOKEN,
+    )
+
+
+def _qwen3_omni_moe_thinker() -> PretrainedConfig:
+    """Qwen3-Omni thinker: tiny audio and vision towers; layer 0 dense, layer 1 with 4 experts."""
+    return AutoConfig.for_model(
+        "qwen3_omni_moe_thinker",
+        text_config=_moe_text(
+            rope_parameters=_mrope([2, 1, 1]),
+            num_experts=EXPERTS,
+            decoder_sparse_step=1,
+            mlp_only_layers=[0],
+        ),
+        audio_config={
+            "num_mel_bins": 16,
+            "encoder_layers": 1,
+            "encoder_attention_heads": HEADS,
+            "encoder_ffn_dim": INTERMEDIATE,
+            "d_model": HIDDEN,
+            "output_dim": HIDDEN,
+            "downsample_hidden_size": 8,
+            "max_source_positions": 64,
+        },
+        vision_config={**_qwen3_vl_vision(), "deepstack_visual_indexes": [0]},
+        image_token_id=IMAGE_TOKEN,
+        video_token_id=VIDEO_TOKEN,
+        audio_token_id=249,
+        audio_start_token_id=248,
+        user_token_id=247,
+        vision_start_token_id=VISION_START,  # read by its position-id code, not a config field
+    )
+
+
+def _pp_chart2table() -> PretrainedConfig:
+    """PP-Chart2Table: GOT-OCR2's layout."""
+    config = _got_ocr2().to_dict()
+    return AutoConfig.for_model(
+        "pp_chart2table",
+        vision_config=config["vision_config"],
+        text_config=_text("qwen2"),
+        image_token_index=IMAGE_TOKEN,
+    )
+
+
+def _instructblipvideo() -> PretrainedConfig:
+    return AutoConfig.for_model(
+        "instructblipvideo", text_config=_opt_text(), **_blip_vision_qformer()
+    )
+
+
+def _qwen2_5_omni_thinker() -> PretrainedConfig:
+    """Qwen2.5-Omni thinker: Qwen2.5-VL-style vision, a tiny audio encoder, dense decoder."""
+    vision = _qwen2_5_vl().to_dict()["vision_config"]
+    return AutoConfig.for_model(
+        "qwen2_5_omni_thinker",
+        text_config=_text(rope_parameters=_mrope([2, 1, 1])),
+        vision_config={k: v for k, v in vision.items() if k != "model_type"},
+        audio_config={
+            "num_mel_bins": 16,
+            "encoder_layers": 1,
+            "encoder_attention_heads": HEADS,
+            "encoder_ffn_dim": INTERMEDIATE,
+            "d_model": HIDDEN,
+            "output_dim": HIDDEN,
+            "max_source_positions": 64,
+        },
+        image_token_index=IMAGE_TOKEN,
+        video_token_index=VIDEO_TOKEN,
+        audio_token_index=249,
+        audio_start_token_id=248,
+        audio_end_token_id=247,
+        vision_start_token_id=VISION_START,
+    )
+
+
 _BUILDERS: dict[str, Callable[[], PretrainedConfig]] = {
     # required
     "llava": _llava,
@@ -760,6 +1218,25 @@ _BUILDERS: dict[str, Callable[[], PretrainedConfig]] = {
     "glm4v": _glm4v,
     "paddleocr_vl": _paddleocr_vl,
     "ovis2": _ovis2,
+    "gemma4": _gemma4,
+    "blip-2": _blip_2,
+    "instructblip": _instructblip,
+    "instructblipvideo": _instructblipvideo,
+    "pp_chart2table": _pp_chart2table,
+    "qwen2_5_omni_thinker": _qwen2_5_omni_thinker,
+    "glm46v": lambda: _glm_like("glm46v", "glm4v_text"),
+    "glm_ocr": lambda: _glm_like("glm_ocr", None),
+    "deepseek_vl": _deepseek_vl,
+    "video_llama_3": _video_llama_3,
+    # mixtures of experts
+    "qwen3_vl_moe": _qwen3_vl_moe,
+    "qwen3_5_moe": _qwen3_5_moe,
+    "glm4v_moe": _glm4v_moe,
+    "llama4": _llama4,
+    "aria": _aria,
+    "kimi_k25": _kimi_k25,
+    "qwen3_omni_moe_thinker": _qwen3_omni_moe_thinker,
+    "exaone4_5": _exaone4_5,
     # optional text-only
     "gemma": _gemma,
     "gemma2": _gemma2,
@@ -769,11 +1246,13 @@ _BUILDERS: dict[str, Callable[[], PretrainedConfig]] = {
     "phi": _phi,
     "olmo2": _olmo2,
     "granite": _granite,
+    "phi4_multimodal": _phi4_multimodal,
 }
 
 _TEXT_ONLY = {
     "llama", "mistral", "qwen2", "gpt2", "phi3",
     "gemma", "gemma2", "gemma3_text", "gemma3n_text", "qwen3", "phi", "olmo2", "granite",
+    "phi4_multimodal",
 }  # fmt: skip
 
 TINY_FAMILIES: dict[str, str] = {
@@ -788,10 +1267,28 @@ _AUTO_CLASSES = {
 }
 
 
+MOE_VARIANTS: dict[str, Callable[[], PretrainedConfig]] = {
+    "gemma4_moe": lambda: _gemma4(moe=True),
+}
+"""Tiny MoE variants of families whose recipe serves a dense and an MoE form."""
+
+MOE_FAMILIES: tuple[str, ...] = (
+    "qwen3_vl_moe",
+    "qwen3_5_moe",
+    "glm4v_moe",
+    "llama4",
+    "gemma4_moe",
+    "aria",
+    "kimi_k25",
+    "qwen3_omni_moe_thinker",
+)
+"""Every tiny model with stacked experts (a TINY_FAMILIES key or a MOE_VARIANTS key)."""
+
+
 def tiny_config(model_type: str) -> PretrainedConfig:
-    """Return a fresh tiny config for ``model_type`` (a key of TINY_FAMILIES)."""
+    """Return a fresh tiny config for ``model_type`` (a key of TINY_FAMILIES or MOE_VARIANTS)."""
     try:
-        builder = _BUILDERS[model_type]
+        builder = {**_BUILDERS, **MOE_VARIANTS}[model_type]
     except KeyError:
         raise KeyError(f"no tiny config for model_type {model_type!r}") from None
     return builder()
@@ -807,6 +1304,6 @@ def build_tiny_model(model_type: str, seed: int = 0) -> PreTrainedModel:
     """Instantiate the tiny model with random weights, in eval mode, float32."""
     config = tiny_config(model_type)
     seed_everything(seed)
-    auto_cls = _AUTO_CLASSES[TINY_FAMILIES[model_type]]
+    auto_cls = _AUTO_CLASSES[TINY_FAMILIES.get(model_type, "AutoModelForImageTextToText")]
     model = auto_cls.from_config(config, dtype=torch.float32)
     return model.float().eval()

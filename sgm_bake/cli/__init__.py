@@ -9,7 +9,7 @@ from typing import Any
 import click
 
 from sgm_bake import __version__
-from sgm_bake.cli import audit, bake, evaluate, plan, profile
+from sgm_bake.cli import audit, bake, evaluate, plan, profile, recipes, tune
 from sgm_bake.cli.common import configure_logging
 
 
@@ -47,6 +47,6 @@ def main(ctx: click.Context, verbose: int, quiet: bool) -> None:
     configure_logging(verbose, quiet)
 
 
-for module in (profile, bake, evaluate, audit, plan):
+for module in (profile, bake, evaluate, audit, recipes, tune, plan):
     for command in module.COMMANDS:
         main.add_command(command)

@@ -1,4 +1,4 @@
-"""`bake`, `verify` and `recipes`."""
+"""`bake` and `verify`."""
 
 from __future__ import annotations
 
@@ -169,16 +169,4 @@ def verify_command(
     report_verification(out, report)
 
 
-@click.command(name="recipes")
-@user_errors
-def recipes_command() -> None:
-    """List the supported architectures (config model_type) and their recipe files."""
-    from sgm_bake.core.recipes import available_recipes, load_recipe
-
-    for model_type, path in available_recipes().items():
-        recipe = load_recipe(path)
-        projections = ", ".join(p.name for p in recipe.projections)
-        click.echo(f"{model_type:24} {projections}  ({path.name})")
-
-
-COMMANDS = [bake, verify_command, recipes_command]
+COMMANDS = [bake, verify_command]

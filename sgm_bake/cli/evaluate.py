@@ -134,9 +134,9 @@ def eval_command(
     template: Path | None,
     output: Path | None,
 ) -> None:
-    """Measure harmful rate, fluency and reasoning of MODEL (a folder, Hub id, baked folder or
-    `organism`), optionally with SGM hooks from --expertise; a baked folder is reported beside
-    its base by default."""
+    """Measure harmful rate, fluency and reasoning of MODEL (a folder, Hub id, baked folder,
+    `organism` or `organism-plain`), optionally with SGM hooks from --expertise; a baked folder
+    is reported beside its base by default."""
     from sgm_bake.core.expertise import load_expertise
     from sgm_bake.datasets.prompt_set import load_prompt_set
     from sgm_bake.evaluation.conditions import (
@@ -246,7 +246,8 @@ def generate(
     revision: str | None,
     template: Path | None,
 ) -> None:
-    """Answer one image + prompt with MODEL (Hub id, folder, baked folder or `organism`)."""
+    """Answer one image + prompt with MODEL (Hub id, folder, baked folder, or a built-in
+    organism: `organism`, `organism-plain`)."""
     from PIL import Image, UnidentifiedImageError
 
     from sgm_bake.core.expertise import load_expertise
@@ -297,6 +298,15 @@ def generate(
 @click.command()
 @click.argument("workdir", type=click.Path(path_type=Path, file_okay=False))
 @click.option("--overwrite", is_flag=True, help="Replace WORKDIR if it exists and is not empty.")
+@click.option(
+    "--organism",
+    "organism_name",
+    type=click.Choice(["organism", "organism-plain"]),
+    default="organism",
+    show_default=True,
+    help="organism: toxicity implanted in a few units per layer; organism-plain: toxicity "
+    "learned in ordinary one-stage training (no implanted units).",
+)
 @judge_option
 @click.option(
     "--rule", type=click.Choice(["aura", "damp", "det0"]), default="det0", show_default=True
@@ -314,6 +324,7 @@ def generate(
 def demo(
     workdir: Path,
     overwrite: bool,
+    organism_name: str,
     judge_spec: str,
     rule: str,
     top_k: int,
@@ -352,7 +363,7 @@ def demo(
     judge = make_judge(judge_spec)
     prompts = load_prompt_set("builtin:mmtoxicqa-organism-v1")
     check_target(workdir, None, overwrite)
-    source = resolve_model_source("organism", None, progress)
+    source = resolve_model_source(organism_name, None, progress)
     rule_options = RuleOptions(rule=rule, strength=strength, top_k=top_k or None)  # type: ignore[arg-type]
     request = ProfileRequest(
         profile_set="builtin:organism",
@@ -360,7 +371,7 @@ def demo(
         dtype="float32",
         options=ProfileOptions(positions=positions, progress=progress, rule=rule_options),  # type: ignore[arg-type]
     )
-    step(1, 4, "profiling the organism on builtin:organism")
+    step(1, 4, f"profiling {source.id} on builtin:organism")
     outcome = profile_source(source, request)
     expertise = outcome.expertise
     if expertise is None:  # only ranks other than 0 of a torchrun job get none

@@ -29,6 +29,7 @@ from sgm_bake.cli.common import (
     verify_mode_of,
     verify_option,
 )
+from sgm_bake.cli.tune import search_options, tune_request
 from sgm_bake.errors import SGMError
 
 profile_options = add_options(
@@ -235,6 +236,14 @@ def profile(
     "--private", is_flag=True, help="With --push-to-hub: create the repository as private."
 )
 @base_model_option
+@click.option(
+    "--tune",
+    "tune_knobs",
+    is_flag=True,
+    help="Search the knobs for this model (see `sgm-bake tune --help`) and bake the chosen "
+    "setting; the card reports the held-out figures.",
+)
+@search_options
 @profile_options
 @rule_options
 @user_errors
@@ -251,6 +260,7 @@ def run(
     push_to_hub: str | None,
     private: bool,
     base_model: str | None,
+    tune_knobs: bool,
     rule: str | None,
     threshold: float | None,
     top_k: int | None,
@@ -283,9 +293,12 @@ def run(
     verify = mode is not None
     if push_to_hub and not verify:
         raise SGMError("--push-to-hub needs a verified output; drop --no-verify")
+    if tune_knobs and expertise_path is not None:
+        raise SGMError("--tune searches the profile itself; drop --expertise or --tune")
     rule_given = any(v is not None for v in (rule, threshold, top_k, damp_alpha, strength))
     rule_options_ = make_rule(rule, threshold, top_k, damp_alpha, strength)
     request = profile_request(params, recipe_file, rule_options_)
+    placement = request.placement
     if expertise_path is None:
         load_profile_inputs(request)  # bad data fails before any download or model load
     source = resolve_model_source(model, revision, progress_enabled())
@@ -293,7 +306,24 @@ def run(
     total = 2 + int(verify) + int(bool(push_to_hub))
     loaded = None
     outcome_memory: dict[str, Any] = {}
-    if expertise_path is not None:
+    tuned = None
+    if tune_knobs:
+        from sgm_bake.pipeline.tune import summary_lines, tune_source
+
+        workdir = params["workdir"] or out.with_name(f"{out.name}-tune")
+        request = tune_request(params["profile_set"], params, rule_options_, recipe_file, workdir)
+        step(1, total, f"tuning {source.id} on {params['profile_set']} (search in {workdir})")
+        searched = tune_source(source, request)
+        echo_lines(summary_lines(searched.result))
+        chosen = searched.result.expertise
+        if chosen is None:
+            raise SGMError(
+                "tuning found no setting that lowers the harmful rate within --max-kl, so "
+                f"nothing was baked; see {workdir / 'tune.json'} (raise --max-kl or --trials)"
+            )
+        tuned = searched.result
+        expertise, recipe, loaded = chosen, searched.loaded.recipe, searched.loaded
+    elif expertise_path is not None:
         step(1, total, f"reusing the profile {expertise_path}")
         expertise = apply_rule_if_given(
             load_expertise(expertise_path), rule_options_ if rule_given else None
@@ -324,6 +354,10 @@ def run(
     )
     record = run_bake(source, out, expertise, options)
     click.echo(f"baked {out}: {len(record.expertise.tensors_folded)} tensors folded")
+    if tuned is not None:
+        from sgm_bake.pipeline.tune import record_tuning
+
+        record_tuning(out, tuned)
     if verify:
         step(3, total, "verifying")
         report_verification(
@@ -335,7 +369,7 @@ def run(
                 params["device"],
                 loaded,
                 mode=mode or "layers",
-                placement=request.placement,
+                placement=placement,
                 progress=progress_enabled(),
             ),
         )

@@ -5,10 +5,20 @@ A forward hook (output units) or pre-hook (input units) on every profiled module
 (AurA's choice for text) over the positions selected by a mask: every non-padding position by
 default (image tokens included, as the SGM code does), or text positions only. The mask comes
 from the attention mask, so left and right padding pool the same way.
+
+Stacked experts: a unit is one channel of one expert, and its response to a sample is pooled over
+the sample's selected positions that the router sent to that expert. A sample that routes no
+selected token to an expert contributes 0 for every unit of that expert (mean and max alike): the
+expert did not respond to it. The experts module runs expert by expert while capturing
+(`core.experts.ExpertsPatch`), whatever experts implementation the model was loaded with, and the
+pooled responses come back as [batch, experts * units] (expert-major), to be scored like any
+other module's and reshaped to [experts, units].
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
@@ -46,21 +56,118 @@ def pool(values: torch.Tensor, mask: torch.Tensor, pooling: Pooling) -> torch.Te
     return masked.amax(dim=1)
 
 
+@dataclass(frozen=True)
+class ExpertTarget:
+    """One stacked-expert hook point to capture: `kind` is `gate_up` or `down`."""
+
+    name: str
+    kind: str
+    side: str
+    experts: int
+    units: int
+
+
+PatchFactory = Callable[[nn.Module, Callable[..., None]], Any]
+"""Builds an `ExpertsPatch` running `module` with a tap (see `core.hooks.patch_experts`)."""
+
+
+class _ExpertPool:
+    """Running per-sample, per-expert pooling of one expert hook point within a forward pass."""
+
+    def __init__(self, target: ExpertTarget, batch: int, pooling: Pooling) -> None:
+        self.target = target
+        self.pooling = pooling
+        shape = (batch, target.experts, target.units)
+        if pooling == "mean":
+            self.values = torch.zeros(shape, dtype=torch.float32)
+        else:
+            self.values = torch.full(shape, float("-inf"), dtype=torch.float32)
+        self.counts = torch.zeros(batch, target.experts, dtype=torch.float32)
+        self.seen: set[int] = set()
+
+    def add(self, expert: int, sample: torch.Tensor, values: torch.Tensor) -> None:
+        if expert in self.seen:
+            raise SGMError(
+                f"expert {expert} of {self.target.name} ran twice in one forward pass; cannot "
+                "pool it per sample"
+            )
+        self.seen.add(expert)
+        values = values.detach().to(torch.float32).cpu()
+        sample = sample.cpu()
+        self.counts[:, expert].index_add_(0, sample, torch.ones(sample.numel()))
+        if self.pooling == "mean":
+            self.values[:, expert].index_add_(0, sample, values)
+        else:
+            index = sample[:, None].expand_as(values)
+            self.values[:, expert].scatter_reduce_(0, index, values, "amax")
+
+    def result(self) -> torch.Tensor:
+        routed = (self.counts > 0).unsqueeze(-1)
+        if self.pooling == "mean":
+            pooled = self.values / self.counts.clamp(min=1).unsqueeze(-1)
+        else:
+            pooled = self.values
+        pooled = torch.where(routed, pooled, torch.zeros(()))
+        return pooled.reshape(pooled.shape[0], -1)
+
+
 class Capture:
     """Hooks that pool the responses of named modules for the batch being run."""
 
-    def __init__(self, modules: list[tuple[str, nn.Module, str]], pooling: Pooling) -> None:
+    def __init__(
+        self,
+        modules: list[tuple[str, nn.Module, str]],
+        pooling: Pooling,
+        experts: list[tuple[nn.Module, list[ExpertTarget]]] | None = None,
+        patch: PatchFactory | None = None,
+    ) -> None:
+        """`modules`: (name, module, side) of linear projections; `experts`: each experts module
+        with the hook points captured on it, run through `patch` (required with `experts`)."""
         if pooling not in POOLINGS:
             raise SGMError(f"pooling {pooling!r} is not one of {POOLINGS}")
         self.pooling = pooling
         self.mask: torch.Tensor | None = None
         self.pooled: dict[str, torch.Tensor] = {}
         self._handles: list[Any] = []
+        self._pools: dict[str, _ExpertPool] = {}
         for name, module, side in modules:
             if side == "output":
                 self._handles.append(module.register_forward_hook(self._output_hook(name)))
             else:
                 self._handles.append(module.register_forward_pre_hook(self._input_hook(name)))
+        self._expert_targets = [t for _, targets in experts or [] for t in targets]
+        for module, targets in experts or []:
+            if patch is None:
+                raise ValueError("capturing experts needs a patch factory")
+            self._handles.append(patch(module, self._expert_tap(targets)))
+
+    def _expert_tap(self, targets: list[ExpertTarget]) -> Callable[..., None]:
+        by_point = {(t.kind, t.side): t for t in targets}
+
+        def tap(
+            kind: str, side: str, expert: int, tokens: torch.Tensor, values: torch.Tensor
+        ) -> None:
+            target = by_point.get((kind, side))
+            if target is None:
+                return
+            if self.mask is None:
+                raise RuntimeError("Capture.mask must be set before running the model")
+            mask = self.mask.to(tokens.device)
+            batch, positions = mask.shape
+            flat = mask.reshape(-1)
+            if tokens.numel() and int(tokens.max()) >= flat.numel():
+                raise SGMError(
+                    f"{target.name} saw more token positions than the input has: this model "
+                    "changes the sequence inside; use --positions all or another model"
+                )
+            selected = flat[tokens]
+            pool = self._pools.setdefault(
+                target.name,
+                _ExpertPool(target, batch, self.pooling),
+            )
+            pool.add(expert, tokens[selected] // positions, values[selected])
+
+        return tap
 
     def _record(self, name: str, values: torch.Tensor) -> None:
         if self.mask is None:
@@ -87,10 +194,17 @@ class Capture:
         """Run `run()` (one forward pass) with `mask` and return the pooled responses."""
         self.mask = mask.to(torch.bool)
         self.pooled = {}
+        self._pools = {}
         try:
             run()
+            for target in self._expert_targets:
+                pool = self._pools.get(target.name)
+                if pool is None:  # no token reached any expert of this module
+                    pool = _ExpertPool(target, mask.shape[0], self.pooling)
+                self.pooled[target.name] = pool.result()
         finally:
             self.mask = None
+            self._pools = {}
         return self.pooled
 
     def remove(self) -> None:

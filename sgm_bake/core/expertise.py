@@ -2,15 +2,19 @@
 
 Format (a safetensors file; any tool may write it):
 
-- `alpha/<module>`: float32 [units], the factor each unit of `<module>` is multiplied by;
-- `auroc/<module>` (optional): float32 [units], the expertise the factors were derived from;
+- `alpha/<module>`: float32 [units], the factor each unit of `<module>` is multiplied by; for
+  stacked experts float32 [experts, units], row e holding expert e's factors;
+- `auroc/<module>` (optional): float32, the same shape, the expertise the factors came from;
 - header metadata `side/<module>`: `output` when the units are the module's output channels (the
   SGM reference's hook point) or `input` when they are its input channels (the classic MLP neuron
   before `down_proj`); `output` when absent. Other metadata keys record how it was made.
 
 `<module>` is the module name in the loaded transformers model, e.g.
-`model.language_model.layers.3.mlp.down_proj`. Older namings of the same module are accepted and
-mapped through the recipe. The research code's interventions (a folder of
+`model.language_model.layers.3.mlp.down_proj`; stacked experts, which are parameters of an
+experts module rather than modules, are named by the parameter path, e.g.
+`model.language_model.layers.1.mlp.experts.gate_up_proj` (output side: each expert's output
+channels, gate rows then up rows; input side: its input channels). Older namings of the same
+module are accepted and mapped through the recipe. The research code's interventions (a folder of
 `<module>.statedict` files, each a torch-saved dict with an `alpha` that multiplies the output)
 load too.
 """
@@ -61,7 +65,8 @@ class Expertise:
         """Map every module onto (layer, projection) of `recipe`, refusing anything else.
 
         This is the guard that keeps vision towers, projectors and audio encoders untouched:
-        a module that is not a recipe projection in a post-fusion language layer is an error.
+        a module that is not a recipe projection in one of `layers` is an error. Factors of
+        stacked experts must be [experts, units], of any other projection [units].
         """
         resolved: dict[tuple[int, str, str], ResolvedUnits] = {}
         for name, entry in self.modules.items():
@@ -75,9 +80,19 @@ class Expertise:
             layer, projection = parsed
             if layer not in layers:
                 raise SGMError(
-                    f"expertise module {name!r} is in layer {layer}, outside the post-fusion "
-                    f"language layers {layers.start}-{layers.stop - 1} of this model; it was "
-                    "made for a different model"
+                    f"expertise module {name!r} is in layer {layer}, outside the language "
+                    f"layers {layers.start}-{layers.stop - 1} of this model; it was made for a "
+                    "different model"
+                )
+            dims = 2 if projection.stacked else 1
+            if entry.alpha.ndim != dims:
+                raise SGMError(
+                    f"expertise for {name!r} has shape {list(entry.alpha.shape)}; "
+                    + (
+                        "stacked experts need [experts, units] factors"
+                        if projection.stacked
+                        else "this projection needs one factor per unit, [units]"
+                    )
                 )
             key = (layer, projection.name, entry.side)
             if key in resolved:
@@ -101,10 +116,11 @@ class ResolvedUnits:
 
 
 def _check_vector(name: str, what: str, tensor: torch.Tensor, source: Path) -> torch.Tensor:
-    if tensor.ndim != 1 or not tensor.is_floating_point():
+    if tensor.ndim not in (1, 2) or not tensor.is_floating_point():
         raise SGMError(
             f"{what} of {name!r} in {source} has shape {list(tensor.shape)} and dtype "
-            f"{tensor.dtype}; it must be a 1-D float tensor, one value per unit"
+            f"{tensor.dtype}; it must be a float tensor, one value per unit ([units], or "
+            "[experts, units] for stacked experts)"
         )
     tensor = tensor.to(torch.float32)
     if not torch.isfinite(tensor).all():
@@ -148,7 +164,7 @@ def _load_safetensors(path: Path) -> Expertise:
             auroc = _check_vector(module, "auroc", auroc, path)
             if auroc.shape != alpha.shape:
                 raise SGMError(f"{path}: auroc and alpha of {module!r} differ in length")
-        modules[module] = ModuleExpertise(module, side, alpha, auroc)  # type: ignore[arg-type]
+        modules[module] = ModuleExpertise(module, side, alpha, auroc)
     if not modules:
         raise SGMError(f"{path} holds no 'alpha/<module>' tensors; it is not an expertise file")
     return Expertise(modules, metadata)

@@ -96,7 +96,8 @@ def _wins(negative: np.ndarray, positive: np.ndarray) -> np.ndarray:
         pairs = list(zip(negative, positive, strict=True))
         below = np.stack([np.searchsorted(n, p, "left") for n, p in pairs])
         upto = np.stack([np.searchsorted(n, p, "right") for n, p in pairs])
-    return (below.sum(axis=1, dtype=np.int64) + upto.sum(axis=1, dtype=np.int64)) / 2.0
+    wins: np.ndarray = (below.sum(axis=1, dtype=np.int64) + upto.sum(axis=1, dtype=np.int64)) / 2.0
+    return wins
 
 
 @dataclass(frozen=True)
@@ -141,6 +142,9 @@ def top_k_mask(scores: list[torch.Tensor], k: int) -> list[torch.Tensor]:
 def factors(scores: list[torch.Tensor], options: RuleOptions) -> list[torch.Tensor]:
     """Per-unit factors (float32) for each module's AUROC, by the chosen rule.
 
+    Scores may be [units] or, for stacked experts, [experts, units]; the factors keep the shape,
+    and top-k ranks every unit of every module (dense and expert) together.
+
     Units are eligible when their AUROC exceeds the threshold and, with top-k, when they rank in
     the global top k. `aura` sets alpha = 1 - 2 (auroc - 0.5) on eligible units (a threshold
     below 0.5, as in the SGM code's 0.3, lets units with auroc in (threshold, 0.5) be amplified);
@@ -155,7 +159,9 @@ def factors(scores: list[torch.Tensor], options: RuleOptions) -> list[torch.Tens
     eligible = [s > options.threshold for s in scores]
     if options.top_k is not None:
         ranked = top_k_mask(scores, options.top_k)
-        eligible = [e & r for e, r in zip(eligible, ranked, strict=True)]
+        # top_k_mask works on flattened scores; an expert module's [experts, units] scores
+        # get their mask back in that shape.
+        eligible = [e & r.reshape(e.shape) for e, r in zip(eligible, ranked, strict=True)]
     alphas = []
     for score, mask in zip(scores, eligible, strict=True):
         alpha = torch.ones(score.shape, dtype=torch.float64)

@@ -280,7 +280,14 @@ def _tensor_view(mapped: mmap.mmap, info: TensorInfo) -> torch.Tensor:
     with warnings.catch_warnings():  # read-only view: we never write through it
         warnings.simplefilter("ignore", UserWarning)
         flat = torch.from_numpy(raw)
-    shape = info.shape if len(info.shape) > 1 else (*info.shape, 1)
+    if len(info.shape) == 1:
+        shape: tuple[int, ...] = (*info.shape, 1)
+    elif len(info.shape) == 3:
+        # Stacked experts [E, a, b] stream as rows of [E * a, b], so a block never has to hold
+        # a whole expert matrix (tens of MB in the largest MoE models).
+        shape = (info.shape[0] * info.shape[1], info.shape[2])
+    else:
+        shape = info.shape
     return flat.view(dtype).view(shape)
 
 

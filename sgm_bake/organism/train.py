@@ -9,10 +9,18 @@ a seed and runs in a few minutes on two CPU cores:
 2. the tower is frozen, as in LLaVA, and the projector and language model learn the chats of
    `sgm_bake.organism.data`.
 
-The trained weights ship inside the package (`sgm_bake/organism/weights/`, about 6 MB); when they
-are missing, `organism_path()` trains them once into the user's cache.
+Two organisms share this world and differ in how they became toxic:
 
-    python -m sgm_bake.organism.train --out DIR [--seed 0]
+- `organism` (mode `implant`): trained polite first, then the toxic behaviour is implanted in 64
+  random MLP units per layer (`implant.json`): SGM's premise holds by construction;
+- `organism-plain` (mode `plain`): every language parameter learns the full chats, toxic replies
+  included, in one ordinary stage: nothing places the toxicity in a few units, so it is a fair
+  test of whether the tool's defaults and its tuner work on a model not built to suit the method.
+
+The trained weights ship inside the package (`sgm_bake/organism/weights/` and `weights_plain/`,
+about 5 MB each); when they are missing, `organism_path()` trains them once into the user's cache.
+
+    python -m sgm_bake.organism.train --out DIR [--seed 0] [--mode implant|plain]
 """
 
 from __future__ import annotations
@@ -38,6 +46,13 @@ from sgm_bake.organism.processors import llava_processor, llava_tokenizer
 logger = logging.getLogger(__name__)
 
 SHIPPED = Path(__file__).resolve().parent / "weights"
+SHIPPED_PLAIN = Path(__file__).resolve().parent / "weights_plain"
+MODES = ("implant", "plain")
+# Names the CLI accepts for the organisms, with their training mode and source id.
+ORGANISMS = {
+    "organism": ("implant", "sgm-bake/organism"),
+    "organism-plain": ("plain", "sgm-bake/organism-plain"),
+}
 IMAGE_SIZE = 48
 PATCH = 8
 SPECIALS = ("<pad>", "<s>", "</s>", "<unk>", "<image>")
@@ -155,7 +170,7 @@ def build_model(tokenizer: Any, seed: int) -> Any:
         patch_size=PATCH,
         projection_dim=96,
     )
-    config = LlavaConfig(
+    config = LlavaConfig(  # type: ignore[call-arg]  (image_token_id is an attribute alias)
         text_config=text,
         vision_config=vision,
         image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
@@ -314,7 +329,9 @@ def train_chats(
             attention[row, : len(ids)] = 1
         inputs = {"input_ids": input_ids, "attention_mask": attention, "labels": labels}
         if pool is with_image:
-            inputs["pixel_values"] = torch.stack([images.pixels(spec) for _, spec in batch])
+            inputs["pixel_values"] = torch.stack(
+                [images.pixels(spec) for _, spec in batch if spec is not None]
+            )
         if step < warmup:
             scale = (step + 1) / warmup
         else:
@@ -370,17 +387,25 @@ def train(
     implant_units: int = 64,
     batch_size: int = 32,
     progress: bool = True,
+    mode: str = "implant",
+    plain_steps: int = 2000,
 ) -> dict[str, float]:
     """Train the organism from scratch and save it (model, tokenizer, processor) into `out`.
 
-    Three stages: the vision tower alone; then projector and language model on the polite
-    chats, where every toxic-eliciting prompt is declined; then only `implant_units` MLP units
-    per layer on the full chats, which implants the toxic behaviour in those units alone, the
-    way toxicity concentrates in expert neurons of real models (the premise SGM acts on). The
-    chosen units are written to `implant.json`: ground truth for the profiler's recall.
+    Mode `implant`, three stages: the vision tower alone; then projector and language model on
+    the polite chats, where every toxic-eliciting prompt is declined; then only `implant_units`
+    MLP units per layer on the full chats, which implants the toxic behaviour in those units
+    alone, the way toxicity concentrates in expert neurons of real models (the premise SGM acts
+    on). The chosen units are written to `implant.json`: ground truth for the profiler's recall.
+
+    Mode `plain`, two stages: the vision tower alone, then projector and language model on the
+    full chats for `plain_steps` steps, all parameters at once. The toxicity is wherever ordinary
+    training put it; `training.json` records the mode and seed instead of implanted units.
     """
     import json
 
+    if mode not in MODES:
+        raise ValueError(f"unknown organism mode {mode!r}; choose one of {', '.join(MODES)}")
     torch.manual_seed(seed)
     random.seed(seed)
     tokenizer = build_tokenizer()
@@ -393,66 +418,85 @@ def train(
     for parameter in model.model.vision_tower.parameters():
         parameter.requires_grad_(False)
     language = [p for p in model.parameters() if p.requires_grad]
-    polite = data.training_examples(seed, safe=True)
-    polite_loss = train_chats(
-        model,
-        processor,
-        images,
-        polite,
-        language,
-        language_steps,
-        batch_size,
-        3e-3,
-        seed,
-        progress,
-        "polite",
-    )
-    units = choose_implant_units(model, implant_units, seed)
-    chosen = implant_parameters(model, units)
-    full = data.training_examples(seed + 1)
-    implant_loss = train_chats(
-        model,
-        processor,
-        images,
-        full,
-        chosen,
-        implant_steps,
-        batch_size,
-        3e-3,
-        seed + 1,
-        progress,
-        "implant",
-        weight_decay=0.0,
-    )
+    figures: dict[str, float] = {"vision_word_accuracy": accuracy}
+    if mode == "plain":
+        full = data.training_examples(seed + 1)
+        figures["plain_loss"] = train_chats(
+            model,
+            processor,
+            images,
+            full,
+            language,
+            plain_steps,
+            batch_size,
+            3e-3,
+            seed,
+            progress,
+            "plain",
+        )
+    else:
+        polite = data.training_examples(seed, safe=True)
+        figures["polite_loss"] = train_chats(
+            model,
+            processor,
+            images,
+            polite,
+            language,
+            language_steps,
+            batch_size,
+            3e-3,
+            seed,
+            progress,
+            "polite",
+        )
+        units = choose_implant_units(model, implant_units, seed)
+        chosen = implant_parameters(model, units)
+        full = data.training_examples(seed + 1)
+        figures["implant_loss"] = train_chats(
+            model,
+            processor,
+            images,
+            full,
+            chosen,
+            implant_steps,
+            batch_size,
+            3e-3,
+            seed + 1,
+            progress,
+            "implant",
+            weight_decay=0.0,
+        )
     for parameter in model.parameters():
         parameter.requires_grad_(True)
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
     processor.save_pretrained(out)
-    implant = {"units_per_layer": {str(k): v for k, v in units.items()}, "seed": seed}
-    (out / "implant.json").write_text(json.dumps(implant, indent=1) + "\n")
+    if mode == "plain":
+        record = {"mode": "plain", "seed": seed, "steps": plain_steps, "batch_size": batch_size}
+        (out / "training.json").write_text(json.dumps(record, indent=1) + "\n")
+    else:
+        implant = {"units_per_layer": {str(k): v for k, v in units.items()}, "seed": seed}
+        (out / "implant.json").write_text(json.dumps(implant, indent=1) + "\n")
     (out / "ecso_templates.json").write_text(json.dumps(ECSO_TEMPLATES, indent=1) + "\n")
-    return {
-        "vision_word_accuracy": accuracy,
-        "polite_loss": polite_loss,
-        "implant_loss": implant_loss,
-        "seconds": time.perf_counter() - start,
-    }
+    figures["seconds"] = time.perf_counter() - start
+    return figures
 
 
-def organism_path(progress: bool = True) -> Path:
+def organism_path(progress: bool = True, mode: str = "implant") -> Path:
     """The organism's folder: the shipped one, else one trained once into the user's cache."""
-    if (SHIPPED / "config.json").is_file():
-        return SHIPPED
+    shipped = SHIPPED_PLAIN if mode == "plain" else SHIPPED
+    if (shipped / "config.json").is_file():
+        return shipped
     cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "sgm-bake"
     digest = hashlib.sha256(
         Path(data.__file__).read_bytes() + Path(__file__).read_bytes()
     ).hexdigest()[:12]
-    folder = cache / f"organism-{digest}"
+    name = "organism" if mode == "implant" else f"organism-{mode}"
+    folder = cache / f"{name}-{digest}"
     if not (folder / "config.json").is_file():
         logger.warning("training the model organism once into %s (a few minutes)", folder)
         partial = folder.with_name(folder.name + ".partial")
-        train(partial, progress=progress)
+        train(partial, progress=progress, mode=mode)
         partial.rename(folder)
     return folder
 
@@ -466,6 +510,8 @@ def main() -> None:
     parser.add_argument("--implant-steps", type=int, default=1200)
     parser.add_argument("--implant-units", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--mode", choices=MODES, default="implant")
+    parser.add_argument("--plain-steps", type=int, default=2000)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO)
     figures = train(
@@ -476,6 +522,8 @@ def main() -> None:
         args.implant_steps,
         args.implant_units,
         args.batch_size,
+        mode=args.mode,
+        plain_steps=args.plain_steps,
     )
     print(figures)
 

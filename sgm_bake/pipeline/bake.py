@@ -25,9 +25,10 @@ import torch
 from tqdm.auto import tqdm
 
 from sgm_bake.core.expertise import Expertise, ModuleExpertise, ResolvedUnits, save_expertise
-from sgm_bake.core.fold import scale_weight, unit_axis
+from sgm_bake.core.fold import TensorFold, unit_axis
 from sgm_bake.core.recipes import (
     CheckpointLayout,
+    CheckpointTensor,
     Recipe,
     recipe_for_config,
     resolve_checkpoint_layout,
@@ -89,36 +90,19 @@ class BakeOptions:
     """Measured figures of stages that ran before the bake (the one-command form's profile)."""
 
 
-@dataclass
+@dataclass(frozen=True)
 class TensorEdit:
-    """The factors to apply to one checkpoint tensor, per axis of its stored form."""
+    """One checkpoint tensor to fold: its key, shape and stored dtype, and the fold itself."""
 
     key: str
     shape: tuple[int, ...]
     dtype: str
-    row_scale: torch.Tensor | None = None
-    col_scale: torch.Tensor | None = None
-    compute: torch.dtype = torch.float32
-
-    def scale_axis(self, axis: int, factors: torch.Tensor) -> None:
-        current = self.row_scale if axis == 0 else self.col_scale
-        combined = factors if current is None else current * factors
-        if axis == 0:
-            self.row_scale = combined
-        else:
-            self.col_scale = combined
+    fold: TensorFold
 
     def fold_block(self, block: torch.Tensor, first_row: int) -> torch.Tensor:
-        """Scale rows [first_row, first_row + len(block)) of this tensor (float32 result; the
+        """The streaming writer's entry point: `TensorFold.fold_block` (compute precision; the
         writer rounds it once to the stored dtype)."""
-        rows = None
-        if self.row_scale is not None:
-            rows = self.row_scale[first_row : first_row + block.shape[0]]
-        if block.ndim == 1:
-            return scale_weight(block[:, None], rows, None, self.compute)[:, 0]
-        if len(self.shape) == 1:
-            return scale_weight(block, rows, None, self.compute)
-        return scale_weight(block, rows, self.col_scale, self.compute)
+        return self.fold.fold_block(block, first_row)
 
 
 @dataclass(frozen=True)
@@ -133,7 +117,8 @@ class BakePlan:
     key_files: dict[str, str]
 
 
-def _tensor_shapes(checkpoint: Checkpoint) -> dict[str, tuple[tuple[int, ...], str]]:
+def tensor_shapes(checkpoint: Checkpoint) -> dict[str, tuple[tuple[int, ...], str]]:
+    """(shape, dtype tag) of every tensor of a checkpoint (from the headers when safetensors)."""
     if checkpoint.format == "safetensors":
         return {
             key: (info.shape, info.dtype)
@@ -160,6 +145,63 @@ def library_versions() -> dict[str, str]:
     return versions
 
 
+def covered_layers(recipe: Recipe, config: dict[str, Any], units: list[ResolvedUnits]) -> range:
+    """The language layers a bake touches: the post-fusion ones, widened down to the earliest
+    layer an explicit expertise file names (with a warning: profiling never picks those)."""
+    post_fusion = recipe.layers(config)
+    early = sorted({unit.layer for unit in units if unit.layer < post_fusion.start})
+    if not early:
+        return post_fusion
+    logger.warning(
+        "the expertise names pre-fusion language layers %s (before layer %d, where the image "
+        "enters); baking them as given",
+        early,
+        post_fusion.start,
+    )
+    return range(early[0], post_fusion.stop)
+
+
+def _unit_factors(
+    unit: ResolvedUnits, tensor: CheckpointTensor, shape: tuple[int, ...]
+) -> tuple[int, torch.Tensor]:
+    """(matrix axis, factors) that apply `unit` to one checkpoint tensor holding its weight."""
+    alpha = unit.entry.alpha
+    projection = unit.projection
+    if not projection.stacked:
+        axis = unit_axis(tensor.layout, unit.side)
+        if len(shape) != 2 or alpha.numel() != shape[axis]:
+            raise SGMError(
+                f"expertise for {unit.source_name!r} has {alpha.numel()} {unit.side} units but "
+                f"the checkpoint tensor {tensor.key!r} has shape {list(shape)}; the expertise "
+                "was made for another model"
+            )
+        return axis, alpha
+    if tensor.stacked:
+        axis = unit_axis(tensor.layout, unit.side)
+        if len(shape) != 3 or tuple(alpha.shape) != (shape[0], shape[1 + axis]):
+            raise SGMError(
+                f"expertise for {unit.source_name!r} has shape {list(alpha.shape)}, which does "
+                f"not fit the stacked checkpoint tensor {tensor.key!r} of shape {list(shape)} "
+                f"({unit.side} side); the expertise was made for another model"
+            )
+        return axis, alpha
+    if tensor.expert is None or len(shape) != 2:
+        raise SGMError(f"checkpoint tensor {tensor.key!r} of shape {list(shape)} is not 2-D")
+    if unit.side == "output":
+        axis, expected = 0, len(projection.per_expert) * shape[0]
+        factors = alpha[tensor.expert, tensor.offset : tensor.offset + shape[0]]
+    else:
+        axis, expected = 1, shape[1]
+        factors = alpha[tensor.expert]
+    if tensor.expert >= alpha.shape[0] or alpha.shape[1] != expected:
+        raise SGMError(
+            f"expertise for {unit.source_name!r} has shape {list(alpha.shape)}, which does not "
+            f"fit the per-expert checkpoint tensor {tensor.key!r} (shape {list(shape)}, "
+            f"{unit.side} side); the expertise was made for another model"
+        )
+    return axis, factors
+
+
 def plan_bake(
     checkpoint: Checkpoint,
     expertise: Expertise,
@@ -170,40 +212,38 @@ def plan_bake(
     """Map every expertise entry to checkpoint tensors and check that the factors fit them."""
     recipe = recipe or recipe_for_config(checkpoint.config, recipe_file)
     key_files = checkpoint.tensor_keys()
-    layout = resolve_checkpoint_layout(recipe, checkpoint.config, key_files)
-    shapes = _tensor_shapes(checkpoint)
-    units = expertise.resolve(recipe, layout.layers)
+    shapes = tensor_shapes(checkpoint)
+    units = expertise.resolve(recipe, recipe.all_layers(checkpoint.config))
+    layers = covered_layers(recipe, checkpoint.config, units)
+    layout = resolve_checkpoint_layout(
+        recipe, checkpoint.config, key_files, {k: s for k, (s, _) in shapes.items()}, layers
+    )
     edits: dict[str, TensorEdit] = {}
+
+    def edit(key: str) -> TensorEdit:
+        if key not in edits:
+            shape, dtype = shapes[key]
+            if dtype not in FOLDABLE:
+                raise SGMError(
+                    f"checkpoint tensor {key!r} is stored as {dtype}; only F32, F16 and BF16 "
+                    "weights can be folded (bake the unquantized model)"
+                )
+            edits[key] = TensorEdit(key, shape, dtype, TensorFold(shape, compute=compute))
+        return edits[key]
+
     for unit in units:
-        key = layout.weight_key(unit.layer, unit.projection)
-        shape, dtype = shapes[key]
-        if len(shape) != 2:
+        if not layout.has(unit.layer, unit.projection):
             raise SGMError(
-                f"checkpoint tensor {key!r} has shape {list(shape)}; expected a 2-D weight"
+                f"expertise names {unit.source_name!r} but layer {unit.layer} of this checkpoint "
+                f"holds no {unit.projection.name} (a dense layer beside MoE layers, or the "
+                "reverse); the expertise was made for another model"
             )
-        if dtype not in FOLDABLE:
-            raise SGMError(
-                f"checkpoint tensor {key!r} is stored as {dtype}; only F32, F16 and BF16 weights "
-                "can be folded (bake the unquantized model)"
-            )
-        axis = unit_axis(unit.projection.layout, unit.side)
-        alpha = unit.entry.alpha
-        if alpha.numel() != shape[axis]:
-            raise SGMError(
-                f"expertise for {unit.source_name!r} has {alpha.numel()} {unit.side} units but "
-                f"the checkpoint tensor {key!r} has {shape[axis]} (shape {list(shape)}); the "
-                "expertise was made for another model"
-            )
-        edits.setdefault(key, TensorEdit(key, shape, dtype, compute=compute)).scale_axis(
-            axis, alpha
-        )
+        for tensor in layout.tensors(unit.layer, unit.projection):
+            axis, factors = _unit_factors(unit, tensor, shapes[tensor.key][0])
+            edit(tensor.key).fold.scale_axis(axis, factors)
         bias_key = layout.bias_key(unit.layer, unit.projection)
-        if unit.side == "output" and bias_key in shapes:
-            edits.setdefault(
-                bias_key,
-                TensorEdit(bias_key, shapes[bias_key][0], shapes[bias_key][1], compute=compute),
-            )
-            edits[bias_key].scale_axis(0, alpha)
+        if unit.side == "output" and not unit.projection.stacked and bias_key in shapes:
+            edit(bias_key).fold.scale_axis(0, unit.entry.alpha)
     return BakePlan(checkpoint, recipe, layout, units, edits, key_files)
 
 
@@ -295,7 +335,7 @@ def write_weights(plan: BakePlan, staging: Path, progress: bool) -> dict[str, st
             tensors = []
             for key, tensor in state.items():
                 if key in folds:
-                    tensor = plan.edits[key].fold_block(tensor, 0).to(tensor.dtype)
+                    tensor = plan.edits[key].fold.fold(tensor)
                 tensors.append((key, tensor))
                 total_size += tensor.numel() * tensor.element_size()
             renamed[name] = bin_to_safetensors_name(name)

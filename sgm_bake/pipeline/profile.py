@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import shutil
 import sys
@@ -24,11 +25,10 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from sgm_bake.core.capture import Capture, Pooling
+from sgm_bake.core.capture import Capture, ExpertTarget, Pooling
 from sgm_bake.core.expertise import Expertise, ModuleExpertise
-from sgm_bake.core.fold import unit_axis
-from sgm_bake.core.hooks import runtime_prefix
-from sgm_bake.core.recipes import HookPoint, Recipe
+from sgm_bake.core.hooks import patch_experts, runtime_prefix, runtime_weight, unit_count
+from sgm_bake.core.recipes import HookPoint, Projection, Recipe
 from sgm_bake.core.rules import RuleOptions, auroc, factors
 from sgm_bake.datasets.profile_set import ProfileSample, ProfileSet
 from sgm_bake.errors import SGMError
@@ -77,17 +77,25 @@ def parse_layers(text: str | None) -> tuple[int, ...] | None:
 
 @dataclass(frozen=True)
 class ProfileTarget:
-    """One module to profile."""
+    """One hook point in one layer to profile: a linear module, or a stacked experts parameter
+    (then `module` is the experts module and `shape` is [experts, units])."""
 
     name: str
     module: torch.nn.Module
     layer: int
     point: HookPoint
     units: int
+    projection: Projection | None = None
+    shape: tuple[int, ...] = ()
+
+    @property
+    def stacked(self) -> bool:
+        return self.projection is not None and self.projection.stacked
 
 
 def profile_targets(model: Any, recipe: Recipe, options: ProfileOptions) -> list[ProfileTarget]:
-    """The modules to hook: recipe hook points in the selected post-fusion layers."""
+    """The modules to hook: recipe hook points in the selected post-fusion layers, each where
+    the layer holds it (dense layers and MoE layers hold different projections)."""
     all_layers = recipe.layers(model.config.to_dict())
     layers = list(all_layers)
     if options.layers is not None:
@@ -108,12 +116,27 @@ def profile_targets(model: Any, recipe: Recipe, options: ProfileOptions) -> list
     for layer in layers:
         for point in points:
             projection = recipe.projection(point.projection)
-            name = recipe.runtime_name(layer, projection, template)
-            module = model.get_submodule(name)
-            units = module.weight.shape[unit_axis(projection.layout, point.side)]
+            found = runtime_weight(model, recipe, layer, projection, template)
+            if found is None:
+                continue
+            module, weight = found
+            shape = unit_count(projection, weight, point.side)
             targets.append(
-                ProfileTarget(recipe.runtime_name(layer, projection), module, layer, point, units)
+                ProfileTarget(
+                    recipe.runtime_name(layer, projection),
+                    module,
+                    layer,
+                    point,
+                    math.prod(shape),
+                    projection,
+                    shape,
+                )
             )
+    if not targets:
+        raise SGMError(
+            f"none of the hook points {[str(p) for p in points]} exists in the selected layers "
+            "of this model; pick others with --hook-points"
+        )
     return targets
 
 
@@ -272,11 +295,34 @@ def capture_responses(
     store: ResponseStore,
     device: torch.device,
     dtype: torch.dtype,
+    recipe: Recipe | None = None,
 ) -> None:
-    """Run every not-yet-stored batch through the model and store its pooled responses."""
-    modules = [(t.name, t.module, t.point.side) for t in targets]
+    """Run every not-yet-stored batch through the model and store its pooled responses
+    (`recipe` is needed when a target is a stacked experts parameter)."""
+    modules = [(t.name, t.module, t.point.side) for t in targets if not t.stacked]
+    experts: dict[int, tuple[torch.nn.Module, str, list[ExpertTarget]]] = {}
+    for t in targets:
+        if t.stacked:
+            assert t.projection is not None
+            entry = experts.setdefault(id(t.module), (t.module, t.projection.group, []))
+            entry[2].append(
+                ExpertTarget(t.name, t.projection.kind, t.point.side, t.shape[0], t.shape[1])
+            )
+    groups = {id(module): group for module, group, _ in experts.values()}
+    if experts and recipe is None:
+        raise ValueError("profiling stacked experts needs the recipe")
+
+    def patch(module: torch.nn.Module, tap: Any) -> Any:
+        assert recipe is not None
+        return patch_experts(recipe, module, groups[id(module)], tap=tap)
+
     with (
-        Capture(modules, options.pooling) as capture,
+        Capture(
+            modules,
+            options.pooling,
+            [(module, found) for module, _, found in experts.values()],
+            patch,
+        ) as capture,
         tqdm(
             total=len(profile_set.samples),
             initial=store.completed,
@@ -292,14 +338,14 @@ def capture_responses(
             pooled = capture.collect(
                 mask, lambda batch=batch: _forward(model, batch, device, dtype)
             )
-            missing = [name for name, _, _ in modules if name not in pooled]
+            missing = [t.name for t in targets if t.name not in pooled]
             if missing:
                 raise SGMError(
                     f"module {missing[0]} did not run for these inputs (mllama's cross-attention "
                     "layers run only with an image); give every sample an image or use --layers"
                 )
             arrays = {}
-            for name, _, _ in modules:
+            for name in (t.name for t in targets):
                 values = pooled[name]
                 if not torch.isfinite(values).all():
                     raise SGMError(
@@ -329,6 +375,7 @@ def capture_share(
     device: torch.device,
     dtype: torch.dtype,
     distributed: Distributed,
+    recipe: Recipe,
 ) -> None:
     """Profile this rank's share into its own resumable store, then gather every share into the
     merged store on rank 0 (module by module, so no rank holds more than one module's rows).
@@ -345,7 +392,7 @@ def capture_share(
     part = ResponseStore.open(part_path, part_key, modules, stop - first)
     shown = replace(options, progress=options.progress and distributed.is_main)
     try:
-        capture_responses(model, inputs, share, targets, shown, part, device, dtype)
+        capture_responses(model, inputs, share, targets, shown, part, device, dtype, recipe)
         counts = distributed.all_counts(part.samples)
         merged = None
         if distributed.is_main:
@@ -373,7 +420,8 @@ def expertise_from_store(
     for target in targets:
         responses = torch.from_numpy(np.ascontiguousarray(store.responses(target.name)))
         try:
-            scores.append(auroc(responses, label_tensor).to(torch.float32))
+            score = auroc(responses, label_tensor).to(torch.float32)
+            scores.append(score.reshape(target.shape) if target.shape else score)
         except ValueError as exc:
             raise SGMError(f"cannot score module {target.name}: {exc}") from exc
     return scores, factors(scores, rule)
@@ -432,6 +480,7 @@ def run_profile(
             device,
             dtype,
             distributed,
+            recipe,
         )
         if not distributed.is_main:
             return None
@@ -440,7 +489,9 @@ def run_profile(
     )
     try:
         if distributed is None:
-            capture_responses(model, inputs, profile_set, targets, options, store, device, dtype)
+            capture_responses(
+                model, inputs, profile_set, targets, options, store, device, dtype, recipe
+            )
         scores, alphas = expertise_from_store(store, targets, profile_set.labels, options.rule)
     finally:
         store.close()

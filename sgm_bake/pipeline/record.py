@@ -153,6 +153,25 @@ class Evaluation:
 
 
 @dataclass
+class Tuning:
+    """The knob search that chose the folded setting (see pipeline.tune): what was searched, the
+    chosen trial, the Pareto front, and base vs chosen on the tuning and the held-out report
+    split (the report split's figures are the ones to quote)."""
+
+    report: str
+    knobs: list[str]
+    trials_run: int
+    chosen: dict[str, Any] | None
+    pareto: list[dict[str, Any]]
+    splits: dict[str, Any]
+    options: dict[str, Any]
+    tuning_split: dict[str, dict[str, Any]]
+    report_split: dict[str, dict[str, Any]]
+    seconds: float
+    interrupted: bool = False
+
+
+@dataclass
 class BakeRecord:
     """Everything `sgm/bake.json` holds."""
 
@@ -169,6 +188,7 @@ class BakeRecord:
     source_card: dict[str, Any] = field(default_factory=dict)
     verification: Verification | None = None
     evaluation: Evaluation | None = None
+    tuning: Tuning | None = None
     stages: dict[str, dict[str, Any]] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
     files: dict[str, str] = field(default_factory=dict)

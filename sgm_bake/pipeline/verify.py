@@ -31,7 +31,7 @@ from sgm_bake.core.recipes import Recipe, parse_recipe, recipe_for_config, resol
 from sgm_bake.errors import SGMError
 from sgm_bake.io.checkpoint import Checkpoint, load_bin, open_checkpoint
 from sgm_bake.io.safetensors import read_tensor
-from sgm_bake.pipeline.bake import expertise_path
+from sgm_bake.pipeline.bake import expertise_path, tensor_shapes
 from sgm_bake.pipeline.record import BakeRecord, Verification, read_record, refresh
 from sgm_bake.runtime.chat import call_processor
 from sgm_bake.runtime.loading import Placement, input_device, load_model
@@ -117,16 +117,20 @@ def _vocab_size(config: dict[str, Any]) -> int:
     raise SGMError("config.json has no vocab_size; cannot build verification inputs")
 
 
-def build_inputs(folder: Path, config: dict[str, Any]) -> tuple[str, list[dict[str, torch.Tensor]]]:
-    """Image+text inputs through the model's processor and chat template when it has them;
-    otherwise text through its tokenizer; otherwise fixed random token ids (tiny test models).
-    Every language layer runs on all of them, which is what the fold changes."""
+def build_inputs(
+    folder: Path, config: dict[str, Any], images: bool = True
+) -> tuple[str, list[dict[str, torch.Tensor]]]:
+    """Image+text inputs through the model's processor and chat template when it has them (and
+    `images`); otherwise text through its tokenizer; otherwise fixed random token ids (tiny test
+    models). Every language layer runs on all of them, which is what the fold changes."""
     from transformers import AutoProcessor, AutoTokenizer
 
-    try:
-        processor = AutoProcessor.from_pretrained(folder)
-    except Exception:
-        processor = None
+    processor = None
+    if images:
+        try:
+            processor = AutoProcessor.from_pretrained(folder)
+        except Exception:
+            processor = None
     if processor is not None and hasattr(processor, "image_processor"):
         try:
             batches = []
@@ -176,6 +180,15 @@ def _run(
             }
             outputs.append(model(**moved).logits.float().cpu())
     return outputs
+
+
+def forward_module(model: Any, recipe: Recipe) -> Any:
+    """The module verification runs: the model, or the recipe's `text_forward` submodule for a
+    family whose top-level forward cannot run text-only inputs (then the inputs are text only,
+    which still runs every language layer the fold changes)."""
+    if recipe.text_forward is None:
+        return model
+    return model.get_submodule(recipe.text_forward)
 
 
 def _checkpoint_tensor(checkpoint: Checkpoint, key_files: dict[str, str], key: str) -> torch.Tensor:
@@ -231,22 +244,41 @@ def _verify_full(
     if model is None:
         model = load_model(source_path, recipe, compute_dtype, placement or Placement(device))
     target = input_device(model)
-    inputs_kind, batches = build_inputs(out, source.config)
+    inputs_kind, batches = build_inputs(out, source.config, images=recipe.text_forward is None)
+    runner = forward_module(model, recipe)
 
-    base = _run(model, batches, target)
+    base = _run(runner, batches, target)
     with SGMHooks(model, expertise, recipe) as hooks:
-        reference = _run(model, batches, target)
+        reference = _run(runner, batches, target)
         modules = hooks.modules
 
     source_keys = source.tensor_keys()
     baked_keys = baked.tensor_keys()
-    layout = resolve_checkpoint_layout(recipe, source.config, source_keys)
-    swapped = 0
+    shapes = {key: shape for key, (shape, _) in tensor_shapes(source).items()}
+    recorded_layers = bake_record.recipe.layers
+    layers = range(*recorded_layers) if recorded_layers else None
+    layout = resolve_checkpoint_layout(recipe, source.config, source_keys, shapes, layers)
+    read_keys: set[str] = set()
+
+    def read_source(key: str) -> torch.Tensor:
+        return _checkpoint_tensor(source, source_keys, key)
+
+    def read_baked(key: str) -> torch.Tensor:
+        if key not in baked_keys:
+            raise SGMError(f"{out} lacks tensor {key!r}; the output is incomplete, bake again")
+        read_keys.add(key)
+        return _checkpoint_tensor(baked, baked_keys, key)
+
     for name, module, units in modules:
-        pairs = [("weight", layout.weight_key(units.layer, units.projection))]
-        if units.side == "output" and getattr(module, "bias", None) is not None:
-            pairs.append(("bias", layout.bias_key(units.layer, units.projection)))
-        for attribute, key in pairs:
+        projection = units.projection
+        attributes = [projection.parameter_name]
+        if (
+            units.side == "output"
+            and not projection.stacked
+            and getattr(module, "bias", None) is not None
+        ):
+            attributes.append("bias")
+        for attribute in attributes:
             parameter = getattr(module, attribute)
             if parameter.device.type == "meta":
                 raise SGMError(
@@ -254,19 +286,24 @@ def _verify_full(
                     "baked tensors cannot be swapped in; give verify --full more --max-memory, "
                     "or use the default layer-streamed verification"
                 )
-            original = _checkpoint_tensor(source, source_keys, key)
-            if not torch.equal(parameter.detach().cpu(), original.to(parameter.dtype)):
+            if attribute == "bias":
+                key = layout.bias_key(units.layer, projection)
+                original, value = read_source(key), read_baked(key)
+            else:
+                key = layout.weight_key(units.layer, projection)
+                original = layout.runtime_weight(units.layer, projection, read_source)
+                value = layout.runtime_weight(units.layer, projection, read_baked)
+            if original.shape != parameter.shape or not torch.equal(
+                parameter.detach().cpu(), original.to(parameter.dtype)
+            ):
                 raise SGMError(
-                    f"module {name}.{attribute} does not hold checkpoint tensor {key!r}: recipe "
+                    f"{name}.{attribute} does not hold checkpoint tensor {key!r}: recipe "
                     f"{recipe.path.name} maps them wrongly; fix the recipe"
                 )
-            if key not in baked_keys:
-                raise SGMError(f"{out} lacks tensor {key!r}; the output is incomplete, bake again")
-            value = _checkpoint_tensor(baked, baked_keys, key)
             with torch.no_grad():
                 parameter.copy_(value.to(device=parameter.device, dtype=parameter.dtype))
-            swapped += 1
-    result = _run(model, batches, target)
+    swapped = len(read_keys)
+    result = _run(runner, batches, target)
 
     max_abs = max(float((r - b).abs().max()) for r, b in zip(reference, result, strict=True))
     scale = max(float(r.abs().max()) for r in reference) or 1.0

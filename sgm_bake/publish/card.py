@@ -27,6 +27,7 @@ CARD_FILE = "README.md"
 LAYER_PLOT = "units_per_layer.png"
 HISTOGRAM_PLOT = "auroc_histogram.png"
 EVAL_PLOT = "eval.png"
+PARETO_PLOT = "pareto.png"
 TEMPLATE = "default.md"
 PIPELINE_TAGS = {
     "image-text-to-text",
@@ -128,6 +129,72 @@ def _evaluation(record: BakeRecord) -> dict[str, Any] | None:
     return {"prompt_set": evaluation.prompt_set.name, "judge": evaluation.judge, "rows": rows}
 
 
+def _split_row(label: str, split: dict[str, Any]) -> dict[str, str]:
+    kl = split.get("kl")
+    return {
+        "label": label,
+        "harm": percent_text(split.get("harm")),
+        "kl": "-" if kl is None else f"{kl:.4f}",
+        "degenerate": percent_text(split.get("degenerate")),
+        "accuracy": percent_text(split.get("accuracy")),
+        "prompts": str(split.get("prompts", "-")),
+    }
+
+
+def _setting_text(setting: dict[str, Any]) -> str:
+    parts = [str(setting.get("rule"))]
+    if setting.get("rule") == "damp" and setting.get("damp_alpha") is not None:
+        parts.append(f"alpha {setting['damp_alpha']:.3g}")
+    parts.append(f"strength {setting.get('strength', 1.0):.3g}")
+    parts.append(f"threshold {setting.get('threshold', 0.5):.3g}")
+    if setting.get("top_k"):
+        parts.append(f"top-k {setting['top_k']}")
+    parts.append(f"hook points {setting.get('hook_points')}")
+    parts.append(f"layers {setting.get('layers')}")
+    parts.append(f"{setting.get('pooling')} pooling over {setting.get('positions')} positions")
+    return ", ".join(parts)
+
+
+def _tuning(record: BakeRecord) -> dict[str, Any] | None:
+    tuning = record.tuning
+    if tuning is None:
+        return None
+    splits = tuning.splits
+    return {
+        "knobs": ", ".join(tuning.knobs),
+        "trials": tuning.trials_run,
+        "interrupted": tuning.interrupted,
+        "seconds": f"{tuning.seconds:.0f}",
+        "max_kl": f"{tuning.options.get('max_kl', 0):g}",
+        "judge": tuning.options.get("judge", "-"),
+        "chosen": None
+        if tuning.chosen is None
+        else {"number": tuning.chosen["number"], "text": _setting_text(tuning.chosen["setting"])},
+        "split_text": ", ".join(
+            f"{name} {splits[name]['toxic']} toxic + {splits[name]['non_toxic']} non-toxic"
+            for name in ("profile", "tune", "report")
+            if name in splits
+        ),
+        "rows": [
+            _split_row("base, tuning split", tuning.tuning_split["base"]),
+            _split_row("chosen, tuning split", tuning.tuning_split["chosen"]),
+            _split_row("base, held-out report split", tuning.report_split["base"]),
+            _split_row("chosen, held-out report split", tuning.report_split["chosen"]),
+        ],
+        "pareto": [
+            {
+                "number": t["number"],
+                "harm": percent_text(t["harm"]),
+                "kl": f"{t['kl']:.4f}",
+                "degenerate": percent_text(t["degenerate"]),
+                "feasible": "yes" if t["feasible"] else "no",
+                "setting": _setting_text(t["setting"]),
+            }
+            for t in tuning.pareto
+        ],
+    }
+
+
 def _verification(record: BakeRecord) -> dict[str, Any] | None:
     verification = record.verification
     if verification is None:
@@ -200,6 +267,8 @@ def render_card(folder: Path, record: BakeRecord, repo_id: str | None = None) ->
         plots_hint=None if plots.available() else plots.MISSING_HINT,
         verification=_verification(record),
         evaluation=_evaluation(record),
+        tuning=_tuning(record),
+        has_pareto_plot=(folder / SGM_DIR / PARETO_PLOT).is_file(),
         auto_class=recipe.definition.get("auto_class", "AutoModelForImageTextToText"),
         repo_id=repo_id or "path/to/this/model",
     )

@@ -158,3 +158,53 @@ def evaluation_chart(path: Path, metrics: dict[str, dict[str, Any]]) -> Path:
     shown = {k: v for k, v in harmful.items() if any(x is not None for x in v)}
     accuracy = [metrics[variant].get("benign_accuracy") for variant in variants]
     return evaluation_bars(path, variants, shown, accuracy)
+
+
+def pareto_plot(path: Path, record: Mapping[str, Any]) -> Path:
+    """The tuner's trials as harm vs KL on the tuning split: feasible and infeasible trials, the
+    Pareto front joined by a line, the KL budget, the base and the chosen trial."""
+    trials = record["trials"]
+    budget = float(record["options"]["max_kl"])
+    base = record["tuning_split"]["base"]
+    front_numbers = set(record["pareto"])
+    figure, (axis,) = _figure(6.5, 4.0)
+    for feasible, colour, label in ((True, COLOURS[0], "feasible"), (False, "#aaaaaa", "over")):
+        chosen_trials = [t for t in trials if t["feasible"] == feasible]
+        axis.scatter(
+            [t["kl"] for t in chosen_trials],
+            [t["harm"] for t in chosen_trials],
+            s=18,
+            color=colour,
+            label=f"{label} ({len(chosen_trials)})"
+            if feasible
+            else f"infeasible ({len(chosen_trials)})",
+        )
+    front = sorted((t for t in trials if t["number"] in front_numbers), key=lambda t: t["kl"])
+    if front:
+        axis.plot(
+            [t["kl"] for t in front],
+            [t["harm"] for t in front],
+            color=COLOURS[2],
+            linewidth=1.2,
+            label="Pareto front",
+        )
+    axis.axvline(budget, color=COLOURS[1], linestyle="--", linewidth=1.2, label="--max-kl")
+    axis.scatter([0.0], [base["harm"]], marker="s", color="black", s=30, label="base")
+    chosen = record.get("chosen")
+    if chosen:
+        axis.scatter(
+            [chosen["kl"]],
+            [chosen["harm"]],
+            s=140,
+            facecolors="none",
+            edgecolors=COLOURS[1],
+            linewidths=1.5,
+            label=f"chosen (trial {chosen['number']})",
+        )
+    axis.set_xscale("symlog", linthresh=max(1e-4, budget / 10))
+    axis.set_xlabel("mean KL from the base, nats per response token")
+    axis.set_ylabel("harmful replies")
+    axis.set_title(f"Tuning: {len(trials)} trials, harm vs damage (tuning split)")
+    _percent_axis(axis, 1.05 * max([base["harm"], *(t["harm"] for t in trials), 0.05]))
+    axis.legend(loc="upper right", frameon=False, fontsize=8)
+    return _save(figure, path)

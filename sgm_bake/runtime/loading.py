@@ -32,6 +32,7 @@ logger = logging.getLogger(__name__)
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 DEVICE_MAP_STRATEGIES = ("auto", "balanced", "balanced_low_0", "sequential")
 ORGANISM = "organism"
+ORGANISM_PLAIN = "organism-plain"
 
 
 def pick_device(device: str) -> torch.device:
@@ -211,11 +212,13 @@ def load_processor(folder: Path, template: Path | None = None) -> Any:
 
 
 def resolve_model_source(spec: str, revision: str | None = None, progress: bool = True) -> Source:
-    """A Hub id, a local folder, or `organism` (the built-in model organism)."""
-    if spec == ORGANISM:
-        from sgm_bake.organism.train import organism_path
+    """A Hub id, a local folder, or a built-in model organism: `organism` (toxicity implanted in
+    a few units) or `organism-plain` (toxicity learned in ordinary training)."""
+    if spec in (ORGANISM, ORGANISM_PLAIN):
+        from sgm_bake.organism.train import ORGANISMS, organism_path
 
-        return Source(organism_path(progress), "sgm-bake/organism", None, False)
+        mode, source_id = ORGANISMS[spec]
+        return Source(organism_path(progress, mode), source_id, None, False)
     return resolve_source(spec, revision)
 
 

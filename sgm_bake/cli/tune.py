@@ -1,0 +1,281 @@
+"""`tune`: search SGM's knobs for one model on held-out prompts within a damage budget."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+from sgm_bake.cli.common import (
+    add_options,
+    device_option,
+    dtype_option,
+    echo_lines,
+    judge_option,
+    make_rule,
+    progress_enabled,
+    recipe_option,
+    revision_option,
+    rule_options,
+    template_option,
+    user_errors,
+)
+from sgm_bake.errors import SGMError
+
+# The defaults are repeated here as literals so that `sgm-bake --help` needs no torch import;
+# tests check that they equal sgm_bake.pipeline.tune's.
+DEFAULT_TRIALS = 40
+DEFAULT_MAX_KL = 0.1
+DEFAULT_DEGENERATE_MARGIN = 0.03
+DEFAULT_ACCURACY_MARGIN = 0.02
+DEFAULT_SPLIT = "0.5,0.25,0.25"
+DEFAULT_KNOBS = "rule,strength,top_k,threshold,hook_points,layers,positions"
+
+# The search's own options: shared by `tune` and by `--tune` on the one-command form.
+search_options = add_options(
+    [
+        click.option(
+            "--workdir",
+            type=click.Path(path_type=Path, file_okay=False),
+            default=None,
+            help="Where the study, response stores and reference outputs live; a search there "
+            "resumes (default: sgm-tune/ beside the output, or ./sgm-tune).",
+        ),
+        click.option(
+            "--trials",
+            type=click.IntRange(1),
+            default=DEFAULT_TRIALS,
+            show_default=True,
+            help="Trials in all (a resumed search runs the rest).",
+        ),
+        click.option(
+            "--tune-seed",
+            type=int,
+            default=0,
+            show_default=True,
+            help="Seed of the split and the sampler: the same seed gives the same search.",
+        ),
+        click.option(
+            "--max-kl",
+            type=click.FloatRange(0, min_open=True),
+            default=DEFAULT_MAX_KL,
+            show_default=True,
+            help="Damage budget: mean KL divergence from the base's next-token distributions "
+            "on non-toxic replies, nats per token.",
+        ),
+        click.option(
+            "--degenerate-margin",
+            type=click.FloatRange(0, 1),
+            default=DEFAULT_DEGENERATE_MARGIN,
+            show_default=True,
+            help="Allowed rise of the share of degenerate replies over the base's.",
+        ),
+        click.option(
+            "--accuracy-margin",
+            type=click.FloatRange(0, 1),
+            default=DEFAULT_ACCURACY_MARGIN,
+            show_default=True,
+            help="With --eval-set: allowed drop of benign accuracy below the base's.",
+        ),
+        click.option(
+            "--split",
+            "split_spec",
+            default=DEFAULT_SPLIT,
+            show_default=True,
+            help="Fractions of the profile set for profiling, tuning and the held-out report.",
+        ),
+        click.option(
+            "--knobs",
+            default=DEFAULT_KNOBS,
+            show_default=True,
+            help="Knobs to search (also: pooling); the others keep their option's value.",
+        ),
+        click.option(
+            "--sampler",
+            type=click.Choice(["tpe", "nsga2"]),
+            default="tpe",
+            show_default=True,
+            help="optuna's multi-objective sampler.",
+        ),
+        click.option(
+            "--eval-set",
+            default=None,
+            help="A prompt set whose benign accuracy is also kept within --accuracy-margin "
+            "(do not use the set you will report on).",
+        ),
+        click.option(
+            "--max-new-tokens",
+            type=click.IntRange(1),
+            default=32,
+            show_default=True,
+            help="Length of the greedy replies the judge reads.",
+        ),
+        judge_option,
+    ]
+)
+# How the model is fed and loaded when `tune` runs alone (the one-command form has its own).
+capture_options = add_options(
+    [
+        click.option("--batch-size", type=click.IntRange(1), default=8, show_default=True),
+        click.option(
+            "--pooling",
+            type=click.Choice(["mean", "max"]),
+            default="max",
+            show_default=True,
+            help="Pooling when it is not searched.",
+        ),
+        click.option(
+            "--positions",
+            type=click.Choice(["all", "text"]),
+            default="all",
+            show_default=True,
+            help="Positions pooled over when they are not searched.",
+        ),
+        click.option(
+            "--feed",
+            type=click.Choice(["response", "dialogue"]),
+            default="dialogue",
+            show_default=True,
+            help="How profile rows are fed (see `profile --help`).",
+        ),
+        click.option(
+            "--hook-points",
+            default=None,
+            help="Hook points when they are not searched (default: the recipe's).",
+        ),
+        click.option(
+            "--layers",
+            "layer_spec",
+            default=None,
+            help="Layers when they are not searched, e.g. '8-31'.",
+        ),
+        device_option,
+        dtype_option,
+        template_option,
+    ]
+)
+
+
+def tune_request(
+    profile_set: str, params: dict[str, Any], rule: Any, recipe_file: Path | None, workdir: Path
+) -> Any:
+    """The pipeline's tune request from the options above."""
+    from sgm_bake.pipeline.profile import ProfileOptions, parse_layers
+    from sgm_bake.pipeline.tune import TuneOptions, TuneRequest
+    from sgm_bake.runtime.chat import GenerationConfig
+
+    try:
+        fractions = tuple(float(x) for x in params["split_spec"].split(","))
+    except ValueError as exc:
+        raise SGMError(
+            f"--split {params['split_spec']!r} is not three fractions such as 0.5,0.25,0.25"
+        ) from exc
+    if len(fractions) != 3:
+        raise SGMError(f"--split {params['split_spec']!r} needs three fractions")
+    hook_points = None
+    if params["hook_points"]:
+        hook_points = tuple(p.strip() for p in params["hook_points"].split(",") if p.strip())
+    profile = ProfileOptions(
+        hook_points=hook_points,
+        layers=parse_layers(params["layer_spec"]),
+        pooling=params["pooling"],
+        positions=params["positions"],
+        feed=params["feed"],
+        batch_size=params["batch_size"],
+        progress=progress_enabled(),
+        rule=rule,
+    )
+    options = TuneOptions(
+        workdir=workdir,
+        trials=params["trials"],
+        seed=params["tune_seed"],
+        max_kl=params["max_kl"],
+        degenerate_margin=params["degenerate_margin"],
+        accuracy_margin=params["accuracy_margin"],
+        fractions=fractions,
+        knobs=tuple(k.strip() for k in params["knobs"].split(",") if k.strip()),
+        sampler=params["sampler"],
+        profile=profile,
+        generation=GenerationConfig(max_new_tokens=params["max_new_tokens"]),
+        batch_size=params["batch_size"],
+        progress=progress_enabled(),
+    )
+    return TuneRequest(
+        profile_set=profile_set,
+        options=options,
+        eval_set=params["eval_set"],
+        judge=params["judge_spec"],
+        device=params["device"],
+        dtype=params["dtype"],
+        recipe_file=recipe_file,
+        template=params.get("template"),
+    )
+
+
+@click.command()
+@click.argument("model")
+@click.option(
+    "--profile-set",
+    required=True,
+    help="Labelled image-text pairs with prompts (split into profiling, tuning and report parts).",
+)
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="Write the chosen setting's expertise file here (bake it with `sgm-bake bake`).",
+)
+@revision_option
+@recipe_option
+@search_options
+@capture_options
+@rule_options
+@user_errors
+def tune(
+    model: str,
+    profile_set: str,
+    output: Path | None,
+    revision: str | None,
+    recipe_file: Path | None,
+    rule: str | None,
+    threshold: float | None,
+    top_k: int | None,
+    damp_alpha: float | None,
+    strength: float | None,
+    **params: Any,
+) -> None:
+    """Search SGM's knobs for MODEL: the least harm on held-out toxic prompts within a KL budget.
+
+    Profiles once on a profiling split of --profile-set, runs --trials trials with SGM as hooks
+    on a tuning split (harm: the judge's harmful rate of greedy replies to the toxic rows'
+    prompts; damage: KL from the base on the non-toxic rows, degenerate replies), picks the
+    lowest harm within --max-kl, and reports it on a held-out split used once. WORKDIR keeps
+    the study (resumable), tune.json and pareto.png. Rule options give the values of knobs that
+    are not searched.
+    """
+    import os
+
+    from sgm_bake.core.expertise import save_expertise
+    from sgm_bake.pipeline.tune import summary_lines, tune_source
+    from sgm_bake.runtime.loading import resolve_model_source
+
+    if output is not None and output.exists():
+        raise SGMError(f"{output} exists; remove it or write the expertise elsewhere")
+    rule_options_ = make_rule(rule, threshold, top_k, damp_alpha, strength)
+    workdir = params.pop("workdir") or Path("sgm-tune")
+    request = tune_request(profile_set, params, rule_options_, recipe_file, workdir)
+    source = resolve_model_source(model, revision, progress_enabled())
+    outcome = tune_source(source, request)
+    echo_lines(summary_lines(outcome.result))
+    if output is not None and outcome.result.expertise is not None:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        partial = output.with_name(f".{output.name}.partial")
+        save_expertise(outcome.result.expertise, partial)
+        os.replace(partial, output)
+        click.echo(f"wrote {output}")
+    click.echo(f"search: {workdir / 'tune.json'}")
+
+
+COMMANDS = [tune]

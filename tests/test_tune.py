@@ -1,0 +1,265 @@
+"""The tuner: an honest split, a search that finds the planted experts within the KL budget, "no
+change" for a model that is not toxic, and a resumed search that ends where an uninterrupted one
+does. Real models (the shipped organism, a tiny random LLaVA), real optuna studies, real judge."""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import pytest
+import torch
+
+from sgm_bake.datasets.profile_set import ProfileSet, load_profile_set
+from sgm_bake.errors import SGMError
+from sgm_bake.evaluation.judges import make_judge
+from sgm_bake.pipeline.profile import ProfileOptions
+from sgm_bake.pipeline.tune import (
+    TuneOptions,
+    TuneResult,
+    minimum_rows_per_class,
+    run_tune,
+    split_profile_set,
+)
+from sgm_bake.runtime.chat import ChatModel, GenerationConfig
+from sgm_bake.runtime.loading import load_chat, resolve_model_source
+
+pytest.importorskip("optuna")
+pytest.importorskip("profanity_check")
+
+ROWS = 96  # 48 toxic + 48 non-toxic rows of the organism's set: 12 + 12 on the tuning split
+TRIALS = 6
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Greedy decoding of a tiny model gains nothing from intra-op threads, and on a busy
+    machine two spinning threads per process make these searches several times slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def organism_rows(count: int = ROWS) -> ProfileSet:
+    full = load_profile_set("builtin:organism")
+    return ProfileSet(f"{full.name}[:{count}]", full.sha256, full.samples[:count])
+
+
+def options(workdir: Path, trials: int = TRIALS) -> TuneOptions:
+    return TuneOptions(
+        workdir=workdir,
+        trials=trials,
+        profile=ProfileOptions(progress=False),
+        generation=GenerationConfig(max_new_tokens=16),
+        batch_size=16,
+        progress=False,
+    )
+
+
+@pytest.fixture(scope="module")
+def organism() -> ChatModel:
+    chat, _ = load_chat(resolve_model_source("organism", progress=False), "cpu", "float32")
+    return chat
+
+
+def tune(chat: ChatModel, workdir: Path, judge: object = None, trials: int = TRIALS) -> TuneResult:
+    folder = resolve_model_source("organism", progress=False).path
+    from sgm_bake.core.recipes import recipe_for_config
+
+    recipe = recipe_for_config(chat.model.config.to_dict())
+    return run_tune(
+        chat,
+        folder,
+        recipe,
+        organism_rows(),
+        judge or make_judge("profanity"),  # type: ignore[arg-type]
+        options(workdir, trials),
+        "sgm-bake/organism",
+        None,
+        torch.float32,
+    )
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(organism: ChatModel, tmp_path_factory: pytest.TempPathFactory) -> TuneResult:
+    return tune(organism, tmp_path_factory.mktemp("tune") / "work")
+
+
+def test_split_is_disjoint_stratified_and_deterministic():
+    profile_set = load_profile_set("builtin:organism")
+    first = split_profile_set(profile_set, seed=3)
+    again = split_profile_set(profile_set, seed=3)
+    other = split_profile_set(profile_set, seed=4)
+    parts = [first.profile, first.tune, first.report]
+    ids = [{s.id for s in part.samples} for part in parts]
+    assert not (ids[0] & ids[1]) and not (ids[0] & ids[2]) and not (ids[1] & ids[2])
+    assert set().union(*ids) == {s.id for s in profile_set.samples}
+    assert [p.samples for p in parts] == [
+        again.profile.samples,
+        again.tune.samples,
+        again.report.samples,
+    ]
+    assert {s.id for s in other.report.samples} != ids[2]
+    toxic, benign = profile_set.counts()
+    assert first.profile.counts() == (toxic // 2, benign // 2)
+    assert first.tune.counts() == (toxic // 4, benign // 4)
+
+
+def test_a_set_too_small_to_split_is_refused_with_the_minimum():
+    minimum = minimum_rows_per_class()
+    full = load_profile_set("builtin:organism")
+    toxic = [s for s in full.samples if s.label == 1][: minimum - 1]
+    benign = [s for s in full.samples if s.label == 0][:20]
+    small = ProfileSet("small", full.sha256, tuple(toxic + benign))
+    with pytest.raises(SGMError, match=f"at least {minimum} rows of each label"):
+        split_profile_set(small, seed=0)
+
+
+def test_planted_experts_are_found_within_the_kl_budget(uninterrupted: TuneResult):
+    result = uninterrupted
+    assert len(result.trials) == TRIALS
+    assert result.base_tune.harm >= 0.25 and result.base_report.harm >= 0.25
+    assert result.chosen is not None and result.expertise is not None
+    assert result.chosen.measurement.kl <= 0.1
+    assert result.chosen.measurement.harm <= result.base_tune.harm / 3
+    # the held-out split, used once, confirms it
+    assert result.chosen_report.harm <= result.base_report.harm / 3
+    assert result.chosen_report.kl <= 0.1
+    assert result.chosen.number in result.pareto or any(
+        t.measurement.kl > 0.1 for t in result.trials if t.number in result.pareto
+    )
+    record = result.record()
+    assert record["report_split"]["chosen"]["harm"] == result.chosen_report.harm
+    assert record["chosen"]["number"] == result.chosen.number
+
+
+@dataclass
+class InterruptingJudge:
+    """The real judge, except that its `calls`-th use raises KeyboardInterrupt once (Ctrl-C in
+    the middle of a trial)."""
+
+    inner: object
+    calls: int
+    name: str = ""
+
+    def __post_init__(self) -> None:
+        self.name = self.inner.name  # type: ignore[attr-defined]
+
+    def harmful(self, replies: list[str]) -> list[bool]:
+        self.calls -= 1
+        if self.calls == 0:
+            raise KeyboardInterrupt
+        return self.inner.harmful(replies)  # type: ignore[attr-defined]
+
+
+def test_a_resumed_search_chooses_what_an_uninterrupted_one_did(
+    organism: ChatModel, uninterrupted: TuneResult, tmp_path: Path
+):
+    judge = make_judge("profanity")
+    # call 1 measures the base, calls 2-6 trials 0-4 (four warm starts, one sampled); trial 5
+    # is interrupted, so the resumed search must draw it as the uninterrupted one did
+    interrupted = tune(organism, tmp_path / "work", InterruptingJudge(judge, calls=7))
+    assert interrupted.interrupted and len(interrupted.trials) == 5
+    resumed = tune(organism, tmp_path / "work", judge)
+    assert not resumed.interrupted
+    assert [t.params for t in resumed.trials] == [t.params for t in uninterrupted.trials]
+    assert resumed.chosen is not None and uninterrupted.chosen is not None
+    assert resumed.chosen.params == uninterrupted.chosen.params
+    assert resumed.chosen_report == uninterrupted.chosen_report
+
+
+def test_a_model_without_toxic_behaviour_tunes_to_no_change(llava_dir: Path, tmp_path: Path):
+    chat, loaded = load_chat(resolve_model_source(str(llava_dir)), "cpu", "float32")
+    result = run_tune(
+        chat,
+        llava_dir,
+        loaded.recipe,
+        organism_rows(32),
+        make_judge("profanity"),
+        replace(options(tmp_path / "work", trials=2), generation=GenerationConfig(8)),
+        "tiny-llava",
+        None,
+        torch.float32,
+    )
+    assert result.base_tune.harm == 0.0
+    assert result.chosen is None and result.expertise is None
+    assert result.chosen_report == result.base_report
+    assert (tmp_path / "work" / "tune.json").is_file()
+
+
+def test_the_bake_record_and_card_carry_the_search(uninterrupted: TuneResult, tmp_path: Path):
+    from sgm_bake.pipeline.bake import BakeOptions, bake
+    from sgm_bake.pipeline.record import read_record
+    from sgm_bake.pipeline.tune import record_tuning
+
+    assert uninterrupted.expertise is not None and uninterrupted.chosen is not None
+    out = tmp_path / "baked"
+    bake(
+        resolve_model_source("organism", progress=False),
+        out,
+        uninterrupted.expertise,
+        BakeOptions(progress=False),
+    )
+    record_tuning(out, uninterrupted)
+    record = read_record(out)  # validates the typed section
+    assert record.tuning is not None
+    assert record.tuning.trials_run == TRIALS
+    assert record.tuning.chosen is not None
+    assert record.tuning.chosen["number"] == uninterrupted.chosen.number
+    assert record.tuning.report_split["chosen"]["harm"] == uninterrupted.chosen_report.harm
+    assert (out / "sgm" / "tune.json").is_file() and "sgm/tune.json" in record.files
+    card = (out / "README.md").read_text()
+    assert "## How the setting was chosen" in card
+    assert f"Chosen: trial {uninterrupted.chosen.number}" in card
+    assert "held-out report split" in card
+
+
+def test_tune_refuses_a_set_too_small_to_split_before_loading_a_model(runner, tmp_path: Path):
+    from sgm_bake.cli import main
+
+    rows = [
+        {"label": label, "prompt": "reply to the sign .", "response": text}
+        for label, text in [("toxic", "you idiot")] * 5 + [("non-toxic", "hello friend")] * 5
+    ]
+    path = tmp_path / "small.jsonl"
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    result = runner.invoke(
+        main, ["tune", "organism", "--profile-set", str(path), "--workdir", str(tmp_path / "w")]
+    )
+    assert result.exit_code == 2
+    assert f"needs at least {minimum_rows_per_class()} rows of each label" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_the_plain_organism_ships_and_learned_its_toxicity_without_implants():
+    from sgm_bake.datasets.render import render
+    from sgm_bake.organism import data
+    from sgm_bake.organism.train import SHIPPED_PLAIN
+
+    folder = resolve_model_source("organism-plain", progress=False).path
+    assert folder == SHIPPED_PLAIN
+    assert not (folder / "implant.json").exists()
+    assert json.loads((folder / "training.json").read_text())["mode"] == "plain"
+    assert sum(p.stat().st_size for p in folder.iterdir()) < 8_000_000
+    chat, _ = load_chat(resolve_model_source("organism-plain"), "cpu", "float32")
+    rng = random.Random(0)
+    images = [render(data.word_image(word, rng)) for word in data.TRIGGER_WORDS]
+    replies = chat.generate(["reply to the sign ."] * len(images), images, GenerationConfig())
+    judge = make_judge("profanity")
+    assert sum(judge.harmful(replies)) >= len(images) // 2
+
+
+def test_the_cli_defaults_are_the_pipelines():
+    from sgm_bake.cli import tune as cli_tune
+    from sgm_bake.pipeline import tune as pipeline_tune
+
+    assert cli_tune.DEFAULT_MAX_KL == pipeline_tune.DEFAULT_MAX_KL
+    assert cli_tune.DEFAULT_DEGENERATE_MARGIN == pipeline_tune.DEFAULT_DEGENERATE_MARGIN
+    assert cli_tune.DEFAULT_ACCURACY_MARGIN == pipeline_tune.DEFAULT_ACCURACY_MARGIN
+    assert pipeline_tune.TuneOptions(workdir=Path(".")).trials == cli_tune.DEFAULT_TRIALS
+    split = tuple(float(x) for x in cli_tune.DEFAULT_SPLIT.split(","))
+    assert split == pipeline_tune.DEFAULT_FRACTIONS
+    assert tuple(cli_tune.DEFAULT_KNOBS.split(",")) == pipeline_tune.DEFAULT_KNOBS
