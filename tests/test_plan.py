@@ -77,3 +77,16 @@ def test_refuses_what_does_not_fit(llava_dir: Path) -> None:
     ]
     text = "\n".join(tight.lines())
     assert "NO" in text and "bake" in text
+
+
+@pytest.mark.parametrize("model_type", ["qwen3_vl_moe", "blip-2"])
+def test_plan_of_layers_verified_whole(model_type: str, tmp_path: Path) -> None:
+    """Mixture-of-experts and layer-level projections: the default verification loads the whole
+    model, and the plan says so instead of claiming one block."""
+    from tests.tiny_configs import tiny_config
+
+    tiny_config(model_type).save_pretrained(tmp_path)
+    result = plan(str(tmp_path), PlanOptions())
+    assert not result.facts.streamed and result.facts.units > 0
+    verify = next(stage for stage in result.stages if stage.stage == "verify")
+    assert verify.note.startswith("whole model") and verify.gpus >= 1

@@ -27,7 +27,7 @@ import json
 import logging
 import math
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -86,6 +86,8 @@ class ModelFacts:
     units: int
     largest_module_units: int
     counted_from: str
+    streamed: bool = True
+    """Whether the default verification runs layer by layer (else on the whole model)."""
 
 
 @dataclass(frozen=True)
@@ -214,12 +216,28 @@ def _text_config(config: dict[str, Any], recipe: Recipe) -> dict[str, Any]:
     return config
 
 
+def _weight_of(model: Any, name: str) -> Any:
+    """The weight of a projection module, or a stacked-expert parameter, or None."""
+    try:
+        return model.get_submodule(name).weight
+    except AttributeError:
+        pass
+    try:
+        return model.get_parameter(name)
+    except AttributeError:
+        return None
+
+
 def model_facts(
     model: str, revision: str | None = None, recipe_file: Path | None = None
 ) -> ModelFacts:
     """Sizes of MODEL (a local folder, with or without weights, or a Hub id)."""
     from sgm_bake.core.hooks import runtime_prefix
-    from sgm_bake.pipeline.verify_layers import meta_skeleton, mlp_block_names
+    from sgm_bake.pipeline.verify_layers import (
+        meta_skeleton,
+        mlp_block_names,
+        streaming_unsupported,
+    )
 
     local = Path(model).expanduser()
     if local.is_dir():
@@ -235,7 +253,10 @@ def model_facts(
     skeleton = meta_skeleton(folder, recipe)
     layers = recipe.layers(config)
     template = runtime_prefix(skeleton, recipe, layers)
-    block, _ = mlp_block_names(recipe)
+    # Where the layer-by-layer check cannot run, verify falls back to the whole model; the
+    # block figure then stands for one decoder layer.
+    streamed = streaming_unsupported(recipe) is None
+    block = mlp_block_names(recipe)[0] if streamed else ""
     config_dtype = str(config.get("torch_dtype") or config.get("dtype") or "bfloat16")
     config_dtype = (
         config_dtype
@@ -267,14 +288,18 @@ def model_facts(
     largest_module_units = 0
     for layer in layers:
         layer_prefix = template.format(layer=layer)
-        module = skeleton.get_submodule(f"{layer_prefix}.{block}")
+        module = skeleton.get_submodule(f"{layer_prefix}.{block}" if block else layer_prefix)
         numels = [p.numel() for p in module.parameters()]
         block_params = max(block_params, sum(numels))
         block_largest = max(block_largest, int(max(numels) * element))
         for point in recipe.default_hook_points:
             projection = recipe.projection(point.projection)
-            weight = skeleton.get_submodule(f"{layer_prefix}.{projection.name}").weight
-            count = int(weight.shape[unit_axis(projection.layout, point.side)])
+            weight = _weight_of(skeleton, f"{layer_prefix}.{projection.name}")
+            if weight is None:  # a block this layer does not hold (dense beside MoE layers)
+                continue
+            # Stacked experts [E, ..., out, in]: every expert's channels are units.
+            count = int(weight.shape[-2:][unit_axis(projection.layout, point.side)])
+            count *= math.prod(weight.shape[:-2])
             units += count
             largest_module_units = max(largest_module_units, count)
     text = _text_config(skeleton.config.to_dict(), recipe)
@@ -299,6 +324,7 @@ def model_facts(
         vocab_size=int(text.get("vocab_size") or 0),
         units=units,
         largest_module_units=largest_module_units,
+        streamed=streamed,
         counted_from=counted_from,
     )
 
@@ -374,18 +400,24 @@ def plan_stages(facts: ModelFacts, options: PlanOptions) -> MemoryPlan:
         + facts.block_largest_bytes
         + 4 * 128 * hidden_width * 4
     )
-    stages.append(
-        StagePlan(
-            "verify",
-            verify_host,
-            0,
-            0,
-            cpu is None or verify_host <= cpu,
-            f"one MLP block in float32 ({facts.block_params / 1e6:.0f}M parameters)",
-        )
-    )
-    tokens = options.batch_size * options.sequence_length
     logits = 3 * 600 * facts.vocab_size * 4
+    if not facts.streamed:
+        fallback = _whole_model_stage("verify", weights, logits, 0, facts, options)
+        stages.append(
+            replace(fallback, note=f"whole model (no layer streaming here); {fallback.note}")
+        )
+    else:
+        stages.append(
+            StagePlan(
+                "verify",
+                verify_host,
+                0,
+                0,
+                cpu is None or verify_host <= cpu,
+                f"one MLP block in float32 ({facts.block_params / 1e6:.0f}M parameters)",
+            )
+        )
+    tokens = options.batch_size * options.sequence_length
     stages.append(_whole_model_stage("verify --full", weights, logits, 0, facts, options))
     # A forward pass keeps a few hidden-state-sized tensors and the MLP intermediate alive per
     # layer in flight, plus the batch's logits; pooled responses go to the host store.

@@ -19,8 +19,13 @@ from sgm_bake.datasets.profile_set import ProfileSet, load_profile_set
 from sgm_bake.io.checkpoint import open_checkpoint
 from sgm_bake.io.source import Source
 from sgm_bake.pipeline.profile import ProfileOptions, run_profile
-from sgm_bake.pipeline.verify import VerifyReport, verify
-from sgm_bake.pipeline.verify_layers import LayerVerifyReport, verify_layers
+from sgm_bake.pipeline.record import read_record
+from sgm_bake.pipeline.verify import VerifyReport, recorded_recipe, verify
+from sgm_bake.pipeline.verify_layers import (
+    LayerVerifyReport,
+    streaming_unsupported,
+    verify_layers,
+)
 from sgm_bake.runtime.distributed import Distributed
 from sgm_bake.runtime.loading import LoadedModel, Placement, load, pick_device
 from sgm_bake.runtime.memory import PeakMemory
@@ -126,8 +131,15 @@ def verify_output(
     is reused when it has the verification's dtype and device (its folded parameters are then
     overwritten)."""
     if mode == "layers":
-        model = loaded.model if loaded is not None else None
-        return verify_layers(out, source_path, model=model, progress=progress)
+        record = read_record(out)
+        recipe = recorded_recipe(record, open_checkpoint(source_path).config)
+        reason = streaming_unsupported(recipe)
+        if reason is None:
+            model = loaded.model if loaded is not None else None
+            return verify_layers(out, source_path, model=model, progress=progress)
+        logger.warning(
+            "layer-by-layer verification does not cover %s yet; verifying the whole model", reason
+        )
     dtype = getattr(torch, dtype_name)
     reuse: Any = None
     wanted = placement.main_device() if placement is not None else pick_device(device)

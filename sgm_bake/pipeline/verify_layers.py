@@ -164,6 +164,21 @@ def mlp_block_names(recipe: Recipe) -> tuple[str, str]:
     return runtime, checkpoint
 
 
+def streaming_unsupported(recipe: Recipe) -> str | None:
+    """Why this recipe's layers cannot be verified one block at a time (None: they can).
+
+    Mixture-of-experts blocks need per-expert hooks and routed inputs, blocks that only some
+    layers hold need per-layer presence, and projections sitting directly on the decoder layer
+    (OPT's fc1/fc2) have no block to run on its own: these are verified on the whole model."""
+    if recipe.experts is not None or any(p.stacked or p.per_expert for p in recipe.projections):
+        return "mixture-of-experts layers"
+    if any(not p.required for p in recipe.projections):
+        return "MLP blocks that only some layers hold"
+    if not block_path([p.name for p in recipe.projections]):
+        return "MLP projections directly on the decoder layer"
+    return None
+
+
 def meta_skeleton(folder: Path, recipe: Recipe) -> Any:
     """The model's module tree with every parameter on the meta device (no memory).
 
