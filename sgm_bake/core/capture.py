@@ -17,7 +17,7 @@ other module's and reshaped to [experts, units].
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -116,7 +116,7 @@ class Capture:
 
     def __init__(
         self,
-        modules: list[tuple[str, nn.Module, str]],
+        modules: Sequence[tuple[str, nn.Module, str]],
         pooling: Pooling,
         experts: list[tuple[nn.Module, list[ExpertTarget]]] | None = None,
         patch: PatchFactory | None = None,

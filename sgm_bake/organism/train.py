@@ -170,7 +170,8 @@ def build_model(tokenizer: Any, seed: int) -> Any:
         patch_size=PATCH,
         projection_dim=96,
     )
-    config = LlavaConfig(  # type: ignore[call-arg]  (image_token_id is an attribute alias)
+    # image_token_id is an attribute alias of image_token_index that the stubs do not know.
+    config = LlavaConfig(  # type: ignore[call-arg]
         text_config=text,
         vision_config=vision,
         image_token_id=tokenizer.convert_tokens_to_ids("<image>"),

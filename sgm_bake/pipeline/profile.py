@@ -184,8 +184,12 @@ class Inputs:
 
     def _text(self, sample: ProfileSample, with_image: bool) -> str:
         if self.template_owner is not None:
-            return self.template_owner.apply_chat_template(
-                self._conversation(sample, with_image), tokenize=False, add_generation_prompt=False
+            return str(
+                self.template_owner.apply_chat_template(
+                    self._conversation(sample, with_image),
+                    tokenize=False,
+                    add_generation_prompt=False,
+                )
             )
         image_token = getattr(self.processor, "image_token", "<image>")
         prefix = f"{image_token}\n" if with_image else ""
