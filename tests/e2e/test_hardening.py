@@ -31,9 +31,9 @@ from sgm_bake.io.checkpoint import open_checkpoint
 from sgm_bake.io.source import resolve_source
 from sgm_bake.pipeline.bake import BakeOptions, bake
 from tests.conftest import load_state, write_json
-from tests.test_profile_set import _rows
+from tests.unit.test_profile_set import _rows
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def snapshot(root: Path) -> dict[str, str]:

@@ -19,9 +19,9 @@ from sgm_bake.cli import main
 from sgm_bake.io.response_store import ResponseStore
 from sgm_bake.runtime.distributed import rank_share
 from tests.builders import tiny_llava
-from tests.test_profile import _plant, _write_set
+from tests.integration.test_profile import _plant, _write_set
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SAMPLES = "11"  # odd: with batches of 4, rank 0 profiles 4 samples and rank 1 profiles 7
 BATCH = "4"
 

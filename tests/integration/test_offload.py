@@ -13,7 +13,7 @@ from sgm_bake.core.expertise import load_expertise
 from sgm_bake.runtime.loading import Placement, input_device, load_model
 from sgm_bake.runtime.memory import parse_max_memory
 from tests.builders import tiny_llava
-from tests.test_profile import _plant, _write_set
+from tests.integration.test_profile import _plant, _write_set
 
 
 @pytest.fixture(scope="module")

@@ -22,9 +22,9 @@ import pytest
 
 from sgm_bake.io.atomic import MARKER_SUFFIX, recover
 from tests.builders import synthetic_expertise, tiny_llava
-from tests.test_hardening import shard, snapshot
+from tests.e2e.test_hardening import shard, snapshot
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")

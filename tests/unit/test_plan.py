@@ -12,7 +12,7 @@ from sgm_bake.pipeline.plan import PlanOptions, model_facts, plan, plan_stages
 from sgm_bake.runtime.memory import format_bytes, parse_max_memory, parse_size
 from tests.conftest import load_state
 
-CONFIGS = Path(__file__).parent.parent / "benchmarks" / "model_configs"
+CONFIGS = Path(__file__).resolve().parents[2] / "benchmarks" / "model_configs"
 
 
 def test_parse_max_memory():
