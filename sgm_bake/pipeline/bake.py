@@ -425,7 +425,7 @@ def bake(source: Source, out: Path, expertise: Expertise, options: BakeOptions) 
             extra=dict(options.extra_record),
             stages={**options.stages, "bake": memory.record()},
         )
-        write_plots(staging, record)
+        write_plots(staging, record, expertise)
         write_card(staging, record)
         write_record(staging, record, weight_hashes)
     return record

@@ -1,0 +1,79 @@
+"""Plots of a baked folder: drawn from the record and the expertise file, referenced by the card."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from sgm_bake.cli import main
+from sgm_bake.core.expertise import Expertise, ModuleExpertise, load_expertise, save_expertise
+from sgm_bake.pipeline.record import read_record, record_evaluation
+
+pytest.importorskip("matplotlib")
+
+
+@pytest.fixture
+def scored_expertise(llava_expertise: Path, tmp_path: Path) -> Path:
+    """The tiny LLaVA's factors with AUROC scores, as `profile` writes them."""
+    expertise = load_expertise(llava_expertise)
+    generator = torch.Generator().manual_seed(0)
+    modules = {
+        name: ModuleExpertise(
+            name, entry.side, entry.alpha, torch.rand(entry.alpha.shape, generator=generator)
+        )
+        for name, entry in expertise.modules.items()
+    }
+    path = tmp_path / "scored.safetensors"
+    save_expertise(Expertise(modules, {**expertise.metadata, "threshold": "0.5"}), path)
+    return path
+
+
+def test_bake_draws_the_layer_plot_and_the_auroc_histogram(
+    runner, llava_dir, scored_expertise, tmp_path
+):
+    out = tmp_path / "out"
+    args = ["-q", "bake", str(llava_dir), str(out), "--expertise", str(scored_expertise)]
+    result = runner.invoke(main, [*args, "--no-verify"])
+    assert result.exit_code == 0, result.output
+    for name in ("units_per_layer.png", "auroc_histogram.png"):
+        with Image.open(out / "sgm" / name) as image:
+            assert image.format == "PNG" and image.width >= 600
+    card = (out / "README.md").read_text()
+    assert "sgm/units_per_layer.png" in card and "sgm/auroc_histogram.png" in card
+    assert "No plots were drawn" not in card
+    assert set(read_record(out).files) >= {"sgm/units_per_layer.png", "sgm/auroc_histogram.png"}
+
+
+def test_evaluation_chart_and_card_show_the_same_figures(
+    runner, llava_dir, scored_expertise, tmp_path
+):
+    out = tmp_path / "out"
+    args = ["-q", "bake", str(llava_dir), str(out), "--expertise", str(scored_expertise)]
+    assert runner.invoke(main, [*args, "--no-verify"]).exit_code == 0
+    metrics = {
+        "harmful_rate": 0.475,
+        "harmful_rate_by_condition": {"standard": 0.28125, "adversarial": 0.5416},
+        "benign_accuracy": 0.75,
+        "degenerate_share": 0.0,
+        "reference_perplexity": 1.31,
+    }
+    data = {
+        "judge": "keyword",
+        "prompt_set": {"name": "builtin:x", "sha256": "0" * 64, "items": 120},
+        "variants": {
+            "base": {"metrics": metrics},
+            "sgm": {"metrics": {**metrics, "harmful_rate": 0.0}},
+        },
+    }
+    record_evaluation(out, "sgm/eval.json", data)
+    with Image.open(out / "sgm" / "eval.png") as image:
+        assert image.format == "PNG"
+    card = (out / "README.md").read_text()
+    # The card prints shares with one decimal, as the chart's bar labels do.
+    assert "| base | 47.5% | 28.1% | 54.2% |" in card
+    assert "![evaluation](sgm/eval.png)" in card
+    result = runner.invoke(main, ["inspect", str(out)])
+    assert result.exit_code == 0, result.output
