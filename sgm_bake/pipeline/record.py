@@ -29,7 +29,10 @@ SGM_DIR = "sgm"
 RECORD_FILE = "bake.json"
 RECORD_PATH = f"{SGM_DIR}/{RECORD_FILE}"
 RECORD_FORMAT = "sgm-bake-record/2"
-READABLE_FORMATS = (RECORD_FORMAT,)
+# sgm-bake 0.1 wrote the same fields without a format marker; every field added since has a
+# default, so such records read as they are and are rewritten in the current format.
+LEGACY_FORMAT = "sgm-bake-record/1"
+READABLE_FORMATS = (RECORD_FORMAT, LEGACY_FORMAT)
 
 
 @dataclass
@@ -221,9 +224,10 @@ def _convert(value: Any, annotation: Any, where: str) -> Any:
         options = get_args(annotation)
         if value is None and NoneType in options:
             return None
-        for option in options:
-            if option is NoneType:
-                continue
+        candidates = [option for option in options if option is not NoneType]
+        if len(candidates) == 1:  # an optional field: report the inner problem itself
+            return _convert(value, candidates[0], where)
+        for option in candidates:
             try:
                 return _convert(value, option, where)
             except _Invalid:
@@ -285,16 +289,18 @@ def parse_record(data: Any, where: str = RECORD_PATH) -> BakeRecord:
     """Validate a decoded record; a bad field raises SGMError naming it."""
     if not isinstance(data, Mapping):
         raise SGMError(f"{where} is not a JSON object; the output is damaged, bake it again")
-    found = data.get("record_format")
+    found = data.get("record_format", LEGACY_FORMAT)
     if found not in READABLE_FORMATS:
         raise SGMError(
             f"{where} has record format {found!r}, which this sgm-bake does not read "
             f"({', '.join(READABLE_FORMATS)}); bake it again with this version"
         )
     try:
-        return _build(BakeRecord, data, "")
+        record = _build(BakeRecord, data, "")
     except _Invalid as exc:
         raise SGMError(f"{where}: {exc}; the record is damaged, bake it again") from exc
+    record.record_format = RECORD_FORMAT
+    return record
 
 
 def read_record(folder: Path) -> BakeRecord:
