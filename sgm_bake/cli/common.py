@@ -318,3 +318,44 @@ def make_rule(
 def step(number: int, total: int, text: str) -> None:
     """A step header, printed the same way by every multi-step command."""
     click.echo(f"{number}/{total} {text}")
+
+
+# How profile rows are captured: the same options, with the same meaning, in `profile`, the
+# one-command form and `tune` (where a searched knob's value replaces the option's).
+batch_size_option = click.option(
+    "--batch-size", type=click.IntRange(1), default=8, show_default=True
+)
+pooling_option = click.option(
+    "--pooling",
+    type=click.Choice(["mean", "max"]),
+    default="max",
+    show_default=True,
+    help="Pool each unit over token positions: mean (SGM) or max (AurA).",
+)
+positions_option = click.option(
+    "--positions",
+    type=click.Choice(["all", "text"]),
+    default="all",
+    show_default=True,
+    help="Pool over all non-padding positions (image tokens too, as SGM) or text positions only.",
+)
+feed_option = click.option(
+    "--feed",
+    type=click.Choice(["response", "dialogue"]),
+    default="dialogue",
+    show_default=True,
+    help="response: image + reply text in one user turn (SGM); dialogue: the prompt, then the "
+    "reply as the assistant's turn.",
+)
+hook_points_option = click.option(
+    "--hook-points",
+    default=None,
+    help="Comma-separated PROJECTION:SIDE list (default: the recipe's, the outputs of the MLP "
+    "projections).",
+)
+layers_option = click.option(
+    "--layers",
+    "layer_spec",
+    default=None,
+    help="Only these post-fusion layers, e.g. '8-31' or '0,2,4'.",
+)

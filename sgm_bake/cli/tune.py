@@ -9,11 +9,17 @@ import click
 
 from sgm_bake.cli.common import (
     add_options,
+    batch_size_option,
     device_option,
     dtype_option,
     echo_lines,
+    feed_option,
+    hook_points_option,
     judge_option,
+    layers_option,
     make_rule,
+    pooling_option,
+    positions_option,
     progress_enabled,
     recipe_option,
     revision_option,
@@ -114,42 +120,16 @@ search_options = add_options(
         judge_option,
     ]
 )
-# How the model is fed and loaded when `tune` runs alone (the one-command form has its own).
+# How the model is fed and loaded when `tune` runs alone (the one-command form has its own);
+# a knob the search covers replaces the option's value.
 capture_options = add_options(
     [
-        click.option("--batch-size", type=click.IntRange(1), default=8, show_default=True),
-        click.option(
-            "--pooling",
-            type=click.Choice(["mean", "max"]),
-            default="max",
-            show_default=True,
-            help="Pooling when it is not searched.",
-        ),
-        click.option(
-            "--positions",
-            type=click.Choice(["all", "text"]),
-            default="all",
-            show_default=True,
-            help="Positions pooled over when they are not searched.",
-        ),
-        click.option(
-            "--feed",
-            type=click.Choice(["response", "dialogue"]),
-            default="dialogue",
-            show_default=True,
-            help="How profile rows are fed (see `profile --help`).",
-        ),
-        click.option(
-            "--hook-points",
-            default=None,
-            help="Hook points when they are not searched (default: the recipe's).",
-        ),
-        click.option(
-            "--layers",
-            "layer_spec",
-            default=None,
-            help="Layers when they are not searched, e.g. '8-31'.",
-        ),
+        batch_size_option,
+        pooling_option,
+        positions_option,
+        feed_option,
+        hook_points_option,
+        layers_option,
         device_option,
         dtype_option,
         template_option,
