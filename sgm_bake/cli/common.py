@@ -322,8 +322,41 @@ def step(number: int, total: int, text: str) -> None:
 
 # How profile rows are captured: the same options, with the same meaning, in `profile`, the
 # one-command form and `tune` (where a searched knob's value replaces the option's).
+class BatchSize(click.ParamType):
+    """`auto` or a whole number of samples per forward pass."""
+
+    name = "N|auto"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> int | str:
+        if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
+            return value
+        text = str(value).strip().lower()
+        if text == "auto":
+            return "auto"
+        if text.isdigit() and int(text) >= 1:
+            return int(text)
+        self.fail(f"{value!r} is neither a positive whole number nor auto", param, ctx)
+
+
 batch_size_option = click.option(
-    "--batch-size", type=click.IntRange(1), default=8, show_default=True
+    "--batch-size",
+    type=BatchSize(),
+    default="auto",
+    show_default=True,
+    help="Samples per forward pass. auto: on a GPU the largest batch that fits, found on the "
+    "first (longest) samples at start; elsewhere 8.",
+)
+max_samples_option = click.option(
+    "--max-samples",
+    type=click.IntRange(2),
+    default=None,
+    help="Profile at most N samples, half per class.",
+)
+neurons_option = click.option(
+    "--neurons",
+    is_flag=True,
+    help="Profile the classic MLP neurons (inputs of the down projection) instead of the "
+    "default hook points.",
 )
 pooling_option = click.option(
     "--pooling",

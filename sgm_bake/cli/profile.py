@@ -21,6 +21,8 @@ from sgm_bake.cli.common import (
     layers_option,
     make_placement,
     make_rule,
+    max_samples_option,
+    neurons_option,
     overwrite_option,
     placement_options,
     pooling_option,
@@ -51,22 +53,12 @@ profile_options = add_options(
         dtype_option,
         placement_options,
         batch_size_option,
-        click.option(
-            "--max-samples",
-            type=click.IntRange(2),
-            default=None,
-            help="Profile at most N samples, half per class.",
-        ),
+        max_samples_option,
         pooling_option,
         positions_option,
         feed_option,
         hook_points_option,
-        click.option(
-            "--neurons",
-            is_flag=True,
-            help="Profile the classic MLP neurons (inputs of the down projection) instead of "
-            "the default hook points.",
-        ),
+        neurons_option,
         layers_option,
         click.option(
             "--responses-dir",
@@ -258,6 +250,7 @@ def run(
     from sgm_bake.pipeline.bake import bake as run_bake
     from sgm_bake.pipeline.run import (
         apply_rule_if_given,
+        hand_over,
         load_profile_inputs,
         profile_source,
         verify_output,
@@ -299,6 +292,7 @@ def run(
             )
         tuned = searched.result
         expertise, recipe, loaded = chosen, searched.loaded.recipe, searched.loaded
+        del searched
     elif expertise_path is not None:
         step(1, total, f"reusing the profile {expertise_path}")
         expertise = apply_rule_if_given(
@@ -318,7 +312,17 @@ def run(
             return  # a rank other than 0: rank 0 bakes, verifies and pushes
         expertise, recipe, loaded = outcome.expertise, outcome.recipe, outcome.loaded
         outcome_memory = outcome.memory
+        del outcome
     echo_summary(expertise, recipe)
+    evidence = None
+    if loaded is not None:
+        # The bake needs no model: release it (and its GPU memory) unless the verification
+        # reuses it, keeping what the layer check needs from it.
+        handoff = hand_over(
+            loaded, source.path, recipe, expertise, mode, verify_dtype, params["device"], placement
+        )
+        announce(handoff.note)
+        loaded, evidence = handoff.loaded, handoff.evidence
     step(2, total, f"baking {out}")
     options = BakeOptions(
         overwrite,
@@ -347,6 +351,7 @@ def run(
                 mode=mode or "layers",
                 placement=placement,
                 progress=progress_enabled(),
+                evidence=evidence,
             ),
         )
     if push_to_hub:

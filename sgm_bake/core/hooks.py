@@ -124,6 +124,12 @@ def patch_experts(
     )
 
 
+def _beside(alpha: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """The factors on the weight's device; a weight offloaded by accelerate (on the meta device
+    until its forward pass) leaves them on the CPU, and the hook moves them to the activation."""
+    return alpha if weight.device.type == "meta" else alpha.to(weight.device)
+
+
 def _weight(module: nn.Module) -> torch.Tensor:
     weight = getattr(module, "weight", None)
     if not isinstance(weight, torch.Tensor):
@@ -166,9 +172,9 @@ class SGMHooks:
             if units.projection.stacked:
                 entry = experts.setdefault(id(module), (module, units.projection.group, {}))
                 weight: torch.Tensor = getattr(module, units.projection.parameter_name)
-                entry[2][(units.projection.kind, units.side)] = units.entry.alpha.to(weight.device)
+                entry[2][(units.projection.kind, units.side)] = _beside(units.entry.alpha, weight)
                 continue
-            scale = _Scale(units.entry.alpha.to(_weight(module).device))
+            scale = _Scale(_beside(units.entry.alpha, _weight(module)))
             if units.side == "output":
                 self._handles.append(module.register_forward_hook(scale.output_hook))
             else:

@@ -51,13 +51,14 @@ from tqdm.auto import tqdm
 from sgm_bake.core.capture import POOLINGS, Pooling
 from sgm_bake.core.expertise import Expertise, ModuleExpertise
 from sgm_bake.core.hooks import SGMHooks
-from sgm_bake.core.recipes import HookPoint, Recipe
+from sgm_bake.core.recipes import HookPoint, Recipe, recipe_for_config
 from sgm_bake.core.rules import RULES, RuleOptions, auroc, factors
 from sgm_bake.datasets.profile_set import MIN_PER_CLASS, ProfileSample, ProfileSet
 from sgm_bake.datasets.prompt_set import EvalItem, PromptSet
 from sgm_bake.errors import SGMError
 from sgm_bake.evaluation.evaluate import run_eval
 from sgm_bake.evaluation.judges import Judge
+from sgm_bake.io.checkpoint import open_checkpoint
 from sgm_bake.io.response_store import ResponseStore
 from sgm_bake.pipeline.profile import (
     Inputs,
@@ -68,6 +69,7 @@ from sgm_bake.pipeline.profile import (
     profile_targets,
 )
 from sgm_bake.runtime.chat import ChatModel, GenerationConfig, call_processor
+from sgm_bake.runtime.loading import Placement
 
 logger = logging.getLogger(__name__)
 
@@ -1150,6 +1152,12 @@ class TuneRequest:
     dtype: str = "auto"
     recipe_file: Path | None = None
     template: Path | None = None
+    placement: Placement | None = None
+    """Device map, memory budgets and offload folder (None: `device` alone)."""
+    neurons: bool = False
+    """Fix the hook points to the recipe's classic MLP neurons (down_proj inputs)."""
+    max_samples: int | None = None
+    """Use at most this many rows of the profile set (half per class) before splitting it."""
 
 
 @dataclass
@@ -1170,11 +1178,16 @@ def tune_source(source: Any, request: TuneRequest) -> TuneOutcome:
 
     request.options.check()
     _optuna()
-    profile_set = load_profile_set(request.profile_set)
+    profile_set = load_profile_set(request.profile_set).limited(request.max_samples)
     split_profile_set(profile_set, request.options.seed, request.options.fractions)
     eval_set = load_prompt_set(request.eval_set) if request.eval_set else None
     judge = make_judge(request.judge)
-    loaded = load(source, request.device, request.dtype, request.recipe_file)
+    options = request.options
+    if request.neurons:
+        recipe = recipe_for_config(open_checkpoint(source.path).config, request.recipe_file)
+        neurons = tuple(str(point) for point in recipe.neuron_hook_points)
+        options = replace(options, profile=replace(options.profile, hook_points=neurons))
+    loaded = load(source, request.device, request.dtype, request.recipe_file, request.placement)
     chat = ChatModel(loaded.model, load_processor(source.path, request.template), loaded.device)
     result = run_tune(
         chat,
@@ -1182,7 +1195,7 @@ def tune_source(source: Any, request: TuneRequest) -> TuneOutcome:
         loaded.recipe,
         profile_set,
         judge,
-        request.options,
+        options,
         source.id,
         source.revision,
         loaded.dtype,

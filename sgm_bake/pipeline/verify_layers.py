@@ -45,6 +45,7 @@ import contextlib
 import logging
 import mmap
 import tempfile
+import time
 import warnings
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -552,20 +553,96 @@ def _check_against_model(
     return checked
 
 
+@dataclass(frozen=True)
+class ModelEvidence:
+    """What the layer check takes from a loaded source model, gathered before that model is
+    released (the one-command form frees its profiling model before the bake): the hidden states
+    entering each folded block on real prompts, and whether every folded parameter the model
+    loaded equals the checkpoint tensor the recipe maps it to."""
+
+    inputs: str
+    samples: int
+    hidden: dict[int, torch.Tensor]
+    exact_map: bool
+    seconds: float = 0.0
+
+
+def _units_by_layer(
+    expertise: Expertise, recipe: Recipe, layers_range: range
+) -> dict[int, list[ResolvedUnits]]:
+    units_by_layer: dict[int, list[ResolvedUnits]] = {}
+    for units in expertise.resolve(recipe, layers_range):
+        units_by_layer.setdefault(units.layer, []).append(units)
+    return units_by_layer
+
+
+def _leaf_map(recipe: Recipe) -> dict[str, str]:
+    """Projection paths inside the block: runtime name -> checkpoint name."""
+    block, checkpoint_block = mlp_block_names(recipe)
+    return {
+        p.name[len(block) + 1 :]: p.checkpoint_name[len(checkpoint_block) + 1 :]
+        for p in recipe.projections
+    }
+
+
+def gather_evidence(
+    model: Any, source_path: Path, recipe: Recipe, expertise: Expertise
+) -> ModelEvidence:
+    """Capture block inputs from real prompts and check the recipe map exactly against `model`
+    (the source, loaded in any dtype on any device map), for the layers `expertise` folds."""
+    started = time.perf_counter()
+    source_checkpoint = open_checkpoint(source_path)
+    source = TensorSource(source_checkpoint)
+    try:
+        layout = resolve_checkpoint_layout(recipe, source_checkpoint.config, source.files)
+        block, checkpoint_block = mlp_block_names(recipe)
+        layers_range = recipe.layers(model.config.to_dict())
+        template = runtime_prefix(model, recipe, layers_range)
+        units_by_layer = _units_by_layer(expertise, recipe, layers_range)
+        layers = sorted(units_by_layer)
+        kind, batches = build_inputs(source_path, source_checkpoint.config)
+        hidden = capture_block_inputs(model, recipe, layers, batches)
+        leaf_map = _leaf_map(recipe)
+        exact = True
+        for layer in layers:
+            runtime_block = f"{template.format(layer=layer)}.{block}"
+            block_module = model.get_submodule(runtime_block)
+            keys = _block_keys(
+                block_module,
+                f"{layout.prefix_template.format(layer=layer)}.{checkpoint_block}",
+                leaf_map,
+            )
+            present = _bias_present(block_module, units_by_layer[layer], block)
+            folded = _folded_relatives(units_by_layer[layer], block, present)
+            names = {relative: f"{runtime_block}.{relative}" for relative in folded}
+            exact = _check_against_model(model, names, source, {r: keys[r] for r in folded}, recipe)
+            if not exact:
+                break
+    finally:
+        source.close()
+    return ModelEvidence(
+        f"captured {kind}", len(batches), hidden, exact, time.perf_counter() - started
+    )
+
+
 def verify_layers(
     out: Path,
     source_path: Path,
     record: bool = True,
     model: nn.Module | None = None,
     progress: bool = False,
+    evidence: ModelEvidence | None = None,
 ) -> LayerVerifyReport:
     """Verify the baked folder `out` against its source layer by layer; record the figures
     (and the stage's measured peak memory) in its bake record.
 
-    `model` may be the source already loaded (any dtype, any device map): then the block inputs
-    are captured from real prompts and the recipe map is checked exactly against it."""
+    `model` may be the source already loaded (any dtype, any device map), or `evidence` what was
+    gathered from it before it was released: then the block inputs are real prompts' hidden
+    states and the recipe map is checked exactly against the loaded model."""
     with PeakMemory("verify") as memory:
-        report = _verify_layers(out, source_path, model, progress)
+        report = _verify_layers(out, source_path, model, evidence, progress)
+    if evidence is not None:
+        memory.extra["captured_inputs_seconds"] = round(evidence.seconds, 3)
     if record:
         bake_record = read_record(out)
         bake_record.verification = Verification(**report.record())
@@ -575,18 +652,24 @@ def verify_layers(
 
 
 def _verify_layers(
-    out: Path, source_path: Path, model: nn.Module | None, progress: bool
+    out: Path,
+    source_path: Path,
+    model: nn.Module | None,
+    evidence: ModelEvidence | None,
+    progress: bool,
 ) -> LayerVerifyReport:
     bake_record = read_record(out)
     source_checkpoint = open_checkpoint(source_path)
     baked_checkpoint = open_checkpoint(out)
     recipe = recorded_recipe(bake_record, source_checkpoint.config)
     expertise = load_expertise(expertise_path(out))
+    if evidence is None and model is not None:
+        evidence = gather_evidence(model, source_path, recipe, expertise)
     source = TensorSource(source_checkpoint)
     baked = TensorSource(baked_checkpoint)
     try:
         return _check_layers(
-            out, source_path, model, progress, bake_record, recipe, expertise, source, baked
+            out, source_path, evidence, progress, bake_record, recipe, expertise, source, baked
         )
     finally:
         source.close()
@@ -596,7 +679,7 @@ def _verify_layers(
 def _check_layers(
     out: Path,
     source_path: Path,
-    model: nn.Module | None,
+    evidence: ModelEvidence | None,
     progress: bool,
     bake_record: Any,
     recipe: Recipe,
@@ -611,28 +694,20 @@ def _check_layers(
     skeleton = meta_skeleton(source_path, recipe)
     layers_range = recipe.layers(skeleton.config.to_dict())
     template = runtime_prefix(skeleton, recipe, layers_range)
-    units_by_layer: dict[int, list[ResolvedUnits]] = {}
-    for units in expertise.resolve(recipe, layers_range):
-        units_by_layer.setdefault(units.layer, []).append(units)
+    units_by_layer = _units_by_layer(expertise, recipe, layers_range)
     layers = sorted(units_by_layer)
 
     inputs_kind = "random"
     captured: dict[int, torch.Tensor] = {}
     samples = 0
-    if model is not None:
-        inputs_kind, batches = build_inputs(out, source_checkpoint.config)
-        captured = capture_block_inputs(model, recipe, layers, batches)
-        samples = len(batches)
-        inputs_kind = f"captured {inputs_kind}"
+    if evidence is not None:
+        inputs_kind, captured, samples = evidence.inputs, evidence.hidden, evidence.samples
     dtypes = bake_record.format.folded_dtypes or ["F32"]
     tolerance = max(TOLERANCE.get(d, 1e-4) for d in dtypes)
     norm_name = recipe.definition.get("mlp_input_norm")
-    leaf_map = {
-        p.name[len(block) + 1 :]: p.checkpoint_name[len(checkpoint_block) + 1 :]
-        for p in recipe.projections
-    }
+    leaf_map = _leaf_map(recipe)
     mapped_by_transformers = False
-    if model is None:
+    if evidence is None:
         ends = sorted({layers[0], layers[-1]})
         expected = {
             f"{template.format(layer=layer)}.{block}.{relative}": key
@@ -650,7 +725,7 @@ def _check_layers(
 
     checks: list[LayerCheck] = []
     swapped = 0
-    exact_map = model is not None
+    exact_map = evidence is not None and evidence.exact_map
     positions = 0
     for layer in tqdm(layers, desc="verifying layers", disable=not progress, unit="layer"):
         runtime_layer = template.format(layer=layer)
@@ -660,7 +735,7 @@ def _check_layers(
         baked_prefix = f"{baked_layout.prefix_template.format(layer=layer)}.{checkpoint_block}"
         runtime_block = f"{runtime_layer}.{block}"
         try:
-            keys = _load_module(block_module, source, source_prefix, runtime_block, leaf_map)
+            _load_module(block_module, source, source_prefix, runtime_block, leaf_map)
             if layer in captured:
                 hidden = captured[layer]
                 kind = inputs_kind
@@ -680,11 +755,6 @@ def _check_layers(
             layer_units = units_by_layer[layer]
             present = _bias_present(block_module, layer_units, block)
             folded = _folded_relatives(layer_units, block, present)
-            runtime_names = {rel: f"{runtime_block}.{rel}" for rel in folded}
-            if exact_map:
-                exact_map = _check_against_model(
-                    model, runtime_names, source, {r: keys[r] for r in folded}, recipe
-                )
             labels = {u.projection.name[len(block) + 1 :]: u.projection.name for u in layer_units}
             layer_expertise = _layer_expertise(expertise, layer_units)
             with torch.no_grad():

@@ -5,6 +5,7 @@ costs the record its GPU figures, not the profile, the bake or the verification.
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import pytest
@@ -37,6 +38,7 @@ def broken_cuda(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_peak_memory_survives_failing_gpu_statistics(broken_cuda, caplog):
+    caplog.set_level(logging.WARNING, logger="sgm_bake.runtime.memory")
     with PeakMemory("stage") as memory:
         block = torch.ones(4 * 2**20)  # 16 MiB, so the host peak moves
     del block
@@ -54,6 +56,7 @@ def test_peak_memory_survives_a_failing_is_available(monkeypatch):
 
 
 def test_measured_returns_the_default_and_logs(caplog):
+    caplog.set_level(logging.WARNING, logger="sgm_bake.runtime.memory")
     assert measured("read a figure", lambda: 1 // 0, 7) == 7
     assert "could not read a figure" in caplog.text
 

@@ -263,3 +263,67 @@ def test_the_cli_defaults_are_the_pipelines():
     split = tuple(float(x) for x in cli_tune.DEFAULT_SPLIT.split(","))
     assert split == pipeline_tune.DEFAULT_FRACTIONS
     assert tuple(cli_tune.DEFAULT_KNOBS.split(",")) == pipeline_tune.DEFAULT_KNOBS
+
+
+def _request_from_cli(command, arguments: list[str], workdir: Path):
+    """The TuneRequest the command builds from its own command line (parsed, not run)."""
+    from sgm_bake.cli.common import make_rule
+    from sgm_bake.cli.tune import tune_request
+
+    params = dict(command.make_context(command.name, arguments).params)
+    return tune_request(
+        params["profile_set"], params, make_rule(None, None, None, None, None), None, workdir
+    )
+
+
+def test_tune_and_the_one_command_form_honour_placement_neurons_and_max_samples(tmp_path: Path):
+    """Placement, --neurons and --max-samples reach the search's loading and profiling, from
+    `sgm-bake tune` and from `sgm-bake MODEL OUT --tune` alike (they used to be dropped)."""
+    from sgm_bake.cli.profile import run as run_command
+    from sgm_bake.cli.tune import tune as tune_command
+    from sgm_bake.pipeline.tune import tune_source
+
+    offload = tmp_path / "offload"
+    placement = ["--device", "cpu", "--max-memory", "cpu=100KB", "--offload-folder", str(offload)]
+    common = ["--profile-set", "builtin:organism", "--max-samples", "64", "--neurons", *placement]
+    search = ["--trials", "1", "--knobs", "strength", "--max-new-tokens", "8"]
+    from_run = _request_from_cli(
+        run_command, ["organism", str(tmp_path / "out"), "--tune", *common, *search], tmp_path
+    )
+    request = _request_from_cli(tune_command, ["organism", *common, *search], tmp_path / "work")
+    for parsed in (from_run, request):
+        assert parsed.placement.offload_folder == offload
+        assert parsed.placement.max_memory == {"cpu": 100_000}
+        assert parsed.neurons and parsed.max_samples == 64
+    outcome = tune_source(resolve_model_source("organism", progress=False), request)
+    # Every layer lived on disk and was brought in only for its forward pass.
+    assert set(outcome.loaded.model.hf_device_map.values()) == {"disk"}
+    result = outcome.result
+    parts = ("profile", "tune", "report")
+    assert sum(result.splits[p]["toxic"] + result.splits[p]["non_toxic"] for p in parts) == 64
+    assert [t.setting["hook_points"] for t in result.trials] == ["neurons"]
+
+
+def test_explicit_hook_points_are_not_searched_over(runner, tmp_path: Path):
+    from sgm_bake.cli import main
+    from sgm_bake.cli.tune import tune as tune_command
+
+    request = _request_from_cli(
+        tune_command, ["organism", "--profile-set", "builtin:organism", "--neurons"], tmp_path
+    )
+    assert "hook_points" not in request.options.knobs and "strength" in request.options.knobs
+    result = runner.invoke(
+        main,
+        [
+            "tune",
+            "organism",
+            "--profile-set",
+            "builtin:organism",
+            "--neurons",
+            "--knobs",
+            "hook_points,strength",
+            "--workdir",
+            str(tmp_path / "w"),
+        ],
+    )
+    assert result.exit_code == 2 and "--neurons fixes the hook points" in result.output
