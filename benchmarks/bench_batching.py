@@ -86,9 +86,7 @@ def main() -> None:
                     samples = list(full.samples[first : first + args.batch_size])
                     batch = inputs.build(samples)
                     mask = inputs.mask(batch, "all")
-                    pooled = capture.collect(
-                        mask, lambda b=batch: model(**b, logits_to_keep=1)
-                    )
+                    pooled = capture.collect(mask, lambda b=batch: model(**b, logits_to_keep=1))
                     responses.write_batch(
                         first, {k: np.asarray(v.numpy(), np.float32) for k, v in pooled.items()}
                     )

@@ -82,7 +82,7 @@ def bake(
     from sgm_bake.io.source import resolve_source
     from sgm_bake.pipeline.bake import BakeOptions
     from sgm_bake.pipeline.bake import bake as run_bake
-    from sgm_bake.pipeline.run import verify_output
+    from sgm_bake.pipeline.run import verify_output, warm_up_layer_check
 
     mode = verify_mode_of(verify_mode, no_verify)
     placement = make_placement(device, device_map, max_memory, offload_folder)
@@ -91,6 +91,8 @@ def bake(
     options = BakeOptions(
         overwrite, recipe_file, progress_enabled(), command_line(), base_model=base_model
     )
+    if mode == "layers":
+        warm_up_layer_check(resolved.path, recipe_file)
     record = run_bake(resolved, out, expertise, options)
     click.echo(
         f"baked {out}: {len(record.expertise.tensors_folded)} tensors folded, "

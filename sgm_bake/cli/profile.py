@@ -254,6 +254,7 @@ def run(
         load_profile_inputs,
         profile_source,
         verify_output,
+        warm_up_layer_check,
     )
     from sgm_bake.runtime.distributed import from_env
     from sgm_bake.runtime.loading import resolve_model_source
@@ -323,6 +324,8 @@ def run(
         )
         announce(handoff.note)
         loaded, evidence = handoff.loaded, handoff.evidence
+    elif mode == "layers":
+        warm_up_layer_check(source.path, recipe_file)
     step(2, total, f"baking {out}")
     options = BakeOptions(
         overwrite,

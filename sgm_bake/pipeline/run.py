@@ -245,6 +245,25 @@ def verify_output(
     return verify(out, source_path, dtype, device, model=reuse, placement=placement)
 
 
+def warm_up_layer_check(source_path: Path, recipe_file: Path | None = None) -> None:
+    """Import the model's transformers classes on a background thread while the bake runs, so
+    the layer check after it starts at once: that import costs seconds, and the bake, which
+    spends its time in the kernel and in hashing, leaves the interpreter free. Best effort: a
+    failure here surfaces, if at all, in the check itself."""
+    import threading
+
+    from sgm_bake.pipeline.verify_layers import meta_skeleton
+
+    def work() -> None:
+        try:
+            recipe = recipe_for_config(open_checkpoint(source_path).config, recipe_file)
+            meta_skeleton(source_path, recipe)
+        except Exception as exc:  # only a head start: the check reports real problems itself
+            logger.debug("warming up the layer check failed: %s", exc)
+
+    threading.Thread(target=work, name="sgm-warm-up", daemon=True).start()
+
+
 def apply_rule_if_given(expertise: Expertise, rule: RuleOptions | None) -> Expertise:
     """Recompute the factors of an expertise file from its AUROC when rule options are given."""
     if rule is None:
