@@ -24,8 +24,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
-def _value(name: str, shape: tuple[int, ...], dtype: torch.dtype, generator: torch.Generator,
-           device: str) -> torch.Tensor:
+def _value(
+    name: str, shape: tuple[int, ...], dtype: torch.dtype, generator: torch.Generator, device: str
+) -> torch.Tensor:
     """Norm weights 1, biases 0, every other tensor N(0, 0.02) (the config's initializer range)."""
     leaf = name.rsplit(".", 1)[-1]
     if leaf == "bias":
@@ -99,7 +100,9 @@ def build_llava(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("folder", type=Path)
-    parser.add_argument("--config", type=Path, default=ROOT / "benchmarks/model_configs/llava-1.5-7b")
+    parser.add_argument(
+        "--config", type=Path, default=ROOT / "benchmarks/model_configs/llava-1.5-7b"
+    )
     parser.add_argument("--layers", type=int, default=None, help="language layers (default: all)")
     parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
     parser.add_argument("--device", default="cpu")

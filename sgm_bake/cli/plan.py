@@ -13,11 +13,25 @@ from sgm_bake.errors import SGMError
 @click.command(name="plan")
 @click.argument("model")
 @click.option(
-    "--dtype",
-    type=click.Choice(["bfloat16", "float16", "float32"]),
-    default="bfloat16",
+    "--device",
+    type=click.Choice(["cuda", "cpu"]),
+    default="cuda",
     show_default=True,
-    help="Precision of the whole-model stages (verify --full, profile, eval, generate).",
+    help="Where the whole-model stages run: cuda (GPUs) or cpu (everything on the host).",
+)
+@click.option(
+    "--dtype",
+    type=click.Choice(["auto", "bfloat16", "float16", "float32"]),
+    default="auto",
+    show_default=True,
+    help="Precision of profile, eval and generate (auto: bfloat16 on GPUs, float32 on the CPU).",
+)
+@click.option(
+    "--verify-dtype",
+    type=click.Choice(["float32", "bfloat16", "float16"]),
+    default="float32",
+    show_default=True,
+    help="Precision of verify --full (as its own --verify-dtype).",
 )
 @click.option(
     "--max-memory",
@@ -53,7 +67,9 @@ from sgm_bake.errors import SGMError
 @user_errors
 def plan_command(
     model: str,
+    device: str,
     dtype: str,
+    verify_dtype: str,
     max_memory: str | None,
     gpu_memory: str,
     batch_size: int,
@@ -69,7 +85,9 @@ def plan_command(
     from sgm_bake.runtime.memory import parse_max_memory, parse_size
 
     options = PlanOptions(
+        device=device,
         dtype=dtype,
+        verify_dtype=verify_dtype,
         max_memory=parse_max_memory(max_memory),
         gpu_bytes=parse_size(gpu_memory),
         batch_size=batch_size,

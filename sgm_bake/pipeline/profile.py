@@ -302,8 +302,10 @@ def _forward(
                 value = value.to(dtype)
         moved[key] = value
     with torch.no_grad():
+        # Neither the logits nor a KV cache is needed: skip most of lm_head, and do not keep
+        # every layer's keys and values (2 x layers x tokens x width: gigabytes at 7B).
         try:
-            model(**moved, logits_to_keep=1)  # the logits are not needed: skip most of lm_head
+            model(**moved, logits_to_keep=1, use_cache=False)
         except TypeError:
             model(**moved)
 
@@ -493,6 +495,24 @@ def capture_responses(
     return stats
 
 
+def predicted_batch(
+    one: dict[int, int], two: dict[int, int], usable: dict[int, float], cap: int
+) -> int:
+    """The largest power of two up to `cap` whose memory, extrapolated linearly from the bytes a
+    batch of one and of two added on each GPU, stays within that GPU's `usable` bytes (at least
+    2: both ran)."""
+    size = 2
+    while size * 2 <= cap:
+        following = size * 2
+        if any(
+            max(0, 2 * one[gpu] - two[gpu]) + (two[gpu] - one[gpu]) * following > usable[gpu]
+            for gpu in one
+        ):
+            break
+        size = following
+    return size
+
+
 def probe_batch_size(
     model: Any,
     inputs: Inputs,
@@ -546,14 +566,8 @@ def probe_batch_size(
             free, _ = torch.cuda.mem_get_info(gpu)
             usable[gpu] = AUTO_HEADROOM * (free + torch.cuda.memory_reserved(gpu))
             usable[gpu] -= torch.cuda.memory_allocated(gpu)
-        size = 2
-        while size * 2 <= cap and all(
-            max(0, one[gpu] - (two[gpu] - one[gpu])) + (two[gpu] - one[gpu]) * size * 2
-            <= usable[gpu]
-            for gpu in gpus
-        ):
-            size *= 2
-        while size > 2 and used(size) is None:
+        size = predicted_batch(one, two, usable, cap)
+        while size > 2 and used(size) is None:  # the prediction was too bold: back off
             size //= 2
         return size
 

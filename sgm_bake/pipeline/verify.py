@@ -178,7 +178,8 @@ def _run(
             moved = {
                 k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()
             }
-            outputs.append(model(**moved).logits.float().cpu())
+            # No KV cache: a single pass never reads it back.
+            outputs.append(model(**moved, use_cache=False).logits.float().cpu())
     return outputs
 
 

@@ -559,7 +559,7 @@ def capture_block_inputs(
                 moved = {
                     k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()
                 }
-                model(**moved)
+                model(**moved, use_cache=False)
     finally:
         for handle in handles:
             handle.remove()

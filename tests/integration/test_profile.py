@@ -304,3 +304,44 @@ def test_one_command_profiles_bakes_and_verifies(runner, planted, tmp_path):
     record = json.loads((reuse / "sgm" / "bake.json").read_text())
     assert record["expertise"]["metadata"]["rule"] == "aura"
     assert record["expertise"]["metadata"]["strength"] == "0.5"
+
+
+def test_batches_hold_samples_of_similar_length(planted):
+    """Samples are batched with an image first, longest first, deterministically: the same
+    samples, less padding than the set's own order."""
+    from sgm_bake.datasets.profile_set import ProfileSample, load_profile_set
+    from sgm_bake.pipeline.profile import Inputs, length_order
+
+    model_dir, profile_set = planted
+    config = json.loads((model_dir / "config.json").read_text())
+    inputs = Inputs(model_dir, config, "dialogue", multimodal=True)
+    samples = list(load_profile_set(str(profile_set)).samples)
+    text_only = [ProfileSample(f"text{i}", i % 2, "words " * (i + 1)) for i in range(4)]
+    mixed = text_only[:2] + samples + text_only[2:]
+    ordered = length_order(mixed, inputs)
+    assert ordered == length_order(mixed, inputs)
+    assert sorted(s.id for s in ordered) == sorted(s.id for s in mixed)
+    assert {s.id for s in ordered[-4:]} == {s.id for s in text_only}  # images first
+    lengths = [inputs.length(s) for s in ordered[: len(samples)]]
+    assert lengths == sorted(lengths, reverse=True)
+
+    def padding(order) -> int:
+        total = 0
+        for first in range(0, len(order), 4):
+            mask = inputs.build(list(order[first : first + 4]))["attention_mask"]
+            total += int(mask.numel() - mask.sum())
+        return total
+
+    assert padding(length_order(samples, inputs)) < padding(samples)
+
+
+def test_automatic_batch_size_on_a_cpu_is_the_default_batch(runner, planted, tmp_path):
+    model, profile_set = planted
+    fixed, automatic = tmp_path / "fixed.safetensors", tmp_path / "auto.safetensors"
+    assert _profile(runner, model, fixed, profile_set, "--device", "cpu").exit_code == 0
+    result = _profile(
+        runner, model, automatic, profile_set, "--device", "cpu", "--batch-size", "auto"
+    )
+    assert result.exit_code == 0, result.output
+    assert "batch 8," in result.output and "found automatically" not in result.output
+    assert automatic.read_bytes() == fixed.read_bytes()

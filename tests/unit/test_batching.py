@@ -1,0 +1,32 @@
+"""How profiling batches: the automatic batch size's choice from measured memory, and the
+`--batch-size` option."""
+
+from __future__ import annotations
+
+import click
+import pytest
+
+from sgm_bake.cli.common import BatchSize
+from sgm_bake.pipeline.profile import DEFAULT_BATCH_SIZE, fixed_batch_size, predicted_batch
+
+
+def test_predicted_batch_is_the_largest_power_of_two_that_fits():
+    # 50 bytes fixed + 50 per sample: 16 samples need 850, 32 need 1650.
+    assert predicted_batch({0: 100}, {0: 150}, {0: 1000.0}, 64) == 16
+    assert predicted_batch({0: 100}, {0: 150}, {0: 1e9}, 64) == 64  # capped
+    assert predicted_batch({0: 100}, {0: 150}, {0: 1e9}, 48) == 32  # powers of two only
+    assert predicted_batch({0: 100}, {0: 150}, {0: 10.0}, 64) == 2  # both probes ran
+    # Several GPUs: the fullest decides.
+    assert predicted_batch({0: 100, 1: 10}, {0: 150, 1: 20}, {0: 1e9, 1: 170.0}, 64) == 16
+
+
+def test_batch_size_option_and_its_default():
+    option = BatchSize()
+    assert option.convert("auto", None, None) == "auto"
+    assert option.convert("AUTO", None, None) == "auto"
+    assert option.convert("16", None, None) == 16
+    for bad in ("0", "-1", "many", "1.5"):
+        with pytest.raises(click.BadParameter):
+            option.convert(bad, None, None)
+    assert fixed_batch_size("auto") == DEFAULT_BATCH_SIZE == 8
+    assert fixed_batch_size(3) == 3
