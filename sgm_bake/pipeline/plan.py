@@ -58,9 +58,9 @@ CUDA_HOST_BYTES = 600 * MiB
 an estimate from the H200 run of issue 16, not measured here."""
 CUDA_CONTEXT_BYTES = 512 * MiB
 """GPU memory the CUDA context holds outside torch's allocator: an estimate."""
-SCORING_BYTES = 100 * MiB
+SCORING_BYTES = 140 * MiB
 """Scoring the stored responses and building the inputs: the fixed part of profiling's working
-memory (measured about 100-130 MiB)."""
+memory (measured 144 MiB)."""
 VERIFY_PROMPTS = 3
 """verify --full runs three prompts, each three times (without hooks, with hooks, baked), and
 keeps all nine logit tensors in float32."""
@@ -368,29 +368,28 @@ def model_facts(
 
 
 def _image_tokens(config: dict[str, Any]) -> int:
-    """Tokens one image becomes (LLaVA-style: image_seq_length, or (image size / patch)^2)."""
-    if isinstance(config.get("image_seq_length"), int):
-        return int(config["image_seq_length"])
-    vision = config.get("vision_config")
-    if isinstance(vision, dict):
-        size, patch = vision.get("image_size"), vision.get("patch_size")
-        if isinstance(size, int) and isinstance(patch, int) and patch > 0:
-            return (size // patch) ** 2
-    return 0
+    """Tokens one image becomes in the language model's input where the config says
+    (`image_seq_length`, the LLaVA family's key); 0 elsewhere (models that take images through
+    cross-attention, or whose image tokens depend on the image's size)."""
+    value = config.get("image_seq_length")
+    return int(value) if isinstance(value, int) else 0
 
 
-def forward_bytes(facts: ModelFacts, batch: int, sequence: int, element: int, cpu: bool) -> int:
+def forward_bytes(
+    facts: ModelFacts, batch: int, sequence: int, element: int, capture: bool = False
+) -> int:
     """Working memory of one forward pass over `batch` sequences of `sequence` tokens, beyond
-    the weights. Inference frees each layer's activations as the next runs, so this is one
-    decoder layer's largest transient and does not grow with depth: per token, the MLP's
-    intermediate four times (gate, up, their product, and profiling's pooled copy) and two
-    hidden-state vectors; on the CPU also the attention scores (a row of `heads x sequence` per
-    token; GPU kernels do not materialise them). Measured within 5% on llava-1.5-7b's widths in
-    float32 on a CPU (benchmarks/bench_plan.py)."""
-    per_token = 4 * facts.intermediate_size + 2 * facts.hidden_size
-    if cpu:
-        per_token += facts.heads * sequence
-    return batch * sequence * per_token * element
+    the weights and any KV cache. Inference frees each layer's activations as the next runs, so
+    this is one decoder layer's largest transient and does not grow with depth: per token, the
+    MLP's intermediate three times (gate, up, their product) and three hidden-state vectors, and,
+    with profiling's `capture` hooks, the float32 copy that max pooling masks (two copies when
+    the model runs in half precision: the conversion, then the mask). Attention does not
+    materialise its scores (SDPA kernels, CPU and GPU). Measured within 1% on llava-1.5-7b's
+    widths in float32 on a CPU (benchmarks/bench_plan.py)."""
+    per_token = element * (3 * facts.intermediate_size + 3 * facts.hidden_size)
+    if capture:
+        per_token += 4 * facts.intermediate_size * (1 if element == 4 else 2)
+    return batch * sequence * per_token
 
 
 def _whole_model_stage(
@@ -486,7 +485,7 @@ def plan_stages(facts: ModelFacts, options: PlanOptions) -> MemoryPlan:
     prompt = facts.image_tokens + TEXT_PROMPT_TOKENS
     logits = 3 * VERIFY_PROMPTS * prompt * facts.vocab_size * 4
     swap = 3 * facts.block_largest_bytes // max(1, _stored_element(facts)) * verify_element
-    verify_forward = forward_bytes(facts, 1, prompt, verify_element, on_cpu)
+    verify_forward = forward_bytes(facts, 1, prompt, verify_element)
     if on_cpu:
         full_working, full_host = verify_forward + logits + swap, 0
     else:  # logits and the swap's reads live on the host; the forward pass on the GPUs
@@ -526,7 +525,9 @@ def plan_stages(facts: ModelFacts, options: PlanOptions) -> MemoryPlan:
     # responses go to a memory-mapped store on disk (file pages, not the process's), and
     # scoring reads one module at a time.
     store_bytes = options.profile_samples * facts.units * 4
-    activations = forward_bytes(facts, options.batch_size, options.sequence_length, element, on_cpu)
+    activations = forward_bytes(
+        facts, options.batch_size, options.sequence_length, element, capture=True
+    )
     profile = _whole_model_stage("profile", weights, activations, SCORING_BYTES, facts, options)
     stages.append(
         StagePlan(
@@ -547,7 +548,7 @@ def plan_stages(facts: ModelFacts, options: PlanOptions) -> MemoryPlan:
         * element
     )
     generation = kv_cache + forward_bytes(
-        facts, options.batch_size, options.sequence_length, element, on_cpu
+        facts, options.batch_size, options.sequence_length, element
     )
     stages.append(_whole_model_stage("eval/generate", weights, generation, 0, facts, options))
     return MemoryPlan(facts, options, tuple(stages))
