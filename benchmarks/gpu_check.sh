@@ -125,8 +125,11 @@ if throughput:
         line += (f", {throughput['model_tflops_per_second']} TFLOP/s = "
                  f"{throughput['matrix_rate_share']:.1%} of {throughput['matrix_rate_tflops']:.0f}")
     print(line)
-evaluation = json.loads((work / "eval.json").read_text())
-print(f"eval: {json.dumps(evaluation)[:300]}")
+for name, variant in json.loads((work / "eval.json").read_text())["variants"].items():
+    metrics = variant["metrics"]
+    print(f"eval {name}: {sum(metrics['items'].values())} items, "
+          f"{metrics['seconds_per_item']:.2f} s per item, {metrics['forward_passes']} forward "
+          f"passes, harmful {metrics['harmful_rate']:.1%} (random weights: a smoke test)")
 
 def gpu_total(figures):
     """Peak the device needed: torch's reserved peak plus what it held beyond torch (context)."""

@@ -330,7 +330,6 @@ def fingerprint(
         "positions": options.positions,
         "feed": options.feed,
         "batch_size": fixed_batch_size(options.batch_size),
-        "order": ORDER,
         "dtype": str(dtype),
     }
 
@@ -588,6 +587,28 @@ def probe_batch_size(
     return size
 
 
+def store_folder_of(store_folder: Path, distributed: Distributed | None) -> Path:
+    """Where this process keeps its responses: the store itself, or its rank's part."""
+    return store_folder if distributed is None else part_folder(store_folder, distributed)
+
+
+def recorded_batch_size(folder: Path, unsized: dict[str, Any]) -> int | None:
+    """The batch size an interrupted run of the same profile (the same fingerprint but for the
+    batch size and a rank's share, which follows from it) recorded in its store, if any."""
+    try:
+        previous = json.loads((folder / "meta.json").read_text(encoding="utf-8"))["fingerprint"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if not isinstance(previous, dict) or not isinstance(previous.get("batch_size"), int):
+        return None
+    ignored = {"batch_size", "share", "rank", "world_size"}
+
+    def same(data: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in data.items() if k not in ignored}
+
+    return int(previous["batch_size"]) if same(previous) == same(unsized) else None
+
+
 def part_folder(store_folder: Path, distributed: Distributed) -> Path:
     """Where one rank keeps its share of the responses (beside the merged store, so that
     starting the merged store anew never deletes a rank's resumable part)."""
@@ -715,19 +736,30 @@ def run_profile(
     inputs = Inputs(folder, model.config.to_dict(), options.feed, multimodal)
     targets = profile_targets(model, recipe, options)
     profile_set = replace(profile_set, samples=length_order(profile_set.samples, inputs))
-    if options.batch_size == "auto" and device.type == "cuda":
+    probed = options.batch_size == "auto" and device.type == "cuda"
+    # The store's folder does not depend on a probed batch size, so an interrupted run is found
+    # again, and resumes with the batch size it recorded instead of probing anew.
+    unsized = {**fingerprint(source_id, revision, profile_set, options, targets, dtype)}
+    unsized.update(batch_size=str(options.batch_size), order=ORDER)
+    folder_for_store = options.responses_dir or default_responses_dir(unsized)
+    if probed:
         started = time.perf_counter()
-        size = probe_batch_size(
-            model, inputs, profile_set.samples, targets, options, device, dtype, recipe
-        )
+        mine = store_folder_of(folder_for_store, distributed)
+        recorded = [recorded_batch_size(mine, unsized) or 0]
         if distributed is not None:
-            size = min(distributed.all_counts(size))
+            recorded = distributed.all_counts(recorded[0])
+        size = recorded[0] if recorded[0] and len(set(recorded)) == 1 else 0
+        if not size:
+            size = probe_batch_size(
+                model, inputs, profile_set.samples, targets, options, device, dtype, recipe
+            )
+            if distributed is not None:
+                size = min(distributed.all_counts(size))
         stats.probe_seconds = time.perf_counter() - started
         stats.batch_size_auto = True
         options = replace(options, batch_size=size)
     stats.batch_size = fixed_batch_size(options.batch_size)
-    key = fingerprint(source_id, revision, profile_set, options, targets, dtype)
-    folder_for_store = options.responses_dir or default_responses_dir(key)
+    key = {**fingerprint(source_id, revision, profile_set, options, targets, dtype), "order": ORDER}
     if distributed is not None:
         capture_share(
             model,

@@ -30,3 +30,18 @@ def test_batch_size_option_and_its_default():
             option.convert(bad, None, None)
     assert fixed_batch_size("auto") == DEFAULT_BATCH_SIZE == 8
     assert fixed_batch_size(3) == 3
+
+
+def test_an_interrupted_automatic_run_resumes_with_its_recorded_batch_size(tmp_path):
+    import json
+
+    from sgm_bake.pipeline.profile import recorded_batch_size
+
+    unsized = {"source": "m", "samples": 40, "batch_size": "auto", "order": "length-v1"}
+    assert recorded_batch_size(tmp_path, unsized) is None  # no store yet
+    recorded = {**unsized, "batch_size": 32, "share": [0, 32], "rank": 0, "world_size": 2}
+    (tmp_path / "meta.json").write_text(json.dumps({"fingerprint": recorded}))
+    assert recorded_batch_size(tmp_path, unsized) == 32
+    assert recorded_batch_size(tmp_path, {**unsized, "samples": 41}) is None  # another profile
+    (tmp_path / "meta.json").write_text("{not json")
+    assert recorded_batch_size(tmp_path, unsized) is None
