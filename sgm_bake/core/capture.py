@@ -52,8 +52,11 @@ def pool(values: torch.Tensor, mask: torch.Tensor, pooling: Pooling) -> torch.Te
         return torch.bmm(weights, values.to(torch.float32)).squeeze(1) / counts.unsqueeze(1).to(
             torch.float32
         )
-    masked = values.to(torch.float32).masked_fill(~mask.unsqueeze(-1), float("-inf"))
-    return masked.amax(dim=1)
+    # The maximum is one of the values, so it is taken in the activation's own dtype and only
+    # the [batch, units] result is widened: the same numbers as widening first, with a third of
+    # the memory traffic on a half-precision model.
+    masked = values.masked_fill(~mask.unsqueeze(-1), float("-inf"))
+    return masked.amax(dim=1).to(torch.float32)
 
 
 @dataclass(frozen=True)

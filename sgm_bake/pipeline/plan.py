@@ -382,13 +382,13 @@ def forward_bytes(
     the weights and any KV cache. Inference frees each layer's activations as the next runs, so
     this is one decoder layer's largest transient and does not grow with depth: per token, the
     MLP's intermediate three times (gate, up, their product) and three hidden-state vectors, and,
-    with profiling's `capture` hooks, the float32 copy that max pooling masks (two copies when
-    the model runs in half precision: the conversion, then the mask). Attention does not
-    materialise its scores (SDPA kernels, CPU and GPU). Measured within 1% on llava-1.5-7b's
-    widths in float32 on a CPU (benchmarks/bench_plan.py)."""
+    with profiling's `capture` hooks, one pooled module's masked copy (float32 at most: mean
+    pooling widens, max pooling masks in the model's dtype). Attention does not materialise its
+    scores (SDPA kernels, CPU and GPU). Measured within 1% on llava-1.5-7b's widths in float32
+    on a CPU (benchmarks/bench_plan.py)."""
     per_token = element * (3 * facts.intermediate_size + 3 * facts.hidden_size)
     if capture:
-        per_token += 4 * facts.intermediate_size * (1 if element == 4 else 2)
+        per_token += 4 * facts.intermediate_size
     return batch * sequence * per_token
 
 

@@ -45,3 +45,16 @@ def test_an_interrupted_automatic_run_resumes_with_its_recorded_batch_size(tmp_p
     assert recorded_batch_size(tmp_path, {**unsized, "samples": 41}) is None  # another profile
     (tmp_path / "meta.json").write_text("{not json")
     assert recorded_batch_size(tmp_path, unsized) is None
+
+
+def test_max_pooling_in_half_precision_equals_pooling_widened():
+    import torch
+
+    from sgm_bake.core.capture import pool
+
+    generator = torch.Generator().manual_seed(0)
+    values = torch.randn(3, 7, 5, generator=generator).to(torch.bfloat16)
+    mask = torch.rand(3, 7, generator=generator) > 0.3
+    mask[:, 0] = True
+    assert pool(values, mask, "max").dtype == torch.float32
+    assert torch.equal(pool(values, mask, "max"), pool(values.float(), mask, "max"))
