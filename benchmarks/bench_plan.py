@@ -129,15 +129,19 @@ def main() -> None:
     print(
         f"Scaled to llava-1.5-7b ({full_facts.params / 1e9:.2f}B): the whole-model stages hold "
         "the weights of every layer on top of one layer's working memory, so the measured peak "
-        "plus the float32 weights of the missing layers; bake and verify do not grow with depth."
+        "plus the float32 weights of the missing layers (and, for generation, their KV cache); "
+        "bake and verify do not grow with depth."
     )
     print()
-    print("| stage | plan (7B) | measured subset + missing weights | plan / scaled |")
+    print("| stage | plan (7B) | measured subset + missing layers | plan / scaled |")
     print("|---|---|---|---|")
     extra = (full_facts.params - subset.facts.params) * 4
+    missing_layers = full_facts.total_layers - subset.facts.total_layers
+    kv_cache = args.batch_size * (tokens + 16) * missing_layers * 2 * full_facts.kv_width * 4
     for row, small in zip(full.stages, subset.stages, strict=True):
         whole = row.stage in ("verify --full", "profile", "eval/generate")
         scaled = measured[small.stage][1] + (extra if whole else 0)
+        scaled += kv_cache if row.stage == "eval/generate" else 0
         print(
             f"| {row.stage} | {format_bytes(row.host_bytes)} | {format_bytes(scaled)} | "
             f"{row.host_bytes / scaled:.2f} |"

@@ -49,10 +49,10 @@ PROCESS_BYTES = 320 * MiB
 before the model: measured 303-355 MiB by running each command on a toy LLaVA."""
 BAKE_PROCESS_BYTES = 200 * MiB
 """The bake command (no model classes): measured 196 MiB on a toy LLaVA."""
-BAKE_BUFFER_BYTES = 2 * (6 + 2) * 16 * MiB
-"""Two shard workers, each with a 16 MiB chunk being folded, one being written, and folded chunks
-waiting for the hashing thread (up to 8; measured peaks of 400-500 MiB in all put them at about
-six on average)."""
+BAKE_BUFFER_BYTES = 2 * (4 + 2) * 16 * MiB
+"""Two shard workers, each with a 16 MiB chunk being folded, one being hashed, and folded chunks
+waiting for the hashing thread (up to 8, about 4 on average: the bake's measured peak varies
+from run to run with how far hashing lags, 340-500 MiB in all on llava-1.5-7b's widths)."""
 CUDA_HOST_BYTES = 600 * MiB
 """Host memory that initialising CUDA adds to the process (its libraries and context bookkeeping):
 an estimate from the H200 run of issue 16, not measured here."""
