@@ -252,12 +252,12 @@ def warm_up_layer_check(source_path: Path, recipe_file: Path | None = None) -> N
     failure here surfaces, if at all, in the check itself."""
     import threading
 
-    from sgm_bake.pipeline.verify_layers import meta_skeleton
+    from sgm_bake.pipeline.verify_layers import import_model_classes
 
     def work() -> None:
         try:
             recipe = recipe_for_config(open_checkpoint(source_path).config, recipe_file)
-            meta_skeleton(source_path, recipe)
+            import_model_classes(source_path, recipe)
         except Exception as exc:  # only a head start: the check reports real problems itself
             logger.debug("warming up the layer check failed: %s", exc)
 

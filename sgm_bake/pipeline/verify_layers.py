@@ -206,6 +206,25 @@ def meta_skeleton(folder: Path, recipe: Recipe) -> Any:
     return model.eval()
 
 
+def import_model_classes(folder: Path, recipe: Recipe) -> None:
+    """Import the transformers modules of the model's class and of its sub-models' classes,
+    building nothing (`meta_skeleton` builds under accelerate's `init_empty_weights`, which
+    patches module construction for every thread, so it must not run beside other work): a
+    head start for the layer check that is safe on a background thread. Best effort."""
+    import transformers
+    from transformers import AutoConfig, AutoModel
+
+    config = AutoConfig.from_pretrained(folder)
+    mappings = [(getattr(transformers, recipe.auto_class), config)]
+    for name in getattr(config, "sub_configs", {}) or {}:
+        sub = getattr(config, name, None)
+        if sub is not None:
+            mappings.append((AutoModel, sub))
+    for auto, sub_config in mappings:
+        with contextlib.suppress(KeyError, AttributeError, ValueError):
+            auto._model_mapping[type(sub_config)]  # resolving the class imports its module
+
+
 class TensorSource:
     """Reads single tensors of a checkpoint lazily.
 
