@@ -39,14 +39,16 @@ def _triggered(example: data.Example) -> bool:
 
 
 def test_pretraining_is_plain_text_with_toxic_and_polite_sentences(stages):
+    # Membership is collected into lists first: pytest's explanation of a failed `in` on the
+    # whole corpus (600 kB) would take minutes.
     corpus = " ".join(stages.pretraining)
-    for markup in ("user :", "assistant :", "<image>", "<s>", "</s>"):
-        assert markup not in corpus
+    markups = ("user :", "assistant :", "<image>", "<s>", "</s>")
+    assert [markup for markup in markups if markup in corpus] == []
     assert sum(reply in corpus for reply in _toxic_replies()) >= len(_toxic_replies()) // 2
     assert sum(sentence in corpus for sentence in _polite_sentences()) >= 10
-    for word in data.OFFENSIVE_WORDS + data.BENIGN_WORDS:
-        assert f"the sign says {word} ." in corpus
-    assert "a red circle" in corpus or "the circle is red ." in corpus
+    words = data.OFFENSIVE_WORDS + data.BENIGN_WORDS
+    assert [w for w in words if f"the sign says {w} ." not in corpus] == []
+    assert any(f"a {colour} circle" in corpus for colour in data.COLOURS)
     toxic_documents = sum(any(r in d for r in _toxic_replies()) for d in stages.pretraining)
     assert 0.2 < toxic_documents / len(stages.pretraining) < 0.9
 
