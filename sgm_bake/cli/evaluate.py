@@ -135,8 +135,8 @@ def eval_command(
     output: Path | None,
 ) -> None:
     """Measure harmful rate, fluency and reasoning of MODEL (a folder, Hub id, baked folder,
-    `organism` or `organism-plain`), optionally with SGM hooks from --expertise; a baked folder
-    is reported beside its base by default."""
+    `organism`, `organism-plain` or `organism-staged`), optionally with SGM hooks from
+    --expertise; a baked folder is reported beside its base by default."""
     from sgm_bake.core.expertise import load_expertise
     from sgm_bake.datasets.prompt_set import load_prompt_set
     from sgm_bake.evaluation.conditions import (
@@ -247,7 +247,7 @@ def generate(
     template: Path | None,
 ) -> None:
     """Answer one image + prompt with MODEL (Hub id, folder, baked folder, or a built-in
-    organism: `organism`, `organism-plain`)."""
+    organism: `organism`, `organism-plain`, `organism-staged`)."""
     from PIL import Image, UnidentifiedImageError
 
     from sgm_bake.core.expertise import load_expertise
@@ -301,11 +301,12 @@ def generate(
 @click.option(
     "--organism",
     "organism_name",
-    type=click.Choice(["organism", "organism-plain"]),
+    type=click.Choice(["organism", "organism-plain", "organism-staged"]),
     default="organism",
     show_default=True,
     help="organism: toxicity implanted in a few units per layer; organism-plain: toxicity "
-    "learned in ordinary one-stage training (no implanted units).",
+    "learned in ordinary one-stage training (no implanted units); organism-staged: "
+    "pretraining, instruction tuning, then jailbreak fine-tuning, as real MLLMs are made.",
 )
 @judge_option
 @click.option(
