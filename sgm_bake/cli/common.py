@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 
 import click
 
-from sgm_bake.errors import SGMError
+from sgm_bake.errors import SGMError, TamperedError
 from sgm_bake.io import interrupts
 from sgm_bake.io.atomic import describe_os_error
 
@@ -47,7 +47,8 @@ def configure_logging(verbose: int, quiet: bool) -> None:
 
 
 def user_errors(command: F) -> F:
-    """Turn bad input into one line on stderr and a non-zero exit, never a traceback.
+    """Turn bad input into one line on stderr and a non-zero exit, never a traceback: exit code
+    2, or 4 when a baked folder no longer matches its recorded sha256 (`TamperedError`).
 
     The command runs with SIGINT and SIGTERM handled (`sgm_bake.io.interrupts`): either stops it
     at once, its temporary folder is removed, an existing output stays as it was, and the exit
@@ -61,6 +62,9 @@ def user_errors(command: F) -> F:
         with interrupts.handling():
             try:
                 return command(*args, **kwargs)
+            except TamperedError as exc:
+                click.echo(f"error: {exc}", err=True)
+                sys.exit(EXIT_TAMPERED)
             except SGMError as exc:
                 click.echo(f"error: {exc}", err=True)
                 sys.exit(EXIT_ERROR)

@@ -269,6 +269,10 @@ def run(
     verify = mode is not None
     if push_to_hub and not verify:
         raise SGMError("--push-to-hub needs a verified output; drop --no-verify")
+    if push_to_hub:
+        from sgm_bake.publish.push import check_repo_id
+
+        check_repo_id(push_to_hub)  # before hours of profiling, not after
     if tune_knobs and expertise_path is not None:
         raise SGMError("--tune searches the profile itself; drop --expertise or --tune")
     rule_given = any(v is not None for v in (rule, threshold, top_k, damp_alpha, strength))

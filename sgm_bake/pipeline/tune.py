@@ -1099,27 +1099,29 @@ def run_tune(
     return result
 
 
-def write_result(result: TuneResult, folder: Path) -> Path:
-    """Write tune.json (and the Pareto plot) into `folder`; return the JSON's path."""
+def write_result(result: TuneResult, folder: Path) -> list[Path]:
+    """Write tune.json (and the Pareto plot) into `folder`; return the paths written."""
     from sgm_bake.publish import plots
 
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "tune.json"
     path.write_text(json.dumps(result.record(), indent=1) + "\n", encoding="utf-8")
+    written = [path]
     if plots.available():
-        plots.pareto_plot(folder / PARETO_PLOT, result.record())
+        written.append(plots.pareto_plot(folder / PARETO_PLOT, result.record()))
     else:
         logger.info("no Pareto plot: %s", plots.MISSING_HINT)
-    return path
+    return written
 
 
 def record_tuning(folder: Path, result: TuneResult) -> None:
     """Add the search to a baked folder: `sgm/tune.json`, the Pareto plot, the record's `tuning`
-    section and the card's section on how the setting was chosen."""
-    from sgm_bake.pipeline.record import SGM_DIR, Tuning, read_record, refresh
+    section and the card's section on how the setting was chosen (only these files and the card
+    are recorded; the folder is the one the same command has just baked)."""
+    from sgm_bake.pipeline.record import SGM_DIR, Tuning, read_record, rewrite_card
 
     record = read_record(folder)
-    write_result(result, folder / SGM_DIR)
+    written = [p.relative_to(folder).as_posix() for p in write_result(result, folder / SGM_DIR)]
     data = result.record()
     front = [t for t in data["trials"] if t["number"] in set(data["pareto"])]
     record.tuning = Tuning(
@@ -1135,7 +1137,7 @@ def record_tuning(folder: Path, result: TuneResult) -> None:
         seconds=data["seconds"],
         interrupted=data["interrupted"],
     )
-    refresh(folder, record)
+    rewrite_card(folder, record, written)
 
 
 @dataclass(frozen=True)

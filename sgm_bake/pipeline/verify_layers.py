@@ -64,7 +64,7 @@ from sgm_bake.errors import SGMError
 from sgm_bake.io.checkpoint import Checkpoint, load_bin, open_checkpoint
 from sgm_bake.io.safetensors import DTYPES
 from sgm_bake.pipeline.bake import expertise_path
-from sgm_bake.pipeline.record import Verification, read_record, refresh
+from sgm_bake.pipeline.record import Verification, read_record, rewrite_card
 from sgm_bake.pipeline.verify import TOLERANCE, build_inputs, recorded_recipe
 from sgm_bake.runtime.memory import PeakMemory
 
@@ -570,7 +570,7 @@ def verify_layers(
         bake_record = read_record(out)
         bake_record.verification = Verification(**report.record())
         bake_record.stages["verify"] = memory.record()
-        refresh(out, bake_record)
+        rewrite_card(out, bake_record)
     return report
 
 

@@ -214,19 +214,43 @@ def test_interrupted_bake_leaves_nothing(runner, llava_dir, llava_expertise, tmp
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out.")]
 
 
-def test_verify_fails_on_a_tampered_weight(runner, llava_dir, llava_expertise, tmp_path):
+def _unbaked_weight(out: Path, source: Path) -> None:
+    """Put the source's (unfolded) up_proj of layer 1 back into a baked folder."""
     from safetensors.torch import save_file
 
     from tests.conftest import file_metadata, load_state
 
-    out = tmp_path / "out"
-    assert _bake(runner, llava_dir, out, llava_expertise, "--no-verify").exit_code == 0
     state = load_state(out)
     key = "language_model.model.layers.1.mlp.up_proj.weight"
-    state[key] = load_state(llava_dir)[key]
+    state[key] = load_state(source)[key]
     save_file(
         state, str(out / "model.safetensors"), metadata=file_metadata(out / "model.safetensors")
     )
+
+
+def test_verify_fails_on_a_wrong_fold(runner, llava_dir, llava_expertise, tmp_path):
+    """A bake that wrote a wrong weight and recorded it (a bug, not tampering) fails verify."""
+    from sgm_bake.pipeline.record import read_record, record_files
+
+    out = tmp_path / "out"
+    assert _bake(runner, llava_dir, out, llava_expertise, "--no-verify").exit_code == 0
+    _unbaked_weight(out, llava_dir)
+    record_files(out, read_record(out), ["model.safetensors"])
     result = runner.invoke(main, ["verify", str(out), "--device", "cpu"])
     assert result.exit_code == 3, result.output
     assert "FAIL" in result.output
+
+
+def test_verify_refuses_a_tampered_weight_and_writes_nothing(
+    runner, llava_dir, llava_expertise, tmp_path
+):
+    from tests.e2e.test_hardening import snapshot
+
+    out = tmp_path / "out"
+    assert _bake(runner, llava_dir, out, llava_expertise, "--no-verify").exit_code == 0
+    _unbaked_weight(out, llava_dir)
+    before = snapshot(out)
+    result = runner.invoke(main, ["-q", "verify", str(out), "--device", "cpu"])
+    assert result.exit_code == 4, result.output
+    assert result.output.count("\n") == 1 and "changed: model.safetensors" in result.output
+    assert snapshot(out) == before
