@@ -140,6 +140,59 @@ def test_unbake_restores_an_fp32_source_within_one_rounding(runner, baked, llava
     assert not (dest / "sgm").exists() and not (dest / "README.md").exists()
 
 
+def test_unbake_compare_holds_for_subnormal_half_precision_weights(runner, tmp_path):
+    """An honest fp16 bake passes --compare even where the folded weights are subnormal (there
+    the fold rounds to the subnormal spacing, not to a relative error)."""
+    from safetensors.torch import save_file
+
+    from tests.builders import synthetic_expertise, tiny_llava
+    from tests.conftest import file_metadata
+
+    source = tiny_llava(tmp_path / "fp16", dtype=torch.float16)
+    weights = source / "model.safetensors"
+    state = load_state(source)
+    tiny = [key for key in state if key.endswith("mlp.up_proj.weight")]
+    generator = torch.Generator().manual_seed(5)
+    for key in tiny:  # a quarter of each row below fp16's smallest normal (6.1e-5)
+        values = state[key].float()
+        values[:, ::4] = torch.randn(values[:, ::4].shape, generator=generator) * 2e-5
+        state[key] = values.to(torch.float16)
+    save_file(state, str(weights), metadata=file_metadata(weights))
+    from transformers import AutoModelForImageTextToText
+
+    model = AutoModelForImageTextToText.from_pretrained(source)
+    expertise = synthetic_expertise(model, seed=7, share=0.6)
+    save_expertise(expertise, tmp_path / "expertise.safetensors")
+    out = tmp_path / "out"
+    bake = [
+        "-q",
+        "bake",
+        str(source),
+        str(out),
+        "--expertise",
+        str(tmp_path / "expertise.safetensors"),
+    ]
+    assert runner.invoke(main, [*bake, "--no-verify"]).exit_code == 0
+    dest = tmp_path / "rebuilt"
+    result = runner.invoke(main, ["-q", "unbake", str(out), str(dest), "--compare", str(source)])
+    assert result.exit_code == 0, result.output
+    assert "within the rounding bound" in result.output
+
+
+def test_a_failed_compare_writes_no_destination(runner, baked, tmp_path):
+    """Compared with another model, unbake exits 4 and leaves DEST as it was (absent)."""
+    from tests.builders import tiny_llava
+
+    other = tiny_llava(tmp_path / "other", seed=11)
+    dest = tmp_path / "rebuilt"
+    result = runner.invoke(main, ["-q", "unbake", str(baked), str(dest), "--compare", str(other)])
+    assert result.exit_code == 4, result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and "differs from the base" in lines[0], result.output
+    assert not dest.exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".rebuilt.")]
+
+
 def test_unbake_refuses_erased_units(runner, llava_dir, llava_expertise, tmp_path):
     expertise = load_expertise(llava_expertise)
     name = "model.language_model.layers.0.mlp.up_proj"
