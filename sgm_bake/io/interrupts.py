@@ -94,13 +94,12 @@ def shielded() -> Iterator[None]:
 @contextlib.contextmanager
 def handling() -> Iterator[None]:
     """Install the SIGINT and SIGTERM handlers for the block (main thread only; elsewhere, a
-    no-op), forgetting any signal seen by an earlier block of the same process."""
+    no-op). A signal is remembered only inside the block: code that runs after it in the same
+    process (a test session, a notebook) does not see it."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    _STATE.event.clear()
-    _STATE.signum = 0
-    _STATE.shield = 0
+    _forget()
     previous: dict[signal.Signals, Any] = {}
     for handled in HANDLED:
         previous[handled] = signal.signal(handled, _handler)
@@ -109,3 +108,10 @@ def handling() -> Iterator[None]:
     finally:
         for handled, handler in previous.items():
             signal.signal(handled, handler)
+        _forget()
+
+
+def _forget() -> None:
+    _STATE.event.clear()
+    _STATE.signum = 0
+    _STATE.shield = 0
