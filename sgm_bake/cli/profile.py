@@ -83,9 +83,12 @@ profile_options = add_options(
 
 def profile_request(params: dict[str, Any], recipe_file: Path | None, rule: Any) -> Any:
     """The pipeline's profile request from the shared profile options."""
+    from sgm_bake.io.response_store import check_store_folder
     from sgm_bake.pipeline.profile import ProfileOptions, parse_layers
     from sgm_bake.pipeline.run import ProfileRequest
 
+    if params["responses_dir"] is not None:
+        check_store_folder(params["responses_dir"])  # before any model loads
     hook_points = None
     if params["hook_points"]:
         hook_points = tuple(p.strip() for p in params["hook_points"].split(",") if p.strip())

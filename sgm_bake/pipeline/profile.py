@@ -14,7 +14,6 @@ import json
 import logging
 import math
 import os
-import shutil
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
@@ -32,7 +31,8 @@ from sgm_bake.core.recipes import HookPoint, Projection, Recipe
 from sgm_bake.core.rules import RuleOptions, auroc, factors
 from sgm_bake.datasets.profile_set import ProfileSample, ProfileSet
 from sgm_bake.errors import SGMError
-from sgm_bake.io.response_store import ResponseStore
+from sgm_bake.io.response_store import ResponseStore, discard_store
+from sgm_bake.io.source import content_key
 from sgm_bake.runtime.chat import call_processor
 from sgm_bake.runtime.distributed import Distributed, rank_share
 
@@ -267,10 +267,14 @@ def fingerprint(
     options: ProfileOptions,
     targets: list[ProfileTarget],
     dtype: torch.dtype,
+    content: str = "",
 ) -> dict[str, Any]:
-    """What makes two profile runs the same: a resumed run must match it exactly."""
+    """What makes two profile runs the same: a resumed run must match it exactly. `content` is
+    the model folder's `content_key`: two models are told apart by what they hold, never by
+    the name of their folder."""
     return {
         "source": source_id,
+        "content": content,
         "revision": revision,
         "profile_set": profile_set.name,
         "profile_set_sha256": profile_set.sha256,
@@ -412,7 +416,7 @@ def capture_share(
         part.close()
     distributed.barrier()  # the merged store is complete: the parts are no longer needed
     if not options.keep_responses:
-        shutil.rmtree(part_path, ignore_errors=True)
+        discard_store(part_path)
 
 
 def expertise_from_store(
@@ -470,7 +474,8 @@ def run_profile(
     multimodal = recipe.auto_class != "AutoModelForCausalLM"
     inputs = Inputs(folder, model.config.to_dict(), options.feed, multimodal)
     targets = profile_targets(model, recipe, options)
-    key = fingerprint(source_id, revision, profile_set, options, targets, dtype)
+    content = content_key(folder, revision)
+    key = fingerprint(source_id, revision, profile_set, options, targets, dtype, content)
     folder_for_store = options.responses_dir or default_responses_dir(key)
     if distributed is not None:
         capture_share(
@@ -500,7 +505,7 @@ def run_profile(
     finally:
         store.close()
     if not options.keep_responses:
-        shutil.rmtree(folder_for_store, ignore_errors=True)
+        discard_store(folder_for_store)
     toxic, benign = profile_set.counts()
     metadata = {
         "source": source_id,

@@ -59,6 +59,7 @@ from sgm_bake.errors import SGMError
 from sgm_bake.evaluation.evaluate import run_eval
 from sgm_bake.evaluation.judges import Judge
 from sgm_bake.io.response_store import ResponseStore
+from sgm_bake.io.source import content_key
 from sgm_bake.pipeline.profile import (
     Inputs,
     Positions,
@@ -291,6 +292,7 @@ class ScoreCache:
         self.options = options
         self.source_id = source_id
         self.revision = revision
+        self.content = content_key(folder, revision)
         self.dtype = dtype
         self.points = sorted({p for points in hook_sets(recipe).values() for p in points}, key=str)
         self._inputs: Inputs | None = None
@@ -330,6 +332,7 @@ class ScoreCache:
                 profile_options,
                 targets,
                 self.dtype,
+                self.content,
             )
             store_folder = self.options.workdir / "responses" / f"{positions}-{pooling}-{side}"
             store = ResponseStore.open(
@@ -926,6 +929,7 @@ def run_tune(
     identity = {
         "measure": MEASURE_VERSION,
         "source": source_id,
+        "content": scores.content,
         "revision": revision,
         "profile_set": profile_set.name,
         "profile_set_sha256": profile_set.sha256,
