@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import shlex
 import sys
 from collections.abc import Callable
@@ -35,6 +36,10 @@ def configure_logging(verbose: int, quiet: bool) -> None:
         level = logging.ERROR
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", force=True)
     if verbose < 2:
+        # huggingface_hub sets its own level and handler when it is first imported (later, in
+        # a command); the variable makes that level "error" too, so its retry warnings stay
+        # quiet (sgm_bake.io.hub says in one line why the Hub cannot be used).
+        os.environ.setdefault("HF_HUB_VERBOSITY", "error")
         for noisy in ("transformers", "huggingface_hub", "httpx", "filelock", "accelerate"):
             logging.getLogger(noisy).setLevel(max(level, logging.ERROR))
         try:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -19,6 +20,8 @@ from typing import Any
 from sgm_bake.errors import SGMError
 from sgm_bake.io.paths import contained, relative_name
 from sgm_bake.resources import data_dir
+
+logger = logging.getLogger(__name__)
 
 BUILTIN = "builtin:"
 HUB = "hf://datasets/"
@@ -80,15 +83,29 @@ def image_path(value: str, folder: Path, where: str) -> Path:
     return path
 
 
-def _hub_file(spec: str) -> tuple[Path, str]:
-    """Download `hf://datasets/ORG/NAME/PATH`; return the local file and its repo path."""
+def _hub_file(spec: str) -> tuple[Path, str, bool]:
+    """Download `hf://datasets/ORG/NAME/PATH`; return the local file, its repo path, and whether
+    it came from the local cache because the Hub cannot be reached."""
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, RepositoryNotFoundError
+
+    from sgm_bake.io.hub import unreachable
 
     parts = spec[len(HUB) :].split("/")
     if len(parts) < 3 or not all(parts):
         raise SGMError(f"{spec} must look like hf://datasets/ORG/NAME/path/to/set.jsonl")
     repo_id, filename = "/".join(parts[:2]), "/".join(parts[2:])
+    reason = unreachable()
+    if reason is not None:  # at once, not after huggingface_hub's retries
+        try:
+            local = hf_hub_download(repo_id, filename, repo_type="dataset", local_files_only=True)
+        except Exception as exc:
+            raise SGMError(
+                f"{spec} is not in the local cache, and {reason}: check the network, or pass a "
+                "local file"
+            ) from exc
+        logger.warning("%s; using the cached copy of %s", reason, spec)
+        return Path(local), filename, True
     try:
         local = hf_hub_download(repo_id, filename, repo_type="dataset")
     except (RepositoryNotFoundError, EntryNotFoundError) as exc:
@@ -101,11 +118,12 @@ def _hub_file(spec: str) -> tuple[Path, str]:
         raise SGMError(
             f"could not download {spec} ({type(exc).__name__}); check the network"
         ) from exc
-    return Path(local), filename
+    return Path(local), filename, False
 
 
-def _fetch_hub_images(spec: str, rows: list[dict[str, Any]], repo_path: str) -> None:
-    """Download the images a Hub set names; they land beside the set file in the cache."""
+def _fetch_hub_images(spec: str, rows: list[dict[str, Any]], repo_path: str, cached: bool) -> None:
+    """Download the images a Hub set names; they land beside the set file in the cache (with
+    `cached`, the Hub cannot be reached: they must be in the cache already)."""
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import EntryNotFoundError
 
@@ -114,11 +132,16 @@ def _fetch_hub_images(spec: str, rows: list[dict[str, Any]], repo_path: str) -> 
     for number, row in enumerate(rows, start=1):
         if row.get("image"):
             relative = relative_name(str(row["image"]), f"{spec} row {number}: image path")
+            where = f"{spec} row {number}: image {row['image']!r}"
             try:
-                hf_hub_download(repo_id, str(base / relative), repo_type="dataset")
+                hf_hub_download(
+                    repo_id, str(base / relative), repo_type="dataset", local_files_only=cached
+                )
             except EntryNotFoundError as exc:
+                raise SGMError(f"{where} is not in the dataset") from exc
+            except Exception as exc:  # not cached while offline, or the network dropped
                 raise SGMError(
-                    f"{spec} row {number}: image {row['image']!r} is not in the dataset"
+                    f"{where} could not be fetched ({type(exc).__name__}); check the network"
                 ) from exc
 
 
@@ -132,9 +155,9 @@ def load_set_file(spec: str, what: str = "data set") -> SetFile:
                 f"no built-in {what} {name!r}; built-in sets: {', '.join(builtin_sets())}"
             )
     elif spec.startswith(HUB):
-        path, repo_path = _hub_file(spec)
+        path, repo_path, cached = _hub_file(spec)
         rows = read_rows(path)
-        _fetch_hub_images(spec, rows, repo_path)
+        _fetch_hub_images(spec, rows, repo_path, cached)
     else:
         path = Path(spec).expanduser()
         if not path.is_file():

@@ -62,6 +62,19 @@ def resolve_source(
 
 def _download(repo_id: str, revision: str | None, cache_dir: Path | None) -> Source:
     from huggingface_hub import HfApi, snapshot_download
+
+    from sgm_bake.io.hub import unreachable
+
+    reason = unreachable()
+    if reason is not None:
+        cached = _cached(repo_id, revision, cache_dir)
+        if cached is not None:
+            logger.warning("%s; using the cached copy of %s", reason, repo_id)
+            return cached
+        raise SGMError(
+            f"{repo_id} is not a local folder and not in the local cache, and {reason}: check "
+            "the network, or pass a local folder"
+        )
     from huggingface_hub.errors import (
         GatedRepoError,
         HfHubHTTPError,
