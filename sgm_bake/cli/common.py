@@ -74,7 +74,9 @@ def user_errors(command: F) -> F:
                 click.echo(f"error: {exc}", err=True)
                 sys.exit(EXIT_ERROR)
             except interrupts.Interrupted as exc:
-                if exc.completed:
+                if exc.note:
+                    click.echo(f"interrupted by {exc.signal_name} {exc.note}", err=True)
+                elif exc.completed:
                     click.echo(
                         f"interrupted by {exc.signal_name} just after the output was put in "
                         "place; it is complete, the steps after it did not run",

@@ -29,11 +29,15 @@ class Interrupted(KeyboardInterrupt):
     """The run was stopped by SIGINT or SIGTERM (a KeyboardInterrupt, so code that cleans up
     after Ctrl-C cleans up after SIGTERM too)."""
 
-    def __init__(self, signum: int = signal.SIGINT, completed: bool = False) -> None:
+    def __init__(
+        self, signum: int = signal.SIGINT, completed: bool = False, note: str = ""
+    ) -> None:
         super().__init__(signum)
         self.signum = signum
         # True when the signal came after the output had already been put in place.
         self.completed = completed
+        # What the interrupted step kept and how to go on, for the one line the CLI prints.
+        self.note = note
 
     @property
     def exit_code(self) -> int:

@@ -38,6 +38,7 @@ import json
 import logging
 import math
 import random
+import signal
 import sys
 import time
 import warnings
@@ -58,6 +59,7 @@ from sgm_bake.datasets.prompt_set import EvalItem, PromptSet
 from sgm_bake.errors import SGMError
 from sgm_bake.evaluation.evaluate import run_eval
 from sgm_bake.evaluation.judges import Judge
+from sgm_bake.io import interrupts
 from sgm_bake.io.response_store import ResponseStore
 from sgm_bake.io.source import content_key
 from sgm_bake.pipeline.profile import (
@@ -102,6 +104,7 @@ DEFAULT_FRACTIONS = (0.5, 0.25, 0.25)
 # profile set's own minimum); harm and KL need at least two rows each on the other two.
 SPLIT_MINIMUM = {"profile": MIN_PER_CLASS, "tune": 2, "report": 2}
 STUDY_NAME = "sgm-tune"
+JOURNAL = "study.journal"
 PARETO_PLOT = "pareto.png"
 # Part of a study's identity: a work folder made by a tuner that measured differently is refused.
 MEASURE_VERSION = "tune-measure/1"
@@ -772,6 +775,8 @@ class TuneResult:
     options: dict[str, Any]
     seconds: float
     interrupted: bool
+    trials_resumed: int = 0
+    """Trials an earlier run of the same search had completed (the journal in the work folder)."""
 
     @property
     def chosen_tune(self) -> Measurement:
@@ -785,6 +790,7 @@ class TuneResult:
             "options": self.options,
             "splits": self.splits,
             "trials_run": len(self.trials),
+            "trials_resumed": self.trials_resumed,
             "interrupted": self.interrupted,
             "seconds": round(self.seconds, 1),
             "chosen": None if self.chosen is None else self.chosen.as_dict(),
@@ -876,7 +882,7 @@ def _open_study(optuna: Any, options: TuneOptions, identity: dict[str, Any]) -> 
     from optuna.storages.journal import JournalFileBackend
 
     options.workdir.mkdir(parents=True, exist_ok=True)
-    storage = JournalStorage(JournalFileBackend(str(options.workdir / "study.journal")))
+    storage = JournalStorage(JournalFileBackend(str(options.workdir / JOURNAL)))
     study = optuna.create_study(
         study_name=STUDY_NAME,
         storage=storage,
@@ -977,7 +983,15 @@ def run_tune(
         return study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
 
     warm = space.warm_starts()
-    done = len(complete())
+    done = resumed = len(complete())
+    if resumed:
+        logger.warning(
+            "resuming the search in %s (%s): %d of %d trials are already done",
+            options.workdir,
+            JOURNAL,
+            resumed,
+            options.trials,
+        )
     interrupted = False
     best: tuple[float, float] | None = None
     with tqdm(
@@ -1008,11 +1022,19 @@ def run_tune(
                 )
                 with SGMHooks(chat.model, factors_of_trial, recipe):
                     measurement = tune_measure.measure(f"trial {trial.number}")
-            except KeyboardInterrupt:
+            except KeyboardInterrupt as exc:  # SIGINT or SIGTERM: keep the trials, stop
                 study.tell(trial, state=optuna.trial.TrialState.FAIL)
-                interrupted = True
-                logger.warning("search interrupted after %d trials; keeping what was found", done)
-                break
+                found = (
+                    f"the best within the budget so far: harmful {best[0]:.1%}, KL {best[1]:.4f}"
+                    if best is not None
+                    else "no trial within the budget yet"
+                )
+                raise interrupts.Interrupted(
+                    getattr(exc, "signum", signal.SIGINT),
+                    note=f"after {done} of {options.trials} trials ({done - resumed} new in this "
+                    f"run; {found}): the trials are kept in {options.workdir / JOURNAL}; run the "
+                    "same command again to resume the search",
+                ) from None
             described = {**setting.describe(), "top_k": rule.top_k}
             constraints = _violations(measurement, base_tune, options)
             trial.set_user_attr("setting", described)
@@ -1098,6 +1120,7 @@ def run_tune(
         },
         seconds=time.perf_counter() - start,
         interrupted=interrupted,
+        trials_resumed=resumed,
     )
     write_result(result, options.workdir)
     return result
@@ -1207,8 +1230,14 @@ def summary_lines(result: TuneResult) -> list[str]:
             text += f", benign accuracy {m.accuracy:.1%}"
         return text
 
+    resumed = (
+        f" ({len(result.trials) - result.trials_resumed} new, {result.trials_resumed} resumed "
+        "from the work folder's journal)"
+        if result.trials_resumed
+        else ""
+    )
     lines = [
-        f"{len(result.trials)} trials in {result.seconds:.0f} s"
+        f"{len(result.trials)} trials{resumed} in {result.seconds:.0f} s"
         + (" (interrupted)" if result.interrupted else "")
         + f"; knobs: {', '.join(result.knobs)}; Pareto front: trials "
         + ", ".join(str(n) for n in result.pareto),
