@@ -14,6 +14,7 @@ from sgm_bake.cli.common import (
     base_model_option,
     command_line,
     device_option,
+    expert_layout_option,
     expertise_option,
     make_placement,
     overwrite_option,
@@ -55,6 +56,7 @@ def report_verification(out: Path, report: Any) -> None:
         verify_dtype_option,
         placement_options,
         base_model_option,
+        expert_layout_option,
     ]
 )
 @user_errors
@@ -73,6 +75,7 @@ def bake(
     max_memory: str | None,
     offload_folder: Path | None,
     base_model: str | None,
+    expert_layout: str | None,
 ) -> None:
     """Fold the factors of an expertise file into SOURCE and write the checkpoint to OUT.
 
@@ -89,7 +92,12 @@ def bake(
     expertise = load_expertise(expertise_path)
     resolved = resolve_model_source(source, revision, progress_enabled())
     options = BakeOptions(
-        overwrite, recipe_file, progress_enabled(), command_line(), base_model=base_model
+        overwrite,
+        recipe_file,
+        progress_enabled(),
+        command_line(),
+        base_model=base_model,
+        expert_layout=expert_layout,
     )
     record = run_bake(resolved, out, expertise, options)
     click.echo(

@@ -146,6 +146,14 @@ recipe_option = click.option(
     help="Use this recipe JSON instead of the one for the config's model_type.",
 )
 revision_option = click.option("--revision", default=None, help="Hub branch, tag or commit.")
+expert_layout_option = click.option(
+    "--expert-layout",
+    type=click.Choice(["out_in", "in_out"]),
+    default=None,
+    help="How SOURCE stores stacked expert matrices whose shape cannot tell (square ones, when "
+    "2 x moe_intermediate_size == hidden_size): out_in [E, out, in] or in_out [E, in, out]. "
+    "Needed only when the bake asks for it.",
+)
 overwrite_option = click.option(
     "--overwrite", is_flag=True, help="Replace the output if it exists and is not empty."
 )

@@ -16,6 +16,7 @@ from sgm_bake.cli.common import (
     device_option,
     dtype_option,
     echo_lines,
+    expert_layout_option,
     feed_option,
     hook_points_option,
     layers_option,
@@ -215,6 +216,7 @@ def profile(
     "--private", is_flag=True, help="With --push-to-hub: create the repository as private."
 )
 @base_model_option
+@expert_layout_option
 @click.option(
     "--tune",
     "tune_knobs",
@@ -239,6 +241,7 @@ def run(
     push_to_hub: str | None,
     private: bool,
     base_model: str | None,
+    expert_layout: str | None,
     tune_knobs: bool,
     rule: str | None,
     threshold: float | None,
@@ -333,6 +336,7 @@ def run(
         progress_enabled(),
         command_line(),
         base_model=base_model,
+        expert_layout=expert_layout,
         stages={"profile": outcome_memory} if outcome_memory else {},
     )
     record = run_bake(source, out, expertise, options)

@@ -32,6 +32,7 @@ from sgm_bake.core.recipes import (
     Recipe,
     recipe_for_config,
     resolve_checkpoint_layout,
+    with_expert_layout,
 )
 from sgm_bake.errors import SGMError
 from sgm_bake.io import interrupts
@@ -85,6 +86,8 @@ class BakeOptions:
     progress: bool = True
     command: str | None = None
     base_model: str | None = None
+    expert_layout: str | None = None
+    """How the checkpoint stores square stacked expert matrices (`--expert-layout`)."""
     extra_record: dict[str, Any] = field(default_factory=dict)
     stages: dict[str, dict[str, Any]] = field(default_factory=dict)
     """Measured figures of stages that ran before the bake (the one-command form's profile)."""
@@ -375,7 +378,10 @@ def bake(source: Source, out: Path, expertise: Expertise, options: BakeOptions) 
 
     check_target(out, source.path, options.overwrite)
     checkpoint = open_checkpoint(source.path)
-    plan = plan_bake(checkpoint, expertise, options.recipe_file)
+    recipe = recipe_for_config(checkpoint.config, options.recipe_file)
+    if options.expert_layout is not None:
+        recipe = with_expert_layout(recipe, options.expert_layout)
+    plan = plan_bake(checkpoint, expertise, recipe=recipe)
     if all(bool((unit.entry.alpha == 1).all()) for unit in plan.units):
         logger.warning(
             "every factor is 1: this bake changes no weight (no unit passed the rule's "

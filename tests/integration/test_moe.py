@@ -8,6 +8,7 @@ transformers stacks at load time.
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 from pathlib import Path
@@ -466,3 +467,75 @@ def test_unbake_rebuilds_expert_weights(tmp_path):
     assert any(".experts.3.up_proj" in key for key in result["tensors_rebuilt"])
     check = result["compare"]
     assert check["within_bound"] and check["others_identical"], check
+
+
+# --- square expert matrices: 2 x moe_intermediate_size == hidden_size -------------------------
+
+
+def _square_moe(seed: int) -> Any:
+    """Qwen3-VL-MoE whose gate_up matrices are square ([E, 32, 32]): their shape cannot tell
+    [E, out, in] from [E, in, out]; down_proj's ([E, 32, 16]) can."""
+    from transformers import AutoModelForImageTextToText
+
+    from tests.tiny_configs import seed_everything, tiny_config
+
+    config = tiny_config("qwen3_vl_moe")
+    config.text_config.moe_intermediate_size = config.text_config.hidden_size // 2
+    seed_everything(seed)
+    model = AutoModelForImageTextToText.from_config(config, dtype=torch.float32)
+    return model.float().eval()
+
+
+@pytest.mark.parametrize("layout", ["saved", "transposed"])
+def test_a_square_expert_matrix_takes_the_orientation_of_its_layer(layout, tmp_path):
+    """The orientation of the square gate_up tensor is read from down_proj of the same layer:
+    its output units are the rows of each expert matrix as saved ([E, 2I, H]), the columns as
+    the Hub ships Qwen3-VL-MoE ([E, H, 2I], `transposed`)."""
+    model = _square_moe(seed=3)
+    source = save_in_layout(model, tmp_path / "source", layout)
+    name = "model.language_model.layers.1.mlp.experts.gate_up_proj"
+    alpha = torch.rand(4, 32, generator=torch.Generator().manual_seed(0))
+    expertise = Expertise({name: ModuleExpertise(name, "output", alpha)})
+    out = tmp_path / "out"
+    bake(resolve_source(str(source)), out, expertise, BakeOptions(progress=False))
+    stored = load_state(source)[name]
+    expected = stored * (alpha[:, :, None] if layout == "saved" else alpha[:, None, :])
+    assert torch.equal(load_state(out)[name], expected)
+    if layout == "saved":  # transformers 5.25 loads a square [E, H, 2I] without transposing it
+        assert verify(out, source, device="cpu", record=False).passed
+
+
+def _split_down_proj(folder: Path) -> None:
+    """Store every layer's down_proj per expert, leaving the square gate_up stacked alone."""
+    path = folder / "model.safetensors"
+    state = load_state(folder)
+    for key in [k for k in state if k.endswith("experts.down_proj")]:
+        stacked = state.pop(key)
+        for expert in range(stacked.shape[0]):
+            state[f"{key[: -len('down_proj')]}{expert}.down_proj.weight"] = stacked[expert]
+    save_file(state, str(path), metadata=file_metadata(path))
+
+
+def test_a_square_expert_matrix_without_evidence_is_refused_naming_the_option(runner, tmp_path):
+    from sgm_bake.cli import main
+    from sgm_bake.core.expertise import load_expertise, save_expertise
+
+    model = _square_moe(seed=5)
+    source = save_in_layout(model, tmp_path / "source", "saved")
+    _split_down_proj(source)
+    save_expertise(_both_sides_expertise(model, seed=6), tmp_path / "expertise.safetensors")
+    out = tmp_path / "out"
+    command = ["-q", "bake", str(source), str(out)]
+    command += ["--expertise", str(tmp_path / "expertise.safetensors")]
+    result = runner.invoke(main, command)
+    assert result.exit_code == 2, result.output
+    assert result.output.count("\n") == 1 and "--expert-layout" in result.output
+    assert "gate_up_proj" in result.output and not out.exists()
+    result = runner.invoke(main, [*command, "--expert-layout", "in_out", "--no-verify"])
+    assert result.exit_code == 0, result.output
+    name = "model.language_model.layers.1.mlp.experts.gate_up_proj"
+    alpha = load_expertise(tmp_path / "expertise.safetensors").modules[name].alpha
+    expected = load_state(source)[name] * alpha[:, None, :]  # as declared: [E, in, out]
+    assert torch.equal(load_state(out)[name], expected)
+    recorded = json.loads((out / "sgm" / "bake.json").read_text())["recipe"]["definition"]
+    assert recorded["experts"]["checkpoint_layout"] == "in_out"  # verify and unbake use it too
