@@ -156,6 +156,9 @@ class Recipe:
     """Submodule that runs text-only inputs, for a family whose top-level forward cannot run
     them (BLIP-2 requires pixel_values; Llama 4 in transformers 5.24 fails building its
     output); None otherwise."""
+    fusion_layer: str = "the first language layer that sees the image"
+    """What the first post-fusion layer is, in words, for messages about earlier layers (Mllama:
+    the first cross-attention layer)."""
 
     @property
     def is_moe(self) -> bool:
@@ -300,6 +303,7 @@ _RECIPE_KEYS = {
     "neuron_hook_points": (list, False),
     "experts": (dict, False),
     "text_forward": (str, False),
+    "fusion_layer": (str, False),
 }
 _LAYER_KEYS = {"runtime": (list, True), "checkpoint": (list, True)}
 _USE_KEYS = {"use": (str, True), "at": (str, False), "layers": (str, False)}
@@ -588,6 +592,7 @@ def parse_recipe(data: dict[str, Any], path: Path) -> Recipe:
         definition=data,
         experts=experts,
         text_forward=data.get("text_forward"),
+        **({"fusion_layer": data["fusion_layer"]} if "fusion_layer" in data else {}),
     )
     for template in recipe.runtime_prefixes + recipe.checkpoint_prefixes:
         try:

@@ -24,7 +24,13 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from sgm_bake.core.expertise import Expertise, ModuleExpertise, ResolvedUnits, save_expertise
+from sgm_bake.core.expertise import (
+    Expertise,
+    ModuleExpertise,
+    ResolvedUnits,
+    language_units,
+    save_expertise,
+)
 from sgm_bake.core.fold import TensorFold, unit_axis
 from sgm_bake.core.recipes import (
     CheckpointLayout,
@@ -150,18 +156,10 @@ def library_versions() -> dict[str, str]:
 
 def covered_layers(recipe: Recipe, config: dict[str, Any], units: list[ResolvedUnits]) -> range:
     """The language layers a bake touches: the post-fusion ones, widened down to the earliest
-    layer an explicit expertise file names (with a warning: profiling never picks those)."""
+    layer an explicit expertise file names (`language_units` warns about those)."""
     post_fusion = recipe.layers(config)
-    early = sorted({unit.layer for unit in units if unit.layer < post_fusion.start})
-    if not early:
-        return post_fusion
-    logger.warning(
-        "the expertise names pre-fusion language layers %s (before layer %d, where the image "
-        "enters); baking them as given",
-        early,
-        post_fusion.start,
-    )
-    return range(early[0], post_fusion.stop)
+    early = min((unit.layer for unit in units), default=post_fusion.start)
+    return range(min(early, post_fusion.start), post_fusion.stop)
 
 
 def _unit_factors(
@@ -216,7 +214,7 @@ def plan_bake(
     recipe = recipe or recipe_for_config(checkpoint.config, recipe_file)
     key_files = checkpoint.tensor_keys()
     shapes = tensor_shapes(checkpoint)
-    units = expertise.resolve(recipe, recipe.all_layers(checkpoint.config))
+    units = language_units(expertise, recipe, checkpoint.config)
     layers = covered_layers(recipe, checkpoint.config, units)
     layout = resolve_checkpoint_layout(
         recipe, checkpoint.config, key_files, {k: s for k, (s, _) in shapes.items()}, layers

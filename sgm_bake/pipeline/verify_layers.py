@@ -57,7 +57,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from sgm_bake.core.expertise import Expertise, ResolvedUnits, load_expertise
+from sgm_bake.core.expertise import Expertise, ResolvedUnits, language_units, load_expertise
 from sgm_bake.core.hooks import SGMHooks, runtime_prefix
 from sgm_bake.core.recipes import Recipe, resolve_checkpoint_layout
 from sgm_bake.errors import SGMError
@@ -612,7 +612,7 @@ def _check_layers(
     layers_range = recipe.layers(skeleton.config.to_dict())
     template = runtime_prefix(skeleton, recipe, layers_range)
     units_by_layer: dict[int, list[ResolvedUnits]] = {}
-    for units in expertise.resolve(recipe, layers_range):
+    for units in language_units(expertise, recipe, skeleton.config.to_dict()):
         units_by_layer.setdefault(units.layer, []).append(units)
     layers = sorted(units_by_layer)
 

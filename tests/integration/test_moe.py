@@ -324,9 +324,9 @@ def test_pre_fusion_layers_bake_with_a_warning(tmp_path, caplog):
     alpha = torch.rand(model.get_submodule(name).weight.shape[0])
     expertise.modules[name] = ModuleExpertise(name, "output", alpha)
     out = tmp_path / "out"
-    with caplog.at_level(logging.WARNING, logger="sgm_bake.pipeline.bake"):
+    with caplog.at_level(logging.WARNING, logger="sgm_bake.core.expertise"):
         record = bake(resolve_source(str(source)), out, expertise, BakeOptions(progress=False))
-    assert "pre-fusion" in caplog.text
+    assert "layers [0], before layer 1, the first cross-attention layer" in caplog.text
     assert (
         "language_model.model.layers.0.mlp.up_proj.weight"
         in "".join(record.expertise.tensors_folded)
@@ -539,3 +539,34 @@ def test_a_square_expert_matrix_without_evidence_is_refused_naming_the_option(ru
     assert torch.equal(load_state(out)[name], expected)
     recorded = json.loads((out / "sgm" / "bake.json").read_text())["recipe"]["definition"]
     assert recorded["experts"]["checkpoint_layout"] == "in_out"  # verify and unbake use it too
+
+
+def test_pre_fusion_layers_pass_every_step_with_the_same_warning(runner, tmp_path):
+    """The one rule for every family and step: Mllama's layer 0 (before the first cross-attention
+    layer) is baked, verified layer by layer and hooked, each time with the same warning."""
+    from sgm_bake.cli import main
+    from sgm_bake.core.expertise import save_expertise
+
+    model = build_tiny_model("mllama", seed=3)
+    source = tmp_path / "source"
+    model.save_pretrained(source)
+    expertise = synthetic_expertise(model, seed=1, share=0.5)
+    name = "model.language_model.layers.0.mlp.up_proj"
+    alpha = torch.rand(model.get_submodule(name).weight.shape[0])
+    expertise.modules[name] = ModuleExpertise(name, "output", alpha)
+    save_expertise(expertise, tmp_path / "expertise.safetensors")
+    out = tmp_path / "out"
+    command = [
+        "bake",
+        str(source),
+        str(out),
+        "--expertise",
+        str(tmp_path / "expertise.safetensors"),
+    ]
+    result = runner.invoke(main, command)
+    assert result.exit_code == 0, result.output
+    warning = "layers [0], before layer 1, the first cross-attention layer (where the image enters)"
+    assert result.output.count(warning) == 2  # the bake and the layer-by-layer verification
+    assert "PASS" in result.output
+    with SGMHooks(model, expertise):  # the runtime form takes it too
+        pass
