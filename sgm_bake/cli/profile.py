@@ -127,7 +127,9 @@ def echo_summary(expertise: Any, recipe: Any) -> None:
 
 
 def announce(text: str) -> None:
-    click.echo(text, err=True)
+    """A status line on stderr (not under --quiet, which leaves errors only)."""
+    if progress_enabled():
+        click.echo(text, err=True)
 
 
 @click.command()

@@ -9,8 +9,10 @@ must stay inside its folder: the same rule for every kind of set.
 
 from __future__ import annotations
 
+import codecs
 import csv
 import hashlib
+import io
 import json
 import logging
 from dataclasses import dataclass
@@ -48,18 +50,69 @@ def builtin_sets() -> list[str]:
     return sorted(p.stem for p in data_dir("profiles").glob("*.jsonl"))
 
 
-def read_rows(path: Path) -> list[dict[str, Any]]:
-    """Rows of a JSONL or CSV file; every JSONL line must be a JSON object."""
+# Byte-order marks editors and spreadsheets write, longest first (UTF-32 LE starts like UTF-16 LE).
+BOMS = (
+    (codecs.BOM_UTF32_LE, "utf-32-le"),
+    (codecs.BOM_UTF32_BE, "utf-32-be"),
+    (codecs.BOM_UTF8, "utf-8"),
+    (codecs.BOM_UTF16_LE, "utf-16-le"),
+    (codecs.BOM_UTF16_BE, "utf-16-be"),
+)
+
+
+def decode_text(raw: bytes, path: Path) -> str:
+    """A data set file's text: UTF-8, or any Unicode encoding announced by a byte-order mark (as
+    Windows editors and "CSV UTF-8" or "Unicode text" exports write them). Anything else, a
+    legacy code page such as cp1252 included, is refused naming where it stops being UTF-8:
+    guessing a code page would change the texts silently."""
+    for bom, encoding in BOMS:
+        if raw.startswith(bom):
+            try:
+                return raw[len(bom) :].decode(encoding)
+            except UnicodeDecodeError as exc:
+                raise SGMError(
+                    f"data set {path} starts with a {encoding} byte-order mark but is not "
+                    f"{encoding} text (at byte {exc.start}); save it again as UTF-8"
+                ) from exc
     try:
-        raw = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise SGMError(f"data set {path} is not readable UTF-8 text ({exc})") from exc
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        raise SGMError(
+            f"data set {path} is not UTF-8 text (byte 0x{raw[exc.start]:02x} on line {line}: a "
+            "legacy encoding such as Windows-1252?); save it as UTF-8 (spreadsheets: "
+            "'CSV UTF-8')"
+        ) from exc
+
+
+def read_rows(path: Path) -> list[dict[str, Any]]:
+    """Rows of a JSONL or CSV file; every JSONL line must be a JSON object.
+
+    Lines end at a line feed (with or without a carriage return) and nowhere else: Unicode's
+    other line breaks (U+2028, U+2029, NEL), which JSON strings may hold as they are, stay
+    inside their row. CSV fields may hold quoted line breaks."""
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise SGMError(f"data set {path} is not readable ({exc.strerror})") from exc
+    text = decode_text(raw, path)
     if path.suffix.lower() == ".csv":
-        return [dict(row) for row in csv.DictReader(raw.splitlines())]
+        try:
+            reader = csv.DictReader(io.StringIO(text, newline=""))
+            rows = [dict(row) for row in reader]
+        except csv.Error as exc:
+            raise SGMError(f"data set {path} is not valid CSV ({exc})") from exc
+        for number, row in enumerate(rows, start=2):
+            if None in row:
+                raise SGMError(
+                    f"{path}:{number} has more fields than the header; quote fields that hold "
+                    "commas"
+                )
+        return [{str(k).strip(): v for k, v in row.items()} for row in rows]
     if path.suffix.lower() not in (".jsonl", ".json"):
         raise SGMError(f"data set {path} must be a .jsonl or .csv file")
     rows = []
-    for number, line in enumerate(raw.splitlines(), start=1):
+    for number, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
             continue
         try:

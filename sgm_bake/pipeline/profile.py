@@ -33,7 +33,7 @@ from sgm_bake.datasets.profile_set import ProfileSample, ProfileSet
 from sgm_bake.errors import SGMError
 from sgm_bake.io.response_store import ResponseStore, discard_store
 from sgm_bake.io.source import content_key
-from sgm_bake.runtime.chat import call_processor
+from sgm_bake.runtime.chat import call_processor, check_context, context_length, render_chat
 from sgm_bake.runtime.distributed import Distributed, rank_share
 
 logger = logging.getLogger(__name__)
@@ -184,12 +184,10 @@ class Inputs:
 
     def _text(self, sample: ProfileSample, with_image: bool) -> str:
         if self.template_owner is not None:
-            return str(
-                self.template_owner.apply_chat_template(
-                    self._conversation(sample, with_image),
-                    tokenize=False,
-                    add_generation_prompt=False,
-                )
+            return render_chat(
+                self.template_owner,
+                self._conversation(sample, with_image),
+                add_generation_prompt=False,
             )
         image_token = getattr(self.processor, "image_token", "<image>")
         prefix = f"{image_token}\n" if with_image else ""
@@ -221,6 +219,16 @@ class Inputs:
             for token in self.image_token_ids:
                 mask &= batch["input_ids"] != token
         return mask
+
+
+def check_row_lengths(inputs: Inputs, profile_set: ProfileSet, config: dict[str, Any]) -> None:
+    """Refuse a row longer than the model's context before the first batch (its text as the
+    model will see it, through the chat template; image tokens come on top)."""
+    texts = [
+        (f"profile set {profile_set.name} row {sample.id}", inputs._text(sample, False))
+        for sample in profile_set.samples
+    ]
+    check_context(texts, inputs.tokenizer, context_length(config))
 
 
 def _image_token_ids(config: dict[str, Any], processor: Any) -> set[int]:
@@ -473,6 +481,7 @@ def run_profile(
     alone scores the merged responses: it returns the expertise, the other ranks None."""
     multimodal = recipe.auto_class != "AutoModelForCausalLM"
     inputs = Inputs(folder, model.config.to_dict(), options.feed, multimodal)
+    check_row_lengths(inputs, profile_set, model.config.to_dict())
     targets = profile_targets(model, recipe, options)
     content = content_key(folder, revision)
     key = fingerprint(source_id, revision, profile_set, options, targets, dtype, content)

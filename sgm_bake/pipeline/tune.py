@@ -67,6 +67,7 @@ from sgm_bake.pipeline.profile import (
     Positions,
     ProfileOptions,
     capture_responses,
+    check_row_lengths,
     fingerprint,
     profile_targets,
 )
@@ -307,6 +308,7 @@ class ScoreCache:
             self._inputs = Inputs(
                 self.folder, self.chat.model.config.to_dict(), self.options.profile.feed, multimodal
             )
+            check_row_lengths(self._inputs, self.profile_split, self.chat.model.config.to_dict())
         return self._inputs
 
     def scores(self, positions: Positions, pooling: Pooling) -> list[ScoredModule]:

@@ -72,15 +72,15 @@ def check_repo_id(repo_id: str) -> None:
 
 
 def check_publishable(folder: Path) -> BakeRecord:
-    """Refuse an output whose verification failed or is missing (exit 2), or whose files no
-    longer match the record (exit 4)."""
-    record = read_record(folder)
+    """Refuse an output whose files no longer match the record (exit 4), or whose verification
+    failed or is missing (exit 2)."""
+    record = require_intact(folder)
     verification = record.verification
     if verification is None:
         raise SGMError(f"{folder} has not been verified; run 'sgm-bake verify {folder}' first")
     if not verification.passed:
         raise SGMError(f"{folder} failed verification; it must not be published (bake it again)")
-    return require_intact(folder, record)
+    return record
 
 
 def recorded_path(folder: Path, name: str) -> Path:
