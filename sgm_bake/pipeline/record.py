@@ -461,5 +461,7 @@ def record_evaluation(folder: Path, report_name: str, data: Mapping[str, Any]) -
         metrics={label: dict(v["metrics"]) for label, v in data["variants"].items()},
     )
     written = write_plots(folder, record)
-    rewrite_card(folder, record, [report_name, *written])
+    if (folder / report_name).is_file():  # the report the caller wrote into the folder
+        written.append(report_name)
+    rewrite_card(folder, record, written)
     return record

@@ -994,7 +994,6 @@ def run_tune(
             resumed,
             options.trials,
         )
-    interrupted = False
     best: tuple[float, float] | None = None
     with tqdm(
         total=options.trials,
@@ -1121,7 +1120,7 @@ def run_tune(
             "judge": judge.name,
         },
         seconds=time.perf_counter() - start,
-        interrupted=interrupted,
+        interrupted=False,  # an interrupted search raises; the field reads older tune.json
         trials_resumed=resumed,
     )
     write_result(result, options.workdir)
