@@ -5,10 +5,12 @@ existing target is replaced only after the new folder is complete. The swap runs
 SIGINT/SIGTERM (see `sgm_bake.io.interrupts`): a signal during it undoes it.
 
 A run killed outright (SIGKILL, power loss) cannot clean up. Each temporary folder therefore has
-a marker file beside it (`.OUT.XXXX.partial.sgm-bake`, naming the folder, the process and the
-host), and the next run on the same OUT removes the folders so marked, and only those, unless
-the process that made them is still running. A marked `.old` folder (the previous OUT, moved
-aside during the swap) is put back if OUT is missing.
+a marker file beside it (`.OUT.XXXXXXXX.partial.sgm-bake`, naming the folder, its output, the
+process and the host), written in the same shielded step that creates the folder, and the next
+run on the same OUT removes the folders so marked, and only those, unless the process that made
+them is still running. A marked `.old` folder (the previous OUT, moved aside during the swap) is
+put back if OUT is missing. Names are matched exactly, so the temporary folders of an output
+`a.b` are never taken for those of `a`.
 """
 
 from __future__ import annotations

@@ -19,8 +19,12 @@ PROBE_TIMEOUT = 5.0
 
 
 def _root_cause(exc: BaseException) -> str:
-    while exc.__cause__ is not None or exc.__context__ is not None:
-        exc = exc.__cause__ or exc.__context__  # type: ignore[assignment]
+    """The innermost exception's message (httpx wraps the socket error that names the cause)."""
+    for _ in range(10):  # chains are short; the bound only guards against a cycle
+        inner = exc.__cause__ or exc.__context__
+        if inner is None:
+            break
+        exc = inner
     text = str(exc).strip() or type(exc).__name__
     return text.splitlines()[0][:120]
 

@@ -42,7 +42,7 @@ OWNER = "sgm-store.json"
 LOCK = ".lock"
 OWNER_TOOL = "sgm-bake response store"
 # Every file a store writes (`_write_json` goes through a `.tmp` beside its target).
-STORE_FILES = (META, DATA, PROGRESS, "meta.tmp", "progress.tmp", OWNER, LOCK)
+STORE_FILES = (META, DATA, PROGRESS, "meta.tmp", "progress.tmp", "sgm-store.tmp", OWNER, LOCK)
 
 
 def _write_json(path: Path, data: Any) -> None:
@@ -63,10 +63,11 @@ def _layout(modules: dict[str, int], samples: int) -> list[dict[str, Any]]:
 
 
 def _is_store(folder: Path) -> bool:
-    """Whether an existing folder may be used as a store: empty, marked as one, or holding only
-    a store's files (stores written before the marker existed)."""
+    """Whether an existing folder may be used as a store: empty (or holding just the lock of a
+    store another run is creating), marked as one, or holding exactly a store's files (stores
+    written before the marker existed)."""
     names = {path.name for path in folder.iterdir()}
-    if not names:
+    if names <= {LOCK}:
         return True
     if OWNER in names:
         try:
@@ -74,7 +75,7 @@ def _is_store(folder: Path) -> bool:
         except (OSError, ValueError):
             return False
         return isinstance(owner, dict) and owner.get("tool") == OWNER_TOOL
-    return META in names and names <= set(STORE_FILES)
+    return {META, DATA, PROGRESS} <= names <= set(STORE_FILES)
 
 
 def _lock(folder: Path) -> IO[str] | None:
