@@ -14,7 +14,6 @@ import json
 import logging
 import math
 import os
-import shutil
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
@@ -32,8 +31,9 @@ from sgm_bake.core.recipes import HookPoint, Projection, Recipe
 from sgm_bake.core.rules import RuleOptions, auroc, factors
 from sgm_bake.datasets.profile_set import ProfileSample, ProfileSet
 from sgm_bake.errors import SGMError
-from sgm_bake.io.response_store import ResponseStore
-from sgm_bake.runtime.chat import call_processor
+from sgm_bake.io.response_store import ResponseStore, discard_store
+from sgm_bake.io.source import content_key
+from sgm_bake.runtime.chat import call_processor, check_context, context_length, render_chat
 from sgm_bake.runtime.distributed import Distributed, rank_share
 
 logger = logging.getLogger(__name__)
@@ -184,12 +184,10 @@ class Inputs:
 
     def _text(self, sample: ProfileSample, with_image: bool) -> str:
         if self.template_owner is not None:
-            return str(
-                self.template_owner.apply_chat_template(
-                    self._conversation(sample, with_image),
-                    tokenize=False,
-                    add_generation_prompt=False,
-                )
+            return render_chat(
+                self.template_owner,
+                self._conversation(sample, with_image),
+                add_generation_prompt=False,
             )
         image_token = getattr(self.processor, "image_token", "<image>")
         prefix = f"{image_token}\n" if with_image else ""
@@ -221,6 +219,16 @@ class Inputs:
             for token in self.image_token_ids:
                 mask &= batch["input_ids"] != token
         return mask
+
+
+def check_row_lengths(inputs: Inputs, profile_set: ProfileSet, config: dict[str, Any]) -> None:
+    """Refuse a row longer than the model's context before the first batch (its text as the
+    model will see it, through the chat template; image tokens come on top)."""
+    texts = [
+        (f"profile set {profile_set.name} row {sample.id}", inputs._text(sample, False))
+        for sample in profile_set.samples
+    ]
+    check_context(texts, inputs.tokenizer, context_length(config))
 
 
 def _image_token_ids(config: dict[str, Any], processor: Any) -> set[int]:
@@ -267,10 +275,14 @@ def fingerprint(
     options: ProfileOptions,
     targets: list[ProfileTarget],
     dtype: torch.dtype,
+    content: str = "",
 ) -> dict[str, Any]:
-    """What makes two profile runs the same: a resumed run must match it exactly."""
+    """What makes two profile runs the same: a resumed run must match it exactly. `content` is
+    the model folder's `content_key`: two models are told apart by what they hold, never by
+    the name of their folder."""
     return {
         "source": source_id,
+        "content": content,
         "revision": revision,
         "profile_set": profile_set.name,
         "profile_set_sha256": profile_set.sha256,
@@ -412,7 +424,7 @@ def capture_share(
         part.close()
     distributed.barrier()  # the merged store is complete: the parts are no longer needed
     if not options.keep_responses:
-        shutil.rmtree(part_path, ignore_errors=True)
+        discard_store(part_path)
 
 
 def expertise_from_store(
@@ -469,8 +481,10 @@ def run_profile(
     alone scores the merged responses: it returns the expertise, the other ranks None."""
     multimodal = recipe.auto_class != "AutoModelForCausalLM"
     inputs = Inputs(folder, model.config.to_dict(), options.feed, multimodal)
+    check_row_lengths(inputs, profile_set, model.config.to_dict())
     targets = profile_targets(model, recipe, options)
-    key = fingerprint(source_id, revision, profile_set, options, targets, dtype)
+    content = content_key(folder, revision)
+    key = fingerprint(source_id, revision, profile_set, options, targets, dtype, content)
     folder_for_store = options.responses_dir or default_responses_dir(key)
     if distributed is not None:
         capture_share(
@@ -500,7 +514,7 @@ def run_profile(
     finally:
         store.close()
     if not options.keep_responses:
-        shutil.rmtree(folder_for_store, ignore_errors=True)
+        discard_store(folder_for_store)
     toxic, benign = profile_set.counts()
     metadata = {
         "source": source_id,

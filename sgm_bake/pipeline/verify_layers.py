@@ -57,14 +57,14 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from sgm_bake.core.expertise import Expertise, ResolvedUnits, load_expertise
+from sgm_bake.core.expertise import Expertise, ResolvedUnits, language_units, load_expertise
 from sgm_bake.core.hooks import SGMHooks, runtime_prefix
 from sgm_bake.core.recipes import Recipe, resolve_checkpoint_layout
 from sgm_bake.errors import SGMError
 from sgm_bake.io.checkpoint import Checkpoint, load_bin, open_checkpoint
 from sgm_bake.io.safetensors import DTYPES
 from sgm_bake.pipeline.bake import expertise_path
-from sgm_bake.pipeline.record import Verification, read_record, refresh
+from sgm_bake.pipeline.record import Verification, read_record, rewrite_card
 from sgm_bake.pipeline.verify import TOLERANCE, build_inputs, recorded_recipe
 from sgm_bake.runtime.memory import PeakMemory
 
@@ -570,7 +570,7 @@ def verify_layers(
         bake_record = read_record(out)
         bake_record.verification = Verification(**report.record())
         bake_record.stages["verify"] = memory.record()
-        refresh(out, bake_record)
+        rewrite_card(out, bake_record)
     return report
 
 
@@ -612,7 +612,7 @@ def _check_layers(
     layers_range = recipe.layers(skeleton.config.to_dict())
     template = runtime_prefix(skeleton, recipe, layers_range)
     units_by_layer: dict[int, list[ResolvedUnits]] = {}
-    for units in expertise.resolve(recipe, layers_range):
+    for units in language_units(expertise, recipe, skeleton.config.to_dict()):
         units_by_layer.setdefault(units.layer, []).append(units)
     layers = sorted(units_by_layer)
 
