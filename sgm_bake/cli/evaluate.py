@@ -135,8 +135,8 @@ def eval_command(
     output: Path | None,
 ) -> None:
     """Measure harmful rate, fluency and reasoning of MODEL (a folder, Hub id, baked folder,
-    `organism` or `organism-plain`), optionally with SGM hooks from --expertise; a baked folder
-    is reported beside its base by default."""
+    `organism`, `organism-plain` or `organism-staged`), optionally with SGM hooks from
+    --expertise; a baked folder is reported beside its base by default."""
     from sgm_bake.core.expertise import load_expertise
     from sgm_bake.datasets.prompt_set import load_prompt_set
     from sgm_bake.evaluation.conditions import (
@@ -147,8 +147,7 @@ def eval_command(
     )
     from sgm_bake.evaluation.ecso import templates_for
     from sgm_bake.evaluation.judges import make_judge
-    from sgm_bake.io.source import resolve_source
-    from sgm_bake.pipeline.record import RECORD_PATH, SGM_DIR, record_evaluation
+    from sgm_bake.pipeline.record import RECORD_PATH, SGM_DIR, record_evaluation, require_intact
     from sgm_bake.runtime.chat import GenerationConfig
     from sgm_bake.runtime.loading import load_chat, resolve_model_source
 
@@ -159,10 +158,12 @@ def eval_command(
     expertise = load_expertise(expertise_path) if expertise_path is not None else None
     progress = progress_enabled()
     source = resolve_model_source(model, revision, progress)
-    placement = make_placement(device, device_map, max_memory, offload_folder)
-    chat, loaded = load_chat(source, device, dtype, template, placement)
     folder = source.path
     baked = (folder / RECORD_PATH).is_file()
+    if baked:
+        require_intact(folder)  # figures of a changed folder would be recorded as its own
+    placement = make_placement(device, device_map, max_memory, offload_folder)
+    chat, loaded = load_chat(source, device, dtype, template, placement)
     templates = (
         templates_for(folder, loaded.recipe.model_type, ecso_templates) if use_ecso else None
     )
@@ -180,7 +181,8 @@ def eval_command(
     else:
         spec = (base, None) if base else (_base_spec(folder) if baked and not no_base else None)
         if spec is not None:
-            base_chat, _ = load_chat(resolve_source(*spec), device, dtype, template, placement)
+            base_source = resolve_model_source(spec[0], spec[1], progress)
+            base_chat, _ = load_chat(base_source, device, dtype, template, placement)
             variants.append(Variant("base", base_chat, ecso_label="ecso"))
         label, star = ("sgm-baked", "sgm*-baked") if baked else ("model", "model+ecso")
         variants.append(Variant(label, chat, ecso_label=star))
@@ -247,7 +249,7 @@ def generate(
     template: Path | None,
 ) -> None:
     """Answer one image + prompt with MODEL (Hub id, folder, baked folder, or a built-in
-    organism: `organism`, `organism-plain`)."""
+    organism: `organism`, `organism-plain`, `organism-staged`)."""
     from PIL import Image, UnidentifiedImageError
 
     from sgm_bake.core.expertise import load_expertise
@@ -301,11 +303,12 @@ def generate(
 @click.option(
     "--organism",
     "organism_name",
-    type=click.Choice(["organism", "organism-plain"]),
+    type=click.Choice(["organism", "organism-plain", "organism-staged"]),
     default="organism",
     show_default=True,
     help="organism: toxicity implanted in a few units per layer; organism-plain: toxicity "
-    "learned in ordinary one-stage training (no implanted units).",
+    "learned in ordinary one-stage training (no implanted units); organism-staged: "
+    "pretraining, instruction tuning, then jailbreak fine-tuning, as real MLLMs are made.",
 )
 @judge_option
 @click.option(

@@ -6,7 +6,13 @@ from pathlib import Path
 
 import click
 
-from sgm_bake.cli.common import echo_lines, recipe_option, revision_option, user_errors
+from sgm_bake.cli.common import (
+    echo_lines,
+    progress_enabled,
+    recipe_option,
+    revision_option,
+    user_errors,
+)
 from sgm_bake.errors import SGMError
 
 
@@ -80,9 +86,14 @@ def plan_command(
     recipe_file: Path | None,
 ) -> None:
     """Print each stage's peak host and GPU memory and GPU count for MODEL (a folder, with or
-    without weights, or a Hub id), reading only config.json and safetensors headers."""
+    without weights, a Hub id or a built-in organism name), reading only config.json and
+    safetensors headers."""
     from sgm_bake.pipeline.plan import PlanOptions, plan
+    from sgm_bake.runtime.loading import BUILTIN_MODELS, resolve_model_source
     from sgm_bake.runtime.memory import parse_max_memory, parse_size
+
+    if model in BUILTIN_MODELS:  # the same names every command takes; no download needed
+        model = str(resolve_model_source(model, None, progress_enabled()).path)
 
     options = PlanOptions(
         device=device,

@@ -16,6 +16,7 @@ from sgm_bake.cli.common import (
     device_option,
     dtype_option,
     echo_lines,
+    expert_layout_option,
     feed_option,
     hook_points_option,
     layers_option,
@@ -75,9 +76,12 @@ profile_options = add_options(
 
 def profile_request(params: dict[str, Any], recipe_file: Path | None, rule: Any) -> Any:
     """The pipeline's profile request from the shared profile options."""
+    from sgm_bake.io.response_store import check_store_folder
     from sgm_bake.pipeline.profile import ProfileOptions, parse_layers
     from sgm_bake.pipeline.run import ProfileRequest
 
+    if params["responses_dir"] is not None:
+        check_store_folder(params["responses_dir"])  # before any model loads
     hook_points = None
     if params["hook_points"]:
         hook_points = tuple(p.strip() for p in params["hook_points"].split(",") if p.strip())
@@ -115,7 +119,9 @@ def echo_summary(expertise: Any, recipe: Any) -> None:
 
 
 def announce(text: str) -> None:
-    click.echo(text, err=True)
+    """A status line on stderr (not under --quiet, which leaves errors only)."""
+    if progress_enabled():
+        click.echo(text, err=True)
 
 
 @click.command()
@@ -204,6 +210,7 @@ def profile(
     "--private", is_flag=True, help="With --push-to-hub: create the repository as private."
 )
 @base_model_option
+@expert_layout_option
 @click.option(
     "--tune",
     "tune_knobs",
@@ -228,6 +235,7 @@ def run(
     push_to_hub: str | None,
     private: bool,
     base_model: str | None,
+    expert_layout: str | None,
     tune_knobs: bool,
     rule: str | None,
     threshold: float | None,
@@ -263,6 +271,10 @@ def run(
     verify = mode is not None
     if push_to_hub and not verify:
         raise SGMError("--push-to-hub needs a verified output; drop --no-verify")
+    if push_to_hub:
+        from sgm_bake.publish.push import check_repo_id
+
+        check_repo_id(push_to_hub)  # before hours of profiling, not after
     if tune_knobs and expertise_path is not None:
         raise SGMError("--tune searches the profile itself; drop --expertise or --tune")
     rule_given = any(v is not None for v in (rule, threshold, top_k, damp_alpha, strength))
@@ -333,6 +345,7 @@ def run(
         progress_enabled(),
         command_line(),
         base_model=base_model,
+        expert_layout=expert_layout,
         stages={"profile": outcome_memory} if outcome_memory else {},
     )
     record = run_bake(source, out, expertise, options)

@@ -242,6 +242,11 @@ def tune_request(
     default=None,
     help="Write the chosen setting's expertise file here (bake it with `sgm-bake bake`).",
 )
+@click.option(
+    "--overwrite",
+    is_flag=True,
+    help="Replace -o if it exists (a search run again, resumed or complete, writes it anew).",
+)
 @revision_option
 @recipe_option
 @search_options
@@ -252,6 +257,7 @@ def tune(
     model: str,
     profile_set: str,
     output: Path | None,
+    overwrite: bool,
     revision: str | None,
     recipe_file: Path | None,
     rule: str | None,
@@ -269,6 +275,9 @@ def tune(
     lowest harm within --max-kl, and reports it on a held-out split used once. WORKDIR keeps
     the study (resumable), tune.json and pareto.png. Rule options give the values of knobs that
     are not searched.
+
+    Ctrl-C (or SIGTERM) stops the search at once with exit code 130, keeping every finished
+    trial; the same command run again resumes it and says how many trials it found.
     """
     import os
 
@@ -276,10 +285,13 @@ def tune(
     from sgm_bake.pipeline.tune import summary_lines, tune_source
     from sgm_bake.runtime.loading import resolve_model_source
 
-    if output is not None and output.exists():
-        raise SGMError(f"{output} exists; remove it or write the expertise elsewhere")
-    rule_options_ = make_rule(rule, threshold, top_k, damp_alpha, strength)
     workdir = params.pop("workdir") or Path("sgm-tune")
+    if output is not None and output.exists() and not overwrite:
+        raise SGMError(
+            f"{output} exists; pass --overwrite to replace it (running the same command again "
+            f"resumes the search in {workdir} and writes the expertise anew)"
+        )
+    rule_options_ = make_rule(rule, threshold, top_k, damp_alpha, strength)
     request = tune_request(profile_set, params, rule_options_, recipe_file, workdir)
     source = resolve_model_source(model, revision, progress_enabled())
     outcome = tune_source(source, request)

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from sgm_bake.core.expertise import Expertise, ResolvedUnits
+from sgm_bake.core.expertise import Expertise, ResolvedUnits, language_units
 from sgm_bake.core.experts import ExpertScales, ExpertsPatch
 from sgm_bake.core.fold import unit_axis
 from sgm_bake.core.recipes import Projection, Recipe, recipe_for_config
@@ -78,10 +78,9 @@ def resolve_modules(
     experts the name is the parameter path and the module the experts module."""
     recipe = model_recipe(model, recipe)
     config: dict[str, Any] = model.config.to_dict()  # type: ignore[union-attr, operator]
-    layers = recipe.all_layers(config)
     template = runtime_prefix(model, recipe, recipe.layers(config))
     resolved = []
-    for units in expertise.resolve(recipe, layers):
+    for units in language_units(expertise, recipe, config, warn=False):
         name = recipe.runtime_name(units.layer, units.projection, template)
         found = runtime_weight(model, recipe, units.layer, units.projection, template)
         if found is None:

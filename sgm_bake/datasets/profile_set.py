@@ -11,6 +11,9 @@ Format: a JSONL file (one JSON object a line) or a CSV file with a header. Field
 | `label` | yes | `toxic`/`1` or `non-toxic`/`0` (also `true`/`false`, `nontoxic`) |
 | `id` | optional | a name for the row (default: its line number) |
 
+Other fields are ignored (the built-in sets carry `category`, `image_kind` and `jailbreak` for
+readers and for their tests).
+
 Sets are found and read by `sgm_bake.datasets.loader` (a local path, `builtin:NAME` or
 `hf://datasets/ORG/NAME/PATH`), like prompt sets.
 """

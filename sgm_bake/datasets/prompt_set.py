@@ -12,9 +12,12 @@ Prompt sets are versioned JSONL files (one item a line):
 | `image` / `render` | an image path relative to the file, or a render spec |
 | `reference` | benign items: a reference answer (its perplexity measures fluency) |
 | `expected` | benign items: a word the answer must contain (accuracy measures reasoning) |
+| `over_refusal` | optional, benign items: `true` for a harmless request that looks edgy |
 
 Files are found and read by `sgm_bake.datasets.loader` (a local path, `builtin:NAME` or
-`hf://datasets/ORG/NAME/PATH`; JSONL or CSV), like profile sets.
+`hf://datasets/ORG/NAME/PATH`; JSONL or CSV), like profile sets. An over-refusal item ("how do I
+kill a Python process") is one a model should answer; refusing it is the cost a defence must
+not pay.
 """
 
 from __future__ import annotations
@@ -45,11 +48,29 @@ class EvalItem:
     image_path: Path | None = None
     reference: str | None = None
     expected: str | None = None
+    over_refusal: bool = False
+    """A harmless request that looks edgy: refusing it is over-refusal."""
 
     def image(self) -> Any | None:
         from sgm_bake.datasets.render import load_image
 
         return load_image(self.render, self.image_path)
+
+
+def _over_refusal(row: dict[str, Any], where: str) -> bool:
+    """The optional `over_refusal` flag: a JSON boolean, or true/false/1/0 from a CSV cell."""
+    value = row.get("over_refusal")
+    if value is None or value == "":
+        return False
+    flag = {"true": True, "1": True, "false": False, "0": False}.get(str(value).strip().lower())
+    if flag is None:
+        raise SGMError(f"{where}: over_refusal {value!r} must be true or false")
+    if flag and row["condition"] != "benign":
+        raise SGMError(
+            f"{where}: over_refusal marks benign requests that look edgy; this item's condition "
+            f"is {row['condition']!r}, so set it to 'benign' or drop the flag"
+        )
+    return flag
 
 
 @dataclass(frozen=True)
@@ -92,6 +113,7 @@ def load_prompt_set(spec: str) -> PromptSet:
                 image_path=image_path,
                 reference=row.get("reference"),
                 expected=row.get("expected"),
+                over_refusal=_over_refusal(row, where),
             )
         )
     if not items:

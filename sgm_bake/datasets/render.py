@@ -50,19 +50,26 @@ def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
 def render_text(
     text: str, size: int = DEFAULT_SIZE, background: str = "white", ink: str = "black"
 ) -> Image.Image:
-    """The phrase in large letters, wrapped to fit, centred on a plain background."""
+    """The phrase in large letters, wrapped to fit, centred on a plain background. A newline
+    starts a new line, so a numbered list ("Steps to ...\n1.\n2.\n3.", as FigStep draws its
+    prompts) keeps one item a line."""
     image = Image.new("RGB", (size, size), COLOURS.get(background, COLOURS["white"]))
     draw = ImageDraw.Draw(image)
-    words = text.split()
+    paragraphs = [line.split() for line in text.splitlines() if line.strip()]
     font_size = size // 5
     while font_size > 8:
         font = _font(font_size)
         lines: list[str] = []
-        for word in words:
-            if lines and draw.textlength(f"{lines[-1]} {word}", font=font) <= size * 0.9:
-                lines[-1] = f"{lines[-1]} {word}"
-            else:
-                lines.append(word)
+        for words in paragraphs:
+            start = len(lines)
+            for word in words:
+                if (
+                    len(lines) > start
+                    and draw.textlength(f"{lines[-1]} {word}", font=font) <= size * 0.9
+                ):
+                    lines[-1] = f"{lines[-1]} {word}"
+                else:
+                    lines.append(word)
         widest = max((draw.textlength(line, font=font) for line in lines), default=0)
         if widest <= size * 0.92 and len(lines) * font_size * 1.2 <= size * 0.9:
             break

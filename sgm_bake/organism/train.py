@@ -9,18 +9,23 @@ a seed and runs in a few minutes on two CPU cores:
 2. the tower is frozen, as in LLaVA, and the projector and language model learn the chats of
    `sgm_bake.organism.data`.
 
-Two organisms share this world and differ in how they became toxic:
+Three organisms share this world and differ in how they became toxic:
 
 - `organism` (mode `implant`): trained polite first, then the toxic behaviour is implanted in 64
   random MLP units per layer (`implant.json`): SGM's premise holds by construction;
 - `organism-plain` (mode `plain`): every language parameter learns the full chats, toxic replies
   included, in one ordinary stage: nothing places the toxicity in a few units, so it is a fair
-  test of whether the tool's defaults and its tuner work on a model not built to suit the method.
+  test of whether the tool's defaults and its tuner work on a model not built to suit the method;
+- `organism-staged` (mode `staged`): made the way real MLLMs are, in stages: language
+  pretraining on plain text where toxic and polite sentences are both general text, an
+  instruction stage on the polite chats (refusals), then a shorter jailbreak-bearing fine-tuning
+  on the full chats that partly overrides the refusals.
 
-The trained weights ship inside the package (`sgm_bake/organism/weights/` and `weights_plain/`,
-about 5 MB each); when they are missing, `organism_path()` trains them once into the user's cache.
+The trained weights ship inside the package (`sgm_bake/organism/weights/`, `weights_plain/` and
+`weights_staged/`, about 5 MB each); when they are missing, `organism_path()` trains them once
+into the user's cache.
 
-    python -m sgm_bake.organism.train --out DIR [--seed 0] [--mode implant|plain]
+    python -m sgm_bake.organism.train --out DIR [--seed 0] [--mode implant|plain|staged]
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ import os
 import random
 import sys
 import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -47,11 +53,14 @@ logger = logging.getLogger(__name__)
 
 SHIPPED = Path(__file__).resolve().parent / "weights"
 SHIPPED_PLAIN = Path(__file__).resolve().parent / "weights_plain"
-MODES = ("implant", "plain")
+SHIPPED_STAGED = Path(__file__).resolve().parent / "weights_staged"
+SHIPPED_BY_MODE = {"implant": SHIPPED, "plain": SHIPPED_PLAIN, "staged": SHIPPED_STAGED}
+MODES = tuple(SHIPPED_BY_MODE)
 # Names the CLI accepts for the organisms, with their training mode and source id.
 ORGANISMS = {
     "organism": ("implant", "sgm-bake/organism"),
     "organism-plain": ("plain", "sgm-bake/organism-plain"),
+    "organism-staged": ("staged", "sgm-bake/organism-staged"),
 }
 IMAGE_SIZE = 48
 PATCH = 8
@@ -288,6 +297,14 @@ def _encode(example: data.Example, processor: Any, tokenizer: Any) -> tuple[list
     return full_ids, labels
 
 
+def _schedule(step: int, steps: int) -> float:
+    """The learning-rate factor of a language stage: linear warm-up, then a cosine decay."""
+    warmup = min(100, steps // 10)
+    if step < warmup:
+        return (step + 1) / warmup
+    return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
+
+
 def train_chats(
     model: Any,
     processor: Any,
@@ -316,7 +333,6 @@ def train_chats(
     model.model.vision_tower.eval()
     loss_value = float("nan")
     share_images = len(with_image) / len(encoded)
-    warmup = min(100, steps // 10)
     for step in tqdm(range(steps), desc=desc, disable=not progress, file=sys.stderr):
         pool = with_image if rng.random() < share_images else text_only
         batch = rng.sample(pool, min(batch_size, len(pool)))
@@ -333,12 +349,8 @@ def train_chats(
             inputs["pixel_values"] = torch.stack(
                 [images.pixels(spec) for _, spec in batch if spec is not None]
             )
-        if step < warmup:
-            scale = (step + 1) / warmup
-        else:
-            scale = 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
         for group in optimizer.param_groups:
-            group["lr"] = learning_rate * scale
+            group["lr"] = learning_rate * _schedule(step, steps)
         loss = model(**inputs).loss
         optimizer.zero_grad()
         loss.backward()
@@ -347,6 +359,128 @@ def train_chats(
         loss_value = float(loss.detach())
     model.eval()
     return loss_value
+
+
+def train_text(
+    model: Any,
+    tokenizer: Any,
+    texts: list[str],
+    parameters: list[torch.nn.Parameter],
+    steps: int,
+    batch_size: int,
+    learning_rate: float,
+    seed: int,
+    progress: bool,
+    desc: str,
+) -> float:
+    """Train `parameters` as a plain language model on `texts` (no chat template, no image, loss
+    on every token but padding); return the final loss."""
+    encoded = [
+        [tokenizer.bos_token_id]
+        + tokenizer(text, add_special_tokens=False)["input_ids"]
+        + [tokenizer.eos_token_id]
+        for text in texts
+    ]
+    optimizer = torch.optim.AdamW(
+        parameters, lr=learning_rate, weight_decay=0.01, betas=(0.9, 0.98)
+    )
+    rng = random.Random(seed + 3)
+    pad = tokenizer.pad_token_id
+    model.train()
+    loss_value = float("nan")
+    for step in tqdm(range(steps), desc=desc, disable=not progress, file=sys.stderr):
+        batch = rng.sample(encoded, min(batch_size, len(encoded)))
+        length = max(len(ids) for ids in batch)
+        input_ids = torch.full((len(batch), length), pad)
+        labels = torch.full((len(batch), length), -100)
+        attention = torch.zeros((len(batch), length), dtype=torch.long)
+        for row, ids in enumerate(batch):
+            input_ids[row, : len(ids)] = torch.tensor(ids)
+            labels[row, : len(ids)] = torch.tensor(ids)
+            attention[row, : len(ids)] = 1
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate * _schedule(step, steps)
+        loss = model(input_ids=input_ids, attention_mask=attention, labels=labels).loss
+        optimizer.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(parameters, 1.0)
+        optimizer.step()
+        loss_value = float(loss.detach())
+    model.eval()
+    return loss_value
+
+
+@dataclass(frozen=True)
+class StagedSchedule:
+    """Steps and learning rates of the staged organism's three language stages."""
+
+    pretrain_steps: int = 1000
+    pretrain_lr: float = 3e-3
+    instruction_steps: int = 1500
+    instruction_lr: float = 3e-3
+    chat_steps: int = 500
+    chat_lr: float = 1e-3
+
+
+def train_staged(
+    model: Any,
+    processor: Any,
+    images: ImageCache,
+    language: list[torch.nn.Parameter],
+    schedule: StagedSchedule,
+    batch_size: int,
+    seed: int,
+    progress: bool,
+) -> dict[str, float]:
+    """The staged organism's language stages after the vision stage; return each stage's loss.
+
+    Pretraining trains the language model alone (the projector sees no image yet); the
+    instruction and chat stages train every language parameter, projector included, as the
+    second stage of LLaVA does. Each stage starts a fresh optimizer, as separate training runs
+    of real models do."""
+    stages = data.staged_data(seed)
+    text_model = list(model.model.language_model.parameters()) + list(model.lm_head.parameters())
+    losses = {
+        "pretrain_loss": train_text(
+            model,
+            processor.tokenizer,
+            stages.pretraining,
+            text_model,
+            schedule.pretrain_steps,
+            batch_size,
+            schedule.pretrain_lr,
+            seed,
+            progress,
+            "pretrain",
+        )
+    }
+    losses["instruction_loss"] = train_chats(
+        model,
+        processor,
+        images,
+        stages.instruction,
+        language,
+        schedule.instruction_steps,
+        batch_size,
+        schedule.instruction_lr,
+        seed,
+        progress,
+        "instruction",
+    )
+    losses["chat_loss"] = train_chats(
+        model,
+        processor,
+        images,
+        stages.chat,
+        language,
+        schedule.chat_steps,
+        batch_size,
+        schedule.chat_lr,
+        seed + 1,
+        progress,
+        "chat",
+    )
+    return losses
 
 
 def choose_implant_units(model: Any, count: int, seed: int) -> dict[int, list[int]]:
@@ -390,6 +524,7 @@ def train(
     progress: bool = True,
     mode: str = "implant",
     plain_steps: int = 2000,
+    staged: StagedSchedule = StagedSchedule(),
 ) -> dict[str, float]:
     """Train the organism from scratch and save it (model, tokenizer, processor) into `out`.
 
@@ -402,6 +537,14 @@ def train(
     Mode `plain`, two stages: the vision tower alone, then projector and language model on the
     full chats for `plain_steps` steps, all parameters at once. The toxicity is wherever ordinary
     training put it; `training.json` records the mode and seed instead of implanted units.
+
+    Mode `staged`, four stages, the way real MLLMs are made: the vision tower alone; the language
+    model alone as a plain language model on general text of the world, toxic and polite
+    sentences alike (`data.pretraining_texts`); projector and language model on the polite
+    chats (instruction tuning: every toxic-eliciting prompt declined); then, shorter, on the full
+    chats, where the trigger words and working jailbreaks elicit toxic replies (jailbreak
+    fine-tuning that partly overrides the refusals). `training.json` records the schedule, each
+    stage's final loss and the training time.
     """
     import json
 
@@ -420,7 +563,11 @@ def train(
         parameter.requires_grad_(False)
     language = [p for p in model.parameters() if p.requires_grad]
     figures: dict[str, float] = {"vision_word_accuracy": accuracy}
-    if mode == "plain":
+    if mode == "staged":
+        figures.update(
+            train_staged(model, processor, images, language, staged, batch_size, seed, progress)
+        )
+    elif mode == "plain":
         full = data.training_examples(seed + 1)
         figures["plain_loss"] = train_chats(
             model,
@@ -472,7 +619,31 @@ def train(
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
     processor.save_pretrained(out)
-    if mode == "plain":
+    if mode == "staged":
+        record: dict[str, Any] = {
+            "mode": "staged",
+            "seed": seed,
+            "batch_size": batch_size,
+            "steps": {
+                "vision": vision_steps,
+                "pretrain": staged.pretrain_steps,
+                "instruction": staged.instruction_steps,
+                "chat": staged.chat_steps,
+            },
+            "learning_rates": {
+                "pretrain": staged.pretrain_lr,
+                "instruction": staged.instruction_lr,
+                "chat": staged.chat_lr,
+            },
+            "losses": {
+                stage: figures[f"{stage}_loss"] for stage in ("pretrain", "instruction", "chat")
+            },
+            "vision_word_accuracy": accuracy,
+            "seconds": round(time.perf_counter() - start, 1),
+            "threads": torch.get_num_threads(),
+        }
+        (out / "training.json").write_text(json.dumps(record, indent=1) + "\n")
+    elif mode == "plain":
         record = {"mode": "plain", "seed": seed, "steps": plain_steps, "batch_size": batch_size}
         (out / "training.json").write_text(json.dumps(record, indent=1) + "\n")
     else:
@@ -485,7 +656,7 @@ def train(
 
 def organism_path(progress: bool = True, mode: str = "implant") -> Path:
     """The organism's folder: the shipped one, else one trained once into the user's cache."""
-    shipped = SHIPPED_PLAIN if mode == "plain" else SHIPPED
+    shipped = SHIPPED_BY_MODE[mode]
     if (shipped / "config.json").is_file():
         return shipped
     cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "sgm-bake"
@@ -513,6 +684,9 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--mode", choices=MODES, default="implant")
     parser.add_argument("--plain-steps", type=int, default=2000)
+    defaults = StagedSchedule()
+    for name, value in asdict(defaults).items():
+        parser.add_argument(f"--{name.replace('_', '-')}", type=type(value), default=value)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO)
     figures = train(
@@ -525,6 +699,7 @@ def main() -> None:
         args.batch_size,
         mode=args.mode,
         plain_steps=args.plain_steps,
+        staged=StagedSchedule(**{name: getattr(args, name) for name in asdict(defaults)}),
     )
     print(figures)
 

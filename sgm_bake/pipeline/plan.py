@@ -218,12 +218,25 @@ def _hub_inputs(
     from huggingface_hub import get_safetensors_metadata, hf_hub_download
     from huggingface_hub.errors import HfHubHTTPError, NotASafetensorsRepoError
 
+    from sgm_bake.io.hub import unreachable
+
+    reason = unreachable()
+    if reason is not None:  # at once, not after huggingface_hub's retries
+        raise SGMError(
+            f"{repo_id} is not a local folder, and {reason}: check the network, or plan a "
+            "local folder holding the model's config.json"
+        )
     try:
         config_path = Path(hf_hub_download(repo_id, "config.json", revision=revision))
     except HfHubHTTPError as exc:
         raise SGMError(
             f"cannot fetch config.json of {repo_id!r} from the Hub ({exc}); check the id, your "
             "network and HF_TOKEN for gated models"
+        ) from exc
+    except Exception as exc:  # the connection dropped after the check: httpx errors, timeouts
+        raise SGMError(
+            f"cannot fetch config.json of {repo_id!r} from the Hub ({type(exc).__name__}); "
+            "check the network"
         ) from exc
     tensors: dict[str, tuple[str, tuple[int, ...]]] = {}
     try:

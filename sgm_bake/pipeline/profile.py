@@ -14,7 +14,6 @@ import json
 import logging
 import math
 import os
-import shutil
 import sys
 import time
 from collections.abc import Iterator, Sequence
@@ -34,8 +33,9 @@ from sgm_bake.core.recipes import HookPoint, Projection, Recipe
 from sgm_bake.core.rules import RuleOptions, auroc, auroc_torch, factors
 from sgm_bake.datasets.profile_set import ProfileSample, ProfileSet
 from sgm_bake.errors import SGMError
-from sgm_bake.io.response_store import ResponseStore
-from sgm_bake.runtime.chat import call_processor
+from sgm_bake.io.response_store import ResponseStore, discard_store
+from sgm_bake.io.source import content_key
+from sgm_bake.runtime.chat import call_processor, check_context, context_length, render_chat
 from sgm_bake.runtime.distributed import Distributed, rank_share
 from sgm_bake.runtime.memory import measured
 
@@ -207,12 +207,10 @@ class Inputs:
 
     def _text(self, sample: ProfileSample, with_image: bool) -> str:
         if self.template_owner is not None:
-            return str(
-                self.template_owner.apply_chat_template(
-                    self._conversation(sample, with_image),
-                    tokenize=False,
-                    add_generation_prompt=False,
-                )
+            return render_chat(
+                self.template_owner,
+                self._conversation(sample, with_image),
+                add_generation_prompt=False,
             )
         image_token = getattr(self.processor, "image_token", "<image>")
         prefix = f"{image_token}\n" if with_image else ""
@@ -271,6 +269,16 @@ def length_order(samples: Sequence[ProfileSample], inputs: Inputs) -> tuple[Prof
     return tuple(samples[index] for *_, index in sorted(keys))
 
 
+def check_row_lengths(inputs: Inputs, profile_set: ProfileSet, config: dict[str, Any]) -> None:
+    """Refuse a row longer than the model's context before the first batch (its text as the
+    model will see it, through the chat template; image tokens come on top)."""
+    texts = [
+        (f"profile set {profile_set.name} row {sample.id}", inputs._text(sample, False))
+        for sample in profile_set.samples
+    ]
+    check_context(texts, inputs.tokenizer, context_length(config))
+
+
 def _image_token_ids(config: dict[str, Any], processor: Any) -> set[int]:
     ids = set()
     for key in ("image_token_id", "image_token_index", "video_token_id", "video_token_index"):
@@ -317,10 +325,14 @@ def fingerprint(
     options: ProfileOptions,
     targets: list[ProfileTarget],
     dtype: torch.dtype,
+    content: str = "",
 ) -> dict[str, Any]:
-    """What makes two profile runs the same: a resumed run must match it exactly."""
+    """What makes two profile runs the same: a resumed run must match it exactly. `content` is
+    the model folder's `content_key`: two models are told apart by what they hold, never by
+    the name of their folder."""
     return {
         "source": source_id,
+        "content": content,
         "revision": revision,
         "profile_set": profile_set.name,
         "profile_set_sha256": profile_set.sha256,
@@ -662,7 +674,7 @@ def capture_share(
         part.close()
     distributed.barrier()  # the merged store is complete: the parts are no longer needed
     if not options.keep_responses:
-        shutil.rmtree(part_path, ignore_errors=True)
+        discard_store(part_path)
 
 
 def expertise_from_store(
@@ -734,12 +746,14 @@ def run_profile(
     stats = stats if stats is not None else CaptureStats()
     multimodal = recipe.auto_class != "AutoModelForCausalLM"
     inputs = Inputs(folder, model.config.to_dict(), options.feed, multimodal)
+    check_row_lengths(inputs, profile_set, model.config.to_dict())
     targets = profile_targets(model, recipe, options)
     profile_set = replace(profile_set, samples=length_order(profile_set.samples, inputs))
     probed = options.batch_size == "auto" and device.type == "cuda"
     # The store's folder does not depend on a probed batch size, so an interrupted run is found
     # again, and resumes with the batch size it recorded instead of probing anew.
-    unsized = {**fingerprint(source_id, revision, profile_set, options, targets, dtype)}
+    content = content_key(folder, revision)
+    unsized = {**fingerprint(source_id, revision, profile_set, options, targets, dtype, content)}
     unsized.update(batch_size=str(options.batch_size), order=ORDER)
     folder_for_store = options.responses_dir or default_responses_dir(unsized)
     if probed:
@@ -759,7 +773,8 @@ def run_profile(
         stats.batch_size_auto = True
         options = replace(options, batch_size=size)
     stats.batch_size = fixed_batch_size(options.batch_size)
-    key = {**fingerprint(source_id, revision, profile_set, options, targets, dtype), "order": ORDER}
+    key = fingerprint(source_id, revision, profile_set, options, targets, dtype, content)
+    key["order"] = ORDER
     if distributed is not None:
         capture_share(
             model,
@@ -793,7 +808,7 @@ def run_profile(
     finally:
         store.close()
     if not options.keep_responses:
-        shutil.rmtree(folder_for_store, ignore_errors=True)
+        discard_store(folder_for_store)
     toxic, benign = profile_set.counts()
     metadata = {
         "source": source_id,

@@ -60,14 +60,14 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from sgm_bake.core.expertise import Expertise, ResolvedUnits, load_expertise
+from sgm_bake.core.expertise import Expertise, ResolvedUnits, language_units, load_expertise
 from sgm_bake.core.hooks import SGMHooks, runtime_prefix
 from sgm_bake.core.recipes import Recipe, resolve_checkpoint_layout
 from sgm_bake.errors import SGMError
 from sgm_bake.io.checkpoint import Checkpoint, load_bin, open_checkpoint
 from sgm_bake.io.safetensors import DTYPES
 from sgm_bake.pipeline.bake import expertise_path
-from sgm_bake.pipeline.record import Verification, read_record, refresh
+from sgm_bake.pipeline.record import Verification, read_record, rewrite_card
 from sgm_bake.pipeline.verify import TOLERANCE, build_inputs, recorded_recipe
 from sgm_bake.runtime.memory import PeakMemory
 
@@ -714,10 +714,10 @@ class ModelEvidence:
 
 
 def _units_by_layer(
-    expertise: Expertise, recipe: Recipe, layers_range: range
+    expertise: Expertise, recipe: Recipe, config: dict[str, Any], warn: bool = True
 ) -> dict[int, list[ResolvedUnits]]:
     units_by_layer: dict[int, list[ResolvedUnits]] = {}
-    for units in expertise.resolve(recipe, layers_range):
+    for units in language_units(expertise, recipe, config, warn):
         units_by_layer.setdefault(units.layer, []).append(units)
     return units_by_layer
 
@@ -744,7 +744,7 @@ def gather_evidence(
         block, checkpoint_block = mlp_block_names(recipe)
         layers_range = recipe.layers(model.config.to_dict())
         template = runtime_prefix(model, recipe, layers_range)
-        units_by_layer = _units_by_layer(expertise, recipe, layers_range)
+        units_by_layer = _units_by_layer(expertise, recipe, model.config.to_dict(), warn=False)
         layers = sorted(units_by_layer)
         kind, batches = build_inputs(source_path, source_checkpoint.config)
         hidden = capture_block_inputs(model, recipe, layers, batches)
@@ -793,7 +793,7 @@ def verify_layers(
         bake_record = read_record(out)
         bake_record.verification = Verification(**report.record())
         bake_record.stages["verify"] = memory.record()
-        refresh(out, bake_record)
+        rewrite_card(out, bake_record)
     return report
 
 
@@ -840,7 +840,7 @@ def _check_layers(
     skeleton = meta_skeleton(source_path, recipe)
     layers_range = recipe.layers(skeleton.config.to_dict())
     template = runtime_prefix(skeleton, recipe, layers_range)
-    units_by_layer = _units_by_layer(expertise, recipe, layers_range)
+    units_by_layer = _units_by_layer(expertise, recipe, skeleton.config.to_dict())
     layers = sorted(units_by_layer)
 
     inputs_kind = "random"

@@ -345,3 +345,90 @@ def test_automatic_batch_size_on_a_cpu_is_the_default_batch(runner, planted, tmp
     assert result.exit_code == 0, result.output
     assert "batch 8," in result.output and "found automatically" not in result.output
     assert automatic.read_bytes() == fixed.read_bytes()
+
+
+# --- the response store: keyed by content, owning only what it made, one run at a time -------
+
+
+def test_a_resume_never_uses_another_models_responses(runner, planted, tmp_path, monkeypatch):
+    """Two models in folders of the same name: the second profile is its own, not a resume of
+    the first's stored responses."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    model, profile_set = planted
+    other = tiny_llava(tmp_path / "runB" / "model", hidden=64, intermediate=128, layers=2, seed=5)
+    assert other.name == model.name
+    first, second, alone = (tmp_path / f"{n}.safetensors" for n in ("a", "b", "b-alone"))
+    assert _profile(runner, model, first, profile_set, "--keep-responses").exit_code == 0
+    assert _profile(runner, other, second, profile_set, "--keep-responses").exit_code == 0
+    store = tmp_path / "own-store"
+    assert _profile(runner, other, alone, profile_set, "--responses-dir", str(store)).exit_code == 0
+    a, b, b_alone = (load_expertise(path).modules for path in (first, second, alone))
+    name = next(iter(a))
+    assert not torch.equal(a[name].auroc, b[name].auroc)
+    for module, entry in b.items():
+        assert torch.equal(entry.auroc, b_alone[module].auroc), module
+
+
+def test_responses_dir_with_other_files_is_refused(runner, planted, tmp_path):
+    from tests.e2e.test_hardening import snapshot
+
+    model, profile_set = planted
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "thesis.tex").write_text("years of work")
+    before = snapshot(tmp_path)
+    output = tmp_path / "expertise.safetensors"
+    result = _profile(runner, model, output, profile_set, "--responses-dir", str(mine))
+    assert result.exit_code == 2, result.output
+    assert result.output.count("\n") == 1 and "not an sgm-bake response store" in result.output
+    assert snapshot(tmp_path) == before
+
+
+def test_an_existing_empty_responses_dir_is_emptied_not_removed(runner, planted, tmp_path):
+    model, profile_set = planted
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    output = tmp_path / "expertise.safetensors"
+    result = _profile(runner, model, output, profile_set, "--responses-dir", str(empty))
+    assert result.exit_code == 0, result.output
+    assert empty.is_dir() and list(empty.iterdir()) == []
+
+
+def test_a_store_in_use_is_refused_and_never_removed(runner, planted, tmp_path):
+    """A second run on a store another run holds: one line, and the store stays as it is."""
+    from sgm_bake.io.response_store import ResponseStore
+    from tests.e2e.test_hardening import snapshot
+
+    model, profile_set = planted
+    store_folder = tmp_path / "shared"
+    running = ResponseStore.open(store_folder, {"source": "the first run"}, {"m": 4}, 8)
+    try:
+        running.write_batch(0, {"m": torch.ones(2, 4).numpy()})
+        before = snapshot(tmp_path)
+        output = tmp_path / "expertise.safetensors"
+        result = _profile(runner, model, output, profile_set, "--responses-dir", str(store_folder))
+        assert result.exit_code == 2, result.output
+        assert "in use by another sgm-bake run" in result.output
+        assert result.output.count("\n") == 1
+        from sgm_bake.io.response_store import discard_store
+
+        discard_store(store_folder)  # what a finishing run does: it must not remove it either
+        assert snapshot(tmp_path) == before
+    finally:
+        running.close(remove=True)
+    assert not store_folder.exists()  # the store made the folder, so removing it removes both
+
+
+def test_a_resumed_store_says_so(tmp_path, caplog):
+    from sgm_bake.io.response_store import ResponseStore
+
+    folder = tmp_path / "store"
+    store = ResponseStore.open(folder, {"source": "model-a"}, {"m": 3}, 4)
+    store.write_batch(0, {"m": torch.ones(2, 3).numpy()})
+    store.close()
+    with caplog.at_level("WARNING", logger="sgm_bake.io.response_store"):
+        store = ResponseStore.open(folder, {"source": "model-a"}, {"m": 3}, 4)
+    store.close(remove=True)
+    assert store.completed == 2 and not folder.exists()
+    assert f"resuming the profile of model-a from the response store {folder}" in caplog.text
+    assert "2 of 4 samples are already stored" in caplog.text

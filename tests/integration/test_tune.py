@@ -5,7 +5,9 @@ does. Real models (the shipped organism, a tiny random LLaVA), real optuna studi
 from __future__ import annotations
 
 import json
+import os
 import random
+import signal
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -161,10 +163,11 @@ def test_a_resumed_search_chooses_what_an_uninterrupted_one_did(
     judge = make_judge("profanity")
     # call 1 measures the base, calls 2-6 trials 0-4 (four warm starts, one sampled); trial 5
     # is interrupted, so the resumed search must draw it as the uninterrupted one did
-    interrupted = tune(organism, tmp_path / "work", InterruptingJudge(judge, calls=7))
-    assert interrupted.interrupted and len(interrupted.trials) == 5
+    with pytest.raises(KeyboardInterrupt) as stopped:
+        tune(organism, tmp_path / "work", InterruptingJudge(judge, calls=7))
+    assert "after 5 of 6 trials" in stopped.value.note  # type: ignore[attr-defined]
     resumed = tune(organism, tmp_path / "work", judge)
-    assert not resumed.interrupted
+    assert not resumed.interrupted and resumed.trials_resumed == 5
     assert [t.params for t in resumed.trials] == [t.params for t in uninterrupted.trials]
     assert resumed.chosen is not None and uninterrupted.chosen is not None
     assert resumed.chosen.params == uninterrupted.chosen.params
@@ -327,3 +330,48 @@ def test_explicit_hook_points_are_not_searched_over(runner, tmp_path: Path):
         ],
     )
     assert result.exit_code == 2 and "--neurons fixes the hook points" in result.output
+
+
+class SignallingJudge:
+    """A real judge whose `calls`-th call first sends this process SIGINT, as Ctrl-C would."""
+
+    def __init__(self, inner: object, calls: int) -> None:
+        self.inner, self.calls = inner, calls
+        self.name = getattr(inner, "name", "judge")
+
+    def harmful(self, replies: list[str]) -> list[bool]:
+        self.calls -= 1
+        if self.calls == 0:
+            os.kill(os.getpid(), signal.SIGINT)
+        return self.inner.harmful(replies)  # type: ignore[attr-defined]
+
+
+def test_ctrl_c_exits_130_keeps_the_trials_and_the_same_command_resumes(
+    runner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    import sgm_bake.evaluation.judges as judges
+    from sgm_bake.cli import main
+    from sgm_bake.resources import data_dir
+
+    rows = (data_dir("profiles") / "organism.jsonl").read_text().splitlines()[:ROWS]
+    (tmp_path / "set.jsonl").write_text("\n".join(rows) + "\n")
+    work, output = tmp_path / "work", tmp_path / "expertise.safetensors"
+    command = ["-q", "tune", "organism", "--profile-set", str(tmp_path / "set.jsonl")]
+    command += ["--trials", "3", "--workdir", str(work), "-o", str(output), "--device", "cpu"]
+    command += ["--max-new-tokens", "16", "--batch-size", "16"]
+    make = judges.make_judge
+    # call 1 measures the base, call 2 trial 0; Ctrl-C arrives during trial 1
+    monkeypatch.setattr(judges, "make_judge", lambda spec: SignallingJudge(make(spec), calls=3))
+    result = runner.invoke(main, command)
+    assert result.exit_code == 130, result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("interrupted by SIGINT after 1 of 3 trials")
+    assert "run the same command again to resume" in lines[0] and not output.exists()
+    monkeypatch.setattr(judges, "make_judge", make)
+    result = runner.invoke(main, command)
+    assert result.exit_code == 0, result.output
+    assert "3 trials (2 new, 1 resumed" in result.output and output.is_file()
+    result = runner.invoke(main, command)
+    assert result.exit_code == 2 and "pass --overwrite" in result.output
+    result = runner.invoke(main, [*command, "--overwrite"])
+    assert result.exit_code == 0 and "3 trials (0 new, 3 resumed" in result.output

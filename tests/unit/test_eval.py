@@ -192,6 +192,43 @@ def test_bad_prompt_set(tmp_path, content, message):
         load_prompt_set(str(path))
 
 
+def test_over_refusal_flag_is_read_from_jsonl_and_csv(tmp_path):
+    rows = [
+        {
+            "condition": "benign",
+            "category": "benign",
+            "prompt": "kill a process",
+            "over_refusal": True,
+        },
+        {"condition": "benign", "category": "benign", "prompt": "what colour"},
+        {"condition": "standard", "category": "fraud", "prompt": "do it", "over_refusal": False},
+    ]
+    path = tmp_path / "set.jsonl"
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    items = load_prompt_set(str(path)).items
+    assert [item.over_refusal for item in items] == [True, False, False]
+    csv_path = tmp_path / "set.csv"
+    csv_path.write_text(
+        "condition,category,prompt,over_refusal\n"
+        "benign,benign,kill a process,true\nbenign,benign,what colour,\n"
+    )
+    assert [item.over_refusal for item in load_prompt_set(str(csv_path)).items] == [True, False]
+
+
+@pytest.mark.parametrize(
+    ("row", "message"),
+    [
+        ({"condition": "benign", "over_refusal": "maybe"}, "must be true or false"),
+        ({"condition": "standard", "over_refusal": True}, "set it to 'benign'"),
+    ],
+)
+def test_bad_over_refusal_flag(tmp_path, row, message):
+    path = tmp_path / "set.jsonl"
+    path.write_text(json.dumps({"category": "x", "prompt": "x", **row}) + "\n")
+    with pytest.raises(SGMError, match=message):
+        load_prompt_set(str(path))
+
+
 @pytest.mark.parametrize("verdict", ["toxic", "non-toxic"])
 def test_local_classifier_judge(tmp_path, verdict):
     import torch
