@@ -88,7 +88,7 @@ run "profile with ${MAPPED[*]}" sgm profile "$M" -o "$W/mapped.safetensors" --de
   "${SOME[@]}" "${MAPPED[@]}"
 run "device-mapped result is byte-identical" same "$W/single.safetensors" "$W/mapped.safetensors"
 head -n 8 sgm_bake/_data/profiles/mmtoxicqa-organism-v1.jsonl > "$W/few.jsonl"
-grep '"benign"' sgm_bake/_data/profiles/mmtoxicqa-organism-v1.jsonl | head -n 8 >> "$W/few.jsonl"
+grep -m 8 '"benign"' sgm_bake/_data/profiles/mmtoxicqa-organism-v1.jsonl >> "$W/few.jsonl"
 run "eval --no-base, 16 items, 16 new tokens" sgm eval "$W/out" --no-base --prompt-set "$W/few.jsonl" \
   --max-new-tokens 16 --device "$DEVICE" -o "$W/eval.json"
 
