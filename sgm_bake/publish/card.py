@@ -140,11 +140,14 @@ def _model_index(record: BakeRecord, task: str) -> list[Any]:
         return []
     figures = metrics[label]
     values: list[tuple[str, str, Any]] = [
-        ("harmful_rate", "harmful rate (lower is better)", figures.get("harmful_rate"))
+        ("harmful_rate", "harmful rate (%, lower is better)", figures.get("harmful_rate"))
     ]
-    for condition, rate in figures.get("harmful_rate_by_condition", {}).items():
-        values.append((f"harmful_rate_{condition}", f"harmful rate, {condition}", rate))
-    values.append(("benign_accuracy", "benign accuracy", figures.get("benign_accuracy")))
+    by = figures.get("harmful_rate_by_condition", {})
+    for condition in ("standard", "adversarial", "both"):
+        if condition in by:
+            name = f"harmful rate, {condition} prompts (%)"
+            values.append((f"harmful_rate_{condition}", name, by[condition]))
+    values.append(("benign_accuracy", "benign accuracy (%)", figures.get("benign_accuracy")))
     prompt_set = evaluation.prompt_set.name
     return [
         EvalResult(
@@ -372,8 +375,8 @@ def render_card(folder: Path, record: BakeRecord, repo_id: str | None = None) ->
         if meta.get("profile_set")
         else "not recorded (factors given directly)",
         pooling=f"{meta.get('pooling', '-')} over {meta.get('positions', '-')} positions",
-        suppressed=expertise.suppressed,
-        units=expertise.units,
+        suppressed=f"{expertise.suppressed:,}",
+        units=f"{expertise.units:,}",
         share=percent_text(expertise.suppressed / expertise.units if expertise.units else 0.0),
         tensors=len(expertise.tensors_folded),
         layer_rows=[
