@@ -72,13 +72,17 @@ def units_per_layer(
 ) -> Path:
     """Share of each layer's units that are suppressed, and of those zeroed: one bar per layer
     when the two are the same (det0 zeroes every unit it suppresses) or nothing is zeroed."""
-    figure, (axis,) = _figure(max(6.0, 0.35 * len(layers) + 2), 3.6)
+    # At most 9 inches (900 px): a card shows images at its column's width, about that, and a
+    # wider figure would be scaled down until its text cannot be read.
+    figure, (axis,) = _figure(min(9.0, max(6.0, 0.3 * len(layers) + 2)), 3.6)
     positions = list(range(len(layers)))
+    labelled = len(layers) <= 16  # a value over every bar while they are wide enough
     all_zeroed = any(suppressed) and list(zeroed) == list(suppressed)
     if all_zeroed or not any(zeroed):
         label = "suppressed (all zeroed)" if all_zeroed else "suppressed (none zeroed)"
         bars = axis.bar(positions, suppressed, 0.6, label=label, color=COLOURS[0])
-        axis.bar_label(bars, [percent_text(v) for v in suppressed], fontsize=8, padding=2)
+        if labelled:
+            axis.bar_label(bars, [percent_text(v) for v in suppressed], fontsize=8, padding=2)
         title = f"Units {'zeroed' if all_zeroed else 'suppressed'} per layer"
     else:
         width = 0.4
@@ -97,7 +101,9 @@ def units_per_layer(
             color=COLOURS[1],
         )
         title = "Units suppressed and zeroed per layer"
-    axis.set_xticks(positions, [str(layer) for layer in layers])
+    step = math.ceil(len(layers) / 24)  # at most 24 tick labels
+    axis.set_xticks(positions[::step], [str(layer) for layer in layers][::step])
+    axis.set_xlim(-0.6, len(layers) - 0.4)
     axis.set_xlabel("decoder layer")
     axis.set_ylabel("share of the layer's units")
     axis.set_title(title)
@@ -170,7 +176,7 @@ def evaluation_bars(
     labelled with its value; a 0% bar, often the headline, is drawn as a visible stub. `counts`
     gives the items behind each group (`benign` for the accuracy)."""
     counts = counts or {}
-    figure, (harm_axis, accuracy_axis) = _figure(10.0, 4.2, columns=2)
+    figure, (harm_axis, accuracy_axis) = _figure(9.0, 4.2, columns=2)
     groups = list(harmful)
     width = 0.8 / max(1, len(variants))
     stub = 0.012  # of the axis: a zero stays visible
@@ -185,7 +191,7 @@ def evaluation_bars(
             color=COLOURS[index % len(COLOURS)],
         )
         harm_axis.bar_label(
-            bars, [percent_text(v) for v in values], fontsize=7, rotation=90, padding=2
+            bars, [percent_text(v) for v in values], fontsize=8, rotation=90, padding=2
         )
     harm_axis.set_xticks(range(len(groups)), [_counted(g, counts.get(g)) for g in groups])
     harm_axis.set_xlabel("prompt condition (toxic-eliciting items)")

@@ -117,7 +117,7 @@ def test_rerender_keeps_the_run_order_of_variants(runner, evaluated, tmp_path):
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
-        ("                                 Apache License\n Version 2.0", {"license": "apache-2.0"}),
+        ("      Apache License\n Version 2.0", {"license": "apache-2.0"}),
         ("Permission is hereby granted, free of charge, to any person", {"license": "mit"}),
         (
             "Our own research-only terms.",
@@ -176,7 +176,22 @@ def test_plan_json_and_adaptive_units(runner):
     assert all(isinstance(s["host_bytes"], int) for s in plan["stages"])
 
 
-def test_profile_and_eval_json(runner, llava_dir, evaluated, tmp_path):
+def test_profile_json(runner, llava_dir, tmp_path):
+    from tests.integration.test_profile import _write_set
+
+    profile_set = _write_set(tmp_path / "set")
+    output = tmp_path / "expertise.safetensors"
+    args = ["profile", str(llava_dir), "-o", str(output), "--device", "cpu", "--json"]
+    args += ["--profile-set", str(profile_set), "--max-samples", "16", "--top-k", "5"]
+    result = runner.invoke(main, args)
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["output"] == str(output) and output.is_file()
+    assert summary["suppressed"] == 5 and summary["rule"] == "aura"
+    assert summary["units"] == sum(layer["units"] for layer in summary["layers"])
+
+
+def test_eval_json(runner, llava_dir, tmp_path):
     rows = [{"condition": "standard", "category": "insult", "prompt": f"say {i}"} for i in range(4)]
     rows += [
         {"condition": "benign", "category": "benign", "prompt": "colour?", "expected": "red"},
