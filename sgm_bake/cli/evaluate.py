@@ -390,7 +390,6 @@ def demo(
     from sgm_bake.pipeline.profile import ProfileOptions
     from sgm_bake.pipeline.record import SGM_DIR, record_evaluation
     from sgm_bake.pipeline.run import ProfileRequest, profile_source, verify_output
-    from sgm_bake.publish import plots
     from sgm_bake.runtime.chat import ChatModel, GenerationConfig
     from sgm_bake.runtime.loading import load_chat, load_processor, resolve_model_source
 
@@ -442,11 +441,19 @@ def demo(
     record_evaluation(baked, f"{SGM_DIR}/eval.json", data)
     eval_table(results)
     click.echo(f"detoxified checkpoint: {baked}; report {baked / SGM_DIR / 'eval.json'}")
-    drawn = sorted(path.name for path in (baked / SGM_DIR).glob("*.png"))
-    if drawn:
-        click.echo(f"plots: {baked / SGM_DIR} ({', '.join(drawn)})")
-    else:
+    report_plots(baked / SGM_DIR)
+
+
+def report_plots(folder: Path) -> None:
+    """Where the plots are, or (on stderr) that none were drawn because matplotlib is missing:
+    the demo's help promises a chart, so its absence is said, not left to be noticed."""
+    from sgm_bake.publish import plots
+
+    if not plots.available():
         click.echo(f"note: no plots were drawn: {plots.MISSING_HINT}", err=True)
+        return
+    drawn = sorted(path.name for path in folder.glob("*.png"))
+    click.echo(f"plots: {folder} ({', '.join(drawn)})")
 
 
 COMMANDS = [eval_command, generate, demo]
