@@ -7,7 +7,14 @@ from pathlib import Path
 
 import click
 
-from sgm_bake.cli.common import EXIT_TAMPERED, echo_lines, progress_enabled, user_errors
+from sgm_bake.cli.common import (
+    EXIT_TAMPERED,
+    echo_json,
+    echo_lines,
+    json_option,
+    progress_enabled,
+    user_errors,
+)
 
 
 @click.command()
@@ -18,23 +25,30 @@ from sgm_bake.cli.common import EXIT_TAMPERED, echo_lines, progress_enabled, use
     help="Also redraw the card and plots from the record (changes the folder; off by default, "
     "so an audit never modifies what it audits).",
 )
+@json_option
 @user_errors
-def inspect(out: Path, rerender: bool) -> None:
+def inspect(out: Path, rerender: bool, as_json: bool) -> None:
     """Summarise a baked folder and re-check every sha256 (read-only unless --rerender)."""
-    from sgm_bake.pipeline.audit import describe_record, rerender_folder
+    from sgm_bake.pipeline.audit import describe_record, record_summary, rerender_folder
     from sgm_bake.pipeline.record import check_hashes, read_record
 
     record = read_record(out)
-    echo_lines(describe_record(record))
+    if not as_json:
+        echo_lines(describe_record(record))
     check = check_hashes(out, record)
     if not check.ok:
+        if as_json:
+            echo_json({**record_summary(record), "intact": False, "problems": check.describe()})
         click.echo(
             f"error: {out} does not match its recorded sha256 ({check.describe()})", err=True
         )
         sys.exit(EXIT_TAMPERED)
+    written = rerender_folder(out, record) if rerender else None
+    if as_json:
+        echo_json({**record_summary(record), "intact": True, "rerendered": written})
+        return
     click.echo(f"files       {len(record.files)} files match their recorded sha256")
-    if rerender:
-        written = rerender_folder(out, record)
+    if written is not None:
         click.echo(f"rerendered  README.md, {', '.join(written) or 'no plots'}")
 
 
@@ -72,10 +86,46 @@ def unbake(out: Path, dest: Path, overwrite: bool, compare_with: str | None) -> 
 @click.command()
 @click.argument("out", type=click.Path(path_type=Path, file_okay=False))
 @click.argument("repo_id")
-@click.option("--private", is_flag=True, help="Create the repository as private.")
-@click.option("--branch", default=None, help="Push to this branch (created if missing).")
+@click.option(
+    "--private/--no-private",
+    default=None,
+    help="Visibility of a repository the push creates (default: the Hub's, public); an "
+    "existing repository keeps its visibility.",
+)
+@click.option(
+    "--revision",
+    "--branch",
+    "revision",
+    default=None,
+    help="Branch to push to (created from main if missing); with --create-pr, the branch the "
+    "pull request targets. --branch is the same option.",
+)
+@click.option(
+    "--create-pr",
+    is_flag=True,
+    help="Open a pull request with the upload instead of committing to the branch (OUT keeps "
+    "its card until the pull request is merged and pushed again).",
+)
+@click.option(
+    "--token",
+    default=None,
+    metavar="TOKEN",
+    help="Hub token with write access (default: HF_TOKEN or the stored login); never printed, "
+    "logged or written.",
+)
+@click.option(
+    "--resumable/--single-commit",
+    default=None,
+    help="Upload with huggingface_hub's upload_folder (several commits; run the push again "
+    "after an interruption to resume), then the card and the record in a last commit; or all "
+    "in one commit. Default: resumable above 50 GiB.",
+)
 @click.option("--commit-message", default=None)
-@click.option("--dry-run", is_flag=True, help="List what would be uploaded; upload nothing.")
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    help="Check OUT and say what would be uploaded, where and how; upload nothing.",
+)
 @click.option(
     "--timeout",
     type=click.FloatRange(0, min_open=True),
@@ -88,25 +138,39 @@ def unbake(out: Path, dest: Path, overwrite: bool, compare_with: str | None) -> 
 def push(
     out: Path,
     repo_id: str,
-    private: bool,
-    branch: str | None,
+    private: bool | None,
+    revision: str | None,
+    create_pr: bool,
+    token: str | None,
+    resumable: bool | None,
     commit_message: str | None,
     dry_run: bool,
     timeout: float,
 ) -> None:
-    """Upload a verified, intact baked folder to the Hub (token: HF_TOKEN or the stored login).
+    """Upload a verified, intact baked folder to the Hub, as `hf upload` does (token: --token,
+    HF_TOKEN or the stored login).
 
     OUT is written only after the Hub accepted the commit (the card then names the repository);
     a failed push leaves it as it was."""
     from sgm_bake.publish.push import plan_upload
     from sgm_bake.publish.push import push as run_push
 
-    plan = plan_upload(out, repo_id, private, branch, commit_message)
+    plan = plan_upload(
+        out,
+        repo_id,
+        private,
+        revision,
+        commit_message,
+        create_pr=create_pr,
+        resumable=resumable,
+        token_given=token is not None,
+    )
     if dry_run:
         echo_lines(plan.describe())
         return
-    url = run_push(out, plan, timeout)
-    click.echo(f"pushed {out} to {url}")
+    url = run_push(out, plan, timeout, token)
+    done = f"opened a pull request with {out}:" if create_pr else f"pushed {out} to"
+    click.echo(f"{done} {url}")
 
 
 COMMANDS = [inspect, unbake, push]

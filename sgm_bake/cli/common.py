@@ -120,6 +120,22 @@ def echo_lines(lines: list[str]) -> None:
         click.echo(line)
 
 
+def echo_json(data: Any) -> None:
+    """A command's result for `--json`: one JSON document on stdout and nothing else (progress
+    and logs go to stderr), for scripts and CI."""
+    import json
+
+    click.echo(json.dumps(data, indent=2, ensure_ascii=False))
+
+
+json_option = click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="Print the result as one JSON document on stdout (progress and logs stay on stderr).",
+)
+
+
 def add_options(options: list[Callable[[F], F]]) -> Callable[[F], F]:
     """Apply a list of click options in order (the first is the first in --help)."""
 

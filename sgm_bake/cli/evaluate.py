@@ -13,7 +13,10 @@ from sgm_bake.cli.common import (
     command_line,
     device_option,
     dtype_option,
+    echo_json,
+    echo_lines,
     ecso_templates_option,
+    json_option,
     judge_option,
     make_placement,
     placement_options,
@@ -32,22 +35,45 @@ from sgm_bake.errors import SGMError
 def eval_table(results: list[Any]) -> None:
     """The evaluation figures of every variant, one line each."""
     from sgm_bake.publish.plots import percent_text
+    from sgm_bake.text import table
 
-    click.echo(
-        f"{'variant':<14}{'harmful':>9}{'standard':>10}{'advers.':>9}{'both':>7}"
-        f"{'benign acc':>12}{'ref ppl':>9}{'degen.':>8}"
-    )
+    rows = []
     for result in results:
         m = result.metrics
         by = m["harmful_rate_by_condition"]
         perplexity = m["reference_perplexity"]
-        click.echo(
-            f"{result.label:<14}{percent_text(m['harmful_rate']):>9}"
-            f"{percent_text(by.get('standard')):>10}{percent_text(by.get('adversarial')):>9}"
-            f"{percent_text(by.get('both')):>7}{percent_text(m['benign_accuracy']):>12}"
-            f"{'-' if perplexity is None else f'{perplexity:.2f}':>9}"
-            f"{percent_text(m['degenerate_share']):>8}"
+        rows.append(
+            (
+                result.label,
+                percent_text(m["harmful_rate"]),
+                percent_text(by.get("standard")),
+                percent_text(by.get("adversarial")),
+                percent_text(by.get("both")),
+                percent_text(m["benign_accuracy"]),
+                "-" if perplexity is None else f"{perplexity:.2f}",
+                percent_text(m["degenerate_share"]),
+            )
         )
+    headers = (
+        "variant",
+        "harmful",
+        "standard",
+        "adversarial",
+        "both",
+        "benign acc",
+        "ref ppl",
+        "degenerate",
+    )
+    echo_lines(table(headers, rows))
+
+
+def eval_json(results: list[Any], report: Path, judge: str) -> dict[str, Any]:
+    """The evaluation for `--json`: each variant's figures in run order, and the report."""
+    return {
+        "report": str(report),
+        "judge": judge,
+        "variants": [{"label": r.label, "metrics": r.metrics} for r in results],
+    }
 
 
 def _base_spec(folder: Path) -> tuple[str, str | None] | None:
@@ -111,6 +137,7 @@ def _base_spec(folder: Path) -> tuple[str, str | None] | None:
     help="Report path (JSON; a .png chart goes beside it). Default: OUT/sgm/eval.json for a "
     "baked folder, else ./sgm-eval.json.",
 )
+@json_option
 @user_errors
 def eval_command(
     model: str,
@@ -133,6 +160,7 @@ def eval_command(
     ecso_templates: Path | None,
     template: Path | None,
     output: Path | None,
+    as_json: bool,
 ) -> None:
     """Measure harmful rate, fluency and reasoning of MODEL (a folder, Hub id, baked folder,
     `organism`, `organism-plain` or `organism-staged`), optionally with SGM hooks from
@@ -198,6 +226,9 @@ def eval_command(
     )
     if baked and output is None:
         record_evaluation(folder, f"{SGM_DIR}/eval.json", data)
+    if as_json:
+        echo_json(eval_json(results, path, judge.name))
+        return
     eval_table(results)
     click.echo(f"report: {path}; judge: {judge.name}")
 
@@ -410,6 +441,19 @@ def demo(
     record_evaluation(baked, f"{SGM_DIR}/eval.json", data)
     eval_table(results)
     click.echo(f"detoxified checkpoint: {baked}; report {baked / SGM_DIR / 'eval.json'}")
+    report_plots(baked / SGM_DIR)
+
+
+def report_plots(folder: Path) -> None:
+    """Where the plots are, or (on stderr) that none were drawn because matplotlib is missing:
+    the demo's help promises a chart, so its absence is said, not left to be noticed."""
+    from sgm_bake.publish import plots
+
+    if not plots.available():
+        click.echo(f"note: no plots were drawn: {plots.MISSING_HINT}", err=True)
+        return
+    drawn = sorted(path.name for path in folder.glob("*.png"))
+    click.echo(f"plots: {folder} ({', '.join(drawn)})")
 
 
 COMMANDS = [eval_command, generate, demo]

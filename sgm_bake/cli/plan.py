@@ -7,7 +7,9 @@ from pathlib import Path
 import click
 
 from sgm_bake.cli.common import (
+    echo_json,
     echo_lines,
+    json_option,
     progress_enabled,
     recipe_option,
     revision_option,
@@ -68,6 +70,7 @@ from sgm_bake.errors import SGMError
     help="Profile-set size (for the response store).",
 )
 @click.option("--markdown", is_flag=True, help="Print the table in Markdown.")
+@json_option
 @revision_option
 @recipe_option
 @user_errors
@@ -82,6 +85,7 @@ def plan_command(
     sequence_length: int,
     samples: int,
     markdown: bool,
+    as_json: bool,
     revision: str | None,
     recipe_file: Path | None,
 ) -> None:
@@ -107,7 +111,10 @@ def plan_command(
         revision=revision,
     )
     result = plan(model, options, recipe_file)
-    echo_lines(result.lines()[:2] + result.markdown() if markdown else result.lines())
+    if as_json:
+        echo_json(result.to_dict())
+    else:
+        echo_lines(result.lines()[:2] + result.markdown() if markdown else result.lines())
     refused = [stage.stage for stage in result.stages if not stage.fits]
     if refused:
         raise SGMError(

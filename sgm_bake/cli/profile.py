@@ -15,10 +15,12 @@ from sgm_bake.cli.common import (
     command_line,
     device_option,
     dtype_option,
+    echo_json,
     echo_lines,
     expert_layout_option,
     feed_option,
     hook_points_option,
+    json_option,
     layers_option,
     make_placement,
     make_rule,
@@ -118,6 +120,21 @@ def echo_summary(expertise: Any, recipe: Any) -> None:
     echo_lines(layer_table(layer_rows(expertise_counts(expertise, recipe))))
 
 
+def summary_json(expertise: Any, recipe: Any, output: Path) -> dict[str, Any]:
+    """The profile's summary for `--json`: per-layer counts, totals and the file written."""
+    from sgm_bake.pipeline.summary import expertise_counts, layer_dicts, layer_rows
+
+    layers = layer_dicts(layer_rows(expertise_counts(expertise, recipe)))
+    return {
+        "output": str(output),
+        "model_type": recipe.model_type,
+        "rule": dict(expertise.metadata).get("rule"),
+        "units": sum(row["units"] for row in layers),
+        "suppressed": sum(row["suppressed"] for row in layers),
+        "layers": layers,
+    }
+
+
 def announce(text: str) -> None:
     """A status line on stderr (not under --quiet, which leaves errors only)."""
     if progress_enabled():
@@ -138,6 +155,7 @@ def announce(text: str) -> None:
 @recipe_option
 @profile_options
 @rule_options
+@json_option
 @user_errors
 def profile(
     model: str,
@@ -150,6 +168,7 @@ def profile(
     top_k: int | None,
     damp_alpha: float | None,
     strength: float | None,
+    as_json: bool,
     **params: Any,
 ) -> None:
     """Find the toxic expert units of MODEL and write their AUROC and factors to OUTPUT.
@@ -180,6 +199,9 @@ def profile(
     partial = output.with_name(f".{output.name}.partial")
     save_expertise(outcome.expertise, partial)
     os.replace(partial, output)
+    if as_json:
+        echo_json(summary_json(outcome.expertise, outcome.recipe, output))
+        return
     echo_summary(outcome.expertise, outcome.recipe)
     click.echo(f"wrote {output}")
 
@@ -375,7 +397,7 @@ def run(
         from sgm_bake.publish.push import push as run_push
 
         step(total, total, f"pushing to {push_to_hub}")
-        url = run_push(out, plan_upload(out, push_to_hub, private, None, None))
+        url = run_push(out, plan_upload(out, push_to_hub, private or None, None, None))
         click.echo(f"pushed {out} to {url}")
 
 

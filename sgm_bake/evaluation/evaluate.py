@@ -89,6 +89,9 @@ def summarize(prompt_set: PromptSet, result: EvalResult) -> dict[str, Any]:
         "benign_accuracy": accuracy,
         "degenerate_share": degenerate,
         "items": {"eliciting": len(eliciting), "benign": len(benign)},
+        "items_by_condition": {
+            c: n for c in ELICITING if (n := sum(i.condition == c for i in eliciting))
+        },
     }
 
 

@@ -214,12 +214,54 @@ def describe_record(record: BakeRecord) -> list[str]:
     else:
         lines.append("verify      not run")
     if record.evaluation is not None:
-        for label, metrics in record.evaluation.metrics.items():
+        for label, metrics in record.evaluation.ordered().items():
             lines.append(
                 f"eval        {label}: harmful {percent_text(metrics.get('harmful_rate'))}, "
                 f"benign accuracy {percent_text(metrics.get('benign_accuracy'))}"
             )
     return lines
+
+
+def record_summary(record: BakeRecord) -> dict[str, Any]:
+    """The summary `describe_record` prints, for `inspect --json`: stable keys, raw figures."""
+    from sgm_bake.pipeline.summary import layer_dicts, layer_rows
+
+    source = record.source
+    meta = record.expertise.metadata
+    verification = record.verification
+    return {
+        "source": {"id": source.id, "kind": source.kind, "revision": source.revision},
+        "base_model": record.hub_source,
+        "recipe": {
+            "model_type": record.recipe.model_type,
+            "checkpoint_layout": record.recipe.checkpoint_layout,
+        },
+        "tool": {"name": record.tool.name, "version": record.tool.version},
+        "command": record.command,
+        "rule": {key: meta.get(key) for key in ("rule", "threshold", "top_k", "strength")},
+        "profile_set": {
+            "name": meta.get("profile_set"),
+            "sha256": meta.get("profile_set_sha256"),
+        },
+        "layers": layer_dicts(layer_rows(record.expertise.modules)),
+        "units": record.expertise.units,
+        "suppressed": record.expertise.suppressed,
+        "verification": None
+        if verification is None
+        else {
+            "passed": verification.passed,
+            "mode": verification.mode,
+            "max_rel_diff": verification.max_rel_diff,
+            "tolerance": verification.tolerance,
+        },
+        "evaluation": None
+        if record.evaluation is None
+        else [
+            {"label": label, "metrics": metrics}
+            for label, metrics in record.evaluation.ordered().items()
+        ],
+        "files": len(record.files),
+    }
 
 
 def rerender_folder(folder: Path, record: BakeRecord) -> list[str]:

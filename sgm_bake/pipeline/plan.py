@@ -39,7 +39,7 @@ from sgm_bake.core.fold import unit_axis
 from sgm_bake.core.recipes import Recipe, recipe_for_config
 from sgm_bake.errors import SGMError
 from sgm_bake.io.safetensors import DTYPES, read_header
-from sgm_bake.runtime.memory import format_bytes
+from sgm_bake.text import format_bytes, format_count, table
 
 logger = logging.getLogger(__name__)
 
@@ -146,32 +146,68 @@ class MemoryPlan:
         return all(stage.fits for stage in self.stages)
 
     def lines(self) -> list[str]:
-        """The plan as a fixed-width table with a header line about the model."""
+        """The plan as an aligned table with a header line about the model."""
         facts = self.facts
         head = (
-            f"{facts.model_id} ({facts.model_type}): {facts.params / 1e9:.2f}B parameters, "
+            f"{facts.model_id} ({facts.model_type}): {format_count(facts.params)} parameters, "
             f"{format_bytes(facts.stored_bytes)} stored as {facts.stored_dtype}, largest tensor "
             f"{format_bytes(facts.largest_tensor_bytes)}; {facts.folded_layers} folded layers "
             f"of {facts.total_layers}; counted from {facts.counted_from}"
         )
-        rows = [
-            head,
+        setting = (
             f"whole-model stages on {self.options.device} at {run_dtype(self.options)} "
             f"(verify --full at {self.options.verify_dtype}); "
             + (
                 f"budget {_budget_text(self.options.max_memory)}"
                 if self.options.max_memory
                 else f"GPUs of {format_bytes(self.options.gpu_bytes)} (no --max-memory given)"
-            ),
-            f"{'stage':<14} {'host peak':>11} {'per-GPU peak':>13} {'GPUs':>5}  fits  note",
-        ]
-        for stage in self.stages:
-            rows.append(
-                f"{stage.stage:<14} {format_bytes(stage.host_bytes):>11} "
-                f"{format_bytes(stage.gpu_bytes) if stage.gpus else '-':>13} {stage.gpus:>5}  "
-                f"{'yes' if stage.fits else 'NO':<4}  {stage.note}"
             )
-        return rows
+        )
+        rows = [
+            (
+                stage.stage,
+                format_bytes(stage.host_bytes),
+                format_bytes(stage.gpu_bytes) if stage.gpus else "-",
+                stage.gpus,
+                "yes" if stage.fits else "NO",
+                stage.note,
+            )
+            for stage in self.stages
+        ]
+        headers = ("stage", "host peak", "per-GPU peak", "GPUs", "fits", "note")
+        return [head, setting, *table(headers, rows)]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The plan for `--json`: exact byte counts, stable keys."""
+        facts = self.facts
+        return {
+            "model": facts.model_id,
+            "model_type": facts.model_type,
+            "parameters": facts.params,
+            "stored_bytes": facts.stored_bytes,
+            "stored_dtype": facts.stored_dtype,
+            "largest_tensor_bytes": facts.largest_tensor_bytes,
+            "folded_layers": facts.folded_layers,
+            "total_layers": facts.total_layers,
+            "counted_from": facts.counted_from,
+            "device": self.options.device,
+            "dtype": run_dtype(self.options),
+            "verify_dtype": self.options.verify_dtype,
+            "max_memory": {str(key): value for key, value in self.options.max_memory.items()},
+            "gpu_bytes": self.options.gpu_bytes,
+            "fits": self.fits,
+            "stages": [
+                {
+                    "stage": stage.stage,
+                    "host_bytes": stage.host_bytes,
+                    "gpu_bytes": stage.gpu_bytes,
+                    "gpus": stage.gpus,
+                    "fits": stage.fits,
+                    "note": stage.note,
+                }
+                for stage in self.stages
+            ],
+        }
 
     def markdown(self) -> list[str]:
         """The table in Markdown (for the README)."""
@@ -530,7 +566,7 @@ def plan_stages(facts: ModelFacts, options: PlanOptions) -> MemoryPlan:
                 0,
                 0,
                 cpu is None or verify_host <= cpu,
-                f"one MLP block in float32 ({facts.block_params / 1e6:.0f}M parameters)",
+                f"one MLP block in float32 ({format_count(facts.block_params)} parameters)",
             )
         )
     stages.append(replace(full, note=f"at {options.verify_dtype} (--verify-dtype); {full.note}"))

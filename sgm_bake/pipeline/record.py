@@ -161,6 +161,15 @@ class Evaluation:
     judge: str
     prompt_set: PromptSetInfo
     metrics: dict[str, dict[str, Any]]
+    variants: list[str] = field(default_factory=list)
+    """The variants in the order they were evaluated (the record's keys are sorted on disk)."""
+
+    def ordered(self) -> dict[str, dict[str, Any]]:
+        """`metrics` in run order (base first, as evaluated); a record without the order (older
+        sgm-bake) keeps the order it was read in."""
+        order = [name for name in self.variants if name in self.metrics]
+        order += [name for name in self.metrics if name not in order]
+        return {name: self.metrics[name] for name in order}
 
 
 @dataclass
@@ -459,6 +468,7 @@ def record_evaluation(folder: Path, report_name: str, data: Mapping[str, Any]) -
         judge=str(data["judge"]),
         prompt_set=PromptSetInfo(**data["prompt_set"]),
         metrics={label: dict(v["metrics"]) for label, v in data["variants"].items()},
+        variants=list(data["variants"]),
     )
     written = write_plots(folder, record)
     if (folder / report_name).is_file():  # the report the caller wrote into the folder

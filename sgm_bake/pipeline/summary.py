@@ -67,14 +67,31 @@ def layer_rows(modules: Mapping[str, ModuleCount]) -> list[LayerRow]:
 
 def layer_table(rows: list[LayerRow]) -> list[str]:
     """The summary as aligned text lines, with a total line."""
-    lines = ["layer  units  suppressed   share  zeroed  amplified"]
-    for row in rows:
-        lines.append(
-            f"{row.layer:>5}  {row.units:>5}  {row.suppressed:>10}  {row.share:>6.1%}  "
-            f"{row.zeroed:>6}  {row.amplified:>9}"
-        )
+    from sgm_bake.text import table
+
+    lines = table(
+        ("layer", "units", "suppressed", "share", "zeroed", "amplified"),
+        [
+            (row.layer, row.units, row.suppressed, f"{row.share:.1%}", row.zeroed, row.amplified)
+            for row in rows
+        ],
+    )
     units = sum(r.units for r in rows)
     suppressed = sum(r.suppressed for r in rows)
     share = suppressed / units if units else 0.0
-    lines.append(f"total  {units} units, {suppressed} suppressed ({share:.2%})")
+    lines.append(f"total  {units:,} units, {suppressed:,} suppressed ({share:.2%})")
     return lines
+
+
+def layer_dicts(rows: list[LayerRow]) -> list[dict[str, int]]:
+    """The summary for `--json`."""
+    return [
+        {
+            "layer": row.layer,
+            "units": row.units,
+            "suppressed": row.suppressed,
+            "zeroed": row.zeroed,
+            "amplified": row.amplified,
+        }
+        for row in rows
+    ]

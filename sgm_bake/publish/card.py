@@ -37,34 +37,145 @@ PIPELINE_TAGS = {
     "any-to-any",
 }
 BASE_TAGS = ["sgm", "detoxification", "safety", "sgm-bake"]
+BASE_MODEL_RELATIONS = ("adapter", "merge", "quantized", "finetune")
+
+
+LICENSE_FILES = ("LICENSE", "LICENSE.txt", "LICENSE.md", "LICENCE", "LICENSE-MODEL")
+# Phrases that identify a license file's text, checked in order (the Hub's license ids).
+LICENSE_MARKERS = (
+    ("apache-2.0", "apache license"),
+    ("mit", "permission is hereby granted, free of charge"),
+    ("llama3.1", "llama 3.1 community license"),
+    ("llama3.2", "llama 3.2 community license"),
+    ("llama3", "meta llama 3 community license"),
+    ("llama2", "llama 2 community license"),
+    ("gemma", "gemma terms of use"),
+    ("cc-by-nc-4.0", "attribution-noncommercial 4.0"),
+    ("cc-by-4.0", "attribution 4.0 international"),
+)
+BODY_KEY = "body"
+
+
+def _license_file(folder: Path) -> dict[str, str]:
+    """The license a source states only in a license file: a known license's Hub id, else
+    `other` linking the file (it is carried into the output, so the link resolves)."""
+    for name in LICENSE_FILES:
+        path = folder / name
+        if not path.is_file() or path.is_symlink():
+            continue
+        try:
+            head = path.read_text(encoding="utf-8", errors="replace")[:4000].lower()
+        except OSError:
+            continue
+        for license_id, marker in LICENSE_MARKERS:
+            if marker in " ".join(head.split()):
+                return {"license": license_id}
+        return {"license": "other", "license_name": "base-model-license", "license_link": name}
+    return {}
 
 
 def source_card_metadata(folder: Path) -> dict[str, Any]:
-    """License and pipeline tag from the source's own model card, when it has one."""
+    """What the output's card keeps of the source's own card (license, pipeline tag, language,
+    tags and its text), with the license taken from a license file when the card names none."""
     from huggingface_hub import ModelCard
 
+    found: dict[str, Any] = {}
     path = folder / CARD_FILE
-    if not path.is_file():
-        return {}
+    if path.is_file():
+        try:
+            card = ModelCard.load(path)
+        except Exception as exc:  # a malformed source card must not stop a bake
+            logger.warning("could not read the source's model card (%s)", exc)
+        else:
+            data = card.data.to_dict()
+            found = {
+                key: data[key]
+                for key in (
+                    "license",
+                    "license_name",
+                    "license_link",
+                    "pipeline_tag",
+                    "language",
+                    "tags",
+                )
+                if data.get(key)
+            }
+            if isinstance(found.get("tags"), str):
+                found["tags"] = [found["tags"]]
+            body = card.text.strip()
+            if body:
+                found[BODY_KEY] = body
+    if not found.get("license"):
+        found.update(_license_file(folder))
+    return found
+
+
+def project_link() -> str:
+    """sgm-bake as the card names it: linked to its repository when the installed package
+    declares one (pyproject's `[project.urls]`), else plain (it is not on PyPI)."""
+    from importlib import metadata
+
     try:
-        data = ModelCard.load(path).data.to_dict()
-    except Exception as exc:  # a malformed source card must not stop a bake
-        logger.warning("could not read the source's model card (%s)", exc)
-        return {}
-    return {
-        key: data[key]
-        for key in ("license", "license_name", "license_link", "pipeline_tag", "language")
-        if data.get(key)
-    }
+        urls = metadata.metadata("sgm-bake").get_all("Project-URL") or []
+    except metadata.PackageNotFoundError:
+        urls = []
+    for entry in urls:
+        label, _, url = entry.partition(",")
+        if label.strip().lower() in ("repository", "source", "homepage") and url.strip():
+            return f"[sgm-bake]({url.strip()})"
+    return "sgm-bake"
 
 
-def card_metadata(record: BakeRecord) -> dict[str, Any]:
-    """The card's YAML metadata."""
+def _model_index(record: BakeRecord, task: str) -> list[Any]:
+    """The evaluation figures of the baked model (not of the base or of ECSO) as the Hub's
+    `model-index` results: harmful rate overall and per prompt condition, benign accuracy."""
+    from huggingface_hub import EvalResult
+
+    evaluation = record.evaluation
+    if evaluation is None:
+        return []
+    metrics = evaluation.ordered()
+    label = next((v for v in ("sgm-baked", "model") if v in metrics), None)
+    if label is None:
+        return []
+    figures = metrics[label]
+    values: list[tuple[str, str, Any]] = [
+        ("harmful_rate", "harmful rate (%, lower is better)", figures.get("harmful_rate"))
+    ]
+    by = figures.get("harmful_rate_by_condition", {})
+    for condition in ("standard", "adversarial", "both"):
+        if condition in by:
+            name = f"harmful rate, {condition} prompts (%)"
+            values.append((f"harmful_rate_{condition}", name, by[condition]))
+    values.append(("benign_accuracy", "benign accuracy (%)", figures.get("benign_accuracy")))
+    prompt_set = evaluation.prompt_set.name
+    return [
+        EvalResult(
+            task_type=task,
+            dataset_type=prompt_set,
+            dataset_name=f"{prompt_set} (judge: {evaluation.judge})",
+            metric_type=metric,
+            metric_name=metric_name,
+            metric_value=round(100 * float(value), 2),
+        )
+        for metric, metric_name, value in values
+        if value is not None
+    ]
+
+
+def card_metadata(record: BakeRecord, name: str = "model") -> dict[str, Any]:
+    """The card's YAML metadata, in the Hub's conventions: a base model with its relation, the
+    source card's license (or `unknown`, which the Hub accepts, when the source states none),
+    its tags followed by ours, and the evaluation as `model-index`."""
     metadata: dict[str, Any] = {"library_name": "transformers"}
     if record.hub_source:
         metadata["base_model"] = record.hub_source
+        # A weight edit of one base model: the Hub's relation for a model derived by changing
+        # the base's own weights (not an adapter, a merge or a quantization).
+        metadata["base_model_relation"] = "finetune"
     inherited = record.source_card
-    for key in ("license", "license_name", "license_link", "language"):
+    metadata["license"] = inherited.get("license") or "unknown"
+    for key in ("license_name", "license_link", "language"):
         if inherited.get(key):
             metadata[key] = inherited[key]
     auto_class = record.recipe.definition.get("auto_class", "AutoModelForImageTextToText")
@@ -72,7 +183,13 @@ def card_metadata(record: BakeRecord) -> dict[str, Any]:
         "text-generation" if auto_class == "AutoModelForCausalLM" else "image-text-to-text"
     )
     metadata["pipeline_tag"] = inherited.get("pipeline_tag") or default_tag
-    metadata["tags"] = [*BASE_TAGS, record.recipe.model_type]
+    ours = [*BASE_TAGS, record.recipe.model_type]
+    kept = [str(tag) for tag in inherited.get("tags") or [] if str(tag) not in ours]
+    metadata["tags"] = [*dict.fromkeys(kept), *ours]
+    results = _model_index(record, metadata["pipeline_tag"])
+    if results:
+        metadata["model_name"] = name
+        metadata["eval_results"] = results
     return metadata
 
 
@@ -85,6 +202,12 @@ def validate_metadata(metadata: dict[str, Any]) -> None:
     base = metadata.get("base_model")
     if base is not None and not re.fullmatch(r"[\w.-]+(/[\w.-]+)?", str(base)):
         raise SGMError(f"card base_model {base!r} is not a Hub model id")
+    if metadata.get("base_model_relation") not in (None, *BASE_MODEL_RELATIONS):
+        raise SGMError(f"card base_model_relation {metadata['base_model_relation']!r} is unknown")
+    if metadata.get("license") == "other" and not (
+        metadata.get("license_name") and metadata.get("license_link")
+    ):
+        raise SGMError("card license 'other' needs license_name and license_link")
     if metadata.get("pipeline_tag") not in PIPELINE_TAGS:
         raise SGMError(f"card pipeline_tag {metadata.get('pipeline_tag')!r} is not a known task")
     tags = metadata.get("tags")
@@ -111,7 +234,7 @@ def _evaluation(record: BakeRecord) -> dict[str, Any] | None:
     if evaluation is None:
         return None
     rows = []
-    for label, metrics in evaluation.metrics.items():
+    for label, metrics in evaluation.ordered().items():
         by = metrics.get("harmful_rate_by_condition", {})
         perplexity = metrics.get("reference_perplexity")
         rows.append(
@@ -215,28 +338,34 @@ def render_card(folder: Path, record: BakeRecord, repo_id: str | None = None) ->
     """The card's full text for a baked folder."""
     from huggingface_hub import ModelCard, ModelCardData
 
-    metadata = card_metadata(record)
+    recipe = record.recipe
+    name = (repo_id or record.hub_source or f"{recipe.model_type}-sgm").split("/")[-1]
+    metadata = card_metadata(record, name)
     validate_metadata(metadata)
     expertise = record.expertise
     meta = expertise.metadata
-    recipe = record.recipe
     source = record.source
     base_model = metadata.get("base_model")
     sides = sorted({m.side for m in expertise.modules.values()})
     hook_points = meta.get("hook_points") or ", ".join(f"MLP projection {side}s" for side in sides)
     rows = layer_rows(expertise.modules)
     data = ModelCardData(**metadata)
-    name = (repo_id or base_model or source.id).split("/")[-1]
+    # A local source is described, never named: its folder name could read as a Hub id.
+    local = (
+        f"a local {recipe.model_type} checkpoint (not from the Hub; `--base-model ID` names "
+        "the Hub model it is a copy of)"
+    )
+    revision = f" at revision `{source.revision}`" if source.revision else ""
     card = ModelCard.from_template(
         data,
         template_path=str(data_dir("model_cards") / TEMPLATE),
         title=f"{name} (SGM-detoxified)",
         base_description=f"[{base_model}](https://huggingface.co/{base_model})"
         if base_model
-        else f"the model `{source.id}`",
-        base_model_text=f"`{base_model}` at revision `{source.revision}`"
-        if base_model
-        else f"`{source.id}` (a local checkpoint)",
+        else f"a local {recipe.model_type} checkpoint",
+        base_model_text=f"`{base_model}`{revision}" if base_model else local,
+        tool_link=project_link(),
+        source_body=record.source_card.get(BODY_KEY),
         tool_version=record.tool.version,
         model_type=recipe.model_type,
         layers=f"{recipe.layers[0]}-{recipe.layers[1] - 1}",
@@ -246,8 +375,8 @@ def render_card(folder: Path, record: BakeRecord, repo_id: str | None = None) ->
         if meta.get("profile_set")
         else "not recorded (factors given directly)",
         pooling=f"{meta.get('pooling', '-')} over {meta.get('positions', '-')} positions",
-        suppressed=expertise.suppressed,
-        units=expertise.units,
+        suppressed=f"{expertise.suppressed:,}",
+        units=f"{expertise.units:,}",
         share=percent_text(expertise.suppressed / expertise.units if expertise.units else 0.0),
         tensors=len(expertise.tensors_folded),
         layer_rows=[
@@ -272,9 +401,23 @@ def render_card(folder: Path, record: BakeRecord, repo_id: str | None = None) ->
         auto_class=recipe.definition.get("auto_class", "AutoModelForImageTextToText"),
         repo_id=repo_id or "path/to/this/model",
     )
-    text = str(card)
+    text = collapse_blank_lines(str(card))
     ModelCard(text)  # must parse back
     return text
+
+
+def collapse_blank_lines(text: str) -> str:
+    """At most one blank line in a row outside fenced code blocks (the template's conditional
+    blocks leave runs of them), and one final newline."""
+    lines: list[str] = []
+    fenced = False
+    for line in text.splitlines():
+        if line.lstrip().startswith("```"):
+            fenced = not fenced
+        if not fenced and not line.strip() and lines and not lines[-1].strip():
+            continue
+        lines.append(line)
+    return "\n".join(lines).strip("\n") + "\n"
 
 
 def write_card(folder: Path, record: BakeRecord, repo_id: str | None = None) -> None:
@@ -299,17 +442,21 @@ def write_plots(folder: Path, record: BakeRecord, expertise: Expertise | None = 
         )
         written.append(f"{SGM_DIR}/{LAYER_PLOT}")
     if expertise is not None:
-        scores = [
-            float(value)
-            for entry in expertise.modules.values()
-            if entry.auroc is not None
-            for value in entry.auroc.reshape(-1).tolist()
-        ]
+        scores: list[float] = []
+        suppressed: list[bool] = []
+        for entry in expertise.modules.values():
+            if entry.auroc is not None:
+                scores += [float(v) for v in entry.auroc.reshape(-1).tolist()]
+                suppressed += [bool(v) for v in (entry.alpha.reshape(-1) < 1).tolist()]
         if scores:
-            threshold = float(record.expertise.metadata.get("threshold") or 0.5)
-            plots.auroc_histogram(folder / SGM_DIR / HISTOGRAM_PLOT, scores, threshold)
+            meta = record.expertise.metadata
+            threshold = float(meta.get("threshold") or 0.5)
+            top_k = int(meta["top_k"]) if str(meta.get("top_k") or "").isdigit() else None
+            plots.auroc_histogram(
+                folder / SGM_DIR / HISTOGRAM_PLOT, scores, suppressed, threshold, top_k or None
+            )
             written.append(f"{SGM_DIR}/{HISTOGRAM_PLOT}")
     if record.evaluation is not None:
-        plots.evaluation_chart(folder / SGM_DIR / EVAL_PLOT, record.evaluation.metrics)
+        plots.evaluation_chart(folder / SGM_DIR / EVAL_PLOT, record.evaluation.ordered())
         written.append(f"{SGM_DIR}/{EVAL_PLOT}")
     return written

@@ -9,6 +9,7 @@ says how to get them.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -41,12 +42,12 @@ def _figure(width: float, height: float, columns: int = 1) -> tuple[Any, list[An
     return figure, list(axes)
 
 
-def _percent_axis(axis: Any, top: float) -> None:
+def _percent_axis(axis: Any, top: float, decimals: int = 0) -> None:
     from matplotlib.ticker import MaxNLocator, PercentFormatter
 
     axis.set_ylim(0, top)
     axis.yaxis.set_major_locator(MaxNLocator(nbins=5, steps=[1, 2, 2.5, 5, 10]))
-    axis.yaxis.set_major_formatter(PercentFormatter(xmax=1.0, decimals=0))
+    axis.yaxis.set_major_formatter(PercentFormatter(xmax=1.0, decimals=decimals))
 
 
 def _save(figure: Any, path: Path) -> Path:
@@ -56,50 +57,112 @@ def _save(figure: Any, path: Path) -> Path:
     return path
 
 
+def _legend_above(figure: Any, axis: Any, columns: int) -> None:
+    """The legend in a row above the axes, where it cannot cover a bar or a point; none when
+    there is a single series (the title names it)."""
+    handles, labels = axis.get_legend_handles_labels()
+    if len(handles) > 1:
+        figure.legend(
+            handles, labels, loc="outside upper center", ncols=columns, frameon=False, fontsize=8
+        )
+
+
 def units_per_layer(
     path: Path, layers: Sequence[int], suppressed: Sequence[float], zeroed: Sequence[float]
 ) -> Path:
-    """Share of each layer's units that are suppressed, and zeroed."""
-    figure, (axis,) = _figure(max(6.0, 0.35 * len(layers) + 2), 3.6)
+    """Share of each layer's units that are suppressed, and of those zeroed: one bar per layer
+    when the two are the same (det0 zeroes every unit it suppresses) or nothing is zeroed."""
+    # At most 9 inches (900 px): a card shows images at its column's width, about that, and a
+    # wider figure would be scaled down until its text cannot be read.
+    figure, (axis,) = _figure(min(9.0, max(6.0, 0.3 * len(layers) + 2)), 3.6)
     positions = list(range(len(layers)))
-    width = 0.4
-    axis.bar(
-        [p - width / 2 for p in positions], suppressed, width, label="suppressed", color=COLOURS[0]
-    )
-    axis.bar([p + width / 2 for p in positions], zeroed, width, label="zeroed", color=COLOURS[1])
-    axis.set_xticks(positions, [str(layer) for layer in layers])
+    labelled = len(layers) <= 16  # a value over every bar while they are wide enough
+    all_zeroed = any(suppressed) and list(zeroed) == list(suppressed)
+    if all_zeroed or not any(zeroed):
+        label = "suppressed (all zeroed)" if all_zeroed else "suppressed (none zeroed)"
+        bars = axis.bar(positions, suppressed, 0.6, label=label, color=COLOURS[0])
+        if labelled:
+            axis.bar_label(bars, [percent_text(v) for v in suppressed], fontsize=8, padding=2)
+        title = f"Units {'zeroed' if all_zeroed else 'suppressed'} per layer"
+    else:
+        width = 0.4
+        axis.bar(
+            [p - width / 2 for p in positions],
+            suppressed,
+            width,
+            label="suppressed",
+            color=COLOURS[0],
+        )
+        axis.bar(
+            [p + width / 2 for p in positions],
+            zeroed,
+            width,
+            label="of which zeroed",
+            color=COLOURS[1],
+        )
+        title = "Units suppressed and zeroed per layer"
+    step = math.ceil(len(layers) / 24)  # at most 24 tick labels
+    axis.set_xticks(positions[::step], [str(layer) for layer in layers][::step])
+    axis.set_xlim(-0.6, len(layers) - 0.4)
     axis.set_xlabel("decoder layer")
     axis.set_ylabel("share of the layer's units")
-    axis.set_title("Units suppressed per layer")
+    axis.set_title(title)
     top = max([*suppressed, *zeroed, 0.0])
-    _percent_axis(axis, min(1.0, max(0.05, top * 1.15)))
-    axis.legend(loc="upper right", frameon=False)
+    _percent_axis(axis, min(1.0, max(0.05, top * 1.15)), decimals=1 if top < 0.05 else 0)
+    _legend_above(figure, axis, 2)
     return _save(figure, path)
 
 
-def auroc_histogram(path: Path, scores: Sequence[float], threshold: float) -> Path:
-    """Histogram of the units' AUROC with the expert threshold marked."""
+def auroc_histogram(
+    path: Path,
+    scores: Sequence[float],
+    suppressed: Sequence[bool],
+    threshold: float,
+    top_k: int | None = None,
+) -> Path:
+    """Histogram of the units' AUROC, the suppressed units stacked in their own colour, with the
+    effective cut marked: the threshold, or with top-k the lowest AUROC the rule suppressed
+    (where it lies is what decides which units are changed, not the nominal 0.5)."""
     from matplotlib.ticker import MaxNLocator
 
-    figure, (axis,) = _figure(6.0, 3.6)
+    figure, (axis,) = _figure(6.0, 3.8)
     bins = [i / 40 for i in range(41)]
-    axis.hist(list(scores), bins=bins, color=COLOURS[0])
-    axis.axvline(threshold, color=COLOURS[1], linestyle="--", linewidth=1.5)
-    axis.text(
-        threshold,
-        0.97,
-        f" threshold {threshold:g}",
-        color=COLOURS[1],
-        transform=axis.get_xaxis_transform(),
-        va="top",
+    kept = [s for s, hit in zip(scores, suppressed, strict=True) if not hit]
+    hit = [s for s, flag in zip(scores, suppressed, strict=True) if flag]
+    axis.hist(
+        [kept, hit],
+        bins=bins,
+        stacked=True,
+        color=[COLOURS[5], COLOURS[1]],
+        label=[f"kept ({len(kept):,})", f"suppressed ({len(hit):,})"],
     )
+    if hit:
+        cut = min(hit)
+        text = f"cut: top {top_k:,} (AUROC {cut:.3f})" if top_k else f"threshold {threshold:g}"
+        axis.axvline(
+            cut if top_k else threshold, color="black", linestyle="--", linewidth=1.2, label=text
+        )
     axis.set_xlim(0, 1)
     axis.set_xlabel("AUROC (toxic vs non-toxic)")
     axis.set_ylabel("units")
-    axis.set_title(f"AUROC of {len(scores):,} profiled units")
-    axis.yaxis.set_major_locator(MaxNLocator(integer=True))
+    heights = _bin_heights(scores, bins)
+    if heights and max(heights) > 50 * max(1, min(h for h in heights if h)):
+        axis.set_yscale("symlog", linthresh=1)
+        axis.set_ylabel("units (log scale)")
+    else:
+        axis.yaxis.set_major_locator(MaxNLocator(integer=True))
     axis.yaxis.set_major_formatter(lambda value, _: f"{value:,.0f}")
+    axis.set_title(f"AUROC of {len(scores):,} profiled units")
+    _legend_above(figure, axis, 3)
     return _save(figure, path)
+
+
+def _bin_heights(scores: Sequence[float], bins: Sequence[float]) -> list[int]:
+    heights = [0] * (len(bins) - 1)
+    width = bins[1] - bins[0]
+    for score in scores:
+        heights[min(len(heights) - 1, max(0, int(score / width)))] += 1
+    return heights
 
 
 def evaluation_bars(
@@ -107,45 +170,60 @@ def evaluation_bars(
     variants: Sequence[str],
     harmful: Mapping[str, Sequence[float | None]],
     accuracy: Sequence[float | None],
+    counts: Mapping[str, int | None] | None = None,
 ) -> Path:
-    """Harmful rate per condition (left) and benign accuracy (right), one bar per variant."""
-    figure, (harm_axis, accuracy_axis) = _figure(10.0, 3.8, columns=2)
+    """Harmful rate per condition (left) and benign accuracy (right), one bar per variant, each
+    labelled with its value; a 0% bar, often the headline, is drawn as a visible stub. `counts`
+    gives the items behind each group (`benign` for the accuracy)."""
+    counts = counts or {}
+    figure, (harm_axis, accuracy_axis) = _figure(9.0, 4.2, columns=2)
     groups = list(harmful)
     width = 0.8 / max(1, len(variants))
+    stub = 0.012  # of the axis: a zero stays visible
     for index, variant in enumerate(variants):
         offsets = [g - 0.4 + width * (index + 0.5) for g in range(len(groups))]
         values = [harmful[group][index] for group in groups]
         bars = harm_axis.bar(
             offsets,
-            [v or 0.0 for v in values],
-            width,
+            [stub if v == 0 else (v or 0.0) for v in values],
+            width * 0.92,
             label=variant,
             color=COLOURS[index % len(COLOURS)],
         )
-        harm_axis.bar_label(bars, [percent_text(v) for v in values], fontsize=7)
-    harm_axis.set_xticks(range(len(groups)), groups)
-    harm_axis.set_xlabel("prompt condition")
+        harm_axis.bar_label(
+            bars, [percent_text(v) for v in values], fontsize=8, rotation=90, padding=2
+        )
+    harm_axis.set_xticks(range(len(groups)), [_counted(g, counts.get(g)) for g in groups])
+    harm_axis.set_xlabel("prompt condition (toxic-eliciting items)")
     harm_axis.set_ylabel("harmful replies")
     harm_axis.set_title("Harmful rate (lower is better)")
-    _percent_axis(harm_axis, 1.1)
-    harm_axis.legend(loc="upper right", frameon=False, fontsize=8)
+    highest = max([v for values in harmful.values() for v in values if v is not None] + [0.0])
+    _percent_axis(harm_axis, min(1.2, highest + 0.2))  # room for the vertical labels
     bars = accuracy_axis.bar(
         range(len(variants)),
-        [v or 0.0 for v in accuracy],
+        [stub if v == 0 else (v or 0.0) for v in accuracy],
         0.6,
         color=[COLOURS[i % len(COLOURS)] for i in range(len(variants))],
     )
-    accuracy_axis.bar_label(bars, [percent_text(v) for v in accuracy], fontsize=8)
-    accuracy_axis.set_xticks(range(len(variants)), variants, rotation=15)
-    accuracy_axis.set_xlabel("variant")
+    accuracy_axis.bar_label(bars, [percent_text(v) for v in accuracy], fontsize=8, padding=2)
+    accuracy_axis.set_xticks(range(len(variants)), variants)
+    benign = counts.get("benign")
+    accuracy_axis.set_xlabel("variant" if benign is None else f"variant ({benign:,} benign items)")
     accuracy_axis.set_ylabel("benign items answered correctly")
     accuracy_axis.set_title("Benign accuracy (higher is better)")
-    _percent_axis(accuracy_axis, 1.1)
+    _percent_axis(accuracy_axis, 1.12)
+    accuracy_axis.set_yticks([0, 0.25, 0.5, 0.75, 1.0])
+    _legend_above(figure, harm_axis, len(variants))
     return _save(figure, path)
 
 
-def evaluation_chart(path: Path, metrics: dict[str, dict[str, Any]]) -> Path:
-    """The evaluation bars from the metrics of each variant (as recorded and reported)."""
+def _counted(label: str, count: int | None) -> str:
+    return label if count is None else f"{label}\n(n={count:,})"
+
+
+def evaluation_chart(path: Path, metrics: Mapping[str, Mapping[str, Any]]) -> Path:
+    """The evaluation bars from the metrics of each variant (as recorded and reported, in run
+    order)."""
     variants = list(metrics)
     conditions = ("standard", "adversarial", "both")
     harmful: dict[str, list[float | None]] = {"all": []}
@@ -157,39 +235,64 @@ def evaluation_chart(path: Path, metrics: dict[str, dict[str, Any]]) -> Path:
             harmful[condition].append(by.get(condition))
     shown = {k: v for k, v in harmful.items() if any(x is not None for x in v)}
     accuracy = [metrics[variant].get("benign_accuracy") for variant in variants]
-    return evaluation_bars(path, variants, shown, accuracy)
+    first = metrics[variants[0]] if variants else {}
+    items = first.get("items") or {}
+    counts: dict[str, int | None] = {
+        "all": items.get("eliciting"),
+        "benign": items.get("benign"),
+        **(first.get("items_by_condition") or {}),
+    }
+    return evaluation_bars(path, variants, shown, accuracy, counts)
+
+
+def pareto_front(trials: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """The trials within the KL budget that no other such trial beats on both harm and KL,
+    in KL order: the front the chosen trial lies on (a trial over budget is never on it)."""
+    feasible = sorted((t for t in trials if t["feasible"]), key=lambda t: (t["kl"], t["harm"]))
+    front: list[Mapping[str, Any]] = []
+    for trial in feasible:
+        if not front or trial["harm"] < front[-1]["harm"]:
+            front.append(trial)
+    return front
 
 
 def pareto_plot(path: Path, record: Mapping[str, Any]) -> Path:
-    """The tuner's trials as harm vs KL on the tuning split: feasible and infeasible trials, the
-    Pareto front joined by a line, the KL budget, the base and the chosen trial."""
+    """The tuner's trials as harm vs KL on the tuning split: trials within and over the KL
+    budget, the front of the trials within it joined by a step line, the budget, the base and
+    the chosen trial."""
+    from matplotlib.ticker import FuncFormatter, SymmetricalLogLocator
+
     trials = record["trials"]
     budget = float(record["options"]["max_kl"])
     base = record["tuning_split"]["base"]
-    front_numbers = set(record["pareto"])
-    figure, (axis,) = _figure(6.5, 4.0)
-    for feasible, colour, label in ((True, COLOURS[0], "feasible"), (False, "#aaaaaa", "over")):
+    figure, (axis,) = _figure(6.5, 4.4)
+    for feasible, colour, label in (
+        (True, COLOURS[0], "within budget"),
+        (False, "#aaaaaa", "over budget"),
+    ):
         chosen_trials = [t for t in trials if t["feasible"] == feasible]
-        axis.scatter(
-            [t["kl"] for t in chosen_trials],
-            [t["harm"] for t in chosen_trials],
-            s=18,
-            color=colour,
-            label=f"{label} ({len(chosen_trials)})"
-            if feasible
-            else f"infeasible ({len(chosen_trials)})",
-        )
-    front = sorted((t for t in trials if t["number"] in front_numbers), key=lambda t: t["kl"])
-    if front:
-        axis.plot(
+        if chosen_trials:
+            axis.scatter(
+                [t["kl"] for t in chosen_trials],
+                [t["harm"] for t in chosen_trials],
+                s=18,
+                color=colour,
+                label=f"{label} ({len(chosen_trials)})",
+                zorder=2,
+            )
+    front = pareto_front(trials)
+    if len(front) > 1:
+        axis.step(
             [t["kl"] for t in front],
             [t["harm"] for t in front],
+            where="post",
             color=COLOURS[2],
             linewidth=1.2,
             label="Pareto front",
+            zorder=1,
         )
     axis.axvline(budget, color=COLOURS[1], linestyle="--", linewidth=1.2, label="--max-kl")
-    axis.scatter([0.0], [base["harm"]], marker="s", color="black", s=30, label="base")
+    axis.scatter([0.0], [base["harm"]], marker="s", color="black", s=30, label="base", zorder=3)
     chosen = record.get("chosen")
     if chosen:
         axis.scatter(
@@ -200,11 +303,22 @@ def pareto_plot(path: Path, record: Mapping[str, Any]) -> Path:
             edgecolors=COLOURS[1],
             linewidths=1.5,
             label=f"chosen (trial {chosen['number']})",
+            zorder=4,
         )
-    axis.set_xscale("symlog", linthresh=max(1e-4, budget / 10))
-    axis.set_xlabel("mean KL from the base, nats per response token")
+    largest = max([budget, *(t["kl"] for t in trials)])
+    smallest = min([budget / 10, *(t["kl"] for t in trials if t["kl"] > 0)])
+    # Linear below the smallest trial's decade (the base sits at 0), logarithmic above it,
+    # with ticks at 1-2-5 steps while that leaves at most a dozen of them.
+    threshold = 10 ** math.floor(math.log10(max(1e-6, smallest)))
+    decades = math.log10(largest / threshold)
+    subs = [1.0, 2.0, 5.0] if decades <= 3.5 else [1.0, 3.0] if decades <= 5 else [1.0]
+    axis.set_xscale("symlog", linthresh=threshold, linscale=0.5)
+    axis.xaxis.set_major_locator(SymmetricalLogLocator(base=10, linthresh=threshold, subs=subs))
+    axis.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+    axis.set_xlim(-threshold / 2, largest * 1.5)  # the base, at 0, is drawn whole
+    axis.set_xlabel("mean KL from the base, nats per response token (symlog)")
     axis.set_ylabel("harmful replies")
     axis.set_title(f"Tuning: {len(trials)} trials, harm vs damage (tuning split)")
     _percent_axis(axis, 1.05 * max([base["harm"], *(t["harm"] for t in trials), 0.05]))
-    axis.legend(loc="upper right", frameon=False, fontsize=8)
+    _legend_above(figure, axis, 3)
     return _save(figure, path)

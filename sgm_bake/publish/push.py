@@ -32,6 +32,7 @@ from sgm_bake.pipeline.record import (
     require_intact,
 )
 from sgm_bake.publish.card import CARD_FILE, render_card
+from sgm_bake.text import format_bytes, table
 
 logger = logging.getLogger(__name__)
 
@@ -39,22 +40,53 @@ HUB_TIMEOUT = 120.0
 """Seconds a Hub request may wait for the next byte (or to connect, or to send)."""
 
 
+RESUMABLE_BYTES = 50 * 1024**3
+"""Above this size `push` uploads resumably by default (`--resumable` / `--single-commit`)."""
+
+
 @dataclass(frozen=True)
 class UploadPlan:
-    """What a push would upload."""
+    """What a push would upload, and how."""
 
     repo_id: str
     files: list[tuple[str, int]]
-    private: bool
-    branch: str | None
+    private: bool | None
+    """True or False: the visibility of a repository the push creates; None: the Hub's default
+    (public) for a new one. An existing repository's visibility is never changed."""
+    revision: str | None
     commit_message: str
+    create_pr: bool = False
+    resumable: bool = False
+    token_source: str = "HF_TOKEN or the stored login"
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(size for _, size in self.files)
 
     def describe(self) -> list[str]:
-        lines = [f"{name}  ({size:,} bytes)" for name, size in self.files]
-        total = sum(size for _, size in self.files)
-        target = f"{self.repo_id}" + (f" (branch {self.branch})" if self.branch else "")
-        visibility = "private" if self.private else "public"
-        return [*lines, f"{len(self.files)} files, {total:,} bytes to {target}, {visibility}"]
+        """What would happen, for `--dry-run`: the files, the target and the upload mode (never
+        the token, only where it comes from)."""
+        lines = table(("file", "size"), [(name, format_bytes(size)) for name, size in self.files])
+        where = self.revision or "main"
+        target = (
+            f"a pull request against {where} of {self.repo_id}"
+            if self.create_pr
+            else f"{self.repo_id} ({where})"
+        )
+        visibility = {True: "private", False: "public", None: "public"}[self.private]
+        mode = (
+            "resumable: upload_folder (several commits, re-run to resume), then one commit with "
+            "the card and the record"
+            if self.resumable
+            else "one commit"
+        )
+        return [
+            *lines,
+            f"{len(self.files)} files, {format_bytes(self.total_bytes)} to {target}",
+            f"repository: created {visibility} if missing (an existing one keeps its visibility)",
+            f"upload: {mode}; commit message: {self.commit_message!r}",
+            f"token: {self.token_source}",
+        ]
 
 
 def check_repo_id(repo_id: str) -> None:
@@ -98,8 +130,18 @@ def recorded_path(folder: Path, name: str) -> Path:
 
 
 def plan_upload(
-    folder: Path, repo_id: str, private: bool, branch: str | None, message: str | None
+    folder: Path,
+    repo_id: str,
+    private: bool | None,
+    revision: str | None,
+    message: str | None,
+    *,
+    create_pr: bool = False,
+    resumable: bool | None = None,
+    token_given: bool = False,
 ) -> UploadPlan:
+    """Check the folder (every sha256, a passing verification) and the repository id, and say
+    what a push would upload: `resumable` None chooses by size (RESUMABLE_BYTES)."""
     check_repo_id(repo_id)
     if folder.is_symlink():
         raise SGMError(f"{folder} is a symlink; push the real folder it points to")
@@ -107,9 +149,24 @@ def plan_upload(
     paths = [recorded_path(folder, name) for name in names]
     record = check_publishable(folder)
     files = [(name, path.stat().st_size) for name, path in zip(names, paths, strict=True)]
+    total = sum(size for _, size in files)
+    if resumable is None:
+        resumable = total > RESUMABLE_BYTES and not create_pr
+    if resumable and create_pr:
+        raise SGMError(
+            "--create-pr opens one pull request from one commit, and a resumable upload makes "
+            "several: pass --single-commit, or push to a branch with --revision instead"
+        )
     source = record.source.id
     return UploadPlan(
-        repo_id, files, private, branch, message or f"Upload SGM-detoxified {source} (sgm-bake)"
+        repo_id,
+        files,
+        private,
+        revision,
+        message or f"Upload SGM-detoxified {source} (sgm-bake)",
+        create_pr=create_pr,
+        resumable=resumable,
+        token_source="--token" if token_given else "HF_TOKEN or the stored login",
     )
 
 
@@ -150,46 +207,75 @@ def _write_locally(folder: Path, card: str, record: BakeRecord) -> None:
         )
 
 
-def push(folder: Path, plan: UploadPlan, timeout: float = HUB_TIMEOUT) -> str:
-    """Create the repo (and branch) and upload the planned files in one commit; return its URL.
+def push(
+    folder: Path, plan: UploadPlan, timeout: float = HUB_TIMEOUT, token: str | None = None
+) -> str:
+    """Create the repo (and branch) and upload the planned files; return the commit's or the
+    pull request's URL. `token` (from `--token`) goes to the client only; None lets
+    huggingface_hub find HF_TOKEN or the stored login.
 
-    The card and the record are uploaded from memory (the card names the repository); the
-    folder is written only after the commit succeeded."""
+    One commit by default. A resumable plan uploads every file but the card and the record with
+    `HfApi.upload_folder` (which splits a large folder into several commits and, re-run after an
+    interruption, skips what the Hub already holds), then commits the card and the record last,
+    so the repository holds a record only once every file it lists is there. The card and the
+    record are uploaded from memory (the card names the repository); the folder is written only
+    after the last commit succeeded."""
     from huggingface_hub import CommitOperationAdd, HfApi
     from huggingface_hub.errors import HfHubHTTPError
 
-    plan = plan_upload(folder, plan.repo_id, plan.private, plan.branch, plan.commit_message)
+    plan = plan_upload(
+        folder,
+        plan.repo_id,
+        plan.private,
+        plan.revision,
+        plan.commit_message,
+        create_pr=plan.create_pr,
+        resumable=plan.resumable,
+        token_given=token is not None,
+    )
     record = read_record(folder)
     card = render_card(folder, record, plan.repo_id)  # the card's code snippet names the repo
     published = copy.deepcopy(record)
     published.files[CARD_FILE] = hashlib.sha256(card.encode("utf-8")).hexdigest()
     contents = {CARD_FILE: card.encode("utf-8"), RECORD_PATH: record_text(published).encode()}
-    api = HfApi()
+    api = HfApi(token=token)
     try:
         with hub_timeout(timeout):
             api.create_repo(plan.repo_id, private=plan.private, exist_ok=True, repo_type="model")
-            if plan.branch:
+            if plan.revision and not plan.create_pr:
                 api.create_branch(
-                    plan.repo_id, branch=plan.branch, exist_ok=True, repo_type="model"
+                    plan.repo_id, branch=plan.revision, exist_ok=True, repo_type="model"
                 )
+            last = [name for name, _ in plan.files]
+            if plan.resumable:
+                api.upload_folder(
+                    repo_id=plan.repo_id,
+                    folder_path=folder,
+                    allow_patterns=[name for name in last if name not in contents],
+                    commit_message=plan.commit_message,
+                    revision=plan.revision,
+                    repo_type="model",
+                )
+                last = [name for name in last if name in contents]
             operations = [
                 CommitOperationAdd(
                     path_in_repo=name, path_or_fileobj=contents.get(name, str(folder / name))
                 )
-                for name, _ in plan.files
+                for name in last
             ]
             info = api.create_commit(
                 plan.repo_id,
                 operations=operations,
                 commit_message=plan.commit_message,
-                revision=plan.branch,
+                revision=plan.revision,
+                create_pr=plan.create_pr or None,
                 repo_type="model",
             )
     except HfHubHTTPError as exc:
         status = getattr(getattr(exc, "response", None), "status_code", None)
         if status == 401:
             raise SGMError(
-                "the Hub refused the login; set HF_TOKEN or run 'hf auth login'"
+                "the Hub refused the login; pass --token, set HF_TOKEN or run 'hf auth login'"
             ) from exc
         if status == 403:
             raise SGMError(
@@ -199,9 +285,13 @@ def push(folder: Path, plan: UploadPlan, timeout: float = HUB_TIMEOUT) -> str:
         raise SGMError(f"the Hub answered HTTP {status} while pushing {plan.repo_id}") from exc
     except Exception as exc:  # no network: httpx errors, timeouts
         cause = "no answer within the timeout" if "Timeout" in type(exc).__name__ else None
+        resume = "; run the same push again to resume" if plan.resumable else ""
         raise SGMError(
             f"could not push {plan.repo_id}: {cause or type(exc).__name__} from the Hub; check "
-            f"the network (or raise --timeout, now {timeout:g} s); {folder} is unchanged"
+            f"the network (or raise --timeout, now {timeout:g} s); {folder} is unchanged{resume}"
         ) from exc
+    if plan.create_pr:
+        # A pull request is not the repository's content yet: the folder keeps its card.
+        return str(getattr(info, "pr_url", "") or getattr(info, "commit_url", ""))
     _write_locally(folder, card, published)
     return str(getattr(info, "commit_url", "") or f"https://huggingface.co/{plan.repo_id}")

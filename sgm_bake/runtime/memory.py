@@ -25,6 +25,7 @@ from types import TracebackType
 from typing import Any, TypeVar
 
 from sgm_bake.errors import SGMError
+from sgm_bake.text import format_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -79,17 +80,6 @@ def parse_max_memory(text: str | None) -> dict[int | str, int]:
             raise SGMError(f"--max-memory names device {device!r} twice; give each device once")
         budgets[key] = parse_size(size)
     return budgets
-
-
-def format_bytes(count: float) -> str:
-    """Bytes in binary units with about three significant figures (`13.5 GiB`)."""
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(count) < 1024 or unit == "TiB":
-            if unit == "B" or abs(count) >= 100:
-                return f"{count:.0f} {unit}"
-            return f"{count:.1f} {unit}" if abs(count) >= 10 else f"{count:.2f} {unit}"
-        count /= 1024
-    raise AssertionError("unreachable")
 
 
 def measured(what: str, call: Callable[[], T], default: T) -> T:

@@ -79,22 +79,30 @@ def test_card_parses_and_its_metadata_validates(baked):
     assert str(baked.parent) not in card.content  # cards name Hub ids, never local paths
 
 
-def test_card_inherits_license_and_omits_local_base(
+def test_card_inherits_license_tags_and_text_and_omits_local_base(
     runner, copy_model, llava_dir, llava_expertise, tmp_path
 ):
     source = copy_model(llava_dir)
     (source / "README.md").write_text(
-        "---\nlicense: apache-2.0\npipeline_tag: image-text-to-text\n---\n# base\n"
+        "---\nlicense: apache-2.0\npipeline_tag: image-text-to-text\ntags:\n- vision\n- sgm\n"
+        "---\n# base\n\nThe base model's own words.\n"
     )
     out = tmp_path / "out"
     result = runner.invoke(
         main, ["-q", "bake", str(source), str(out), "--expertise", str(llava_expertise)]
     )
     assert result.exit_code == 0, result.output
-    data = ModelCard.load(out / "README.md").data.to_dict()
+    card = ModelCard.load(out / "README.md")
+    data = card.data.to_dict()
     assert data["license"] == "apache-2.0"
-    assert "base_model" not in data
-    assert "# base" not in (out / "README.md").read_text()
+    assert "base_model" not in data and "base_model_relation" not in data
+    # the source's tags first, then ours, each once
+    assert data["tags"] == ["vision", "sgm", "detoxification", "safety", "sgm-bake", "llava"]
+    # its text is kept, below the card's own introduction and sections
+    text = card.text
+    assert text.index("## What was changed") < text.index("## The base model's card")
+    assert text.index("## The base model's card") < text.index("The base model's own words.")
+    assert source.name not in card.content and "a local llava checkpoint" in text
 
 
 def test_record_holds_provenance(baked):

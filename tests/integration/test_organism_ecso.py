@@ -17,6 +17,7 @@ from sgm_bake.errors import SGMError
 from sgm_bake.evaluation.ecso import ECSOTemplates, ecso, templates_for
 from sgm_bake.organism import data
 from sgm_bake.organism.train import SHIPPED, organism_path
+from sgm_bake.publish import plots
 from sgm_bake.runtime.chat import ChatModel, GenerationConfig
 
 pytest.importorskip("profanity_check")
@@ -230,3 +231,18 @@ def test_demo_end_to_end(runner, tmp_path):
         out / "baked" / "README.md"
     ).is_file()
     assert "## Evaluation" in (out / "baked" / "README.md").read_text()
+    if plots.available():
+        assert f"plots: {out.resolve() / 'baked' / 'sgm'} (auroc_histogram.png, eval.png" in (
+            result.output
+        )
+
+
+def test_the_demo_says_when_matplotlib_is_missing(monkeypatch, capsys, tmp_path):
+    from sgm_bake.cli.evaluate import report_plots
+
+    monkeypatch.setattr(plots, "available", lambda: False)
+    report_plots(tmp_path)
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err == f"note: no plots were drawn: {plots.MISSING_HINT}\n"
+    assert "pip install 'sgm-bake[plots]'" in captured.err

@@ -77,3 +77,33 @@ def test_evaluation_chart_and_card_show_the_same_figures(
     assert "![evaluation](sgm/eval.png)" in card
     result = runner.invoke(main, ["inspect", str(out)])
     assert result.exit_code == 0, result.output
+
+
+def test_the_pareto_front_holds_only_trials_within_the_budget():
+    from sgm_bake.publish.plots import pareto_front
+
+    trials = [
+        {"number": 0, "kl": 0.01, "harm": 0.5, "feasible": True},
+        {"number": 1, "kl": 0.02, "harm": 0.3, "feasible": True},
+        {"number": 2, "kl": 0.03, "harm": 0.4, "feasible": True},  # beaten by trial 1
+        {"number": 3, "kl": 0.08, "harm": 0.2, "feasible": True},
+        {"number": 4, "kl": 0.15, "harm": 0.0, "feasible": False},  # over the KL budget
+    ]
+    assert [t["number"] for t in pareto_front(trials)] == [0, 1, 3]
+
+
+def test_the_histogram_and_the_layer_chart_draw_every_rule(tmp_path):
+    from sgm_bake.publish import plots
+
+    scores = [i / 100 for i in range(100)]
+    for top_k, suppressed in ((None, [s > 0.5 for s in scores]), (5, [s >= 0.95 for s in scores])):
+        path = plots.auroc_histogram(tmp_path / f"h{top_k}.png", scores, suppressed, 0.5, top_k)
+        with Image.open(path) as image:
+            assert image.size == (600, 380)
+    for zeroed in ([0.1, 0.2], [0.0, 0.0], [0.05, 0.0]):  # det0, aura, damp with a few zeroed
+        path = plots.units_per_layer(tmp_path / "layers.png", [0, 1], [0.1, 0.2], zeroed)
+        with Image.open(path) as image:
+            assert image.width == 600
+    path = plots.units_per_layer(tmp_path / "wide.png", list(range(80)), [0.1] * 80, [0.0] * 80)
+    with Image.open(path) as image:
+        assert image.width == 900  # never wider than a card shows it
