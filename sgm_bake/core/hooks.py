@@ -170,7 +170,9 @@ class SGMHooks:
                 continue
             scale = _Scale(units.entry.alpha.to(_weight(module).device))
             if units.side == "output":
-                self._handles.append(module.register_forward_hook(scale.output_hook))
+                # first among the forward hooks: an edit's write (core.edit_hooks) is added
+                # after the scaling, whichever is attached first
+                self._handles.append(module.register_forward_hook(scale.output_hook, prepend=True))
             else:
                 self._handles.append(module.register_forward_pre_hook(scale.input_hook))
         for module, group, factors in experts.values():
