@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -139,10 +140,10 @@ def _rss_anon(pid: int) -> int:
     return 0
 
 
-def measure(command: list[str]) -> tuple[float, int]:
+def measure(command: list[str], env: dict[str, str] | None = None) -> tuple[float, int]:
     """Run a command; return wall seconds and the peak RssAnon of its process tree (sampled)."""
     start = time.perf_counter()
-    process = subprocess.Popen(command)
+    process = subprocess.Popen(command, env=env)
     peak = 0
     done = threading.Event()
 
@@ -202,6 +203,14 @@ def main() -> None:
     parser.add_argument(
         "--full-dtype", default="float32", help="--verify-dtype of the verify --full run"
     )
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        default=None,
+        help="a checkout of an earlier sgm-bake: its default bake runs in the same loop (on "
+        "PYTHONPATH), so a change is measured against it under the same load",
+    )
+    parser.add_argument("--skip-full", action="store_true", help="skip the verify --full run")
     args = parser.parse_args()
 
     source = args.workdir / "source"
@@ -247,6 +256,11 @@ def main() -> None:
         "sgm-bake bake (default: layer-streamed verify)": lambda out: bake(out),
         "sgm-bake bake --no-verify": lambda out: bake(out, "--no-verify"),
     }
+    environments: dict[str, dict[str, str]] = {}
+    if args.baseline is not None:
+        label = f"sgm-bake bake, default, at {args.baseline.name} (baseline)"
+        methods[label] = lambda out: bake(out)
+        environments[label] = {**os.environ, "PYTHONPATH": str(args.baseline.resolve())}
     if not args.skip_naive:
         methods["naive from_pretrained/save_pretrained"] = lambda out: [
             sys.executable,
@@ -262,7 +276,7 @@ def main() -> None:
     for _ in range(args.repeat):
         for label, command in methods.items():
             shutil.rmtree(out, ignore_errors=True)
-            elapsed, peak = measure(command(out))
+            elapsed, peak = measure(command(out), environments.get(label))
             best = results.get(label)
             results[label] = (
                 min(elapsed, best[0]) if best else elapsed,
@@ -273,21 +287,22 @@ def main() -> None:
                 out.rename(kept)
             shutil.rmtree(out, ignore_errors=True)
     record = json.loads((kept / "sgm" / "bake.json").read_text())
-    results["sgm-bake verify --full (once)"] = measure(
-        [
-            sys.executable,
-            "-m",
-            "sgm_bake",
-            "-q",
-            "verify",
-            str(kept),
-            "--full",
-            "--device",
-            "cpu",
-            "--verify-dtype",
-            args.full_dtype,
-        ]
-    )
+    if not args.skip_full:
+        results["sgm-bake verify --full (once)"] = measure(
+            [
+                sys.executable,
+                "-m",
+                "sgm_bake",
+                "-q",
+                "verify",
+                str(kept),
+                "--full",
+                "--device",
+                "cpu",
+                "--verify-dtype",
+                args.full_dtype,
+            ]
+        )
     full_record = json.loads((kept / "sgm" / "bake.json").read_text())
     shutil.rmtree(kept, ignore_errors=True)
 

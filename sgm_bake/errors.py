@@ -9,3 +9,9 @@ from __future__ import annotations
 
 class SGMError(Exception):
     """A problem with the user's input that the user can fix."""
+
+
+class TamperedError(SGMError):
+    """A baked folder no longer matches the sha256 its record holds (changed, missing or
+    unrecorded files). Every command that reads or adds to a baked folder stops on it, with
+    exit code 4, before writing anything."""

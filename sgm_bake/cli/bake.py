@@ -14,6 +14,7 @@ from sgm_bake.cli.common import (
     base_model_option,
     command_line,
     device_option,
+    expert_layout_option,
     expertise_option,
     make_placement,
     overwrite_option,
@@ -55,6 +56,7 @@ def report_verification(out: Path, report: Any) -> None:
         verify_dtype_option,
         placement_options,
         base_model_option,
+        expert_layout_option,
     ]
 )
 @user_errors
@@ -73,24 +75,32 @@ def bake(
     max_memory: str | None,
     offload_folder: Path | None,
     base_model: str | None,
+    expert_layout: str | None,
 ) -> None:
     """Fold the factors of an expertise file into SOURCE and write the checkpoint to OUT.
 
     SOURCE is a local model folder or a Hub model id.
     """
     from sgm_bake.core.expertise import load_expertise
-    from sgm_bake.io.source import resolve_source
     from sgm_bake.pipeline.bake import BakeOptions
     from sgm_bake.pipeline.bake import bake as run_bake
-    from sgm_bake.pipeline.run import verify_output
+    from sgm_bake.pipeline.run import verify_output, warm_up_layer_check
+    from sgm_bake.runtime.loading import resolve_model_source
 
     mode = verify_mode_of(verify_mode, no_verify)
     placement = make_placement(device, device_map, max_memory, offload_folder)
     expertise = load_expertise(expertise_path)
-    resolved = resolve_source(source, revision)
+    resolved = resolve_model_source(source, revision, progress_enabled())
     options = BakeOptions(
-        overwrite, recipe_file, progress_enabled(), command_line(), base_model=base_model
+        overwrite,
+        recipe_file,
+        progress_enabled(),
+        command_line(),
+        base_model=base_model,
+        expert_layout=expert_layout,
     )
+    if mode == "layers":
+        warm_up_layer_check(resolved.path, recipe_file)
     record = run_bake(resolved, out, expertise, options)
     click.echo(
         f"baked {out}: {len(record.expertise.tensors_folded)} tensors folded, "
@@ -142,21 +152,24 @@ def verify_command(
     """Check that OUT reproduces its source run with SGM hooks, and record the figures.
 
     By default each folded MLP block is checked on its own (one block in memory, any model
-    size); --full compares the logits of the whole model."""
+    size); --full compares the logits of the whole model. OUT must still match its recorded
+    sha256 (exit code 4 otherwise, and nothing is written)."""
     placement = make_placement(device, device_map, max_memory, offload_folder)
-    from sgm_bake.io.source import resolve_source
-    from sgm_bake.pipeline.record import read_record
+    from sgm_bake.pipeline.record import require_intact
     from sgm_bake.pipeline.run import verify_output
+    from sgm_bake.runtime.loading import resolve_model_source
 
-    record = read_record(out)
+    record = require_intact(out)
+    progress = progress_enabled()
     if source is None:
         recorded = record.source
         source = recorded.path or recorded.id
         if not source:
             raise SGMError(f"{out}/sgm/bake.json names no source; pass --source")
-        resolved = resolve_source(source, recorded.revision if recorded.kind == "hub" else None)
+        revision = recorded.revision if recorded.kind == "hub" else None
+        resolved = resolve_model_source(source, revision, progress)
     else:
-        resolved = resolve_source(source)
+        resolved = resolve_model_source(source, None, progress)
     report = verify_output(
         out,
         resolved.path,
@@ -164,7 +177,7 @@ def verify_command(
         device,
         mode="full" if full else "layers",
         placement=placement,
-        progress=progress_enabled(),
+        progress=progress,
     )
     report_verification(out, report)
 

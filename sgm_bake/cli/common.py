@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import shlex
 import sys
 from collections.abc import Callable
@@ -13,7 +14,7 @@ from typing import Any, TypeVar
 
 import click
 
-from sgm_bake.errors import SGMError
+from sgm_bake.errors import SGMError, TamperedError
 from sgm_bake.io import interrupts
 from sgm_bake.io.atomic import describe_os_error
 
@@ -35,6 +36,10 @@ def configure_logging(verbose: int, quiet: bool) -> None:
         level = logging.ERROR
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", force=True)
     if verbose < 2:
+        # huggingface_hub sets its own level and handler when it is first imported (later, in
+        # a command); the variable makes that level "error" too, so its retry warnings stay
+        # quiet (sgm_bake.io.hub says in one line why the Hub cannot be used).
+        os.environ.setdefault("HF_HUB_VERBOSITY", "error")
         for noisy in ("transformers", "huggingface_hub", "httpx", "filelock", "accelerate"):
             logging.getLogger(noisy).setLevel(max(level, logging.ERROR))
         try:
@@ -47,7 +52,8 @@ def configure_logging(verbose: int, quiet: bool) -> None:
 
 
 def user_errors(command: F) -> F:
-    """Turn bad input into one line on stderr and a non-zero exit, never a traceback.
+    """Turn bad input into one line on stderr and a non-zero exit, never a traceback: exit code
+    2, or 4 when a baked folder no longer matches its recorded sha256 (`TamperedError`).
 
     The command runs with SIGINT and SIGTERM handled (`sgm_bake.io.interrupts`): either stops it
     at once, its temporary folder is removed, an existing output stays as it was, and the exit
@@ -61,11 +67,16 @@ def user_errors(command: F) -> F:
         with interrupts.handling():
             try:
                 return command(*args, **kwargs)
+            except TamperedError as exc:
+                click.echo(f"error: {exc}", err=True)
+                sys.exit(EXIT_TAMPERED)
             except SGMError as exc:
                 click.echo(f"error: {exc}", err=True)
                 sys.exit(EXIT_ERROR)
             except interrupts.Interrupted as exc:
-                if exc.completed:
+                if exc.note:
+                    click.echo(f"interrupted by {exc.signal_name} {exc.note}", err=True)
+                elif exc.completed:
                     click.echo(
                         f"interrupted by {exc.signal_name} just after the output was put in "
                         "place; it is complete, the steps after it did not run",
@@ -135,6 +146,14 @@ recipe_option = click.option(
     help="Use this recipe JSON instead of the one for the config's model_type.",
 )
 revision_option = click.option("--revision", default=None, help="Hub branch, tag or commit.")
+expert_layout_option = click.option(
+    "--expert-layout",
+    type=click.Choice(["out_in", "in_out"]),
+    default=None,
+    help="How SOURCE stores stacked expert matrices whose shape cannot tell (square ones, when "
+    "2 x moe_intermediate_size == hidden_size): out_in [E, out, in] or in_out [E, in, out]. "
+    "Needed only when the bake asks for it.",
+)
 overwrite_option = click.option(
     "--overwrite", is_flag=True, help="Replace the output if it exists and is not empty."
 )
@@ -322,8 +341,41 @@ def step(number: int, total: int, text: str) -> None:
 
 # How profile rows are captured: the same options, with the same meaning, in `profile`, the
 # one-command form and `tune` (where a searched knob's value replaces the option's).
+class BatchSize(click.ParamType):
+    """`auto` or a whole number of samples per forward pass."""
+
+    name = "N|auto"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> int | str:
+        if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
+            return value
+        text = str(value).strip().lower()
+        if text == "auto":
+            return "auto"
+        if text.isdigit() and int(text) >= 1:
+            return int(text)
+        self.fail(f"{value!r} is neither a positive whole number nor auto", param, ctx)
+
+
 batch_size_option = click.option(
-    "--batch-size", type=click.IntRange(1), default=8, show_default=True
+    "--batch-size",
+    type=BatchSize(),
+    default="auto",
+    show_default=True,
+    help="Samples per forward pass. auto: on a GPU the largest batch that fits, found on the "
+    "first (longest) samples at start; elsewhere 8.",
+)
+max_samples_option = click.option(
+    "--max-samples",
+    type=click.IntRange(2),
+    default=None,
+    help="Profile at most N samples, half per class.",
+)
+neurons_option = click.option(
+    "--neurons",
+    is_flag=True,
+    help="Profile the classic MLP neurons (inputs of the down projection) instead of the "
+    "default hook points.",
 )
 pooling_option = click.option(
     "--pooling",

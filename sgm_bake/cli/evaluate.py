@@ -147,8 +147,7 @@ def eval_command(
     )
     from sgm_bake.evaluation.ecso import templates_for
     from sgm_bake.evaluation.judges import make_judge
-    from sgm_bake.io.source import resolve_source
-    from sgm_bake.pipeline.record import RECORD_PATH, SGM_DIR, record_evaluation
+    from sgm_bake.pipeline.record import RECORD_PATH, SGM_DIR, record_evaluation, require_intact
     from sgm_bake.runtime.chat import GenerationConfig
     from sgm_bake.runtime.loading import load_chat, resolve_model_source
 
@@ -159,10 +158,12 @@ def eval_command(
     expertise = load_expertise(expertise_path) if expertise_path is not None else None
     progress = progress_enabled()
     source = resolve_model_source(model, revision, progress)
-    placement = make_placement(device, device_map, max_memory, offload_folder)
-    chat, loaded = load_chat(source, device, dtype, template, placement)
     folder = source.path
     baked = (folder / RECORD_PATH).is_file()
+    if baked:
+        require_intact(folder)  # figures of a changed folder would be recorded as its own
+    placement = make_placement(device, device_map, max_memory, offload_folder)
+    chat, loaded = load_chat(source, device, dtype, template, placement)
     templates = (
         templates_for(folder, loaded.recipe.model_type, ecso_templates) if use_ecso else None
     )
@@ -180,7 +181,8 @@ def eval_command(
     else:
         spec = (base, None) if base else (_base_spec(folder) if baked and not no_base else None)
         if spec is not None:
-            base_chat, _ = load_chat(resolve_source(*spec), device, dtype, template, placement)
+            base_source = resolve_model_source(spec[0], spec[1], progress)
+            base_chat, _ = load_chat(base_source, device, dtype, template, placement)
             variants.append(Variant("base", base_chat, ecso_label="ecso"))
         label, star = ("sgm-baked", "sgm*-baked") if baked else ("model", "model+ecso")
         variants.append(Variant(label, chat, ecso_label=star))

@@ -6,18 +6,38 @@ from pathlib import Path
 
 import click
 
-from sgm_bake.cli.common import echo_lines, recipe_option, revision_option, user_errors
+from sgm_bake.cli.common import (
+    echo_lines,
+    progress_enabled,
+    recipe_option,
+    revision_option,
+    user_errors,
+)
 from sgm_bake.errors import SGMError
 
 
 @click.command(name="plan")
 @click.argument("model")
 @click.option(
-    "--dtype",
-    type=click.Choice(["bfloat16", "float16", "float32"]),
-    default="bfloat16",
+    "--device",
+    type=click.Choice(["cuda", "cpu"]),
+    default="cuda",
     show_default=True,
-    help="Precision of the whole-model stages (verify --full, profile, eval, generate).",
+    help="Where the whole-model stages run: cuda (GPUs) or cpu (everything on the host).",
+)
+@click.option(
+    "--dtype",
+    type=click.Choice(["auto", "bfloat16", "float16", "float32"]),
+    default="auto",
+    show_default=True,
+    help="Precision of profile, eval and generate (auto: bfloat16 on GPUs, float32 on the CPU).",
+)
+@click.option(
+    "--verify-dtype",
+    type=click.Choice(["float32", "bfloat16", "float16"]),
+    default="float32",
+    show_default=True,
+    help="Precision of verify --full (as its own --verify-dtype).",
 )
 @click.option(
     "--max-memory",
@@ -53,7 +73,9 @@ from sgm_bake.errors import SGMError
 @user_errors
 def plan_command(
     model: str,
+    device: str,
     dtype: str,
+    verify_dtype: str,
     max_memory: str | None,
     gpu_memory: str,
     batch_size: int,
@@ -64,12 +86,19 @@ def plan_command(
     recipe_file: Path | None,
 ) -> None:
     """Print each stage's peak host and GPU memory and GPU count for MODEL (a folder, with or
-    without weights, or a Hub id), reading only config.json and safetensors headers."""
+    without weights, a Hub id or a built-in organism name), reading only config.json and
+    safetensors headers."""
     from sgm_bake.pipeline.plan import PlanOptions, plan
+    from sgm_bake.runtime.loading import BUILTIN_MODELS, resolve_model_source
     from sgm_bake.runtime.memory import parse_max_memory, parse_size
 
+    if model in BUILTIN_MODELS:  # the same names every command takes; no download needed
+        model = str(resolve_model_source(model, None, progress_enabled()).path)
+
     options = PlanOptions(
+        device=device,
         dtype=dtype,
+        verify_dtype=verify_dtype,
         max_memory=parse_max_memory(max_memory),
         gpu_bytes=parse_size(gpu_memory),
         batch_size=batch_size,

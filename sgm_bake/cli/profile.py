@@ -16,11 +16,14 @@ from sgm_bake.cli.common import (
     device_option,
     dtype_option,
     echo_lines,
+    expert_layout_option,
     feed_option,
     hook_points_option,
     layers_option,
     make_placement,
     make_rule,
+    max_samples_option,
+    neurons_option,
     overwrite_option,
     placement_options,
     pooling_option,
@@ -51,22 +54,12 @@ profile_options = add_options(
         dtype_option,
         placement_options,
         batch_size_option,
-        click.option(
-            "--max-samples",
-            type=click.IntRange(2),
-            default=None,
-            help="Profile at most N samples, half per class.",
-        ),
+        max_samples_option,
         pooling_option,
         positions_option,
         feed_option,
         hook_points_option,
-        click.option(
-            "--neurons",
-            is_flag=True,
-            help="Profile the classic MLP neurons (inputs of the down projection) instead of "
-            "the default hook points.",
-        ),
+        neurons_option,
         layers_option,
         click.option(
             "--responses-dir",
@@ -83,9 +76,12 @@ profile_options = add_options(
 
 def profile_request(params: dict[str, Any], recipe_file: Path | None, rule: Any) -> Any:
     """The pipeline's profile request from the shared profile options."""
+    from sgm_bake.io.response_store import check_store_folder
     from sgm_bake.pipeline.profile import ProfileOptions, parse_layers
     from sgm_bake.pipeline.run import ProfileRequest
 
+    if params["responses_dir"] is not None:
+        check_store_folder(params["responses_dir"])  # before any model loads
     hook_points = None
     if params["hook_points"]:
         hook_points = tuple(p.strip() for p in params["hook_points"].split(",") if p.strip())
@@ -123,7 +119,9 @@ def echo_summary(expertise: Any, recipe: Any) -> None:
 
 
 def announce(text: str) -> None:
-    click.echo(text, err=True)
+    """A status line on stderr (not under --quiet, which leaves errors only)."""
+    if progress_enabled():
+        click.echo(text, err=True)
 
 
 @click.command()
@@ -212,6 +210,7 @@ def profile(
     "--private", is_flag=True, help="With --push-to-hub: create the repository as private."
 )
 @base_model_option
+@expert_layout_option
 @click.option(
     "--tune",
     "tune_knobs",
@@ -236,6 +235,7 @@ def run(
     push_to_hub: str | None,
     private: bool,
     base_model: str | None,
+    expert_layout: str | None,
     tune_knobs: bool,
     rule: str | None,
     threshold: float | None,
@@ -258,9 +258,11 @@ def run(
     from sgm_bake.pipeline.bake import bake as run_bake
     from sgm_bake.pipeline.run import (
         apply_rule_if_given,
+        hand_over,
         load_profile_inputs,
         profile_source,
         verify_output,
+        warm_up_layer_check,
     )
     from sgm_bake.runtime.distributed import from_env
     from sgm_bake.runtime.loading import resolve_model_source
@@ -269,6 +271,10 @@ def run(
     verify = mode is not None
     if push_to_hub and not verify:
         raise SGMError("--push-to-hub needs a verified output; drop --no-verify")
+    if push_to_hub:
+        from sgm_bake.publish.push import check_repo_id
+
+        check_repo_id(push_to_hub)  # before hours of profiling, not after
     if tune_knobs and expertise_path is not None:
         raise SGMError("--tune searches the profile itself; drop --expertise or --tune")
     rule_given = any(v is not None for v in (rule, threshold, top_k, damp_alpha, strength))
@@ -299,6 +305,7 @@ def run(
             )
         tuned = searched.result
         expertise, recipe, loaded = chosen, searched.loaded.recipe, searched.loaded
+        del searched
     elif expertise_path is not None:
         step(1, total, f"reusing the profile {expertise_path}")
         expertise = apply_rule_if_given(
@@ -318,7 +325,19 @@ def run(
             return  # a rank other than 0: rank 0 bakes, verifies and pushes
         expertise, recipe, loaded = outcome.expertise, outcome.recipe, outcome.loaded
         outcome_memory = outcome.memory
+        del outcome
     echo_summary(expertise, recipe)
+    evidence = None
+    if loaded is not None:
+        # The bake needs no model: release it (and its GPU memory) unless the verification
+        # reuses it, keeping what the layer check needs from it.
+        handoff = hand_over(
+            loaded, source.path, recipe, expertise, mode, verify_dtype, params["device"], placement
+        )
+        announce(handoff.note)
+        loaded, evidence = handoff.loaded, handoff.evidence
+    elif mode == "layers":
+        warm_up_layer_check(source.path, recipe_file)
     step(2, total, f"baking {out}")
     options = BakeOptions(
         overwrite,
@@ -326,6 +345,7 @@ def run(
         progress_enabled(),
         command_line(),
         base_model=base_model,
+        expert_layout=expert_layout,
         stages={"profile": outcome_memory} if outcome_memory else {},
     )
     record = run_bake(source, out, expertise, options)
@@ -347,6 +367,7 @@ def run(
                 mode=mode or "layers",
                 placement=placement,
                 progress=progress_enabled(),
+                evidence=evidence,
             ),
         )
     if push_to_hub:

@@ -17,7 +17,11 @@ from sgm_bake.cli.common import (
     hook_points_option,
     judge_option,
     layers_option,
+    make_placement,
     make_rule,
+    max_samples_option,
+    neurons_option,
+    placement_options,
     pooling_option,
     positions_option,
     progress_enabled,
@@ -120,21 +124,43 @@ search_options = add_options(
         judge_option,
     ]
 )
-# How the model is fed and loaded when `tune` runs alone (the one-command form has its own);
-# a knob the search covers replaces the option's value.
+# How the model is fed and loaded when `tune` runs alone (the one-command form has the same
+# options through `profile`'s); a knob the search covers replaces the option's value.
 capture_options = add_options(
     [
         batch_size_option,
+        max_samples_option,
         pooling_option,
         positions_option,
         feed_option,
         hook_points_option,
+        neurons_option,
         layers_option,
         device_option,
         dtype_option,
+        placement_options,
         template_option,
     ]
 )
+TUNE_BATCH_SIZE = 8
+"""The batch of `--batch-size auto` while tuning (the search's forward passes are not probed)."""
+
+
+def searched_knobs(params: dict[str, Any]) -> tuple[str, ...]:
+    """The knobs to search. Hook points given explicitly (`--hook-points`, `--neurons`) are a
+    fixed value, so the default search leaves that knob out (and says so); an explicit --knobs
+    that searches it as well is a contradiction, refused."""
+    knobs = tuple(k.strip() for k in params["knobs"].split(",") if k.strip())
+    fixed = "--neurons" if params.get("neurons") else ""
+    fixed = fixed or ("--hook-points" if params["hook_points"] else "")
+    if not fixed or "hook_points" not in knobs:
+        return knobs
+    if params["knobs"] != DEFAULT_KNOBS:
+        raise SGMError(
+            f"{fixed} fixes the hook points but --knobs searches them; drop one of the two"
+        )
+    click.echo(f"note: {fixed} fixes the hook points, so the search leaves them out", err=True)
+    return tuple(k for k in knobs if k != "hook_points")
 
 
 def tune_request(
@@ -156,13 +182,17 @@ def tune_request(
     hook_points = None
     if params["hook_points"]:
         hook_points = tuple(p.strip() for p in params["hook_points"].split(",") if p.strip())
+    batch_size = params["batch_size"]
+    if batch_size == "auto":
+        batch_size = TUNE_BATCH_SIZE
     profile = ProfileOptions(
         hook_points=hook_points,
         layers=parse_layers(params["layer_spec"]),
         pooling=params["pooling"],
         positions=params["positions"],
         feed=params["feed"],
-        batch_size=params["batch_size"],
+        batch_size=batch_size,
+        max_samples=params["max_samples"],
         progress=progress_enabled(),
         rule=rule,
     )
@@ -174,11 +204,11 @@ def tune_request(
         degenerate_margin=params["degenerate_margin"],
         accuracy_margin=params["accuracy_margin"],
         fractions=fractions,
-        knobs=tuple(k.strip() for k in params["knobs"].split(",") if k.strip()),
+        knobs=searched_knobs(params),
         sampler=params["sampler"],
         profile=profile,
         generation=GenerationConfig(max_new_tokens=params["max_new_tokens"]),
-        batch_size=params["batch_size"],
+        batch_size=batch_size,
         progress=progress_enabled(),
     )
     return TuneRequest(
@@ -190,6 +220,11 @@ def tune_request(
         dtype=params["dtype"],
         recipe_file=recipe_file,
         template=params.get("template"),
+        placement=make_placement(
+            params["device"], params["device_map"], params["max_memory"], params["offload_folder"]
+        ),
+        neurons=params["neurons"],
+        max_samples=params["max_samples"],
     )
 
 
@@ -207,6 +242,11 @@ def tune_request(
     default=None,
     help="Write the chosen setting's expertise file here (bake it with `sgm-bake bake`).",
 )
+@click.option(
+    "--overwrite",
+    is_flag=True,
+    help="Replace -o if it exists (a search run again, resumed or complete, writes it anew).",
+)
 @revision_option
 @recipe_option
 @search_options
@@ -217,6 +257,7 @@ def tune(
     model: str,
     profile_set: str,
     output: Path | None,
+    overwrite: bool,
     revision: str | None,
     recipe_file: Path | None,
     rule: str | None,
@@ -234,6 +275,9 @@ def tune(
     lowest harm within --max-kl, and reports it on a held-out split used once. WORKDIR keeps
     the study (resumable), tune.json and pareto.png. Rule options give the values of knobs that
     are not searched.
+
+    Ctrl-C (or SIGTERM) stops the search at once with exit code 130, keeping every finished
+    trial; the same command run again resumes it and says how many trials it found.
     """
     import os
 
@@ -241,10 +285,13 @@ def tune(
     from sgm_bake.pipeline.tune import summary_lines, tune_source
     from sgm_bake.runtime.loading import resolve_model_source
 
-    if output is not None and output.exists():
-        raise SGMError(f"{output} exists; remove it or write the expertise elsewhere")
-    rule_options_ = make_rule(rule, threshold, top_k, damp_alpha, strength)
     workdir = params.pop("workdir") or Path("sgm-tune")
+    if output is not None and output.exists() and not overwrite:
+        raise SGMError(
+            f"{output} exists; pass --overwrite to replace it (running the same command again "
+            f"resumes the search in {workdir} and writes the expertise anew)"
+        )
+    rule_options_ = make_rule(rule, threshold, top_k, damp_alpha, strength)
     request = tune_request(profile_set, params, rule_options_, recipe_file, workdir)
     source = resolve_model_source(model, revision, progress_enabled())
     outcome = tune_source(source, request)

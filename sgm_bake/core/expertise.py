@@ -29,10 +29,13 @@ load too.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import struct
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -47,6 +50,8 @@ FORMAT_VERSION = "expertise/1"
 FORMAT_VERSION_DELTAS = "expertise/2"
 READABLE_FORMATS = (FORMAT_VERSION, FORMAT_VERSION_DELTAS)
 STATEDICT_SUFFIX = ".statedict"
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -154,6 +159,29 @@ def _locate(recipe: Recipe, layers: range, name: str, what: str) -> tuple[int, P
             "different model"
         )
     return layer, projection
+
+
+def language_units(
+    expertise: Expertise, recipe: Recipe, config: Mapping[str, Any], warn: bool = True
+) -> list[ResolvedUnits]:
+    """The expertise mapped onto the model's language layers: one rule for every family and
+    every step (bake, verify, hooks). Profiling picks post-fusion layers only, but an expertise
+    written elsewhere may also name earlier language layers (the research code's own expertise
+    for Llama 3.2 Vision hooks every layer): those are accepted, with a warning saying what
+    they are (`warn`: the bake and the verification warn; hooks, which verification applies
+    block by block, do not repeat it). A layer beyond the language layers is refused."""
+    units = expertise.resolve(recipe, recipe.all_layers(config))
+    start = recipe.fusion_start(config)
+    early = sorted({unit.layer for unit in units if unit.layer < start})
+    if early and warn:
+        logger.warning(
+            "the expertise names language layers %s, before layer %d, %s (where the image "
+            "enters): those layers never see the image; they are folded as given",
+            early,
+            start,
+            recipe.fusion_layer,
+        )
+    return units
 
 
 @dataclass(frozen=True)

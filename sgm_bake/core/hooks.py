@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from sgm_bake.core.expertise import Expertise, ResolvedUnits
+from sgm_bake.core.expertise import Expertise, ResolvedUnits, language_units
 from sgm_bake.core.experts import ExpertScales, ExpertsPatch
 from sgm_bake.core.fold import unit_axis
 from sgm_bake.core.recipes import Projection, Recipe, recipe_for_config
@@ -78,10 +78,9 @@ def resolve_modules(
     experts the name is the parameter path and the module the experts module."""
     recipe = model_recipe(model, recipe)
     config: dict[str, Any] = model.config.to_dict()  # type: ignore[union-attr, operator]
-    layers = recipe.all_layers(config)
     template = runtime_prefix(model, recipe, recipe.layers(config))
     resolved = []
-    for units in expertise.resolve(recipe, layers):
+    for units in language_units(expertise, recipe, config, warn=False):
         name = recipe.runtime_name(units.layer, units.projection, template)
         found = runtime_weight(model, recipe, units.layer, units.projection, template)
         if found is None:
@@ -122,6 +121,12 @@ def patch_experts(
     return ExpertsPatch(
         module, members["gate_up"], members["down"], recipe.experts.routing, scales, tap
     )
+
+
+def _beside(alpha: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """The factors on the weight's device; a weight offloaded by accelerate (on the meta device
+    until its forward pass) leaves them on the CPU, and the hook moves them to the activation."""
+    return alpha if weight.device.type == "meta" else alpha.to(weight.device)
 
 
 def _weight(module: nn.Module) -> torch.Tensor:
@@ -166,9 +171,9 @@ class SGMHooks:
             if units.projection.stacked:
                 entry = experts.setdefault(id(module), (module, units.projection.group, {}))
                 weight: torch.Tensor = getattr(module, units.projection.parameter_name)
-                entry[2][(units.projection.kind, units.side)] = units.entry.alpha.to(weight.device)
+                entry[2][(units.projection.kind, units.side)] = _beside(units.entry.alpha, weight)
                 continue
-            scale = _Scale(units.entry.alpha.to(_weight(module).device))
+            scale = _Scale(_beside(units.entry.alpha, _weight(module)))
             if units.side == "output":
                 # first among the forward hooks: an edit's write (core.edit_hooks) is added
                 # after the scaling, whichever is attached first

@@ -121,6 +121,11 @@ class ExpertsSpec:
     """``top_k``: the experts module is called as (hidden [T, H], top_k_index [T, K],
     top_k_weights [T, K]); ``prescaled``: as (inputs [E * T, H]) where every expert sees every
     token multiplied by its router score, zero for experts outside the token's top k (Llama 4)."""
+    checkpoint_layout: Layout | None = None
+    """How the checkpoint stores a stacked expert matrix whose shape cannot tell (a square one,
+    when 2 x the expert intermediate size equals the hidden size): ``out_in`` [E, out, in] or
+    ``in_out`` [E, in, out]. Set by `--expert-layout`; None: read from the other expert tensor
+    of the same layer, or refused."""
 
 
 def _template_regex(template: str) -> str:
@@ -151,6 +156,9 @@ class Recipe:
     """Submodule that runs text-only inputs, for a family whose top-level forward cannot run
     them (BLIP-2 requires pixel_values; Llama 4 in transformers 5.24 fails building its
     output); None otherwise."""
+    fusion_layer: str = "the first language layer that sees the image"
+    """What the first post-fusion layer is, in words, for messages about earlier layers (Mllama:
+    the first cross-attention layer)."""
 
     @property
     def is_moe(self) -> bool:
@@ -295,6 +303,7 @@ _RECIPE_KEYS = {
     "neuron_hook_points": (list, False),
     "experts": (dict, False),
     "text_forward": (str, False),
+    "fusion_layer": (str, False),
 }
 _LAYER_KEYS = {"runtime": (list, True), "checkpoint": (list, True)}
 _USE_KEYS = {"use": (str, True), "at": (str, False), "layers": (str, False)}
@@ -317,6 +326,7 @@ _EXPERTS_KEYS = {
     "hidden": ((str, list), True),
     "intermediate": ((str, list), True),
     "routing": (str, False),
+    "checkpoint_layout": (str, False),
 }
 _TYPE_NAMES = {str: "a string", list: "a list", dict: "an object", int: "an integer"}
 
@@ -543,11 +553,17 @@ def parse_recipe(data: dict[str, Any], path: Path) -> Recipe:
         routing = spec.get("routing", "top_k")
         if routing not in ROUTINGS:
             raise SGMError(f"recipe {path}: field 'experts.routing' must be one of {ROUTINGS}")
+        checkpoint_layout = spec.get("checkpoint_layout")
+        if checkpoint_layout is not None and checkpoint_layout not in LAYOUTS:
+            raise SGMError(
+                f"recipe {path}: field 'experts.checkpoint_layout' must be one of {LAYOUTS}"
+            )
         experts = ExpertsSpec(
             count=tuple(_string_list(spec["count"], "experts.count", path)),
             hidden=tuple(_string_list(spec["hidden"], "experts.hidden", path)),
             intermediate=tuple(_string_list(spec["intermediate"], "experts.intermediate", path)),
             routing=routing,
+            checkpoint_layout=checkpoint_layout,
         )
     if any(p.stacked for p in projections) and experts is None:
         raise SGMError(
@@ -576,6 +592,7 @@ def parse_recipe(data: dict[str, Any], path: Path) -> Recipe:
         definition=data,
         experts=experts,
         text_forward=data.get("text_forward"),
+        **({"fusion_layer": data["fusion_layer"]} if "fusion_layer" in data else {}),
     )
     for template in recipe.runtime_prefixes + recipe.checkpoint_prefixes:
         try:
@@ -787,11 +804,10 @@ def _stacked_orientation(
     key: str,
     shape: tuple[int, ...] | None,
     dims: tuple[int, int, int],
-) -> Layout:
-    """The orientation of a stacked checkpoint tensor, derived from the config's dimensions.
-
-    Only a square expert matrix (out == in) leaves it open; then the recipe's runtime layout is
-    taken, since the checkpoint could not be told apart from it anyway."""
+) -> Layout | None:
+    """The orientation of a stacked checkpoint tensor, derived from the config's dimensions;
+    None when the shape cannot tell (a square expert matrix, out == in: the caller decides
+    from the other expert tensor of the layer, or from `--expert-layout`)."""
     experts, hidden, intermediate = dims
     out_units, in_units = expert_unit_counts(projection, hidden, intermediate)
     if shape is None:
@@ -805,7 +821,7 @@ def _stacked_orientation(
     if out_units == in_units:
         if shape[1:] != (out_units, in_units):
             raise SGMError(f"checkpoint tensor {key!r} has shape {list(shape)}; it fits no layout")
-        return projection.layout
+        return None
     if shape[1:] == (out_units, in_units):
         return "out_in"
     if shape[1:] == (in_units, out_units):
@@ -814,6 +830,68 @@ def _stacked_orientation(
         f"checkpoint tensor {key!r} has shape {list(shape)}, which fits neither [E, out, in] = "
         f"[{experts}, {out_units}, {in_units}] nor [E, in, out]; the config does not match it"
     )
+
+
+def _settle_square(
+    recipe: Recipe,
+    layer: int,
+    forms: dict[tuple[int, str], tuple[str, Layout | None]],
+    keys: dict[str, str],
+    shapes: Mapping[str, tuple[int, ...]],
+) -> None:
+    """Decide the orientation of the layer's square stacked tensors: `--expert-layout` (the
+    recipe's `experts.checkpoint_layout`) when given, else the orientation the other stacked
+    tensor of the same experts block shows (a checkpoint stores a block's tensors alike:
+    transposed together or not at all), else refuse naming the option."""
+    chosen = recipe.experts.checkpoint_layout if recipe.experts is not None else None
+    for projection in recipe.projections:
+        form = forms.get((layer, projection.name))
+        if form is None or form != ("stacked", None):
+            continue
+        key = keys[projection.name]
+        if chosen is not None:
+            forms[(layer, projection.name)] = ("stacked", chosen)
+            continue
+        evidence = [
+            (other.name, forms[(layer, other.name)][1])
+            for other in recipe.projections
+            if other.stacked
+            and other.group == projection.group
+            and other.name != projection.name
+            and forms.get((layer, other.name), ("", None))[0] == "stacked"
+            and forms[(layer, other.name)][1] is not None
+        ]
+        if not evidence:
+            raise SGMError(
+                f"checkpoint tensor {key!r} is square {list(shapes[key])} (2 x the expert "
+                "intermediate size equals the hidden size), so its shape does not tell whether "
+                "it is stored [experts, out, in] or [experts, in, out], and no other expert "
+                f"tensor of layer {layer} settles it; pass --expert-layout out_in or in_out, "
+                "as the checkpoint's publisher documents it"
+            )
+        other_name, orientation = evidence[0]
+        logger.info(
+            "%s is square; its orientation (%s) is read from %s of the same layer",
+            key,
+            orientation,
+            other_name,
+        )
+        forms[(layer, projection.name)] = ("stacked", orientation)
+
+
+def with_expert_layout(recipe: Recipe, layout: str) -> Recipe:
+    """The recipe with `experts.checkpoint_layout` set (`--expert-layout`); the setting is part
+    of the recipe's definition, so the bake record carries it to verify and unbake."""
+    if layout not in LAYOUTS:
+        raise SGMError(f"--expert-layout must be one of {', '.join(LAYOUTS)}, not {layout!r}")
+    if recipe.experts is None:
+        raise SGMError(
+            f"--expert-layout applies to mixture-of-experts models; recipe {recipe.model_type!r} "
+            "has no stacked experts"
+        )
+    definition = copy.deepcopy(recipe.definition)
+    definition["experts"]["checkpoint_layout"] = layout
+    return parse_recipe(definition, recipe.path)
 
 
 def resolve_checkpoint_layout(
@@ -839,15 +917,17 @@ def resolve_checkpoint_layout(
     for template in recipe.checkpoint_prefixes:
         probe = CheckpointLayout(recipe, template, layers)
         present: dict[int, frozenset[str]] = {}
-        forms: dict[tuple[int, str], tuple[str, Layout]] = {}
+        forms: dict[tuple[int, str], tuple[str, Layout | None]] = {}
         missing: list[str] = []
         found = 0
         for layer in layers:
             prefix = template.format(layer=layer)
             held: set[str] = set()
             groups: dict[str, list[bool]] = {}
+            stacked_keys: dict[str, str] = {}
             for projection in recipe.projections:
                 stacked_key = probe.weight_key(layer, projection)
+                stacked_keys[projection.name] = stacked_key
                 if projection.stacked:
                     per_keys = _per_expert_keys(prefix, projection, dims[0])
                     if stacked_key in key_set and not dims[0]:
@@ -888,6 +968,8 @@ def resolve_checkpoint_layout(
             if not held:
                 missing.append(f"{prefix}.<any MLP block>")
             present[layer] = frozenset(held)
+            if not missing:
+                _settle_square(recipe, layer, forms, stacked_keys, shapes or {})
         if not missing:
             complete.append(
                 CheckpointLayout(
@@ -895,7 +977,7 @@ def resolve_checkpoint_layout(
                     template,
                     layers,
                     present if not all(p.required for p in recipe.projections) else None,
-                    forms,
+                    {k: (form, o or "out_in") for k, (form, o) in forms.items()},
                     dims,
                 )
             )

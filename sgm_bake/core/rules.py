@@ -66,6 +66,44 @@ def auroc(responses: torch.Tensor | np.ndarray, labels: torch.Tensor | np.ndarra
     return torch.from_numpy(result)
 
 
+def auroc_torch(
+    responses: torch.Tensor, labels: torch.Tensor | np.ndarray, chunk_elements: int = 1 << 24
+) -> torch.Tensor:
+    """`auroc` computed with torch on the device that holds `responses` (a GPU: the sorts and
+    searches run there, nothing is copied to the host but the result).
+
+    The same statistic by the same integer counts (negatives below and equal to each positive,
+    summed exactly, halved and divided in float64), so the result equals `auroc`'s bit for bit.
+    Returns float64 [M] on the CPU."""
+    target = torch.as_tensor(labels).reshape(-1).to(device=responses.device, dtype=torch.bool)
+    if responses.ndim != 2 or responses.shape[0] != target.numel():
+        raise ValueError(
+            f"responses {tuple(responses.shape)} do not match labels [{target.numel()}]"
+        )
+    n_pos = int(target.sum())
+    n_neg = target.numel() - n_pos
+    if n_pos == 0 or n_neg == 0:
+        raise ValueError("labels must contain both classes (toxic and non-toxic samples)")
+    values = responses.detach()
+    # Exact and order-preserving: half precision widens to float32, anything else to float64.
+    exact = torch.float32 if values.dtype in (torch.float16, torch.bfloat16) else torch.float64
+    values = values if values.dtype == torch.float32 else values.to(exact)
+    if not bool(torch.isfinite(values).all()):
+        raise ValueError("responses contain NaN or infinite values")
+    positives, negatives = values[target], values[~target]
+    units = values.shape[1]
+    step = max(1, chunk_elements // max(1, values.shape[0]))
+    result = torch.empty(units, dtype=torch.float64, device=values.device)
+    for begin in range(0, units, step):
+        columns = slice(begin, min(units, begin + step))
+        negative = negatives[:, columns].T.contiguous().sort(dim=1).values
+        positive = positives[:, columns].T.contiguous()
+        below = torch.searchsorted(negative, positive, right=False).sum(dim=1)
+        upto = torch.searchsorted(negative, positive, right=True).sum(dim=1)
+        result[columns] = (below + upto).to(torch.float64) / 2.0 / (n_pos * n_neg)
+    return result.cpu()
+
+
 def _numpy(array: torch.Tensor | np.ndarray) -> np.ndarray:
     if isinstance(array, torch.Tensor):
         return array.detach().cpu().numpy()

@@ -28,7 +28,7 @@ from sgm_bake.evaluation.evaluate import (
     run_eval,
 )
 from sgm_bake.evaluation.judges import Judge
-from sgm_bake.runtime.chat import ChatModel, GenerationConfig
+from sgm_bake.runtime.chat import ChatModel, GenerationConfig, check_context, context_length
 
 
 @dataclass
@@ -78,6 +78,16 @@ def add_costs(results: list[EvalResult]) -> None:
         }
 
 
+def check_prompt_lengths(chat: ChatModel, prompts: PromptSet, reserve: int) -> None:
+    """Refuse, before the first generation, an item whose prompt (through the chat template)
+    and the tokens to generate exceed the model's context."""
+    texts = [
+        (f"prompt set {prompts.name} item {item.id}", chat.prompt_text(item.prompt, False))
+        for item in prompts.items
+    ]
+    check_context(texts, chat.tokenizer, context_length(chat.model.config.to_dict()), reserve)
+
+
 def evaluate_variants(
     variants: list[Variant],
     prompts: PromptSet,
@@ -87,6 +97,7 @@ def evaluate_variants(
 ) -> list[EvalResult]:
     """Evaluate every variant (and its ECSO form); with `base`, score the generated benign
     answers of each under the base model."""
+    check_prompt_lengths(variants[0].chat, prompts, settings.generation.max_new_tokens)
     with_ecso = settings.templates is not None
     runs = sum(1 + int(with_ecso and v.ecso_label is not None) for v in variants)
     per_run = len(prompts.items) + len(reference_pairs(prompts))

@@ -5,10 +5,12 @@ existing target is replaced only after the new folder is complete. The swap runs
 SIGINT/SIGTERM (see `sgm_bake.io.interrupts`): a signal during it undoes it.
 
 A run killed outright (SIGKILL, power loss) cannot clean up. Each temporary folder therefore has
-a marker file beside it (`.OUT.XXXX.partial.sgm-bake`, naming the folder, the process and the
-host), and the next run on the same OUT removes the folders so marked, and only those, unless
-the process that made them is still running. A marked `.old` folder (the previous OUT, moved
-aside during the swap) is put back if OUT is missing.
+a marker file beside it (`.OUT.XXXXXXXX.partial.sgm-bake`, naming the folder, its output, the
+process and the host), written in the same shielded step that creates the folder, and the next
+run on the same OUT removes the folders so marked, and only those, unless the process that made
+them is still running. A marked `.old` folder (the previous OUT, moved aside during the swap) is
+put back if OUT is missing. Names are matched exactly, so the temporary folders of an output
+`a.b` are never taken for those of `a`.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import errno
 import json
 import logging
 import os
+import re
 import shutil
 import socket
 import tempfile
@@ -30,6 +33,8 @@ from sgm_bake.io import interrupts
 logger = logging.getLogger(__name__)
 
 MARKER_SUFFIX = ".sgm-bake"
+# `.OUT.` + the 8 characters of tempfile.mkdtemp's random name + `.partial` or `.old`.
+TEMPORARY_NAME = re.compile(r"\.(.+)\.[a-z0-9_]{8}\.(?:partial|old)")
 MARKER_TOOL = "sgm-bake temporary folder"
 OS_HINTS = {
     errno.ENOSPC: "the disk is full: free some space or choose another location",
@@ -56,11 +61,34 @@ def _marker(folder: Path) -> Path:
     return folder.with_name(folder.name + MARKER_SUFFIX)
 
 
-def _mark(folder: Path) -> None:
-    """Claim a temporary folder (it need not exist yet) as ours."""
-    record = {"tool": MARKER_TOOL, "folder": folder.name, "pid": os.getpid()}
-    record["host"] = socket.gethostname()
+def _mark(folder: Path, out: Path) -> None:
+    """Claim a temporary folder (it need not exist yet) of the output `out` as ours."""
+    record: dict[str, object] = {"tool": MARKER_TOOL, "folder": folder.name, "target": out.name}
+    record.update(pid=os.getpid(), host=socket.gethostname())
     _marker(folder).write_text(json.dumps(record) + "\n", encoding="utf-8")
+
+
+def _temporary(out: Path, suffix: str) -> Path:
+    """Create and mark a temporary folder beside `out`. Callers run this under
+    `interrupts.shielded()` and keep the result in a variable inside that block: a signal that
+    arrived between creating and marking the folder (or before the caller holds it) would leave
+    a folder without its marker, which no later run removes."""
+    folder = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=suffix, dir=out.parent))
+    try:
+        _mark(folder, out)
+    except BaseException:  # a full disk: the folder is empty and ours, remove it
+        folder.rmdir()
+        _unmark(folder)
+        raise
+    return folder
+
+
+def _belongs_to(name: str, out: Path) -> bool:
+    """Whether `name` is a temporary folder of exactly `out` (`.OUT.XXXXXXXX.partial` or `.old`,
+    with the 8 characters `tempfile.mkdtemp` draws): the folders of an output `a.b` are never
+    taken for those of `a`."""
+    match = TEMPORARY_NAME.fullmatch(name)
+    return match is not None and match.group(1) == out.name
 
 
 def _unmark(folder: Path) -> None:
@@ -90,19 +118,24 @@ def recover(out: Path) -> list[str]:
     if not out.parent.is_dir():
         return []
     cleaned = []
-    prefix = f".{out.name}."
     for marker in sorted(out.parent.iterdir()):
         name = marker.name
-        if not (name.startswith(prefix) and name.endswith(MARKER_SUFFIX)):
+        if not name.endswith(MARKER_SUFFIX):
             continue
         folder = marker.with_name(name[: -len(MARKER_SUFFIX)])
-        if not folder.name.endswith((".partial", ".old")):
+        if not _belongs_to(folder.name, out):
             continue
         try:
             record = json.loads(marker.read_text(encoding="utf-8"))
         except (OSError, ValueError):
             continue
-        if not isinstance(record, dict) or record.get("tool") != MARKER_TOOL or _alive(record):
+        if (
+            not isinstance(record, dict)
+            or record.get("tool") != MARKER_TOOL
+            or record.get("folder") != folder.name
+            or record.get("target", out.name) != out.name
+            or _alive(record)
+        ):
             continue
         if folder.name.endswith(".old") and folder.is_dir() and not out.exists():
             folder.rename(out)
@@ -159,10 +192,7 @@ def _swap(staging: Path, out: Path) -> None:
     try:
         with interrupts.shielded():
             if out.exists():
-                retired = Path(
-                    tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent)
-                )
-                _mark(retired)
+                retired = _temporary(out, ".old")
                 retired.rmdir()
                 out.rename(retired)
             try:
@@ -203,8 +233,8 @@ def atomic_folder(out: Path, overwrite: bool) -> Iterator[Path]:
     try:
         recover(out)
         out.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
-        _mark(staging)
+        with interrupts.shielded():  # created, marked and held as one step
+            staging = _temporary(out, ".partial")
         umask = os.umask(0)
         os.umask(umask)
         staging.chmod(0o777 & ~umask)

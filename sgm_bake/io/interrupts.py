@@ -29,11 +29,15 @@ class Interrupted(KeyboardInterrupt):
     """The run was stopped by SIGINT or SIGTERM (a KeyboardInterrupt, so code that cleans up
     after Ctrl-C cleans up after SIGTERM too)."""
 
-    def __init__(self, signum: int = signal.SIGINT, completed: bool = False) -> None:
+    def __init__(
+        self, signum: int = signal.SIGINT, completed: bool = False, note: str = ""
+    ) -> None:
         super().__init__(signum)
         self.signum = signum
         # True when the signal came after the output had already been put in place.
         self.completed = completed
+        # What the interrupted step kept and how to go on, for the one line the CLI prints.
+        self.note = note
 
     @property
     def exit_code(self) -> int:
@@ -94,13 +98,12 @@ def shielded() -> Iterator[None]:
 @contextlib.contextmanager
 def handling() -> Iterator[None]:
     """Install the SIGINT and SIGTERM handlers for the block (main thread only; elsewhere, a
-    no-op), forgetting any signal seen by an earlier block of the same process."""
+    no-op). A signal is remembered only inside the block: code that runs after it in the same
+    process (a test session, a notebook) does not see it."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    _STATE.event.clear()
-    _STATE.signum = 0
-    _STATE.shield = 0
+    _forget()
     previous: dict[signal.Signals, Any] = {}
     for handled in HANDLED:
         previous[handled] = signal.signal(handled, _handler)
@@ -109,3 +112,10 @@ def handling() -> Iterator[None]:
     finally:
         for handled, handler in previous.items():
             signal.signal(handled, handler)
+        _forget()
+
+
+def _forget() -> None:
+    _STATE.event.clear()
+    _STATE.signum = 0
+    _STATE.shield = 0

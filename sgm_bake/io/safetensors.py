@@ -2,28 +2,30 @@
 
 The bake rewrites a shard as: the source header verbatim (names, dtypes, shapes, offsets and
 `__metadata__` unchanged), then every tensor's bytes in file order, copied as they are unless the
-tensor is targeted, in which case it is folded block by block. Peak memory is one block, not the
-shard. The header is parsed here (8-byte little-endian length + JSON) so that a truncated or
+tensor is targeted, in which case it is folded block by block. Peak memory is a few chunks, not
+the shard. The header is parsed here (8-byte little-endian length + JSON) so that a truncated or
 corrupt file is caught before anything is written.
+
+The source is read with `pread` into buffers, never through a memory map: a shard that another
+process truncates while it is baked would make every touched page past its new end a SIGBUS
+that kills the process without a word. A short read, or a file whose identity (device, inode,
+size, modification time) differs from the one its header was read from, is one error naming the
+file instead; the check runs before the first byte and between chunks.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
-import mmap
 import os
 import queue
 import struct
 import threading
-import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
-import numpy as np
 import torch
 
 from sgm_bake.errors import SGMError
@@ -53,7 +55,7 @@ DTYPES: dict[str, tuple[torch.dtype | None, float]] = {
 FOLDABLE = {"F16", "BF16", "F32", "F64"}
 TORCH_TO_TAG = {dtype: tag for tag, (dtype, _) in DTYPES.items() if dtype is not None}
 MAX_HEADER = 100 * 1024 * 1024
-COPY_CHUNK = 64 * 1024 * 1024
+COPY_CHUNK = 16 * 1024 * 1024
 FOLD_BLOCK_BYTES = 1024 * 1024
 WRITE_CHUNK_BYTES = 16 * 1024 * 1024
 
@@ -73,6 +75,14 @@ class TensorInfo:
         return self.end - self.start
 
 
+FileIdentity = tuple[int, int, int, int]
+"""(device, inode, size, modification time in ns) of a file when its header was read."""
+
+
+def file_identity(stat: os.stat_result) -> FileIdentity:
+    return (stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns)
+
+
 @dataclass(frozen=True)
 class Header:
     """A parsed safetensors header."""
@@ -81,6 +91,8 @@ class Header:
     raw: bytes
     metadata: dict[str, str] | None
     tensors: dict[str, TensorInfo]
+    identity: FileIdentity | None = None
+    """The file as it was when the header was read; a bake refuses it if it changed since."""
 
     @property
     def data_start(self) -> int:
@@ -145,8 +157,9 @@ def read_header(path: Path) -> Header:
     `__metadata__`, no name twice), so a damaged file is refused before any output is written.
     """
     try:
-        size = path.stat().st_size
         with path.open("rb") as handle:
+            identity = file_identity(os.fstat(handle.fileno()))
+            size = identity[2]
             prefix = handle.read(8)
             if len(prefix) < 8:
                 raise _corrupt(path, "shorter than its 8-byte header length")
@@ -181,7 +194,7 @@ def read_header(path: Path) -> Header:
         position = info.end
     if position != size:
         raise _corrupt(path, f"expected {position} bytes, found {size}")
-    return Header(path, prefix + header_bytes, metadata, {t.name: t for t in tensors})
+    return Header(path, prefix + header_bytes, metadata, {t.name: t for t in tensors}, identity)
 
 
 class HashingWriter:
@@ -247,78 +260,108 @@ class BackgroundHasher:
 BlockFold = Callable[[torch.Tensor, int], torch.Tensor]
 
 
-def _copy_range(source: int, destination: int, start: int, length: int) -> None:
-    """Copy bytes between files in the kernel where possible (no trip through Python)."""
-    copied = 0
-    use_kernel = hasattr(os, "copy_file_range")
-    while copied < length:
-        interrupts.check()  # chunks of COPY_CHUNK: a signal stops a worker within one
-        if use_kernel:
-            try:
-                count = os.copy_file_range(
-                    source, destination, min(COPY_CHUNK, length - copied), start + copied
-                )
-            except OSError:
-                use_kernel = False
-                continue
-        else:
-            chunk = os.pread(source, min(COPY_CHUNK, length - copied), start + copied)
-            count = os.write(destination, chunk)
+def _changed(header: Header) -> SGMError:
+    return SGMError(
+        f"{header.path} changed while it was being read (another process is writing, moving or "
+        "truncating it): nothing was written; wait until it is complete, then bake again"
+    )
+
+
+def _check_unchanged(source: int, header: Header) -> None:
+    """Refuse a source file that is no longer the one whose header was read."""
+    if header.identity is not None and file_identity(os.fstat(source)) != header.identity:
+        raise _changed(header)
+
+
+def _read_into(source: int, buffer: memoryview, offset: int, header: Header) -> None:
+    """Fill `buffer` from `offset` of the source file; a short read means it was truncated."""
+    done = 0
+    while done < buffer.nbytes:
+        if hasattr(os, "preadv"):
+            count = os.preadv(source, [buffer[done:]], offset + done)
+        else:  # no preadv (some macOS builds): read, then copy into the buffer
+            data = os.pread(source, buffer.nbytes - done, offset + done)
+            count = len(data)
+            buffer[done : done + count] = data
         if count <= 0:
-            raise SGMError("source file ended early while copying; it changed while being read")
-        copied += count
+            raise _changed(header)
+        done += count
 
 
-def _tensor_view(mapped: mmap.mmap, info: TensorInfo) -> torch.Tensor:
+def _write_all(destination: int, data: memoryview) -> None:
+    while data.nbytes:
+        written = os.write(destination, data)
+        data = data[written:]
+
+
+def _copy_range(
+    source: int, destination: int, info: TensorInfo, header: Header, hasher: BackgroundHasher
+) -> None:
+    """Copy a tensor's bytes in chunks read with `pread` (a truncated source is a short read, not
+    a SIGBUS), hashing each chunk as it is written."""
+    position = info.start
+    while position < info.end:
+        interrupts.check()  # chunks of COPY_CHUNK: a signal stops a worker within one
+        _check_unchanged(source, header)
+        chunk = memoryview(bytearray(min(COPY_CHUNK, info.end - position)))
+        _read_into(source, chunk, position, header)
+        _write_all(destination, chunk)
+        hasher.feed(chunk)
+        position += chunk.nbytes
+
+
+def _row_shape(info: TensorInfo) -> tuple[int, ...]:
+    """The shape a tensor streams in: rows along its first axis. A bias [n] streams as [n, 1];
+    stacked experts [E, a, b] as rows of [E * a, b], so a block never has to hold a whole expert
+    matrix (tens of MB in the largest MoE models)."""
+    if len(info.shape) == 1:
+        return (*info.shape, 1)
+    if len(info.shape) == 3:
+        return (info.shape[0] * info.shape[1], info.shape[2])
+    return info.shape
+
+
+def fold_range(
+    source: int,
+    info: TensorInfo,
+    fold: BlockFold,
+    out: int,
+    hasher: BackgroundHasher,
+    header: Header,
+) -> None:
+    """Fold a tensor in cache-sized row blocks, writing each output chunk as it fills.
+
+    Each chunk of rows is read with `pread` into a fresh buffer, folded block by block in place
+    (small blocks, about 1 MB, keep the float32 intermediate in cache, which makes the fold
+    several times faster than converting whole tensors), then written and hashed.
+    """
     dtype = DTYPES[info.dtype][0]
     if info.dtype not in FOLDABLE or dtype is None:
         raise SGMError(
             f"tensor {info.name!r} is stored as {info.dtype}; only F32, F16 and BF16 weights "
             "can be folded (quantized checkpoints are not supported: use the unquantized model)"
         )
-    raw = np.frombuffer(mapped, dtype=np.uint8, count=info.nbytes, offset=info.start)
-    with warnings.catch_warnings():  # read-only view: we never write through it
-        warnings.simplefilter("ignore", UserWarning)
-        flat = torch.from_numpy(raw)
-    if len(info.shape) == 1:
-        shape: tuple[int, ...] = (*info.shape, 1)
-    elif len(info.shape) == 3:
-        # Stacked experts [E, a, b] stream as rows of [E * a, b], so a block never has to hold
-        # a whole expert matrix (tens of MB in the largest MoE models).
-        shape = (info.shape[0] * info.shape[1], info.shape[2])
-    else:
-        shape = info.shape
-    return flat.view(dtype).view(shape)
-
-
-def fold_range(
-    mapped: mmap.mmap, info: TensorInfo, fold: BlockFold, out: int, hasher: BackgroundHasher
-) -> None:
-    """Fold a tensor in cache-sized row blocks, writing each output chunk as it fills.
-
-    Small blocks (about 1 MB) keep the float32 intermediate in cache, which makes the fold
-    several times faster than converting whole tensors.
-    """
-    source = _tensor_view(mapped, info)
-    rows = source.shape[0]
+    shape = _row_shape(info)
+    rows = shape[0]
     row_bytes = max(1, info.nbytes // max(1, rows))
     block_rows = max(1, FOLD_BLOCK_BYTES // row_bytes)
     chunk_rows = max(block_rows, (WRITE_CHUNK_BYTES // row_bytes) // block_rows * block_rows)
     for chunk_start in range(0, rows, chunk_rows):
         interrupts.check()
+        _check_unchanged(source, header)
         chunk_stop = min(rows, chunk_start + chunk_rows)
-        chunk = torch.empty((chunk_stop - chunk_start, *source.shape[1:]), dtype=source.dtype)
+        raw = bytearray((chunk_stop - chunk_start) * row_bytes)
+        data = memoryview(raw)
+        _read_into(source, data, info.start + chunk_start * row_bytes, header)
+        chunk = torch.frombuffer(raw, dtype=dtype).view(chunk_stop - chunk_start, *shape[1:])
         for block_start in range(chunk_start, chunk_stop, block_rows):
             block_stop = min(chunk_stop, block_start + block_rows)
-            folded = fold(source[block_start:block_stop], block_start)
-            if folded.shape != (block_stop - block_start, *source.shape[1:]):
+            rows_in_chunk = slice(block_start - chunk_start, block_stop - chunk_start)
+            folded = fold(chunk[rows_in_chunk], block_start)
+            if folded.shape != (block_stop - block_start, *shape[1:]):
                 raise AssertionError(f"fold changed the shape of {info.name}")
-            chunk[block_start - chunk_start : block_stop - chunk_start] = folded
-        data = chunk.view(-1).view(torch.uint8).numpy().data
-        view = data
-        while view.nbytes:
-            written = os.write(out, view)
-            view = view[written:]
+            chunk[rows_in_chunk] = folded
+        _write_all(out, data)
         hasher.feed(data)
 
 
@@ -330,34 +373,32 @@ def rewrite_file(
 ) -> str:
     """Write `header.path` to `destination` with the tensors named in `folds` folded.
 
-    Everything else, the header included, is copied byte for byte. Returns the sha256.
+    Everything else, the header included, is copied byte for byte. Returns the sha256. A source
+    that changes while it is read (truncated, rewritten, replaced) is refused with one error.
     """
     interrupts.check()  # a queued shard does not start after a signal
     with header.path.open("rb") as source, destination.open("wb", buffering=0) as out:
-        mapped = mmap.mmap(source.fileno(), 0, access=mmap.ACCESS_READ)
-        whole = memoryview(mapped)
+        _check_unchanged(source.fileno(), header)
         hasher = BackgroundHasher()
         try:
             out.write(header.raw)
-            hasher.feed(whole[: header.data_start])
+            hasher.feed(memoryview(header.raw))
             if on_bytes is not None:
                 on_bytes(header.data_start)
             for info in header.tensors.values():
                 if info.name in folds:
-                    fold_range(mapped, info, folds[info.name], out.fileno(), hasher)
+                    fold_range(
+                        source.fileno(), info, folds[info.name], out.fileno(), hasher, header
+                    )
                 else:
-                    _copy_range(source.fileno(), out.fileno(), info.start, info.nbytes)
-                    hasher.feed(whole[info.start : info.end])
+                    _copy_range(source.fileno(), out.fileno(), info, header, hasher)
                 if on_bytes is not None:
                     on_bytes(info.nbytes)
+            _check_unchanged(source.fileno(), header)
             digest = hasher.hexdigest()
         except BaseException:
             hasher.abandon()
             raise
-        finally:
-            whole.release()
-            with contextlib.suppress(BufferError):  # views still held by a traceback
-                mapped.close()
     return digest
 
 

@@ -4,7 +4,10 @@ huggingface_hub. The resolved commit is recorded so the output can name exactly 
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,6 +62,19 @@ def resolve_source(
 
 def _download(repo_id: str, revision: str | None, cache_dir: Path | None) -> Source:
     from huggingface_hub import HfApi, snapshot_download
+
+    from sgm_bake.io.hub import unreachable
+
+    reason = unreachable()
+    if reason is not None:
+        cached = _cached(repo_id, revision, cache_dir)
+        if cached is not None:
+            logger.warning("%s; using the cached copy of %s", reason, repo_id)
+            return cached
+        raise SGMError(
+            f"{repo_id} is not a local folder and not in the local cache, and {reason}: check "
+            "the network, or pass a local folder"
+        )
     from huggingface_hub.errors import (
         GatedRepoError,
         HfHubHTTPError,
@@ -118,3 +134,78 @@ def _cached(repo_id: str, revision: str | None, cache_dir: Path | None) -> Sourc
     except Exception:
         return None
     return Source(path, repo_id, path.name, True)
+
+
+# Files that describe a model folder but do not change what it computes: a content key ignores
+# them (a model card re-rendered after verification does not make another model).
+NOT_CONTENT = {"README.md"}
+NOT_CONTENT_DIRS = {".git", ".cache", ".huggingface", "sgm"}
+HASH_MEMO = "file-hashes.json"
+
+
+def _memo_path() -> Path:
+    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+    return cache / "sgm-bake" / HASH_MEMO
+
+
+def _read_memo(path: Path) -> dict[str, list[object]]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _write_memo(path: Path, memo: dict[str, list[object]]) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+        partial.write_text(json.dumps(memo, sort_keys=True), encoding="utf-8")
+        os.replace(partial, path)
+    except OSError as exc:  # a read-only cache only costs hashing again next time
+        logger.debug("could not remember file hashes in %s (%s)", path, exc)
+
+
+def content_key(folder: Path, revision: str | None = None) -> str:
+    """A digest of what a model folder holds, so that work resumed for a model (the response
+    store, the tuner's journal) is keyed by its content, never by its folder's name.
+
+    A Hub snapshot (`revision`, its commit) is that commit and the bytes of its config; a local
+    folder (no revision) is the sha256 of
+    every file that shapes the model (config, tokenizer, processor, chat template, weights, and
+    the rest, but not the model card). Digests of large files are remembered in the user cache
+    by path, size, inode and modification time, so a resumed run does not read them again."""
+    from sgm_bake.io.safetensors import file_sha256
+
+    digest = hashlib.sha256()
+    config = folder / "config.json"
+    digest.update(config.read_bytes() if config.is_file() else b"")
+    if revision:
+        digest.update(f"revision:{revision}".encode())
+        return digest.hexdigest()
+    memo_path = _memo_path()
+    memo = _read_memo(memo_path)
+    changed = False
+    for path in sorted(folder.rglob("*")):
+        relative = path.relative_to(folder)
+        if (
+            not path.is_file()
+            or relative.as_posix() in NOT_CONTENT
+            or any(part in NOT_CONTENT_DIRS for part in relative.parts[:-1])
+        ):
+            continue
+        stat = path.stat()
+        identity: list[object] = [stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns]
+        real = str(path.resolve())
+        remembered = memo.get(real)
+        if isinstance(remembered, list) and remembered[:4] == identity and len(remembered) == 5:
+            file_digest = str(remembered[4])
+        else:
+            file_digest = file_sha256(path)
+            if stat.st_size >= 1 << 20:
+                memo[real] = [*identity, file_digest]
+                changed = True
+        digest.update(f"{relative.as_posix()}\0{file_digest}\0".encode())
+    if changed:
+        _write_memo(memo_path, memo)
+    return digest.hexdigest()

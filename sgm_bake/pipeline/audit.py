@@ -1,75 +1,37 @@
 """Audit a baked folder: re-check its hashes, summarise it, and rebuild the base weights.
 
-`unbake` divides the folded weights by the stored factors. For fp32 weights the result equals
-the base up to one rounding of the division after the one of the fold (relative error at most
-2 x 2^-24: the fold's rounding and the unfold's, computed in float64 and rounded once); for
-fp16/bf16 likewise within a relative 2u of the base (u = 2^-11 for fp16, 2^-8 for bf16).
-Units with factor 0 were erased by the bake and cannot be rebuilt; unbake refuses them and
-names them.
+`unbake` divides the folded weights by the stored factors (in float64, rounded once). A rebuilt
+weight differs from the base by at most two roundings to its dtype, the fold's and the unfold's
+(relative 2u each: u = 2^-24 for fp32, 2^-11 for fp16, 2^-8 for bf16), plus the float32 products
+of the fold (a few 2^-24, relative). A weight whose folded value is subnormal was rounded to the
+dtype's subnormal spacing s instead (an absolute error of s/2, which the division by the factor
+alpha scales to s/(2 alpha)); so the bound for a weight b is
+
+    |rebuilt - b| <= (2u + 6 x 2^-24) |b| + s (1 / (2 alpha) + 1/2)
+
+(s = 2^-149 for fp32, 2^-24 for fp16, 2^-133 for bf16). Units with factor 0 were erased by the
+bake and cannot be rebuilt; unbake refuses them and names them.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from sgm_bake.core.expertise import Expertise, ModuleExpertise, load_expertise
-from sgm_bake.errors import SGMError
-from sgm_bake.io.safetensors import file_sha256
+from sgm_bake.errors import SGMError, TamperedError
 from sgm_bake.pipeline.bake import EXPERTISE_FILE, expertise_path
-from sgm_bake.pipeline.record import RECORD_PATH, SGM_DIR, BakeRecord, read_record
+from sgm_bake.pipeline.record import SGM_DIR, BakeRecord, require_intact
 
-RELATIVE_ERROR = {
-    "F32": 2 * 2.0**-24,
-    "F64": 2 * 2.0**-53,
-    "F16": 2 * 2.0**-11,
-    "BF16": 2 * 2.0**-8,
-}
-
-
-@dataclass(frozen=True)
-class HashCheck:
-    """Files whose bytes no longer match the record, and files the record does not know."""
-
-    mismatched: list[str]
-    missing: list[str]
-    unexpected: list[str]
-
-    @property
-    def ok(self) -> bool:
-        return not (self.mismatched or self.missing or self.unexpected)
-
-    def describe(self) -> str:
-        parts = []
-        if self.mismatched:
-            parts.append(f"changed: {', '.join(self.mismatched[:5])}")
-        if self.missing:
-            parts.append(f"missing: {', '.join(self.missing[:5])}")
-        if self.unexpected:
-            parts.append(f"not in the record: {', '.join(self.unexpected[:5])}")
-        return "; ".join(parts)
-
-
-def check_hashes(folder: Path, record: BakeRecord | None = None) -> HashCheck:
-    """Compare every file with the sha256 in sgm/bake.json."""
-    record = record or read_record(folder)
-    recorded = record.files
-    present = {
-        p.relative_to(folder).as_posix()
-        for p in folder.rglob("*")
-        if p.is_file() and p.relative_to(folder).as_posix() != RECORD_PATH
-    }
-    mismatched = sorted(
-        name
-        for name in recorded
-        if name in present and file_sha256(folder / name) != recorded[name]
-    )
-    missing = sorted(set(recorded) - present)
-    unexpected = sorted(present - set(recorded))
-    return HashCheck(mismatched, missing, unexpected)
+# Unit roundoff and smallest subnormal of each foldable dtype (F64 weights are folded in
+# float32, whose precision and range then bound the error).
+UNIT_ROUNDOFF = {"F32": 2.0**-24, "F64": 2.0**-24, "F16": 2.0**-11, "BF16": 2.0**-8}
+SUBNORMAL = {"F32": 2.0**-149, "F64": 2.0**-149, "F16": 2.0**-24, "BF16": 2.0**-133}
+FLOAT32_PRODUCTS = 6 * 2.0**-24  # the fold's float32 products and factor casts
+COMPARE_BLOCK = 1 << 20  # elements per block of the comparison (float64: 8 MB each)
 
 
 def inverse_expertise(expertise: Expertise) -> Expertise:
@@ -100,40 +62,99 @@ def stored_expertise(folder: Path) -> Expertise:
     return load_expertise(path)
 
 
-def compare_weights(rebuilt: Path, base: Path, keys: list[str]) -> dict[str, Any]:
-    """Largest relative difference of the rebuilt tensors from the base, and whether every
-    tensor is within its dtype's bound; every other tensor must be bit-identical."""
-    from sgm_bake.io.checkpoint import open_checkpoint
+def _tensor_reader(checkpoint: Any) -> Callable[[str], torch.Tensor]:
+    """Read one tensor of a checkpoint, safetensors or PyTorch `.bin`."""
+    from sgm_bake.io.checkpoint import load_bin
     from sgm_bake.io.safetensors import read_tensor
+
+    keys = checkpoint.tensor_keys()
+    if checkpoint.format == "safetensors":
+        return lambda key: read_tensor(checkpoint.headers[keys[key]], key)
+    states: dict[str, dict[str, Any]] = {}
+
+    def read(key: str) -> torch.Tensor:
+        name = keys[key]
+        if name not in states:
+            states[name] = load_bin(checkpoint.root / name)
+        tensor: torch.Tensor = states[name][key]
+        return tensor
+
+    return read
+
+
+def rounding_bound(base: torch.Tensor, inverse: torch.Tensor, dtype: str) -> torch.Tensor:
+    """How far a rebuilt weight may lie from `base` (see the module docstring): `inverse` is the
+    per-element product of the unfold's factors, 1 / alpha."""
+    relative = 2 * UNIT_ROUNDOFF.get(dtype, 2.0**-8) + FLOAT32_PRODUCTS
+    spacing = SUBNORMAL.get(dtype, 2.0**-24)
+    bound = relative * base.abs() + spacing * (0.5 * inverse.abs() + 0.5)
+    return bound * (1 + 2.0**-20)
+
+
+def compare_weights(rebuilt: Path, base: Path, plan: Any) -> dict[str, Any]:
+    """Compare a rebuilt checkpoint with the base: every rebuilt tensor (`plan.edits`, the
+    unfold) must lie within `rounding_bound` of the base, element by element, and every other
+    tensor must be bit-identical. Also reports the largest relative difference over the base's
+    normal-range weights, and the largest difference as a share of its bound."""
+    from sgm_bake.io.checkpoint import open_checkpoint
 
     ours, theirs = open_checkpoint(rebuilt), open_checkpoint(base)
     our_keys, their_keys = ours.tensor_keys(), theirs.tensor_keys()
     if set(our_keys) != set(their_keys):
-        raise SGMError("the rebuilt checkpoint and the base hold different tensor names")
-    worst, within, identical = 0.0, True, True
-    for key, name in their_keys.items():
-        header = theirs.headers[name]
-        base_tensor = read_tensor(header, key)
-        rebuilt_tensor = read_tensor(ours.headers[our_keys[key]], key)
-        if key not in keys:
+        raise SGMError(
+            f"the rebuilt checkpoint and the base {base} hold different tensor names; the base "
+            "is another model"
+        )
+    read_ours, read_theirs = _tensor_reader(ours), _tensor_reader(theirs)
+    worst_relative, worst_share, within, identical = 0.0, 0.0, True, True
+    for key in sorted(their_keys):
+        base_tensor, rebuilt_tensor = read_theirs(key), read_ours(key)
+        if base_tensor.shape != rebuilt_tensor.shape or base_tensor.dtype != rebuilt_tensor.dtype:
+            identical = within = False
+            continue
+        edit = plan.edits.get(key)
+        if edit is None:
             identical &= torch.equal(base_tensor, rebuilt_tensor)
             continue
-        scale = base_tensor.float().abs().clamp_min(torch.finfo(torch.float32).tiny)
-        relative = float(((rebuilt_tensor.float() - base_tensor.float()).abs() / scale).max())
-        worst = max(worst, relative)
-        within &= relative <= RELATIVE_ERROR.get(header.tensors[key].dtype, 1e-2) * 1.0001
+        tiny = torch.finfo(base_tensor.dtype).tiny
+        rows = base_tensor.shape[0] if base_tensor.ndim else 1
+        per_row = max(1, base_tensor.numel() // max(1, rows))
+        step = max(1, COMPARE_BLOCK // per_row)
+        for start in range(0, rows, step):
+            stop = min(rows, start + step)
+            expected = base_tensor[start:stop].to(torch.float64)
+            got = rebuilt_tensor[start:stop].to(torch.float64)
+            inverse = edit.fold.fold_block(torch.ones_like(expected), start)
+            difference = (got - expected).abs()
+            bound = rounding_bound(expected, inverse, edit.dtype)
+            within &= bool((difference <= bound).all())
+            worst_share = max(worst_share, float((difference / bound).max()))
+            normal = expected.abs() >= tiny
+            if bool(normal.any()):
+                relative = difference[normal] / expected.abs()[normal]
+                worst_relative = max(worst_relative, float(relative.max()))
     return {
-        "max_relative_difference": worst,
-        "within_one_rounding": within,
+        "max_relative_difference": worst_relative,
+        "max_share_of_bound": worst_share,
+        "within_bound": within,
         "others_identical": identical,
     }
 
 
-def unbake(out: Path, dest: Path, overwrite: bool = False, progress: bool = True) -> dict[str, Any]:
+def unbake(
+    out: Path,
+    dest: Path,
+    overwrite: bool = False,
+    progress: bool = True,
+    compare_with: Path | None = None,
+) -> dict[str, Any]:
     """Rebuild the base checkpoint from a baked folder into `dest` (atomically).
 
     Every file but the model card and `sgm/` is carried over; the folded tensors are divided by
-    their factors in float64 and rounded once to their dtype.
+    their factors in float64 and rounded once to their dtype. OUT must match its record
+    (TamperedError otherwise). With `compare_with` (a base checkpoint folder) the rebuilt
+    weights are compared with it before DEST is put in place: a failed comparison raises
+    TamperedError and leaves DEST as it was.
     """
     from sgm_bake.io.atomic import atomic_folder, check_target
     from sgm_bake.io.checkpoint import open_checkpoint
@@ -141,21 +162,29 @@ def unbake(out: Path, dest: Path, overwrite: bool = False, progress: bool = True
     from sgm_bake.pipeline.verify import recorded_recipe
     from sgm_bake.publish.card import CARD_FILE
 
-    record = read_record(out)
-    check = check_hashes(out, record)
-    if not check.ok:
-        raise SGMError(
-            f"{out} does not match its record ({check.describe()}); it was changed after baking"
-        )
+    record = require_intact(out)
     check_target(dest, out, overwrite)
+    if compare_with is not None:
+        open_checkpoint(compare_with)  # a bad base fails before anything is written
     checkpoint = open_checkpoint(out)
     recipe = recorded_recipe(record, checkpoint.config)
     inverse = inverse_expertise(stored_expertise(out))
     plan = plan_bake(checkpoint, inverse, recipe=recipe, compute=torch.float64)
+    figures: dict[str, Any] | None = None
     with atomic_folder(dest, overwrite) as staging:
         copy_other_files(checkpoint, staging, frozenset({CARD_FILE}))
         write_weights(plan, staging, progress)
-    return {"tensors_rebuilt": sorted(plan.edits), "source": record.source.id}
+        if compare_with is not None:
+            figures = compare_weights(staging, compare_with, plan)
+            if not (figures["within_bound"] and figures["others_identical"]):
+                raise TamperedError(
+                    f"{out} differs from the base {compare_with} by more than its declared "
+                    f"factors (rebuilt weights within the rounding bound: "
+                    f"{figures['within_bound']}, largest share of the bound "
+                    f"{figures['max_share_of_bound']:.3g}; other tensors identical: "
+                    f"{figures['others_identical']}); {dest} was not written"
+                )
+    return {"tensors_rebuilt": sorted(plan.edits), "source": record.source.id, "compare": figures}
 
 
 def describe_record(record: BakeRecord) -> list[str]:
@@ -194,10 +223,11 @@ def describe_record(record: BakeRecord) -> list[str]:
 
 
 def rerender_folder(folder: Path, record: BakeRecord) -> list[str]:
-    """Redraw the plots and the card from the record, and refresh its hashes."""
-    from sgm_bake.pipeline.record import refresh
+    """Redraw the plots and the card from the record and record the files redrawn (the caller
+    checked the folder with `require_intact` first)."""
+    from sgm_bake.pipeline.record import rewrite_card
     from sgm_bake.publish.card import write_plots
 
     written = write_plots(folder, record, stored_expertise(folder))
-    refresh(folder, record)
+    rewrite_card(folder, record, written)
     return written

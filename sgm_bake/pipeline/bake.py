@@ -24,7 +24,13 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from sgm_bake.core.expertise import Expertise, ModuleExpertise, ResolvedUnits, save_expertise
+from sgm_bake.core.expertise import (
+    Expertise,
+    ModuleExpertise,
+    ResolvedUnits,
+    language_units,
+    save_expertise,
+)
 from sgm_bake.core.fold import TensorFold, unit_axis
 from sgm_bake.core.recipes import (
     CheckpointLayout,
@@ -32,6 +38,7 @@ from sgm_bake.core.recipes import (
     Recipe,
     recipe_for_config,
     resolve_checkpoint_layout,
+    with_expert_layout,
 )
 from sgm_bake.errors import SGMError
 from sgm_bake.io import interrupts
@@ -85,6 +92,8 @@ class BakeOptions:
     progress: bool = True
     command: str | None = None
     base_model: str | None = None
+    expert_layout: str | None = None
+    """How the checkpoint stores square stacked expert matrices (`--expert-layout`)."""
     extra_record: dict[str, Any] = field(default_factory=dict)
     stages: dict[str, dict[str, Any]] = field(default_factory=dict)
     """Measured figures of stages that ran before the bake (the one-command form's profile)."""
@@ -147,18 +156,10 @@ def library_versions() -> dict[str, str]:
 
 def covered_layers(recipe: Recipe, config: dict[str, Any], units: list[ResolvedUnits]) -> range:
     """The language layers a bake touches: the post-fusion ones, widened down to the earliest
-    layer an explicit expertise file names (with a warning: profiling never picks those)."""
+    layer an explicit expertise file names (`language_units` warns about those)."""
     post_fusion = recipe.layers(config)
-    early = sorted({unit.layer for unit in units if unit.layer < post_fusion.start})
-    if not early:
-        return post_fusion
-    logger.warning(
-        "the expertise names pre-fusion language layers %s (before layer %d, where the image "
-        "enters); baking them as given",
-        early,
-        post_fusion.start,
-    )
-    return range(early[0], post_fusion.stop)
+    early = min((unit.layer for unit in units), default=post_fusion.start)
+    return range(min(early, post_fusion.start), post_fusion.stop)
 
 
 def _unit_factors(
@@ -213,7 +214,7 @@ def plan_bake(
     recipe = recipe or recipe_for_config(checkpoint.config, recipe_file)
     key_files = checkpoint.tensor_keys()
     shapes = tensor_shapes(checkpoint)
-    units = expertise.resolve(recipe, recipe.all_layers(checkpoint.config))
+    units = language_units(expertise, recipe, checkpoint.config)
     layers = covered_layers(recipe, checkpoint.config, units)
     layout = resolve_checkpoint_layout(
         recipe, checkpoint.config, key_files, {k: s for k, (s, _) in shapes.items()}, layers
@@ -375,7 +376,10 @@ def bake(source: Source, out: Path, expertise: Expertise, options: BakeOptions) 
 
     check_target(out, source.path, options.overwrite)
     checkpoint = open_checkpoint(source.path)
-    plan = plan_bake(checkpoint, expertise, options.recipe_file)
+    recipe = recipe_for_config(checkpoint.config, options.recipe_file)
+    if options.expert_layout is not None:
+        recipe = with_expert_layout(recipe, options.expert_layout)
+    plan = plan_bake(checkpoint, expertise, recipe=recipe)
     if all(bool((unit.entry.alpha == 1).all()) for unit in plan.units):
         logger.warning(
             "every factor is 1: this bake changes no weight (no unit passed the rule's "

@@ -17,8 +17,12 @@ What each stage holds (see DESIGN.md, "Scale"):
   accelerate device map, plus activations (profile: a batch's hidden states and logits) or the KV
   cache (generation). On GPUs the host holds the process and one tensor in flight.
 
-The process itself (Python, torch, transformers, a model class) is counted as `PROCESS_BYTES`,
-measured as the RssAnon of `python -c "import torch, transformers"` plus a model class import.
+Every figure is a peak of the process's anonymous memory (RssAnon, what `PeakMemory` records)
+or of one GPU's memory (torch's reserved peak plus the CUDA context). The constants below were
+measured on a CPU machine (torch 2.13, transformers 5.25) with `benchmarks/bench_plan.py`: the
+process each command needs before its stage's own memory, and the working memory of a forward
+pass per token. The GPU-side constants (the CUDA context, and what initialising CUDA adds to the
+host) are estimates, to be checked by `benchmarks/gpu_check.sh` on a GPU.
 """
 
 from __future__ import annotations
@@ -39,10 +43,29 @@ from sgm_bake.runtime.memory import format_bytes
 
 logger = logging.getLogger(__name__)
 
-PROCESS_BYTES = 600 * 2**20
-BAKE_BUFFER_BYTES = 2 * (16 + 4 + 4) * 2**20
-"""Two shard workers, each with a 16 MiB write chunk, a 1 MiB source block as float32 (4 MiB)
-and its hashing queue's share."""
+MiB = 2**20
+PROCESS_BYTES = 320 * MiB
+"""A command that loads a model (Python, torch, transformers, the model's class, the processor),
+before the model: measured 303-355 MiB by running each command on a toy LLaVA."""
+BAKE_PROCESS_BYTES = 200 * MiB
+"""The bake command (no model classes): measured 196 MiB on a toy LLaVA."""
+BAKE_BUFFER_BYTES = 2 * (4 + 2) * 16 * MiB
+"""Two shard workers, each with a 16 MiB chunk being folded, one being hashed, and folded chunks
+waiting for the hashing thread (up to 8, about 4 on average: the bake's measured peak varies
+from run to run with how far hashing lags, 340-500 MiB in all on llava-1.5-7b's widths)."""
+CUDA_HOST_BYTES = 600 * MiB
+"""Host memory that initialising CUDA adds to the process (its libraries and context bookkeeping):
+an estimate from the H200 run of issue 16, not measured here."""
+CUDA_CONTEXT_BYTES = 512 * MiB
+"""GPU memory the CUDA context holds outside torch's allocator: an estimate."""
+SCORING_BYTES = 140 * MiB
+"""Scoring the stored responses and building the inputs: the fixed part of profiling's working
+memory (measured 144 MiB)."""
+VERIFY_PROMPTS = 3
+"""verify --full runs three prompts, each three times (without hooks, with hooks, baked), and
+keeps all nine logit tensors in float32."""
+TEXT_PROMPT_TOKENS = 48
+"""Tokens of a verification prompt's text around the image (chat template included)."""
 DEFAULT_GPU_BYTES = 80 * 2**30
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 CONFIG_DTYPE_TAG = {"float32": "F32", "bfloat16": "BF16", "float16": "F16"}
@@ -53,8 +76,12 @@ STAGES = ("bake", "verify", "verify --full", "profile", "eval/generate")
 class PlanOptions:
     """What the stages will be run with."""
 
-    dtype: str = "bfloat16"
-    """Run dtype of the whole-model stages (verify --full, profile, eval, generate)."""
+    dtype: str = "auto"
+    """Run dtype of profile, eval and generate (auto: bfloat16 on GPUs, float32 on the CPU)."""
+    verify_dtype: str = "float32"
+    """Precision of verify --full's forward passes (its --verify-dtype)."""
+    device: str = "cuda"
+    """Where the whole-model stages run: cuda (GPUs, the host holds the process) or cpu."""
     max_memory: dict[int | str, int] = field(default_factory=dict)
     """accelerate-style budgets (GPU index or 'cpu' -> bytes); empty: report, never refuse."""
     gpu_bytes: int = DEFAULT_GPU_BYTES
@@ -83,6 +110,10 @@ class ModelFacts:
     hidden_size: int
     kv_width: int
     vocab_size: int
+    intermediate_size: int
+    heads: int
+    image_tokens: int
+    """Tokens one image becomes in the language model's input (0: a text model)."""
     units: int
     largest_module_units: int
     counted_from: str
@@ -125,7 +156,8 @@ class MemoryPlan:
         )
         rows = [
             head,
-            f"whole-model stages at {self.options.dtype}; "
+            f"whole-model stages on {self.options.device} at {run_dtype(self.options)} "
+            f"(verify --full at {self.options.verify_dtype}); "
             + (
                 f"budget {_budget_text(self.options.max_memory)}"
                 if self.options.max_memory
@@ -186,12 +218,25 @@ def _hub_inputs(
     from huggingface_hub import get_safetensors_metadata, hf_hub_download
     from huggingface_hub.errors import HfHubHTTPError, NotASafetensorsRepoError
 
+    from sgm_bake.io.hub import unreachable
+
+    reason = unreachable()
+    if reason is not None:  # at once, not after huggingface_hub's retries
+        raise SGMError(
+            f"{repo_id} is not a local folder, and {reason}: check the network, or plan a "
+            "local folder holding the model's config.json"
+        )
     try:
         config_path = Path(hf_hub_download(repo_id, "config.json", revision=revision))
     except HfHubHTTPError as exc:
         raise SGMError(
             f"cannot fetch config.json of {repo_id!r} from the Hub ({exc}); check the id, your "
             "network and HF_TOKEN for gated models"
+        ) from exc
+    except Exception as exc:  # the connection dropped after the check: httpx errors, timeouts
+        raise SGMError(
+            f"cannot fetch config.json of {repo_id!r} from the Hub ({type(exc).__name__}); "
+            "check the network"
         ) from exc
     tensors: dict[str, tuple[str, tuple[int, ...]]] = {}
     try:
@@ -308,6 +353,9 @@ def model_facts(
     head_dim = int(text.get("head_dim") or (hidden // heads if heads else 0))
     kv_heads = int(text.get("num_key_value_heads") or heads)
     total_layers = int(text.get("num_hidden_layers") or text.get("n_layer") or layers.stop)
+    intermediate = int(
+        text.get("intermediate_size") or text.get("n_inner") or text.get("ffn_dim") or 4 * hidden
+    )
     return ModelFacts(
         model_id=model,
         model_type=recipe.model_type,
@@ -322,11 +370,39 @@ def model_facts(
         hidden_size=hidden,
         kv_width=kv_heads * head_dim,
         vocab_size=int(text.get("vocab_size") or 0),
+        intermediate_size=intermediate,
+        heads=heads,
+        image_tokens=_image_tokens(config),
         units=units,
         largest_module_units=largest_module_units,
         streamed=streamed,
         counted_from=counted_from,
     )
+
+
+def _image_tokens(config: dict[str, Any]) -> int:
+    """Tokens one image becomes in the language model's input where the config says
+    (`image_seq_length`, the LLaVA family's key); 0 elsewhere (models that take images through
+    cross-attention, or whose image tokens depend on the image's size)."""
+    value = config.get("image_seq_length")
+    return int(value) if isinstance(value, int) else 0
+
+
+def forward_bytes(
+    facts: ModelFacts, batch: int, sequence: int, element: int, capture: bool = False
+) -> int:
+    """Working memory of one forward pass over `batch` sequences of `sequence` tokens, beyond
+    the weights and any KV cache. Inference frees each layer's activations as the next runs, so
+    this is one decoder layer's largest transient and does not grow with depth: per token, the
+    MLP's intermediate three times (gate, up, their product) and three hidden-state vectors, and,
+    with profiling's `capture` hooks, one pooled module's masked copy (float32 at most: mean
+    pooling widens, max pooling masks in the model's dtype). Attention does not materialise its
+    scores (SDPA kernels, CPU and GPU). Measured within 1% on llava-1.5-7b's widths in float32
+    on a CPU (benchmarks/bench_plan.py)."""
+    per_token = element * (3 * facts.intermediate_size + 3 * facts.hidden_size)
+    if capture:
+        per_token += 4 * facts.intermediate_size
+    return batch * sequence * per_token
 
 
 def _whole_model_stage(
@@ -338,7 +414,7 @@ def _whole_model_stage(
         (value for key, value in budgets.items() if isinstance(key, int)), reverse=True
     )
     need = weights + working
-    if budgets and not gpu_budgets:  # a CPU-only budget: everything on the host
+    if options.device == "cpu" or (budgets and not gpu_budgets):  # everything on the host
         host = PROCESS_BYTES + need + host_extra
         cpu = budgets.get("cpu")
         fits = cpu is None or host <= cpu
@@ -346,13 +422,15 @@ def _whole_model_stage(
         return StagePlan(name, host, 0, 0, fits, note)
     per_gpu = gpu_budgets[0] if gpu_budgets else options.gpu_bytes
     # Every GPU holds its share of the weights plus the working memory of the layers it runs
-    # (activations travel with the layers; the KV cache is split by layer too).
-    gpus = max(1, math.ceil(need / per_gpu))
-    host = PROCESS_BYTES + facts.largest_tensor_bytes + host_extra
+    # (activations travel with the layers; the KV cache is split by layer too), beside a CUDA
+    # context.
+    usable = max(1, per_gpu - CUDA_CONTEXT_BYTES)
+    gpus = max(1, math.ceil(need / usable))
+    host = PROCESS_BYTES + CUDA_HOST_BYTES + facts.largest_tensor_bytes + host_extra
     fits = True
     note = f"device_map=auto over {gpus} GPU{'s' if gpus > 1 else ''}"
     if gpu_budgets and gpus > len(gpu_budgets):
-        spill = need - sum(gpu_budgets)
+        spill = need - sum(max(0, budget - CUDA_CONTEXT_BYTES) for budget in gpu_budgets)
         cpu = budgets.get("cpu")
         if cpu is not None and spill + host <= cpu:
             gpus = len(gpu_budgets)
@@ -369,20 +447,40 @@ def _whole_model_stage(
     if fits and cpu is not None and host > cpu:
         fits = False
         note = f"host needs {format_bytes(host)}, more than the cpu budget"
-    per_gpu_peak = math.ceil(need / gpus) if fits or not gpu_budgets else per_gpu
-    return StagePlan(name, host, min(per_gpu_peak, need), gpus, fits, note)
+    if fits or not gpu_budgets:
+        per_gpu_peak = math.ceil(need / gpus) + CUDA_CONTEXT_BYTES
+    else:
+        per_gpu_peak = per_gpu
+    return StagePlan(name, host, per_gpu_peak, gpus, fits, note)
+
+
+def _dtype_bytes(name: str) -> int:
+    if name not in DTYPE_BYTES:
+        raise SGMError(f"dtype {name!r} is not one of {', '.join(DTYPE_BYTES)}")
+    return DTYPE_BYTES[name]
+
+
+def run_dtype(options: PlanOptions) -> str:
+    """The dtype profile, eval and generate run in (`auto`: as the commands resolve it)."""
+    if options.dtype != "auto":
+        return options.dtype
+    return "float32" if options.device == "cpu" else "bfloat16"
 
 
 def plan_stages(facts: ModelFacts, options: PlanOptions) -> MemoryPlan:
     """Each stage's peak memory for MODEL under OPTIONS."""
-    if options.dtype not in DTYPE_BYTES:
-        raise SGMError(f"dtype {options.dtype!r} is not one of {', '.join(DTYPE_BYTES)}")
-    element = DTYPE_BYTES[options.dtype]
+    if options.device not in ("cuda", "cpu"):
+        raise SGMError(f"plan --device {options.device!r} is not cuda or cpu")
+    element = _dtype_bytes(run_dtype(options))
+    verify_element = _dtype_bytes(options.verify_dtype)
     weights = facts.params * element
     cpu = options.max_memory.get("cpu")
+    on_cpu = options.device == "cpu" or bool(
+        options.max_memory and not any(isinstance(k, int) for k in options.max_memory)
+    )
     stages = []
 
-    bake_host = PROCESS_BYTES + BAKE_BUFFER_BYTES
+    bake_host = BAKE_PROCESS_BYTES + BAKE_BUFFER_BYTES
     stages.append(
         StagePlan(
             "bake",
@@ -393,18 +491,36 @@ def plan_stages(facts: ModelFacts, options: PlanOptions) -> MemoryPlan:
             "streamed; source memory-mapped (page cache)",
         )
     )
-    hidden_width = max(facts.hidden_size, 1)
+    # verify --full: three prompts (an image and a short text where the model takes images),
+    # nine float32 logit tensors kept on the host, and, while the baked tensors are swapped in,
+    # a folded tensor read from each checkpoint and converted (about three copies at the
+    # verification dtype).
+    prompt = facts.image_tokens + TEXT_PROMPT_TOKENS
+    logits = 3 * VERIFY_PROMPTS * prompt * facts.vocab_size * 4
+    swap = 3 * facts.block_largest_bytes // max(1, _stored_element(facts)) * verify_element
+    verify_forward = forward_bytes(facts, 1, prompt, verify_element)
+    if on_cpu:
+        full_working, full_host = verify_forward + logits + swap, 0
+    else:  # logits and the swap's reads live on the host; the forward pass on the GPUs
+        full_working, full_host = verify_forward + prompt * facts.vocab_size * 4, logits + swap
+    full = _whole_model_stage(
+        "verify --full",
+        facts.params * verify_element,
+        full_working,
+        full_host,
+        facts,
+        options,
+    )
     verify_host = (
         PROCESS_BYTES
-        + facts.block_params * 4
-        + facts.block_largest_bytes
-        + 4 * 128 * hidden_width * 4
+        + max(facts.block_params * 4, 2 * facts.block_params * _stored_element(facts))
+        + 4 * 128 * max(facts.hidden_size, 1) * 4
     )
-    logits = 3 * 600 * facts.vocab_size * 4
     if not facts.streamed:
-        fallback = _whole_model_stage("verify", weights, logits, 0, facts, options)
         stages.append(
-            replace(fallback, note=f"whole model (no layer streaming here); {fallback.note}")
+            replace(
+                full, stage="verify", note=f"whole model (no layer streaming here); {full.note}"
+            )
         )
     else:
         stages.append(
@@ -417,17 +533,15 @@ def plan_stages(facts: ModelFacts, options: PlanOptions) -> MemoryPlan:
                 f"one MLP block in float32 ({facts.block_params / 1e6:.0f}M parameters)",
             )
         )
-    tokens = options.batch_size * options.sequence_length
-    stages.append(_whole_model_stage("verify --full", weights, logits, 0, facts, options))
-    # A forward pass keeps a few hidden-state-sized tensors and the MLP intermediate alive per
-    # layer in flight, plus the batch's logits; pooled responses go to the host store.
-    activations = tokens * (8 * facts.hidden_size) * element + tokens * facts.vocab_size * element
-    # Pooled responses go to a memory-mapped store on disk; scoring reads one module at a time
-    # (a contiguous copy and the rank buffers of the AUROC: about four copies), and the result
-    # holds an AUROC and a factor per unit.
+    stages.append(replace(full, note=f"at {options.verify_dtype} (--verify-dtype); {full.note}"))
+    # Profiling: one batch's forward pass (the logits of the last position only); pooled
+    # responses go to a memory-mapped store on disk (file pages, not the process's), and
+    # scoring reads one module at a time.
     store_bytes = options.profile_samples * facts.units * 4
-    scoring = 4 * options.profile_samples * facts.largest_module_units * 4 + facts.units * 8
-    profile = _whole_model_stage("profile", weights, activations, scoring, facts, options)
+    activations = forward_bytes(
+        facts, options.batch_size, options.sequence_length, element, capture=True
+    )
+    profile = _whole_model_stage("profile", weights, activations, SCORING_BYTES, facts, options)
     stages.append(
         StagePlan(
             profile.stage,
@@ -446,9 +560,15 @@ def plan_stages(facts: ModelFacts, options: PlanOptions) -> MemoryPlan:
         * facts.kv_width
         * element
     )
-    generation = kv_cache + tokens * 8 * facts.hidden_size * element
+    generation = kv_cache + forward_bytes(
+        facts, options.batch_size, options.sequence_length, element
+    )
     stages.append(_whole_model_stage("eval/generate", weights, generation, 0, facts, options))
     return MemoryPlan(facts, options, tuple(stages))
+
+
+def _stored_element(facts: ModelFacts) -> int:
+    return int(DTYPES.get(facts.stored_dtype, (None, 2))[1])
 
 
 def plan(model: str, options: PlanOptions, recipe_file: Path | None = None) -> MemoryPlan:

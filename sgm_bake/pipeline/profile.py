@@ -14,9 +14,10 @@ import json
 import logging
 import math
 import os
-import shutil
 import sys
-from collections.abc import Iterator
+import time
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -29,17 +30,33 @@ from sgm_bake.core.capture import Capture, ExpertTarget, Pooling
 from sgm_bake.core.expertise import Expertise, ModuleExpertise
 from sgm_bake.core.hooks import patch_experts, runtime_prefix, runtime_weight, unit_count
 from sgm_bake.core.recipes import HookPoint, Projection, Recipe
-from sgm_bake.core.rules import RuleOptions, auroc, factors
+from sgm_bake.core.rules import RuleOptions, auroc, auroc_torch, factors
 from sgm_bake.datasets.profile_set import ProfileSample, ProfileSet
 from sgm_bake.errors import SGMError
-from sgm_bake.io.response_store import ResponseStore
-from sgm_bake.runtime.chat import call_processor
+from sgm_bake.io.response_store import ResponseStore, discard_store
+from sgm_bake.io.source import content_key
+from sgm_bake.runtime.chat import call_processor, check_context, context_length, render_chat
 from sgm_bake.runtime.distributed import Distributed, rank_share
+from sgm_bake.runtime.memory import measured
 
 logger = logging.getLogger(__name__)
 
 Feed = Literal["response", "dialogue"]
 Positions = Literal["all", "text"]
+BatchSize = int | Literal["auto"]
+DEFAULT_BATCH_SIZE = 8
+"""The batch of `--batch-size auto` where no batch is probed (CPU, MPS, tuning)."""
+MAX_AUTO_BATCH = 64
+"""The largest batch `auto` tries: beyond some 40k tokens a forward pass gains no speed."""
+AUTO_HEADROOM = 0.85
+"""Share of a GPU's usable memory an automatic batch may plan to fill (the allocator's
+fragmentation and the rest of the process need the remainder)."""
+ORDER = "length-v1"
+"""How samples are ordered into batches (part of the response store's fingerprint): samples with
+an image first, then by token count, longest first, ties in set order."""
+MATRIX_PEAK_FLOPS = {("H200", "bfloat16"): 790e12}
+"""Dense matrix-multiply rates measured on a device (FLOP/s): the H200's bf16 rate, measured with
+large torch matmuls. Devices not listed get tokens/s only."""
 
 
 @dataclass(frozen=True)
@@ -51,12 +68,18 @@ class ProfileOptions:
     pooling: Pooling = "max"
     positions: Positions = "all"
     feed: Feed = "dialogue"
-    batch_size: int = 8
+    batch_size: BatchSize = "auto"
+    """Samples per forward pass; `auto`: probed on a GPU at start, else DEFAULT_BATCH_SIZE."""
     max_samples: int | None = None
     responses_dir: Path | None = None
     keep_responses: bool = False
     progress: bool = True
     rule: RuleOptions = field(default_factory=RuleOptions)
+
+
+def fixed_batch_size(batch_size: BatchSize) -> int:
+    """The batch size where none is probed: a number stays, `auto` is DEFAULT_BATCH_SIZE."""
+    return DEFAULT_BATCH_SIZE if batch_size == "auto" else int(batch_size)
 
 
 def parse_layers(text: str | None) -> tuple[int, ...] | None:
@@ -184,18 +207,25 @@ class Inputs:
 
     def _text(self, sample: ProfileSample, with_image: bool) -> str:
         if self.template_owner is not None:
-            return str(
-                self.template_owner.apply_chat_template(
-                    self._conversation(sample, with_image),
-                    tokenize=False,
-                    add_generation_prompt=False,
-                )
+            return render_chat(
+                self.template_owner,
+                self._conversation(sample, with_image),
+                add_generation_prompt=False,
             )
         image_token = getattr(self.processor, "image_token", "<image>")
         prefix = f"{image_token}\n" if with_image else ""
         if self.feed == "dialogue" and sample.prompt:
             return f"{prefix}{sample.prompt}\n{sample.text}"
         return f"{prefix}{sample.text}"
+
+    def length(self, sample: ProfileSample) -> int:
+        """Tokens of the sample's text as fed (an image counts as its placeholder): what orders
+        samples into batches of similar length."""
+        with_image = self.processor is not None and sample_has_image(sample)
+        text = self._text(sample, with_image)
+        return len(
+            self.tokenizer(text, add_special_tokens=self.template_owner is None)["input_ids"]
+        )
 
     def build(self, samples: list[ProfileSample]) -> dict[str, torch.Tensor]:
         images = [sample.image() for sample in samples] if self.processor is not None else []
@@ -221,6 +251,32 @@ class Inputs:
             for token in self.image_token_ids:
                 mask &= batch["input_ids"] != token
         return mask
+
+
+def sample_has_image(sample: ProfileSample) -> bool:
+    return sample.image_path is not None or sample.render is not None
+
+
+def length_order(samples: Sequence[ProfileSample], inputs: Inputs) -> tuple[ProfileSample, ...]:
+    """The samples in the order they are batched: with an image first (a batch mixing samples
+    with and without one is fed without images), then longest first, so that a batch holds
+    samples of similar length (little padding) and the first batch is the longest (what an
+    automatic batch size is probed on). Deterministic: ties keep set order."""
+    keys = [
+        (not (inputs.processor is not None and sample_has_image(sample)), -inputs.length(sample), i)
+        for i, sample in enumerate(samples)
+    ]
+    return tuple(samples[index] for *_, index in sorted(keys))
+
+
+def check_row_lengths(inputs: Inputs, profile_set: ProfileSet, config: dict[str, Any]) -> None:
+    """Refuse a row longer than the model's context before the first batch (its text as the
+    model will see it, through the chat template; image tokens come on top)."""
+    texts = [
+        (f"profile set {profile_set.name} row {sample.id}", inputs._text(sample, False))
+        for sample in profile_set.samples
+    ]
+    check_context(texts, inputs.tokenizer, context_length(config))
 
 
 def _image_token_ids(config: dict[str, Any], processor: Any) -> set[int]:
@@ -254,8 +310,10 @@ def _forward(
                 value = value.to(dtype)
         moved[key] = value
     with torch.no_grad():
+        # Neither the logits nor a KV cache is needed: skip most of lm_head, and do not keep
+        # every layer's keys and values (2 x layers x tokens x width: gigabytes at 7B).
         try:
-            model(**moved, logits_to_keep=1)  # the logits are not needed: skip most of lm_head
+            model(**moved, logits_to_keep=1, use_cache=False)
         except TypeError:
             model(**moved)
 
@@ -267,10 +325,14 @@ def fingerprint(
     options: ProfileOptions,
     targets: list[ProfileTarget],
     dtype: torch.dtype,
+    content: str = "",
 ) -> dict[str, Any]:
-    """What makes two profile runs the same: a resumed run must match it exactly."""
+    """What makes two profile runs the same: a resumed run must match it exactly. `content` is
+    the model folder's `content_key`: two models are told apart by what they hold, never by
+    the name of their folder."""
     return {
         "source": source_id,
+        "content": content,
         "revision": revision,
         "profile_set": profile_set.name,
         "profile_set_sha256": profile_set.sha256,
@@ -279,7 +341,7 @@ def fingerprint(
         "pooling": options.pooling,
         "positions": options.positions,
         "feed": options.feed,
-        "batch_size": options.batch_size,
+        "batch_size": fixed_batch_size(options.batch_size),
         "dtype": str(dtype),
     }
 
@@ -290,19 +352,69 @@ def default_responses_dir(key: dict[str, Any]) -> Path:
     return cache / "sgm-bake" / "responses" / digest
 
 
-def capture_responses(
-    model: Any,
-    inputs: Inputs,
-    profile_set: ProfileSet,
-    targets: list[ProfileTarget],
-    options: ProfileOptions,
-    store: ResponseStore,
-    device: torch.device,
-    dtype: torch.dtype,
-    recipe: Recipe | None = None,
-) -> None:
-    """Run every not-yet-stored batch through the model and store its pooled responses
-    (`recipe` is needed when a target is a stacked experts parameter)."""
+@dataclass
+class CaptureStats:
+    """What a profiling run fed the model and how fast (for the bake record and the log)."""
+
+    batch_size: int = 0
+    batch_size_auto: bool = False
+    probe_seconds: float = 0.0
+    samples: int = 0
+    tokens: int = 0
+    """Positions fed, padding excluded (image tokens included)."""
+    positions: int = 0
+    """Positions fed, padding included."""
+    seconds: float = 0.0
+    scoring_seconds: float = 0.0
+
+    def add_batch(self, batch: dict[str, torch.Tensor], count: int) -> None:
+        ids = batch["input_ids"]
+        mask = batch.get("attention_mask")
+        self.samples += count
+        self.positions += int(ids.numel())
+        self.tokens += int(mask.sum()) if mask is not None else int(ids.numel())
+
+    def record(self, parameters: int, device: torch.device, dtype: torch.dtype) -> dict[str, Any]:
+        """Throughput figures: tokens/s, and on a GPU with a measured matrix rate the share of
+        it the forward passes used (FLOPs estimated as 2 x parameters x tokens)."""
+        rate = self.tokens / self.seconds if self.seconds > 0 else 0.0
+        figures: dict[str, Any] = {
+            "batch_size": self.batch_size,
+            "batch_size_auto": self.batch_size_auto,
+            "probe_seconds": round(self.probe_seconds, 3),
+            "capture_seconds": round(self.seconds, 3),
+            "scoring_seconds": round(self.scoring_seconds, 3),
+            "samples": self.samples,
+            "tokens": self.tokens,
+            "padding_share": round(1 - self.tokens / self.positions, 4) if self.positions else 0,
+            "samples_per_second": round(self.samples / self.seconds, 3) if self.seconds else 0,
+            "tokens_per_second": round(rate, 1),
+        }
+        if device.type == "cuda":
+            flops = 2.0 * parameters * rate
+            figures["model_tflops_per_second"] = round(flops / 1e12, 2)
+            peak = measured("name the GPU", lambda: matrix_peak(device, dtype), None)
+            if peak:
+                figures["matrix_rate_tflops"] = peak / 1e12
+                figures["matrix_rate_share"] = round(flops / peak, 4)
+        return figures
+
+
+def matrix_peak(device: torch.device, dtype: torch.dtype) -> float | None:
+    """The measured dense matrix rate of `device` at `dtype` (FLOP/s), or None if not known."""
+    name = torch.cuda.get_device_name(device)
+    dtype_name = str(dtype).replace("torch.", "")
+    for (model, known_dtype), peak in MATRIX_PEAK_FLOPS.items():
+        if model in name and known_dtype == dtype_name:
+            return peak
+    return None
+
+
+def _capture_for(
+    targets: list[ProfileTarget], options: ProfileOptions, recipe: Recipe | None
+) -> Capture:
+    """Capture hooks on every target (`recipe` is needed when a target is a stacked experts
+    parameter)."""
     modules = [(t.name, t.module, t.point.side) for t in targets if not t.stacked]
     experts: dict[int, tuple[torch.nn.Module, str, list[ExpertTarget]]] = {}
     for t in targets:
@@ -320,13 +432,38 @@ def capture_responses(
         assert recipe is not None
         return patch_experts(recipe, module, groups[id(module)], tap=tap)
 
+    return Capture(
+        modules,
+        options.pooling,
+        [(module, found) for module, _, found in experts.values()],
+        patch,
+    )
+
+
+def capture_responses(
+    model: Any,
+    inputs: Inputs,
+    profile_set: ProfileSet,
+    targets: list[ProfileTarget],
+    options: ProfileOptions,
+    store: ResponseStore,
+    device: torch.device,
+    dtype: torch.dtype,
+    recipe: Recipe | None = None,
+    stats: CaptureStats | None = None,
+) -> CaptureStats:
+    """Run every not-yet-stored batch through the model and store its pooled responses
+    (`recipe` is needed when a target is a stacked experts parameter).
+
+    The next batch's inputs are built (processor, tokenizer, images) on a worker thread while the
+    current batch runs, so a GPU does not wait for the host between batches."""
+    stats = stats if stats is not None else CaptureStats()
+    size = fixed_batch_size(options.batch_size)
+    stats.batch_size = stats.batch_size or size
+    batches = list(_batches(profile_set.samples, store.completed, size))
+    started = time.perf_counter()
     with (
-        Capture(
-            modules,
-            options.pooling,
-            [(module, found) for module, _, found in experts.values()],
-            patch,
-        ) as capture,
+        _capture_for(targets, options, recipe) as capture,
         tqdm(
             total=len(profile_set.samples),
             initial=store.completed,
@@ -335,9 +472,14 @@ def capture_responses(
             disable=not options.progress,
             file=sys.stderr,
         ) as bar,
+        ThreadPoolExecutor(max_workers=1, thread_name_prefix="sgm-inputs") as builder,
     ):
-        for first, samples in _batches(profile_set.samples, store.completed, options.batch_size):
-            batch = inputs.build(samples)
+        pending = builder.submit(inputs.build, batches[0][1]) if batches else None
+        for index, (first, samples) in enumerate(batches):
+            assert pending is not None
+            batch = pending.result()
+            following = batches[index + 1][1] if index + 1 < len(batches) else None
+            pending = builder.submit(inputs.build, following) if following else None
             mask = inputs.mask(batch, options.positions)
             pooled = capture.collect(
                 mask, lambda batch=batch: _forward(model, batch, device, dtype)
@@ -356,9 +498,127 @@ def capture_responses(
                         f"module {name} produced non-finite responses (overflow?); profile in "
                         "float32 with --dtype float32"
                     )
-                arrays[name] = values.numpy().astype(np.float32)
+                arrays[name] = np.asarray(values.numpy(), dtype=np.float32)
             store.write_batch(first, arrays)
+            stats.add_batch(batch, len(samples))
             bar.update(len(samples))
+    stats.seconds += time.perf_counter() - started
+    return stats
+
+
+def predicted_batch(
+    one: dict[int, int], two: dict[int, int], usable: dict[int, float], cap: int
+) -> int:
+    """The largest power of two up to `cap` whose memory, extrapolated linearly from the bytes a
+    batch of one and of two added on each GPU, stays within that GPU's `usable` bytes (at least
+    2: both ran)."""
+    size = 2
+    while size * 2 <= cap:
+        following = size * 2
+        if any(
+            max(0, 2 * one[gpu] - two[gpu]) + (two[gpu] - one[gpu]) * following > usable[gpu]
+            for gpu in one
+        ):
+            break
+        size = following
+    return size
+
+
+def probe_batch_size(
+    model: Any,
+    inputs: Inputs,
+    samples: Sequence[ProfileSample],
+    targets: list[ProfileTarget],
+    options: ProfileOptions,
+    device: torch.device,
+    dtype: torch.dtype,
+    recipe: Recipe | None = None,
+) -> int:
+    """The largest batch (a power of two, at most MAX_AUTO_BATCH) whose forward pass, with the
+    capture hooks, fits the GPUs: run the first (longest) one and two samples, extrapolate the
+    memory per sample, then run the predicted size and halve it on out-of-memory (as heretic
+    finds its batch size). Where the statistics cannot be read, DEFAULT_BATCH_SIZE."""
+    cap = max(1, min(MAX_AUTO_BATCH, len(samples)))
+    gpus = sorted(
+        {p.device.index or 0 for p in model.parameters() if p.device.type == "cuda"}
+        | ({device.index or 0} if device.type == "cuda" else set())
+    )
+    if not gpus:
+        return DEFAULT_BATCH_SIZE
+
+    def used(size: int) -> dict[int, int] | None:
+        """Bytes each GPU's forward pass on the first `size` samples added (None: no room)."""
+        batch = inputs.build(list(samples[:size]))
+        mask = inputs.mask(batch, options.positions)
+        torch.cuda.empty_cache()
+        start = {gpu: torch.cuda.memory_allocated(gpu) for gpu in gpus}
+        for gpu in gpus:
+            torch.cuda.reset_peak_memory_stats(gpu)
+        try:
+            with _capture_for(targets, options, recipe) as capture:
+                capture.collect(mask, lambda: _forward(model, batch, device, dtype))
+        except torch.OutOfMemoryError:
+            torch.cuda.empty_cache()
+            return None
+        return {gpu: torch.cuda.max_memory_allocated(gpu) - start[gpu] for gpu in gpus}
+
+    def search() -> int:
+        one = used(1)
+        if one is None:
+            raise SGMError(
+                "one sample's forward pass does not fit the GPU memory; spread the model with "
+                "--device-map and --max-memory (and --offload-folder)"
+            )
+        two = used(2) if cap >= 2 else None
+        if two is None:
+            return 1
+        usable = {}
+        for gpu in gpus:
+            free, _ = torch.cuda.mem_get_info(gpu)
+            usable[gpu] = AUTO_HEADROOM * (free + torch.cuda.memory_reserved(gpu))
+            usable[gpu] -= torch.cuda.memory_allocated(gpu)
+        size = predicted_batch(one, two, usable, cap)
+        while size > 2 and used(size) is None:  # the prediction was too bold: back off
+            size //= 2
+        return size
+
+    started = time.perf_counter()
+    try:
+        size = search()
+    except SGMError:
+        raise
+    except Exception as exc:  # a probe is a measurement: its failure costs only the speed
+        logger.warning(
+            "could not probe the batch size (%s: %s); using %d",
+            type(exc).__name__,
+            exc,
+            DEFAULT_BATCH_SIZE,
+        )
+        size = DEFAULT_BATCH_SIZE
+    logger.info("batch size %d found in %.1f s", size, time.perf_counter() - started)
+    return size
+
+
+def store_folder_of(store_folder: Path, distributed: Distributed | None) -> Path:
+    """Where this process keeps its responses: the store itself, or its rank's part."""
+    return store_folder if distributed is None else part_folder(store_folder, distributed)
+
+
+def recorded_batch_size(folder: Path, unsized: dict[str, Any]) -> int | None:
+    """The batch size an interrupted run of the same profile (the same fingerprint but for the
+    batch size and a rank's share, which follows from it) recorded in its store, if any."""
+    try:
+        previous = json.loads((folder / "meta.json").read_text(encoding="utf-8"))["fingerprint"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if not isinstance(previous, dict) or not isinstance(previous.get("batch_size"), int):
+        return None
+    ignored = {"batch_size", "share", "rank", "world_size"}
+
+    def same(data: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in data.items() if k not in ignored}
+
+    return int(previous["batch_size"]) if same(previous) == same(unsized) else None
 
 
 def part_folder(store_folder: Path, distributed: Distributed) -> Path:
@@ -380,6 +640,7 @@ def capture_share(
     dtype: torch.dtype,
     distributed: Distributed,
     recipe: Recipe,
+    stats: CaptureStats | None = None,
 ) -> None:
     """Profile this rank's share into its own resumable store, then gather every share into the
     merged store on rank 0 (module by module, so no rank holds more than one module's rows).
@@ -387,7 +648,8 @@ def capture_share(
     The share is a run of whole single-process batches, so the merged store holds exactly the
     bytes a single process would have written."""
     total = len(profile_set.samples)
-    first, stop = rank_share(total, options.batch_size, distributed.world_size, distributed.rank)
+    size = fixed_batch_size(options.batch_size)
+    first, stop = rank_share(total, size, distributed.world_size, distributed.rank)
     share = replace(profile_set, samples=profile_set.samples[first:stop])
     modules = {t.name: t.units for t in targets}
     part_key = {**key, "rank": distributed.rank, "world_size": distributed.world_size}
@@ -396,7 +658,7 @@ def capture_share(
     part = ResponseStore.open(part_path, part_key, modules, stop - first)
     shown = replace(options, progress=options.progress and distributed.is_main)
     try:
-        capture_responses(model, inputs, share, targets, shown, part, device, dtype, recipe)
+        capture_responses(model, inputs, share, targets, shown, part, device, dtype, recipe, stats)
         counts = distributed.all_counts(part.samples)
         merged = None
         if distributed.is_main:
@@ -412,19 +674,28 @@ def capture_share(
         part.close()
     distributed.barrier()  # the merged store is complete: the parts are no longer needed
     if not options.keep_responses:
-        shutil.rmtree(part_path, ignore_errors=True)
+        discard_store(part_path)
 
 
 def expertise_from_store(
-    store: ResponseStore, targets: list[ProfileTarget], labels: list[int], rule: RuleOptions
+    store: ResponseStore,
+    targets: list[ProfileTarget],
+    labels: list[int],
+    rule: RuleOptions,
+    device: torch.device | None = None,
 ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    """AUROC per module from the stored responses, and the rule's factors."""
+    """AUROC per module from the stored responses, and the rule's factors. On a GPU `device` the
+    ranks are counted there (`auroc_torch`, the same values bit for bit), one module at a time."""
     label_tensor = torch.tensor(labels)
+    on_device = device is not None and device.type == "cuda"
     scores = []
     for target in targets:
         responses = torch.from_numpy(np.ascontiguousarray(store.responses(target.name)))
         try:
-            score = auroc(responses, label_tensor).to(torch.float32)
+            if on_device:
+                score = auroc_torch(responses.to(device), label_tensor).to(torch.float32)
+            else:
+                score = auroc(responses, label_tensor).to(torch.float32)
             scores.append(score.reshape(target.shape) if target.shape else score)
         except ValueError as exc:
             raise SGMError(f"cannot score module {target.name}: {exc}") from exc
@@ -462,16 +733,48 @@ def run_profile(
     device: torch.device,
     dtype: torch.dtype,
     distributed: Distributed | None = None,
+    stats: CaptureStats | None = None,
 ) -> Expertise | None:
     """Profile a loaded model; return the expertise (AUROC and factors) of every target.
 
+    Samples are batched in `length_order`; with `--batch-size auto` on a GPU the batch size is
+    probed first (the smallest of all ranks' under torchrun, so every rank makes the same
+    batches). `stats`, when given, receives the run's throughput figures.
+
     Under torchrun (`distributed` given) every rank profiles its share of the set and rank 0
     alone scores the merged responses: it returns the expertise, the other ranks None."""
+    stats = stats if stats is not None else CaptureStats()
     multimodal = recipe.auto_class != "AutoModelForCausalLM"
     inputs = Inputs(folder, model.config.to_dict(), options.feed, multimodal)
+    check_row_lengths(inputs, profile_set, model.config.to_dict())
     targets = profile_targets(model, recipe, options)
-    key = fingerprint(source_id, revision, profile_set, options, targets, dtype)
-    folder_for_store = options.responses_dir or default_responses_dir(key)
+    profile_set = replace(profile_set, samples=length_order(profile_set.samples, inputs))
+    probed = options.batch_size == "auto" and device.type == "cuda"
+    # The store's folder does not depend on a probed batch size, so an interrupted run is found
+    # again, and resumes with the batch size it recorded instead of probing anew.
+    content = content_key(folder, revision)
+    unsized = {**fingerprint(source_id, revision, profile_set, options, targets, dtype, content)}
+    unsized.update(batch_size=str(options.batch_size), order=ORDER)
+    folder_for_store = options.responses_dir or default_responses_dir(unsized)
+    if probed:
+        started = time.perf_counter()
+        mine = store_folder_of(folder_for_store, distributed)
+        recorded = [recorded_batch_size(mine, unsized) or 0]
+        if distributed is not None:
+            recorded = distributed.all_counts(recorded[0])
+        size = recorded[0] if recorded[0] and len(set(recorded)) == 1 else 0
+        if not size:
+            size = probe_batch_size(
+                model, inputs, profile_set.samples, targets, options, device, dtype, recipe
+            )
+            if distributed is not None:
+                size = min(distributed.all_counts(size))
+        stats.probe_seconds = time.perf_counter() - started
+        stats.batch_size_auto = True
+        options = replace(options, batch_size=size)
+    stats.batch_size = fixed_batch_size(options.batch_size)
+    key = fingerprint(source_id, revision, profile_set, options, targets, dtype, content)
+    key["order"] = ORDER
     if distributed is not None:
         capture_share(
             model,
@@ -485,6 +788,7 @@ def run_profile(
             dtype,
             distributed,
             recipe,
+            stats,
         )
         if not distributed.is_main:
             return None
@@ -494,13 +798,17 @@ def run_profile(
     try:
         if distributed is None:
             capture_responses(
-                model, inputs, profile_set, targets, options, store, device, dtype, recipe
+                model, inputs, profile_set, targets, options, store, device, dtype, recipe, stats
             )
-        scores, alphas = expertise_from_store(store, targets, profile_set.labels, options.rule)
+        started = time.perf_counter()
+        scores, alphas = expertise_from_store(
+            store, targets, profile_set.labels, options.rule, device
+        )
+        stats.scoring_seconds = time.perf_counter() - started
     finally:
         store.close()
     if not options.keep_responses:
-        shutil.rmtree(folder_for_store, ignore_errors=True)
+        discard_store(folder_for_store)
     toxic, benign = profile_set.counts()
     metadata = {
         "source": source_id,

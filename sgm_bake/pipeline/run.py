@@ -18,17 +18,19 @@ from sgm_bake.core.rules import RuleOptions
 from sgm_bake.datasets.profile_set import ProfileSet, load_profile_set
 from sgm_bake.io.checkpoint import open_checkpoint
 from sgm_bake.io.source import Source
-from sgm_bake.pipeline.profile import ProfileOptions, run_profile
+from sgm_bake.pipeline.profile import CaptureStats, ProfileOptions, run_profile
 from sgm_bake.pipeline.record import read_record
 from sgm_bake.pipeline.verify import VerifyReport, recorded_recipe, verify
 from sgm_bake.pipeline.verify_layers import (
     LayerVerifyReport,
+    ModelEvidence,
+    gather_evidence,
     streaming_unsupported,
     verify_layers,
 )
 from sgm_bake.runtime.distributed import Distributed
 from sgm_bake.runtime.loading import LoadedModel, Placement, load, pick_device
-from sgm_bake.runtime.memory import PeakMemory
+from sgm_bake.runtime.memory import PeakMemory, measured
 
 logger = logging.getLogger(__name__)
 
@@ -62,7 +64,26 @@ class ProfileOutcome:
     profile_set: ProfileSet
     loaded: LoadedModel
     memory: dict[str, Any] = field(default_factory=dict)
-    """The stage's measured time and peak memory (loading included), for the bake record."""
+    """The stage's measured time and peak memory (loading included) and its throughput
+    (`throughput`: batch size, tokens/s, share of the GPU's matrix rate), for the bake record."""
+
+    def speed_line(self) -> str | None:
+        """One line on how fast the profile ran (None when it was not measured)."""
+        figures = self.memory.get("throughput") or {}
+        if not figures.get("samples"):
+            return None
+        line = (
+            f"profiled {figures['samples']} samples in {figures['capture_seconds']:.1f} s at "
+            f"{figures['tokens_per_second']:,.0f} tokens/s (batch {figures['batch_size']}"
+            f"{', found automatically' if figures.get('batch_size_auto') else ''}, "
+            f"{figures['padding_share']:.0%} padding"
+        )
+        if "matrix_rate_share" in figures:
+            line += (
+                f"; {figures['model_tflops_per_second']:.0f} TFLOP/s, "
+                f"{figures['matrix_rate_share']:.0%} of the GPU's matrix rate"
+            )
+        return line + ")"
 
 
 def load_profile_inputs(request: ProfileRequest) -> ProfileSet:
@@ -96,6 +117,7 @@ def profile_source(
             f"profiling {source.id} on {profile_set.name} ({toxic} toxic, {benign} non-toxic) "
             f"on {placement.describe()}{ranks}"
         )
+    stats = CaptureStats()
     with PeakMemory("profile") as memory:
         loaded = load(source, request.device, request.dtype, request.recipe_file, placement)
         expertise = run_profile(
@@ -109,8 +131,77 @@ def profile_source(
             loaded.device,
             loaded.dtype,
             distributed,
+            stats,
         )
-    return ProfileOutcome(expertise, loaded.recipe, profile_set, loaded, memory.record())
+    parameters = sum(p.numel() for p in loaded.model.parameters())
+    empty: dict[str, Any] = {}
+    memory.extra["throughput"] = measured(
+        "sum up the profiling throughput",
+        lambda: stats.record(parameters, loaded.device, loaded.dtype),
+        empty,
+    )
+    outcome = ProfileOutcome(expertise, loaded.recipe, profile_set, loaded, memory.record())
+    line = outcome.speed_line()
+    if announce is not None and line and (distributed is None or distributed.is_main):
+        announce(line)
+    return outcome
+
+
+@dataclass
+class Handoff:
+    """What verification keeps from the profiling stage when the bake starts: the loaded model
+    only when `verify --full` reuses it, else what the layer check needs from it (or nothing),
+    and a line saying which."""
+
+    loaded: LoadedModel | None
+    evidence: ModelEvidence | None
+    note: str
+
+
+def reusable_for_full(
+    loaded: LoadedModel, dtype_name: str, device: str, placement: Placement | None
+) -> bool:
+    """Whether whole-model verification can run on this already-loaded model."""
+    wanted = placement.main_device() if placement is not None else pick_device(device)
+    return loaded.dtype == getattr(torch, dtype_name) and loaded.device == wanted
+
+
+def hand_over(
+    loaded: LoadedModel,
+    source_path: Path,
+    recipe: Recipe,
+    expertise: Expertise,
+    mode: str | None,
+    dtype_name: str,
+    device: str,
+    placement: Placement | None,
+) -> Handoff:
+    """Release the profiling model before the bake, unless the verification that follows reuses
+    it (`--verify full` at the profiling dtype and device); for the default layer check, capture
+    the hidden states and the exact map check it needs from the model first."""
+    full = mode == "full" or (mode == "layers" and streaming_unsupported(recipe) is not None)
+    if full and reusable_for_full(loaded, dtype_name, device, placement):
+        return Handoff(
+            loaded, None, "the profiling model stays loaded: the whole-model verification reuses it"
+        )
+    evidence = None
+    if mode == "layers" and not full:
+        evidence = gather_evidence(loaded.model, source_path, recipe, expertise)
+    release(loaded)
+    note = "the profiling model is released before the bake"
+    if evidence is not None:
+        note += " (its hidden states for the layer check are kept)"
+    return Handoff(None, evidence, note)
+
+
+def release(loaded: LoadedModel) -> None:
+    """Drop a loaded model and return its memory (host and GPU) before the next stage."""
+    import gc
+
+    loaded.model = None
+    gc.collect()
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        measured("empty the GPU cache", torch.cuda.empty_cache, None)
 
 
 def verify_output(
@@ -122,30 +213,55 @@ def verify_output(
     mode: str = "layers",
     placement: Placement | None = None,
     progress: bool = False,
+    evidence: ModelEvidence | None = None,
 ) -> VerifyReport | LayerVerifyReport:
     """Verify OUT against its source.
 
     `layers` (the default) checks each folded MLP block on its own, whatever the model size; a
-    model already loaded for profiling supplies real hidden states and the exact tensor-map
-    check. `full` compares the whole model's logits, loading it on `placement`; a loaded model
-    is reused when it has the verification's dtype and device (its folded parameters are then
-    overwritten)."""
+    model already loaded for profiling (or the `evidence` gathered from it before it was
+    released) supplies real hidden states and the exact tensor-map check. `full` compares the
+    whole model's logits, loading it on `placement`; a loaded model is reused when it has the
+    verification's dtype and device (its folded parameters are then overwritten)."""
     if mode == "layers":
         record = read_record(out)
         recipe = recorded_recipe(record, open_checkpoint(source_path).config)
         reason = streaming_unsupported(recipe)
         if reason is None:
             model = loaded.model if loaded is not None else None
-            return verify_layers(out, source_path, model=model, progress=progress)
+            return verify_layers(
+                out, source_path, model=model, progress=progress, evidence=evidence
+            )
         logger.warning(
             "layer-by-layer verification does not cover %s yet; verifying the whole model", reason
         )
     dtype = getattr(torch, dtype_name)
     reuse: Any = None
-    wanted = placement.main_device() if placement is not None else pick_device(device)
-    if loaded is not None and loaded.dtype == dtype and loaded.device == wanted:
+    if (
+        loaded is not None
+        and loaded.model is not None
+        and reusable_for_full(loaded, dtype_name, device, placement)
+    ):
         reuse = loaded.model
     return verify(out, source_path, dtype, device, model=reuse, placement=placement)
+
+
+def warm_up_layer_check(source_path: Path, recipe_file: Path | None = None) -> None:
+    """Import the model's transformers classes on a background thread while the bake runs, so
+    the layer check after it starts at once: that import costs seconds, and the bake, which
+    spends its time in the kernel and in hashing, leaves the interpreter free. Best effort: a
+    failure here surfaces, if at all, in the check itself."""
+    import threading
+
+    from sgm_bake.pipeline.verify_layers import import_model_classes
+
+    def work() -> None:
+        try:
+            recipe = recipe_for_config(open_checkpoint(source_path).config, recipe_file)
+            import_model_classes(source_path, recipe)
+        except Exception as exc:  # only a head start: the check reports real problems itself
+            logger.debug("warming up the layer check failed: %s", exc)
+
+    threading.Thread(target=work, name="sgm-warm-up", daemon=True).start()
 
 
 def apply_rule_if_given(expertise: Expertise, rule: RuleOptions | None) -> Expertise:

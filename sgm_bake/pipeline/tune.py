@@ -38,6 +38,7 @@ import json
 import logging
 import math
 import random
+import signal
 import sys
 import time
 import warnings
@@ -51,23 +52,28 @@ from tqdm.auto import tqdm
 from sgm_bake.core.capture import POOLINGS, Pooling
 from sgm_bake.core.expertise import Expertise, ModuleExpertise
 from sgm_bake.core.hooks import SGMHooks
-from sgm_bake.core.recipes import HookPoint, Recipe
+from sgm_bake.core.recipes import HookPoint, Recipe, recipe_for_config
 from sgm_bake.core.rules import RULES, RuleOptions, auroc, factors
 from sgm_bake.datasets.profile_set import MIN_PER_CLASS, ProfileSample, ProfileSet
 from sgm_bake.datasets.prompt_set import EvalItem, PromptSet
 from sgm_bake.errors import SGMError
 from sgm_bake.evaluation.evaluate import run_eval
 from sgm_bake.evaluation.judges import Judge
+from sgm_bake.io import interrupts
+from sgm_bake.io.checkpoint import open_checkpoint
 from sgm_bake.io.response_store import ResponseStore
+from sgm_bake.io.source import content_key
 from sgm_bake.pipeline.profile import (
     Inputs,
     Positions,
     ProfileOptions,
     capture_responses,
+    check_row_lengths,
     fingerprint,
     profile_targets,
 )
 from sgm_bake.runtime.chat import ChatModel, GenerationConfig, call_processor
+from sgm_bake.runtime.loading import Placement
 
 logger = logging.getLogger(__name__)
 
@@ -101,6 +107,7 @@ DEFAULT_FRACTIONS = (0.5, 0.25, 0.25)
 # profile set's own minimum); harm and KL need at least two rows each on the other two.
 SPLIT_MINIMUM = {"profile": MIN_PER_CLASS, "tune": 2, "report": 2}
 STUDY_NAME = "sgm-tune"
+JOURNAL = "study.journal"
 PARETO_PLOT = "pareto.png"
 # Part of a study's identity: a work folder made by a tuner that measured differently is refused.
 MEASURE_VERSION = "tune-measure/1"
@@ -291,6 +298,7 @@ class ScoreCache:
         self.options = options
         self.source_id = source_id
         self.revision = revision
+        self.content = content_key(folder, revision)
         self.dtype = dtype
         self.points = sorted({p for points in hook_sets(recipe).values() for p in points}, key=str)
         self._inputs: Inputs | None = None
@@ -302,6 +310,7 @@ class ScoreCache:
             self._inputs = Inputs(
                 self.folder, self.chat.model.config.to_dict(), self.options.profile.feed, multimodal
             )
+            check_row_lengths(self._inputs, self.profile_split, self.chat.model.config.to_dict())
         return self._inputs
 
     def scores(self, positions: Positions, pooling: Pooling) -> list[ScoredModule]:
@@ -330,6 +339,7 @@ class ScoreCache:
                 profile_options,
                 targets,
                 self.dtype,
+                self.content,
             )
             store_folder = self.options.workdir / "responses" / f"{positions}-{pooling}-{side}"
             store = ResponseStore.open(
@@ -769,6 +779,8 @@ class TuneResult:
     options: dict[str, Any]
     seconds: float
     interrupted: bool
+    trials_resumed: int = 0
+    """Trials an earlier run of the same search had completed (the journal in the work folder)."""
 
     @property
     def chosen_tune(self) -> Measurement:
@@ -782,6 +794,7 @@ class TuneResult:
             "options": self.options,
             "splits": self.splits,
             "trials_run": len(self.trials),
+            "trials_resumed": self.trials_resumed,
             "interrupted": self.interrupted,
             "seconds": round(self.seconds, 1),
             "chosen": None if self.chosen is None else self.chosen.as_dict(),
@@ -873,7 +886,7 @@ def _open_study(optuna: Any, options: TuneOptions, identity: dict[str, Any]) -> 
     from optuna.storages.journal import JournalFileBackend
 
     options.workdir.mkdir(parents=True, exist_ok=True)
-    storage = JournalStorage(JournalFileBackend(str(options.workdir / "study.journal")))
+    storage = JournalStorage(JournalFileBackend(str(options.workdir / JOURNAL)))
     study = optuna.create_study(
         study_name=STUDY_NAME,
         storage=storage,
@@ -926,6 +939,7 @@ def run_tune(
     identity = {
         "measure": MEASURE_VERSION,
         "source": source_id,
+        "content": scores.content,
         "revision": revision,
         "profile_set": profile_set.name,
         "profile_set_sha256": profile_set.sha256,
@@ -973,8 +987,15 @@ def run_tune(
         return study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
 
     warm = space.warm_starts()
-    done = len(complete())
-    interrupted = False
+    done = resumed = len(complete())
+    if resumed:
+        logger.warning(
+            "resuming the search in %s (%s): %d of %d trials are already done",
+            options.workdir,
+            JOURNAL,
+            resumed,
+            options.trials,
+        )
     best: tuple[float, float] | None = None
     with tqdm(
         total=options.trials,
@@ -1004,11 +1025,19 @@ def run_tune(
                 )
                 with SGMHooks(chat.model, factors_of_trial, recipe):
                     measurement = tune_measure.measure(f"trial {trial.number}")
-            except KeyboardInterrupt:
+            except KeyboardInterrupt as exc:  # SIGINT or SIGTERM: keep the trials, stop
                 study.tell(trial, state=optuna.trial.TrialState.FAIL)
-                interrupted = True
-                logger.warning("search interrupted after %d trials; keeping what was found", done)
-                break
+                found = (
+                    f"the best within the budget so far: harmful {best[0]:.1%}, KL {best[1]:.4f}"
+                    if best is not None
+                    else "no trial within the budget yet"
+                )
+                raise interrupts.Interrupted(
+                    getattr(exc, "signum", signal.SIGINT),
+                    note=f"after {done} of {options.trials} trials ({done - resumed} new in this "
+                    f"run; {found}): the trials are kept in {options.workdir / JOURNAL}; run the "
+                    "same command again to resume the search",
+                ) from None
             described = {**setting.describe(), "top_k": rule.top_k}
             constraints = _violations(measurement, base_tune, options)
             trial.set_user_attr("setting", described)
@@ -1093,33 +1122,36 @@ def run_tune(
             "judge": judge.name,
         },
         seconds=time.perf_counter() - start,
-        interrupted=interrupted,
+        interrupted=False,  # an interrupted search raises; the field reads older tune.json
+        trials_resumed=resumed,
     )
     write_result(result, options.workdir)
     return result
 
 
-def write_result(result: TuneResult, folder: Path) -> Path:
-    """Write tune.json (and the Pareto plot) into `folder`; return the JSON's path."""
+def write_result(result: TuneResult, folder: Path) -> list[Path]:
+    """Write tune.json (and the Pareto plot) into `folder`; return the paths written."""
     from sgm_bake.publish import plots
 
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "tune.json"
     path.write_text(json.dumps(result.record(), indent=1) + "\n", encoding="utf-8")
+    written = [path]
     if plots.available():
-        plots.pareto_plot(folder / PARETO_PLOT, result.record())
+        written.append(plots.pareto_plot(folder / PARETO_PLOT, result.record()))
     else:
         logger.info("no Pareto plot: %s", plots.MISSING_HINT)
-    return path
+    return written
 
 
 def record_tuning(folder: Path, result: TuneResult) -> None:
     """Add the search to a baked folder: `sgm/tune.json`, the Pareto plot, the record's `tuning`
-    section and the card's section on how the setting was chosen."""
-    from sgm_bake.pipeline.record import SGM_DIR, Tuning, read_record, refresh
+    section and the card's section on how the setting was chosen (only these files and the card
+    are recorded; the folder is the one the same command has just baked)."""
+    from sgm_bake.pipeline.record import SGM_DIR, Tuning, read_record, rewrite_card
 
     record = read_record(folder)
-    write_result(result, folder / SGM_DIR)
+    written = [p.relative_to(folder).as_posix() for p in write_result(result, folder / SGM_DIR)]
     data = result.record()
     front = [t for t in data["trials"] if t["number"] in set(data["pareto"])]
     record.tuning = Tuning(
@@ -1135,7 +1167,7 @@ def record_tuning(folder: Path, result: TuneResult) -> None:
         seconds=data["seconds"],
         interrupted=data["interrupted"],
     )
-    refresh(folder, record)
+    rewrite_card(folder, record, written)
 
 
 @dataclass(frozen=True)
@@ -1150,6 +1182,12 @@ class TuneRequest:
     dtype: str = "auto"
     recipe_file: Path | None = None
     template: Path | None = None
+    placement: Placement | None = None
+    """Device map, memory budgets and offload folder (None: `device` alone)."""
+    neurons: bool = False
+    """Fix the hook points to the recipe's classic MLP neurons (down_proj inputs)."""
+    max_samples: int | None = None
+    """Use at most this many rows of the profile set (half per class) before splitting it."""
 
 
 @dataclass
@@ -1170,11 +1208,16 @@ def tune_source(source: Any, request: TuneRequest) -> TuneOutcome:
 
     request.options.check()
     _optuna()
-    profile_set = load_profile_set(request.profile_set)
+    profile_set = load_profile_set(request.profile_set).limited(request.max_samples)
     split_profile_set(profile_set, request.options.seed, request.options.fractions)
     eval_set = load_prompt_set(request.eval_set) if request.eval_set else None
     judge = make_judge(request.judge)
-    loaded = load(source, request.device, request.dtype, request.recipe_file)
+    options = request.options
+    if request.neurons:
+        recipe = recipe_for_config(open_checkpoint(source.path).config, request.recipe_file)
+        neurons = tuple(str(point) for point in recipe.neuron_hook_points)
+        options = replace(options, profile=replace(options.profile, hook_points=neurons))
+    loaded = load(source, request.device, request.dtype, request.recipe_file, request.placement)
     chat = ChatModel(loaded.model, load_processor(source.path, request.template), loaded.device)
     result = run_tune(
         chat,
@@ -1182,7 +1225,7 @@ def tune_source(source: Any, request: TuneRequest) -> TuneOutcome:
         loaded.recipe,
         profile_set,
         judge,
-        request.options,
+        options,
         source.id,
         source.revision,
         loaded.dtype,
@@ -1201,8 +1244,14 @@ def summary_lines(result: TuneResult) -> list[str]:
             text += f", benign accuracy {m.accuracy:.1%}"
         return text
 
+    resumed = (
+        f" ({len(result.trials) - result.trials_resumed} new, {result.trials_resumed} resumed "
+        "from the work folder's journal)"
+        if result.trials_resumed
+        else ""
+    )
     lines = [
-        f"{len(result.trials)} trials in {result.seconds:.0f} s"
+        f"{len(result.trials)} trials{resumed} in {result.seconds:.0f} s"
         + (" (interrupted)" if result.interrupted else "")
         + f"; knobs: {', '.join(result.knobs)}; Pareto front: trials "
         + ", ".join(str(n) for n in result.pareto),

@@ -32,7 +32,7 @@ from sgm_bake.errors import SGMError
 from sgm_bake.io.checkpoint import Checkpoint, load_bin, open_checkpoint
 from sgm_bake.io.safetensors import read_tensor
 from sgm_bake.pipeline.bake import expertise_path, tensor_shapes
-from sgm_bake.pipeline.record import BakeRecord, Verification, read_record, refresh
+from sgm_bake.pipeline.record import BakeRecord, Verification, read_record, rewrite_card
 from sgm_bake.runtime.chat import call_processor
 from sgm_bake.runtime.loading import Placement, input_device, load_model
 from sgm_bake.runtime.memory import PeakMemory
@@ -178,7 +178,8 @@ def _run(
             moved = {
                 k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()
             }
-            outputs.append(model(**moved).logits.float().cpu())
+            # No KV cache: a single pass never reads it back.
+            outputs.append(model(**moved, use_cache=False).logits.float().cpu())
     return outputs
 
 
@@ -224,7 +225,7 @@ def verify(
         bake_record = read_record(out)
         bake_record.verification = Verification(**asdict(report), mode="full")
         bake_record.stages["verify_full"] = memory.record()
-        refresh(out, bake_record)
+        rewrite_card(out, bake_record)
     return report
 
 

@@ -44,9 +44,12 @@ from __future__ import annotations
 import contextlib
 import logging
 import mmap
+import queue
 import tempfile
+import threading
+import time
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -57,14 +60,14 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from sgm_bake.core.expertise import Expertise, ResolvedUnits, load_expertise
+from sgm_bake.core.expertise import Expertise, ResolvedUnits, language_units, load_expertise
 from sgm_bake.core.hooks import SGMHooks, runtime_prefix
 from sgm_bake.core.recipes import Recipe, resolve_checkpoint_layout
 from sgm_bake.errors import SGMError
 from sgm_bake.io.checkpoint import Checkpoint, load_bin, open_checkpoint
 from sgm_bake.io.safetensors import DTYPES
 from sgm_bake.pipeline.bake import expertise_path
-from sgm_bake.pipeline.record import Verification, read_record, refresh
+from sgm_bake.pipeline.record import Verification, read_record, rewrite_card
 from sgm_bake.pipeline.verify import TOLERANCE, build_inputs, recorded_recipe
 from sgm_bake.runtime.memory import PeakMemory
 
@@ -203,6 +206,25 @@ def meta_skeleton(folder: Path, recipe: Recipe) -> Any:
     return model.eval()
 
 
+def import_model_classes(folder: Path, recipe: Recipe) -> None:
+    """Import the transformers modules of the model's class and of its sub-models' classes,
+    building nothing (`meta_skeleton` builds under accelerate's `init_empty_weights`, which
+    patches module construction for every thread, so it must not run beside other work): a
+    head start for the layer check that is safe on a background thread. Best effort."""
+    import transformers
+    from transformers import AutoConfig, AutoModel
+
+    config = AutoConfig.from_pretrained(folder)
+    mappings = [(getattr(transformers, recipe.auto_class), config)]
+    for name in getattr(config, "sub_configs", {}) or {}:
+        sub = getattr(config, name, None)
+        if sub is not None:
+            mappings.append((AutoModel, sub))
+    for auto, sub_config in mappings:
+        with contextlib.suppress(KeyError, AttributeError, ValueError):
+            auto._model_mapping[type(sub_config)]  # resolving the class imports its module
+
+
 class TensorSource:
     """Reads single tensors of a checkpoint lazily.
 
@@ -215,6 +237,7 @@ class TensorSource:
         self.files = checkpoint.tensor_keys()
         self._maps: dict[str, mmap.mmap] = {}
         self._bin_cache: tuple[str, dict[str, Any]] | None = None
+        self._lock = threading.Lock()  # the layer reader and the main thread both read
 
     def __contains__(self, key: str) -> bool:
         return key in self.files
@@ -224,27 +247,53 @@ class TensorSource:
             return self.checkpoint.headers[self.files[key]].tensors[key].shape
         return tuple(self.read(key).shape)
 
-    def read(self, key: str, dtype: torch.dtype | None = None) -> torch.Tensor:
-        """The tensor under `key`, as a new tensor in `dtype` (default: its stored dtype)."""
+    def _stored(self, key: str) -> torch.Tensor:
+        """The tensor under `key` as stored: a read-only view of the mapped file (safetensors)
+        or of the loaded shard (.bin). Never written through."""
         name = self.files[key]
         if self.checkpoint.format != "safetensors":
             # .bin shards are memory-mapped by torch; keep the last one open.
-            if self._bin_cache is None or self._bin_cache[0] != name:
-                self._bin_cache = (name, load_bin(self.checkpoint.root / name))
-            tensor = self._bin_cache[1][key]
-            return tensor.to(dtype or tensor.dtype, copy=True)
+            with self._lock:
+                if self._bin_cache is None or self._bin_cache[0] != name:
+                    self._bin_cache = (name, load_bin(self.checkpoint.root / name))
+                tensor: torch.Tensor = self._bin_cache[1][key]
+            return tensor
         info = self.checkpoint.headers[name].tensors[key]
         stored = DTYPES[info.dtype][0]
         if stored is None:
             raise SGMError(f"tensor {key!r} has dtype {info.dtype}, which torch cannot represent")
-        if name not in self._maps:
-            with (self.checkpoint.root / name).open("rb") as handle:
-                self._maps[name] = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
-        raw = np.frombuffer(self._maps[name], dtype=np.uint8, count=info.nbytes, offset=info.start)
+        raw = np.frombuffer(self._map(name), dtype=np.uint8, count=info.nbytes, offset=info.start)
         with warnings.catch_warnings():  # a read-only view, never written through
             warnings.simplefilter("ignore", UserWarning)
-            view = torch.from_numpy(raw).view(stored).view(info.shape)
-        return view.to(dtype or stored, copy=True)
+            return torch.from_numpy(raw).view(stored).view(info.shape)
+
+    def _map(self, name: str) -> mmap.mmap:
+        with self._lock:
+            if name not in self._maps:
+                with (self.checkpoint.root / name).open("rb") as handle:
+                    self._maps[name] = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
+            return self._maps[name]
+
+    def read(self, key: str, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """The tensor under `key`, as a new tensor in `dtype` (default: its stored dtype)."""
+        stored = self._stored(key)
+        return stored.to(dtype or stored.dtype, copy=True)
+
+    def read_into(self, key: str, out: torch.Tensor) -> None:
+        """Convert the tensor under `key` into `out` (same shape): one pass over its bytes, into
+        memory that is already there (no new pages per layer)."""
+        out.copy_(self._stored(key))
+
+    def prefetch(self, key: str) -> None:
+        """Ask the kernel to start reading `key`'s bytes from disk now (a cold page cache is then
+        read while the layer before it computes); a hint only."""
+        if self.checkpoint.format != "safetensors" or not hasattr(mmap, "MADV_WILLNEED"):
+            return
+        name = self.files[key]
+        info = self.checkpoint.headers[name].tensors[key]
+        start = info.start - info.start % mmap.PAGESIZE
+        with contextlib.suppress(OSError, ValueError):
+            self._map(name).madvise(mmap.MADV_WILLNEED, start, info.start + info.nbytes - start)
 
     def close(self) -> None:
         for mapped in self._maps.values():
@@ -378,6 +427,104 @@ def check_map_with_transformers(
     return True
 
 
+class _Stopped(Exception):
+    """The reader was closed while one of its jobs waited (the check failed or finished)."""
+
+
+class Signal:
+    """A one-shot event between the main thread and the layer reader. Waiting re-raises the
+    reader's failure (on the main thread) or stops the job (on the reader, once closed), so
+    neither side can hang on the other."""
+
+    def __init__(self, reader: LayerReader) -> None:
+        self._event = threading.Event()
+        self._reader = reader
+
+    def set(self) -> None:
+        self._event.set()
+
+    def wait(self) -> None:
+        while not self._event.wait(0.05):
+            self._reader.check()
+
+
+class LayerReader:
+    """Reads blocks' tensors, converted to float32, into buffers that are reused from layer to
+    layer, on a thread of its own, in the order the forward passes need them.
+
+    The checkpoint's bytes are converted while the main thread computes: a layer's baked tensors
+    while its hooked pass runs, the next layer's source tensors while its baked pass runs, each
+    into the buffer of the same parameter as soon as the pass before has used it. So the reads
+    overlap the compute without a second set of buffers: memory stays one block in float32."""
+
+    def __init__(self) -> None:
+        self.buffers: dict[str, torch.Tensor] = {}
+        self._jobs: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
+        self._error: BaseException | None = None
+        self._closing = False
+        self._thread = threading.Thread(target=self._work, name="sgm-layer-reader", daemon=True)
+        self._thread.start()
+
+    def _work(self) -> None:
+        while True:
+            job = self._jobs.get()
+            if job is None:
+                return
+            try:
+                job()
+            except _Stopped:
+                return
+            except BaseException as exc:  # handed to the main thread by check()
+                self._error = exc
+                return
+
+    def check(self) -> None:
+        if self._error is not None:
+            raise self._error
+        if self._closing:
+            raise _Stopped()
+
+    def buffer(self, relative: str, shape: tuple[int, ...]) -> torch.Tensor:
+        """The float32 buffer of parameter `relative` (a new one only when its shape changes)."""
+        current = self.buffers.get(relative)
+        if current is None or tuple(current.shape) != tuple(shape):
+            current = torch.empty(shape, dtype=torch.float32)
+            self.buffers[relative] = current
+        return current
+
+    def read(
+        self, source: TensorSource, key: str, out: torch.Tensor, after: Signal | None
+    ) -> Signal:
+        """Queue: once `after` is set, convert `key` into `out`; the returned signal says done."""
+        done = Signal(self)
+        source.prefetch(key)
+
+        def job() -> None:
+            if after is not None:
+                after.wait()
+            source.read_into(key, out)
+            done.set()
+
+        self._jobs.put(job)
+        return done
+
+    def close(self) -> None:
+        self._closing = True
+        self._jobs.put(None)
+        self._thread.join()
+
+
+@dataclass
+class _LayerPlan:
+    """One layer's block as the reader fills it: the tensors bound to its parameters, the
+    signals that they hold the source values, and those that each parameter's last use is over
+    (after which the reader may overwrite its buffer with the next layer's source)."""
+
+    state: dict[str, torch.Tensor]
+    source_ready: dict[str, Signal]
+    freed: dict[str, Signal]
+
+
 def _release(module: nn.Module) -> None:
     """Put a block's parameters back on the meta device, freeing their memory."""
     module.to_empty(device="meta", recurse=True)
@@ -431,7 +578,7 @@ def capture_block_inputs(
                 moved = {
                     k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()
                 }
-                model(**moved)
+                model(**moved, use_cache=False)
     finally:
         for handle in handles:
             handle.remove()
@@ -552,41 +699,123 @@ def _check_against_model(
     return checked
 
 
+@dataclass(frozen=True)
+class ModelEvidence:
+    """What the layer check takes from a loaded source model, gathered before that model is
+    released (the one-command form frees its profiling model before the bake): the hidden states
+    entering each folded block on real prompts, and whether every folded parameter the model
+    loaded equals the checkpoint tensor the recipe maps it to."""
+
+    inputs: str
+    samples: int
+    hidden: dict[int, torch.Tensor]
+    exact_map: bool
+    seconds: float = 0.0
+
+
+def _units_by_layer(
+    expertise: Expertise, recipe: Recipe, config: dict[str, Any], warn: bool = True
+) -> dict[int, list[ResolvedUnits]]:
+    units_by_layer: dict[int, list[ResolvedUnits]] = {}
+    for units in language_units(expertise, recipe, config, warn):
+        units_by_layer.setdefault(units.layer, []).append(units)
+    return units_by_layer
+
+
+def _leaf_map(recipe: Recipe) -> dict[str, str]:
+    """Projection paths inside the block: runtime name -> checkpoint name."""
+    block, checkpoint_block = mlp_block_names(recipe)
+    return {
+        p.name[len(block) + 1 :]: p.checkpoint_name[len(checkpoint_block) + 1 :]
+        for p in recipe.projections
+    }
+
+
+def gather_evidence(
+    model: Any, source_path: Path, recipe: Recipe, expertise: Expertise
+) -> ModelEvidence:
+    """Capture block inputs from real prompts and check the recipe map exactly against `model`
+    (the source, loaded in any dtype on any device map), for the layers `expertise` folds."""
+    started = time.perf_counter()
+    source_checkpoint = open_checkpoint(source_path)
+    source = TensorSource(source_checkpoint)
+    try:
+        layout = resolve_checkpoint_layout(recipe, source_checkpoint.config, source.files)
+        block, checkpoint_block = mlp_block_names(recipe)
+        layers_range = recipe.layers(model.config.to_dict())
+        template = runtime_prefix(model, recipe, layers_range)
+        units_by_layer = _units_by_layer(expertise, recipe, model.config.to_dict(), warn=False)
+        layers = sorted(units_by_layer)
+        kind, batches = build_inputs(source_path, source_checkpoint.config)
+        hidden = capture_block_inputs(model, recipe, layers, batches)
+        leaf_map = _leaf_map(recipe)
+        exact = True
+        for layer in layers:
+            runtime_block = f"{template.format(layer=layer)}.{block}"
+            block_module = model.get_submodule(runtime_block)
+            keys = _block_keys(
+                block_module,
+                f"{layout.prefix_template.format(layer=layer)}.{checkpoint_block}",
+                leaf_map,
+            )
+            present = _bias_present(block_module, units_by_layer[layer], block)
+            folded = _folded_relatives(units_by_layer[layer], block, present)
+            names = {relative: f"{runtime_block}.{relative}" for relative in folded}
+            exact = _check_against_model(model, names, source, {r: keys[r] for r in folded}, recipe)
+            if not exact:
+                break
+    finally:
+        source.close()
+    return ModelEvidence(
+        f"captured {kind}", len(batches), hidden, exact, time.perf_counter() - started
+    )
+
+
 def verify_layers(
     out: Path,
     source_path: Path,
     record: bool = True,
     model: nn.Module | None = None,
     progress: bool = False,
+    evidence: ModelEvidence | None = None,
 ) -> LayerVerifyReport:
     """Verify the baked folder `out` against its source layer by layer; record the figures
     (and the stage's measured peak memory) in its bake record.
 
-    `model` may be the source already loaded (any dtype, any device map): then the block inputs
-    are captured from real prompts and the recipe map is checked exactly against it."""
+    `model` may be the source already loaded (any dtype, any device map), or `evidence` what was
+    gathered from it before it was released: then the block inputs are real prompts' hidden
+    states and the recipe map is checked exactly against the loaded model."""
     with PeakMemory("verify") as memory:
-        report = _verify_layers(out, source_path, model, progress)
+        report = _verify_layers(out, source_path, model, evidence, progress)
+    if evidence is not None:
+        memory.extra["captured_inputs_seconds"] = round(evidence.seconds, 3)
     if record:
         bake_record = read_record(out)
         bake_record.verification = Verification(**report.record())
         bake_record.stages["verify"] = memory.record()
-        refresh(out, bake_record)
+        rewrite_card(out, bake_record)
     return report
 
 
 def _verify_layers(
-    out: Path, source_path: Path, model: nn.Module | None, progress: bool
+    out: Path,
+    source_path: Path,
+    model: nn.Module | None,
+    evidence: ModelEvidence | None,
+    progress: bool,
 ) -> LayerVerifyReport:
     bake_record = read_record(out)
     source_checkpoint = open_checkpoint(source_path)
     baked_checkpoint = open_checkpoint(out)
     recipe = recorded_recipe(bake_record, source_checkpoint.config)
     expertise = load_expertise(expertise_path(out))
+    if evidence is None and model is not None:
+        evidence = gather_evidence(model, source_path, recipe, expertise)
     source = TensorSource(source_checkpoint)
     baked = TensorSource(baked_checkpoint)
     try:
         return _check_layers(
-            out, source_path, model, progress, bake_record, recipe, expertise, source, baked
+            out, source_path, evidence, progress, bake_record, recipe, expertise, source, baked
         )
     finally:
         source.close()
@@ -596,7 +825,7 @@ def _verify_layers(
 def _check_layers(
     out: Path,
     source_path: Path,
-    model: nn.Module | None,
+    evidence: ModelEvidence | None,
     progress: bool,
     bake_record: Any,
     recipe: Recipe,
@@ -611,28 +840,20 @@ def _check_layers(
     skeleton = meta_skeleton(source_path, recipe)
     layers_range = recipe.layers(skeleton.config.to_dict())
     template = runtime_prefix(skeleton, recipe, layers_range)
-    units_by_layer: dict[int, list[ResolvedUnits]] = {}
-    for units in expertise.resolve(recipe, layers_range):
-        units_by_layer.setdefault(units.layer, []).append(units)
+    units_by_layer = _units_by_layer(expertise, recipe, skeleton.config.to_dict())
     layers = sorted(units_by_layer)
 
     inputs_kind = "random"
     captured: dict[int, torch.Tensor] = {}
     samples = 0
-    if model is not None:
-        inputs_kind, batches = build_inputs(out, source_checkpoint.config)
-        captured = capture_block_inputs(model, recipe, layers, batches)
-        samples = len(batches)
-        inputs_kind = f"captured {inputs_kind}"
+    if evidence is not None:
+        inputs_kind, captured, samples = evidence.inputs, evidence.hidden, evidence.samples
     dtypes = bake_record.format.folded_dtypes or ["F32"]
     tolerance = max(TOLERANCE.get(d, 1e-4) for d in dtypes)
     norm_name = recipe.definition.get("mlp_input_norm")
-    leaf_map = {
-        p.name[len(block) + 1 :]: p.checkpoint_name[len(checkpoint_block) + 1 :]
-        for p in recipe.projections
-    }
+    leaf_map = _leaf_map(recipe)
     mapped_by_transformers = False
-    if model is None:
+    if evidence is None:
         ends = sorted({layers[0], layers[-1]})
         expected = {
             f"{template.format(layer=layer)}.{block}.{relative}": key
@@ -650,85 +871,125 @@ def _check_layers(
 
     checks: list[LayerCheck] = []
     swapped = 0
-    exact_map = model is not None
+    exact_map = evidence is not None and evidence.exact_map
     positions = 0
-    for layer in tqdm(layers, desc="verifying layers", disable=not progress, unit="layer"):
+    reader = LayerReader()
+
+    def prefix_of(layout: Any, layer: int) -> str:
+        return f"{layout.prefix_template.format(layer=layer)}.{checkpoint_block}"
+
+    def block_of(layer: int) -> tuple[nn.Module, nn.Module, str]:
         runtime_layer = template.format(layer=layer)
         layer_module = skeleton.get_submodule(runtime_layer)
-        block_module = layer_module.get_submodule(block)
-        source_prefix = f"{source_layout.prefix_template.format(layer=layer)}.{checkpoint_block}"
-        baked_prefix = f"{baked_layout.prefix_template.format(layer=layer)}.{checkpoint_block}"
-        runtime_block = f"{runtime_layer}.{block}"
-        try:
-            keys = _load_module(block_module, source, source_prefix, runtime_block, leaf_map)
-            if layer in captured:
-                hidden = captured[layer]
-                kind = inputs_kind
-            else:
-                width = _block_width(recipe, block_module, block)
-                hidden, kind = random_block_inputs(
-                    layer_module,
-                    source,
-                    source_layout.prefix_template.format(layer=layer),
-                    runtime_layer,
-                    width,
-                    norm_name,
-                    seed=layer,
-                )
-                inputs_kind = f"random ({kind}-scaled)" if kind != "unit-rms" else "random"
-            positions = hidden.shape[0]
-            layer_units = units_by_layer[layer]
-            present = _bias_present(block_module, layer_units, block)
-            folded = _folded_relatives(layer_units, block, present)
-            runtime_names = {rel: f"{runtime_block}.{rel}" for rel in folded}
-            if exact_map:
-                exact_map = _check_against_model(
-                    model, runtime_names, source, {r: keys[r] for r in folded}, recipe
-                )
-            labels = {u.projection.name[len(block) + 1 :]: u.projection.name for u in layer_units}
-            layer_expertise = _layer_expertise(expertise, layer_units)
-            with torch.no_grad():
-                with _capture_outputs(block_module, labels) as outputs:
-                    base_out = block_module(hidden).float()
-                    base = dict(outputs)
-                with (
-                    SGMHooks(skeleton, layer_expertise, recipe),
-                    _capture_outputs(block_module, labels) as outputs,
-                ):
-                    reference_out = block_module(hidden).float()
-                    reference = dict(outputs)
-                _swap_in_baked(block_module, folded, baked, baked_prefix, leaf_map, out)
-                swapped += len(folded)
-                with _capture_outputs(block_module, labels) as outputs:
-                    result_out = block_module(hidden).float()
-                    result = dict(outputs)
-        finally:
-            _release(block_module)
-        per_module = {
-            label: _unit_rel_diff(result[label], reference[label], base[label]) for label in base
-        }
-        effect = max(
-            (_unit_rel_diff(reference[label], base[label], base[label]) for label in base),
-            default=0.0,
-        )
-        scale = float(reference_out.abs().max()) or 1.0
-        block_abs = float((result_out - reference_out).abs().max())
-        block_diff = block_abs / scale
-        per_module[block] = block_diff
-        worst = max(per_module, key=lambda name: per_module[name])
-        checks.append(
-            LayerCheck(
-                layer=layer,
-                block=runtime_block,
-                max_rel_diff=per_module[worst],
-                worst_module=worst,
-                block_rel_diff=block_diff,
-                block_abs_diff=block_abs,
-                intervention_rel_effect=effect,
-                passed=per_module[worst] <= tolerance,
+        return layer_module, layer_module.get_submodule(block), runtime_layer
+
+    def plan_source(layer: int, previous: _LayerPlan | None) -> _LayerPlan:
+        """Queue the reads of `layer`'s source tensors, each after the previous layer's last use
+        of its buffer."""
+        block_module = block_of(layer)[1]
+        runtime_block = f"{template.format(layer=layer)}.{block}"
+        keys = _block_keys(block_module, prefix_of(source_layout, layer), leaf_map)
+        plan = _LayerPlan({}, {}, {})
+        for relative, tensor in block_module.state_dict(keep_vars=True).items():
+            key = _checked_key(source, keys[relative], runtime_block, relative, tensor.shape)
+            if not tensor.is_floating_point():
+                plan.state[relative] = source.read(key)
+                continue
+            buffer = reader.buffer(relative, tuple(tensor.shape))
+            after = previous.freed.get(relative) if previous is not None else None
+            if previous is not None and previous.state.get(relative) is not buffer:
+                after = None  # a new buffer: nothing to wait for
+            plan.state[relative] = buffer
+            plan.source_ready[relative] = reader.read(source, key, buffer, after)
+            plan.freed[relative] = Signal(reader)
+        return plan
+
+    try:
+        following = plan_source(layers[0], None)
+        for index, layer in enumerate(
+            tqdm(layers, desc="verifying layers", disable=not progress, unit="layer")
+        ):
+            plan = following
+            layer_module, block_module, runtime_layer = block_of(layer)
+            runtime_block = f"{runtime_layer}.{block}"
+            try:
+                block_module.load_state_dict(plan.state, strict=True, assign=True)
+                if layer in captured:
+                    hidden = captured[layer]
+                    kind = inputs_kind
+                else:
+                    width = _block_width(recipe, block_module, block)
+                    hidden, kind = random_block_inputs(
+                        layer_module,
+                        source,
+                        source_layout.prefix_template.format(layer=layer),
+                        runtime_layer,
+                        width,
+                        norm_name,
+                        seed=layer,
+                    )
+                    inputs_kind = f"random ({kind}-scaled)" if kind != "unit-rms" else "random"
+                positions = hidden.shape[0]
+                layer_units = units_by_layer[layer]
+                present = _bias_present(block_module, layer_units, block)
+                folded = _folded_relatives(layer_units, block, present)
+                labels = {
+                    u.projection.name[len(block) + 1 :]: u.projection.name for u in layer_units
+                }
+                layer_expertise = _layer_expertise(expertise, layer_units)
+                # The baked tensors go into the same buffers once the hooked pass has used them.
+                used = {relative: Signal(reader) for relative in folded}
+                baked_ready = {}
+                baked_prefix = prefix_of(baked_layout, layer)
+                for relative in folded:
+                    key = _baked_key(baked, baked_prefix, relative, leaf_map, block_module, out)
+                    baked_ready[relative] = reader.read(
+                        baked, key, plan.state[relative], used[relative]
+                    )
+                with torch.no_grad():
+                    with _waiting(block_module, plan.source_ready, used):
+                        base_out, base, reference_out, reference = _base_and_reference(
+                            block_module, hidden, skeleton, layer_expertise, recipe, labels
+                        )
+                    if index + 1 < len(layers):
+                        following = plan_source(layers[index + 1], plan)
+                    swapped += len(folded)
+                    with (
+                        _waiting(block_module, baked_ready, plan.freed),
+                        _capture_outputs(block_module, labels) as outputs,
+                    ):
+                        result_out = block_module(hidden).float()
+                        result = dict(outputs)
+            finally:
+                _release(block_module)
+            per_module = {
+                label: _unit_rel_diff(result[label], reference[label], base[label])
+                for label in base
+            }
+            effect = max(
+                (_unit_rel_diff(reference[label], base[label], base[label]) for label in base),
+                default=0.0,
             )
-        )
-        del base_out
+            scale = float(reference_out.abs().max()) or 1.0
+            block_abs = float((result_out - reference_out).abs().max())
+            block_diff = block_abs / scale
+            per_module[block] = block_diff
+            worst = max(per_module, key=lambda name: per_module[name])
+            checks.append(
+                LayerCheck(
+                    layer=layer,
+                    block=runtime_block,
+                    max_rel_diff=per_module[worst],
+                    worst_module=worst,
+                    block_rel_diff=block_diff,
+                    block_abs_diff=block_abs,
+                    intervention_rel_effect=effect,
+                    passed=per_module[worst] <= tolerance,
+                )
+            )
+            del base_out
+    finally:
+        reader.close()
     if not checks:
         raise SGMError(f"{out} folds no layer; nothing to verify")
     worst_check = max(checks, key=lambda check: check.max_rel_diff)
@@ -782,24 +1043,139 @@ def _folded_relatives(units: list[ResolvedUnits], block: str, with_bias: set[str
     return names
 
 
-def _swap_in_baked(
-    block_module: nn.Module,
-    folded: list[str],
+def _checked_key(
+    source: TensorSource, key: str, runtime_block: str, relative: str, shape: Any
+) -> str:
+    """`key`, after checking that the source holds it in the shape the block needs."""
+    if key not in source:
+        raise SGMError(
+            f"checkpoint has no tensor {key!r} for {runtime_block}.{relative}; the recipe's map "
+            "does not fit this checkpoint (check the recipe or use --verify full)"
+        )
+    if tuple(source.shape(key)) != tuple(shape):
+        raise SGMError(
+            f"checkpoint tensor {key!r} has shape {list(source.shape(key))} but "
+            f"{runtime_block}.{relative} needs {list(shape)}: the recipe maps them wrongly; fix "
+            "the recipe"
+        )
+    return key
+
+
+def _baked_key(
     baked: TensorSource,
     baked_prefix: str,
+    relative: str,
     leaf_map: Mapping[str, str],
+    block_module: nn.Module,
     out: Path,
-) -> None:
-    """Replace the folded parameters with OUT's tensors under the same checkpoint keys."""
-    for relative in folded:
-        key = f"{baked_prefix}.{_checkpoint_relative(relative, leaf_map)}"
-        if key not in baked:
-            raise SGMError(f"{out} lacks tensor {key!r}; the output is incomplete, bake again")
-        parameter = block_module.get_parameter(relative)
-        if tuple(baked.shape(key)) != tuple(parameter.shape):
-            raise SGMError(
-                f"{out} tensor {key!r} has shape {list(baked.shape(key))}, the source "
-                f"{list(parameter.shape)}; the output does not belong to this source"
-            )
-        parameter.data = torch.empty(0)  # drop the source tensor before reading its successor
-        parameter.data = baked.read(key, torch.float32)
+) -> str:
+    """The key of a folded parameter in OUT, after checking it is there in the source's shape."""
+    key = f"{baked_prefix}.{_checkpoint_relative(relative, leaf_map)}"
+    if key not in baked:
+        raise SGMError(f"{out} lacks tensor {key!r}; the output is incomplete, bake again")
+    shape = tuple(block_module.get_parameter(relative).shape)
+    if tuple(baked.shape(key)) != shape:
+        raise SGMError(
+            f"{out} tensor {key!r} has shape {list(baked.shape(key))}, the source "
+            f"{list(shape)}; the output does not belong to this source"
+        )
+    return key
+
+
+def _owner(relative: str) -> str:
+    """The module path (inside the block) that holds parameter `relative` ('' is the block)."""
+    return relative.rpartition(".")[0]
+
+
+@contextmanager
+def _waiting(
+    block_module: nn.Module, ready: Mapping[str, Signal], done: Mapping[str, Signal]
+) -> Iterator[None]:
+    """For one forward pass: each module waits until the reader has put its parameters in place
+    (`ready`), and says when it has used them (`done`). Signals of modules that did not run are
+    set on exit, so the reader never waits for a use that does not come."""
+    handles = []
+    for owner in sorted({_owner(r) for r in ready} | {_owner(r) for r in done}):
+        module = block_module.get_submodule(owner)
+        waits = [signal for relative, signal in ready.items() if _owner(relative) == owner]
+        sets = [signal for relative, signal in done.items() if _owner(relative) == owner]
+
+        def wait(module: nn.Module, args: Any, waits: list[Signal] = waits) -> None:
+            for signal in waits:
+                signal.wait()
+
+        def used(module: nn.Module, args: Any, output: Any, sets: list[Signal] = sets) -> None:
+            for signal in sets:
+                signal.set()
+
+        handles.append(module.register_forward_pre_hook(wait, prepend=True))
+        handles.append(module.register_forward_hook(used, prepend=True))
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+        for signal in done.values():
+            signal.set()
+
+
+@contextmanager
+def _first_rows_unhooked(modules: list[tuple[str, nn.Module, Any]], rows: int) -> Iterator[None]:
+    """Undo the SGM hooks of `modules` on the first `rows` rows of each hooked tensor, so one
+    pass over [x; x] gives the unhooked block on the first half and the hooked reference on the
+    second (every row of an MLP block is computed on its own): the weights are read once for
+    both."""
+    handles = []
+    for _, module, units in modules:
+        raw: dict[str, torch.Tensor] = {}
+        if units.side == "output":
+
+            def stash(module: nn.Module, args: Any, output: Any, raw: dict = raw) -> None:
+                raw["value"] = output
+
+            def restore(module: nn.Module, args: Any, output: Any, raw: dict = raw) -> Any:
+                return torch.cat([raw.pop("value")[:rows], output[rows:]])
+
+            handles.append(module.register_forward_hook(stash, prepend=True))
+            handles.append(module.register_forward_hook(restore))
+        else:
+
+            def stash_input(module: nn.Module, args: Any, raw: dict = raw) -> None:
+                raw["value"] = args[0]
+
+            def restore_input(module: nn.Module, args: Any, raw: dict = raw) -> Any:
+                return (torch.cat([raw.pop("value")[:rows], args[0][rows:]]), *args[1:])
+
+            handles.append(module.register_forward_pre_hook(stash_input, prepend=True))
+            handles.append(module.register_forward_pre_hook(restore_input))
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def _base_and_reference(
+    block_module: nn.Module,
+    hidden: torch.Tensor,
+    skeleton: nn.Module,
+    layer_expertise: Expertise,
+    recipe: Recipe,
+    labels: Mapping[str, str],
+) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor, dict[str, torch.Tensor]]:
+    """The block without hooks (the intervention's size) and with SGM hooks (the reference), in
+    one pass: (base output, base module outputs, reference output, reference module outputs)."""
+    rows = hidden.shape[0]
+    with (
+        SGMHooks(skeleton, layer_expertise, recipe) as hooks,
+        _first_rows_unhooked(hooks.modules, rows),
+        _capture_outputs(block_module, labels) as outputs,
+    ):
+        both = block_module(torch.cat([hidden, hidden])).float()
+        captured = dict(outputs)
+    return (
+        both[:rows],
+        {label: value[:rows] for label, value in captured.items()},
+        both[rows:],
+        {label: value[rows:] for label, value in captured.items()},
+    )

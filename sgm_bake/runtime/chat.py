@@ -27,6 +27,62 @@ def call_processor(processor: Any, texts: list[str], images: list[Any]) -> dict[
             raise flat_error from None
 
 
+def render_chat(owner: Any, conversation: list[dict[str, Any]], add_generation_prompt: bool) -> str:
+    """A conversation through a processor's or tokenizer's chat template, as text.
+
+    transformers renders templates in Jinja's sandbox; a template that breaks its rules (reads
+    `__class__` and the like), calls `raise_exception`, or does not parse is the model's bad
+    input: one line naming the cause, never a traceback."""
+    from jinja2.exceptions import SecurityError, TemplateError
+
+    try:
+        return str(
+            owner.apply_chat_template(
+                conversation, add_generation_prompt=add_generation_prompt, tokenize=False
+            )
+        )
+    except SecurityError as exc:
+        raise SGMError(
+            f"the chat template does something Jinja's sandbox forbids ({exc}); it is unsafe: "
+            "use another model, or pass a trusted template with --template FILE"
+        ) from exc
+    except TemplateError as exc:
+        raise SGMError(
+            f"the chat template cannot be rendered ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0][:160] if str(exc) else '-'}); fix it, or pass --template "
+            "FILE"
+        ) from exc
+
+
+def context_length(config: dict[str, Any]) -> int | None:
+    """The number of positions the language model was built for (None: not stated)."""
+    for source in (config.get("text_config") or {}, config):
+        for key in ("max_position_embeddings", "n_positions"):
+            value = source.get(key)
+            if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+                return value
+    return None
+
+
+def check_context(
+    texts: list[tuple[str, str]], tokenizer: Any, limit: int | None, reserve: int = 0
+) -> None:
+    """Refuse, before any forward pass, a text (`(where, text)`) whose tokens and `reserve`
+    (tokens still to generate) exceed the model's context: such a row would be truncated
+    silently by some models, fail deep inside others, or take minutes."""
+    if limit is None:
+        return
+    for where, text in texts:
+        count = len(tokenizer(text, add_special_tokens=False)["input_ids"])
+        if count + reserve > limit:
+            extra = f" plus {reserve} to generate" if reserve else ""
+            raise SGMError(
+                f"{where} is {count} tokens long{extra}, more than the model's context of "
+                f"{limit} tokens (max_position_embeddings in config.json): shorten it or leave "
+                "it out"
+            )
+
+
 @dataclass
 class GenerationConfig:
     """Explicit generation settings: greedy unless `sample` (then seeded)."""
@@ -60,9 +116,7 @@ class ChatModel:
     ) -> str:
         content = ([{"type": "image"}] if with_image else []) + [{"type": "text", "text": prompt}]
         conversation = [{"role": "user", "content": content}]
-        return self.processor.apply_chat_template(
-            conversation, add_generation_prompt=True, tokenize=False
-        )
+        return render_chat(self.processor, conversation, add_generation_prompt=True)
 
     def _inputs(self, texts: list[str], images: list[Any] | None) -> dict[str, torch.Tensor]:
         if images:

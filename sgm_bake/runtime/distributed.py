@@ -105,7 +105,10 @@ def from_env(environ: dict[str, str] | None = None) -> Distributed | None:
     local_world_size = int(env.get("LOCAL_WORLD_SIZE", "1") or 1)
     backend = "nccl" if torch.cuda.is_available() and dist.is_nccl_available() else "gloo"
     if backend == "nccl":
-        torch.cuda.set_device(first_gpu(local_rank, local_world_size))
+        # Checked before any CUDA call: a rank beyond the machine's GPUs gets one clear line,
+        # not an invalid-ordinal traceback from set_device.
+        gpu = rank_gpu(local_rank, local_world_size, torch.cuda.device_count())
+        torch.cuda.set_device(gpu)
     if not dist.is_initialized():
         try:
             dist.init_process_group(backend=backend, timeout=TIMEOUT)
@@ -121,8 +124,21 @@ def from_env(environ: dict[str, str] | None = None) -> Distributed | None:
 def first_gpu(local_rank: int, local_world_size: int) -> int:
     """The first of the GPUs a rank owns when a machine's GPUs are shared out evenly among its
     ranks (the same rule as runtime.loading.Placement.for_rank)."""
-    share = max(1, torch.cuda.device_count() // max(1, local_world_size))
-    return local_rank * share
+    return rank_gpu(local_rank, local_world_size, torch.cuda.device_count())
+
+
+def rank_gpu(local_rank: int, local_world_size: int, gpu_count: int) -> int:
+    """The first GPU of local rank `local_rank` among `local_world_size` ranks sharing
+    `gpu_count` GPUs; a rank the machine has no GPU for is refused (SGMError, exit 2)."""
+    share = max(1, gpu_count // max(1, local_world_size))
+    first = local_rank * share
+    if first >= gpu_count:
+        raise SGMError(
+            f"this torchrun rank (LOCAL_RANK {local_rank} of {local_world_size} on this machine) "
+            f"has no GPU: the machine has {gpu_count}; start at most {gpu_count} rank"
+            f"{'s' if gpu_count != 1 else ''} per machine (--nproc-per-node {max(gpu_count, 1)})"
+        )
+    return first
 
 
 def rank_share(samples: int, batch_size: int, world_size: int, rank: int) -> tuple[int, int]:

@@ -34,6 +34,7 @@ DEVICE_MAP_STRATEGIES = ("auto", "balanced", "balanced_low_0", "sequential")
 ORGANISM = "organism"
 ORGANISM_PLAIN = "organism-plain"
 ORGANISM_STAGED = "organism-staged"
+BUILTIN_MODELS = (ORGANISM, ORGANISM_PLAIN, ORGANISM_STAGED)
 
 
 def pick_device(device: str) -> torch.device:
@@ -215,8 +216,10 @@ def load_processor(folder: Path, template: Path | None = None) -> Any:
 def resolve_model_source(spec: str, revision: str | None = None, progress: bool = True) -> Source:
     """A Hub id, a local folder, or a built-in model organism: `organism` (toxicity implanted in
     a few units), `organism-plain` (toxicity learned in ordinary training) or `organism-staged`
-    (pretraining, instruction tuning, then jailbreak fine-tuning)."""
-    if spec in (ORGANISM, ORGANISM_PLAIN, ORGANISM_STAGED):
+    (pretraining, instruction tuning, then jailbreak fine-tuning). Every command that takes a
+    model or a source resolves it here, so every one of them takes the same names (a local
+    folder of that name is `./organism`)."""
+    if spec in BUILTIN_MODELS:
         from sgm_bake.organism.train import ORGANISMS, organism_path
 
         mode, source_id = ORGANISMS[spec]

@@ -6,7 +6,11 @@ so a `--max-memory` that sgm-bake accepts is exactly what accelerate's device ma
 Peaks are measured, not estimated: host memory as the process's anonymous resident memory
 (`RssAnon` in /proc/self/status: what the process itself allocated, excluding the page cache of
 memory-mapped checkpoint files, which the kernel can drop at will) sampled on a background thread,
-and GPU memory as torch's own `max_memory_allocated` per device.
+and GPU memory as torch's own allocator statistics per device.
+
+Measuring never stops the work it measures: every call into /proc or torch.cuda here is wrapped
+(`measured`), so a failure (a CUDA build whose statistics cannot be reset, a kernel without
+RssAnon) logs a warning and the figure is left out, while the stage runs on.
 """
 
 from __future__ import annotations
@@ -14,10 +18,11 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 from sgm_bake.errors import SGMError
 
@@ -25,6 +30,7 @@ logger = logging.getLogger(__name__)
 
 STATUS_FILE = Path("/proc/self/status")
 SAMPLE_SECONDS = 0.02
+T = TypeVar("T")
 
 
 def parse_size(text: str) -> int:
@@ -86,24 +92,44 @@ def format_bytes(count: float) -> str:
     raise AssertionError("unreachable")
 
 
+def measured(what: str, call: Callable[[], T], default: T) -> T:
+    """`call()`, or `default` when it fails: a measurement or log figure never stops a run.
+
+    The failure is logged as a warning naming what could not be measured (and the cause), so a
+    broken measurement is visible without costing the user the work it was measuring."""
+    try:
+        return call()
+    except Exception as exc:  # any failure of a measurement only loses that figure
+        logger.warning(
+            "could not %s (%s: %s); going on without that figure", what, type(exc).__name__, exc
+        )
+        return default
+
+
 def rss_anon() -> int | None:
     """The process's anonymous resident memory in bytes (Linux), or None elsewhere."""
     try:
         for line in STATUS_FILE.read_text().splitlines():
             if line.startswith("RssAnon:"):
                 return int(line.split()[1]) * 1024
-    except OSError:
+    except (OSError, ValueError, IndexError):
         return None
     return None
 
 
 @dataclass
 class PeakMemory:
-    """Tracks the peak host RssAnon and per-GPU allocation while a stage runs; a context manager.
+    """Tracks the peak host RssAnon and per-GPU memory while a stage runs; a context manager.
 
     Host memory is sampled every 20 ms on a daemon thread (allocations that live shorter than
     that can be missed; the tensors that set a stage's peak live far longer). GPU peaks come from
-    torch's allocator statistics, reset on entry.
+    torch's allocator statistics, reset on entry when CUDA is already initialised (before that
+    nothing is allocated, so the counters that start at CUDA's initialisation are the stage's
+    own); a device whose statistics cannot be reset is left out of the record.
+
+    Both the start and the peak are recorded, so a stage that starts with memory held by an
+    earlier one (the one-command form runs several stages in one process) reports what it added
+    on top (`*_above_start_bytes`) as well as the process's absolute peak.
     """
 
     stage: str
@@ -111,9 +137,15 @@ class PeakMemory:
     host_peak: int = 0
     host_start: int = 0
     gpu_peaks: dict[str, int] = field(default_factory=dict)
+    gpu_reserved_peaks: dict[str, int] = field(default_factory=dict)
+    gpu_starts: dict[str, int] = field(default_factory=dict)
+    gpu_context: dict[str, int] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
+    """Figures a stage adds to its record (throughput, batch size)."""
     _started: float = field(default=0.0, repr=False)
     _stop: threading.Event = field(default_factory=threading.Event, repr=False)
     _thread: threading.Thread | None = field(default=None, repr=False)
+    _skipped: set[int] = field(default_factory=set, repr=False)
 
     def _sample(self) -> None:
         while not self._stop.wait(SAMPLE_SECONDS):
@@ -123,15 +155,37 @@ class PeakMemory:
 
     def __enter__(self) -> PeakMemory:
         self._started = time.perf_counter()
-        self.host_start = rss_anon() or 0
+        self.host_start = measured("read the process's memory", lambda: rss_anon() or 0, 0)
         self.host_peak = self.host_start
-        cuda = _cuda()
-        if cuda is not None:
-            for index in range(cuda.device_count()):
-                cuda.reset_peak_memory_stats(index)
-        self._thread = threading.Thread(target=self._sample, name="sgm-peak-memory", daemon=True)
-        self._thread.start()
+        measured("reset the GPU memory statistics", self._reset_gpus, None)
+
+        def start_sampler() -> None:
+            self._thread = threading.Thread(
+                target=self._sample, name="sgm-peak-memory", daemon=True
+            )
+            self._thread.start()
+
+        measured("start the memory sampler", start_sampler, None)
         return self
+
+    def _reset_gpus(self) -> None:
+        cuda = _cuda(initialised=True)
+        if cuda is None:
+            return  # nothing allocated on a GPU yet: the counters start at zero
+        for index in range(cuda.device_count()):
+            try:
+                cuda.reset_peak_memory_stats(index)
+                self.gpu_starts[f"cuda:{index}"] = int(cuda.memory_allocated(index))
+            except Exception as exc:  # this device's figures are left out, the stage runs on
+                self._skipped.add(index)
+                logger.warning(
+                    "could not reset the memory statistics of cuda:%d (%s: %s); its peak is "
+                    "left out of the %s record",
+                    index,
+                    type(exc).__name__,
+                    exc,
+                    self.stage,
+                )
 
     def __exit__(
         self,
@@ -141,32 +195,79 @@ class PeakMemory:
     ) -> None:
         self._stop.set()
         if self._thread is not None:
-            self._thread.join()
+            measured("stop the memory sampler", self._thread.join, None)
         self.seconds = time.perf_counter() - self._started
-        current = rss_anon()
+        current = measured("read the process's memory", rss_anon, None)
         if current is not None:
             self.host_peak = max(self.host_peak, current)
-        cuda = _cuda()
-        if cuda is not None:
-            for index in range(cuda.device_count()):
-                self.gpu_peaks[f"cuda:{index}"] = int(cuda.max_memory_allocated(index))
+        measured("read the GPU memory statistics", self._read_gpus, None)
         logger.info("%s: peak host RssAnon %s", self.stage, format_bytes(self.host_peak))
 
+    def _read_gpus(self) -> None:
+        cuda = _cuda(initialised=True)
+        if cuda is None:
+            return
+        for index in range(cuda.device_count()):
+            if index in self._skipped:
+                continue
+            name = f"cuda:{index}"
+            try:
+                self.gpu_peaks[name] = int(cuda.max_memory_allocated(index))
+                self.gpu_reserved_peaks[name] = int(cuda.max_memory_reserved(index))
+                if self.gpu_reserved_peaks[name]:  # asking an unused GPU would open a context
+                    free, total = cuda.mem_get_info(index)
+                    # What the device holds beyond torch's cache: the CUDA context (and, on a
+                    # shared GPU, other processes).
+                    self.gpu_context[name] = max(
+                        0, int(total) - int(free) - int(cuda.memory_reserved(index))
+                    )
+            except Exception as exc:  # this device's figures are left out, the stage runs on
+                self.gpu_peaks.pop(name, None)
+                self.gpu_reserved_peaks.pop(name, None)
+                logger.warning(
+                    "could not read the memory statistics of %s (%s: %s); left out of the %s "
+                    "record",
+                    name,
+                    type(exc).__name__,
+                    exc,
+                    self.stage,
+                )
+
     def record(self) -> dict[str, Any]:
-        """The JSON form stored in the bake record under `memory.<stage>`."""
+        """The JSON form stored in the bake record under `stages.<stage>`."""
         return {
             "seconds": round(self.seconds, 3),
             "host_peak_rss_anon_bytes": self.host_peak,
             "host_start_rss_anon_bytes": self.host_start,
+            "host_peak_above_start_bytes": max(0, self.host_peak - self.host_start),
             "gpu_peak_allocated_bytes": dict(self.gpu_peaks),
+            "gpu_start_allocated_bytes": {
+                name: self.gpu_starts.get(name, 0) for name in self.gpu_peaks
+            },
+            "gpu_peak_above_start_bytes": {
+                name: max(0, peak - self.gpu_starts.get(name, 0))
+                for name, peak in self.gpu_peaks.items()
+            },
+            "gpu_peak_reserved_bytes": dict(self.gpu_reserved_peaks),
+            "gpu_context_bytes": dict(self.gpu_context),
+            **self.extra,
         }
 
 
-def _cuda() -> Any:
-    """torch.cuda when torch is imported and CUDA is present, else None (never imports torch)."""
+def _cuda(initialised: bool = False) -> Any:
+    """torch.cuda when torch is imported and CUDA is present (and, with `initialised`, already
+    initialised in this process), else None. Never imports torch, never initialises CUDA."""
     import sys
 
     torch = sys.modules.get("torch")
-    if torch is None or not torch.cuda.is_available():
+    if torch is None:
+        return None
+    try:
+        if not torch.cuda.is_available():
+            return None
+        if initialised and not torch.cuda.is_initialized():
+            return None
+    except Exception as exc:  # a broken CUDA install: no GPU figures
+        logger.warning("CUDA state unreadable (%s: %s); no GPU figures", type(exc).__name__, exc)
         return None
     return torch.cuda

@@ -214,19 +214,124 @@ def test_interrupted_bake_leaves_nothing(runner, llava_dir, llava_expertise, tmp
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out.")]
 
 
-def test_verify_fails_on_a_tampered_weight(runner, llava_dir, llava_expertise, tmp_path):
+def _unbaked_weight(out: Path, source: Path) -> None:
+    """Put the source's (unfolded) up_proj of layer 1 back into a baked folder."""
     from safetensors.torch import save_file
 
     from tests.conftest import file_metadata, load_state
 
-    out = tmp_path / "out"
-    assert _bake(runner, llava_dir, out, llava_expertise, "--no-verify").exit_code == 0
     state = load_state(out)
     key = "language_model.model.layers.1.mlp.up_proj.weight"
-    state[key] = load_state(llava_dir)[key]
+    state[key] = load_state(source)[key]
     save_file(
         state, str(out / "model.safetensors"), metadata=file_metadata(out / "model.safetensors")
     )
+
+
+def test_verify_fails_on_a_wrong_fold(runner, llava_dir, llava_expertise, tmp_path):
+    """A bake that wrote a wrong weight and recorded it (a bug, not tampering) fails verify."""
+    from sgm_bake.pipeline.record import read_record, record_files
+
+    out = tmp_path / "out"
+    assert _bake(runner, llava_dir, out, llava_expertise, "--no-verify").exit_code == 0
+    _unbaked_weight(out, llava_dir)
+    record_files(out, read_record(out), ["model.safetensors"])
     result = runner.invoke(main, ["verify", str(out), "--device", "cpu"])
     assert result.exit_code == 3, result.output
     assert "FAIL" in result.output
+
+
+def test_verify_refuses_a_tampered_weight_and_writes_nothing(
+    runner, llava_dir, llava_expertise, tmp_path
+):
+    from tests.e2e.test_hardening import snapshot
+
+    out = tmp_path / "out"
+    assert _bake(runner, llava_dir, out, llava_expertise, "--no-verify").exit_code == 0
+    _unbaked_weight(out, llava_dir)
+    before = snapshot(out)
+    result = runner.invoke(main, ["-q", "verify", str(out), "--device", "cpu"])
+    assert result.exit_code == 4, result.output
+    assert result.output.count("\n") == 1 and "changed: model.safetensors" in result.output
+    assert snapshot(out) == before
+
+
+# --- the built-in model names and an unreachable Hub ------------------------------------------
+
+
+def test_every_command_takes_the_organism_names(runner, tmp_path, monkeypatch):
+    """`bake`, `verify --source`, `unbake --compare` and `plan` resolve `organism` as `eval`,
+    `generate`, `profile` and `tune` do (offline: nothing is fetched)."""
+    import huggingface_hub.constants
+    from transformers import AutoModelForImageTextToText
+
+    from sgm_bake.runtime.loading import resolve_model_source
+    from tests.builders import synthetic_expertise
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    folder = resolve_model_source("organism", progress=False).path
+    model = AutoModelForImageTextToText.from_pretrained(folder)
+    for entry in (expertise := synthetic_expertise(model, seed=4)).modules.values():
+        entry.alpha.clamp_(min=0.1)  # unbake needs every unit rebuildable
+    save_expertise(expertise, tmp_path / "expertise.safetensors")
+    out = tmp_path / "out"
+    commands = [
+        ["bake", "organism", str(out), "--expertise", str(tmp_path / "expertise.safetensors")],
+        ["verify", str(out), "--source", "organism-plain"],  # another model: verify fails, 3
+        ["verify", str(out), "--source", "organism"],
+        ["unbake", str(out), str(tmp_path / "dest"), "--compare", "organism"],
+        ["plan", "organism"],
+        ["plan", "organism-plain"],
+    ]
+    for command in commands:
+        result = runner.invoke(main, ["-q", *command])
+        expected = 3 if "organism-plain" in command and command[0] == "verify" else 0
+        assert result.exit_code == expected, (command, result.output)
+
+
+def _offline_run(*args: str, **env: str):
+    import os
+    import subprocess
+    import sys
+
+    from tests.e2e.test_interrupts import REPO
+
+    command = [sys.executable, "-m", "sgm_bake", "-q", *args]
+    environment = {**os.environ, "HF_HUB_DISABLE_TELEMETRY": "1"}
+    environment.pop("HF_HUB_OFFLINE", None)
+    environment.update(env)
+    return subprocess.run(
+        command, cwd=REPO, env=environment, capture_output=True, text=True, timeout=120
+    )
+
+
+HUB_SET = "hf://datasets/some-org/sets/set.jsonl"
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "fragment"),
+    [
+        (["plan", "some-org/some-model"], {"HF_ENDPOINT": "http://127.0.0.1:9"}, "refused"),
+        (["plan", "some-org/some-model"], {"HF_HUB_OFFLINE": "1"}, "HF_HUB_OFFLINE is set"),
+        (
+            ["profile", "organism", "-o", "x.safetensors", "--profile-set", HUB_SET],
+            {"HF_ENDPOINT": "http://127.0.0.1:9"},
+            "refused",
+        ),
+        (
+            ["bake", "some-org/some-model", "out", "--expertise", "{expertise}"],
+            {"HF_ENDPOINT": "http://127.0.0.1:9"},
+            "refused",
+        ),
+    ],
+    ids=["plan-unreachable", "plan-offline", "hub-set-unreachable", "bake-unreachable"],
+)
+def test_an_unreachable_hub_is_one_line_naming_it(tmp_path, llava_expertise, args, env, fragment):
+    """No retries (one line, not twenty), and the cause named: the Hub, not a missing file."""
+    args = [arg.format(expertise=llava_expertise) for arg in args]
+    result = _offline_run(*args, HF_HOME=str(tmp_path / "hf"), **env)
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode == 2, result.stderr
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: ") and fragment in lines[0], lines[0]
+    assert "cache" in lines[0] or "HF_HUB_OFFLINE" in lines[0] or "network" in lines[0]

@@ -214,12 +214,62 @@ def readme_becomes_symlink(out: Path, tmp: Path) -> None:
     (out / "README.md").symlink_to(tmp / "README.copy.md")
 
 
+def cp1252_profile_set(src: Path, tmp: Path) -> None:
+    """A profile set saved by a Windows editor in its legacy code page."""
+    rows = _rows(4)
+    rows[3]["text"] = "a naïve café insult"
+    text = "\n".join(json.dumps(r, ensure_ascii=False) for r in rows) + "\n"
+    (tmp / "set.jsonl").write_bytes(text.encode("cp1252"))
+
+
+def long_row_profile_set(src: Path, tmp: Path) -> None:
+    """A row longer than the tiny model's context of 1024 positions (one token per byte)."""
+    rows = _rows(4)
+    rows[5]["text"] = "na " * 1500
+    (tmp / "set.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+
+
+def chat_template(text: str) -> Callable[[Path, Path], None]:
+    def build(src: Path, tmp: Path) -> None:
+        (src / "chat_template.jinja").write_text(text)
+        (tmp / "set.jsonl").write_text("\n".join(json.dumps(r) for r in _rows(4)) + "\n")
+        (tmp / "template.jinja").write_text(text)
+        row = {"condition": "benign", "category": "benign", "prompt": "what colour?"}
+        (tmp / "prompts.jsonl").write_text(json.dumps(row) + "\n")
+
+    return build
+
+
+def long_prompt_set(src: Path, tmp: Path) -> None:
+    row = {"condition": "standard", "category": "insult", "prompt": "tell me " * 400}
+    (tmp / "prompts.jsonl").write_text(json.dumps(row) + "\n")
+
+
+def responses_dir_of_others(src: Path, tmp: Path) -> None:
+    (tmp / "set.jsonl").write_text("\n".join(json.dumps(r) for r in _rows(4)) + "\n")
+    (tmp / "mine").mkdir()
+    (tmp / "mine" / "thesis.tex").write_text("years of work")
+
+
+def tamper_config(out: Path, tmp: Path) -> None:
+    (out / "config.json").write_text((out / "config.json").read_text() + " ")
+
+
+def add_unbaked_copy(out: Path, tmp: Path) -> None:
+    shutil.copyfile(tmp / "src" / "model.safetensors", out / "model-copy.safetensors")
+
+
+SANDBOX_ESCAPE = "{{ ''.__class__.__mro__[1].__subclasses__() }}"
+RAISING_TEMPLATE = "{{ raise_exception('Conversation roles must alternate user/assistant') }}"
+
+
 # --- the matrix -------------------------------------------------------------------------------
 
 BAKE = ["bake", "{src}", "{out}", "--expertise", "{expertise}", "--no-verify"]
 PROFILE = ["profile", "{src}", "-o", "{tmp}/expertise-new.safetensors", "--profile-set"]
 
-CASES: dict[str, tuple[Callable[[Path, Path], None] | None, list[str], str]] = {
+# case: (builder, command, fragment of the one error line[, exit code, 2 when not given])
+CASES: dict[str, tuple] = {
     # Security: names from inside the checkpoint, symlinks, one tensor one place.
     "index-absolute": (
         index_pointing(lambda s, t: str(t / "victim.safetensors")),
@@ -428,12 +478,79 @@ CASES: dict[str, tuple[Callable[[Path, Path], None] | None, list[str], str]] = {
         ["unbake", "{tmp}/baked", "{tmp}/afile/dest"],
         "is a file, not a folder",
     ),
+    # Round two: text as editors save it, rows beyond the context, templates the sandbox stops.
+    "profile-set-cp1252": (
+        cp1252_profile_set,
+        [*PROFILE, "{tmp}/set.jsonl"],
+        "not UTF-8 text (byte 0xef on line 4",
+    ),
+    "profile-row-beyond-context": (
+        long_row_profile_set,
+        [*PROFILE, "{tmp}/set.jsonl", "--device", "cpu"],
+        "more than the model's context of 1024 tokens",
+    ),
+    "profile-template-escapes-sandbox": (
+        chat_template(SANDBOX_ESCAPE),
+        [*PROFILE, "{tmp}/set.jsonl", "--device", "cpu"],
+        "Jinja's sandbox forbids",
+    ),
+    "eval-template-raises": (
+        chat_template(RAISING_TEMPLATE),
+        ["eval", "{src}", "--prompt-set", "{tmp}/prompts.jsonl", "--device", "cpu"],
+        "roles must alternate",
+    ),
+    "eval-prompt-beyond-context": (
+        long_prompt_set,
+        ["eval", "{src}", "--prompt-set", "{tmp}/prompts.jsonl", "--device", "cpu"],
+        "more than the model's context",
+    ),
+    "profile-responses-dir-of-others": (
+        responses_dir_of_others,
+        [*PROFILE, "{tmp}/set.jsonl", "--responses-dir", "{tmp}/mine"],
+        "not an sgm-bake response store",
+    ),
+    "push-repo-id-with-newline": (
+        baked_output(lambda out, t: None),
+        ["push", "{tmp}/baked", "me/model\nlicense: mit", "--dry-run"],
+        "is not a Hub repository id",
+    ),
+    "unbake-compare-other-names": (
+        baked_output(lambda out, t: None),
+        ["unbake", "{tmp}/baked", "{tmp}/dest", "--compare", "{tmp}/other"],
+        "does not exist locally",
+    ),
+    # A baked folder that no longer matches its record: exit 4 before anything is written.
+    "verify-tampered": (baked_output(tamper_config), ["verify", "{tmp}/baked"], "changed", 4),
+    "verify-unrecorded-weights": (
+        baked_output(add_unbaked_copy),
+        ["verify", "{tmp}/baked"],
+        "not in the record: model-copy.safetensors",
+        4,
+    ),
+    "push-dry-run-tampered": (
+        baked_output(add_unbaked_copy),
+        ["push", "{tmp}/baked", "me/model", "--dry-run"],
+        "not in the record: model-copy.safetensors",
+        4,
+    ),
+    "eval-tampered": (
+        baked_output(tamper_config),
+        ["eval", "{tmp}/baked", "--no-base"],
+        "changed: config.json",
+        4,
+    ),
+    "unbake-tampered": (
+        baked_output(tamper_config),
+        ["unbake", "{tmp}/baked", "{tmp}/dest"],
+        "changed: config.json",
+        4,
+    ),
 }
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_bad_input(case, runner, tmp_path, llava_dir, llava_expertise):
-    build, args, fragment = CASES[case]
+    build, args, fragment, *code = CASES[case]
     src = tmp_path / "src"
     shutil.copytree(llava_dir, src)
     shutil.copyfile(llava_expertise, tmp_path / "expertise.safetensors")
@@ -443,17 +560,18 @@ def test_bad_input(case, runner, tmp_path, llava_dir, llava_expertise):
     values = {"src": src, "out": tmp_path / "out", "tmp": tmp_path}
     values["expertise"] = tmp_path / "expertise.safetensors"
     result = runner.invoke(main, ["-q", *(a.format(**values) for a in args)])
-    lines = [line for line in result.output.splitlines() if line.strip()]
-    assert result.exit_code == 2, result.output
+    # stderr: the one error line; stdout may have announced the step that failed
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.exit_code == (code[0] if code else 2), result.output
     assert isinstance(result.exception, SystemExit), result.exception
-    assert "Traceback" not in result.output
+    assert "Traceback" not in result.output and "error" not in result.stdout
     assert len(lines) == 1 and lines[0].startswith("error: "), result.output
     assert fragment in lines[0], lines[0]
     assert snapshot(tmp_path) == before
 
 
 def test_matrix_is_wide():
-    assert len(CASES) >= 40
+    assert len(CASES) >= 55
 
 
 # --- legal inputs that must keep working ------------------------------------------------------

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -137,7 +138,7 @@ def test_sigkill_then_rerun_cleans_up(big_model, tmp_path):
 
 def test_marker_of_a_running_process_is_respected(tmp_path):
     out = tmp_path / "out"
-    busy = tmp_path / ".out.abc.partial"
+    busy = tmp_path / ".out.abcdefgh.partial"
     busy.mkdir()
     record = {"tool": "sgm-bake temporary folder", "folder": busy.name, "pid": os.getppid()}
     record["host"] = socket.gethostname()
@@ -151,10 +152,97 @@ def test_marker_of_a_running_process_is_respected(tmp_path):
 def test_an_interrupted_swap_is_undone(tmp_path):
     """Killed between moving the old OUT aside and moving the new one in: OUT comes back."""
     out = tmp_path / "out"
-    retired = tmp_path / ".out.xyz.old"
+    retired = tmp_path / ".out.xyz01234.old"
     retired.mkdir()
     (retired / "old.txt").write_text("previous")
     record = {"tool": "sgm-bake temporary folder", "folder": retired.name, "pid": 2**22 + 17}
     Path(f"{retired}{MARKER_SUFFIX}").write_text(json.dumps(record))
     assert recover(out) == [retired.name]
     assert (out / "old.txt").read_text() == "previous" and not retired.exists()
+
+
+def test_a_signal_between_creating_and_marking_leaves_nothing(tmp_path, monkeypatch):
+    """SIGINT right after the temporary folder is created, before it is marked (or held by the
+    code that cleans up): the window behind the flaky `sigint-at-start` case above."""
+    import tempfile
+
+    from sgm_bake.io import interrupts
+    from sgm_bake.io.atomic import atomic_folder
+
+    create = tempfile.mkdtemp
+
+    def create_then_signal(*args, **kwargs):
+        folder = create(*args, **kwargs)
+        os.kill(os.getpid(), signal.SIGINT)  # delivered at the next bytecode, in this frame
+        return folder
+
+    monkeypatch.setattr(tempfile, "mkdtemp", create_then_signal)
+    out = tmp_path / "out"
+    with (
+        interrupts.handling(),
+        pytest.raises(KeyboardInterrupt),
+        atomic_folder(out, overwrite=False) as staging,
+    ):
+        (staging / "weights").write_text("never finished")
+    assert list(tmp_path.iterdir()) == []
+
+
+def _marked(folder: Path, pid: int = 2**22 + 17) -> None:
+    folder.mkdir()
+    (folder / "data").write_text("another output's")
+    record = {"tool": "sgm-bake temporary folder", "folder": folder.name, "pid": pid}
+    record["host"] = socket.gethostname()
+    Path(f"{folder}{MARKER_SUFFIX}").write_text(json.dumps(record))
+
+
+def test_recover_touches_only_its_own_output(tmp_path):
+    """Outputs whose names are prefixes of each other (`a`, `a.b`): a run on `a` neither removes
+    the temporary folders of `a.b` nor restores `a.b`'s previous output as `a`."""
+    partial, retired = tmp_path / ".a.b.k2j4x9q1.partial", tmp_path / ".a.b.p0z8m3w7.old"
+    _marked(partial)
+    _marked(retired)
+    assert recover(tmp_path / "a") == []
+    assert partial.is_dir() and retired.is_dir() and not (tmp_path / "a").exists()
+    assert sorted(recover(tmp_path / "a.b")) == [partial.name, retired.name]
+    assert (tmp_path / "a.b" / "data").is_file() and not partial.exists()
+
+
+# Runs `sgm-bake` with one function of the bake wrapped: `HOOK` names it, and the wrapper
+# truncates every source shard (to the start of the tensor about to be folded, when it has one)
+# before calling it.
+TRUNCATING_BAKE = """
+import sys
+import sgm_bake.io.safetensors as streaming
+import sgm_bake.pipeline.bake as bake
+module, name = (streaming, "fold_range") if HOOK == "fold" else (bake, "write_weights")
+original = getattr(module, name)
+def truncate_then_call(*args, **kwargs):
+    size = args[1].start if HOOK == "fold" else None
+    for path in SHARDS:
+        with open(path, "r+b") as handle:
+            handle.truncate(size if size is not None else handle.seek(0, 2) - 4096)
+    setattr(module, name, original)
+    return original(*args, **kwargs)
+setattr(module, name, truncate_then_call)
+from sgm_bake.cli import main
+main()
+"""
+
+
+@pytest.mark.parametrize("hook", ["fold", "plan"], ids=["while-folding", "after-planning"])
+def test_a_shard_truncated_under_the_bake_is_one_line(tmp_path, llava_dir, llava_expertise, hook):
+    """Another process truncates the source shard while the bake reads it: just before a tensor
+    is folded (the memory-mapped fold of sgm-bake 0.1 died of SIGBUS there), or between reading
+    the headers and writing. One line and exit 2; nothing is left behind."""
+    source = tmp_path / "source"
+    shutil.copytree(llava_dir, source)
+    shards = [str(p) for p in source.glob("*.safetensors")]
+    script = f"HOOK = {hook!r}\nSHARDS = {shards!r}\n" + TRUNCATING_BAKE
+    out = tmp_path / "out"
+    command = [sys.executable, "-c", script, "-q", "bake", str(source), str(out)]
+    command += ["--expertise", str(llava_expertise), "--no-verify"]
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120)
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode == 2, (result.returncode, result.stderr)
+    assert len(lines) == 1 and "changed while it was being read" in lines[0], result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["source"]

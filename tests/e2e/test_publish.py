@@ -3,16 +3,27 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 import torch
+from click.testing import CliRunner
 from huggingface_hub import HfApi, ModelCard
 
 from sgm_bake.cli import main
 from sgm_bake.core.expertise import Expertise, ModuleExpertise, load_expertise, save_expertise
+from sgm_bake.pipeline.record import read_record
 from tests.conftest import load_state
+from tests.e2e.test_hardening import snapshot
+
+REPO = Path(__file__).resolve().parents[2]
 
 TOKEN = "hf_sgmTESTtoken0123456789secret"
 
@@ -119,16 +130,67 @@ def test_unbake_restores_an_fp32_source_within_one_rounding(runner, baked, llava
         main, ["-q", "unbake", str(baked), str(dest), "--compare", str(llava_dir)]
     )
     assert result.exit_code == 0, result.output
-    assert (
-        "within rounding: True" in result.output
-        and "other tensors identical: True" in result.output
-    )
+    assert "within the rounding bound" in result.output
+    assert "every other tensor is identical" in result.output
     source, rebuilt = load_state(llava_dir), load_state(dest)
     assert source.keys() == rebuilt.keys()
     for key, tensor in source.items():
         ulp = torch.finfo(torch.float32).eps * tensor.abs()
         assert ((rebuilt[key] - tensor).abs() <= 2 * ulp + 1e-45).all(), key
     assert not (dest / "sgm").exists() and not (dest / "README.md").exists()
+
+
+def test_unbake_compare_holds_for_subnormal_half_precision_weights(runner, tmp_path):
+    """An honest fp16 bake passes --compare even where the folded weights are subnormal (there
+    the fold rounds to the subnormal spacing, not to a relative error)."""
+    from safetensors.torch import save_file
+
+    from tests.builders import synthetic_expertise, tiny_llava
+    from tests.conftest import file_metadata
+
+    source = tiny_llava(tmp_path / "fp16", dtype=torch.float16)
+    weights = source / "model.safetensors"
+    state = load_state(source)
+    tiny = [key for key in state if key.endswith("mlp.up_proj.weight")]
+    generator = torch.Generator().manual_seed(5)
+    for key in tiny:  # a quarter of each row below fp16's smallest normal (6.1e-5)
+        values = state[key].float()
+        values[:, ::4] = torch.randn(values[:, ::4].shape, generator=generator) * 2e-5
+        state[key] = values.to(torch.float16)
+    save_file(state, str(weights), metadata=file_metadata(weights))
+    from transformers import AutoModelForImageTextToText
+
+    model = AutoModelForImageTextToText.from_pretrained(source)
+    expertise = synthetic_expertise(model, seed=7, share=0.6)
+    save_expertise(expertise, tmp_path / "expertise.safetensors")
+    out = tmp_path / "out"
+    bake = [
+        "-q",
+        "bake",
+        str(source),
+        str(out),
+        "--expertise",
+        str(tmp_path / "expertise.safetensors"),
+    ]
+    assert runner.invoke(main, [*bake, "--no-verify"]).exit_code == 0
+    dest = tmp_path / "rebuilt"
+    result = runner.invoke(main, ["-q", "unbake", str(out), str(dest), "--compare", str(source)])
+    assert result.exit_code == 0, result.output
+    assert "within the rounding bound" in result.output
+
+
+def test_a_failed_compare_writes_no_destination(runner, baked, tmp_path):
+    """Compared with another model, unbake exits 4 and leaves DEST as it was (absent)."""
+    from tests.builders import tiny_llava
+
+    other = tiny_llava(tmp_path / "other", seed=11)
+    dest = tmp_path / "rebuilt"
+    result = runner.invoke(main, ["-q", "unbake", str(baked), str(dest), "--compare", str(other)])
+    assert result.exit_code == 4, result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and "differs from the base" in lines[0], result.output
+    assert not dest.exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".rebuilt.")]
 
 
 def test_unbake_refuses_erased_units(runner, llava_dir, llava_expertise, tmp_path):
@@ -249,7 +311,7 @@ def test_push_refuses_tampered_and_unverified_outputs(
     out = _copy(baked, tmp_path)
     (out / "config.json").write_text((out / "config.json").read_text() + " ")
     result = runner.invoke(main, ["push", str(out), "me/model"])
-    assert result.exit_code == 2 and "tampered" in result.output and "config.json" in result.output
+    assert result.exit_code == 4 and "changed: config.json" in result.output
     unverified = tmp_path / "unverified"
     assert (
         runner.invoke(
@@ -278,3 +340,141 @@ def test_baked_model_loads_with_the_auto_class(baked):
     assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"]
     processor = AutoProcessor.from_pretrained(baked)
     assert processor.chat_template
+
+
+# --- push against a loopback Hub: nothing is written before the commit succeeds ---------------
+
+
+class _LoopbackHub(BaseHTTPRequestHandler):
+    """Just enough of the Hub's HTTP API for create_repo and create_commit: it records every
+    committed file; with `stall` set it accepts the commit's body and never answers."""
+
+    stall: ClassVar[threading.Event | None] = None
+    committed: ClassVar[list[str]] = []
+
+    def _reply(self, data: dict) -> None:
+        raw = json.dumps(data).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(raw)))
+        self.end_headers()
+        self.wfile.write(raw)
+
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        base = f"http://{self.headers['Host']}"
+        if self.path == "/api/repos/create":
+            return self._reply({"url": f"{base}/me/model", "name": "me/model"})
+        if self.path == "/api/validate-yaml":
+            return self._reply({})
+        if "/preupload/" in self.path:
+            files = json.loads(body)["files"]
+            plain = [
+                {"path": f["path"], "uploadMode": "regular", "shouldIgnore": False} for f in files
+            ]
+            return self._reply({"files": plain})
+        if "/commit/" in self.path:
+            if _LoopbackHub.stall is not None:
+                _LoopbackHub.stall.wait(120)
+                return None
+            for line in body.splitlines():
+                entry = json.loads(line)
+                if entry["key"] == "file":
+                    _LoopbackHub.committed.append(entry["value"]["path"])
+            return self._reply({"commitUrl": f"{base}/me/model/commit/1", "commitOid": "1" * 40})
+        self.send_error(404)
+
+    def do_GET(self):
+        self.send_error(404)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def loopback_hub():
+    """(endpoint, handler class); `stall_hub` makes its commits hang."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _LoopbackHub)
+    _LoopbackHub.committed = []
+    _LoopbackHub.stall = None
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_port}"
+    if _LoopbackHub.stall is not None:
+        _LoopbackHub.stall.set()
+    server.shutdown()
+
+
+def _push(out: Path, endpoint: str, *extra: str, repo: str = "me/model", quiet: bool = True):
+    env = {
+        **os.environ,
+        "HF_ENDPOINT": endpoint,
+        "HF_TOKEN": TOKEN,
+        "HF_HUB_DISABLE_TELEMETRY": "1",
+    }
+    command = [sys.executable, "-m", "sgm_bake", *(["-q"] if quiet else []), "push", str(out)]
+    command += [repo, *extra]
+    return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=180)
+
+
+def _one_line(result) -> str:
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert "Traceback" not in result.stderr
+    assert len(lines) == 1, result.stderr
+    return lines[0]
+
+
+def test_push_writes_the_card_only_after_the_commit(baked, loopback_hub, tmp_path):
+    out = _copy(baked, tmp_path)
+    result = _push(out, loopback_hub)
+    assert result.returncode == 0, result.stderr
+    assert sorted(_LoopbackHub.committed) == sorted([*read_record(out).files, "sgm/bake.json"])
+    assert 'from_pretrained("me/model")' in (out / "README.md").read_text()
+    inspected = CliRunner().invoke(main, ["inspect", str(out)])
+    assert inspected.exit_code == 0, inspected.output  # the record holds the new card's sha256
+
+
+def test_a_failed_push_leaves_the_folder_as_it_was(baked, tmp_path):
+    out = _copy(baked, tmp_path)
+    before = snapshot(tmp_path)
+    result = _push(out, "http://127.0.0.1:9")  # nothing listens there
+    assert result.returncode == 2
+    assert "could not push me/model" in _one_line(result)
+    assert snapshot(tmp_path) == before
+
+
+def test_a_stalling_hub_times_out(baked, loopback_hub, tmp_path):
+    _LoopbackHub.stall = threading.Event()
+    out = _copy(baked, tmp_path)
+    before = snapshot(tmp_path)
+    result = _push(out, loopback_hub, "--timeout", "1")
+    assert result.returncode == 2
+    assert "no answer within the timeout" in _one_line(result)
+    assert snapshot(tmp_path) == before
+
+
+@pytest.mark.parametrize("repo", ["me/model\n<b>x</b>", "me/model\nlicense: mit", "../model"])
+def test_a_bad_repo_id_is_refused_before_anything(runner, baked, tmp_path, repo):
+    out = _copy(baked, tmp_path)
+    before = snapshot(tmp_path)
+    for extra in ([], ["--dry-run"]):
+        result = runner.invoke(main, ["-q", "push", str(out), repo, *extra])
+        assert result.exit_code == 2, result.output
+        assert result.output.count("\n") == 1 and "is not a Hub repository id" in result.output
+    assert snapshot(tmp_path) == before
+
+
+def test_a_read_only_folder_can_be_pushed(baked, loopback_hub, tmp_path):
+    out = _copy(baked, tmp_path)
+    folders = [out, *(p for p in out.rglob("*") if p.is_dir())]
+    files = [p for p in out.rglob("*") if p.is_file()]
+    if subprocess.run(["chattr", "+i", *map(str, files + folders)], capture_output=True).returncode:
+        pytest.skip("chattr +i (an immutable folder, read-only even for root) is not available")
+    try:
+        before = snapshot(tmp_path)
+        result = _push(out, loopback_hub, quiet=False)
+        assert result.returncode == 0, result.stderr
+        assert snapshot(tmp_path) == before
+        assert "could not be updated" in result.stderr
+    finally:
+        subprocess.run(["chattr", "-i", *map(str, files + folders)], check=True)

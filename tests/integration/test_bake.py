@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -237,3 +238,46 @@ def test_sharded_bin_source_gets_a_safetensors_index(
     )
     assert not list(out.glob("*.bin")) and not (out / "pytorch_model.bin.index.json").exists()
     assert load_state(out).keys() == state.keys()
+
+
+def _unusual_layouts(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The same values stored as `torch.save` keeps odd tensors: transposed (non-contiguous)
+    views, views of one shared storage, a view at an offset into a larger storage, and an
+    expanded (stride 0) vector."""
+    odd = dict(state)
+    gate = "language_model.model.layers.0.mlp.gate_proj.weight"
+    up = "language_model.model.layers.0.mlp.up_proj.weight"
+    down = "language_model.model.layers.1.mlp.down_proj.weight"
+    norm = "language_model.model.layers.1.post_attention_layernorm.weight"
+    shared = torch.cat([state[gate], state[up]])  # gate and up: two views of one storage
+    odd[gate], odd[up] = shared[: len(state[gate])], shared[len(state[gate]) :]
+    odd[down] = state[down].t().contiguous().t()  # transposed view of [in, out] storage
+    padded = torch.cat([torch.full((7,), 9.0), state[norm].flatten()])
+    odd[norm] = padded[7:]  # offset 7 into a longer storage
+    final = "language_model.model.norm.weight"  # all ones, as initialised
+    assert bool((state[final] == 1).all())
+    odd[final] = torch.ones(1).expand(state[final].shape)  # stride 0: one stored value
+    assert not odd[down].is_contiguous() and odd[up].storage_offset() > 0
+    assert odd[gate].untyped_storage().data_ptr() == odd[up].untyped_storage().data_ptr()
+    return odd
+
+
+def test_bin_tensors_in_unusual_layouts_bake_like_plain_ones(
+    runner, copy_model, llava_dir, llava_expertise, tmp_path
+):
+    """A `.bin` holding views (shared, transposed, offset) bakes to exactly the bytes a plain
+    safetensors source of the same values bakes to, and verifies."""
+    plain = copy_model(llava_dir)
+    odd = tmp_path / "odd"
+    shutil.copytree(plain, odd)
+    state = load_state(plain)
+    (odd / "model.safetensors").unlink()
+    torch.save(_unusual_layouts(state), odd / "pytorch_model.bin")
+    for source, out in ((plain, tmp_path / "plain-out"), (odd, tmp_path / "odd-out")):
+        result = _bake(runner, source, out, llava_expertise)
+        assert result.exit_code == 0, result.output
+        assert "PASS" in result.output
+    expected, baked = load_state(tmp_path / "plain-out"), load_state(tmp_path / "odd-out")
+    assert expected.keys() == baked.keys()
+    for key, tensor in expected.items():
+        assert torch.equal(baked[key], tensor), key

@@ -16,8 +16,9 @@ import pytest
 import torch
 
 from sgm_bake.cli import main
+from sgm_bake.errors import SGMError
 from sgm_bake.io.response_store import ResponseStore
-from sgm_bake.runtime.distributed import rank_share
+from sgm_bake.runtime.distributed import rank_gpu, rank_share
 from tests.builders import tiny_llava
 from tests.integration.test_profile import _plant, _write_set
 
@@ -126,3 +127,32 @@ def model_recipe_for(folder: Path):
     from sgm_bake.io.checkpoint import open_checkpoint
 
     return recipe_for_config(open_checkpoint(folder).config)
+
+
+def test_a_rank_without_a_gpu_is_one_clear_error():
+    assert rank_gpu(0, 2, 2) == 0 and rank_gpu(1, 2, 2) == 1
+    assert rank_gpu(1, 2, 4) == 2  # two GPUs per rank
+    with pytest.raises(SGMError, match=r"LOCAL_RANK 1 of 2.*has no GPU.*--nproc-per-node 1"):
+        rank_gpu(1, 2, 1)
+    with pytest.raises(SGMError, match="LOCAL_RANK 3"):
+        rank_gpu(3, 4, 2)
+
+
+def test_joining_as_a_rank_without_a_gpu_stops_before_any_cuda_call(monkeypatch):
+    """torchrun with two ranks on a one-GPU machine: rank 1 is refused by name (exit 2 in the
+    CLI) before it touches CUDA or the rendezvous."""
+    import torch.distributed as dist
+
+    from sgm_bake.runtime.distributed import from_env
+
+    def no_call(*args, **kwargs):
+        raise AssertionError("called past the check")
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "set_device", no_call)
+    monkeypatch.setattr(dist, "is_nccl_available", lambda: True)
+    monkeypatch.setattr(dist, "init_process_group", no_call)
+    environ = {"WORLD_SIZE": "2", "RANK": "1", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2"}
+    with pytest.raises(SGMError, match=r"LOCAL_RANK 1 of 2 on this machine\) has no GPU"):
+        from_env(environ)

@@ -304,3 +304,131 @@ def test_one_command_profiles_bakes_and_verifies(runner, planted, tmp_path):
     record = json.loads((reuse / "sgm" / "bake.json").read_text())
     assert record["expertise"]["metadata"]["rule"] == "aura"
     assert record["expertise"]["metadata"]["strength"] == "0.5"
+
+
+def test_batches_hold_samples_of_similar_length(planted):
+    """Samples are batched with an image first, longest first, deterministically: the same
+    samples, less padding than the set's own order."""
+    from sgm_bake.datasets.profile_set import ProfileSample, load_profile_set
+    from sgm_bake.pipeline.profile import Inputs, length_order
+
+    model_dir, profile_set = planted
+    config = json.loads((model_dir / "config.json").read_text())
+    inputs = Inputs(model_dir, config, "dialogue", multimodal=True)
+    samples = list(load_profile_set(str(profile_set)).samples)
+    text_only = [ProfileSample(f"text{i}", i % 2, "words " * (i + 1)) for i in range(4)]
+    mixed = text_only[:2] + samples + text_only[2:]
+    ordered = length_order(mixed, inputs)
+    assert ordered == length_order(mixed, inputs)
+    assert sorted(s.id for s in ordered) == sorted(s.id for s in mixed)
+    assert {s.id for s in ordered[-4:]} == {s.id for s in text_only}  # images first
+    lengths = [inputs.length(s) for s in ordered[: len(samples)]]
+    assert lengths == sorted(lengths, reverse=True)
+
+    def padding(order) -> int:
+        total = 0
+        for first in range(0, len(order), 4):
+            mask = inputs.build(list(order[first : first + 4]))["attention_mask"]
+            total += int(mask.numel() - mask.sum())
+        return total
+
+    assert padding(length_order(samples, inputs)) < padding(samples)
+
+
+def test_automatic_batch_size_on_a_cpu_is_the_default_batch(runner, planted, tmp_path):
+    model, profile_set = planted
+    fixed, automatic = tmp_path / "fixed.safetensors", tmp_path / "auto.safetensors"
+    assert _profile(runner, model, fixed, profile_set, "--device", "cpu").exit_code == 0
+    result = _profile(
+        runner, model, automatic, profile_set, "--device", "cpu", "--batch-size", "auto"
+    )
+    assert result.exit_code == 0, result.output
+    assert "batch 8," in result.output and "found automatically" not in result.output
+    assert automatic.read_bytes() == fixed.read_bytes()
+
+
+# --- the response store: keyed by content, owning only what it made, one run at a time -------
+
+
+def test_a_resume_never_uses_another_models_responses(runner, planted, tmp_path, monkeypatch):
+    """Two models in folders of the same name: the second profile is its own, not a resume of
+    the first's stored responses."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    model, profile_set = planted
+    other = tiny_llava(tmp_path / "runB" / "model", hidden=64, intermediate=128, layers=2, seed=5)
+    assert other.name == model.name
+    first, second, alone = (tmp_path / f"{n}.safetensors" for n in ("a", "b", "b-alone"))
+    assert _profile(runner, model, first, profile_set, "--keep-responses").exit_code == 0
+    assert _profile(runner, other, second, profile_set, "--keep-responses").exit_code == 0
+    store = tmp_path / "own-store"
+    assert _profile(runner, other, alone, profile_set, "--responses-dir", str(store)).exit_code == 0
+    a, b, b_alone = (load_expertise(path).modules for path in (first, second, alone))
+    name = next(iter(a))
+    assert not torch.equal(a[name].auroc, b[name].auroc)
+    for module, entry in b.items():
+        assert torch.equal(entry.auroc, b_alone[module].auroc), module
+
+
+def test_responses_dir_with_other_files_is_refused(runner, planted, tmp_path):
+    from tests.e2e.test_hardening import snapshot
+
+    model, profile_set = planted
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "thesis.tex").write_text("years of work")
+    before = snapshot(tmp_path)
+    output = tmp_path / "expertise.safetensors"
+    result = _profile(runner, model, output, profile_set, "--responses-dir", str(mine))
+    assert result.exit_code == 2, result.output
+    assert result.output.count("\n") == 1 and "not an sgm-bake response store" in result.output
+    assert snapshot(tmp_path) == before
+
+
+def test_an_existing_empty_responses_dir_is_emptied_not_removed(runner, planted, tmp_path):
+    model, profile_set = planted
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    output = tmp_path / "expertise.safetensors"
+    result = _profile(runner, model, output, profile_set, "--responses-dir", str(empty))
+    assert result.exit_code == 0, result.output
+    assert empty.is_dir() and list(empty.iterdir()) == []
+
+
+def test_a_store_in_use_is_refused_and_never_removed(runner, planted, tmp_path):
+    """A second run on a store another run holds: one line, and the store stays as it is."""
+    from sgm_bake.io.response_store import ResponseStore
+    from tests.e2e.test_hardening import snapshot
+
+    model, profile_set = planted
+    store_folder = tmp_path / "shared"
+    running = ResponseStore.open(store_folder, {"source": "the first run"}, {"m": 4}, 8)
+    try:
+        running.write_batch(0, {"m": torch.ones(2, 4).numpy()})
+        before = snapshot(tmp_path)
+        output = tmp_path / "expertise.safetensors"
+        result = _profile(runner, model, output, profile_set, "--responses-dir", str(store_folder))
+        assert result.exit_code == 2, result.output
+        assert "in use by another sgm-bake run" in result.output
+        assert result.output.count("\n") == 1
+        from sgm_bake.io.response_store import discard_store
+
+        discard_store(store_folder)  # what a finishing run does: it must not remove it either
+        assert snapshot(tmp_path) == before
+    finally:
+        running.close(remove=True)
+    assert not store_folder.exists()  # the store made the folder, so removing it removes both
+
+
+def test_a_resumed_store_says_so(tmp_path, caplog):
+    from sgm_bake.io.response_store import ResponseStore
+
+    folder = tmp_path / "store"
+    store = ResponseStore.open(folder, {"source": "model-a"}, {"m": 3}, 4)
+    store.write_batch(0, {"m": torch.ones(2, 3).numpy()})
+    store.close()
+    with caplog.at_level("WARNING", logger="sgm_bake.io.response_store"):
+        store = ResponseStore.open(folder, {"source": "model-a"}, {"m": 3}, 4)
+    store.close(remove=True)
+    assert store.completed == 2 and not folder.exists()
+    assert f"resuming the profile of model-a from the response store {folder}" in caplog.text
+    assert "2 of 4 samples are already stored" in caplog.text

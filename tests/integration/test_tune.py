@@ -5,7 +5,9 @@ does. Real models (the shipped organism, a tiny random LLaVA), real optuna studi
 from __future__ import annotations
 
 import json
+import os
 import random
+import signal
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -161,10 +163,11 @@ def test_a_resumed_search_chooses_what_an_uninterrupted_one_did(
     judge = make_judge("profanity")
     # call 1 measures the base, calls 2-6 trials 0-4 (four warm starts, one sampled); trial 5
     # is interrupted, so the resumed search must draw it as the uninterrupted one did
-    interrupted = tune(organism, tmp_path / "work", InterruptingJudge(judge, calls=7))
-    assert interrupted.interrupted and len(interrupted.trials) == 5
+    with pytest.raises(KeyboardInterrupt) as stopped:
+        tune(organism, tmp_path / "work", InterruptingJudge(judge, calls=7))
+    assert "after 5 of 6 trials" in stopped.value.note  # type: ignore[attr-defined]
     resumed = tune(organism, tmp_path / "work", judge)
-    assert not resumed.interrupted
+    assert not resumed.interrupted and resumed.trials_resumed == 5
     assert [t.params for t in resumed.trials] == [t.params for t in uninterrupted.trials]
     assert resumed.chosen is not None and uninterrupted.chosen is not None
     assert resumed.chosen.params == uninterrupted.chosen.params
@@ -263,3 +266,112 @@ def test_the_cli_defaults_are_the_pipelines():
     split = tuple(float(x) for x in cli_tune.DEFAULT_SPLIT.split(","))
     assert split == pipeline_tune.DEFAULT_FRACTIONS
     assert tuple(cli_tune.DEFAULT_KNOBS.split(",")) == pipeline_tune.DEFAULT_KNOBS
+
+
+def _request_from_cli(command, arguments: list[str], workdir: Path):
+    """The TuneRequest the command builds from its own command line (parsed, not run)."""
+    from sgm_bake.cli.common import make_rule
+    from sgm_bake.cli.tune import tune_request
+
+    params = dict(command.make_context(command.name, arguments).params)
+    return tune_request(
+        params["profile_set"], params, make_rule(None, None, None, None, None), None, workdir
+    )
+
+
+def test_tune_and_the_one_command_form_honour_placement_neurons_and_max_samples(tmp_path: Path):
+    """Placement, --neurons and --max-samples reach the search's loading and profiling, from
+    `sgm-bake tune` and from `sgm-bake MODEL OUT --tune` alike (they used to be dropped)."""
+    from sgm_bake.cli.profile import run as run_command
+    from sgm_bake.cli.tune import tune as tune_command
+    from sgm_bake.pipeline.tune import tune_source
+
+    offload = tmp_path / "offload"
+    placement = ["--device", "cpu", "--max-memory", "cpu=100KB", "--offload-folder", str(offload)]
+    common = ["--profile-set", "builtin:organism", "--max-samples", "64", "--neurons", *placement]
+    search = ["--trials", "1", "--knobs", "strength", "--max-new-tokens", "8"]
+    from_run = _request_from_cli(
+        run_command, ["organism", str(tmp_path / "out"), "--tune", *common, *search], tmp_path
+    )
+    request = _request_from_cli(tune_command, ["organism", *common, *search], tmp_path / "work")
+    for parsed in (from_run, request):
+        assert parsed.placement.offload_folder == offload
+        assert parsed.placement.max_memory == {"cpu": 100_000}
+        assert parsed.neurons and parsed.max_samples == 64
+    outcome = tune_source(resolve_model_source("organism", progress=False), request)
+    # Every layer lived on disk and was brought in only for its forward pass.
+    assert set(outcome.loaded.model.hf_device_map.values()) == {"disk"}
+    result = outcome.result
+    parts = ("profile", "tune", "report")
+    assert sum(result.splits[p]["toxic"] + result.splits[p]["non_toxic"] for p in parts) == 64
+    assert [t.setting["hook_points"] for t in result.trials] == ["neurons"]
+
+
+def test_explicit_hook_points_are_not_searched_over(runner, tmp_path: Path):
+    from sgm_bake.cli import main
+    from sgm_bake.cli.tune import tune as tune_command
+
+    request = _request_from_cli(
+        tune_command, ["organism", "--profile-set", "builtin:organism", "--neurons"], tmp_path
+    )
+    assert "hook_points" not in request.options.knobs and "strength" in request.options.knobs
+    result = runner.invoke(
+        main,
+        [
+            "tune",
+            "organism",
+            "--profile-set",
+            "builtin:organism",
+            "--neurons",
+            "--knobs",
+            "hook_points,strength",
+            "--workdir",
+            str(tmp_path / "w"),
+        ],
+    )
+    assert result.exit_code == 2 and "--neurons fixes the hook points" in result.output
+
+
+class SignallingJudge:
+    """A real judge whose `calls`-th call first sends this process SIGINT, as Ctrl-C would."""
+
+    def __init__(self, inner: object, calls: int) -> None:
+        self.inner, self.calls = inner, calls
+        self.name = getattr(inner, "name", "judge")
+
+    def harmful(self, replies: list[str]) -> list[bool]:
+        self.calls -= 1
+        if self.calls == 0:
+            os.kill(os.getpid(), signal.SIGINT)
+        return self.inner.harmful(replies)  # type: ignore[attr-defined]
+
+
+def test_ctrl_c_exits_130_keeps_the_trials_and_the_same_command_resumes(
+    runner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    import sgm_bake.evaluation.judges as judges
+    from sgm_bake.cli import main
+    from sgm_bake.resources import data_dir
+
+    rows = (data_dir("profiles") / "organism.jsonl").read_text().splitlines()[:ROWS]
+    (tmp_path / "set.jsonl").write_text("\n".join(rows) + "\n")
+    work, output = tmp_path / "work", tmp_path / "expertise.safetensors"
+    command = ["-q", "tune", "organism", "--profile-set", str(tmp_path / "set.jsonl")]
+    command += ["--trials", "3", "--workdir", str(work), "-o", str(output), "--device", "cpu"]
+    command += ["--max-new-tokens", "16", "--batch-size", "16"]
+    make = judges.make_judge
+    # call 1 measures the base, call 2 trial 0; Ctrl-C arrives during trial 1
+    monkeypatch.setattr(judges, "make_judge", lambda spec: SignallingJudge(make(spec), calls=3))
+    result = runner.invoke(main, command)
+    assert result.exit_code == 130, result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("interrupted by SIGINT after 1 of 3 trials")
+    assert "run the same command again to resume" in lines[0] and not output.exists()
+    monkeypatch.setattr(judges, "make_judge", make)
+    result = runner.invoke(main, command)
+    assert result.exit_code == 0, result.output
+    assert "3 trials (2 new, 1 resumed" in result.output and output.is_file()
+    result = runner.invoke(main, command)
+    assert result.exit_code == 2 and "pass --overwrite" in result.output
+    result = runner.invoke(main, [*command, "--overwrite"])
+    assert result.exit_code == 0 and "3 trials (0 new, 3 resumed" in result.output

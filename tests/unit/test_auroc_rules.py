@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from sklearn.metrics import roc_auc_score
 
 import sgm_bake
-from sgm_bake.core.rules import RuleOptions, auroc, factors, top_k_mask
+from sgm_bake.core.rules import RuleOptions, auroc, auroc_torch, factors, top_k_mask
 
 
 @st.composite
@@ -36,6 +36,26 @@ def test_auroc_equals_sklearn(data):
     ours = auroc(responses, labels).numpy()
     expected = np.array([roc_auc_score(labels, responses[:, i]) for i in range(responses.shape[1])])
     np.testing.assert_allclose(ours, expected, atol=1e-6, rtol=0)
+
+
+@settings(max_examples=150, deadline=None)
+@given(labelled_responses(), st.sampled_from([torch.float32, torch.float64, torch.bfloat16]))
+def test_auroc_on_the_device_equals_auroc_bit_for_bit(data, dtype):
+    """The torch path (run on a GPU when the responses live there; on the CPU here) counts the
+    same integers as the numpy path, so the values are identical, ties and signed zeros too."""
+    responses, labels = data
+    tensor = torch.from_numpy(responses).to(dtype)
+    tensor[0] = -0.0  # a signed zero among zeros: equal in the statistic
+    expected = auroc(tensor.float() if dtype == torch.bfloat16 else tensor, labels)
+    assert torch.equal(auroc_torch(tensor, torch.from_numpy(labels)), expected)
+    assert torch.equal(auroc_torch(tensor, labels, chunk_elements=2 * len(labels)), expected)
+
+
+def test_auroc_on_the_device_refuses_what_auroc_refuses():
+    with pytest.raises(ValueError, match="both classes"):
+        auroc_torch(torch.zeros(4, 2), torch.zeros(4))
+    with pytest.raises(ValueError, match="NaN"):
+        auroc_torch(torch.full((4, 2), float("nan")), torch.tensor([0, 1, 0, 1]))
 
 
 def test_public_name_and_constant_units():

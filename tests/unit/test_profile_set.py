@@ -152,3 +152,67 @@ def test_cli_layers_outside_range(runner, llava_dir, tmp_path):
         ],
     )
     assert result.exit_code == 2 and "outside the post-fusion layers" in result.output
+
+
+# --- text files as editors and spreadsheets save them -----------------------------------------
+
+
+def _texts(path: Path) -> list[str]:
+    return [sample.text for sample in load_profile_set(str(path)).samples]
+
+
+@pytest.mark.parametrize("encoding", ["utf-8-sig", "utf-16", "utf-16-be", "utf-32"])
+def test_unicode_files_with_a_byte_order_mark(tmp_path, encoding):
+    """UTF-8 with a BOM (Notepad, Excel's 'CSV UTF-8'), UTF-16/32 with one ('Unicode text')."""
+    rows = _rows(4)
+    rows[0]["text"] = "café, naïve, 東京"
+    jsonl = tmp_path / "set.jsonl"
+    text = "\n".join(json.dumps(row, ensure_ascii=False) for row in rows) + "\n"
+    jsonl.write_bytes(
+        text.encode(encoding) if encoding != "utf-16-be" else b"\xfe\xff" + text.encode(encoding)
+    )
+    assert _texts(jsonl)[0] == "café, naïve, 東京"
+    csv_file = tmp_path / "set.csv"
+    lines = ["text,label", *(f"{row['text'].replace(',', ' ')},{row['label']}" for row in rows)]
+    table = "\r\n".join(lines) + "\r\n"
+    csv_file.write_bytes(
+        table.encode(encoding) if encoding != "utf-16-be" else b"\xfe\xff" + table.encode(encoding)
+    )
+    assert _texts(csv_file)[0] == "café  naïve  東京"
+
+
+def test_a_legacy_code_page_is_refused_naming_the_line(tmp_path):
+    rows = _rows(4)
+    rows[2]["text"] = "you are a naïve fool"
+    path = tmp_path / "set.jsonl"
+    path.write_bytes(("\n".join(json.dumps(r, ensure_ascii=False) for r in rows)).encode("cp1252"))
+    with pytest.raises(SGMError, match=r"not UTF-8 text \(byte 0xef on line 3.*Windows-1252"):
+        load_profile_set(str(path))
+
+
+@pytest.mark.parametrize("separator", ["\u2028", "\u2029", "\x85"])
+def test_unicode_line_separators_inside_strings_stay_in_their_row(tmp_path, separator):
+    rows = _rows(4)
+    rows[0]["text"] = f"first part{separator}second part"
+    path = tmp_path / "set.jsonl"
+    path.write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in rows) + "\n")
+    texts = _texts(path)
+    assert len(texts) == 8 and texts[0] == f"first part{separator}second part"
+
+
+def test_csv_fields_keep_their_quoted_line_breaks(tmp_path):
+    path = tmp_path / "set.csv"
+    lines = ["text,label", '"two\nlines, one field",toxic']
+    lines += [f"kind words {i},non-toxic" for i in range(4)]
+    lines += [f"bad words {i},toxic" for i in range(3)]
+    path.write_text("\n".join(lines) + "\n")
+    assert _texts(path)[0] == "two\nlines, one field"
+
+
+def test_a_csv_row_with_more_fields_than_the_header_is_refused(tmp_path):
+    path = tmp_path / "set.csv"
+    lines = ["text,label", "you are bad, really,toxic"]
+    lines += [f"kind words {i},non-toxic" for i in range(4)]
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(SGMError, match=r"set.csv:2 has more fields than the header"):
+        load_profile_set(str(path))
