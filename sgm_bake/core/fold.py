@@ -159,6 +159,20 @@ class TensorFold:
             scaled.mul_(self.col_scale[experts].to(self.compute))
         return scaled
 
+    def inverse(self) -> TensorFold:
+        """The fold that undoes this one, in float64: divide by the factors after subtracting
+        the low-rank terms (`inverse_low_rank`). Every factor must be non-zero."""
+        inverse_rows = None if self.row_scale is None else 1.0 / self.row_scale
+        inverse_cols = None if self.col_scale is None else 1.0 / self.col_scale
+        undo = TensorFold(self.shape, inverse_rows, inverse_cols, torch.float64)
+        for rows, cols in self.low_rank:
+            undo.add_low_rank(*inverse_low_rank(rows, cols, self.row_scale, self.col_scale))
+        return undo
+
+    def scaling(self) -> TensorFold:
+        """The same factors without the low-rank terms."""
+        return TensorFold(self.shape, self.row_scale, self.col_scale, self.compute)
+
     def fold(self, tensor: torch.Tensor) -> torch.Tensor:
         """The whole tensor folded and rounded once to its dtype."""
         if tuple(tensor.shape) != tuple(self.shape):
