@@ -206,6 +206,7 @@ def unbake(
 
 def describe_record(record: BakeRecord) -> list[str]:
     """A human summary of a bake record: source, recipe, rule, per-layer table, checks."""
+    from sgm_bake.pipeline.decision import method_summary
     from sgm_bake.pipeline.summary import layer_rows, layer_table
     from sgm_bake.publish.plots import percent_text
 
@@ -215,11 +216,17 @@ def describe_record(record: BakeRecord) -> list[str]:
         f"source      {source.id} @ {source.revision or 'local'}",
         f"recipe      {record.recipe.model_type} ({record.recipe.checkpoint_layout})",
         f"tool        sgm-bake {record.tool.version}; command: {record.command}",
-        f"rule        {meta.get('rule', '-')} (threshold {meta.get('threshold', '-')}, "
-        f"top-k {meta.get('top_k') or '-'}, strength {meta.get('strength', '-')})",
-        f"profile set {meta.get('profile_set', '-')} {meta.get('profile_set_sha256', '')[:12]}",
-        *layer_table(layer_rows(record.expertise.modules)),
+        *method_summary(meta),
     ]
+    if meta.get("method", "sgm") != "edit":
+        lines += [
+            f"rule        {meta.get('rule', '-')} (threshold {meta.get('threshold', '-')}, "
+            f"top-k {meta.get('top_k') or '-'}, strength {meta.get('strength', '-')})",
+            *layer_table(layer_rows(record.expertise.modules)),
+        ]
+    lines.append(
+        f"profile set {meta.get('profile_set', '-')} {meta.get('profile_set_sha256', '')[:12]}"
+    )
     verification = record.verification
     if verification is not None:
         verdict = "PASS" if verification.passed else "FAIL"

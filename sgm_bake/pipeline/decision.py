@@ -33,6 +33,7 @@ from __future__ import annotations
 import logging
 import sys
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -53,7 +54,8 @@ from sgm_bake.core.edit import (
     write_shares,
 )
 from sgm_bake.core.edit_hooks import EditHooks
-from sgm_bake.core.hooks import model_recipe, runtime_prefix, runtime_weight
+from sgm_bake.core.expertise import Expertise
+from sgm_bake.core.hooks import SGMHooks, model_recipe, runtime_prefix, runtime_weight
 from sgm_bake.core.recipes import Projection, Recipe
 from sgm_bake.datasets.profile_set import ProfileSet
 from sgm_bake.errors import SGMError
@@ -514,3 +516,231 @@ def diagnose(capture: DecisionCapture, aurocs: Sequence[torch.Tensor] | None = N
         write_shares(final.direction, attention, mlp),
         chance_distance(aurocs) if aurocs else None,
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# The method as a step of `profile`
+
+METHODS = ("sgm", "edit", "both")
+CHANCE_MULTIPLE = 2.0
+"""AUROCs whose mean distance from 0.5 is under this multiple of what label noise alone gives
+look like chance."""
+SUPPRESSED_SHARE = 0.25
+"""A rule that changes more than this share of the units is suppressing broadly, not experts."""
+ATTENTION_SHARE = 0.6
+"""Above this share of the decision shift written by attention, scaling MLP units is unlikely
+to reach the decision."""
+
+
+@dataclass(frozen=True)
+class MethodOptions:
+    """Which method `profile` writes into the expertise file, and the edit's knobs. The edit's
+    defaults are structural (two layers at half and three quarters of the depth, the declined
+    mean as the target, a light ridge), not chosen on any evaluation set."""
+
+    method: str = "sgm"
+    layers: tuple[int, ...] | None = None
+    strength: float = 1.0
+    ridge: float = 1e-2
+    diagnose: bool = True
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise SGMError(f"--method must be one of {', '.join(METHODS)}, not {self.method!r}")
+
+    def edit_options(
+        self, layer_count: int, batch_size: int = 8, progress: bool = False
+    ) -> EditOptions:
+        layers = self.layers or default_edit_layers(layer_count)
+        return EditOptions(tuple(layers), self.strength, self.ridge, batch_size, progress)
+
+
+def default_edit_layers(layer_count: int) -> tuple[int, ...]:
+    """The layers at half and three quarters of the depth (layers 2 and 3 of a 4-layer model):
+    late enough that the decision direction is formed, early enough that later layers carry the
+    write to the head."""
+    return tuple(sorted({min(layer_count - 1, layer_count // 2), (3 * layer_count) // 4}))
+
+
+def null_chance_distance(toxic: int, benign: int) -> float:
+    """The mean |AUROC - 0.5| a unit unrelated to the labels shows with these class sizes
+    (the AUROC's null standard deviation times sqrt(2/pi))."""
+    variance = (toxic + benign + 1) / (12 * max(1, toxic) * max(1, benign))
+    return float((variance * 2 / torch.pi) ** 0.5)
+
+
+def diagnosis_warnings(
+    diagnosis: Diagnosis | None,
+    expertise: Expertise,
+    counts: tuple[int, int],
+    method: str,
+) -> list[str]:
+    """Plain-words warnings from the diagnosis and the rule's factors (each ends with what to
+    do): chance-like AUROCs, a rule that scales a large share of the units, a decision written
+    mostly by attention."""
+    warnings = []
+    chance = diagnosis.chance if diagnosis is not None else None
+    if chance is not None and method != "edit":
+        null = null_chance_distance(*counts)
+        if chance.mean_distance < CHANCE_MULTIPLE * null:
+            warnings.append(
+                f"the units' AUROCs look like chance (mean |AUROC - 0.5| {chance.mean_distance:.3f}"
+                f", label noise alone gives {null:.3f}): no unit clearly detects toxicity on "
+                "this profile set; run `sgm-bake tune` or try --method edit"
+            )
+    changed = sum(int((e.alpha != 1).sum()) for e in expertise.modules.values())
+    total = sum(e.alpha.numel() for e in expertise.modules.values())
+    if method != "edit" and total and changed / total > SUPPRESSED_SHARE:
+        warnings.append(
+            f"the rule scales {changed / total:.0%} of all units ({changed} of {total}): that "
+            "is broad suppression, not a few experts; run `sgm-bake tune` to choose the knobs "
+            "within a KL budget"
+        )
+    if diagnosis is not None and method == "sgm":
+        attention = diagnosis.shares.attention_share
+        if attention > ATTENTION_SHARE:  # False for NaN (no shift to share)
+            warnings.append(
+                f"attention writes {attention:.0%} of the shift that separates toxic-eliciting "
+                "from declined prompts at the decision position; scaling MLP units (SGM) is "
+                "unlikely to reach it: try --method edit or both, or `sgm-bake tune`"
+            )
+    return warnings
+
+
+def diagnosis_lines(diagnosis: Diagnosis) -> list[str]:
+    """The diagnosis in a few printed lines."""
+    d = diagnosis.describe()
+    decision, writes = d["decision"], d["writes"]
+    lines = [
+        f"decision direction: separability {decision['separability']:.3f}; declined "
+        f"{decision['declined_mean']:.1f} +- {decision['declined_spread']:.1f}, toxic-eliciting "
+        f"{decision['toxic_mean']:.1f} +- {decision['toxic_spread']:.1f}",
+        f"who writes the shift: attention {writes['attention_share']:.0%}, MLPs "
+        f"{writes['mlp_share']:.0%}",
+    ]
+    if d["auroc"] is not None:
+        auroc = d["auroc"]
+        lines.append(
+            f"AUROCs: {auroc['share_above_0.8']:.1%} of units above 0.8, "
+            f"{auroc['share_above_0.9']:.1%} above 0.9, mean |AUROC - 0.5| "
+            f"{auroc['mean_distance_from_chance']:.3f}"
+        )
+    return lines
+
+
+@dataclass
+class MethodOutcome:
+    """The expertise with the chosen method applied, the diagnosis and its warnings."""
+
+    expertise: Expertise
+    diagnosis: Diagnosis | None
+    warnings: list[str]
+    edit: EditResult | None = None
+    skipped: str | None = None
+    """Why the diagnosis did not run (no chat template, rows without prompts), when it did not."""
+
+
+def apply_method(
+    chat_of: Callable[[], ChatModel],
+    expertise: Expertise,
+    profile_set: ProfileSet,
+    options: MethodOptions,
+    recipe: Recipe | None = None,
+    batch_size: int = 8,
+    progress: bool = False,
+) -> MethodOutcome:
+    """The diagnosis (one capture pass, no hooks) and, for `edit` and `both`, the edit's fit on
+    the profile set's prompts (with SGM's hooks in place for `both`); returns the expertise to
+    write: SGM's factors (`sgm`, `both`) and the edit's deltas (`edit`, `both`), with the
+    diagnosis and the edit's figures in its metadata. `chat_of` loads the processor on demand."""
+    import json
+
+    wants_edit = options.method != "sgm"
+    diagnosis = None
+    skipped = None
+    capture = None
+    chat = None
+    edit_options = None
+    try:
+        chat = chat_of()
+        rows = rows_from_profile_set(profile_set)
+        layer_count = len(decoder_layers(chat.model, model_recipe(chat.model, recipe)))
+        edit_options = options.edit_options(layer_count, batch_size, progress)
+        if wants_edit:
+            edit_options.check(layer_count)
+        first = (min(edit_options.layers),) if options.method == "edit" else ()
+        if options.diagnose or options.method == "edit":
+            capture = capture_decision(chat, rows, first, recipe, batch_size, progress)
+            aurocs = [e.auroc for e in expertise.modules.values() if e.auroc is not None]
+            diagnosis = diagnose(capture, aurocs)
+    except (SGMError, ValueError, RuntimeError, TypeError) as exc:
+        # the diagnosis is advice: a model or set it cannot read (no chat template, rows
+        # without prompts, a processor that refuses text-only prompts) still gets its SGM
+        # profile; the edit needs it and fails here
+        if wants_edit:
+            if isinstance(exc, SGMError):
+                raise
+            raise SGMError(f"cannot capture the decision position for the edit: {exc}") from exc
+        skipped = str(exc)
+        logger.info("no diagnosis of this model: %s", exc)
+    metadata = dict(expertise.metadata)
+    metadata["method"] = options.method
+    if diagnosis is not None:
+        metadata["diagnosis"] = json.dumps(diagnosis.describe(), sort_keys=True)
+    result = None
+    deltas: dict[str, LowRankDelta] = {}
+    if wants_edit:
+        assert chat is not None and edit_options is not None
+        sgm: Any = SGMHooks(chat.model, expertise, recipe) if options.method == "both" else None
+        with sgm or nullcontext():
+            result = fit_edit(chat, rows, edit_options, recipe, base=capture)
+        deltas = {d.module: d for d in result.deltas}
+        metadata["edit"] = json.dumps(result.describe(), sort_keys=True)
+    modules = {} if options.method == "edit" else expertise.modules
+    chosen = Expertise(modules, metadata, deltas)
+    counts = profile_set.counts()
+    return MethodOutcome(
+        chosen,
+        diagnosis,
+        diagnosis_warnings(diagnosis, expertise, counts, options.method),
+        result,
+        skipped,
+    )
+
+
+def method_summary(metadata: dict[str, str]) -> list[str]:
+    """What an expertise (or a bake record's copy of its metadata) applies, in plain lines: the
+    method, the edit's layers and knobs, and the diagnosis with its verdict on SGM. For
+    `inspect` and the model card."""
+    import json
+
+    method = metadata.get("method", "sgm")
+    names = {
+        "sgm": "SGM (toxic expert units scaled down)",
+        "edit": "edit (a rank-1 conditional write into the MLP output projection)",
+        "both": "SGM and the edit together",
+    }
+    lines = [f"method      {names.get(method, method)}"]
+    if "edit" in metadata:
+        edit = json.loads(metadata["edit"])
+        reached = ", ".join(
+            f"layer {layer['layer']} {layer['reached']:.0%}" for layer in edit["layers_fitted"]
+        )
+        lines.append(
+            f"edit        layers {edit['layers']}, strength {edit['strength']}, ridge "
+            f"{edit['ridge']}; share of the target reached: {reached}"
+        )
+    if "diagnosis" in metadata:
+        diagnosis = json.loads(metadata["diagnosis"])
+        attention = diagnosis["writes"]["attention_share"]
+        verdict = (
+            "SGM alone is unlikely to reach it"
+            if attention > ATTENTION_SHARE
+            else "SGM can reach it"
+        )
+        lines.append(
+            f"diagnosis   decision separability {diagnosis['decision']['separability']:.3f}; "
+            f"attention writes {attention:.0%} of the shift, MLPs "
+            f"{diagnosis['writes']['mlp_share']:.0%}: {verdict}"
+        )
+    return lines
