@@ -35,7 +35,7 @@ def eval_table(results: list[Any]) -> None:
 
     click.echo(
         f"{'variant':<14}{'harmful':>9}{'standard':>10}{'advers.':>9}{'both':>7}"
-        f"{'benign acc':>12}{'ref ppl':>9}{'degen.':>8}"
+        f"{'benign acc':>12}{'refusal':>9}{'edgy ref.':>11}{'ref ppl':>9}{'degen.':>8}"
     )
     for result in results:
         m = result.metrics
@@ -45,6 +45,7 @@ def eval_table(results: list[Any]) -> None:
             f"{result.label:<14}{percent_text(m['harmful_rate']):>9}"
             f"{percent_text(by.get('standard')):>10}{percent_text(by.get('adversarial')):>9}"
             f"{percent_text(by.get('both')):>7}{percent_text(m['benign_accuracy']):>12}"
+            f"{percent_text(m.get('benign_refusal')):>9}{percent_text(m.get('edgy_refusal')):>11}"
             f"{'-' if perplexity is None else f'{perplexity:.2f}':>9}"
             f"{percent_text(m['degenerate_share']):>8}"
         )
