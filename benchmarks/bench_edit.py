@@ -35,7 +35,10 @@ For each organism (`organism`, `organism-plain`, `organism-staged`):
    (SGM re-profiled, the edit refitted), and the evaluation items that use the trigger are
    judged. The knobs themselves were chosen with every trigger present in the tuning split.
 
-Prints markdown and writes `results.json` into the work folder.
+Prints markdown per organism, then one table across the organisms (base, SGM, edit, both, the
+tuned choice marked; the cuts, held-out triggers, benign accuracy and refusal, KL, and which
+parts of the issue's goal each method misses), and writes `results.json` into the work folder.
+About 45 minutes on a shared 2-core CPU box; `--quick` shrinks the edit grid to 6 candidates.
 
     OMP_NUM_THREADS=1 nice -n 10 python benchmarks/bench_edit.py --workdir /tmp/sgm-edit-bench
 """
