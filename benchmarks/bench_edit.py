@@ -63,7 +63,6 @@ import torch
 from sgm_bake.core.edit import LowRankDelta
 from sgm_bake.core.edit_hooks import EditHooks
 from sgm_bake.core.expertise import Expertise
-from sgm_bake.core.fold import TensorFold
 from sgm_bake.core.hooks import SGMHooks
 from sgm_bake.core.rules import RuleOptions
 from sgm_bake.datasets.profile_set import ProfileSample, ProfileSet, load_profile_set
@@ -71,11 +70,9 @@ from sgm_bake.datasets.prompt_set import ELICITING, EvalItem, PromptSet, load_pr
 from sgm_bake.evaluation.evaluate import run_eval
 from sgm_bake.evaluation.judges import Judge, make_judge
 from sgm_bake.evaluation.refusal import refusal_rate
-from sgm_bake.io.atomic import atomic_folder
-from sgm_bake.io.checkpoint import open_checkpoint
 from sgm_bake.io.source import Source
 from sgm_bake.organism import data
-from sgm_bake.pipeline.bake import TensorEdit, copy_other_files, plan_bake, write_weights
+from sgm_bake.pipeline.bake import BakeOptions, bake
 from sgm_bake.pipeline.decision import (
     DecisionRow,
     EditOptions,
@@ -449,7 +446,7 @@ class Organism:
         """A copy of the checkpoint with the method folded in, loaded like the original."""
         folder = self.workdir / f"baked-{method.name}"
         shutil.rmtree(folder, ignore_errors=True)
-        bake_copy(self.source.path, folder, method)
+        bake_copy(self.source, folder, method)
         chat, _ = load_chat(
             Source(folder, f"{self.name}-{method.name}", None, False), "cpu", "float32"
         )
@@ -497,32 +494,13 @@ def benign_references(prompts: PromptSet) -> ProfileSet:
     return ProfileSet(f"{prompts.name}[benign references]", prompts.sha256, rows)
 
 
-def bake_copy(source: Path, out: Path, method: Method) -> None:
-    """Fold SGM's factors and the edit's deltas into a copy of a checkpoint with the bake's own
-    plan, streaming writer and `TensorFold` (each delta added to its tensor's fold, after the
-    factors, rounded once). Phase 2 puts the delta part into `plan_bake` itself."""
-    checkpoint = open_checkpoint(source)
-    plan = plan_bake(checkpoint, method.expertise or Expertise({}))
-    if method.deltas:
-        shapes = {
-            key: (info.shape, info.dtype)
-            for header in checkpoint.headers.values()
-            for key, info in header.tensors.items()
-        }
-        layers = plan.recipe.all_layers(checkpoint.config)
-        for entry in Expertise({}, {}, {d.module: d for d in method.deltas}).resolve_deltas(
-            plan.recipe, layers
-        ):
-            (tensor,) = plan.layout.tensors(entry.layer, entry.projection)
-            shape, dtype = shapes[tensor.key]
-            edit = plan.edits.get(tensor.key) or TensorEdit(
-                tensor.key, shape, dtype, TensorFold(shape)
-            )
-            edit.fold.add_low_rank(*entry.delta.stored(tensor.layout))
-            plan.edits[tensor.key] = edit
-    with atomic_folder(out, False) as staging:
-        copy_other_files(checkpoint, staging)
-        write_weights(plan, staging, False)
+def bake_copy(source: Source, out: Path, method: Method) -> None:
+    """Bake SGM's factors and the edit's deltas into a copy of the checkpoint with the tool's own
+    bake (its plan, streaming writer and `TensorFold`: each delta added to its tensor's fold
+    after the factors, rounded once)."""
+    factors = method.expertise.modules if method.expertise is not None else {}
+    expertise = Expertise(factors, {}, {d.module: d for d in method.deltas})
+    bake(source, out, expertise, BakeOptions(progress=False))
 
 
 # ---------------------------------------------------------------------------------------------
