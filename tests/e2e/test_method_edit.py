@@ -1,7 +1,7 @@
 """The edit as a method of the tool, end to end: `profile --method edit|both` writes the fitted
 deltas and the diagnosis into the expertise file, the one-command form bakes and verifies them,
 `inspect` describes the method, `unbake` rebuilds the source; on a tiny LLaVA and on the shipped
-`organism-plain`, where the baked edit must lower the harmful rate of its own profile prompts."""
+`organism-plain`, whose diagnosis must find the decision written by attention."""
 
 from __future__ import annotations
 
@@ -164,10 +164,10 @@ def test_tune_with_another_method_is_refused(runner, llava_dir, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-def test_the_edit_baked_into_organism_plain_lowers_harm(runner, tmp_path):
-    """On the organism whose toxicity SGM barely reaches (the issue's diagnosis), the baked edit
-    fitted on a quarter of the profile set lowers the harmful rate of the set's own toxic
-    prompts (judged by the eval command on the baked folder)."""
+def test_the_edit_bakes_into_organism_plain_and_the_diagnosis_sees_attention(runner, tmp_path):
+    """On the organism whose toxicity SGM barely reaches, the one-command form fits the edit on
+    a quarter of the profile set, bakes and verifies it, and the diagnosis finds the decision
+    written mostly by attention (its effect on harm is measured by benchmarks/bench_edit.py)."""
     out = tmp_path / "out"
     result = runner.invoke(
         main,
