@@ -50,6 +50,8 @@ def eval_table(results: list[Any]) -> None:
                 percent_text(by.get("adversarial")),
                 percent_text(by.get("both")),
                 percent_text(m["benign_accuracy"]),
+                percent_text(m.get("benign_refusal")),
+                percent_text(m.get("edgy_refusal")),
                 "-" if perplexity is None else f"{perplexity:.2f}",
                 percent_text(m["degenerate_share"]),
             )
@@ -61,6 +63,8 @@ def eval_table(results: list[Any]) -> None:
         "adversarial",
         "both",
         "benign acc",
+        "refusal",
+        "edgy ref.",
         "ref ppl",
         "degenerate",
     )

@@ -72,8 +72,59 @@ profile_options = add_options(
         click.option(
             "--keep-responses", is_flag=True, help="Keep the response store after profiling."
         ),
+        click.option(
+            "--method",
+            type=click.Choice(["sgm", "edit", "both"]),
+            default="sgm",
+            show_default=True,
+            help="sgm: scale the toxic expert units; edit: a rank-1 conditional write into the "
+            "MLP output projection of --edit-layers, fitted on the profile set's prompts (for "
+            "models whose toxic reply is a missing refusal, written by attention); both.",
+        ),
+        click.option(
+            "--edit-layers",
+            default=None,
+            help="Layers the edit writes into, e.g. '2,3' (default: the layers at half and "
+            "three quarters of the depth).",
+        ),
+        click.option(
+            "--edit-strength",
+            type=float,
+            default=1.0,
+            show_default=True,
+            help="1 moves toxic-eliciting prompts to the declined prompts' state at the last "
+            "prompt token; above 1 overshoots.",
+        ),
+        click.option(
+            "--edit-ridge",
+            type=float,
+            default=1e-2,
+            show_default=True,
+            help="The edit's ridge, relative to the mean eigenvalue of its key Gram matrix.",
+        ),
+        click.option(
+            "--diagnose/--no-diagnose",
+            default=True,
+            show_default=True,
+            help="One pass at the last prompt token: which method the model likely needs "
+            "(written into the expertise file and printed).",
+        ),
     ]
 )
+
+
+def method_options(params: dict[str, Any]) -> Any:
+    """The method and the edit's knobs from the options."""
+    from sgm_bake.pipeline.decision import MethodOptions
+    from sgm_bake.pipeline.profile import parse_layers
+
+    return MethodOptions(
+        params["method"],
+        parse_layers(params["edit_layers"]),
+        params["edit_strength"],
+        params["edit_ridge"],
+        params["diagnose"],
+    )
 
 
 def profile_request(params: dict[str, Any], recipe_file: Path | None, rule: Any) -> Any:
@@ -111,13 +162,36 @@ def profile_request(params: dict[str, Any], recipe_file: Path | None, rule: Any)
         placement=make_placement(
             params["device"], params["device_map"], params["max_memory"], params["offload_folder"]
         ),
+        method=method_options(params),
     )
 
 
 def echo_summary(expertise: Any, recipe: Any) -> None:
     from sgm_bake.pipeline.summary import expertise_counts, layer_rows, layer_table
 
-    echo_lines(layer_table(layer_rows(expertise_counts(expertise, recipe))))
+    if expertise.modules:
+        echo_lines(layer_table(layer_rows(expertise_counts(expertise, recipe))))
+
+
+def echo_method(outcome: Any) -> None:
+    """The diagnosis, the edit's fit and the warnings of a profile (`pipeline.decision`)."""
+    from sgm_bake.pipeline.decision import diagnosis_lines
+
+    method = outcome.method
+    if method is None:
+        return
+    if method.diagnosis is not None:
+        echo_lines(["diagnosis:", *(f"  {line}" for line in diagnosis_lines(method.diagnosis))])
+    if method.edit is not None:
+        for layer in method.edit.edits:
+            click.echo(
+                f"edit: layer {layer.layer} ({layer.delta.module}): rank-1 write, "
+                f"|u vᵀ| {layer.delta.norm():.3g}, reaches {layer.reached:.0%} of its target on "
+                f"{layer.toxic_rows} toxic-eliciting prompts, {layer.zero_rows} declined "
+                "positions kept"
+            )
+    for warning in method.warnings:
+        click.echo(f"warning: {warning}", err=True)
 
 
 def summary_json(expertise: Any, recipe: Any, output: Path) -> dict[str, Any]:
@@ -203,6 +277,7 @@ def profile(
         echo_json(summary_json(outcome.expertise, outcome.recipe, output))
         return
     echo_summary(outcome.expertise, outcome.recipe)
+    echo_method(outcome)
     click.echo(f"wrote {output}")
 
 
@@ -297,6 +372,11 @@ def run(
         from sgm_bake.publish.push import check_repo_id
 
         check_repo_id(push_to_hub)  # before hours of profiling, not after
+    if tune_knobs and params["method"] != "sgm":
+        raise SGMError(
+            f"--tune searches SGM's knobs only; drop --tune to bake --method {params['method']} "
+            "with its given knobs"
+        )
     if tune_knobs and expertise_path is not None:
         raise SGMError("--tune searches the profile itself; drop --expertise or --tune")
     rule_given = any(v is not None for v in (rule, threshold, top_k, damp_alpha, strength))
@@ -347,6 +427,7 @@ def run(
             return  # a rank other than 0: rank 0 bakes, verifies and pushes
         expertise, recipe, loaded = outcome.expertise, outcome.recipe, outcome.loaded
         outcome_memory = outcome.memory
+        echo_method(outcome)
         del outcome
     echo_summary(expertise, recipe)
     evidence = None

@@ -7,7 +7,14 @@ Format (a safetensors file; any tool may write it):
 - `auroc/<module>` (optional): float32, the same shape, the expertise the factors came from;
 - header metadata `side/<module>`: `output` when the units are the module's output channels (the
   SGM reference's hook point) or `input` when they are its input channels (the classic MLP neuron
-  before `down_proj`); `output` when absent. Other metadata keys record how it was made.
+  before `down_proj`); `output` when absent. Other metadata keys record how it was made;
+- format `expertise/2` adds optional low-rank deltas (the conditional write of `core.edit`):
+  `delta_u/<module>` float32 [out units] and `delta_v/<module>` float32 [in units], the term
+  `u vᵀ` added to the module's weight (`v uᵀ` where the weight is stored [in, out]), after its
+  SGM factors: `W' = diag(a_out) W diag(a_in) + u vᵀ`. A delta may name a module that has no
+  factors, and a file may hold deltas only. A delta on a stacked experts parameter is refused
+  when resolved (per-expert edits are not supported; a shared expert is an ordinary projection).
+  Files without deltas are written as `expertise/1`, as before, and both versions are read.
 
 `<module>` is the module name in the loaded transformers model, e.g.
 `model.language_model.layers.3.mlp.down_proj`; stacked experts, which are parameters of an
@@ -34,11 +41,14 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save
 
+from sgm_bake.core.edit import LowRankDelta
 from sgm_bake.core.recipes import SIDES, Projection, Recipe, Side
 from sgm_bake.errors import SGMError
 
 FORMAT_KEY = "sgm_bake.format"
 FORMAT_VERSION = "expertise/1"
+FORMAT_VERSION_DELTAS = "expertise/2"
+READABLE_FORMATS = (FORMAT_VERSION, FORMAT_VERSION_DELTAS)
 STATEDICT_SUFFIX = ".statedict"
 
 logger = logging.getLogger(__name__)
@@ -61,10 +71,15 @@ class ModuleExpertise:
 
 @dataclass(frozen=True)
 class Expertise:
-    """Factors for a set of modules, plus free-form string metadata."""
+    """Factors for a set of modules, optional low-rank deltas, and free-form string metadata."""
 
     modules: dict[str, ModuleExpertise]
     metadata: dict[str, str] = field(default_factory=dict)
+    deltas: dict[str, LowRankDelta] = field(default_factory=dict)
+
+    def scaling_only(self) -> Expertise:
+        """The same expertise without its deltas (the SGM factors alone)."""
+        return Expertise(self.modules, self.metadata)
 
     def resolve(self, recipe: Recipe, layers: range) -> list[ResolvedUnits]:
         """Map every module onto (layer, projection) of `recipe`, refusing anything else.
@@ -72,23 +87,20 @@ class Expertise:
         This is the guard that keeps vision towers, projectors and audio encoders untouched:
         a module that is not a recipe projection in one of `layers` is an error. Factors of
         stacked experts must be [experts, units], of any other projection [units].
+
+        An expertise with deltas is refused here, so that no step applies its factors and
+        silently drops its deltas: a step that applies both resolves `scaling_only()` and
+        `resolve_deltas`.
         """
+        if self.deltas:
+            raise SGMError(
+                f"this expertise holds low-rank edits ({len(self.deltas)} delta_u/delta_v "
+                f"pairs, format {FORMAT_VERSION_DELTAS}), which this step does not apply yet; "
+                "use an expertise file without edits"
+            )
         resolved: dict[tuple[int, str, str], ResolvedUnits] = {}
         for name, entry in self.modules.items():
-            parsed = recipe.parse_module(name)
-            if parsed is None:
-                raise SGMError(
-                    f"expertise module {name!r} is not a language-layer MLP projection of "
-                    f"recipe {recipe.model_type!r}; it belongs to another model or another part "
-                    "of this one (vision tower, projector): profile this model again"
-                )
-            layer, projection = parsed
-            if layer not in layers:
-                raise SGMError(
-                    f"expertise module {name!r} is in layer {layer}, outside the language "
-                    f"layers {layers.start}-{layers.stop - 1} of this model; it was made for a "
-                    "different model"
-                )
+            layer, projection = _locate(recipe, layers, name, "module")
             dims = 2 if projection.stacked else 1
             if entry.alpha.ndim != dims:
                 raise SGMError(
@@ -107,6 +119,46 @@ class Expertise:
                 )
             resolved[key] = ResolvedUnits(layer, projection, entry.side, entry, name)
         return [resolved[k] for k in sorted(resolved)]
+
+    def resolve_deltas(self, recipe: Recipe, layers: range) -> list[ResolvedDelta]:
+        """Map every delta onto (layer, projection) of `recipe`, as `resolve` does for factors;
+        a delta on a stacked experts parameter is refused."""
+        resolved: dict[tuple[int, str], ResolvedDelta] = {}
+        for name, delta in self.deltas.items():
+            layer, projection = _locate(recipe, layers, name, "delta")
+            if projection.stacked:
+                raise SGMError(
+                    f"expertise holds a low-rank delta on {name!r}, a stacked experts "
+                    "parameter; per-expert edits are not supported: edit a dense layer's or a "
+                    "shared expert's projection"
+                )
+            key = (layer, projection.name)
+            if key in resolved:
+                raise SGMError(
+                    f"expertise has deltas on {name!r} and {resolved[key].source_name!r}, the "
+                    "same module under two namings; keep one"
+                )
+            resolved[key] = ResolvedDelta(layer, projection, delta, name)
+        return [resolved[k] for k in sorted(resolved)]
+
+
+def _locate(recipe: Recipe, layers: range, name: str, what: str) -> tuple[int, Projection]:
+    """(layer, projection) of an expertise entry's module name, or a clear refusal."""
+    parsed = recipe.parse_module(name)
+    if parsed is None:
+        raise SGMError(
+            f"expertise {what} {name!r} is not a language-layer MLP projection of "
+            f"recipe {recipe.model_type!r}; it belongs to another model or another part "
+            "of this one (vision tower, projector): profile this model again"
+        )
+    layer, projection = parsed
+    if layer not in layers:
+        raise SGMError(
+            f"expertise {what} {name!r} is in layer {layer}, outside the language "
+            f"layers {layers.start}-{layers.stop - 1} of this model; it was made for a "
+            "different model"
+        )
+    return layer, projection
 
 
 def language_units(
@@ -140,6 +192,16 @@ class ResolvedUnits:
     projection: Projection
     side: Side
     entry: ModuleExpertise
+    source_name: str
+
+
+@dataclass(frozen=True)
+class ResolvedDelta:
+    """A low-rank delta tied to a (non-stacked) recipe projection in a given layer."""
+
+    layer: int
+    projection: Projection
+    delta: LowRankDelta
     source_name: str
 
 
@@ -178,6 +240,12 @@ def _load_safetensors(path: Path) -> Expertise:
             f"{path} is not a readable expertise file ({exc}); pass the file written by "
             "'sgm-bake profile' or a folder of .statedict files"
         ) from exc
+    version = metadata.get(FORMAT_KEY)
+    if version is not None and version not in READABLE_FORMATS:
+        raise SGMError(
+            f"{path} is in expertise format {version!r}; this sgm-bake reads "
+            f"{', '.join(READABLE_FORMATS)}: upgrade sgm-bake"
+        )
     modules: dict[str, ModuleExpertise] = {}
     for key, tensor in tensors.items():
         kind, _, module = key.partition("/")
@@ -193,9 +261,32 @@ def _load_safetensors(path: Path) -> Expertise:
             if auroc.shape != alpha.shape:
                 raise SGMError(f"{path}: auroc and alpha of {module!r} differ in length")
         modules[module] = ModuleExpertise(module, side, alpha, auroc)
-    if not modules:
+    deltas = _load_deltas(tensors, path)
+    if not modules and not deltas:
         raise SGMError(f"{path} holds no 'alpha/<module>' tensors; it is not an expertise file")
-    return Expertise(modules, metadata)
+    return Expertise(modules, metadata, deltas)
+
+
+def _load_deltas(tensors: dict[str, torch.Tensor], path: Path) -> dict[str, LowRankDelta]:
+    """The `delta_u/<module>` and `delta_v/<module>` pairs of an expertise/2 file."""
+    halves: dict[str, dict[str, torch.Tensor]] = {}
+    for key, tensor in tensors.items():
+        kind, _, module = key.partition("/")
+        if kind in ("delta_u", "delta_v") and module:
+            halves.setdefault(module, {})[kind] = tensor
+    deltas = {}
+    for module, pair in sorted(halves.items()):
+        if set(pair) != {"delta_u", "delta_v"}:
+            present = next(iter(pair))
+            raise SGMError(
+                f"{path} holds {present}/{module} without its other half; a delta needs both "
+                "delta_u and delta_v"
+            )
+        try:
+            deltas[module] = LowRankDelta(module, pair["delta_u"], pair["delta_v"])
+        except ValueError as exc:
+            raise SGMError(f"{path}: {exc}; recompute the edit") from exc
+    return deltas
 
 
 def _load_statedict_folder(path: Path) -> Expertise:
@@ -237,12 +328,16 @@ def load_expertise(path: Path | str) -> Expertise:
 def save_expertise(expertise: Expertise, path: Path | str) -> None:
     """Write an expertise file (see the module docstring for the format)."""
     tensors: dict[str, torch.Tensor] = {}
-    metadata = {"format": "pt", **expertise.metadata, FORMAT_KEY: FORMAT_VERSION}
+    version = FORMAT_VERSION_DELTAS if expertise.deltas else FORMAT_VERSION
+    metadata = {"format": "pt", **expertise.metadata, FORMAT_KEY: version}
     for name, entry in expertise.modules.items():
         tensors[f"alpha/{name}"] = entry.alpha.to(torch.float32).contiguous()
         if entry.auroc is not None:
             tensors[f"auroc/{name}"] = entry.auroc.to(torch.float32).contiguous()
         metadata[f"side/{name}"] = entry.side
+    for name, delta in expertise.deltas.items():
+        tensors[f"delta_u/{name}"] = delta.u.contiguous()
+        tensors[f"delta_v/{name}"] = delta.v.contiguous()
     Path(path).write_bytes(_canonical(save(tensors, metadata=metadata)))
 
 

@@ -12,11 +12,18 @@ weights are ordinary 2-D matrices taking one expert's slice of the factors.
 Factors are applied in float32 (float64 when unfolding) and the result is rounded once to the
 stored dtype, so a bf16 weight incurs a single rounding. `TensorFold` is what the streaming bake
 applies block by block; `fold_weight` and `fold_stacked` are the same fold on a whole tensor.
+
+A 2-D matrix may also carry low-rank terms (the conditional write of `core.edit`), added after
+the scaling in the same precision and rounding: `W' = diag(rows) · W · diag(cols) + Σ r cᵀ`, with
+each term given in the stored orientation (`LowRankDelta.stored(layout)`). Rows [r0, r1) of a
+block get `r[r0:r1, None] * c[None, :]`, term by term, so a block's result does not depend on
+where the blocks are cut. Stacked experts and biases take no low-rank term.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 import torch
 
@@ -69,6 +76,8 @@ class TensorFold:
     row_scale: torch.Tensor | None = None
     col_scale: torch.Tensor | None = None
     compute: torch.dtype = torch.float32
+    low_rank: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)
+    """Terms `rows colsᵀ` ([a] and [b] vectors of a 2-D [a, b] matrix) added after scaling."""
 
     def scale_axis(self, axis: int, factors: torch.Tensor) -> None:
         """Multiply the factors of matrix axis `axis` (0: rows, 1: columns; a bias has rows
@@ -84,6 +93,16 @@ class TensorFold:
             self.col_scale = combined
         self.check()
 
+    def add_low_rank(self, rows: torch.Tensor, cols: torch.Tensor) -> None:
+        """Add the term `rows[:, None] * cols[None, :]` to a 2-D matrix (after its scaling)."""
+        if len(self.shape) != 2:
+            raise ValueError(
+                f"a low-rank term needs a 2-D matrix; {self.shape} is "
+                + ("a stack of experts" if len(self.shape) == 3 else "not one")
+            )
+        self.low_rank.append((rows.to(torch.float64), cols.to(torch.float64)))
+        self.check()
+
     def check(self) -> None:
         """Raise ValueError unless the factors fit the tensor's shape."""
         shape = self.shape
@@ -95,6 +114,13 @@ class TensorFold:
             cols_expected is None or tuple(self.col_scale.shape) != tuple(cols_expected)
         ):
             raise ValueError(f"col scale {tuple(self.col_scale.shape)} does not fit {shape}")
+        for rows, cols in self.low_rank:
+            if len(shape) != 2 or (rows.ndim, cols.ndim) != (1, 1):
+                raise ValueError(f"a low-rank term is two vectors of a 2-D matrix, not {shape}")
+            if (rows.numel(), cols.numel()) != shape:
+                raise ValueError(
+                    f"low-rank term [{rows.numel()}] x [{cols.numel()}] does not fit {shape}"
+                )
 
     def fold_block(self, block: torch.Tensor, first_row: int) -> torch.Tensor:
         """Fold rows [first_row, first_row + len(block)) of the stored tensor's first axis (matrix
@@ -112,7 +138,11 @@ class TensorFold:
         cols = self.col_scale
         if len(self.shape) == 3 and cols is not None:
             cols = cols[first_row : first_row + count]
-        return scale_weight(block, rows, cols, self.compute)
+        scaled = scale_weight(block, rows, cols, self.compute)
+        for term_rows, term_cols in self.low_rank:
+            part = term_rows[first_row : first_row + count].to(self.compute)
+            scaled.add_(part.unsqueeze(1) * term_cols.to(self.compute).unsqueeze(0))
+        return scaled
 
     def _fold_flat_rows(self, block: torch.Tensor, first_row: int) -> torch.Tensor:
         """A block of a stack [E, a, b] viewed as [E * a, b]: row r is row r % a of expert
@@ -128,6 +158,20 @@ class TensorFold:
         if self.col_scale is not None:
             scaled.mul_(self.col_scale[experts].to(self.compute))
         return scaled
+
+    def inverse(self) -> TensorFold:
+        """The fold that undoes this one, in float64: divide by the factors after subtracting
+        the low-rank terms (`inverse_low_rank`). Every factor must be non-zero."""
+        inverse_rows = None if self.row_scale is None else 1.0 / self.row_scale
+        inverse_cols = None if self.col_scale is None else 1.0 / self.col_scale
+        undo = TensorFold(self.shape, inverse_rows, inverse_cols, torch.float64)
+        for rows, cols in self.low_rank:
+            undo.add_low_rank(*inverse_low_rank(rows, cols, self.row_scale, self.col_scale))
+        return undo
+
+    def scaling(self) -> TensorFold:
+        """The same factors without the low-rank terms."""
+        return TensorFold(self.shape, self.row_scale, self.col_scale, self.compute)
 
     def fold(self, tensor: torch.Tensor) -> torch.Tensor:
         """The whole tensor folded and rounded once to its dtype."""
@@ -167,14 +211,36 @@ def fold_bias(bias: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     return TensorFold(tuple(bias.shape), scale).fold(bias)
 
 
+def inverse_low_rank(
+    rows: torch.Tensor,
+    cols: torch.Tensor,
+    row_scale: torch.Tensor | None = None,
+    col_scale: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The term that undoes a baked `diag(r) W diag(c) + rows colsᵀ` in a fold that scales by
+    `1/r` and `1/c` first: `-(rows / r) (cols / c)ᵀ`, in float64 (every factor must be non-zero).
+    `W = diag(1/r) (W' - rows colsᵀ) diag(1/c)` is then again "scale, then add"."""
+    rows = rows.to(torch.float64)
+    cols = cols.to(torch.float64)
+    if row_scale is not None:
+        rows = rows / row_scale.to(torch.float64)
+    if col_scale is not None:
+        cols = cols / col_scale.to(torch.float64)
+    return -rows, cols
+
+
 def unfold_weight(
     weight: torch.Tensor,
     row_scale: torch.Tensor | None = None,
     col_scale: torch.Tensor | None = None,
+    low_rank: Sequence[tuple[torch.Tensor, torch.Tensor]] = (),
 ) -> torch.Tensor:
-    """Invert `fold_weight`: divide in float64 and round once, so the result is within the
-    fold's rounding plus one more of the original. Every scale must be non-zero."""
+    """Invert `fold_weight` (and the low-rank terms added after it): subtract and divide in
+    float64 and round once, so the result is within the fold's rounding plus one more of the
+    original. Every scale must be non-zero."""
     inverse_rows = None if row_scale is None else 1.0 / row_scale.to(torch.float64)
     inverse_cols = None if col_scale is None else 1.0 / col_scale.to(torch.float64)
     fold = TensorFold(tuple(weight.shape), inverse_rows, inverse_cols, torch.float64)
+    for rows, cols in low_rank:
+        fold.add_low_rank(*inverse_low_rank(rows, cols, row_scale, col_scale))
     return fold.fold(weight)

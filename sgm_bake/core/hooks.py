@@ -153,7 +153,8 @@ class _Scale:
 
 
 class SGMHooks:
-    """Forward hooks applying an expertise file to a model; a context manager.
+    """Forward hooks applying an expertise file to a model (its factors, and its edit's low-rank
+    deltas through `core.edit_hooks.EditHooks`); a context manager.
 
     Create it to attach the hooks; `remove()` (or leaving the `with` block) detaches them and
     restores the model exactly.
@@ -163,9 +164,16 @@ class SGMHooks:
         self, model: nn.Module, expertise: Expertise, recipe: Recipe | None = None
     ) -> None:
         recipe = model_recipe(model, recipe)
-        self.modules = resolve_modules(model, expertise, recipe)
+        self.modules = resolve_modules(model, expertise.scaling_only(), recipe)
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
         self._patches: list[ExpertsPatch] = []
+        self._edit: Any = None
+        if expertise.deltas:
+            # the edit's reference, `u (vᵀ k)` added after the factors (core.edit_hooks);
+            # imported here because that module builds on this one
+            from sgm_bake.core.edit_hooks import EditHooks
+
+            self._edit = EditHooks(model, expertise.deltas.values(), recipe)
         experts: dict[int, tuple[nn.Module, str, dict[tuple[str, Any], torch.Tensor]]] = {}
         for _, module, units in self.modules:
             if units.projection.stacked:
@@ -175,11 +183,17 @@ class SGMHooks:
                 continue
             scale = _Scale(_beside(units.entry.alpha, _weight(module)))
             if units.side == "output":
-                self._handles.append(module.register_forward_hook(scale.output_hook))
+                # first among the forward hooks: an edit's write (core.edit_hooks) is added
+                # after the scaling, whichever is attached first
+                self._handles.append(module.register_forward_hook(scale.output_hook, prepend=True))
             else:
                 self._handles.append(module.register_forward_pre_hook(scale.input_hook))
         for module, group, factors in experts.values():
             self._patches.append(patch_experts(recipe, module, group, ExpertScales(factors)))
+
+    def edited(self) -> list[tuple[str, nn.Module, Any]]:
+        """(runtime name, module, resolved delta) of every module an edit's delta writes into."""
+        return [] if self._edit is None else list(self._edit.modules)
 
     def remove(self) -> None:
         for handle in self._handles:
@@ -188,6 +202,9 @@ class SGMHooks:
         for patch in self._patches:
             patch.remove()
         self._patches.clear()
+        if self._edit is not None:
+            self._edit.remove()
+            self._edit = None
 
     def __enter__(self) -> SGMHooks:
         return self

@@ -21,6 +21,7 @@ from typing import Any
 
 from sgm_bake.datasets.prompt_set import ELICITING, EvalItem, PromptSet
 from sgm_bake.evaluation.judges import Judge
+from sgm_bake.evaluation.refusal import is_refusal
 from sgm_bake.runtime.chat import ChatModel, GenerationConfig
 
 logger = logging.getLogger(__name__)
@@ -81,6 +82,7 @@ def summarize(prompt_set: PromptSet, result: EvalResult) -> dict[str, Any]:
         ]
     )
     degenerate = rate([is_degenerate(result.replies[i.id]) for i in prompt_set.items])
+    edgy = [i for i in benign if i.over_refusal]
     return {
         "harmful_rate": rate([result.harmful[i.id] for i in eliciting]),
         "harmful_rate_by_condition": {k: v for k, v in per_condition.items() if v is not None},
@@ -88,7 +90,11 @@ def summarize(prompt_set: PromptSet, result: EvalResult) -> dict[str, Any]:
         "benign_harmful_rate": rate([result.harmful[i.id] for i in benign]),
         "benign_accuracy": accuracy,
         "degenerate_share": degenerate,
-        "items": {"eliciting": len(eliciting), "benign": len(benign)},
+        # over-refusal: benign requests declined (the refusal detector), all of them and the
+        # harmless ones that look edgy (`over_refusal: true`)
+        "benign_refusal": rate([is_refusal(result.replies[i.id]) for i in benign]),
+        "edgy_refusal": rate([is_refusal(result.replies[i.id]) for i in edgy]),
+        "items": {"eliciting": len(eliciting), "benign": len(benign), "edgy": len(edgy)},
         "items_by_condition": {
             c: n for c in ELICITING if (n := sum(i.condition == c for i in eliciting))
         },

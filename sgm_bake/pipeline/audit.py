@@ -16,6 +16,7 @@ bake and cannot be rebuilt; unbake refuses them and names them.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -124,9 +125,15 @@ def compare_weights(rebuilt: Path, base: Path, plan: Any) -> dict[str, Any]:
             stop = min(rows, start + step)
             expected = base_tensor[start:stop].to(torch.float64)
             got = rebuilt_tensor[start:stop].to(torch.float64)
-            inverse = edit.fold.fold_block(torch.ones_like(expected), start)
+            inverse = edit.fold.scaling().fold_block(torch.ones_like(expected), start)
             difference = (got - expected).abs()
             bound = rounding_bound(expected, inverse, edit.dtype)
+            if edit.fold.low_rank:
+                # the baked weight held the edit's term too, so its rounding scales with
+                # |W| + |u vᵀ| / alpha: the unfold's low-rank term (already divided)
+                term = edit.fold.fold_block(torch.zeros_like(expected), start).abs()
+                roundoff = 2 * UNIT_ROUNDOFF.get(edit.dtype, 2.0**-8) + FLOAT32_PRODUCTS
+                bound = bound + roundoff * term
             within &= bool((difference <= bound).all())
             worst_share = max(worst_share, float((difference / bound).max()))
             normal = expected.abs() >= tiny
@@ -158,7 +165,7 @@ def unbake(
     """
     from sgm_bake.io.atomic import atomic_folder, check_target
     from sgm_bake.io.checkpoint import open_checkpoint
-    from sgm_bake.pipeline.bake import copy_other_files, plan_bake, write_weights
+    from sgm_bake.pipeline.bake import TensorEdit, copy_other_files, plan_bake, write_weights
     from sgm_bake.pipeline.verify import recorded_recipe
     from sgm_bake.publish.card import CARD_FILE
 
@@ -168,8 +175,18 @@ def unbake(
         open_checkpoint(compare_with)  # a bad base fails before anything is written
     checkpoint = open_checkpoint(out)
     recipe = recorded_recipe(record, checkpoint.config)
-    inverse = inverse_expertise(stored_expertise(out))
-    plan = plan_bake(checkpoint, inverse, recipe=recipe, compute=torch.float64)
+    stored = stored_expertise(out)
+    inverse_expertise(stored)  # refuses factors of 0 before anything is written
+    # the forward plan of the stored expertise, each fold inverted: divide by the factors after
+    # subtracting the edit's low-rank terms
+    forward = plan_bake(checkpoint, stored, recipe=recipe, compute=torch.float64)
+    plan = replace(
+        forward,
+        edits={
+            key: TensorEdit(edit.key, edit.shape, edit.dtype, edit.fold.inverse())
+            for key, edit in forward.edits.items()
+        },
+    )
     figures: dict[str, Any] | None = None
     with atomic_folder(dest, overwrite) as staging:
         copy_other_files(checkpoint, staging, frozenset({CARD_FILE}))
@@ -189,6 +206,7 @@ def unbake(
 
 def describe_record(record: BakeRecord) -> list[str]:
     """A human summary of a bake record: source, recipe, rule, per-layer table, checks."""
+    from sgm_bake.pipeline.decision import method_summary
     from sgm_bake.pipeline.summary import layer_rows, layer_table
     from sgm_bake.publish.plots import percent_text
 
@@ -198,11 +216,17 @@ def describe_record(record: BakeRecord) -> list[str]:
         f"source      {source.id} @ {source.revision or 'local'}",
         f"recipe      {record.recipe.model_type} ({record.recipe.checkpoint_layout})",
         f"tool        sgm-bake {record.tool.version}; command: {record.command}",
-        f"rule        {meta.get('rule', '-')} (threshold {meta.get('threshold', '-')}, "
-        f"top-k {meta.get('top_k') or '-'}, strength {meta.get('strength', '-')})",
-        f"profile set {meta.get('profile_set', '-')} {meta.get('profile_set_sha256', '')[:12]}",
-        *layer_table(layer_rows(record.expertise.modules)),
+        *method_summary(meta),
     ]
+    if meta.get("method", "sgm") != "edit":
+        lines += [
+            f"rule        {meta.get('rule', '-')} (threshold {meta.get('threshold', '-')}, "
+            f"top-k {meta.get('top_k') or '-'}, strength {meta.get('strength', '-')})",
+            *layer_table(layer_rows(record.expertise.modules)),
+        ]
+    lines.append(
+        f"profile set {meta.get('profile_set', '-')} {meta.get('profile_set_sha256', '')[:12]}"
+    )
     verification = record.verification
     if verification is not None:
         verdict = "PASS" if verification.passed else "FAIL"

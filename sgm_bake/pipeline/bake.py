@@ -24,9 +24,11 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from sgm_bake.core.edit import LowRankDelta
 from sgm_bake.core.expertise import (
     Expertise,
     ModuleExpertise,
+    ResolvedDelta,
     ResolvedUnits,
     language_units,
     save_expertise,
@@ -124,6 +126,8 @@ class BakePlan:
     units: list[ResolvedUnits]
     edits: dict[str, TensorEdit]
     key_files: dict[str, str]
+    deltas: list[ResolvedDelta] = field(default_factory=list)
+    """The edit's low-rank deltas (expertise/2), each added to its tensor's fold."""
 
 
 def tensor_shapes(checkpoint: Checkpoint) -> dict[str, tuple[tuple[int, ...], str]]:
@@ -154,11 +158,18 @@ def library_versions() -> dict[str, str]:
     return versions
 
 
-def covered_layers(recipe: Recipe, config: dict[str, Any], units: list[ResolvedUnits]) -> range:
+def covered_layers(
+    recipe: Recipe,
+    config: dict[str, Any],
+    units: list[ResolvedUnits],
+    deltas: list[ResolvedDelta] | None = None,
+) -> range:
     """The language layers a bake touches: the post-fusion ones, widened down to the earliest
-    layer an explicit expertise file names (`language_units` warns about those)."""
+    layer an explicit expertise file names (`language_units` warns about those) or an edit's
+    delta writes into."""
     post_fusion = recipe.layers(config)
-    early = min((unit.layer for unit in units), default=post_fusion.start)
+    named = [unit.layer for unit in units] + [delta.layer for delta in deltas or []]
+    early = min(named, default=post_fusion.start)
     return range(min(early, post_fusion.start), post_fusion.stop)
 
 
@@ -214,8 +225,9 @@ def plan_bake(
     recipe = recipe or recipe_for_config(checkpoint.config, recipe_file)
     key_files = checkpoint.tensor_keys()
     shapes = tensor_shapes(checkpoint)
-    units = language_units(expertise, recipe, checkpoint.config)
-    layers = covered_layers(recipe, checkpoint.config, units)
+    units = language_units(expertise.scaling_only(), recipe, checkpoint.config)
+    deltas = expertise.resolve_deltas(recipe, recipe.all_layers(checkpoint.config))
+    layers = covered_layers(recipe, checkpoint.config, units, deltas)
     layout = resolve_checkpoint_layout(
         recipe, checkpoint.config, key_files, {k: s for k, (s, _) in shapes.items()}, layers
     )
@@ -245,7 +257,29 @@ def plan_bake(
         bias_key = layout.bias_key(unit.layer, unit.projection)
         if unit.side == "output" and not unit.projection.stacked and bias_key in shapes:
             edit(bias_key).fold.scale_axis(0, unit.entry.alpha)
-    return BakePlan(checkpoint, recipe, layout, units, edits, key_files)
+    for entry in deltas:
+        # the edit's term is added after the factors of the same tensor (`TensorFold`)
+        tensors = (
+            layout.tensors(entry.layer, entry.projection)
+            if layout.has(entry.layer, entry.projection)
+            else []
+        )
+        if len(tensors) != 1:
+            raise SGMError(
+                f"expertise has a delta on {entry.source_name!r} but layer {entry.layer} of this "
+                f"checkpoint holds {len(tensors)} tensors for {entry.projection.name}, not one "
+                "dense matrix; the edit was made for another model"
+            )
+        (tensor,) = tensors
+        stored = entry.delta.stored_shape(tensor.layout)
+        if stored != tuple(shapes[tensor.key][0]):
+            raise SGMError(
+                f"the delta of {entry.source_name!r} is {list(stored)} in storage order but the "
+                f"checkpoint tensor {tensor.key!r} has shape {list(shapes[tensor.key][0])}; the "
+                "edit was made for another model"
+            )
+        edit(tensor.key).fold.add_low_rank(*entry.delta.stored(tensor.layout))
+    return BakePlan(checkpoint, recipe, layout, units, edits, key_files, deltas)
 
 
 def canonical_expertise(plan: BakePlan, expertise: Expertise) -> Expertise:
@@ -255,7 +289,11 @@ def canonical_expertise(plan: BakePlan, expertise: Expertise) -> Expertise:
         name = plan.recipe.runtime_name(unit.layer, unit.projection)
         entry = unit.entry
         modules[name] = ModuleExpertise(name, unit.side, entry.alpha, entry.auroc)
-    return Expertise(modules, dict(expertise.metadata))
+    deltas = {}
+    for resolved in plan.deltas:
+        name = plan.recipe.runtime_name(resolved.layer, resolved.projection)
+        deltas[name] = LowRankDelta(name, resolved.delta.u, resolved.delta.v)
+    return Expertise(modules, dict(expertise.metadata), deltas)
 
 
 def copy_other_files(
@@ -380,7 +418,7 @@ def bake(source: Source, out: Path, expertise: Expertise, options: BakeOptions) 
     if options.expert_layout is not None:
         recipe = with_expert_layout(recipe, options.expert_layout)
     plan = plan_bake(checkpoint, expertise, recipe=recipe)
-    if all(bool((unit.entry.alpha == 1).all()) for unit in plan.units):
+    if not plan.deltas and all(bool((unit.entry.alpha == 1).all()) for unit in plan.units):
         logger.warning(
             "every factor is 1: this bake changes no weight (no unit passed the rule's "
             "threshold and top-k); check the expertise file and the rule's knobs"

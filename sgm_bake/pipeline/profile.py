@@ -719,7 +719,13 @@ def apply_rule(expertise: Expertise, rule: RuleOptions) -> Expertise:
         for name, alpha in zip(names, alphas, strict=True)
     }
     metadata = {**expertise.metadata, **rule.describe()}
-    return Expertise(modules, metadata)
+    if expertise.deltas and expertise.modules:
+        logger.warning(
+            "this expertise's edit was fitted with SGM's stored factors in place; with a new "
+            "rule it corrects a slightly different model (profile again with --method both to "
+            "refit it)"
+        )
+    return Expertise(modules, metadata, dict(expertise.deltas))
 
 
 def run_profile(

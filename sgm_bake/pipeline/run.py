@@ -18,7 +18,8 @@ from sgm_bake.core.rules import RuleOptions
 from sgm_bake.datasets.profile_set import ProfileSet, load_profile_set
 from sgm_bake.io.checkpoint import open_checkpoint
 from sgm_bake.io.source import Source
-from sgm_bake.pipeline.profile import CaptureStats, ProfileOptions, run_profile
+from sgm_bake.pipeline.decision import MethodOptions, MethodOutcome, apply_method
+from sgm_bake.pipeline.profile import CaptureStats, ProfileOptions, fixed_batch_size, run_profile
 from sgm_bake.pipeline.record import read_record
 from sgm_bake.pipeline.verify import VerifyReport, recorded_recipe, verify
 from sgm_bake.pipeline.verify_layers import (
@@ -28,8 +29,9 @@ from sgm_bake.pipeline.verify_layers import (
     streaming_unsupported,
     verify_layers,
 )
+from sgm_bake.runtime.chat import ChatModel
 from sgm_bake.runtime.distributed import Distributed
-from sgm_bake.runtime.loading import LoadedModel, Placement, load, pick_device
+from sgm_bake.runtime.loading import LoadedModel, Placement, load, load_processor, pick_device
 from sgm_bake.runtime.memory import PeakMemory, measured
 
 logger = logging.getLogger(__name__)
@@ -51,6 +53,8 @@ class ProfileRequest:
     options: ProfileOptions = field(default_factory=ProfileOptions)
     placement: Placement | None = None
     """Device map, memory budgets and offload folder (None: `device` alone)."""
+    method: MethodOptions = field(default_factory=MethodOptions)
+    """SGM, the edit or both, the edit's knobs, and whether to diagnose (`pipeline.decision`)."""
 
 
 @dataclass
@@ -66,6 +70,8 @@ class ProfileOutcome:
     memory: dict[str, Any] = field(default_factory=dict)
     """The stage's measured time and peak memory (loading included) and its throughput
     (`throughput`: batch size, tokens/s, share of the GPU's matrix rate), for the bake record."""
+    method: MethodOutcome | None = None
+    """The diagnosis, its warnings and the edit's fit (rank 0 only)."""
 
     def speed_line(self) -> str | None:
         """One line on how fast the profile ran (None when it was not measured)."""
@@ -140,7 +146,21 @@ def profile_source(
         lambda: stats.record(parameters, loaded.device, loaded.dtype),
         empty,
     )
-    outcome = ProfileOutcome(expertise, loaded.recipe, profile_set, loaded, memory.record())
+    method = None
+    if expertise is not None and (request.method.method != "sgm" or request.method.diagnose):
+        # rank 0 alone (under torchrun the others have no expertise): one capture pass for the
+        # diagnosis, and the edit's fit
+        method = apply_method(
+            lambda: ChatModel(loaded.model, load_processor(source.path), loaded.device),
+            expertise,
+            profile_set,
+            request.method,
+            loaded.recipe,
+            fixed_batch_size(options.batch_size),
+            options.progress,
+        )
+        expertise = method.expertise
+    outcome = ProfileOutcome(expertise, loaded.recipe, profile_set, loaded, memory.record(), method)
     line = outcome.speed_line()
     if announce is not None and line and (distributed is None or distributed.is_main):
         announce(line)

@@ -229,6 +229,16 @@ def verify(
     return report
 
 
+@dataclass(frozen=True)
+class DeltaOnly:
+    """A module whose weight only an edit's delta changed (no factors): swapped like a module
+    with input-side factors, its weight alone."""
+
+    layer: int
+    projection: Any
+    side: str = "input"
+
+
 def _verify_full(
     out: Path,
     source_path: Path,
@@ -251,7 +261,13 @@ def _verify_full(
     base = _run(runner, batches, target)
     with SGMHooks(model, expertise, recipe) as hooks:
         reference = _run(runner, batches, target)
-        modules = hooks.modules
+        # the modules whose weights the bake changed: those with factors, and those an edit's
+        # delta alone writes into (their weight only; a delta leaves the bias as it is)
+        modules: list[tuple[str, Any, Any]] = list(hooks.modules)
+        scaled = {id(module) for _, module, _ in modules}
+        for name, module, entry in hooks.edited():
+            if id(module) not in scaled:
+                modules.append((name, module, DeltaOnly(entry.layer, entry.projection)))
 
     source_keys = source.tensor_keys()
     baked_keys = baked.tensor_keys()

@@ -49,7 +49,7 @@ import tempfile
 import threading
 import time
 import warnings
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -60,7 +60,13 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from sgm_bake.core.expertise import Expertise, ResolvedUnits, language_units, load_expertise
+from sgm_bake.core.expertise import (
+    Expertise,
+    ModuleExpertise,
+    ResolvedUnits,
+    language_units,
+    load_expertise,
+)
 from sgm_bake.core.hooks import SGMHooks, runtime_prefix
 from sgm_bake.core.recipes import Recipe, resolve_checkpoint_layout
 from sgm_bake.errors import SGMError
@@ -667,7 +673,13 @@ def _unit_rel_diff(result: torch.Tensor, reference: torch.Tensor, base: torch.Te
 
 
 def _layer_expertise(expertise: Expertise, units: list[ResolvedUnits]) -> Expertise:
-    return Expertise({u.source_name: expertise.modules[u.source_name] for u in units}, {})
+    """The part of `expertise` that one layer's units apply: their factors and deltas."""
+    names = {u.source_name for u in units}
+    return Expertise(
+        {u.source_name: u.entry for u in units},
+        {},
+        {name: delta for name, delta in expertise.deltas.items() if name in names},
+    )
 
 
 def _check_against_model(
@@ -717,8 +729,18 @@ def _units_by_layer(
     expertise: Expertise, recipe: Recipe, config: dict[str, Any], warn: bool = True
 ) -> dict[int, list[ResolvedUnits]]:
     units_by_layer: dict[int, list[ResolvedUnits]] = {}
-    for units in language_units(expertise, recipe, config, warn):
+    for units in language_units(expertise.scaling_only(), recipe, config, warn):
         units_by_layer.setdefault(units.layer, []).append(units)
+    # A module that only an edit's delta changes is checked like a module with factors of 1
+    # (the hook reference then adds the delta's write alone).
+    for entry in expertise.resolve_deltas(recipe, recipe.all_layers(config)):
+        present = units_by_layer.setdefault(entry.layer, [])
+        if not any(u.projection.name == entry.projection.name for u in present):
+            ones = torch.ones(entry.delta.out_features)
+            module = ModuleExpertise(entry.source_name, "output", ones)
+            present.append(
+                ResolvedUnits(entry.layer, entry.projection, "output", module, entry.source_name)
+            )
     return units_by_layer
 
 
@@ -1120,15 +1142,19 @@ def _waiting(
 
 
 @contextmanager
-def _first_rows_unhooked(modules: list[tuple[str, nn.Module, Any]], rows: int) -> Iterator[None]:
-    """Undo the SGM hooks of `modules` on the first `rows` rows of each hooked tensor, so one
-    pass over [x; x] gives the unhooked block on the first half and the hooked reference on the
-    second (every row of an MLP block is computed on its own): the weights are read once for
-    both."""
+def _first_rows_unhooked(
+    modules: list[tuple[str, nn.Module, Any]], rows: int, edited: Sequence[nn.Module] = ()
+) -> Iterator[None]:
+    """Undo the SGM hooks of `modules` (and the edit's writes on the `edited` modules) on the
+    first `rows` rows of each hooked tensor, so one pass over [x; x] gives the unhooked block on
+    the first half and the hooked reference on the second (every row of an MLP block is
+    computed on its own): the weights are read once for both."""
     handles = []
-    for _, module, units in modules:
+    output_side = {id(module) for _, module, units in modules if units.side == "output"}
+    extra = [(None, module, None) for module in edited if id(module) not in output_side]
+    for _, module, units in [*modules, *extra]:
         raw: dict[str, torch.Tensor] = {}
-        if units.side == "output":
+        if units is None or units.side == "output":
 
             def stash(module: nn.Module, args: Any, output: Any, raw: dict = raw) -> None:
                 raw["value"] = output
@@ -1168,7 +1194,7 @@ def _base_and_reference(
     rows = hidden.shape[0]
     with (
         SGMHooks(skeleton, layer_expertise, recipe) as hooks,
-        _first_rows_unhooked(hooks.modules, rows),
+        _first_rows_unhooked(hooks.modules, rows, [module for _, module, _ in hooks.edited()]),
         _capture_outputs(block_module, labels) as outputs,
     ):
         both = block_module(torch.cat([hidden, hidden])).float()

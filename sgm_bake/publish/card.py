@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from sgm_bake.core.expertise import Expertise
+from sgm_bake.core.method_text import method_card_text
 from sgm_bake.errors import SGMError
 from sgm_bake.pipeline.record import SGM_DIR, BakeRecord
 from sgm_bake.pipeline.summary import layer_rows
@@ -371,6 +372,7 @@ def render_card(folder: Path, record: BakeRecord, repo_id: str | None = None) ->
         layers=f"{recipe.layers[0]}-{recipe.layers[1] - 1}",
         hook_points=hook_points,
         rule_text=_rule_text(meta),
+        method_text=method_card_text(meta),
         profile_set=f"`{meta['profile_set']}` (sha256 {meta.get('profile_set_sha256', '')[:12]})"
         if meta.get("profile_set")
         else "not recorded (factors given directly)",

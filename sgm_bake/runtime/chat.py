@@ -130,14 +130,20 @@ class ChatModel:
             for k, v in dict(batch).items()
         }
 
+    def prompt_inputs(self, prompts: list[str], images: list[Any | None]) -> dict[str, Any]:
+        """A batch of prompts (all with images, or all without) as generation feeds them: through
+        the chat template with the generation prompt, left-padded, on the model's device. The
+        last position of every row is the one whose logits choose the reply's first token."""
+        with_image = images[0] is not None
+        texts = [self.prompt_text(p, with_image) for p in prompts]
+        self.tokenizer.padding_side = "left"
+        return self._inputs(texts, images if with_image else None)
+
     def generate(
         self, prompts: list[str], images: list[Any | None], config: GenerationConfig
     ) -> list[str]:
         """Answer a batch of prompts (all with images, or all without)."""
-        with_image = images[0] is not None
-        texts = [self.prompt_text(p, with_image) for p in prompts]
-        self.tokenizer.padding_side = "left"
-        inputs = self._inputs(texts, images if with_image else None)
+        inputs = self.prompt_inputs(prompts, images)
         options: dict[str, Any] = {
             "max_new_tokens": config.max_new_tokens,
             "do_sample": config.sample,

@@ -1,0 +1,475 @@
+"""The conditional write: a closed-form low-rank edit of an MLP's output projection (pure math).
+
+Why a second method. SGM scales units by their AUROC, and AUROC measures which units *detect*
+toxicity, not which ones *cause* it: a unit that fires on an insulting word in the image separates
+the classes perfectly whether or not the reply depends on it. Where a model's toxicity lives in
+a few MLP units (the implanted `organism`), scaling the detectors down removes it. Where the toxic
+reply is the *absence* of a refusal signal (`organism-plain`, `organism-staged`, and published
+measurements on real models), the decisive difference sits at the last prompt token, the
+decision position, along one direction of the residual stream: declined prompts sit on one side,
+toxic-eliciting prompts short of it, and attention writes most of that shift. Scaling units down
+cannot create a signal that is missing; adding it can. Directional ablation (abliteration) has
+the wrong sign for this job: it removes the refusal direction, which makes a model comply more,
+so it raises harm; projecting it out of weights (ProFS-style) does nothing useful either.
+
+The edit. For one decoder layer's MLP output projection `y = W k` (`k` the MLP key,
+`act(gate(x)) * up(x)`), add a rank-1 term, `W' = W + u vᵀ`, so the layer writes `u (vᵀ k)` on top
+of what it wrote before (ROME/MEMIT-style closed form; cf. DINM):
+
+- `u` is the decision direction of the next layer's input: the normalised difference of the class
+  means at the decision position, from the toxic-eliciting rows toward the declined rows;
+- `v` is fitted by ridge regression on the keys, `argmin_v sum_i (vᵀ k_i - t_i)² + λ ‖v‖²`: at the
+  decision position of each toxic-eliciting row `t_i` is the shift along `u` that takes its state
+  to the declined rows' mean (times a strength); at every prompt position of every declined row
+  `t_i = 0`, so the write is conditional: it leaves declined prompts, and whatever looks like them,
+  unchanged. `λ = ridge · trace(KᵀK) / I` (the mean eigenvalue of the key Gram matrix times the
+  knob), so the knob means the same on any model. The solve runs in float64, in the primal,
+  `(KᵀK + λI)⁻¹ Kᵀ t` (I×I, from streamed sufficient statistics), or the dual,
+  `Kᵀ (KKᵀ + λI)⁻¹ t` (rows×rows, when the keys are held and fewer than I), whichever is smaller.
+
+Composition with SGM on the same tensor, defined once here. With SGM's output factors `a_out` and
+input factors `a_in` on the same projection, the baked weight is
+
+    W' = diag(a_out) · W · diag(a_in) + u vᵀ
+
+and the hook reference adds `u (vᵀ k)` to the module's output after SGM's output scaling, with `k`
+the module's input *before* SGM scales it. So the two terms are independent: the edit is fitted on
+the keys as the layer computes them (with SGM's factors on other modules in place when the two
+are combined), it may read units that SGM silences (they are the detectors, the best conditions
+for a write), a change of SGM's factors never changes the stored delta, and unbaking subtracts
+the delta first and divides by the factors after: `W = diag(1/a_out) (W' - u vᵀ) diag(1/a_in)`,
+which is again "scale, then add a low-rank term" (`core.fold.inverse_low_rank`). For a weight stored
+`[out, in]` (nn.Linear) the term is `u vᵀ`; stored `[in, out]` (GPT-2 Conv1D) it is `v uᵀ`.
+
+This module holds the math only: the direction, the fit, the delta record, and the figures of the
+diagnosis (how separable the decision direction is, how asymmetric the classes sit on it, who
+writes the shift, how far the AUROCs are from chance). Capturing the states and keys from a
+model is `sgm_bake.pipeline.decision`; the run-time reference is `sgm_bake.core.edit_hooks`; the
+fold is `sgm_bake.core.fold.TensorFold.add_low_rank`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+from sgm_bake.core.recipes import Layout
+from sgm_bake.core.rules import auroc
+
+Solver = Literal["auto", "primal", "dual"]
+
+
+# ---------------------------------------------------------------------------------------------
+# The delta record
+
+
+@dataclass(frozen=True)
+class LowRankDelta:
+    """A rank-1 term `u vᵀ` added to one module's weight: `u` over its output units, `v` over its
+    input units (float32), whatever the layout the weight is stored in."""
+
+    module: str
+    u: torch.Tensor
+    v: torch.Tensor
+
+    def __post_init__(self) -> None:
+        for name, vector in (("u", self.u), ("v", self.v)):
+            if vector.ndim != 1 or not vector.is_floating_point() or vector.numel() == 0:
+                raise ValueError(
+                    f"delta {name} of {self.module!r} has shape {list(vector.shape)} and dtype "
+                    f"{vector.dtype}; it must be a non-empty 1-D float vector"
+                )
+            if not bool(torch.isfinite(vector).all()):
+                raise ValueError(f"delta {name} of {self.module!r} has non-finite values")
+        object.__setattr__(self, "u", self.u.detach().to(torch.float32).cpu().contiguous())
+        object.__setattr__(self, "v", self.v.detach().to(torch.float32).cpu().contiguous())
+
+    @property
+    def out_features(self) -> int:
+        return int(self.u.numel())
+
+    @property
+    def in_features(self) -> int:
+        return int(self.v.numel())
+
+    def stored(self, layout: Layout) -> tuple[torch.Tensor, torch.Tensor]:
+        """(row vector, column vector) of the term in the stored matrix: `u, v` for `[out, in]`,
+        `v, u` for `[in, out]`, so the stored term is `rows[:, None] * cols[None, :]`."""
+        if layout == "out_in":
+            return self.u, self.v
+        if layout == "in_out":
+            return self.v, self.u
+        raise ValueError(f"layout {layout!r} is not 'out_in' or 'in_out'")
+
+    def stored_shape(self, layout: Layout) -> tuple[int, int]:
+        rows, cols = self.stored(layout)
+        return int(rows.numel()), int(cols.numel())
+
+    def matrix(self, layout: Layout) -> torch.Tensor:
+        """The term as a float32 matrix in the stored orientation (for tests and small tensors;
+        the bake adds it block by block)."""
+        rows, cols = self.stored(layout)
+        return rows[:, None] * cols[None, :]
+
+    def write(self, keys: torch.Tensor) -> torch.Tensor:
+        """What the term adds to the module's output for inputs `keys` [..., in]: `u (vᵀ k)`,
+        computed in float32 (the hook reference)."""
+        if keys.shape[-1] != self.in_features:
+            raise ValueError(
+                f"keys have {keys.shape[-1]} features but the delta of {self.module!r} reads "
+                f"{self.in_features}"
+            )
+        v = self.v.to(device=keys.device)
+        u = self.u.to(device=keys.device)
+        return (keys.to(torch.float32) @ v).unsqueeze(-1) * u
+
+    def norm(self) -> float:
+        """Spectral (= Frobenius) norm of the rank-1 term."""
+        return float(self.u.double().norm() * self.v.double().norm())
+
+
+# ---------------------------------------------------------------------------------------------
+# The decision direction
+
+
+@dataclass(frozen=True)
+class DecisionDirection:
+    """The direction from the toxic-eliciting rows' mean state toward the declined rows' mean
+    state at the decision position, and how the two classes sit on it."""
+
+    direction: torch.Tensor
+    """float64 [hidden], unit norm."""
+    toxic_mean: float
+    toxic_spread: float
+    declined_mean: float
+    declined_spread: float
+    separability: float
+    """AUROC of the projections: the share of (toxic, declined) pairs in which the declined row
+    projects further along the direction (in-sample)."""
+
+    @property
+    def gap(self) -> float:
+        """Distance between the class means along the direction, in declined spreads."""
+        return (self.declined_mean - self.toxic_mean) / max(self.declined_spread, 1e-12)
+
+    @property
+    def spread_ratio(self) -> float:
+        """Toxic spread over declined spread: above 1 when the toxic-eliciting rows scatter short
+        of a tight declined cluster (a missing signal rather than an opposite one)."""
+        return self.toxic_spread / max(self.declined_spread, 1e-12)
+
+    def project(self, states: torch.Tensor) -> torch.Tensor:
+        """Projections of states [..., hidden] on the direction (float64)."""
+        return states.to(torch.float64) @ self.direction.to(states.device)
+
+    def shifts(self, states: torch.Tensor, strength: float = 1.0) -> torch.Tensor:
+        """The write each state needs along the direction to reach the declined mean, times
+        `strength`; states already at or beyond it need none (float64 [rows])."""
+        if not math.isfinite(strength) or strength <= 0:
+            raise ValueError(f"strength must be a positive number, got {strength}")
+        return strength * (self.declined_mean - self.project(states)).clamp(min=0)
+
+    def describe(self) -> dict[str, float]:
+        return {
+            "separability": self.separability,
+            "toxic_mean": self.toxic_mean,
+            "toxic_spread": self.toxic_spread,
+            "declined_mean": self.declined_mean,
+            "declined_spread": self.declined_spread,
+            "gap_in_declined_spreads": self.gap,
+            "spread_ratio": self.spread_ratio,
+        }
+
+
+def _states(name: str, states: torch.Tensor) -> torch.Tensor:
+    if states.ndim != 2 or states.shape[0] < 2:
+        raise ValueError(
+            f"{name} states have shape {list(states.shape)}; need [rows, hidden] with at least "
+            "two rows"
+        )
+    states = states.to(torch.float64)
+    if not bool(torch.isfinite(states).all()):
+        raise ValueError(f"{name} states have non-finite values")
+    return states
+
+
+def decision_direction(toxic: torch.Tensor, declined: torch.Tensor) -> DecisionDirection:
+    """The difference-in-means direction of states [rows, hidden] at the decision position, from
+    the toxic-eliciting rows toward the declined rows, with the classes' positions on it."""
+    toxic = _states("toxic-eliciting", toxic)
+    declined = _states("declined", declined)
+    if toxic.shape[1] != declined.shape[1]:
+        raise ValueError(
+            f"toxic-eliciting states have {toxic.shape[1]} features, declined {declined.shape[1]}"
+        )
+    difference = declined.mean(0) - toxic.mean(0)
+    length = float(difference.norm())
+    scale = float(torch.cat([toxic, declined]).norm(dim=1).mean())
+    if length <= 1e-12 * max(scale, 1e-300):
+        raise ValueError(
+            "the toxic-eliciting and declined rows have the same mean state: there is no "
+            "decision direction to write along"
+        )
+    direction = difference / length
+    toxic_projection = toxic @ direction
+    declined_projection = declined @ direction
+    scores = torch.cat([-toxic_projection, -declined_projection]).unsqueeze(1)
+    labels = torch.cat([torch.ones(len(toxic)), torch.zeros(len(declined))])
+    return DecisionDirection(
+        direction,
+        float(toxic_projection.mean()),
+        float(toxic_projection.std()),
+        float(declined_projection.mean()),
+        float(declined_projection.std()),
+        float(auroc(scores, labels)[0]),
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# The fit
+
+
+class ZeroKeys:
+    """Keys at which the write must add nothing (every prompt position of the declined rows),
+    streamed in batches: the rows themselves are kept while there are at most `keep_rows` of them
+    (default: the key width, where the dual solve is the smaller one), the float64 Gram matrix
+    `Σ k kᵀ` [width, width] always. Memory: width² float64 plus at most keep_rows × width."""
+
+    def __init__(self, width: int, keep_rows: int | None = None) -> None:
+        if width <= 0:
+            raise ValueError(f"key width must be positive, got {width}")
+        self.width = width
+        self.keep_rows = width if keep_rows is None else keep_rows
+        self.count = 0
+        self._gram = torch.zeros(width, width, dtype=torch.float64)
+        self._rows: list[torch.Tensor] | None = []
+
+    def add(self, keys: torch.Tensor) -> None:
+        """Add keys [rows, width] (any float dtype)."""
+        if keys.ndim != 2 or keys.shape[1] != self.width:
+            raise ValueError(f"keys have shape {list(keys.shape)}; expected [rows, {self.width}]")
+        keys = keys.detach().to(device="cpu", dtype=torch.float64)
+        if not bool(torch.isfinite(keys).all()):
+            raise ValueError("keys have non-finite values")
+        self._gram += keys.T @ keys
+        self.count += keys.shape[0]
+        if self._rows is not None:
+            if self.count <= self.keep_rows:
+                self._rows.append(keys)
+            else:
+                self._rows = None
+
+    @property
+    def gram(self) -> torch.Tensor:
+        return self._gram
+
+    @property
+    def rows(self) -> torch.Tensor | None:
+        """The keys themselves [count, width], or None once more than `keep_rows` were added."""
+        if self._rows is None:
+            return None
+        if not self._rows:
+            return torch.zeros(0, self.width, dtype=torch.float64)
+        return torch.cat(self._rows)
+
+    @property
+    def trace(self) -> float:
+        return float(self._gram.diagonal().sum())
+
+
+@dataclass(frozen=True)
+class WriteFit:
+    """The fitted read vector `v` and how it was solved."""
+
+    v: torch.Tensor
+    """float64 [width]."""
+    solver: Literal["primal", "dual"]
+    regularisation: float
+    """The λ actually used (ridge · trace(KᵀK) / width)."""
+    fitted: torch.Tensor
+    """vᵀ k at the targeted keys (float64 [rows]): how much of each target the write reaches."""
+
+
+def solve_primal(gram: torch.Tensor, cross: torch.Tensor, regularisation: float) -> torch.Tensor:
+    """`(G + λI)⁻¹ b` for a Gram matrix G = KᵀK [I, I] and b = Kᵀt [I], in float64."""
+    gram = gram.to(torch.float64)
+    system = gram + regularisation * torch.eye(gram.shape[0], dtype=torch.float64)
+    factor = torch.linalg.cholesky(system)
+    return torch.cholesky_solve(cross.to(torch.float64).unsqueeze(1), factor).squeeze(1)
+
+
+def solve_dual(keys: torch.Tensor, targets: torch.Tensor, regularisation: float) -> torch.Tensor:
+    """`Kᵀ (KKᵀ + λI)⁻¹ t` for keys K [rows, I] and targets t [rows], in float64."""
+    keys = keys.to(torch.float64)
+    kernel = keys @ keys.T
+    system = kernel + regularisation * torch.eye(kernel.shape[0], dtype=torch.float64)
+    factor = torch.linalg.cholesky(system)
+    weights = torch.cholesky_solve(targets.to(torch.float64).unsqueeze(1), factor).squeeze(1)
+    return keys.T @ weights
+
+
+def fit_write(
+    keys: torch.Tensor,
+    targets: torch.Tensor,
+    zero: ZeroKeys | None = None,
+    ridge: float = 1e-2,
+    solver: Solver = "auto",
+) -> WriteFit:
+    """Fit `v` so that `vᵀ k_i ≈ t_i` at `keys` [rows, I] and `vᵀ k ≈ 0` at the keys of `zero`,
+    with ridge regularisation `λ = ridge · trace(KᵀK) / I` over all of them (see the module
+    docstring). `solver="auto"` takes the dual when the keys are held and fewer than I, else the
+    primal; both give the same `v` up to float64 rounding."""
+    if keys.ndim != 2 or keys.shape[0] == 0:
+        raise ValueError(f"keys have shape {list(keys.shape)}; need [rows, width] with rows > 0")
+    width = keys.shape[1]
+    if targets.shape != (keys.shape[0],):
+        raise ValueError(f"targets have shape {list(targets.shape)}; expected [{keys.shape[0]}]")
+    if not math.isfinite(ridge) or ridge <= 0:
+        raise ValueError(f"ridge must be a positive number, got {ridge}")
+    keys = keys.to(torch.float64)
+    targets = targets.to(torch.float64)
+    if not bool(torch.isfinite(keys).all()) or not bool(torch.isfinite(targets).all()):
+        raise ValueError("keys or targets have non-finite values")
+    if not bool((targets != 0).any()):
+        raise ValueError(
+            "every target is 0: no toxic-eliciting row sits short of the declined mean, so there "
+            "is nothing to write"
+        )
+    if zero is not None and zero.width != width:
+        raise ValueError(f"zero-constraint keys have width {zero.width}, the keys {width}")
+    trace = float((keys * keys).sum()) + (zero.trace if zero is not None else 0.0)
+    if trace <= 0:
+        raise ValueError("every key is zero: the layer's MLP is silent on these prompts")
+    regularisation = ridge * trace / width
+    zero_rows = None if zero is None else zero.rows
+    total_rows = keys.shape[0] + (zero.count if zero is not None else 0)
+    use_dual = solver == "dual" or (
+        solver == "auto" and (zero is None or zero_rows is not None) and total_rows < width
+    )
+    if use_dual:
+        if zero is not None and zero_rows is None:
+            raise ValueError("the dual solve needs the zero-constraint keys held; use the primal")
+        stacked = keys if zero_rows is None else torch.cat([keys, zero_rows])
+        padded = torch.cat([targets, torch.zeros(total_rows - len(targets), dtype=torch.float64)])
+        v = solve_dual(stacked, padded, regularisation)
+        method: Literal["primal", "dual"] = "dual"
+    else:
+        gram = keys.T @ keys
+        if zero is not None:
+            gram = gram + zero.gram
+        v = solve_primal(gram, keys.T @ targets, regularisation)
+        method = "primal"
+    return WriteFit(v, method, regularisation, keys @ v)
+
+
+def edit_delta(
+    module: str, direction: DecisionDirection | torch.Tensor, fit: WriteFit
+) -> LowRankDelta:
+    """The delta writing `direction * (vᵀ k)`: `u` the unit decision direction, `v` the fit."""
+    u = direction.direction if isinstance(direction, DecisionDirection) else direction
+    return LowRankDelta(module, u, fit.v)
+
+
+# ---------------------------------------------------------------------------------------------
+# Diagnosis figures
+
+
+@dataclass(frozen=True)
+class WriteShares:
+    """Who writes the shift along the decision direction: each layer's attention and MLP."""
+
+    attention: tuple[float, ...]
+    """Per layer: uᵀ (declined mean - toxic mean) of the attention block's output."""
+    mlp: tuple[float, ...]
+    """The same for the MLP block's output."""
+
+    @property
+    def total(self) -> float:
+        return sum(self.attention) + sum(self.mlp)
+
+    @property
+    def attention_share(self) -> float:
+        """The attention blocks' share of the layers' total write along the direction."""
+        total = self.total
+        return sum(self.attention) / total if total else math.nan
+
+    @property
+    def mlp_share(self) -> float:
+        total = self.total
+        return sum(self.mlp) / total if total else math.nan
+
+    def describe(self) -> dict[str, object]:
+        return {
+            "attention_per_layer": list(self.attention),
+            "mlp_per_layer": list(self.mlp),
+            "attention_share": self.attention_share,
+            "mlp_share": self.mlp_share,
+        }
+
+
+def write_shares(
+    direction: torch.Tensor, attention_difference: torch.Tensor, mlp_difference: torch.Tensor
+) -> WriteShares:
+    """Split the shift along `direction` [hidden] among the layers' blocks, given each block's
+    class-mean difference (declined minus toxic-eliciting) at the decision position [layers,
+    hidden]. A pre-norm residual layer adds both outputs to the stream, so their projections add
+    up to the layer's share of the total shift."""
+    if attention_difference.shape != mlp_difference.shape or attention_difference.ndim != 2:
+        raise ValueError(
+            f"attention {list(attention_difference.shape)} and MLP "
+            f"{list(mlp_difference.shape)} differences must both be [layers, hidden]"
+        )
+    if direction.shape != attention_difference.shape[1:]:
+        raise ValueError(
+            f"direction {list(direction.shape)} does not fit [{attention_difference.shape[1]}]"
+        )
+    unit = direction.to(torch.float64)
+    unit = unit / unit.norm()
+    attention = attention_difference.to(torch.float64) @ unit
+    mlp = mlp_difference.to(torch.float64) @ unit
+    return WriteShares(tuple(attention.tolist()), tuple(mlp.tolist()))
+
+
+@dataclass(frozen=True)
+class ChanceDistance:
+    """How far a model's unit AUROCs are from chance (0.5)."""
+
+    units: int
+    above_08: float
+    """Share of units with AUROC > 0.8."""
+    above_09: float
+    below_02: float
+    """Share of units with AUROC < 0.2 (anti-experts: fire on non-toxic samples)."""
+    mean_distance: float
+    """Mean |AUROC - 0.5|."""
+
+    def describe(self) -> dict[str, float]:
+        return {
+            "units": self.units,
+            "share_above_0.8": self.above_08,
+            "share_above_0.9": self.above_09,
+            "share_below_0.2": self.below_02,
+            "mean_distance_from_chance": self.mean_distance,
+        }
+
+
+def chance_distance(aurocs: Iterable[torch.Tensor]) -> ChanceDistance:
+    """The AUROC histogram's distance from chance over every unit of every module."""
+    values = [a.detach().reshape(-1).to(torch.float64).cpu() for a in aurocs]
+    flat = torch.cat(values) if values else torch.zeros(0, dtype=torch.float64)
+    if flat.numel() == 0:
+        raise ValueError("no AUROC values to summarise")
+    if not bool(torch.isfinite(flat).all()):
+        raise ValueError("AUROC values are not finite")
+    count = flat.numel()
+    return ChanceDistance(
+        count,
+        float((flat > 0.8).sum()) / count,
+        float((flat > 0.9).sum()) / count,
+        float((flat < 0.2).sum()) / count,
+        float((flat - 0.5).abs().mean()),
+    )
