@@ -411,3 +411,51 @@ layers_option = click.option(
     default=None,
     help="Only these post-fusion layers, e.g. '8-31' or '0,2,4'.",
 )
+
+
+# How a data set in its own format (a Hub dataset, Parquet, other column names) maps onto
+# sgm-bake's fields; shared by profile, the one-command form, tune and eval. `--dataset-split`
+# is not `--split` because tune already uses that for its profiling/tuning/report fractions.
+data_format_options = add_options(
+    [
+        click.option(
+            "--columns",
+            default=None,
+            metavar="FIELD=COLUMN,...",
+            help="Which column holds each field, e.g. prompt=question,response=answer,"
+            "label=is_safe,image=image (or a .json file holding that mapping). Fields: text, "
+            "prompt, response, label, image, id; for prompt sets also condition, category, "
+            "policy, expected, reference, over_refusal.",
+        ),
+        click.option(
+            "--toxic-label",
+            default=None,
+            metavar="VALUE[,VALUE]",
+            help="Label values that mean toxic (e.g. unsafe, or false for an is_safe column); "
+            "every other value is non-toxic.",
+        ),
+        click.option(
+            "--dataset-split",
+            default=None,
+            help="Split of a Hub dataset or data folder to read (default: train).",
+        ),
+        click.option(
+            "--dataset-revision",
+            default=None,
+            help="Branch, tag or commit of a Hub dataset (hf:OWNER/NAME); the commit it "
+            "resolves to is recorded.",
+        ),
+    ]
+)
+
+
+def make_data_format(params: dict[str, Any]) -> Any:
+    """The data format from the shared options."""
+    from sgm_bake.datasets.hub_dataset import DataFormat, parse_columns, parse_toxic_labels
+
+    return DataFormat(
+        columns=parse_columns(params.get("columns")),
+        toxic_labels=parse_toxic_labels(params.get("toxic_label")),
+        split=params.get("dataset_split"),
+        revision=params.get("dataset_revision"),
+    )

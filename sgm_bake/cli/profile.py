@@ -13,6 +13,7 @@ from sgm_bake.cli.common import (
     base_model_option,
     batch_size_option,
     command_line,
+    data_format_options,
     device_option,
     dtype_option,
     echo_lines,
@@ -20,6 +21,7 @@ from sgm_bake.cli.common import (
     feed_option,
     hook_points_option,
     layers_option,
+    make_data_format,
     make_placement,
     make_rule,
     max_samples_option,
@@ -48,8 +50,10 @@ profile_options = add_options(
             default="builtin:default",
             show_default=True,
             help="Labelled image-text pairs: a .jsonl/.csv file, builtin:NAME or "
-            "hf://datasets/ORG/NAME/FILE.",
+            "hf://datasets/ORG/NAME/FILE, or through the datasets extra hf:OWNER/NAME, a "
+            ".parquet file or a folder (see --columns).",
         ),
+        data_format_options,
         device_option,
         dtype_option,
         placement_options,
@@ -100,6 +104,7 @@ def profile_request(params: dict[str, Any], recipe_file: Path | None, rule: Any)
     return ProfileRequest(
         profile_set=params["profile_set"],
         max_samples=params["max_samples"],
+        data_format=make_data_format(params),
         device=params["device"],
         dtype=params["dtype"],
         recipe_file=recipe_file,

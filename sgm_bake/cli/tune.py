@@ -10,6 +10,7 @@ import click
 from sgm_bake.cli.common import (
     add_options,
     batch_size_option,
+    data_format_options,
     device_option,
     dtype_option,
     echo_lines,
@@ -17,6 +18,7 @@ from sgm_bake.cli.common import (
     hook_points_option,
     judge_option,
     layers_option,
+    make_data_format,
     make_placement,
     make_rule,
     max_samples_option,
@@ -128,6 +130,7 @@ search_options = add_options(
 # options through `profile`'s); a knob the search covers replaces the option's value.
 capture_options = add_options(
     [
+        data_format_options,
         batch_size_option,
         max_samples_option,
         pooling_option,
@@ -225,6 +228,7 @@ def tune_request(
         ),
         neurons=params["neurons"],
         max_samples=params["max_samples"],
+        data_format=make_data_format(params),
     )
 
 

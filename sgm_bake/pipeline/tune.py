@@ -1188,6 +1188,8 @@ class TuneRequest:
     """Fix the hook points to the recipe's classic MLP neurons (down_proj inputs)."""
     max_samples: int | None = None
     """Use at most this many rows of the profile set (half per class) before splitting it."""
+    data_format: Any = None
+    """How a data set in its own format maps onto the profile fields (None: native)."""
 
 
 @dataclass
@@ -1208,7 +1210,9 @@ def tune_source(source: Any, request: TuneRequest) -> TuneOutcome:
 
     request.options.check()
     _optuna()
-    profile_set = load_profile_set(request.profile_set).limited(request.max_samples)
+    profile_set = load_profile_set(
+        request.profile_set, data_format=request.data_format, max_samples=request.max_samples
+    ).limited(request.max_samples)
     split_profile_set(profile_set, request.options.seed, request.options.fractions)
     eval_set = load_prompt_set(request.eval_set) if request.eval_set else None
     judge = make_judge(request.judge)
