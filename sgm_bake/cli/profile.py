@@ -12,6 +12,7 @@ from sgm_bake.cli.common import (
     add_options,
     base_model_option,
     batch_size_option,
+    choose_set,
     command_line,
     data_format_options,
     device_option,
@@ -47,11 +48,11 @@ profile_options = add_options(
     [
         click.option(
             "--profile-set",
-            default="builtin:default",
-            show_default=True,
+            default=None,
             help="Labelled image-text pairs: a .jsonl/.csv file, builtin:NAME or "
             "hf://datasets/ORG/NAME/FILE, or through the datasets extra hf:OWNER/NAME, a "
-            ".parquet file or a folder (see --columns).",
+            ".parquet file or a folder (see --columns). Default: builtin:safety-profile-v1, or "
+            "builtin:organism for an organism.",
         ),
         data_format_options,
         device_option,
@@ -170,6 +171,7 @@ def profile(
 
     if output.exists() and not overwrite:
         raise SGMError(f"{output} exists; pass --overwrite to replace it")
+    params["profile_set"] = choose_set(params["profile_set"], "profile", model)
     rule_options_ = make_rule(rule, threshold, top_k, damp_alpha, strength)
     request = profile_request(params, recipe_file, rule_options_)
     source = resolve_model_source(model, revision, progress_enabled())
@@ -282,6 +284,12 @@ def run(
         check_repo_id(push_to_hub)  # before hours of profiling, not after
     if tune_knobs and expertise_path is not None:
         raise SGMError("--tune searches the profile itself; drop --expertise or --tune")
+    if expertise_path is None:
+        params["profile_set"] = choose_set(params["profile_set"], "profile", model)
+        used = f"profile set: {params['profile_set']}"
+        if tune_knobs:
+            used += f"; judge: {params['judge_spec']}"
+        click.echo(used, err=True)
     rule_given = any(v is not None for v in (rule, threshold, top_k, damp_alpha, strength))
     rule_options_ = make_rule(rule, threshold, top_k, damp_alpha, strength)
     request = profile_request(params, recipe_file, rule_options_)

@@ -723,7 +723,9 @@ class SplitMeasure:
         if self.benign_eval is not None:
             benign = run_eval(self.chat, self.benign_eval, self.judge, config, label, size)
             accuracy = benign.metrics["benign_accuracy"]
-        harmful = sum(result.harmful[i.id] for i in self.prompts.items if i.condition == "standard")
+        harmful = sum(
+            result.harmful[i.id] is True for i in self.prompts.items if i.condition == "standard"
+        )
         return Measurement(
             harm=metrics["harmful_rate"] or 0.0,
             kl=self.kl(),
@@ -1178,6 +1180,8 @@ class TuneRequest:
     options: TuneOptions
     eval_set: str | None = None
     judge: str = "profanity"
+    judge_options: Any = None
+    """The judge's device and prompt (`sgm_bake.evaluation.judges.JudgeOptions`)."""
     device: str = "auto"
     dtype: str = "auto"
     recipe_file: Path | None = None
@@ -1215,7 +1219,7 @@ def tune_source(source: Any, request: TuneRequest) -> TuneOutcome:
     ).limited(request.max_samples)
     split_profile_set(profile_set, request.options.seed, request.options.fractions)
     eval_set = load_prompt_set(request.eval_set) if request.eval_set else None
-    judge = make_judge(request.judge)
+    judge = make_judge(request.judge, request.judge_options)
     options = request.options
     if request.neurons:
         recipe = recipe_for_config(open_checkpoint(source.path).config, request.recipe_file)
