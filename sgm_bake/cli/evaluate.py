@@ -247,12 +247,10 @@ def eval_command(
     folder = source.path
     prompt_set = choose_set(prompt_set, "eval", model, folder)
     prompts = load_prompt_set(prompt_set, data_format, max_items)
-    click.echo(
-        f"prompt set: {prompts.name} ({len(prompts.items)} items); judge: {judge.name}", err=True
-    )
     baked = (folder / RECORD_PATH).is_file()
     if baked:
         require_intact(folder)  # figures of a changed folder would be recorded as its own
+    click.echo(f"prompt set: {prompts.name} ({len(prompts.items)} items); judge: {judge.name}")
     placement = make_placement(device, device_map, max_memory, offload_folder)
     chat, loaded = load_chat(source, device, dtype, template, placement)
     templates = (

@@ -289,7 +289,7 @@ def run(
         used = f"profile set: {params['profile_set']}"
         if tune_knobs:
             used += f"; judge: {params['judge_spec']}"
-        click.echo(used, err=True)
+        click.echo(used)
     rule_given = any(v is not None for v in (rule, threshold, top_k, damp_alpha, strength))
     rule_options_ = make_rule(rule, threshold, top_k, damp_alpha, strength)
     request = profile_request(params, recipe_file, rule_options_)
