@@ -122,8 +122,10 @@ class GuardJudge:
     def _text(self, prompt: str, reply: str, with_image: bool) -> str:
         from sgm_bake.runtime.chat import render_chat
 
-        if with_image:
-            user: Any = [{"type": "image"}, {"type": "text", "text": prompt}]
+        if self._processor is not None:
+            # Multimodal guards' templates read content as a list of typed parts, image or not.
+            image: list[dict[str, str]] = [{"type": "image"}] if with_image else []
+            user: Any = [*image, {"type": "text", "text": prompt}]
             assistant: Any = [{"type": "text", "text": reply}]
             owner = self._processor
         else:

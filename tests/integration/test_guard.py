@@ -195,7 +195,8 @@ def test_a_guard_whose_processor_takes_images_gets_the_image(tmp_path):
 
     judge = GuardJudge(str(vision_guard(tmp_path / "vision", "unsafe\nS10")), device="cpu")
     assert judge.takes_images
-    assert "<image>" in judge._text("what is this", "a sign", with_image=True)
+    assert "User: <image>what is this" in judge._text("what is this", "a sign", with_image=True)
+    assert "User: what is this" in judge._text("what is this", "a sign", with_image=False)
     image = Image.new("RGB", (32, 32), "red")
     verdicts = judge.verdicts(["what is this", "and this"], ["a sign", "text"], [image, None])
     assert [(v.harmful, v.categories) for v in verdicts] == [(True, ("S10",))] * 2
