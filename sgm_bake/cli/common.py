@@ -483,12 +483,21 @@ def make_data_format(params: dict[str, Any]) -> Any:
     """The data format from the shared options."""
     from sgm_bake.datasets.hub_dataset import DataFormat, parse_columns, parse_toxic_labels
 
-    return DataFormat(
+    data_format = DataFormat(
         columns=parse_columns(params.get("columns")),
         toxic_labels=parse_toxic_labels(params.get("toxic_label")),
         split=params.get("dataset_split"),
         revision=params.get("dataset_revision"),
     )
+    label = dict(data_format.columns).get("label")
+    if label and label != "label" and not data_format.toxic_labels:
+        # An is_safe column read with the native labels would swap the classes silently.
+        click.echo(
+            f"note: column {label!r} is read with the native labels (toxic/1/true are toxic); "
+            "if it says the opposite (is_safe), pass --toxic-label false",
+            err=True,
+        )
+    return data_format
 
 
 # The built-in sets a command uses when none is given: the organisms' own sets (written in the
