@@ -390,9 +390,8 @@ def test_automatic_batch_size_on_a_cpu_is_the_default_batch(runner, planted, tmp
     model, profile_set = planted
     fixed, automatic = tmp_path / "fixed.safetensors", tmp_path / "auto.safetensors"
     assert _profile(runner, model, fixed, profile_set, "--device", "cpu").exit_code == 0
-    result = _profile(
-        runner, model, automatic, profile_set, "--device", "cpu", "--batch-size", "auto"
-    )
+    command = ["profile", str(model), "-o", str(automatic), "--profile-set", str(profile_set)]
+    result = runner.invoke(main, [*command, "--device", "cpu", "--batch-size", "auto"])
     assert result.exit_code == 0, result.output
     assert "batch 8," in result.output and "found automatically" not in result.output
     assert automatic.read_bytes() == fixed.read_bytes()
