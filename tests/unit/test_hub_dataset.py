@@ -227,3 +227,14 @@ def test_without_the_extra_the_error_names_it(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "datasets", None)
     with pytest.raises(SGMError, match=r"sgm-bake\[datasets\]"):
         load_profile_set(str(path), data_format=SAFETY)
+
+
+def test_a_hub_dataset_offline_is_one_line_naming_the_cause(monkeypatch):
+    import huggingface_hub
+
+    pytest.importorskip("datasets")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(SGMError, match="HF_HUB_OFFLINE is set; pass a local copy"):
+        load_profile_set("hf:some-org/mm-safety-rows", data_format=SAFETY)
+    with pytest.raises(SGMError, match="must look like hf:OWNER/NAME"):
+        load_prompt_set("hf:a/b/c")
