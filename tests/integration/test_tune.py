@@ -361,7 +361,9 @@ def test_ctrl_c_exits_130_keeps_the_trials_and_the_same_command_resumes(
     command += ["--max-new-tokens", "16", "--batch-size", "16"]
     make = judges.make_judge
     # call 1 measures the base, call 2 trial 0; Ctrl-C arrives during trial 1
-    monkeypatch.setattr(judges, "make_judge", lambda spec: SignallingJudge(make(spec), calls=3))
+    monkeypatch.setattr(
+        judges, "make_judge", lambda spec, *rest: SignallingJudge(make(spec, *rest), calls=3)
+    )
     result = runner.invoke(main, command)
     assert result.exit_code == 130, result.output
     lines = [line for line in result.output.splitlines() if line.strip()]
