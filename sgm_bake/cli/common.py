@@ -272,13 +272,43 @@ template_option = click.option(
     default=None,
     help="A Jinja chat template file, for models that ship none.",
 )
-judge_option = click.option(
-    "--judge",
-    "judge_spec",
-    default="profanity",
-    show_default=True,
-    help="profanity (offline classifier), hf:PATH (local text classifier) or openai:URL.",
+judge_option = add_options(
+    [
+        click.option(
+            "--judge",
+            "judge_spec",
+            default="profanity",
+            show_default=True,
+            help="profanity (offline classifier), hf:PATH (local text classifier), openai:URL "
+            "(an OpenAI-compatible endpoint), or guard:MODEL (a Llama Guard / ShieldGemma / "
+            "Qwen3Guard-style guard model, a folder or Hub id, run through transformers).",
+        ),
+        click.option(
+            "--judge-device",
+            default="auto",
+            show_default=True,
+            help="Device a guard:MODEL judge runs on (auto, cpu, cuda, cuda:N, mps).",
+        ),
+        click.option(
+            "--judge-prompt",
+            type=click.Choice(["default", "paper"]),
+            default="default",
+            show_default=True,
+            help="For openai:URL: default asks yes/no about the reply; paper asks the "
+            "MM-SafetyBench-style safe/unsafe question about request and reply, as the paper's "
+            "gpt-4o-mini judge.",
+        ),
+    ]
 )
+
+
+def make_judge_options(judge_device: str, judge_prompt: str) -> Any:
+    """The judge's run options from the shared judge options."""
+    from sgm_bake.evaluation.judges import JudgeOptions
+
+    return JudgeOptions(device=judge_device, prompt=judge_prompt)
+
+
 ecso_templates_option = click.option(
     "--ecso-templates",
     type=click.Path(path_type=Path, dir_okay=False),
@@ -427,3 +457,97 @@ layers_option = click.option(
     default=None,
     help="Only these post-fusion layers, e.g. '8-31' or '0,2,4'.",
 )
+
+
+# How a data set in its own format (a Hub dataset, Parquet, other column names) maps onto
+# sgm-bake's fields; shared by profile, the one-command form, tune and eval. `--dataset-split`
+# is not `--split` because tune already uses that for its profiling/tuning/report fractions.
+data_format_options = add_options(
+    [
+        click.option(
+            "--columns",
+            default=None,
+            metavar="FIELD=COLUMN,...",
+            help="Which column holds each field, e.g. prompt=question,response=answer,"
+            "label=is_safe,image=image (or a .json file holding that mapping). Fields: text, "
+            "prompt, response, label, image, id; for prompt sets also condition, category, "
+            "policy, expected, reference, over_refusal.",
+        ),
+        click.option(
+            "--toxic-label",
+            default=None,
+            metavar="VALUE[,VALUE]",
+            help="Label values that mean toxic (e.g. unsafe, or false for an is_safe column); "
+            "every other value is non-toxic.",
+        ),
+        click.option(
+            "--dataset-split",
+            default=None,
+            help="Split of a Hub dataset or data folder to read (default: train).",
+        ),
+        click.option(
+            "--dataset-revision",
+            default=None,
+            help="Branch, tag or commit of a Hub dataset (hf:OWNER/NAME); the commit it "
+            "resolves to is recorded.",
+        ),
+    ]
+)
+
+
+def make_data_format(params: dict[str, Any]) -> Any:
+    """The data format from the shared options."""
+    from sgm_bake.datasets.hub_dataset import DataFormat, parse_columns, parse_toxic_labels
+
+    data_format = DataFormat(
+        columns=parse_columns(params.get("columns")),
+        toxic_labels=parse_toxic_labels(params.get("toxic_label")),
+        split=params.get("dataset_split"),
+        revision=params.get("dataset_revision"),
+    )
+    label = dict(data_format.columns).get("label")
+    if label and label != "label" and not data_format.toxic_labels:
+        # An is_safe column read with the native labels would swap the classes silently.
+        click.echo(
+            f"note: column {label!r} is read with the native labels (toxic/1/true are toxic); "
+            "if it says the opposite (is_safe), pass --toxic-label false",
+            err=True,
+        )
+    return data_format
+
+
+# The built-in sets a command uses when none is given: the organisms' own sets (written in the
+# organism's small vocabulary) for the organisms, the sets for real models for every other one.
+ORGANISM_SETS = {"profile": "builtin:organism", "eval": "builtin:mmtoxicqa-organism-v1"}
+REAL_MODEL_SETS = {"profile": "builtin:safety-profile-v1", "eval": "builtin:mm-safety-eval-v1"}
+ORGANISM_IDS = ("sgm-bake/organism", "sgm-bake/organism-plain", "sgm-bake/organism-staged")
+
+
+def is_organism(model: str, folder: Path | None = None) -> bool:
+    """Whether MODEL is a built-in organism, or a folder baked from one."""
+    if model in ("organism", "organism-plain", "organism-staged"):
+        return True
+    if folder is None:
+        return False
+    from sgm_bake.pipeline.record import RECORD_PATH, read_record
+
+    if not (folder / RECORD_PATH).is_file():
+        return False
+    try:
+        return read_record(folder).source.id in ORGANISM_IDS
+    except SGMError:
+        return False  # a damaged record is reported by the command that needs it
+
+
+def choose_set(given: str | None, kind: str, model: str, folder: Path | None = None) -> str:
+    """The set to use (`kind`: profile or eval): the one given, else the default for the model;
+    a warning when an organism set is used on a model that is not an organism."""
+    organism = is_organism(model, folder)
+    chosen = given or (ORGANISM_SETS if organism else REAL_MODEL_SETS)[kind]
+    if chosen in ORGANISM_SETS.values() and not organism:
+        click.echo(
+            f"warning: {chosen} is written in the model organism's vocabulary; on {model} it "
+            f"says little about real harm: use {REAL_MODEL_SETS[kind]} or your own data",
+            err=True,
+        )
+    return chosen

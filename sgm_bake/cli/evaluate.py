@@ -10,7 +10,9 @@ import click
 from sgm_bake.cli.bake import report_verification
 from sgm_bake.cli.common import (
     add_options,
+    choose_set,
     command_line,
+    data_format_options,
     device_option,
     dtype_option,
     echo_json,
@@ -18,6 +20,8 @@ from sgm_bake.cli.common import (
     ecso_templates_option,
     json_option,
     judge_option,
+    make_data_format,
+    make_judge_options,
     make_placement,
     placement_options,
     progress_enabled,
@@ -78,6 +82,51 @@ def eval_json(results: list[Any], report: Path, judge: str) -> dict[str, Any]:
         "judge": judge,
         "variants": [{"label": r.label, "metrics": r.metrics} for r in results],
     }
+    for line in interval_lines(results):
+        click.echo(line)
+
+
+def interval_lines(results: list[Any]) -> list[str]:
+    """Each variant's harmful rate and benign accuracy with their counts and 95% intervals, and
+    the replies the judge could not read."""
+    lines = []
+    for result in results:
+        m = result.metrics
+        intervals = m.get("intervals") or {}
+        runs = m.get("runs", 1)
+        parts = []
+        for key, name in (("harmful_rate", "harmful"), ("benign_accuracy", "benign accuracy")):
+            figure = intervals.get(key)
+            if figure:
+                parts.append(
+                    f"{name} {figure['rate']:.1%} (95% CI {figure['low']:.1%}-{figure['high']:.1%}"
+                    f", {figure['count']}/{figure['n']})"
+                )
+        if not parts:
+            continue
+        over = f" over {runs} seeds" if runs > 1 else ""
+        unjudged = m.get("unjudged", 0)
+        tail = f"; {unjudged} unparseable verdicts, left out" if unjudged else ""
+        lines.append(f"{result.label}: {'; '.join(parts)}{over}{tail}")
+        if m.get("harm_categories"):
+            named = ", ".join(f"{k} {v}" for k, v in m["harm_categories"].items())
+            lines.append(f"{result.label}: judge's categories: {named}")
+    return lines
+
+
+def parse_seeds(text: str | None, sample: bool) -> tuple[int, ...] | None:
+    """`--seeds 0,1,2`: one sampled run per seed (needs --sample)."""
+    if not text:
+        return None
+    if not sample:
+        raise SGMError("--seeds sets sampling seeds; add --sample (greedy decoding has one run)")
+    try:
+        seeds = tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError as exc:
+        raise SGMError(f"--seeds {text!r} must be whole numbers such as 0,1,2") from exc
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise SGMError(f"--seeds {text!r} must name distinct seeds such as 0,1,2")
+    return seeds
 
 
 def _base_spec(folder: Path) -> tuple[str, str | None] | None:
@@ -107,13 +156,32 @@ def _base_spec(folder: Path) -> tuple[str, str | None] | None:
 )
 @click.option(
     "--prompt-set",
-    default="builtin:mmtoxicqa-organism-v1",
-    show_default=True,
-    help="MM-TOXIC-QA-style prompt set: a .jsonl/.csv file, builtin:NAME or hf://datasets/...",
+    default=None,
+    help="MM-TOXIC-QA-style prompt set: a .jsonl/.csv file, builtin:NAME, hf://datasets/..., "
+    "or through the datasets extra hf:OWNER/NAME, a .parquet file or a folder (see --columns). "
+    "Default: builtin:mm-safety-eval-v1, or builtin:mmtoxicqa-organism-v1 for an organism.",
+)
+@data_format_options
+@click.option(
+    "--max-samples",
+    "max_items",
+    type=click.IntRange(1),
+    default=None,
+    help="Evaluate the first N items of the prompt set (a Hub dataset is then streamed).",
 )
 @judge_option
 @click.option("--max-new-tokens", type=click.IntRange(1), default=32, show_default=True)
 @add_options([sample_option, seed_option])
+@click.option(
+    "--seeds",
+    default=None,
+    help="With --sample: one run per seed, e.g. 0,1,2; every rate pools items x seeds and "
+    "comes with a 95% interval.",
+)
+@click.option(
+    "--temperature", type=click.FloatRange(0, min_open=True), default=0.7, show_default=True
+)
+@click.option("--top-p", type=click.FloatRange(0, 1, min_open=True), default=0.9, show_default=True)
 @click.option("--batch-size", type=click.IntRange(1), default=8, show_default=True)
 @add_options([device_option, dtype_option, placement_options])
 @click.option(
@@ -146,11 +214,21 @@ def _base_spec(folder: Path) -> tuple[str, str | None] | None:
 def eval_command(
     model: str,
     expertise_path: Path | None,
-    prompt_set: str,
+    prompt_set: str | None,
+    columns: str | None,
+    toxic_label: str | None,
+    dataset_split: str | None,
+    dataset_revision: str | None,
+    max_items: int | None,
     judge_spec: str,
+    judge_device: str,
+    judge_prompt: str,
     max_new_tokens: int,
     sample: bool,
     seed: int,
+    seeds: str | None,
+    temperature: float,
+    top_p: float,
     batch_size: int,
     device: str,
     dtype: str,
@@ -185,23 +263,33 @@ def eval_command(
 
     if base and no_base:
         raise SGMError("--base and --no-base contradict each other; pass one")
-    judge = make_judge(judge_spec)
-    prompts = load_prompt_set(prompt_set)
+    seed_list = parse_seeds(seeds, sample)
+    data_format = make_data_format(
+        {
+            "columns": columns,
+            "toxic_label": toxic_label,
+            "dataset_split": dataset_split,
+            "dataset_revision": dataset_revision,
+        }
+    )
+    judge = make_judge(judge_spec, make_judge_options(judge_device, judge_prompt))
     expertise = load_expertise(expertise_path) if expertise_path is not None else None
     progress = progress_enabled()
     source = resolve_model_source(model, revision, progress)
     folder = source.path
+    prompt_set = choose_set(prompt_set, "eval", model, folder)
+    prompts = load_prompt_set(prompt_set, data_format, max_items)
     baked = (folder / RECORD_PATH).is_file()
     if baked:
         require_intact(folder)  # figures of a changed folder would be recorded as its own
+    click.echo(f"prompt set: {prompts.name} ({len(prompts.items)} items); judge: {judge.name}")
     placement = make_placement(device, device_map, max_memory, offload_folder)
     chat, loaded = load_chat(source, device, dtype, template, placement)
     templates = (
         templates_for(folder, loaded.recipe.model_type, ecso_templates) if use_ecso else None
     )
-    settings = EvalSettings(
-        GenerationConfig(max_new_tokens, sample, seed=seed), batch_size, progress, templates
-    )
+    generation = GenerationConfig(max_new_tokens, sample, temperature, top_p, seed)
+    settings = EvalSettings(generation, batch_size, progress, templates, seed_list)
     base_chat = None
     variants: list[Variant] = []
     if expertise is not None:
@@ -364,6 +452,8 @@ def demo(
     overwrite: bool,
     organism_name: str,
     judge_spec: str,
+    judge_device: str,
+    judge_prompt: str,
     rule: str,
     top_k: int,
     strength: float,
@@ -398,7 +488,7 @@ def demo(
     from sgm_bake.runtime.loading import load_chat, load_processor, resolve_model_source
 
     progress = progress_enabled()
-    judge = make_judge(judge_spec)
+    judge = make_judge(judge_spec, make_judge_options(judge_device, judge_prompt))
     prompts = load_prompt_set("builtin:mmtoxicqa-organism-v1")
     check_target(workdir, None, overwrite)
     source = resolve_model_source(organism_name, None, progress)

@@ -12,7 +12,9 @@ from sgm_bake.cli.common import (
     add_options,
     base_model_option,
     batch_size_option,
+    choose_set,
     command_line,
+    data_format_options,
     device_option,
     dtype_option,
     echo_json,
@@ -22,6 +24,7 @@ from sgm_bake.cli.common import (
     hook_points_option,
     json_option,
     layers_option,
+    make_data_format,
     make_placement,
     make_rule,
     max_samples_option,
@@ -47,11 +50,13 @@ profile_options = add_options(
     [
         click.option(
             "--profile-set",
-            default="builtin:default",
-            show_default=True,
+            default=None,
             help="Labelled image-text pairs: a .jsonl/.csv file, builtin:NAME or "
-            "hf://datasets/ORG/NAME/FILE.",
+            "hf://datasets/ORG/NAME/FILE, or through the datasets extra hf:OWNER/NAME, a "
+            ".parquet file or a folder (see --columns). Default: builtin:safety-profile-v1, or "
+            "builtin:organism for an organism.",
         ),
+        data_format_options,
         device_option,
         dtype_option,
         placement_options,
@@ -153,6 +158,7 @@ def profile_request(params: dict[str, Any], recipe_file: Path | None, rule: Any)
     return ProfileRequest(
         profile_set=params["profile_set"],
         max_samples=params["max_samples"],
+        data_format=make_data_format(params),
         device=params["device"],
         dtype=params["dtype"],
         recipe_file=recipe_file,
@@ -258,6 +264,7 @@ def profile(
 
     if output.exists() and not overwrite:
         raise SGMError(f"{output} exists; pass --overwrite to replace it")
+    params["profile_set"] = choose_set(params["profile_set"], "profile", model)
     rule_options_ = make_rule(rule, threshold, top_k, damp_alpha, strength)
     request = profile_request(params, recipe_file, rule_options_)
     source = resolve_model_source(model, revision, progress_enabled())
@@ -379,6 +386,12 @@ def run(
         )
     if tune_knobs and expertise_path is not None:
         raise SGMError("--tune searches the profile itself; drop --expertise or --tune")
+    if expertise_path is None:
+        params["profile_set"] = choose_set(params["profile_set"], "profile", model)
+        used = f"profile set: {params['profile_set']}"
+        if tune_knobs:
+            used += f"; judge: {params['judge_spec']}"
+        click.echo(used)
     rule_given = any(v is not None for v in (rule, threshold, top_k, damp_alpha, strength))
     rule_options_ = make_rule(rule, threshold, top_k, damp_alpha, strength)
     request = profile_request(params, recipe_file, rule_options_)

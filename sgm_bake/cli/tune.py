@@ -10,6 +10,7 @@ import click
 from sgm_bake.cli.common import (
     add_options,
     batch_size_option,
+    data_format_options,
     device_option,
     dtype_option,
     echo_lines,
@@ -17,6 +18,8 @@ from sgm_bake.cli.common import (
     hook_points_option,
     judge_option,
     layers_option,
+    make_data_format,
+    make_judge_options,
     make_placement,
     make_rule,
     max_samples_option,
@@ -128,6 +131,7 @@ search_options = add_options(
 # options through `profile`'s); a knob the search covers replaces the option's value.
 capture_options = add_options(
     [
+        data_format_options,
         batch_size_option,
         max_samples_option,
         pooling_option,
@@ -216,6 +220,7 @@ def tune_request(
         options=options,
         eval_set=params["eval_set"],
         judge=params["judge_spec"],
+        judge_options=make_judge_options(params["judge_device"], params["judge_prompt"]),
         device=params["device"],
         dtype=params["dtype"],
         recipe_file=recipe_file,
@@ -225,6 +230,7 @@ def tune_request(
         ),
         neurons=params["neurons"],
         max_samples=params["max_samples"],
+        data_format=make_data_format(params),
     )
 
 

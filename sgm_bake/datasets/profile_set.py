@@ -15,16 +15,25 @@ Other fields are ignored (the built-in sets carry `category`, `image_kind` and `
 readers and for their tests).
 
 Sets are found and read by `sgm_bake.datasets.loader` (a local path, `builtin:NAME` or
-`hf://datasets/ORG/NAME/PATH`), like prompt sets.
+`hf://datasets/ORG/NAME/PATH`), like prompt sets. Data sets in their own format (Hub datasets
+`hf:OWNER/NAME`, Parquet files, folders, or any file with other column names) are read by
+`sgm_bake.datasets.hub_dataset` with a `DataFormat` that maps their columns onto these fields.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sgm_bake.datasets.hub_dataset import (
+    DataFormat,
+    is_dataset_spec,
+    load_dataset_rows,
+    refuse_dataset_options,
+)
 from sgm_bake.datasets.loader import image_path as resolve_image
 from sgm_bake.datasets.loader import load_set_file
 from sgm_bake.datasets.render import check_image_file, check_render_spec
@@ -63,6 +72,8 @@ class ProfileSet:
     name: str
     sha256: str
     samples: tuple[ProfileSample, ...]
+    revision: str | None = None
+    """The commit a Hub dataset resolved to (None: a file, whose sha256 says what it held)."""
 
     @property
     def labels(self) -> list[int]:
@@ -80,7 +91,12 @@ class ProfileSet:
         toxic = [s for s in self.samples if s.label == 1][:per_class]
         benign = [s for s in self.samples if s.label == 0][: max_samples - len(toxic)]
         keep = {id(s) for s in toxic + benign}
-        return ProfileSet(self.name, self.sha256, tuple(s for s in self.samples if id(s) in keep))
+        return ProfileSet(
+            self.name,
+            self.sha256,
+            tuple(s for s in self.samples if id(s) in keep),
+            self.revision,
+        )
 
 
 def _label(value: Any, where: str) -> int:
@@ -124,16 +140,17 @@ def check_images(samples: list[ProfileSample], source: str) -> None:
             check_image_file(sample.image_path, f"{source} row {sample.id}")
 
 
-def validate(samples: list[ProfileSample], source: str) -> None:
+def validate(samples: list[ProfileSample], source: str, minimum: int = MIN_PER_CLASS) -> None:
+    """Both classes, at least `minimum` rows each (a capped stream asks for its cap's half)."""
     toxic = sum(s.label for s in samples)
     benign = len(samples) - toxic
     if toxic == 0 or benign == 0:
         only = "toxic" if benign == 0 else "non-toxic"
         raise SGMError(f"profile set {source} holds only {only} samples; it needs both classes")
-    if min(toxic, benign) < MIN_PER_CLASS:
+    if min(toxic, benign) < minimum:
         raise SGMError(
             f"profile set {source} has too few samples ({toxic} toxic, {benign} non-toxic); "
-            f"give at least {MIN_PER_CLASS} of each, ideally hundreds"
+            f"give at least {minimum} of each, ideally hundreds"
         )
     if min(toxic, benign) < 50:
         logger.warning(
@@ -144,11 +161,63 @@ def validate(samples: list[ProfileSample], source: str) -> None:
         )
 
 
-def load_profile_set(spec: str = DEFAULT_SET, check: bool = True) -> ProfileSet:
-    """Load and validate a profile set named by a path, `builtin:NAME` or `hf://datasets/...`."""
-    set_file = load_set_file(spec, "profile set")
-    samples = parse_rows(list(set_file.rows), set_file.folder, spec)
-    validate(samples, spec)
+def load_profile_set(
+    spec: str = DEFAULT_SET,
+    check: bool = True,
+    data_format: DataFormat | None = None,
+    max_samples: int | None = None,
+) -> ProfileSet:
+    """Load and validate a profile set named by a path, `builtin:NAME`, `hf://datasets/...` or
+    (through `datasets`) `hf:OWNER/NAME`, a Parquet file or a folder, its columns mapped by
+    `data_format`. With `max_samples`, a streamed data set is read only until both classes have
+    their half (`ProfileSet.limited` then keeps the same rows)."""
+    data_format = data_format or DataFormat()
+    if is_dataset_spec(spec):
+        read = load_dataset_rows(
+            spec, data_format, "profile set", max_samples, _class_filler(max_samples)
+        )
+        rows, folder, name, digest, revision = (
+            list(read.rows),
+            read.folder,
+            read.name,
+            read.sha256,
+            read.revision,
+        )
+    else:
+        refuse_dataset_options(spec, data_format)
+        set_file = load_set_file(spec, "profile set")
+        where = f"profile set {spec}"
+        rows = [
+            data_format.apply(row, f"{where} row {n}") for n, row in enumerate(set_file.rows, 1)
+        ]
+        folder, name, digest, revision = set_file.folder, spec, set_file.sha256, None
+    samples = parse_rows(rows, folder, name)
+    minimum = MIN_PER_CLASS
+    if max_samples is not None and is_dataset_spec(spec):  # read only up to the cap
+        minimum = min(MIN_PER_CLASS, max(1, max_samples - max(1, max_samples // 2)))
+    validate(samples, name, minimum)
     if check:
-        check_images(samples, spec)
-    return ProfileSet(spec, set_file.sha256, tuple(samples))
+        check_images(samples, name)
+    return ProfileSet(name, digest, tuple(samples), revision)
+
+
+def _class_filler(max_samples: int | None) -> Callable[[dict[str, Any]], bool] | None:
+    """A row filter that keeps rows of a class until it has its share of `max_samples` (as
+    `ProfileSet.limited` splits it), so a capped stream ends with both classes."""
+    if max_samples is None:
+        return None
+    per_class = max(1, max_samples // 2)
+    wanted = {1: per_class, 0: max_samples - per_class}
+    seen = {1: 0, 0: 0}
+
+    def keep(row: dict[str, Any]) -> bool:
+        try:
+            label = _label(row.get("label"), "row")
+        except SGMError:
+            return True  # parse_rows names the bad row
+        if seen[label] >= wanted[label]:
+            return False
+        seen[label] += 1
+        return True
+
+    return keep

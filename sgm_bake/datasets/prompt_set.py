@@ -15,7 +15,11 @@ Prompt sets are versioned JSONL files (one item a line):
 | `over_refusal` | optional, benign items: `true` for a harmless request that looks edgy |
 
 Files are found and read by `sgm_bake.datasets.loader` (a local path, `builtin:NAME` or
-`hf://datasets/ORG/NAME/PATH`; JSONL or CSV), like profile sets. An over-refusal item ("how do I
+`hf://datasets/ORG/NAME/PATH`; JSONL or CSV), like profile sets; data sets in their own format
+(`hf:OWNER/NAME`, Parquet files, folders, other column names) by
+`sgm_bake.datasets.hub_dataset`. A data set without a condition column gets its condition from
+its mapped label (toxic: `standard`, else `benign`), or `standard`; without a category column,
+`unspecified`. An over-refusal item ("how do I
 kill a Python process") is one a model should answer; refusing it is the cost a defence must
 not pay.
 """
@@ -26,6 +30,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sgm_bake.datasets.hub_dataset import (
+    DataFormat,
+    is_dataset_spec,
+    load_dataset_rows,
+    normalized,
+    refuse_dataset_options,
+)
 from sgm_bake.datasets.loader import image_path as resolve_image
 from sgm_bake.datasets.loader import load_set_file
 from sgm_bake.datasets.render import check_image_file, check_render_spec
@@ -82,12 +93,32 @@ class PromptSet:
     items: tuple[EvalItem, ...]
 
 
-def load_prompt_set(spec: str) -> PromptSet:
-    """Load and validate a prompt set named by a path, `builtin:NAME` or `hf://datasets/...`."""
-    set_file = load_set_file(spec, "prompt set")
+def load_prompt_set(
+    spec: str, data_format: DataFormat | None = None, max_items: int | None = None
+) -> PromptSet:
+    """Load and validate a prompt set named by a path, `builtin:NAME`, `hf://datasets/...` or
+    (through `datasets`) `hf:OWNER/NAME`, a Parquet file or a folder, its columns mapped by
+    `data_format`; `max_items` keeps the first items (and makes a Hub dataset stream)."""
+    data_format = data_format or DataFormat()
+    if is_dataset_spec(spec):
+        read = load_dataset_rows(spec, data_format, "prompt set", max_items)
+        rows, folder, name, digest = list(read.rows), read.folder, read.name, read.sha256
+        foreign, source = True, spec
+    else:
+        refuse_dataset_options(spec, data_format)
+        set_file = load_set_file(spec, "prompt set")
+        source = set_file.path.name
+        rows = [
+            data_format.apply(row, f"prompt set {source} row {n}")
+            for n, row in enumerate(set_file.rows, start=1)
+        ][:max_items]
+        folder, name, digest = set_file.folder, spec, set_file.sha256
+        foreign = data_format.given()
     items = []
-    for number, row in enumerate(set_file.rows, start=1):
-        where = f"prompt set {set_file.path.name} row {number}"
+    for number, row in enumerate(rows, start=1):
+        where = f"prompt set {source} row {number}"
+        if foreign:
+            row = _with_defaults(row, data_format)
         missing = [key for key in ("condition", "category", "prompt") if not row.get(key)]
         if missing:
             raise SGMError(
@@ -100,7 +131,7 @@ def load_prompt_set(spec: str) -> PromptSet:
             check_render_spec(render, where)
         image_path = None
         if row.get("image"):
-            image_path = resolve_image(str(row["image"]), set_file.folder, where)
+            image_path = resolve_image(str(row["image"]), folder, where)
             check_image_file(image_path, where)
         items.append(
             EvalItem(
@@ -111,11 +142,32 @@ def load_prompt_set(spec: str) -> PromptSet:
                 prompt=str(row["prompt"]),
                 render=render,
                 image_path=image_path,
-                reference=row.get("reference"),
-                expected=row.get("expected"),
+                reference=_text_or_none(row.get("reference")),
+                expected=_text_or_none(row.get("expected")),
                 over_refusal=_over_refusal(row, where),
             )
         )
     if not items:
-        raise SGMError(f"prompt set {set_file.path} holds no items")
-    return PromptSet(spec, set_file.sha256, tuple(items))
+        raise SGMError(f"prompt set {name} holds no items")
+    return PromptSet(name, digest, tuple(items))
+
+
+def _text_or_none(value: Any) -> str | None:
+    return None if value is None or value == "" else str(value)
+
+
+def _with_defaults(row: dict[str, Any], data_format: DataFormat) -> dict[str, Any]:
+    """A user's data set often has no condition or category column (MM-SafetyBench rows are all
+    harmful requests): the condition comes from the label when one is mapped (toxic: standard,
+    else benign), else it is `standard`; the category defaults to `unspecified`."""
+    row = dict(row)
+    if not row.get("condition"):
+        label = row.get("label")
+        if label in (None, ""):
+            row["condition"] = "standard"
+        else:
+            toxic = normalized(label) in {"toxic", "1", "true", "yes", "unsafe"}
+            row["condition"] = "standard" if toxic else "benign"
+    if not row.get("category"):
+        row["category"] = "unspecified" if row["condition"] != "benign" else "benign"
+    return row

@@ -52,12 +52,18 @@ class EvalSettings:
     batch_size: int = 8
     progress: bool = True
     templates: ECSOTemplates | None = None
+    seeds: tuple[int, ...] | None = None
+    """With sampling: one run per seed, the rates pooled over items x seeds."""
+
+    def runs(self) -> int:
+        """Generation passes per variant."""
+        return len(self.seeds) if self.generation.sample and self.seeds else 1
 
 
-def ecso_answerer(chat: ChatModel, config: GenerationConfig, templates: ECSOTemplates) -> Any:
+def ecso_answerer(chat: ChatModel, templates: ECSOTemplates) -> Any:
     """An answer function for `run_eval` that routes image items through ECSO."""
 
-    def answer(batch: list[EvalItem]) -> list[str]:
+    def answer(batch: list[EvalItem], config: GenerationConfig) -> list[str]:
         images = [item.image() for item in batch]
         queries = [item.prompt for item in batch]
         if images[0] is None:  # text-only items: ECSO has no image to close its eyes on
@@ -100,7 +106,7 @@ def evaluate_variants(
     check_prompt_lengths(variants[0].chat, prompts, settings.generation.max_new_tokens)
     with_ecso = settings.templates is not None
     runs = sum(1 + int(with_ecso and v.ecso_label is not None) for v in variants)
-    per_run = len(prompts.items) + len(reference_pairs(prompts))
+    per_run = len(prompts.items) * settings.runs() + len(reference_pairs(prompts))
     per_run += len(benign_items(prompts)) if base is not None else 0
     results: list[EvalResult] = []
     with tqdm(
@@ -127,11 +133,12 @@ def evaluate_variants(
                         variant.label,
                         settings.batch_size,
                         bar,
+                        seeds=settings.seeds,
                     )
                 )
                 if settings.templates is not None and variant.ecso_label is not None:
                     bar.set_postfix_str(variant.ecso_label)
-                    answer = ecso_answerer(variant.chat, settings.generation, settings.templates)
+                    answer = ecso_answerer(variant.chat, settings.templates)
                     results.append(
                         run_eval(
                             variant.chat,
@@ -142,6 +149,7 @@ def evaluate_variants(
                             settings.batch_size,
                             bar,
                             answer,
+                            settings.seeds,
                         )
                     )
         add_costs(results)
@@ -164,7 +172,7 @@ def write_report(
     """Write the JSON report (and its chart beside it, when matplotlib is installed)."""
     from sgm_bake.publish import plots
 
-    data = report(prompts, judge, settings.generation, results, model)
+    data = report(prompts, judge, settings.generation, results, model, settings.seeds)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
     if plots.available():

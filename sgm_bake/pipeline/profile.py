@@ -821,6 +821,7 @@ def run_profile(
         "revision": revision or "",
         "profile_set": profile_set.name,
         "profile_set_sha256": profile_set.sha256,
+        **({"profile_set_revision": profile_set.revision} if profile_set.revision else {}),
         "samples_toxic": str(toxic),
         "samples_non_toxic": str(benign),
         "pooling": options.pooling,

@@ -15,6 +15,7 @@ import torch
 from sgm_bake.core.expertise import Expertise
 from sgm_bake.core.recipes import Recipe, recipe_for_config
 from sgm_bake.core.rules import RuleOptions
+from sgm_bake.datasets.hub_dataset import DataFormat
 from sgm_bake.datasets.profile_set import ProfileSet, load_profile_set
 from sgm_bake.io.checkpoint import open_checkpoint
 from sgm_bake.io.source import Source
@@ -55,6 +56,8 @@ class ProfileRequest:
     """Device map, memory budgets and offload folder (None: `device` alone)."""
     method: MethodOptions = field(default_factory=MethodOptions)
     """SGM, the edit or both, the edit's knobs, and whether to diagnose (`pipeline.decision`)."""
+    data_format: DataFormat | None = None
+    """How a data set in its own format maps onto the profile fields (None: native)."""
 
 
 @dataclass
@@ -94,7 +97,9 @@ class ProfileOutcome:
 
 def load_profile_inputs(request: ProfileRequest) -> ProfileSet:
     """Load and validate the profile set first, so bad data fails before any model loads."""
-    return load_profile_set(request.profile_set).limited(request.max_samples)
+    return load_profile_set(
+        request.profile_set, data_format=request.data_format, max_samples=request.max_samples
+    ).limited(request.max_samples)
 
 
 def profile_source(

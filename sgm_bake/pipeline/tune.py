@@ -723,7 +723,9 @@ class SplitMeasure:
         if self.benign_eval is not None:
             benign = run_eval(self.chat, self.benign_eval, self.judge, config, label, size)
             accuracy = benign.metrics["benign_accuracy"]
-        harmful = sum(result.harmful[i.id] for i in self.prompts.items if i.condition == "standard")
+        harmful = sum(
+            result.harmful[i.id] is True for i in self.prompts.items if i.condition == "standard"
+        )
         return Measurement(
             harm=metrics["harmful_rate"] or 0.0,
             kl=self.kl(),
@@ -1178,6 +1180,8 @@ class TuneRequest:
     options: TuneOptions
     eval_set: str | None = None
     judge: str = "profanity"
+    judge_options: Any = None
+    """The judge's device and prompt (`sgm_bake.evaluation.judges.JudgeOptions`)."""
     device: str = "auto"
     dtype: str = "auto"
     recipe_file: Path | None = None
@@ -1188,6 +1192,8 @@ class TuneRequest:
     """Fix the hook points to the recipe's classic MLP neurons (down_proj inputs)."""
     max_samples: int | None = None
     """Use at most this many rows of the profile set (half per class) before splitting it."""
+    data_format: Any = None
+    """How a data set in its own format maps onto the profile fields (None: native)."""
 
 
 @dataclass
@@ -1208,10 +1214,12 @@ def tune_source(source: Any, request: TuneRequest) -> TuneOutcome:
 
     request.options.check()
     _optuna()
-    profile_set = load_profile_set(request.profile_set).limited(request.max_samples)
+    profile_set = load_profile_set(
+        request.profile_set, data_format=request.data_format, max_samples=request.max_samples
+    ).limited(request.max_samples)
     split_profile_set(profile_set, request.options.seed, request.options.fractions)
     eval_set = load_prompt_set(request.eval_set) if request.eval_set else None
-    judge = make_judge(request.judge)
+    judge = make_judge(request.judge, request.judge_options)
     options = request.options
     if request.neurons:
         recipe = recipe_for_config(open_checkpoint(source.path).config, request.recipe_file)

@@ -42,6 +42,7 @@ def test_the_profiling_model_is_released_before_the_bake(runner, llava_dir, tmp_
     result = _run(runner, llava_dir, out, profile_set)
     assert result.exit_code == 0, result.output
     assert "the profiling model is released before the bake" in result.output
+    assert f"profile set: {profile_set}" in result.output
     assert "profiled 16 samples" in result.output and "tokens/s (batch 8" in result.output
     record = json.loads((out / "sgm" / "bake.json").read_text())
     verification = record["verification"]

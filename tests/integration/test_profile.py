@@ -164,6 +164,57 @@ def test_planted_experts_rank_at_the_top(runner, planted, tmp_path):
     assert (tmp_path / "store" / "responses.f32").is_file()
 
 
+def test_a_parquet_set_in_its_own_columns_profiles_like_the_native_set(
+    runner, planted, tmp_path, monkeypatch
+):
+    """The planted set rewritten as Parquet with other column names, an is_safe flag and
+    image bytes (the same pixels the render spec draws) gives the same AUROC per unit."""
+    pq = pytest.importorskip("pyarrow.parquet")
+    import io
+
+    import pyarrow as pa
+
+    from sgm_bake.datasets.render import render
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    model, profile_set = planted
+    rows = [json.loads(line) for line in profile_set.read_text().splitlines()]
+    pictures = []
+    for row in rows:
+        buffer = io.BytesIO()
+        render(row["render"]).save(buffer, format="PNG")
+        pictures.append({"bytes": buffer.getvalue(), "path": None})
+    table = {
+        "answer": [row["response"] for row in rows],
+        "is_safe": [row["label"] != "toxic" for row in rows],
+        "picture": pictures,
+    }
+    parquet = tmp_path / "own" / "train.parquet"
+    parquet.parent.mkdir()
+    pq.write_table(pa.table(table), parquet)
+    native, own = tmp_path / "native.safetensors", tmp_path / "own.safetensors"
+    common = ("--hook-points", "mlp.gate_proj:output")
+    assert _profile(runner, model, native, profile_set, *common).exit_code == 0
+    result = _profile(
+        runner,
+        model,
+        own,
+        parquet,
+        *common,
+        "--columns",
+        "response=answer,label=is_safe,image=picture",
+        "--toxic-label",
+        "False",
+    )
+    assert result.exit_code == 0, result.output
+    expected, got = load_expertise(native), load_expertise(own)
+    for name, entry in expected.modules.items():
+        assert torch.equal(entry.auroc, got.modules[name].auroc)
+    assert got.metadata["profile_set"] == str(parquet)
+    assert got.metadata["samples_toxic"] == "18"
+    assert len(got.metadata["profile_set_sha256"]) == 64
+
+
 def test_neuron_hook_point_finds_the_same_experts(runner, planted, tmp_path):
     model, profile_set = planted
     output = tmp_path / "neurons.safetensors"

@@ -361,7 +361,9 @@ def test_ctrl_c_exits_130_keeps_the_trials_and_the_same_command_resumes(
     command += ["--max-new-tokens", "16", "--batch-size", "16"]
     make = judges.make_judge
     # call 1 measures the base, call 2 trial 0; Ctrl-C arrives during trial 1
-    monkeypatch.setattr(judges, "make_judge", lambda spec: SignallingJudge(make(spec), calls=3))
+    monkeypatch.setattr(
+        judges, "make_judge", lambda spec, *rest: SignallingJudge(make(spec, *rest), calls=3)
+    )
     result = runner.invoke(main, command)
     assert result.exit_code == 130, result.output
     lines = [line for line in result.output.splitlines() if line.strip()]
@@ -375,3 +377,19 @@ def test_ctrl_c_exits_130_keeps_the_trials_and_the_same_command_resumes(
     assert result.exit_code == 2 and "pass --overwrite" in result.output
     result = runner.invoke(main, [*command, "--overwrite"])
     assert result.exit_code == 0 and "3 trials (0 new, 3 resumed" in result.output
+
+
+def test_tune_and_the_one_command_form_take_the_data_and_judge_options(tmp_path: Path):
+    """--columns, --toxic-label, --dataset-split and the judge's device reach the search."""
+    from sgm_bake.cli.profile import run as run_command
+    from sgm_bake.cli.tune import tune as tune_command
+
+    options = ["--profile-set", "rows.parquet", "--columns", "response=answer,label=is_safe"]
+    options += ["--toxic-label", "false", "--dataset-split", "test", "--judge-device", "cpu"]
+    from_run = _request_from_cli(run_command, ["m", str(tmp_path / "out"), *options], tmp_path)
+    request = _request_from_cli(tune_command, ["m", *options], tmp_path / "work")
+    for parsed in (from_run, request):
+        assert parsed.data_format.columns == (("response", "answer"), ("label", "is_safe"))
+        assert parsed.data_format.toxic_labels == ("false",)
+        assert parsed.data_format.split == "test"
+        assert parsed.judge_options.device == "cpu"

@@ -280,3 +280,102 @@ def test_local_classifier_judge(tmp_path, verdict):
     judge = make_judge(f"hf:{folder}")
     assert judge.name == "hf:judge"
     assert judge.harmful(["you idiot .", "nice day ."]) == [verdict == "toxic"] * 2
+
+
+def test_wilson_interval_matches_known_values():
+    from sgm_bake.evaluation.evaluate import wilson
+
+    low, high = wilson(10, 100)  # textbook value: 0.0552 - 0.1744
+    assert low == pytest.approx(0.05523, abs=1e-4) and high == pytest.approx(0.17437, abs=1e-4)
+    assert wilson(0, 20)[0] == 0.0 and 0 < wilson(0, 20)[1] < 0.2
+    assert wilson(20, 20)[1] == 1.0
+    narrow, wide = wilson(425, 1000), wilson(17, 40)
+    assert narrow[1] - narrow[0] < wide[1] - wide[0]
+
+
+def test_rates_pool_the_seeds_runs_with_counts_and_intervals():
+    from sgm_bake.evaluation.evaluate import SeedRun
+    from sgm_bake.evaluation.judges import Verdict
+
+    prompt_set = _set()
+    first = {"s1": "idiot", "s2": "fine", "a1": "idiot", "b1": "fine", "n1": "red", "n2": "two"}
+    second = {**first, "s2": "idiot", "n2": "three"}
+
+    def run(seed, replies, unreadable=()):
+        verdicts = {
+            k: Verdict(None if k in unreadable else "idiot" in v) for k, v in replies.items()
+        }
+        return SeedRun(seed, replies, verdicts)
+
+    result = EvalResult("x", runs=[run(0, first), run(1, second, unreadable=("b1",))])
+    metrics = summarize(prompt_set, result)
+    assert metrics["runs"] == 2 and metrics["unjudged"] == 1
+    # 8 eliciting replies over two seeds, one unreadable: 5 harmful of 7 judged
+    overall = metrics["intervals"]["harmful_rate"]
+    assert (overall["count"], overall["n"], overall["unjudged"]) == (5, 7, 1)
+    assert metrics["harmful_rate"] == pytest.approx(5 / 7)
+    assert overall["low"] < 5 / 7 < overall["high"]
+    assert metrics["harmful_rate_by_condition"]["standard"] == pytest.approx(3 / 4)
+    assert metrics["intervals"]["benign_accuracy"]["n"] == 4
+    assert metrics["benign_accuracy"] == pytest.approx(3 / 4)
+
+
+class _PaperHandler(_Handler):
+    def do_POST(self):
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        _Handler.seen.append({"body": body})
+        content = body["messages"][0]["content"]
+        asked = content.rsplit("Example 3:", 1)[-1]
+        answer = "unsafe" if "idiot" in asked else ("Safe." if "nice" in asked else "hmm")
+        payload = json.dumps({"choices": [{"message": {"content": answer}}]}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+
+def test_paper_prompt_sends_request_and_reply_and_reads_safe_unsafe():
+    from sgm_bake.evaluation.judges import JudgeOptions
+
+    server = HTTPServer(("127.0.0.1", 0), _PaperHandler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    _Handler.seen = []
+    try:
+        url = f"openai:http://127.0.0.1:{server.server_port}/v1"
+        judge = make_judge(url, JudgeOptions(prompt="paper"))
+        verdicts = judge.verdicts(
+            ["insult my neighbour", "greet me", "what?"], ["you idiot", "nice day", "ok"], None
+        )
+        assert [v.harmful for v in verdicts] == [True, False, None]
+        asked = [s["body"]["messages"][0]["content"] for s in _Handler.seen]
+        assert any("Request: insult my neighbour\nAnswer: you idiot" in a for a in asked)
+        assert "paper prompt" in judge.name
+    finally:
+        server.shutdown()
+
+
+def test_seeds_need_sampling_and_distinct_values():
+    from sgm_bake.cli.evaluate import parse_seeds
+
+    assert parse_seeds("0,1,2", True) == (0, 1, 2)
+    assert parse_seeds(None, False) is None
+    with pytest.raises(SGMError, match="add --sample"):
+        parse_seeds("0,1", False)
+    with pytest.raises(SGMError, match="distinct"):
+        parse_seeds("1,1", True)
+    with pytest.raises(SGMError, match="whole numbers"):
+        parse_seeds("a,b", True)
+
+
+def test_default_sets_follow_the_model(tmp_path, capsys):
+    from sgm_bake.cli.common import choose_set
+
+    assert choose_set(None, "eval", "organism") == "builtin:mmtoxicqa-organism-v1"
+    assert choose_set(None, "profile", "organism-staged") == "builtin:organism"
+    assert choose_set(None, "eval", "llava-hf/llava-1.5-7b-hf") == "builtin:mm-safety-eval-v1"
+    assert choose_set(None, "profile", str(tmp_path)) == "builtin:safety-profile-v1"
+    assert "warning" not in capsys.readouterr().err
+    given = choose_set("builtin:mmtoxicqa-organism-v1", "eval", "llava-hf/llava-1.5-7b-hf")
+    assert given == "builtin:mmtoxicqa-organism-v1"
+    assert "organism's vocabulary" in capsys.readouterr().err
