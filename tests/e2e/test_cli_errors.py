@@ -10,7 +10,7 @@ import torch
 
 from sgm_bake.cli import main
 from sgm_bake.core.expertise import Expertise, ModuleExpertise, load_expertise, save_expertise
-from tests.conftest import write_json
+from tests.helpers import write_json
 
 
 def _assert_clean_failure(result, out: Path, *fragments: str) -> None:
@@ -218,7 +218,7 @@ def _unbaked_weight(out: Path, source: Path) -> None:
     """Put the source's (unfolded) up_proj of layer 1 back into a baked folder."""
     from safetensors.torch import save_file
 
-    from tests.conftest import file_metadata, load_state
+    from tests.helpers import file_metadata, load_state
 
     state = load_state(out)
     key = "language_model.model.layers.1.mlp.up_proj.weight"
@@ -244,7 +244,7 @@ def test_verify_fails_on_a_wrong_fold(runner, llava_dir, llava_expertise, tmp_pa
 def test_verify_refuses_a_tampered_weight_and_writes_nothing(
     runner, llava_dir, llava_expertise, tmp_path
 ):
-    from tests.e2e.test_hardening import snapshot
+    from tests.helpers import snapshot
 
     out = tmp_path / "out"
     assert _bake(runner, llava_dir, out, llava_expertise, "--no-verify").exit_code == 0
@@ -266,7 +266,7 @@ def test_every_command_takes_the_organism_names(runner, tmp_path, monkeypatch):
     from transformers import AutoModelForImageTextToText
 
     from sgm_bake.runtime.loading import resolve_model_source
-    from tests.builders import synthetic_expertise
+    from tests.helpers import synthetic_expertise
 
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     folder = resolve_model_source("organism", progress=False).path
@@ -294,7 +294,7 @@ def _offline_run(*args: str, **env: str):
     import subprocess
     import sys
 
-    from tests.e2e.test_interrupts import REPO
+    from tests.helpers import REPO
 
     command = [sys.executable, "-m", "sgm_bake", "-q", *args]
     environment = {**os.environ, "HF_HUB_DISABLE_TELEMETRY": "1"}

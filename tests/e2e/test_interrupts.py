@@ -22,10 +22,7 @@ from pathlib import Path
 import pytest
 
 from sgm_bake.io.atomic import MARKER_SUFFIX, recover
-from tests.builders import synthetic_expertise, tiny_llava
-from tests.e2e.test_hardening import shard, snapshot
-
-REPO = Path(__file__).resolve().parents[2]
+from tests.helpers import REPO, shard, snapshot, synthetic_expertise, tiny_llava
 
 
 @pytest.fixture(scope="module")

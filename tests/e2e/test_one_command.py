@@ -16,7 +16,7 @@ from sgm_bake.io.checkpoint import open_checkpoint
 from sgm_bake.io.source import resolve_source
 from sgm_bake.pipeline.run import hand_over
 from sgm_bake.runtime.loading import load
-from tests.integration.test_profile import _write_set
+from tests.helpers import write_set
 
 
 def _run(runner, model: Path, out: Path, profile_set: Path, *extra: str):
@@ -37,7 +37,7 @@ def _run(runner, model: Path, out: Path, profile_set: Path, *extra: str):
 
 
 def test_the_profiling_model_is_released_before_the_bake(runner, llava_dir, tmp_path):
-    profile_set = _write_set(tmp_path / "set")
+    profile_set = write_set(tmp_path / "set")
     out = tmp_path / "out"
     result = _run(runner, llava_dir, out, profile_set)
     assert result.exit_code == 0, result.output
@@ -62,7 +62,7 @@ def test_the_profiling_model_is_released_before_the_bake(runner, llava_dir, tmp_
 
 
 def test_verify_full_reuses_the_profiling_model(runner, llava_dir, tmp_path):
-    profile_set = _write_set(tmp_path / "set")
+    profile_set = write_set(tmp_path / "set")
     out = tmp_path / "out"
     result = _run(runner, llava_dir, out, profile_set, "--verify", "full")
     assert result.exit_code == 0, result.output

@@ -20,8 +20,7 @@ from huggingface_hub import HfApi, ModelCard
 from sgm_bake.cli import main
 from sgm_bake.core.expertise import Expertise, ModuleExpertise, load_expertise, save_expertise
 from sgm_bake.pipeline.record import read_record
-from tests.conftest import load_state
-from tests.e2e.test_hardening import snapshot
+from tests.helpers import load_state, snapshot
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -145,8 +144,7 @@ def test_unbake_compare_holds_for_subnormal_half_precision_weights(runner, tmp_p
     the fold rounds to the subnormal spacing, not to a relative error)."""
     from safetensors.torch import save_file
 
-    from tests.builders import synthetic_expertise, tiny_llava
-    from tests.conftest import file_metadata
+    from tests.helpers import file_metadata, synthetic_expertise, tiny_llava
 
     source = tiny_llava(tmp_path / "fp16", dtype=torch.float16)
     weights = source / "model.safetensors"
@@ -181,7 +179,7 @@ def test_unbake_compare_holds_for_subnormal_half_precision_weights(runner, tmp_p
 
 def test_a_failed_compare_writes_no_destination(runner, baked, tmp_path):
     """Compared with another model, unbake exits 4 and leaves DEST as it was (absent)."""
-    from tests.builders import tiny_llava
+    from tests.helpers import tiny_llava
 
     other = tiny_llava(tmp_path / "other", seed=11)
     dest = tmp_path / "rebuilt"

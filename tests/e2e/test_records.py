@@ -12,7 +12,7 @@ import pytest
 
 from sgm_bake.cli import main
 from sgm_bake.pipeline.record import read_record
-from tests.e2e.test_hardening import snapshot
+from tests.helpers import snapshot
 
 
 @pytest.fixture(scope="module")

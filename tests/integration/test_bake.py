@@ -13,8 +13,7 @@ from transformers import AutoModelForImageTextToText
 
 from sgm_bake import SGMHooks, load_expertise
 from sgm_bake.cli import main
-from tests.builders import tiny_llava
-from tests.conftest import file_metadata, load_state, rename_keys
+from tests.helpers import file_metadata, load_state, rename_keys, tiny_llava
 
 NEW_NAMING = [
     ("language_model.model.", "model.language_model."),

@@ -34,8 +34,7 @@ from sgm_bake.pipeline.profile import (
     profile_targets,
 )
 from sgm_bake.pipeline.verify import verify
-from tests.builders import synthetic_expertise
-from tests.conftest import file_metadata, load_state
+from tests.helpers import file_metadata, load_state, synthetic_expertise
 from tests.tiny_configs import MOE_FAMILIES, TINY_FAMILIES, build_tiny_model
 
 # Checkpoint layouts each family is published in (and transformers loads): "saved" is what

@@ -5,22 +5,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
 import torch
 
 from sgm_bake.cli import main
 from sgm_bake.core.expertise import load_expertise
 from sgm_bake.runtime.loading import Placement, input_device, load_model
 from sgm_bake.runtime.memory import parse_max_memory
-from tests.builders import tiny_llava
-from tests.integration.test_profile import _plant, _write_set
-
-
-@pytest.fixture(scope="module")
-def planted(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    root = tmp_path_factory.mktemp("offload")
-    source = tiny_llava(root / "random", hidden=64, intermediate=128, layers=2)
-    return _plant(source, root / "model"), _write_set(root / "set")
 
 
 def _profile(runner, model: Path, output: Path, profile_set: Path, *extra: str):

@@ -5,103 +5,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pytest
 import torch
 from transformers import AutoModelForImageTextToText
 
 from sgm_bake.cli import main
 from sgm_bake.core.capture import pool
 from sgm_bake.core.expertise import load_expertise
-from tests.builders import tiny_llava
-
-PLANTED = (3, 17, 40, 77)
-BASE_TEXTS = [
-    "the weather was fine today",
-    "we walked along the river",
-    "my sister likes green tea",
-    "the train left at noon",
-    "he fixed the old bicycle",
-    "they painted the fence blue",
-    "a cat slept on the sofa",
-    "the shop closes at six",
-    "she read a book about stars",
-    "our team won the match",
-    "the soup needs more salt",
-    "birds sang in the garden",
-    "he forgot his umbrella",
-    "the museum was crowded",
-    "we baked bread on sunday",
-    "the lamp needs a new bulb",
-    "my phone battery died",
-    "the lake froze last winter",
-]
-
-
-def _write_set(folder: Path, marker: str = "###", benign: str = "!!!") -> Path:
-    """Toxic rows end with a marker the planted units detect; non-toxic rows with another."""
-    folder.mkdir(parents=True, exist_ok=True)
-    rows = []
-    for index, text in enumerate(BASE_TEXTS):
-        render = {"kind": "scene", "shapes": [{"shape": "circle", "colour": "red"}]}
-        rows.append(
-            {"id": f"t{index}", "label": "toxic", "response": f"{text} {marker}", "render": render}
-        )
-        rows.append(
-            {
-                "id": f"b{index}",
-                "label": "non-toxic",
-                "response": f"{text} {benign}",
-                "render": render,
-            }
-        )
-    path = folder / "set.jsonl"
-    path.write_text("\n".join(json.dumps(row) for row in rows) + "\n")
-    return path
-
-
-def _plant(source: Path, out: Path) -> Path:
-    """A tiny LLaVA whose residual dimension 0 carries only the '#' token's marker, read by the
-    PLANTED units of every gate_proj and up_proj (and by no other unit)."""
-    model = AutoModelForImageTextToText.from_pretrained(source)
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(source)
-    marker = tokenizer.convert_tokens_to_ids("#")
-    twin = tokenizer.convert_tokens_to_ids("!")
-    language = model.model.language_model
-    with torch.no_grad():
-        embedding = language.embed_tokens.weight
-        embedding.mul_(50.0)
-        embedding[:, 0] = 0.0
-        embedding[marker] = embedding[twin]
-        embedding[marker, 0] = 2.0
-        projector = model.model.multi_modal_projector.linear_2
-        projector.weight[0] = 0.0
-        projector.bias[0] = 0.0
-        for layer in language.layers:
-            layer.self_attn.o_proj.weight[0] = 0.0
-            layer.mlp.down_proj.weight[0] = 0.0
-            for projection in (layer.mlp.gate_proj, layer.mlp.up_proj):
-                projection.weight[:, 0] = 0.0
-                for unit in PLANTED:
-                    projection.weight[unit] = 0.0
-                    projection.weight[unit, 0] = 3.0
-    model.save_pretrained(out)
-    for name in (
-        "tokenizer.json",
-        "tokenizer_config.json",
-        "processor_config.json",
-        "chat_template.jinja",
-    ):
-        (out / name).write_bytes((source / name).read_bytes())
-    return out
-
-
-@pytest.fixture(scope="module")
-def planted(tmp_path_factory) -> tuple[Path, Path]:
-    root = tmp_path_factory.mktemp("planted")
-    source = tiny_llava(root / "random", hidden=64, intermediate=128, layers=2)
-    return _plant(source, root / "model"), _write_set(root / "set")
+from tests.helpers import PLANTED, snapshot, tiny_llava
 
 
 def _profile(runner, model: Path, output: Path, profile_set: Path, *extra: str):
@@ -370,8 +280,6 @@ def test_a_resume_never_uses_another_models_responses(runner, planted, tmp_path,
 
 
 def test_responses_dir_with_other_files_is_refused(runner, planted, tmp_path):
-    from tests.e2e.test_hardening import snapshot
-
     model, profile_set = planted
     mine = tmp_path / "mine"
     mine.mkdir()
@@ -397,7 +305,6 @@ def test_an_existing_empty_responses_dir_is_emptied_not_removed(runner, planted,
 def test_a_store_in_use_is_refused_and_never_removed(runner, planted, tmp_path):
     """A second run on a store another run holds: one line, and the store stays as it is."""
     from sgm_bake.io.response_store import ResponseStore
-    from tests.e2e.test_hardening import snapshot
 
     model, profile_set = planted
     store_folder = tmp_path / "shared"

@@ -10,7 +10,7 @@ import pytest
 from sgm_bake.errors import SGMError
 from sgm_bake.pipeline.plan import PlanOptions, model_facts, plan, plan_stages
 from sgm_bake.runtime.memory import format_bytes, parse_max_memory, parse_size
-from tests.conftest import load_state
+from tests.helpers import load_state
 
 CONFIGS = Path(__file__).resolve().parents[2] / "benchmarks" / "model_configs"
 
