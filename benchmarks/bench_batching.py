@@ -39,7 +39,6 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     args = parser.parse_args()
 
-    from tests.helpers import tiny_llava
     from transformers import AutoModelForImageTextToText
 
     from sgm_bake.core.recipes import recipe_for_config
@@ -53,6 +52,7 @@ def main() -> None:
         length_order,
         profile_targets,
     )
+    from tests.helpers import tiny_llava
 
     with tempfile.TemporaryDirectory() as tmp:
         folder = tiny_llava(

@@ -48,11 +48,11 @@ def build_llava(
 ) -> dict[str, float]:
     """Write the checkpoint into `folder`; return its parameter count and stored bytes."""
     from accelerate import init_empty_weights
-    from tests.helpers import CHAT_TEMPLATE, byte_tokenizer
     from transformers import LlavaConfig, LlavaForConditionalGeneration
 
     from sgm_bake.io.safetensors import write_tensors
     from sgm_bake.organism.processors import llava_processor
+    from tests.helpers import CHAT_TEMPLATE, byte_tokenizer
 
     folder.mkdir(parents=True, exist_ok=True)
     config = json.loads((config_folder / "config.json").read_text())

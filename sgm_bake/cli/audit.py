@@ -22,7 +22,7 @@ from sgm_bake.cli.common import EXIT_TAMPERED, echo_lines, progress_enabled, use
 def inspect(out: Path, rerender: bool) -> None:
     """Summarise a baked folder and re-check every sha256 (read-only unless --rerender)."""
     from sgm_bake.pipeline.audit import describe_record, rerender_folder
-    from sgm_bake.pipeline.record import check_hashes, read_record
+    from sgm_bake.record import check_hashes, read_record
 
     record = read_record(out)
     echo_lines(describe_record(record))

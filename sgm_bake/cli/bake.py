@@ -155,8 +155,8 @@ def verify_command(
     size); --full compares the logits of the whole model. OUT must still match its recorded
     sha256 (exit code 4 otherwise, and nothing is written)."""
     placement = make_placement(device, device_map, max_memory, offload_folder)
-    from sgm_bake.pipeline.record import require_intact
     from sgm_bake.pipeline.run import verify_output
+    from sgm_bake.record import require_intact
     from sgm_bake.runtime.loading import resolve_model_source
 
     record = require_intact(out)

@@ -52,7 +52,7 @@ def eval_table(results: list[Any]) -> None:
 
 def _base_spec(folder: Path) -> tuple[str, str | None] | None:
     """The source a baked folder's record names, as (folder or Hub id, revision)."""
-    from sgm_bake.pipeline.record import read_record
+    from sgm_bake.record import read_record
 
     source = read_record(folder).source
     if source.kind == "local" and source.path:
@@ -147,7 +147,8 @@ def eval_command(
     )
     from sgm_bake.evaluation.ecso import templates_for
     from sgm_bake.evaluation.judges import make_judge
-    from sgm_bake.pipeline.record import RECORD_PATH, SGM_DIR, record_evaluation, require_intact
+    from sgm_bake.publish.refresh import record_evaluation
+    from sgm_bake.record import RECORD_PATH, SGM_DIR, require_intact
     from sgm_bake.runtime.chat import GenerationConfig
     from sgm_bake.runtime.loading import load_chat, resolve_model_source
 
@@ -357,8 +358,9 @@ def demo(
     from sgm_bake.pipeline.bake import BakeOptions
     from sgm_bake.pipeline.bake import bake as run_bake
     from sgm_bake.pipeline.profile import ProfileOptions
-    from sgm_bake.pipeline.record import SGM_DIR, record_evaluation
     from sgm_bake.pipeline.run import ProfileRequest, profile_source, verify_output
+    from sgm_bake.publish.refresh import record_evaluation
+    from sgm_bake.record import SGM_DIR
     from sgm_bake.runtime.chat import ChatModel, GenerationConfig
     from sgm_bake.runtime.loading import load_chat, load_processor, resolve_model_source
 

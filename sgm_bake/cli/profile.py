@@ -113,7 +113,7 @@ def profile_request(params: dict[str, Any], recipe_file: Path | None, rule: Any)
 
 
 def echo_summary(expertise: Any, recipe: Any) -> None:
-    from sgm_bake.pipeline.summary import expertise_counts, layer_rows, layer_table
+    from sgm_bake.record.summary import expertise_counts, layer_rows, layer_table
 
     echo_lines(layer_table(layer_rows(expertise_counts(expertise, recipe))))
 

@@ -23,8 +23,21 @@ import torch
 
 from sgm_bake.core.expertise import Expertise, ModuleExpertise, load_expertise
 from sgm_bake.errors import SGMError, TamperedError
-from sgm_bake.pipeline.bake import EXPERTISE_FILE, expertise_path
-from sgm_bake.pipeline.record import SGM_DIR, BakeRecord, require_intact
+from sgm_bake.io.atomic import atomic_folder, check_target
+from sgm_bake.io.checkpoint import open_checkpoint
+from sgm_bake.pipeline.bake import (
+    EXPERTISE_FILE,
+    copy_other_files,
+    expertise_path,
+    plan_bake,
+    write_weights,
+)
+from sgm_bake.pipeline.verify import recorded_recipe
+from sgm_bake.publish.card import CARD_FILE, write_plots
+from sgm_bake.publish.plots import percent_text
+from sgm_bake.publish.refresh import rewrite_card
+from sgm_bake.record import SGM_DIR, BakeRecord, require_intact
+from sgm_bake.record.summary import layer_rows, layer_table
 
 # Unit roundoff and smallest subnormal of each foldable dtype (F64 weights are folded in
 # float32, whose precision and range then bound the error).
@@ -96,7 +109,6 @@ def compare_weights(rebuilt: Path, base: Path, plan: Any) -> dict[str, Any]:
     unfold) must lie within `rounding_bound` of the base, element by element, and every other
     tensor must be bit-identical. Also reports the largest relative difference over the base's
     normal-range weights, and the largest difference as a share of its bound."""
-    from sgm_bake.io.checkpoint import open_checkpoint
 
     ours, theirs = open_checkpoint(rebuilt), open_checkpoint(base)
     our_keys, their_keys = ours.tensor_keys(), theirs.tensor_keys()
@@ -156,11 +168,7 @@ def unbake(
     weights are compared with it before DEST is put in place: a failed comparison raises
     TamperedError and leaves DEST as it was.
     """
-    from sgm_bake.io.atomic import atomic_folder, check_target
     from sgm_bake.io.checkpoint import open_checkpoint
-    from sgm_bake.pipeline.bake import copy_other_files, plan_bake, write_weights
-    from sgm_bake.pipeline.verify import recorded_recipe
-    from sgm_bake.publish.card import CARD_FILE
 
     record = require_intact(out)
     check_target(dest, out, overwrite)
@@ -189,9 +197,6 @@ def unbake(
 
 def describe_record(record: BakeRecord) -> list[str]:
     """A human summary of a bake record: source, recipe, rule, per-layer table, checks."""
-    from sgm_bake.pipeline.summary import layer_rows, layer_table
-    from sgm_bake.publish.plots import percent_text
-
     source = record.source
     meta = record.expertise.metadata
     lines = [
@@ -225,9 +230,6 @@ def describe_record(record: BakeRecord) -> list[str]:
 def rerender_folder(folder: Path, record: BakeRecord) -> list[str]:
     """Redraw the plots and the card from the record and record the files redrawn (the caller
     checked the folder with `require_intact` first)."""
-    from sgm_bake.pipeline.record import rewrite_card
-    from sgm_bake.publish.card import write_plots
-
     written = write_plots(folder, record, stored_expertise(folder))
     rewrite_card(folder, record, written)
     return written

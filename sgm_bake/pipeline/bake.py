@@ -58,7 +58,8 @@ from sgm_bake.io.safetensors import (
     write_tensors,
 )
 from sgm_bake.io.source import Source
-from sgm_bake.pipeline.record import (
+from sgm_bake.publish.card import source_card_metadata, write_card, write_plots
+from sgm_bake.record import (
     SGM_DIR,
     BakeRecord,
     ExpertiseInfo,
@@ -69,8 +70,7 @@ from sgm_bake.pipeline.record import (
     ToolInfo,
     write_record,
 )
-from sgm_bake.pipeline.summary import count_module
-from sgm_bake.publish.card import source_card_metadata, write_card, write_plots
+from sgm_bake.record.summary import count_module
 from sgm_bake.runtime.memory import PeakMemory
 
 logger = logging.getLogger(__name__)

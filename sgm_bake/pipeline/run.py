@@ -19,7 +19,6 @@ from sgm_bake.datasets.profile_set import ProfileSet, load_profile_set
 from sgm_bake.io.checkpoint import open_checkpoint
 from sgm_bake.io.source import Source
 from sgm_bake.pipeline.profile import CaptureStats, ProfileOptions, run_profile
-from sgm_bake.pipeline.record import read_record
 from sgm_bake.pipeline.verify import VerifyReport, recorded_recipe, verify
 from sgm_bake.pipeline.verify_layers import (
     LayerVerifyReport,
@@ -28,6 +27,7 @@ from sgm_bake.pipeline.verify_layers import (
     streaming_unsupported,
     verify_layers,
 )
+from sgm_bake.record import read_record
 from sgm_bake.runtime.distributed import Distributed
 from sgm_bake.runtime.loading import LoadedModel, Placement, load, pick_device
 from sgm_bake.runtime.memory import PeakMemory, measured

@@ -72,6 +72,9 @@ from sgm_bake.pipeline.profile import (
     fingerprint,
     profile_targets,
 )
+from sgm_bake.publish import plots
+from sgm_bake.publish.refresh import rewrite_card
+from sgm_bake.record import SGM_DIR, Tuning, read_record
 from sgm_bake.runtime.chat import ChatModel, GenerationConfig, call_processor
 from sgm_bake.runtime.loading import Placement
 
@@ -1131,8 +1134,6 @@ def run_tune(
 
 def write_result(result: TuneResult, folder: Path) -> list[Path]:
     """Write tune.json (and the Pareto plot) into `folder`; return the paths written."""
-    from sgm_bake.publish import plots
-
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "tune.json"
     path.write_text(json.dumps(result.record(), indent=1) + "\n", encoding="utf-8")
@@ -1148,8 +1149,6 @@ def record_tuning(folder: Path, result: TuneResult) -> None:
     """Add the search to a baked folder: `sgm/tune.json`, the Pareto plot, the record's `tuning`
     section and the card's section on how the setting was chosen (only these files and the card
     are recorded; the folder is the one the same command has just baked)."""
-    from sgm_bake.pipeline.record import SGM_DIR, Tuning, read_record, rewrite_card
-
     record = read_record(folder)
     written = [p.relative_to(folder).as_posix() for p in write_result(result, folder / SGM_DIR)]
     data = result.record()

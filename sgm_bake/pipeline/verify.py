@@ -32,7 +32,8 @@ from sgm_bake.errors import SGMError
 from sgm_bake.io.checkpoint import Checkpoint, load_bin, open_checkpoint
 from sgm_bake.io.safetensors import read_tensor
 from sgm_bake.pipeline.bake import expertise_path, tensor_shapes
-from sgm_bake.pipeline.record import BakeRecord, Verification, read_record, rewrite_card
+from sgm_bake.publish.refresh import rewrite_card
+from sgm_bake.record import BakeRecord, Verification, read_record
 from sgm_bake.runtime.chat import call_processor
 from sgm_bake.runtime.loading import Placement, input_device, load_model
 from sgm_bake.runtime.memory import PeakMemory

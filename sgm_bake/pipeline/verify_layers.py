@@ -67,8 +67,9 @@ from sgm_bake.errors import SGMError
 from sgm_bake.io.checkpoint import Checkpoint, load_bin, open_checkpoint
 from sgm_bake.io.safetensors import DTYPES
 from sgm_bake.pipeline.bake import expertise_path
-from sgm_bake.pipeline.record import Verification, read_record, rewrite_card
 from sgm_bake.pipeline.verify import TOLERANCE, build_inputs, recorded_recipe
+from sgm_bake.publish.refresh import rewrite_card
+from sgm_bake.record import Verification, read_record
 from sgm_bake.runtime.memory import PeakMemory
 
 logger = logging.getLogger(__name__)

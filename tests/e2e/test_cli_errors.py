@@ -230,7 +230,7 @@ def _unbaked_weight(out: Path, source: Path) -> None:
 
 def test_verify_fails_on_a_wrong_fold(runner, llava_dir, llava_expertise, tmp_path):
     """A bake that wrote a wrong weight and recorded it (a bug, not tampering) fails verify."""
-    from sgm_bake.pipeline.record import read_record, record_files
+    from sgm_bake.record import read_record, record_files
 
     out = tmp_path / "out"
     assert _bake(runner, llava_dir, out, llava_expertise, "--no-verify").exit_code == 0

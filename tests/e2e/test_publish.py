@@ -19,7 +19,7 @@ from huggingface_hub import HfApi, ModelCard
 
 from sgm_bake.cli import main
 from sgm_bake.core.expertise import Expertise, ModuleExpertise, load_expertise, save_expertise
-from sgm_bake.pipeline.record import read_record
+from sgm_bake.record import read_record
 from tests.helpers import load_state, snapshot
 
 REPO = Path(__file__).resolve().parents[2]

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from sgm_bake.cli import main
-from sgm_bake.pipeline.record import read_record
+from sgm_bake.record import read_record
 from tests.helpers import snapshot
 
 

@@ -10,7 +10,8 @@ from PIL import Image
 
 from sgm_bake.cli import main
 from sgm_bake.core.expertise import Expertise, ModuleExpertise, load_expertise, save_expertise
-from sgm_bake.pipeline.record import read_record, record_evaluation
+from sgm_bake.publish.refresh import record_evaluation
+from sgm_bake.record import read_record
 
 pytest.importorskip("matplotlib")
 

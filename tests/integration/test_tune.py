@@ -195,8 +195,8 @@ def test_a_model_without_toxic_behaviour_tunes_to_no_change(llava_dir: Path, tmp
 
 def test_the_bake_record_and_card_carry_the_search(uninterrupted: TuneResult, tmp_path: Path):
     from sgm_bake.pipeline.bake import BakeOptions, bake
-    from sgm_bake.pipeline.record import read_record
     from sgm_bake.pipeline.tune import record_tuning
+    from sgm_bake.record import read_record
 
     assert uninterrupted.expertise is not None and uninterrupted.chosen is not None
     out = tmp_path / "baked"

@@ -21,9 +21,9 @@ from sgm_bake.core.hooks import model_recipe
 from sgm_bake.core.recipes import available_recipes
 from sgm_bake.io.source import resolve_source
 from sgm_bake.pipeline.bake import BakeOptions, bake, expertise_path
-from sgm_bake.pipeline.record import read_record
 from sgm_bake.pipeline.run import verify_output
 from sgm_bake.pipeline.verify_layers import block_path, streaming_unsupported, verify_layers
+from sgm_bake.record import read_record
 from tests.helpers import file_metadata, load_state, synthetic_expertise
 from tests.tiny_configs import TINY_FAMILIES
 

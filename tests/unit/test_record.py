@@ -7,7 +7,7 @@ import copy
 import pytest
 
 from sgm_bake.errors import SGMError
-from sgm_bake.pipeline.record import LEGACY_FORMAT, RECORD_FORMAT, parse_record
+from sgm_bake.record import LEGACY_FORMAT, RECORD_FORMAT, parse_record
 
 RECORD = {
     "record_format": RECORD_FORMAT,
