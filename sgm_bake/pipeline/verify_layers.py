@@ -51,7 +51,7 @@ import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -69,7 +69,7 @@ from sgm_bake.io.safetensors import DTYPES
 from sgm_bake.pipeline.bake import expertise_path
 from sgm_bake.pipeline.verify import TOLERANCE, build_inputs, recorded_recipe
 from sgm_bake.publish.refresh import rewrite_card
-from sgm_bake.record import Verification, read_record
+from sgm_bake.record import LayerCheck, Verification, read_record
 from sgm_bake.runtime.memory import PeakMemory
 
 logger = logging.getLogger(__name__)
@@ -92,20 +92,6 @@ CAPTURED_TOKENS_PER_PROMPT = 32
 SCALE_FLOOR = 1e-3
 """Units whose largest unhooked output is below this share of the module's largest are compared
 against that floor instead (a dead unit has no scale of its own)."""
-
-
-@dataclass(frozen=True)
-class LayerCheck:
-    """The figures of one layer's block."""
-
-    layer: int
-    block: str
-    max_rel_diff: float
-    worst_module: str
-    block_rel_diff: float
-    block_abs_diff: float
-    intervention_rel_effect: float
-    passed: bool
 
 
 @dataclass(frozen=True)
@@ -139,11 +125,10 @@ class LayerVerifyReport:
             f"positions per layer, tensor map checked {self.mapping_check})"
         )
 
-    def record(self) -> dict[str, Any]:
-        """The JSON form stored in the bake record."""
-        data = asdict(self)
-        data["layers"] = [asdict(check) for check in self.layers]
-        return data
+    def verification(self) -> Verification:
+        """The record's verification section."""
+        fields = {name: getattr(self, name) for name in self.__dataclass_fields__}
+        return Verification(**{**fields, "layers": list(self.layers)})
 
 
 def block_path(names: list[str]) -> str:
@@ -792,7 +777,7 @@ def verify_layers(
         memory.extra["captured_inputs_seconds"] = round(evidence.seconds, 3)
     if record:
         bake_record = read_record(out)
-        bake_record.verification = Verification(**report.record())
+        bake_record.verification = report.verification()
         bake_record.stages["verify"] = memory.record()
         rewrite_card(out, bake_record)
     return report

@@ -107,6 +107,20 @@ class ExpertiseInfo:
         return sum(m.suppressed for m in self.modules.values())
 
 
+@dataclass(frozen=True)
+class LayerCheck:
+    """The figures of one layer's block in a layer-by-layer verification."""
+
+    layer: int
+    block: str
+    max_rel_diff: float
+    worst_module: str
+    block_rel_diff: float
+    block_abs_diff: float
+    intervention_rel_effect: float
+    passed: bool
+
+
 @dataclass
 class Verification:
     """Figures comparing the baked model with the hooked source (see pipeline.verify)."""
@@ -130,7 +144,8 @@ class Verification:
     worst_layer: int | None = None
     worst_module: str | None = None
     mapping_check: str | None = None
-    layers: list[dict[str, Any]] = field(default_factory=list)
+    layers: list[LayerCheck] = field(default_factory=list)
+    """Per-layer figures (`layers` only)."""
 
 
 @dataclass
