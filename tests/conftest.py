@@ -20,6 +20,16 @@ from tests.helpers import (
 )
 
 
+@pytest.fixture(scope="session", autouse=True)
+def own_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """The suite keeps its response stores and hash cache in its own folder: never the user's
+    ~/.cache, and never shared with another test run on the same machine (a concurrent run's
+    store of the same tiny model would otherwise be resumed or refused as in use)."""
+    import os
+
+    os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("xdg-cache"))
+
+
 @pytest.fixture(scope="session")
 def llava_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny fp32 LLaVA with tokenizer, processor and chat template (legacy checkpoint keys)."""
