@@ -40,6 +40,7 @@ def _edited_expertise(path: Path, source: Path, edit) -> Path:
     return target
 
 
+@pytest.mark.slow
 def test_missing_source(runner, tmp_path, llava_expertise):
     out = tmp_path / "out"
     result = _bake(runner, tmp_path / "nowhere", out, llava_expertise)
@@ -172,6 +173,7 @@ def test_out_inside_source(runner, copy_model, llava_dir, llava_expertise):
     assert not (source / "baked").exists()
 
 
+@pytest.mark.slow
 def test_existing_output_is_refused_then_replaced(runner, llava_dir, llava_expertise, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
@@ -184,6 +186,7 @@ def test_existing_output_is_refused_then_replaced(runner, llava_dir, llava_exper
     assert not (out / "keep.txt").exists() and (out / "sgm" / "bake.json").is_file()
 
 
+@pytest.mark.slow
 def test_failed_overwrite_keeps_previous_output(runner, llava_dir, llava_expertise, tmp_path):
     out = tmp_path / "out"
     assert _bake(runner, llava_dir, out, llava_expertise, "--no-verify").exit_code == 0
@@ -228,6 +231,7 @@ def _unbaked_weight(out: Path, source: Path) -> None:
     )
 
 
+@pytest.mark.slow
 def test_verify_fails_on_a_wrong_fold(runner, llava_dir, llava_expertise, tmp_path):
     """A bake that wrote a wrong weight and recorded it (a bug, not tampering) fails verify."""
     from sgm_bake.record import read_record, record_files
@@ -241,6 +245,7 @@ def test_verify_fails_on_a_wrong_fold(runner, llava_dir, llava_expertise, tmp_pa
     assert "FAIL" in result.output
 
 
+@pytest.mark.slow
 def test_verify_refuses_a_tampered_weight_and_writes_nothing(
     runner, llava_dir, llava_expertise, tmp_path
 ):
@@ -259,6 +264,7 @@ def test_verify_refuses_a_tampered_weight_and_writes_nothing(
 # --- the built-in model names and an unreachable Hub ------------------------------------------
 
 
+@pytest.mark.slow
 def test_every_command_takes_the_organism_names(runner, tmp_path, monkeypatch):
     """`bake`, `verify --source`, `unbake --compare` and `plan` resolve `organism` as `eval`,
     `generate`, `profile` and `tune` do (offline: nothing is fetched)."""
@@ -308,6 +314,7 @@ def _offline_run(*args: str, **env: str):
 HUB_SET = "hf://datasets/some-org/sets/set.jsonl"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("args", "env", "fragment"),
     [

@@ -511,6 +511,7 @@ CASES: dict[str, tuple] = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_bad_input(case, runner, tmp_path, llava_dir, llava_expertise):
     build, args, fragment, *code = CASES[case]
@@ -536,6 +537,7 @@ def test_bad_input(case, runner, tmp_path, llava_dir, llava_expertise):
 # --- legal inputs that must keep working ------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_shards_in_a_subfolder_bake_into_the_same_subfolder(tmp_path, llava_dir, llava_expertise):
     src = tmp_path / "src"
     shutil.copytree(llava_dir, src)
@@ -555,6 +557,7 @@ def test_shards_in_a_subfolder_bake_into_the_same_subfolder(tmp_path, llava_dir,
     assert open_checkpoint(out).weight_files == open_checkpoint(src).weight_files
 
 
+@pytest.mark.slow
 def test_symlinks_inside_source_are_followed(tmp_path, llava_dir, llava_expertise):
     src = tmp_path / "src"
     shutil.copytree(llava_dir, src)
@@ -581,6 +584,7 @@ def test_bin_training_entries_are_skipped_with_a_warning(tmp_path, llava_dir, ca
     assert "skipped 2 entries that are not tensors" in caplog.text
 
 
+@pytest.mark.slow
 def test_two_bakes_are_byte_identical(tmp_path, llava_dir, llava_expertise):
     """Every output file is byte-identical, the expertise file included; the record differs
     only in its time stamp and the stages' measured time and memory."""
@@ -602,6 +606,7 @@ def test_two_bakes_are_byte_identical(tmp_path, llava_dir, llava_expertise):
     assert first == second
 
 
+@pytest.mark.slow
 def test_inspect_never_modifies_the_folder(runner, tmp_path, llava_dir, llava_expertise):
     out = tmp_path / "out"
     bake(resolve_source(str(llava_dir)), out, load_expertise(llava_expertise), BakeOptions())
@@ -615,6 +620,7 @@ def test_inspect_never_modifies_the_folder(runner, tmp_path, llava_dir, llava_ex
     assert result.exit_code == 4 and snapshot(tmp_path) == before
 
 
+@pytest.mark.slow
 def test_old_expertise_name_is_still_read(runner, tmp_path, llava_dir, llava_expertise):
     from sgm_bake.pipeline.bake import expertise_path
 
@@ -625,6 +631,7 @@ def test_old_expertise_name_is_still_read(runner, tmp_path, llava_dir, llava_exp
     assert load_expertise(expertise_path(out)).modules
 
 
+@pytest.mark.slow
 def test_top_k_zero_means_no_cap_and_a_no_op_bake_warns(
     tmp_path, llava_dir, llava_expertise, caplog
 ):
@@ -645,6 +652,7 @@ def test_top_k_zero_means_no_cap_and_a_no_op_bake_warns(
     assert "changes no weight" in caplog.text
 
 
+@pytest.mark.slow
 def test_file_size_limit_is_one_line(tmp_path, llava_dir, llava_expertise):
     """A write failing in the OS (here EFBIG under a file-size limit, as ENOSPC would) is one
     line naming the path, and no temporary folder stays."""

@@ -9,6 +9,8 @@ import json
 import weakref
 from pathlib import Path
 
+import pytest
+
 from sgm_bake.cli import main
 from sgm_bake.core.expertise import load_expertise
 from sgm_bake.core.recipes import recipe_for_config
@@ -36,6 +38,7 @@ def _run(runner, model: Path, out: Path, profile_set: Path, *extra: str):
     )
 
 
+@pytest.mark.slow
 def test_the_profiling_model_is_released_before_the_bake(runner, llava_dir, tmp_path):
     profile_set = write_set(tmp_path / "set")
     out = tmp_path / "out"
@@ -61,6 +64,7 @@ def test_the_profiling_model_is_released_before_the_bake(runner, llava_dir, tmp_
     assert "matrix_rate_share" not in throughput  # a CPU: tokens/s only
 
 
+@pytest.mark.slow
 def test_verify_full_reuses_the_profiling_model(runner, llava_dir, tmp_path):
     profile_set = write_set(tmp_path / "set")
     out = tmp_path / "out"
@@ -71,6 +75,7 @@ def test_verify_full_reuses_the_profiling_model(runner, llava_dir, tmp_path):
     assert record["verification"]["passed"] and record["verification"]["mode"] == "full"
 
 
+@pytest.mark.slow
 def test_hand_over_frees_the_model(llava_dir, llava_expertise):
     source = resolve_source(str(llava_dir))
     loaded = load(source, "cpu", "float32")

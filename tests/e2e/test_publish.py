@@ -56,6 +56,7 @@ def _copy(folder: Path, tmp_path: Path) -> Path:
     return target
 
 
+@pytest.mark.slow
 def test_card_parses_and_its_metadata_validates(baked):
     card = ModelCard.load(baked / "README.md")
     data = card.data.to_dict()
@@ -78,6 +79,7 @@ def test_card_parses_and_its_metadata_validates(baked):
     assert str(baked.parent) not in card.content  # cards name Hub ids, never local paths
 
 
+@pytest.mark.slow
 def test_card_inherits_license_and_omits_local_base(
     runner, copy_model, llava_dir, llava_expertise, tmp_path
 ):
@@ -139,6 +141,7 @@ def test_unbake_restores_an_fp32_source_within_one_rounding(runner, baked, llava
     assert not (dest / "sgm").exists() and not (dest / "README.md").exists()
 
 
+@pytest.mark.slow
 def test_unbake_compare_holds_for_subnormal_half_precision_weights(runner, tmp_path):
     """An honest fp16 bake passes --compare even where the folded weights are subnormal (there
     the fold rounds to the subnormal spacing, not to a relative error)."""
@@ -191,6 +194,7 @@ def test_a_failed_compare_writes_no_destination(runner, baked, tmp_path):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".rebuilt.")]
 
 
+@pytest.mark.slow
 def test_unbake_refuses_erased_units(runner, llava_dir, llava_expertise, tmp_path):
     expertise = load_expertise(llava_expertise)
     name = "model.language_model.layers.0.mlp.up_proj"
@@ -301,6 +305,7 @@ def test_push_dry_run_lists_and_sends_nothing(runner, baked, monkeypatch):
     assert hub.calls == []
 
 
+@pytest.mark.slow
 def test_push_refuses_tampered_and_unverified_outputs(
     runner, baked, llava_dir, llava_expertise, tmp_path, monkeypatch
 ):
@@ -422,6 +427,7 @@ def _one_line(result) -> str:
     return lines[0]
 
 
+@pytest.mark.slow
 def test_push_writes_the_card_only_after_the_commit(baked, loopback_hub, tmp_path):
     out = _copy(baked, tmp_path)
     result = _push(out, loopback_hub)
@@ -432,6 +438,7 @@ def test_push_writes_the_card_only_after_the_commit(baked, loopback_hub, tmp_pat
     assert inspected.exit_code == 0, inspected.output  # the record holds the new card's sha256
 
 
+@pytest.mark.slow
 def test_a_failed_push_leaves_the_folder_as_it_was(baked, tmp_path):
     out = _copy(baked, tmp_path)
     before = snapshot(tmp_path)
@@ -441,6 +448,7 @@ def test_a_failed_push_leaves_the_folder_as_it_was(baked, tmp_path):
     assert snapshot(tmp_path) == before
 
 
+@pytest.mark.slow
 def test_a_stalling_hub_times_out(baked, loopback_hub, tmp_path):
     _LoopbackHub.stall = threading.Event()
     out = _copy(baked, tmp_path)
@@ -462,6 +470,7 @@ def test_a_bad_repo_id_is_refused_before_anything(runner, baked, tmp_path, repo)
     assert snapshot(tmp_path) == before
 
 
+@pytest.mark.slow
 def test_a_read_only_folder_can_be_pushed(baked, loopback_hub, tmp_path):
     out = _copy(baked, tmp_path)
     folders = [out, *(p for p in out.rglob("*") if p.is_dir())]

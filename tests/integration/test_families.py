@@ -26,6 +26,7 @@ def test_every_recipe_has_a_tiny_model():
     assert set(available_recipes()) == set(TINY_FAMILIES)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model_type", sorted(TINY_FAMILIES))
 def test_family_bakes_exactly(model_type, tiny_family, tmp_path):
     model, source = tiny_family(model_type)

@@ -61,6 +61,7 @@ def test_measured_returns_the_default_and_logs(caplog):
     assert "could not read a figure" in caplog.text
 
 
+@pytest.mark.slow
 def test_profile_bake_and_verify_run_with_failing_gpu_statistics(
     broken_cuda, runner, llava_dir, tmp_path
 ):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import torch
 
 from sgm_bake.cli import main
@@ -33,6 +34,7 @@ def _profile(runner, model: Path, output: Path, profile_set: Path, *extra: str):
     )
 
 
+@pytest.mark.slow
 def test_offloaded_profile_equals_plain(runner, planted, tmp_path):
     from sgm_bake.io.source import resolve_source
     from sgm_bake.pipeline.profile import ProfileOptions
@@ -76,6 +78,7 @@ def test_offloaded_profile_equals_plain(runner, planted, tmp_path):
     assert offloaded.read_bytes() == plain.read_bytes()
 
 
+@pytest.mark.slow
 def test_placement_resolves_device_maps(planted, tmp_path):
     from sgm_bake.core.hooks import model_recipe
 

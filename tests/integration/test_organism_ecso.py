@@ -52,6 +52,7 @@ def test_organism_ships_small_and_complete():
     assert organism_path() == SHIPPED
 
 
+@pytest.mark.slow
 def test_organism_is_toxic_on_triggers_and_correct_on_benign_questions(organism):
     rng = random.Random(0)
     config = GenerationConfig(max_new_tokens=24)
@@ -87,6 +88,7 @@ def _count_vision_calls(chat: ChatModel) -> list[int]:
     return calls
 
 
+@pytest.mark.slow
 def test_ecso_control_flow_each_way(organism):
     templates = templates_for(SHIPPED, "llava")
     config = GenerationConfig(max_new_tokens=24)
@@ -148,6 +150,7 @@ def sign(tmp_path) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_generate_end_to_end_on_the_organism(runner, sign, tmp_path):
     result = runner.invoke(
         main,
@@ -169,6 +172,7 @@ def test_generate_end_to_end_on_the_organism(runner, sign, tmp_path):
     assert result.output.strip().splitlines()[-1].startswith("model: ")
 
 
+@pytest.mark.slow
 def test_generate_errors(runner, tmp_path, llava_dir):
     result = runner.invoke(
         main, ["generate", "organism", "--image", str(tmp_path / "none.png"), "--prompt", "x"]

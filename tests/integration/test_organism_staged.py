@@ -46,6 +46,7 @@ def test_the_staged_organism_ships_small_with_its_training_record():
     assert record["seconds"] > 0
 
 
+@pytest.mark.slow
 def test_the_staged_organism_loads_with_the_auto_class_and_is_toxic_on_triggers():
     from transformers import AutoModelForImageTextToText, AutoProcessor
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import torch
 from transformers import AutoModelForImageTextToText
 
@@ -32,6 +33,7 @@ def _profile(runner, model: Path, output: Path, profile_set: Path, *extra: str):
     )
 
 
+@pytest.mark.slow
 def test_planted_experts_rank_at_the_top(runner, planted, tmp_path):
     model, profile_set = planted
     output = tmp_path / "expertise.safetensors"
@@ -74,6 +76,7 @@ def test_planted_experts_rank_at_the_top(runner, planted, tmp_path):
     assert (tmp_path / "store" / "responses.f32").is_file()
 
 
+@pytest.mark.slow
 def test_neuron_hook_point_finds_the_same_experts(runner, planted, tmp_path):
     model, profile_set = planted
     output = tmp_path / "neurons.safetensors"
@@ -87,6 +90,7 @@ def test_neuron_hook_point_finds_the_same_experts(runner, planted, tmp_path):
             assert set(torch.nonzero(entry.auroc > 0.9).flatten().tolist()) == set(PLANTED)
 
 
+@pytest.mark.slow
 def test_resume_after_interruption_is_identical(runner, planted, tmp_path, monkeypatch):
     from sgm_bake.io.response_store import ResponseStore
 
@@ -133,6 +137,7 @@ def test_pooling_ignores_padding_on_either_side():
     torch.testing.assert_close(pool(values, right, "mean")[0], expected)
 
 
+@pytest.mark.slow
 def test_left_and_right_padding_give_the_same_responses(planted):
     from sgm_bake.core.capture import Capture
     from sgm_bake.datasets.profile_set import load_profile_set
@@ -169,6 +174,7 @@ def test_text_positions_exclude_image_tokens(planted):
     assert int(every.sum() - text.sum()) == int(image_tokens)
 
 
+@pytest.mark.slow
 def test_one_command_profiles_bakes_and_verifies(runner, planted, tmp_path):
     model, profile_set = planted
     out = tmp_path / "out"
@@ -216,6 +222,7 @@ def test_one_command_profiles_bakes_and_verifies(runner, planted, tmp_path):
     assert record["expertise"]["metadata"]["strength"] == "0.5"
 
 
+@pytest.mark.slow
 def test_batches_hold_samples_of_similar_length(planted):
     """Samples are batched with an image first, longest first, deterministically: the same
     samples, less padding than the set's own order."""
@@ -245,6 +252,7 @@ def test_batches_hold_samples_of_similar_length(planted):
     assert padding(length_order(samples, inputs)) < padding(samples)
 
 
+@pytest.mark.slow
 def test_automatic_batch_size_on_a_cpu_is_the_default_batch(runner, planted, tmp_path):
     model, profile_set = planted
     fixed, automatic = tmp_path / "fixed.safetensors", tmp_path / "auto.safetensors"
@@ -260,6 +268,7 @@ def test_automatic_batch_size_on_a_cpu_is_the_default_batch(runner, planted, tmp
 # --- the response store: keyed by content, owning only what it made, one run at a time -------
 
 
+@pytest.mark.slow
 def test_a_resume_never_uses_another_models_responses(runner, planted, tmp_path, monkeypatch):
     """Two models in folders of the same name: the second profile is its own, not a resume of
     the first's stored responses."""
@@ -292,6 +301,7 @@ def test_responses_dir_with_other_files_is_refused(runner, planted, tmp_path):
     assert snapshot(tmp_path) == before
 
 
+@pytest.mark.slow
 def test_an_existing_empty_responses_dir_is_emptied_not_removed(runner, planted, tmp_path):
     model, profile_set = planted
     empty = tmp_path / "empty"

@@ -49,6 +49,7 @@ def test_block_path():
     assert block_path(["a.b.c", "a.b.d", "a.e"]) == "a"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model_type", sorted(TINY_FAMILIES))
 def test_streamed_verification_catches_wrong_folds(
     model_type: str, tiny_family: Any, tmp_path: Path

@@ -84,6 +84,7 @@ def _research_folder(folder, model, shape_3d: bool):
     return alphas
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("shape_3d", [True, False])
 def test_research_code_folder_bakes(runner, llava_dir, tmp_path, shape_3d):
     folder = tmp_path / "interventions"

@@ -96,6 +96,7 @@ def test_recipes_command_lists_supported(runner):
         assert model_type in result.output
 
 
+@pytest.mark.slow
 def test_wrong_recipe_mapping_is_caught_by_verify(runner, llava_dir, llava_expertise, tmp_path):
     data = load_recipe(available_recipes()["llava"]).definition  # blocks expanded
     for entry in data["projections"]:
