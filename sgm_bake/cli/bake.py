@@ -14,6 +14,7 @@ from sgm_bake.cli.common import (
     base_model_option,
     command_line,
     device_option,
+    effective_settings,
     expert_layout_option,
     expertise_option,
     make_placement,
@@ -98,6 +99,7 @@ def bake(
         command_line(),
         base_model=base_model,
         expert_layout=expert_layout,
+        settings=effective_settings(),
     )
     if mode == "layers":
         warm_up_layer_check(resolved.path, recipe_file)

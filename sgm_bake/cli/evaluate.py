@@ -14,8 +14,10 @@ from sgm_bake.cli.common import (
     device_option,
     dtype_option,
     ecso_templates_option,
+    effective_settings,
     judge_option,
     make_placement,
+    option,
     placement_options,
     progress_enabled,
     revision_option,
@@ -82,9 +84,15 @@ def _base_spec(folder: Path) -> tuple[str, str | None] | None:
     help="MM-TOXIC-QA-style prompt set: a .jsonl/.csv file, builtin:NAME or hf://datasets/...",
 )
 @judge_option
-@click.option("--max-new-tokens", type=click.IntRange(1), default=32, show_default=True)
+@option("max-new-tokens", help="Length of each greedy (or sampled) reply the judge reads.")
 @add_options([sample_option, seed_option])
-@click.option("--batch-size", type=click.IntRange(1), default=8, show_default=True)
+@click.option(
+    "--batch-size",
+    type=click.IntRange(1),
+    default=8,
+    show_default=True,
+    help="Prompts generated per forward pass.",
+)
 @add_options([device_option, dtype_option, placement_options])
 @click.option(
     "--base",
@@ -225,7 +233,7 @@ def eval_command(
     help="Also answer with SGM hooks from this expertise file, side by side.",
 )
 @click.option("--trace", is_flag=True, help="Print ECSO's steps (self-check score, caption).")
-@click.option("--max-new-tokens", type=click.IntRange(1), default=64, show_default=True)
+@option("max-new-tokens", default=64, help="Length of the reply.")
 @add_options([sample_option, seed_option, device_option, dtype_option, placement_options])
 @revision_option
 @template_option
@@ -312,8 +320,10 @@ def generate(
     "pretraining, instruction tuning, then jailbreak fine-tuning, as real MLLMs are made.",
 )
 @judge_option
-@click.option(
-    "--rule", type=click.Choice(["aura", "damp", "det0"]), default="det0", show_default=True
+@option(
+    "rule",
+    default="det0",
+    help="How AUROC becomes factors (see `sgm-bake run --help`); det0 switches the top-k off.",
 )
 @click.option(
     "--top-k",
@@ -322,8 +332,12 @@ def generate(
     show_default=True,
     help="Experts the rule acts on (0: no cap; see benchmarks/RESULTS.md).",
 )
-@click.option("--strength", type=click.FloatRange(0), default=1.0, show_default=True)
-@click.option("--positions", type=click.Choice(["all", "text"]), default="text", show_default=True)
+@option("strength", default=1.0)
+@option(
+    "positions",
+    default="text",
+    help="Pool over text positions only (the organism's toxicity is in its replies) or all.",
+)
 @user_errors
 def demo(
     workdir: Path,
@@ -369,7 +383,7 @@ def demo(
     prompts = load_prompt_set("builtin:mmtoxicqa-organism-v1")
     check_target(workdir, None, overwrite)
     source = resolve_model_source(organism_name, None, progress)
-    rule_options = RuleOptions(rule=rule, strength=strength, top_k=top_k or None)  # type: ignore[arg-type]
+    rule_options = RuleOptions(rule=rule, strength=strength, top_k=top_k)  # type: ignore[arg-type]
     request = ProfileRequest(
         profile_set="builtin:organism",
         device="cpu",
@@ -387,7 +401,8 @@ def demo(
     workdir = workdir.resolve()
     baked = workdir / "baked"
     step(2, 4, "baking")
-    run_bake(source, baked, expertise, BakeOptions(progress=progress, command=command_line()))
+    options = BakeOptions(progress=progress, command=command_line(), settings=effective_settings())
+    run_bake(source, baked, expertise, options)
     step(3, 4, "verifying")
     # The profiling model stays the base: verification loads its own copy.
     report_verification(baked, verify_output(baked, source.path, "float32", "cpu"))

@@ -16,6 +16,7 @@ from sgm_bake.cli.common import (
     device_option,
     dtype_option,
     echo_lines,
+    effective_settings,
     expert_layout_option,
     feed_option,
     hook_points_option,
@@ -24,6 +25,7 @@ from sgm_bake.cli.common import (
     make_rule,
     max_samples_option,
     neurons_option,
+    option,
     overwrite_option,
     placement_options,
     pooling_option,
@@ -43,13 +45,7 @@ from sgm_bake.errors import SGMError
 
 profile_options = add_options(
     [
-        click.option(
-            "--profile-set",
-            default="builtin:default",
-            show_default=True,
-            help="Labelled image-text pairs: a .jsonl/.csv file, builtin:NAME or "
-            "hf://datasets/ORG/NAME/FILE.",
-        ),
+        option("profile-set"),
         device_option,
         dtype_option,
         placement_options,
@@ -61,15 +57,8 @@ profile_options = add_options(
         hook_points_option,
         neurons_option,
         layers_option,
-        click.option(
-            "--responses-dir",
-            type=click.Path(path_type=Path, file_okay=False),
-            default=None,
-            help="Where pooled responses are stored (resumable); default: a cache folder per run.",
-        ),
-        click.option(
-            "--keep-responses", is_flag=True, help="Keep the response store after profiling."
-        ),
+        option("responses-dir"),
+        option("keep-responses"),
     ]
 )
 
@@ -91,7 +80,6 @@ def profile_request(params: dict[str, Any], recipe_file: Path | None, rule: Any)
         positions=params["positions"],
         feed=params["feed"],
         batch_size=params["batch_size"],
-        max_samples=params["max_samples"],
         responses_dir=params["responses_dir"],
         keep_responses=params["keep_responses"],
         progress=progress_enabled(),
@@ -346,6 +334,7 @@ def run(
         command_line(),
         base_model=base_model,
         expert_layout=expert_layout,
+        settings=effective_settings(),
         stages={"profile": outcome_memory} if outcome_memory else {},
     )
     record = run_bake(source, out, expertise, options)

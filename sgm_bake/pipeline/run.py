@@ -18,6 +18,7 @@ from sgm_bake.core.rules import RuleOptions
 from sgm_bake.datasets.profile_set import ProfileSet, load_profile_set
 from sgm_bake.io.checkpoint import open_checkpoint
 from sgm_bake.io.source import Source
+from sgm_bake.options import DEFAULT_PROFILE_SET
 from sgm_bake.pipeline.profile import CaptureStats, ProfileOptions, run_profile
 from sgm_bake.pipeline.verify import VerifyReport, recorded_recipe, verify
 from sgm_bake.pipeline.verify_layers import (
@@ -41,7 +42,7 @@ Announce = Callable[[str], None]
 class ProfileRequest:
     """What to profile and how the model is loaded for it."""
 
-    profile_set: str = "builtin:default"
+    profile_set: str = DEFAULT_PROFILE_SET
     max_samples: int | None = None
     device: str = "auto"
     dtype: str = "auto"

@@ -63,6 +63,7 @@ from sgm_bake.io import interrupts
 from sgm_bake.io.checkpoint import open_checkpoint
 from sgm_bake.io.response_store import ResponseStore
 from sgm_bake.io.source import content_key
+from sgm_bake.options import default, split_fractions
 from sgm_bake.pipeline.profile import (
     Inputs,
     Positions,
@@ -90,22 +91,14 @@ KNOBS: tuple[str, ...] = (
     "positions",
     "pooling",
 )
-DEFAULT_KNOBS: tuple[str, ...] = (
-    "rule",
-    "strength",
-    "top_k",
-    "threshold",
-    "hook_points",
-    "layers",
-    "positions",
-)
-# KL budget in nats per token position. On the built-in organisms, settings that keep benign
-# accuracy and fluency intact stay well below it, while settings that visibly damage replies
-# exceed it (benchmarks/RESULTS.md).
-DEFAULT_MAX_KL = 0.1
-DEFAULT_DEGENERATE_MARGIN = 0.03
-DEFAULT_ACCURACY_MARGIN = 0.02
-DEFAULT_FRACTIONS = (0.5, 0.25, 0.25)
+DEFAULT_KNOBS: tuple[str, ...] = tuple(default("knobs").split(","))
+# KL budget in nats per token position (`--max-kl`). On the built-in organisms, settings that
+# keep benign accuracy and fluency intact stay well below it, while settings that visibly damage
+# replies exceed it (benchmarks/RESULTS.md).
+DEFAULT_MAX_KL: float = default("max-kl")
+DEFAULT_DEGENERATE_MARGIN: float = default("degenerate-margin")
+DEFAULT_ACCURACY_MARGIN: float = default("accuracy-margin")
+DEFAULT_FRACTIONS: tuple[float, float, float] = split_fractions(default("split"))  # type: ignore[assignment]
 # Rows of each class every split needs: AUROC needs both classes on the profiling split (the
 # profile set's own minimum); harm and KL need at least two rows each on the other two.
 SPLIT_MINIMUM = {"profile": MIN_PER_CLASS, "tune": 2, "report": 2}
@@ -132,14 +125,14 @@ class TuneOptions:
     not searched (its rule, pooling, positions, hook points and layers)."""
 
     workdir: Path
-    trials: int = 40
+    trials: int = default("trials")
     seed: int = 0
     max_kl: float = DEFAULT_MAX_KL
     degenerate_margin: float = DEFAULT_DEGENERATE_MARGIN
     accuracy_margin: float = DEFAULT_ACCURACY_MARGIN
     fractions: tuple[float, float, float] = DEFAULT_FRACTIONS
     knobs: tuple[str, ...] = DEFAULT_KNOBS
-    sampler: Sampler = "tpe"
+    sampler: Sampler = default("sampler")
     profile: ProfileOptions = field(default_factory=ProfileOptions)
     generation: GenerationConfig = field(default_factory=GenerationConfig)
     batch_size: int = 8

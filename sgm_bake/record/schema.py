@@ -206,6 +206,9 @@ class BakeRecord:
     tuning: Tuning | None = None
     stages: dict[str, dict[str, Any]] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
+    settings: dict[str, Any] = field(default_factory=dict)
+    """The command's effective options (`values`) and, for those not from the command line or
+    the default, where they came from (`sources`: config file or environment)."""
     files: dict[str, str] = field(default_factory=dict)
     record_format: str = RECORD_FORMAT
 

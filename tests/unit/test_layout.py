@@ -26,7 +26,7 @@ LAYERS: list[set[str]] = [
     {"organism"},
     {"datasets"},
     {"core", "io"},
-    {"errors", "resources", "__init__"},
+    {"errors", "resources", "options", "__init__"},
 ]
 RANK = {name: rank for rank, names in enumerate(LAYERS) for name in names}
 
