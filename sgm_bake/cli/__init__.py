@@ -4,6 +4,9 @@ per command and prints its result. Heavy libraries are imported inside the comma
 
 from __future__ import annotations
 
+import difflib
+import re
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +17,9 @@ from sgm_bake.cli import audit, bake, evaluate, plan, profile, recipes, tune
 from sgm_bake.cli.common import EXIT_ERROR, config_defaults, configure_logging
 from sgm_bake.errors import SGMError
 
+GLOBAL_FLAGS = frozenset({"-q", "--quiet", "--verbose"})
+VERBOSE = re.compile(r"-v+$")
+
 
 class DefaultGroup(click.Group):
     """A group whose first argument may be a model instead of a command: `sgm-bake MODEL OUT`
@@ -22,9 +28,41 @@ class DefaultGroup(click.Group):
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
         ctx.meta["sgm_bake.argv"] = list(args)  # recorded in bake.json
         index = self.first_positional(ctx, args)
-        if index is not None and args[index] not in self.commands:
-            args = [*args[:index], "run", *args[index:]]
+        if index is not None:
+            # -q and -v mean the same after the command as before it.
+            moved = [arg for arg in args[index + 1 :] if arg in GLOBAL_FLAGS or VERBOSE.match(arg)]
+            rest = [arg for arg in args[index + 1 :] if arg not in moved]
+            args = [*args[:index], *moved, args[index], *rest]
+            index += len(moved)
+            if args[index] not in self.commands:
+                self.refuse_mistyped_command(args[index])
+                args = [*args[:index], "run", *args[index:]]
         return super().parse_args(ctx, args)
+
+    def refuse_mistyped_command(self, word: str) -> None:
+        """`sgm-bake inspec out`: a word close to a command name that is no existing path is a
+        mistyped command, said at once rather than looked up on the Hub as a model."""
+        if "/" in word or Path(word).exists():
+            return
+        close = difflib.get_close_matches(word, sorted(self.commands), n=1, cutoff=0.75)
+        if close:
+            click.echo(
+                f"error: {word!r} is not a command; did you mean {close[0]!r}? (a model named "
+                f"{word!r} would need to be a local folder or a Hub id ORG/NAME)",
+                err=True,
+            )
+            sys.exit(EXIT_ERROR)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """Each command with the whole first sentence of its help, wrapped, never cut."""
+        rows = []
+        for name in self.list_commands(ctx):
+            command = self.get_command(ctx, name)
+            if command is not None and not command.hidden:
+                rows.append((name, command.get_short_help_str(limit=1000)))
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
 
     def first_positional(self, ctx: click.Context, args: list[str]) -> int | None:
         """Where the command (or the model) is: the first argument that is neither a group

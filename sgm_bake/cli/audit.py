@@ -74,7 +74,11 @@ def unbake(out: Path, dest: Path, overwrite: bool, compare_with: str | None) -> 
 @click.argument("repo_id")
 @click.option("--private", is_flag=True, help="Create the repository as private.")
 @click.option("--branch", default=None, help="Push to this branch (created if missing).")
-@click.option("--commit-message", default=None)
+@click.option(
+    "--commit-message",
+    default=None,
+    help="Message of the Hub commit (default: 'Upload SGM-detoxified SOURCE (sgm-bake)').",
+)
 @click.option("--dry-run", is_flag=True, help="List what would be uploaded; upload nothing.")
 @click.option(
     "--timeout",

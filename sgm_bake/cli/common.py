@@ -17,7 +17,7 @@ import click
 from sgm_bake.errors import SGMError, TamperedError
 from sgm_bake.io import interrupts
 from sgm_bake.io.atomic import describe_os_error
-from sgm_bake.options import OPTIONS, Option, default
+from sgm_bake.options import BY_NAME, GROUPS, OPTIONS, Option, default
 
 F = TypeVar("F", bound=Callable[..., Any])
 EXIT_ERROR = 2
@@ -190,6 +190,34 @@ def add_options(options: list[Callable[[F], F]]) -> Callable[[F], F]:
     return decorate
 
 
+class SectionedCommand(click.Command):
+    """A command whose `--help` lists its options in sections (input, profiling, rule, bake,
+    verification, placement, publishing, ...): click has no option groups of its own. A shared
+    option's section is its group in `sgm_bake.options`; `sections` places the command's own
+    options (parameter name -> section)."""
+
+    def __init__(self, *args: Any, sections: dict[str, str] | None = None, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.sections = sections or {}
+
+    def section_of(self, param: click.Parameter) -> str:
+        if param.name in self.sections:
+            return self.sections[param.name]
+        spec = BY_NAME.get(param.name or "")
+        return spec.group if spec is not None else "other"
+
+    def format_options(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        sections: dict[str, list[tuple[str, str]]] = {}
+        for param in self.get_params(ctx):
+            record = param.get_help_record(ctx)
+            if record is not None:
+                sections.setdefault(self.section_of(param), []).append(record)
+        for name in (*GROUPS, "other"):
+            if name in sections:
+                with formatter.section(f"{name.capitalize()} options"):
+                    formatter.write_dl(sections[name])
+
+
 def option(key: str, *extra_flags: str, **overrides: Any) -> Callable[[F], F]:
     """The click option for `key` (a long name in `sgm_bake.options.OPTIONS`), built from its
     one definition there: default, help, type and environment variable. `extra_flags` add
@@ -224,6 +252,8 @@ def _shown(value: Any) -> str:
 def _click_type(spec: Option) -> Any:
     if spec.kind == "choice":
         return click.Choice(list(spec.choices))
+    if spec.kind == "int" and spec.minimum is None and spec.maximum is None:
+        return click.INT
     if spec.kind == "int":
         return click.IntRange(
             None if spec.minimum is None else int(spec.minimum),

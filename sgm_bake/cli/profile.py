@@ -9,6 +9,7 @@ import click
 
 from sgm_bake.cli.bake import report_verification
 from sgm_bake.cli.common import (
+    SectionedCommand,
     add_options,
     base_model_option,
     batch_size_option,
@@ -112,7 +113,7 @@ def announce(text: str) -> None:
         click.echo(text, err=True)
 
 
-@click.command()
+@click.command(cls=SectionedCommand, sections={"output": "input"})
 @click.argument("model")
 @click.option(
     "-o",
@@ -172,7 +173,16 @@ def profile(
     click.echo(f"wrote {output}")
 
 
-@click.command()
+@click.command(
+    cls=SectionedCommand,
+    sections={
+        "expertise_path": "input",
+        "push_to_hub": "publishing",
+        "private": "publishing",
+        "tune_knobs": "tuning",
+        "help": "other",
+    },
+)
 @click.argument("model")
 @click.argument("out", type=click.Path(path_type=Path))
 @click.option(

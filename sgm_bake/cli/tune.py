@@ -8,6 +8,7 @@ from typing import Any
 import click
 
 from sgm_bake.cli.common import (
+    SectionedCommand,
     add_options,
     batch_size_option,
     device_option,
@@ -157,7 +158,7 @@ def tune_request(
     )
 
 
-@click.command()
+@click.command(cls=SectionedCommand, sections={"output": "input"})
 @click.argument("model")
 @option(
     "profile-set",
