@@ -25,6 +25,7 @@ EXIT_VERIFY_FAILED = 3
 EXIT_TAMPERED = 4
 EXIT_INTERRUPTED = 130
 RULE_KEYS = ("rule", "threshold", "top-k", "damp-alpha", "strength")
+BY_NAME_KEY = {key: OPTIONS[key].name for key in RULE_KEYS}
 
 
 def configure_logging(verbose: int, quiet: bool) -> None:
@@ -360,6 +361,34 @@ def make_rule(
     given: dict[str, Any] = {"rule": rule, "threshold": threshold, "top_k": top_k}
     given.update(damp_alpha=damp_alpha, strength=strength)
     return RuleOptions(**{name: value for name, value in given.items() if value is not None})
+
+
+def bake_options(
+    overwrite: bool,
+    recipe_file: Path | None,
+    base_model: str | None = None,
+    expert_layout: str | None = None,
+) -> Any:
+    """The bake's options from the command line, with the command and its effective settings
+    for the record."""
+    from sgm_bake.pipeline.bake import BakeOptions
+
+    return BakeOptions(
+        overwrite,
+        recipe_file,
+        progress_enabled(),
+        command_line(),
+        base_model=base_model,
+        expert_layout=expert_layout,
+        settings=effective_settings(),
+    )
+
+
+def rule_from(params: dict[str, Any]) -> tuple[Any, bool]:
+    """Take the rule options (`rule_options`) out of a command's parameters: the RuleOptions
+    they make, and whether any was given."""
+    values = [params.pop(BY_NAME_KEY[key]) for key in RULE_KEYS]
+    return make_rule(*values), any(value is not None for value in values)
 
 
 def step(number: int, total: int, text: str) -> None:

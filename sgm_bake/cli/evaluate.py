@@ -7,14 +7,13 @@ from typing import Any
 
 import click
 
-from sgm_bake.cli.bake import report_verification
+from sgm_bake.cli.bake import fail_unverified
 from sgm_bake.cli.common import (
     add_options,
-    command_line,
+    bake_options,
     device_option,
     dtype_option,
     ecso_templates_option,
-    effective_settings,
     judge_option,
     make_placement,
     option,
@@ -23,11 +22,10 @@ from sgm_bake.cli.common import (
     revision_option,
     sample_option,
     seed_option,
-    step,
     template_option,
     user_errors,
 )
-from sgm_bake.cli.profile import echo_summary
+from sgm_bake.cli.profile import announce
 from sgm_bake.errors import SGMError
 
 
@@ -357,76 +355,23 @@ def demo(
     expertise.safetensors and baked/ (the detoxified checkpoint, with the evaluation report in
     baked/sgm/eval.json and a chart beside it).
     """
-    from sgm_bake.core.expertise import save_expertise
     from sgm_bake.core.rules import RuleOptions
-    from sgm_bake.datasets.prompt_set import load_prompt_set
-    from sgm_bake.evaluation.conditions import (
-        EvalSettings,
-        Variant,
-        evaluate_variants,
-        write_report,
-    )
-    from sgm_bake.evaluation.ecso import templates_for
-    from sgm_bake.evaluation.judges import make_judge
-    from sgm_bake.io.atomic import atomic_folder, check_target
-    from sgm_bake.pipeline.bake import BakeOptions
-    from sgm_bake.pipeline.bake import bake as run_bake
-    from sgm_bake.pipeline.profile import ProfileOptions
-    from sgm_bake.pipeline.run import ProfileRequest, profile_source, verify_output
-    from sgm_bake.publish.refresh import record_evaluation
-    from sgm_bake.record import SGM_DIR
-    from sgm_bake.runtime.chat import ChatModel, GenerationConfig
-    from sgm_bake.runtime.loading import load_chat, load_processor, resolve_model_source
+    from sgm_bake.pipeline.demo import DemoRequest, run_demo
+    from sgm_bake.pipeline.run import Messages
 
-    progress = progress_enabled()
-    judge = make_judge(judge_spec)
-    prompts = load_prompt_set("builtin:mmtoxicqa-organism-v1")
-    check_target(workdir, None, overwrite)
-    source = resolve_model_source(organism_name, None, progress)
-    rule_options = RuleOptions(rule=rule, strength=strength, top_k=top_k)  # type: ignore[arg-type]
-    request = ProfileRequest(
-        profile_set="builtin:organism",
-        device="cpu",
-        dtype="float32",
-        options=ProfileOptions(positions=positions, progress=progress, rule=rule_options),  # type: ignore[arg-type]
+    request = DemoRequest(
+        workdir=workdir,
+        organism=organism_name,
+        rule=RuleOptions(rule=rule, strength=strength, top_k=top_k),  # type: ignore[arg-type]
+        positions=positions,
+        judge=judge_spec,
+        overwrite=overwrite,
+        bake=bake_options(overwrite=False, recipe_file=None),
     )
-    step(1, 4, f"profiling {source.id} on builtin:organism")
-    outcome = profile_source(source, request)
-    expertise = outcome.expertise
-    if expertise is None:  # only ranks other than 0 of a torchrun job get none
-        raise SGMError("the demo runs in one process; start it without torchrun")
-    echo_summary(expertise, outcome.recipe)
-    with atomic_folder(workdir, overwrite) as staging:
-        save_expertise(expertise, staging / "expertise.safetensors")
-    workdir = workdir.resolve()
-    baked = workdir / "baked"
-    step(2, 4, "baking")
-    options = BakeOptions(progress=progress, command=command_line(), settings=effective_settings())
-    run_bake(source, baked, expertise, options)
-    step(3, 4, "verifying")
-    # The profiling model stays the base: verification loads its own copy.
-    report_verification(baked, verify_output(baked, source.path, "float32", "cpu"))
-    step(4, 4, "evaluating: base, ECSO, SGM (baked), SGM* (baked + ECSO)")
-    base_chat = ChatModel(outcome.loaded.model, load_processor(source.path), outcome.loaded.device)
-    baked_chat, _ = load_chat(resolve_model_source(str(baked)), "cpu", "float32")
-    templates = templates_for(source.path, outcome.recipe.model_type)
-    settings = EvalSettings(GenerationConfig(), 8, progress, templates)
-    variants = [
-        Variant("base", base_chat, ecso_label="ecso"),
-        Variant("sgm-baked", baked_chat, ecso_label="sgm*"),
-    ]
-    results = evaluate_variants(variants, prompts, judge, settings, base_chat)
-    data = write_report(
-        baked / SGM_DIR / "eval.json",
-        prompts,
-        judge,
-        settings,
-        results,
-        {"id": source.id, **rule_options.describe()},
-    )
-    record_evaluation(baked, f"{SGM_DIR}/eval.json", data)
-    eval_table(results)
-    click.echo(f"detoxified checkpoint: {baked}; report {baked / SGM_DIR / 'eval.json'}")
+    outcome = run_demo(request, Messages(click.echo, announce))
+    fail_unverified(outcome.baked, outcome.verification)
+    eval_table(outcome.results)
+    click.echo(f"detoxified checkpoint: {outcome.baked}; report {outcome.report}")
 
 
 COMMANDS = [eval_command, generate, demo]

@@ -18,7 +18,6 @@ from sgm_bake.cli.common import (
     hook_points_option,
     layers_option,
     make_placement,
-    make_rule,
     max_samples_option,
     neurons_option,
     option,
@@ -28,6 +27,7 @@ from sgm_bake.cli.common import (
     progress_enabled,
     recipe_option,
     revision_option,
+    rule_from,
     rule_options,
     template_option,
     user_errors,
@@ -191,11 +191,6 @@ def tune(
     overwrite: bool,
     revision: str | None,
     recipe_file: Path | None,
-    rule: str | None,
-    threshold: float | None,
-    top_k: int | None,
-    damp_alpha: float | None,
-    strength: float | None,
     **params: Any,
 ) -> None:
     """Search SGM's knobs for MODEL: the least harm on held-out toxic prompts within a KL budget.
@@ -222,7 +217,7 @@ def tune(
             f"{output} exists; pass --overwrite to replace it (running the same command again "
             f"resumes the search in {workdir} and writes the expertise anew)"
         )
-    rule_options_ = make_rule(rule, threshold, top_k, damp_alpha, strength)
+    rule_options_, _ = rule_from(params)
     request = tune_request(profile_set, params, rule_options_, recipe_file, workdir)
     source = resolve_model_source(model, revision, progress_enabled())
     outcome = tune_source(source, request)
