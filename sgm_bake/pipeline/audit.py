@@ -15,7 +15,6 @@ bake and cannot be rebuilt; unbake refuses them and names them.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +24,7 @@ from sgm_bake.core.expertise import Expertise, ModuleExpertise, load_expertise
 from sgm_bake.errors import SGMError, TamperedError
 from sgm_bake.io.atomic import atomic_folder, check_target
 from sgm_bake.io.checkpoint import open_checkpoint
+from sgm_bake.io.tensors import TensorSource
 from sgm_bake.pipeline.bake import (
     EXPERTISE_FILE,
     copy_other_files,
@@ -75,26 +75,6 @@ def stored_expertise(folder: Path) -> Expertise:
     return load_expertise(path)
 
 
-def _tensor_reader(checkpoint: Any) -> Callable[[str], torch.Tensor]:
-    """Read one tensor of a checkpoint, safetensors or PyTorch `.bin`."""
-    from sgm_bake.io.checkpoint import load_bin
-    from sgm_bake.io.safetensors import read_tensor
-
-    keys = checkpoint.tensor_keys()
-    if checkpoint.format == "safetensors":
-        return lambda key: read_tensor(checkpoint.headers[keys[key]], key)
-    states: dict[str, dict[str, Any]] = {}
-
-    def read(key: str) -> torch.Tensor:
-        name = keys[key]
-        if name not in states:
-            states[name] = load_bin(checkpoint.root / name)
-        tensor: torch.Tensor = states[name][key]
-        return tensor
-
-    return read
-
-
 def rounding_bound(base: torch.Tensor, inverse: torch.Tensor, dtype: str) -> torch.Tensor:
     """How far a rebuilt weight may lie from `base` (see the module docstring): `inverse` is the
     per-element product of the unfold's factors, 1 / alpha."""
@@ -117,7 +97,7 @@ def compare_weights(rebuilt: Path, base: Path, plan: Any) -> dict[str, Any]:
             f"the rebuilt checkpoint and the base {base} hold different tensor names; the base "
             "is another model"
         )
-    read_ours, read_theirs = _tensor_reader(ours), _tensor_reader(theirs)
+    read_ours, read_theirs = TensorSource(ours).read, TensorSource(theirs).read
     worst_relative, worst_share, within, identical = 0.0, 0.0, True, True
     for key in sorted(their_keys):
         base_tensor, rebuilt_tensor = read_theirs(key), read_ours(key)

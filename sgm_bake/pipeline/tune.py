@@ -76,6 +76,7 @@ from sgm_bake.pipeline.profile import (
 from sgm_bake.publish import plots
 from sgm_bake.publish.refresh import rewrite_card
 from sgm_bake.record import SGM_DIR, Tuning, read_record
+from sgm_bake.runtime.batch import to_device
 from sgm_bake.runtime.chat import ChatModel, GenerationConfig, call_processor
 from sgm_bake.runtime.loading import Placement
 
@@ -597,17 +598,6 @@ def _prompt_set(rows: ProfileSet) -> PromptSet:
     return PromptSet(rows.name, rows.sha256, items)
 
 
-def _move(batch: dict[str, Any], device: torch.device, dtype: torch.dtype) -> dict[str, Any]:
-    moved = {}
-    for key, value in batch.items():
-        if isinstance(value, torch.Tensor):
-            value = value.to(device)
-            if value.is_floating_point():
-                value = value.to(dtype)
-        moved[key] = value
-    return moved
-
-
 class SplitMeasure:
     """Measures whatever hooks are on the model on one split; the base's reference next-token
     distributions are computed on first use and cached (in memory and in the work folder)."""
@@ -681,7 +671,7 @@ class SplitMeasure:
                 if answer > 0:
                     mask[row, width - answer - 1 : width - 1] = True
             with torch.no_grad():
-                logits = self.chat.model(**_move(batch, self.chat.device, self.dtype)).logits
+                logits = self.chat.model(**to_device(batch, self.chat.device, self.dtype)).logits
             selected = logits.float()[mask.to(logits.device)]
             result.append(torch.log_softmax(selected, dim=-1).cpu())
         return result
