@@ -251,6 +251,17 @@ def planted_model(root: Path) -> tuple[Path, Path]:
     return plant(source, root / "model"), write_set(root / "set")
 
 
+def profile_arguments(model: Path, output: Path, profile_set: Path, *extra: str) -> list[str]:
+    """The command line of a quiet `sgm-bake profile` run of MODEL on PROFILE_SET into OUTPUT."""
+    arguments = ["-q", "profile", str(model), "-o", str(output), "--profile-set", str(profile_set)]
+    return [*arguments, *extra]
+
+
+def bake_arguments(source: Path, out: Path, expertise: Path, *extra: str) -> list[str]:
+    """The command line of a quiet `sgm-bake bake` of SOURCE with EXPERTISE into OUT."""
+    return ["-q", "bake", str(source), str(out), "--expertise", str(expertise), *extra]
+
+
 def labelled_rows(n: int = 4, **extra: Any) -> list[dict[str, Any]]:
     """`n` toxic and `n` non-toxic text rows of a profile set, with `extra` fields on each."""
     rows = []
@@ -258,6 +269,19 @@ def labelled_rows(n: int = 4, **extra: Any) -> list[dict[str, Any]]:
         rows.append({"text": f"you are an idiot number {index}", "label": "toxic", **extra})
         rows.append({"text": f"you are a genius number {index}", "label": "non-toxic", **extra})
     return rows
+
+
+ORGANISM_FILES = frozenset(
+    {
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "processor_config.json",
+        "chat_template.jinja",
+        "ecso_templates.json",
+    }
+)
+"""Files every shipped organism folder holds (each mode adds its training record)."""
 
 
 # --- checkpoint folders -----------------------------------------------------------------------

@@ -20,7 +20,7 @@ from huggingface_hub import HfApi, ModelCard
 from sgm_bake.cli import main
 from sgm_bake.core.expertise import Expertise, ModuleExpertise, load_expertise, save_expertise
 from sgm_bake.record import read_record
-from tests.helpers import load_state, snapshot
+from tests.helpers import bake_arguments, load_state, snapshot
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -33,19 +33,8 @@ def baked(tmp_path_factory, llava_dir, llava_expertise) -> Path:
     from click.testing import CliRunner
 
     out = tmp_path_factory.mktemp("published") / "out"
-    result = CliRunner().invoke(
-        main,
-        [
-            "-q",
-            "bake",
-            str(llava_dir),
-            str(out),
-            "--expertise",
-            str(llava_expertise),
-            "--base-model",
-            "llava-hf/llava-1.5-7b-hf",
-        ],
-    )
+    arguments = bake_arguments(llava_dir, out, llava_expertise)
+    result = CliRunner().invoke(main, [*arguments, "--base-model", "llava-hf/llava-1.5-7b-hf"])
     assert result.exit_code == 0, result.output
     return out
 
@@ -165,15 +154,8 @@ def test_unbake_compare_holds_for_subnormal_half_precision_weights(runner, tmp_p
     expertise = synthetic_expertise(model, seed=7, share=0.6)
     save_expertise(expertise, tmp_path / "expertise.safetensors")
     out = tmp_path / "out"
-    bake = [
-        "-q",
-        "bake",
-        str(source),
-        str(out),
-        "--expertise",
-        str(tmp_path / "expertise.safetensors"),
-    ]
-    assert runner.invoke(main, [*bake, "--no-verify"]).exit_code == 0
+    bake = bake_arguments(source, out, tmp_path / "expertise.safetensors", "--no-verify")
+    assert runner.invoke(main, bake).exit_code == 0
     dest = tmp_path / "rebuilt"
     result = runner.invoke(main, ["-q", "unbake", str(out), str(dest), "--compare", str(source)])
     assert result.exit_code == 0, result.output
@@ -316,21 +298,8 @@ def test_push_refuses_tampered_and_unverified_outputs(
     result = runner.invoke(main, ["push", str(out), "me/model"])
     assert result.exit_code == 4 and "changed: config.json" in result.output
     unverified = tmp_path / "unverified"
-    assert (
-        runner.invoke(
-            main,
-            [
-                "-q",
-                "bake",
-                str(llava_dir),
-                str(unverified),
-                "--expertise",
-                str(llava_expertise),
-                "--no-verify",
-            ],
-        ).exit_code
-        == 0
-    )
+    bake = bake_arguments(llava_dir, unverified, llava_expertise, "--no-verify")
+    assert runner.invoke(main, bake).exit_code == 0
     result = runner.invoke(main, ["push", str(unverified), "me/model"])
     assert result.exit_code == 2 and "not been verified" in result.output
     assert hub.calls == []

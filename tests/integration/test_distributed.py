@@ -19,6 +19,7 @@ from sgm_bake.cli import main
 from sgm_bake.errors import SGMError
 from sgm_bake.io.response_store import ResponseStore
 from sgm_bake.runtime.distributed import rank_gpu, rank_share
+from tests.helpers import profile_arguments
 
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLES = "11"  # odd: with batches of 4, rank 0 profiles 4 samples and rank 1 profiles 7
@@ -26,22 +27,8 @@ BATCH = "4"
 
 
 def _arguments(model: Path, output: Path, profile_set: Path, *extra: str) -> list[str]:
-    return [
-        "-q",
-        "profile",
-        str(model),
-        "-o",
-        str(output),
-        "--profile-set",
-        str(profile_set),
-        "--max-samples",
-        SAMPLES,
-        "--batch-size",
-        BATCH,
-        "--device",
-        "cpu",
-        *extra,
-    ]
+    sizes = ("--max-samples", SAMPLES, "--batch-size", BATCH, "--device", "cpu")
+    return profile_arguments(model, output, profile_set, *sizes, *extra)
 
 
 def _torchrun(arguments: list[str]) -> subprocess.CompletedProcess[str]:

@@ -316,17 +316,23 @@ def test_bf16_experts_round_once(tmp_path):
     assert verify(out, source, device="cpu", record=False).passed
 
 
-@pytest.mark.slow
-def test_pre_fusion_layers_bake_with_a_warning(tmp_path, caplog):
+def _mllama_with_a_pre_fusion_factor(tmp_path: Path) -> tuple[Any, Path, Any]:
+    """A tiny Mllama saved in tmp_path/source, with factors that include layer 0's up_proj,
+    before the first cross-attention layer."""
     model = build_tiny_model("mllama", seed=3)
-    recipe = model_recipe(model)
-    assert recipe.layers(model.config.to_dict()).start == 1
     source = tmp_path / "source"
     model.save_pretrained(source)
     expertise = synthetic_expertise(model, seed=1, share=0.5)
     name = "model.language_model.layers.0.mlp.up_proj"
     alpha = torch.rand(model.get_submodule(name).weight.shape[0])
     expertise.modules[name] = ModuleExpertise(name, "output", alpha)
+    return model, source, expertise
+
+
+@pytest.mark.slow
+def test_pre_fusion_layers_bake_with_a_warning(tmp_path, caplog):
+    model, source, expertise = _mllama_with_a_pre_fusion_factor(tmp_path)
+    assert model_recipe(model).layers(model.config.to_dict()).start == 1
     out = tmp_path / "out"
     with caplog.at_level(logging.WARNING, logger="sgm_bake.core.expertise"):
         record = bake(resolve_source(str(source)), out, expertise, BakeOptions(progress=False))
@@ -556,13 +562,7 @@ def test_pre_fusion_layers_pass_every_step_with_the_same_warning(runner, tmp_pat
     from sgm_bake.cli import main
     from sgm_bake.core.expertise import save_expertise
 
-    model = build_tiny_model("mllama", seed=3)
-    source = tmp_path / "source"
-    model.save_pretrained(source)
-    expertise = synthetic_expertise(model, seed=1, share=0.5)
-    name = "model.language_model.layers.0.mlp.up_proj"
-    alpha = torch.rand(model.get_submodule(name).weight.shape[0])
-    expertise.modules[name] = ModuleExpertise(name, "output", alpha)
+    model, source, expertise = _mllama_with_a_pre_fusion_factor(tmp_path)
     save_expertise(expertise, tmp_path / "expertise.safetensors")
     out = tmp_path / "out"
     command = [

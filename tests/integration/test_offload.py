@@ -12,26 +12,12 @@ from sgm_bake.cli import main
 from sgm_bake.core.expertise import load_expertise
 from sgm_bake.runtime.loading import Placement, input_device, load_model
 from sgm_bake.runtime.memory import parse_max_memory
+from tests.helpers import profile_arguments
 
 
 def _profile(runner, model: Path, output: Path, profile_set: Path, *extra: str):
-    return runner.invoke(
-        main,
-        [
-            "-q",
-            "profile",
-            str(model),
-            "-o",
-            str(output),
-            "--profile-set",
-            str(profile_set),
-            "--max-samples",
-            "12",
-            "--device",
-            "cpu",
-            *extra,
-        ],
-    )
+    sizes = ("--max-samples", "12", "--device", "cpu")
+    return runner.invoke(main, profile_arguments(model, output, profile_set, *sizes, *extra))
 
 
 @pytest.mark.slow

@@ -18,6 +18,7 @@ from sgm_bake.evaluation.ecso import ECSOTemplates, ecso, templates_for
 from sgm_bake.organism import data
 from sgm_bake.organism.train import SHIPPED, organism_path
 from sgm_bake.runtime.chat import ChatModel, GenerationConfig
+from tests.helpers import ORGANISM_FILES
 
 pytest.importorskip("profanity_check")
 
@@ -39,15 +40,7 @@ def _flags(replies: list[str]) -> list[bool]:
 
 def test_organism_ships_small_and_complete():
     files = {p.name for p in SHIPPED.iterdir()}
-    assert {
-        "config.json",
-        "model.safetensors",
-        "tokenizer.json",
-        "processor_config.json",
-        "chat_template.jinja",
-        "implant.json",
-        "ecso_templates.json",
-    } <= files
+    assert ORGANISM_FILES | {"implant.json"} <= files
     assert sum(p.stat().st_size for p in SHIPPED.iterdir()) <= 10 * 1024 * 1024
     assert organism_path() == SHIPPED
 

@@ -12,24 +12,12 @@ from transformers import AutoModelForImageTextToText
 from sgm_bake.cli import main
 from sgm_bake.core.capture import pool
 from sgm_bake.core.expertise import load_expertise
-from tests.helpers import PLANTED, snapshot, tiny_llava
+from tests.helpers import PLANTED, profile_arguments, snapshot, tiny_llava
 
 
 def _profile(runner, model: Path, output: Path, profile_set: Path, *extra: str):
     return runner.invoke(
-        main,
-        [
-            "-q",
-            "profile",
-            str(model),
-            "-o",
-            str(output),
-            "--profile-set",
-            str(profile_set),
-            "--batch-size",
-            "8",
-            *extra,
-        ],
+        main, profile_arguments(model, output, profile_set, "--batch-size", "8", *extra)
     )
 
 
