@@ -120,7 +120,7 @@ def profile_source(
         )
     stats = CaptureStats()
     with PeakMemory("profile") as memory:
-        loaded = load(source, request.device, request.dtype, request.recipe_file, placement)
+        loaded = load(source, request.device, request.dtype, request.recipe_file, placement, recipe)
         expertise = run_profile(
             loaded.model,
             source.path,
