@@ -251,10 +251,13 @@ def planted_model(root: Path) -> tuple[Path, Path]:
     return plant(source, root / "model"), write_set(root / "set")
 
 
-def profile_arguments(model: Path, output: Path, profile_set: Path, *extra: str) -> list[str]:
-    """The command line of a quiet `sgm-bake profile` run of MODEL on PROFILE_SET into OUTPUT."""
-    arguments = ["-q", "profile", str(model), "-o", str(output), "--profile-set", str(profile_set)]
-    return [*arguments, *extra]
+def profile_arguments(
+    model: Path, output: Path, profile_set: Path, *extra: str, quiet: bool = True
+) -> list[str]:
+    """The command line of an `sgm-bake profile` run of MODEL on PROFILE_SET into OUTPUT (quiet:
+    no progress bars and no status lines, such as the one on the profiling speed)."""
+    arguments = ["profile", str(model), "-o", str(output), "--profile-set", str(profile_set)]
+    return [*(["-q"] if quiet else []), *arguments, *extra]
 
 
 def bake_arguments(source: Path, out: Path, expertise: Path, *extra: str) -> list[str]:

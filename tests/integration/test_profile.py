@@ -245,8 +245,10 @@ def test_automatic_batch_size_on_a_cpu_is_the_default_batch(runner, planted, tmp
     model, profile_set = planted
     fixed, automatic = tmp_path / "fixed.safetensors", tmp_path / "auto.safetensors"
     assert _profile(runner, model, fixed, profile_set, "--device", "cpu").exit_code == 0
-    result = _profile(
-        runner, model, automatic, profile_set, "--device", "cpu", "--batch-size", "auto"
+    # Not quiet: the speed line, which names the batch size, is a status line.
+    extra = ("--device", "cpu", "--batch-size", "auto")
+    result = runner.invoke(
+        main, profile_arguments(model, automatic, profile_set, *extra, quiet=False)
     )
     assert result.exit_code == 0, result.output
     assert "batch 8," in result.output and "found automatically" not in result.output
