@@ -33,7 +33,7 @@ def test_offloaded_profile_equals_plain(runner, planted, tmp_path):
         profile_set=str(profile_set),
         max_samples=12,
         device="cpu",
-        options=ProfileOptions(max_samples=12, progress=False),
+        options=ProfileOptions(progress=False),
         placement=Placement(
             device="cpu",
             max_memory=parse_max_memory("cpu=100KB"),
