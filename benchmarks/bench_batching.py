@@ -52,7 +52,7 @@ def main() -> None:
         length_order,
         profile_targets,
     )
-    from tests.builders import tiny_llava
+    from tests.helpers import tiny_llava
 
     with tempfile.TemporaryDirectory() as tmp:
         folder = tiny_llava(

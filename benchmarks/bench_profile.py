@@ -84,7 +84,7 @@ def bench_capture(samples: int, batch_size: int, repeats: int) -> None:
     from sgm_bake.datasets.profile_set import load_profile_set
     from sgm_bake.io.response_store import ResponseStore
     from sgm_bake.pipeline.profile import Inputs, ProfileOptions, profile_targets
-    from tests.builders import tiny_llava
+    from tests.helpers import tiny_llava
 
     with tempfile.TemporaryDirectory() as tmp:
         folder = tiny_llava(

@@ -52,7 +52,7 @@ def build_llava(
 
     from sgm_bake.io.safetensors import write_tensors
     from sgm_bake.organism.processors import llava_processor
-    from tests.builders import CHAT_TEMPLATE, byte_tokenizer
+    from tests.helpers import CHAT_TEMPLATE, byte_tokenizer
 
     folder.mkdir(parents=True, exist_ok=True)
     config = json.loads((config_folder / "config.json").read_text())
@@ -113,7 +113,7 @@ def main() -> None:
     args = parser.parse_args()
     dtype = getattr(torch, args.dtype)
     if args.tiny:
-        from tests.builders import tiny_llava
+        from tests.helpers import tiny_llava
 
         tiny_llava(args.folder, hidden=64, intermediate=128, layers=4, dtype=dtype)
         print(f"built a tiny LLaVA in {args.folder}")

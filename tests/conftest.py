@@ -1,35 +1,23 @@
-"""Shared fixtures: tiny real checkpoints built locally (never downloaded)."""
+"""Shared fixtures: tiny real checkpoints built locally (never downloaded), each built once per
+session. Helpers that tests call directly live in `tests/helpers.py`, not here."""
 
 from __future__ import annotations
 
-import json
 import shutil
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
-import torch
 from click.testing import CliRunner
-from safetensors import safe_open
-from safetensors.torch import save_file
 
-from sgm_bake.core.expertise import Expertise, save_expertise
-from tests.builders import synthetic_expertise, tiny_llava
-
-
-def load_state(folder: Path) -> dict[str, torch.Tensor]:
-    """Every tensor of a safetensors checkpoint folder (single file or sharded)."""
-    state = {}
-    for path in sorted(folder.glob("*.safetensors")):
-        with safe_open(str(path), "pt") as handle:
-            for key in handle.keys():  # noqa: SIM118
-                state[key] = handle.get_tensor(key)
-    return state
-
-
-def file_metadata(path: Path) -> dict[str, str] | None:
-    with safe_open(str(path), "pt") as handle:
-        return handle.metadata()
+from sgm_bake.core.expertise import save_expertise
+from tests.helpers import (
+    planted_model,
+    synthetic_expertise,
+    tiny_family_checkpoint,
+    tiny_llava,
+)
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -75,31 +63,30 @@ def copy_model(tmp_path: Path) -> Callable[[Path], Path]:
     return copy
 
 
-def rename_keys(folder: Path, mapping: list[tuple[str, str]]) -> None:
-    """Rewrite a single-file checkpoint with key prefixes renamed (to imitate other writers)."""
-    path = folder / "model.safetensors"
-    state = load_state(folder)
-    metadata = file_metadata(path)
-    renamed = {}
-    for key, tensor in state.items():
-        for old, new in mapping:
-            if key.startswith(old):
-                key = new + key[len(old) :]
-                break
-        renamed[key] = tensor
-    save_file(renamed, str(path), metadata=metadata)
-
-
-def write_json(path: Path, data: object) -> None:
-    path.write_text(json.dumps(data, indent=2))
-
-
 @pytest.fixture
 def runner() -> CliRunner:
     return CliRunner()
 
 
-def expertise_for(model: torch.nn.Module, path: Path, seed: int = 0) -> Expertise:
-    expertise = synthetic_expertise(model, seed=seed)
-    save_expertise(expertise, path)
-    return expertise
+@pytest.fixture(scope="session")
+def planted(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """The planted model (PLANTED units detect the '#' marker) and its labelled set."""
+    return planted_model(tmp_path_factory.mktemp("planted"))
+
+
+@pytest.fixture(scope="session")
+def tiny_family(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Callable[[str], tuple[Any, Path]]:
+    """`tiny_family(model_type)`: the tiny model of that family (random biases) and the folder it
+    is saved in, built on first use and shared by every test of the session. Read-only: a test
+    that changes the files works on a copy."""
+    built: dict[str, tuple[Any, Path]] = {}
+
+    def get(model_type: str) -> tuple[Any, Path]:
+        if model_type not in built:
+            folder = tmp_path_factory.mktemp(f"family-{model_type}")
+            built[model_type] = (tiny_family_checkpoint(model_type, folder), folder)
+        return built[model_type]
+
+    return get

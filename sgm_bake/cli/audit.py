@@ -30,7 +30,7 @@ from sgm_bake.cli.common import (
 def inspect(out: Path, rerender: bool, as_json: bool) -> None:
     """Summarise a baked folder and re-check every sha256 (read-only unless --rerender)."""
     from sgm_bake.pipeline.audit import describe_record, record_summary, rerender_folder
-    from sgm_bake.pipeline.record import check_hashes, read_record
+    from sgm_bake.record import check_hashes, read_record
 
     record = read_record(out)
     if not as_json:
@@ -120,7 +120,11 @@ def unbake(out: Path, dest: Path, overwrite: bool, compare_with: str | None) -> 
     "after an interruption to resume), then the card and the record in a last commit; or all "
     "in one commit. Default: resumable above 50 GiB.",
 )
-@click.option("--commit-message", default=None)
+@click.option(
+    "--commit-message",
+    default=None,
+    help="Message of the Hub commit (default: 'Upload SGM-detoxified SOURCE (sgm-bake)').",
+)
 @click.option(
     "--dry-run",
     is_flag=True,

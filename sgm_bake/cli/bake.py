@@ -11,8 +11,8 @@ import click
 from sgm_bake.cli.common import (
     EXIT_VERIFY_FAILED,
     add_options,
+    bake_options,
     base_model_option,
-    command_line,
     device_option,
     expert_layout_option,
     expertise_option,
@@ -33,6 +33,11 @@ from sgm_bake.errors import SGMError
 def report_verification(out: Path, report: Any) -> None:
     """Print a verification result; a failure exits with EXIT_VERIFY_FAILED."""
     click.echo(f"verify: {report.summary()}")
+    fail_unverified(out, report)
+
+
+def fail_unverified(out: Path, report: Any) -> None:
+    """A verification beyond tolerance: one error line, exit code EXIT_VERIFY_FAILED."""
     if not report.passed:
         click.echo(
             f"error: the baked model differs from the hooked source beyond tolerance; {out} is "
@@ -82,7 +87,6 @@ def bake(
     SOURCE is a local model folder or a Hub model id.
     """
     from sgm_bake.core.expertise import load_expertise
-    from sgm_bake.pipeline.bake import BakeOptions
     from sgm_bake.pipeline.bake import bake as run_bake
     from sgm_bake.pipeline.run import verify_output, warm_up_layer_check
     from sgm_bake.runtime.loading import resolve_model_source
@@ -91,14 +95,7 @@ def bake(
     placement = make_placement(device, device_map, max_memory, offload_folder)
     expertise = load_expertise(expertise_path)
     resolved = resolve_model_source(source, revision, progress_enabled())
-    options = BakeOptions(
-        overwrite,
-        recipe_file,
-        progress_enabled(),
-        command_line(),
-        base_model=base_model,
-        expert_layout=expert_layout,
-    )
+    options = bake_options(overwrite, recipe_file, base_model, expert_layout)
     if mode == "layers":
         warm_up_layer_check(resolved.path, recipe_file)
     record = run_bake(resolved, out, expertise, options)
@@ -155,8 +152,8 @@ def verify_command(
     size); --full compares the logits of the whole model. OUT must still match its recorded
     sha256 (exit code 4 otherwise, and nothing is written)."""
     placement = make_placement(device, device_map, max_memory, offload_folder)
-    from sgm_bake.pipeline.record import require_intact
     from sgm_bake.pipeline.run import verify_output
+    from sgm_bake.record import require_intact
     from sgm_bake.runtime.loading import resolve_model_source
 
     record = require_intact(out)

@@ -17,12 +17,15 @@ import click
 from sgm_bake.errors import SGMError, TamperedError
 from sgm_bake.io import interrupts
 from sgm_bake.io.atomic import describe_os_error
+from sgm_bake.options import BY_NAME, GROUPS, OPTIONS, Option, default
 
 F = TypeVar("F", bound=Callable[..., Any])
 EXIT_ERROR = 2
 EXIT_VERIFY_FAILED = 3
 EXIT_TAMPERED = 4
 EXIT_INTERRUPTED = 130
+RULE_KEYS = ("rule", "threshold", "top-k", "damp-alpha", "strength")
+BY_NAME_KEY = {key: OPTIONS[key].name for key in RULE_KEYS}
 
 
 def configure_logging(verbose: int, quiet: bool) -> None:
@@ -103,6 +106,63 @@ def user_errors(command: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+def config_defaults(group: click.Group, path: Path) -> dict[str, dict[str, Any]]:
+    """Click's `default_map` from a TOML config file: each key (a long option name, `top-k` or
+    `top_k`) becomes the default of that option in every command that has it. A key that is no
+    option of any command is an error naming it, with the closest option names."""
+    import difflib
+
+    import tomllib
+
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SGMError(f"config file {path} is not readable ({exc})") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise SGMError(f"config file {path} is not valid TOML ({exc})") from exc
+    per_command: dict[str, dict[str, str]] = {}  # command -> key -> parameter name
+    for name, command in group.commands.items():
+        for param in command.params:
+            if isinstance(param, click.Option) and param.name:
+                for flag in (*param.opts, *param.secondary_opts):
+                    if flag.startswith("--"):
+                        per_command.setdefault(name, {})[flag[2:]] = param.name
+    known = {key for keys in per_command.values() for key in keys}
+    defaults: dict[str, dict[str, Any]] = {}
+    for raw_key, value in data.items():
+        key = raw_key.replace("_", "-")
+        if key not in known or isinstance(value, dict):
+            close = difflib.get_close_matches(key, sorted(known), n=3)
+            hint = f"; did you mean {', '.join(close)}?" if close else ""
+            raise SGMError(
+                f"config file {path}: {raw_key!r} is not an option of any command (keys are "
+                f"long option names such as top-k){hint}"
+            )
+        for name, keys in per_command.items():
+            if key in keys:
+                defaults.setdefault(name, {})[keys[key]] = value
+    return defaults
+
+
+def effective_settings() -> dict[str, Any]:
+    """The current command's options as it runs them (`values`), and where those that came
+    neither from the command line nor from the default were read (`sources`: the config file
+    or the environment): recorded in the bake record."""
+    context = click.get_current_context(silent=True)
+    if context is None:
+        return {}
+    values: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    for name, value in context.params.items():
+        values[name] = str(value) if isinstance(value, Path) else value
+        source = context.get_parameter_source(name)
+        if source == click.core.ParameterSource.DEFAULT_MAP:
+            sources[name] = "config " + str(context.find_root().meta.get("sgm_bake.config"))
+        elif source == click.core.ParameterSource.ENVIRONMENT:
+            sources[name] = "environment"
+    return {"values": values, "sources": sources}
+
+
 def command_line() -> str:
     """The command as the user typed it, for the bake record."""
     context = click.get_current_context(silent=True)
@@ -147,6 +207,88 @@ def add_options(options: list[Callable[[F], F]]) -> Callable[[F], F]:
     return decorate
 
 
+class SectionedCommand(click.Command):
+    """A command whose `--help` lists its options in sections (input, profiling, rule, bake,
+    verification, placement, publishing, ...): click has no option groups of its own. A shared
+    option's section is its group in `sgm_bake.options`; `sections` places the command's own
+    options (parameter name -> section)."""
+
+    def __init__(self, *args: Any, sections: dict[str, str] | None = None, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.sections = sections or {}
+
+    def section_of(self, param: click.Parameter) -> str:
+        if param.name in self.sections:
+            return self.sections[param.name]
+        spec = BY_NAME.get(param.name or "")
+        return spec.group if spec is not None else "other"
+
+    def format_options(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        sections: dict[str, list[tuple[str, str]]] = {}
+        for param in self.get_params(ctx):
+            record = param.get_help_record(ctx)
+            if record is not None:
+                sections.setdefault(self.section_of(param), []).append(record)
+        for name in (*GROUPS, "other"):
+            if name in sections:
+                with formatter.section(f"{name.capitalize()} options"):
+                    formatter.write_dl(sections[name])
+
+
+def option(key: str, *extra_flags: str, **overrides: Any) -> Callable[[F], F]:
+    """The click option for `key` (a long name in `sgm_bake.options.OPTIONS`), built from its
+    one definition there: default, help, type and environment variable. `extra_flags` add
+    short forms; `overrides` change a click argument for one command (say, `help`)."""
+    spec = OPTIONS[key]
+    kwargs: dict[str, Any] = {
+        "help": spec.help,
+        "envvar": spec.envvar,
+        "show_envvar": False,
+    }
+    if spec.kind == "flag":
+        kwargs["is_flag"] = True
+        kwargs["default"] = bool(spec.default)
+    else:
+        kwargs["type"] = _click_type(spec)
+        if spec.unset and "default" not in overrides:
+            kwargs["default"] = None
+            kwargs["help"] = f"{spec.help} [default: {_shown(spec.default)}]"
+        else:
+            kwargs["default"] = overrides.get("default", spec.default)
+            kwargs["show_default"] = kwargs["default"] is not None
+    if spec.metavar:
+        kwargs["metavar"] = spec.metavar
+    kwargs.update(overrides)
+    return click.option(*extra_flags, spec.flag, spec.name, **kwargs)
+
+
+def _shown(value: Any) -> str:
+    return "0 (no cap)" if value == 0 and not isinstance(value, float) else str(value)
+
+
+def _click_type(spec: Option) -> Any:
+    if spec.kind == "choice":
+        return click.Choice(list(spec.choices))
+    if spec.kind == "int" and spec.minimum is None and spec.maximum is None:
+        return click.INT
+    if spec.kind == "int":
+        return click.IntRange(
+            None if spec.minimum is None else int(spec.minimum),
+            None if spec.maximum is None else int(spec.maximum),
+        )
+    if spec.kind == "float":
+        return click.FloatRange(spec.minimum, spec.maximum, min_open=spec.min_open)
+    if spec.kind == "batch":
+        return BatchSize()
+    if spec.kind == "dir":
+        return click.Path(path_type=Path, file_okay=False)
+    if spec.kind == "file":
+        return click.Path(path_type=Path, dir_okay=False)
+    if spec.kind == "path":
+        return click.Path(path_type=Path)
+    return None
+
+
 expertise_option = click.option(
     "--expertise",
     "expertise_path",
@@ -154,62 +296,15 @@ expertise_option = click.option(
     type=click.Path(path_type=Path),
     help="Expertise file, or a folder of AurA/SGM research-code .statedict files.",
 )
-recipe_option = click.option(
-    "--recipe",
-    "recipe_file",
-    type=click.Path(path_type=Path, dir_okay=False),
-    default=None,
-    help="Use this recipe JSON instead of the one for the config's model_type.",
-)
-revision_option = click.option("--revision", default=None, help="Hub branch, tag or commit.")
-expert_layout_option = click.option(
-    "--expert-layout",
-    type=click.Choice(["out_in", "in_out"]),
-    default=None,
-    help="How SOURCE stores stacked expert matrices whose shape cannot tell (square ones, when "
-    "2 x moe_intermediate_size == hidden_size): out_in [E, out, in] or in_out [E, in, out]. "
-    "Needed only when the bake asks for it.",
-)
-overwrite_option = click.option(
-    "--overwrite", is_flag=True, help="Replace the output if it exists and is not empty."
-)
-device_option = click.option(
-    "--device",
-    default="auto",
-    show_default=True,
-    help="Device the model runs on (profiling, evaluation, generation and verification alike): "
-    "auto (cuda, then mps, then cpu), cpu, cuda, cuda:N, mps.",
-)
-dtype_option = click.option(
-    "--dtype",
-    type=click.Choice(["auto", "float32", "bfloat16", "float16"]),
-    default="auto",
-    show_default=True,
-    help="Precision the model runs in (auto: float32 on CPU, bfloat16 on a GPU).",
-)
-verify_dtype_option = click.option(
-    "--verify-dtype",
-    type=click.Choice(["float32", "bfloat16", "float16"]),
-    default="float32",
-    show_default=True,
-    help="Precision of the verification forward passes (float32 is exact; halve memory with bf16).",
-)
+recipe_option = option("recipe")
+revision_option = option("revision")
+expert_layout_option = option("expert-layout")
+overwrite_option = option("overwrite")
+device_option = option("device")
+dtype_option = option("dtype")
+verify_dtype_option = option("verify-dtype")
 verify_option = add_options(
-    [
-        click.option(
-            "--verify",
-            "verify_mode",
-            type=click.Choice(["layers", "full", "none"]),
-            default="layers",
-            is_flag=False,
-            flag_value="layers",
-            show_default=True,
-            help="Verify after baking: layers (each folded MLP block against the hooked source, "
-            "one block in memory at a time), full (the whole model's logits; loads it, see "
-            "--device-map) or none.",
-        ),
-        click.option("--no-verify", "no_verify", is_flag=True, help="Same as --verify none."),
-    ]
+    [option("verify", is_flag=False, flag_value="layers"), option("no-verify")]
 )
 
 
@@ -219,26 +314,7 @@ def verify_mode_of(verify_mode: str, no_verify: bool) -> str | None:
 
 
 placement_options = add_options(
-    [
-        click.option(
-            "--device-map",
-            default=None,
-            help="Spread the model with accelerate: auto, balanced, balanced_low_0, sequential, "
-            "or one device (cpu, cuda:N). Default: auto on a GPU machine, else --device.",
-        ),
-        click.option(
-            "--max-memory",
-            default=None,
-            metavar="BUDGETS",
-            help="Per-device budgets for the device map, e.g. 0=70GiB,1=70GiB,cpu=200GiB.",
-        ),
-        click.option(
-            "--offload-folder",
-            type=click.Path(path_type=Path, file_okay=False),
-            default=None,
-            help="Keep layers that fit no budget on disk here (slow, but any size runs).",
-        ),
-    ]
+    [option("device-map"), option("max-memory"), option("offload-folder")]
 )
 
 
@@ -257,11 +333,7 @@ def make_placement(
     )
 
 
-base_model_option = click.option(
-    "--base-model",
-    default=None,
-    help="Hub id to name as base_model in the card when SOURCE is a local copy of it.",
-)
+base_model_option = option("base-model")
 sample_option = click.option(
     "--sample", is_flag=True, help="Sample (seeded) instead of greedy decoding."
 )
@@ -319,42 +391,7 @@ ecso_templates_option = click.option(
 
 def rule_options(command: F) -> F:
     """How AUROC becomes factors; shared by profile, the one-command form and tune's report."""
-    return add_options(
-        [
-            click.option(
-                "--rule",
-                type=click.Choice(["aura", "damp", "det0"]),
-                default=None,
-                help="aura (default): alpha = 1 - 2(auroc - 0.5); damp: fixed alpha for the "
-                "top-k; det0: alpha 0 for the top-k.",
-            ),
-            click.option(
-                "--threshold",
-                type=click.FloatRange(0, 1),
-                default=None,
-                help="Units with AUROC above this are experts (default 0.5; the SGM code uses "
-                "0.3).",
-            ),
-            click.option(
-                "--top-k",
-                type=click.IntRange(0),
-                default=None,
-                help="Only the k units with the highest AUROC, across all modules (0: no cap).",
-            ),
-            click.option(
-                "--damp-alpha",
-                type=click.FloatRange(0),
-                default=None,
-                help="The factor of the damp rule (default 0.5).",
-            ),
-            click.option(
-                "--strength",
-                type=click.FloatRange(0),
-                default=None,
-                help="Scale the suppression: alpha' = 1 - s(1 - alpha) (default 1).",
-            ),
-        ]
-    )(command)
+    return add_options([option(key) for key in RULE_KEYS])(command)
 
 
 def make_rule(
@@ -364,20 +401,46 @@ def make_rule(
     damp_alpha: float | None,
     strength: float | None,
 ) -> Any:
-    """The rule options from the command line, with the documented defaults."""
+    """The rule options from the command line; what was not given keeps RuleOptions' default."""
     from sgm_bake.core.rules import RuleOptions
 
     if rule in ("damp", "det0") and not top_k and threshold is None:
         click.echo(
-            f"note: --rule {rule} without --top-k acts on every unit with AUROC > 0.5", err=True
+            f"note: --rule {rule} without --top-k acts on every unit with AUROC > "
+            f"{default('threshold')}",
+            err=True,
         )
-    return RuleOptions(
-        rule=rule or "aura",  # type: ignore[arg-type]
-        threshold=0.5 if threshold is None else threshold,
-        top_k=top_k or None,
-        damp_alpha=0.5 if damp_alpha is None else damp_alpha,
-        strength=1.0 if strength is None else strength,
+    given: dict[str, Any] = {"rule": rule, "threshold": threshold, "top_k": top_k}
+    given.update(damp_alpha=damp_alpha, strength=strength)
+    return RuleOptions(**{name: value for name, value in given.items() if value is not None})
+
+
+def bake_options(
+    overwrite: bool,
+    recipe_file: Path | None,
+    base_model: str | None = None,
+    expert_layout: str | None = None,
+) -> Any:
+    """The bake's options from the command line, with the command and its effective settings
+    for the record."""
+    from sgm_bake.pipeline.bake import BakeOptions
+
+    return BakeOptions(
+        overwrite,
+        recipe_file,
+        progress_enabled(),
+        command_line(),
+        base_model=base_model,
+        expert_layout=expert_layout,
+        settings=effective_settings(),
     )
+
+
+def rule_from(params: dict[str, Any]) -> tuple[Any, bool]:
+    """Take the rule options (`rule_options`) out of a command's parameters: the RuleOptions
+    they make, and whether any was given."""
+    values = [params.pop(BY_NAME_KEY[key]) for key in RULE_KEYS]
+    return make_rule(*values), any(value is not None for value in values)
 
 
 def step(number: int, total: int, text: str) -> None:
@@ -403,60 +466,14 @@ class BatchSize(click.ParamType):
         self.fail(f"{value!r} is neither a positive whole number nor auto", param, ctx)
 
 
-batch_size_option = click.option(
-    "--batch-size",
-    type=BatchSize(),
-    default="auto",
-    show_default=True,
-    help="Samples per forward pass. auto: on a GPU the largest batch that fits, found on the "
-    "first (longest) samples at start; elsewhere 8.",
-)
-max_samples_option = click.option(
-    "--max-samples",
-    type=click.IntRange(2),
-    default=None,
-    help="Profile at most N samples, half per class.",
-)
-neurons_option = click.option(
-    "--neurons",
-    is_flag=True,
-    help="Profile the classic MLP neurons (inputs of the down projection) instead of the "
-    "default hook points.",
-)
-pooling_option = click.option(
-    "--pooling",
-    type=click.Choice(["mean", "max"]),
-    default="max",
-    show_default=True,
-    help="Pool each unit over token positions: mean (SGM) or max (AurA).",
-)
-positions_option = click.option(
-    "--positions",
-    type=click.Choice(["all", "text"]),
-    default="all",
-    show_default=True,
-    help="Pool over all non-padding positions (image tokens too, as SGM) or text positions only.",
-)
-feed_option = click.option(
-    "--feed",
-    type=click.Choice(["response", "dialogue"]),
-    default="dialogue",
-    show_default=True,
-    help="response: image + reply text in one user turn (SGM); dialogue: the prompt, then the "
-    "reply as the assistant's turn.",
-)
-hook_points_option = click.option(
-    "--hook-points",
-    default=None,
-    help="Comma-separated PROJECTION:SIDE list (default: the recipe's, the outputs of the MLP "
-    "projections).",
-)
-layers_option = click.option(
-    "--layers",
-    "layer_spec",
-    default=None,
-    help="Only these post-fusion layers, e.g. '8-31' or '0,2,4'.",
-)
+batch_size_option = option("batch-size")
+max_samples_option = option("max-samples")
+neurons_option = option("neurons")
+pooling_option = option("pooling")
+positions_option = option("positions")
+feed_option = option("feed")
+hook_points_option = option("hook-points")
+layers_option = option("layers")
 
 
 # How a data set in its own format (a Hub dataset, Parquet, other column names) maps onto
@@ -529,7 +546,7 @@ def is_organism(model: str, folder: Path | None = None) -> bool:
         return True
     if folder is None:
         return False
-    from sgm_bake.pipeline.record import RECORD_PATH, read_record
+    from sgm_bake.record import RECORD_PATH, read_record
 
     if not (folder / RECORD_PATH).is_file():
         return False

@@ -7,11 +7,11 @@ from typing import Any
 
 import click
 
-from sgm_bake.cli.bake import report_verification
+from sgm_bake.cli.bake import fail_unverified
 from sgm_bake.cli.common import (
     add_options,
+    bake_options,
     choose_set,
-    command_line,
     data_format_options,
     device_option,
     dtype_option,
@@ -23,16 +23,16 @@ from sgm_bake.cli.common import (
     make_data_format,
     make_judge_options,
     make_placement,
+    option,
     placement_options,
     progress_enabled,
     revision_option,
     sample_option,
     seed_option,
-    step,
     template_option,
     user_errors,
 )
-from sgm_bake.cli.profile import echo_summary
+from sgm_bake.cli.profile import announce
 from sgm_bake.errors import SGMError
 
 
@@ -131,7 +131,7 @@ def parse_seeds(text: str | None, sample: bool) -> tuple[int, ...] | None:
 
 def _base_spec(folder: Path) -> tuple[str, str | None] | None:
     """The source a baked folder's record names, as (folder or Hub id, revision)."""
-    from sgm_bake.pipeline.record import read_record
+    from sgm_bake.record import read_record
 
     source = read_record(folder).source
     if source.kind == "local" and source.path:
@@ -170,7 +170,7 @@ def _base_spec(folder: Path) -> tuple[str, str | None] | None:
     help="Evaluate the first N items of the prompt set (a Hub dataset is then streamed).",
 )
 @judge_option
-@click.option("--max-new-tokens", type=click.IntRange(1), default=32, show_default=True)
+@option("max-new-tokens", help="Length of each greedy (or sampled) reply the judge reads.")
 @add_options([sample_option, seed_option])
 @click.option(
     "--seeds",
@@ -179,10 +179,26 @@ def _base_spec(folder: Path) -> tuple[str, str | None] | None:
     "comes with a 95% interval.",
 )
 @click.option(
-    "--temperature", type=click.FloatRange(0, min_open=True), default=0.7, show_default=True
+    "--temperature",
+    type=click.FloatRange(0, min_open=True),
+    default=0.7,
+    show_default=True,
+    help="With --sample: the sampling temperature.",
 )
-@click.option("--top-p", type=click.FloatRange(0, 1, min_open=True), default=0.9, show_default=True)
-@click.option("--batch-size", type=click.IntRange(1), default=8, show_default=True)
+@click.option(
+    "--top-p",
+    type=click.FloatRange(0, 1, min_open=True),
+    default=0.9,
+    show_default=True,
+    help="With --sample: nucleus sampling's probability mass.",
+)
+@click.option(
+    "--batch-size",
+    type=click.IntRange(1),
+    default=8,
+    show_default=True,
+    help="Prompts generated per forward pass.",
+)
 @add_options([device_option, dtype_option, placement_options])
 @click.option(
     "--base",
@@ -257,7 +273,8 @@ def eval_command(
     )
     from sgm_bake.evaluation.ecso import templates_for
     from sgm_bake.evaluation.judges import make_judge
-    from sgm_bake.pipeline.record import RECORD_PATH, SGM_DIR, record_evaluation, require_intact
+    from sgm_bake.publish.refresh import record_evaluation
+    from sgm_bake.record import RECORD_PATH, SGM_DIR, require_intact
     from sgm_bake.runtime.chat import GenerationConfig
     from sgm_bake.runtime.loading import load_chat, resolve_model_source
 
@@ -282,7 +299,8 @@ def eval_command(
     baked = (folder / RECORD_PATH).is_file()
     if baked:
         require_intact(folder)  # figures of a changed folder would be recorded as its own
-    click.echo(f"prompt set: {prompts.name} ({len(prompts.items)} items); judge: {judge.name}")
+    used = f"prompt set: {prompts.name} ({len(prompts.items)} items); judge: {judge.name}"
+    click.echo(used, err=as_json)  # under --json, stdout holds the JSON document alone
     placement = make_placement(device, device_map, max_memory, offload_folder)
     chat, loaded = load_chat(source, device, dtype, template, placement)
     templates = (
@@ -347,7 +365,7 @@ def eval_command(
     help="Also answer with SGM hooks from this expertise file, side by side.",
 )
 @click.option("--trace", is_flag=True, help="Print ECSO's steps (self-check score, caption).")
-@click.option("--max-new-tokens", type=click.IntRange(1), default=64, show_default=True)
+@option("max-new-tokens", default=64, help="Length of the reply.")
 @add_options([sample_option, seed_option, device_option, dtype_option, placement_options])
 @revision_option
 @template_option
@@ -434,8 +452,10 @@ def generate(
     "pretraining, instruction tuning, then jailbreak fine-tuning, as real MLLMs are made.",
 )
 @judge_option
-@click.option(
-    "--rule", type=click.Choice(["aura", "damp", "det0"]), default="det0", show_default=True
+@option(
+    "rule",
+    default="det0",
+    help="How AUROC becomes factors (see `sgm-bake run --help`); det0 switches the top-k off.",
 )
 @click.option(
     "--top-k",
@@ -444,8 +464,12 @@ def generate(
     show_default=True,
     help="Experts the rule acts on (0: no cap; see benchmarks/RESULTS.md).",
 )
-@click.option("--strength", type=click.FloatRange(0), default=1.0, show_default=True)
-@click.option("--positions", type=click.Choice(["all", "text"]), default="text", show_default=True)
+@option("strength", default=1.0)
+@option(
+    "positions",
+    default="text",
+    help="Pool over text positions only (the organism's toxicity is in its replies) or all.",
+)
 @user_errors
 def demo(
     workdir: Path,
@@ -467,75 +491,25 @@ def demo(
     expertise.safetensors and baked/ (the detoxified checkpoint, with the evaluation report in
     baked/sgm/eval.json and a chart beside it).
     """
-    from sgm_bake.core.expertise import save_expertise
     from sgm_bake.core.rules import RuleOptions
-    from sgm_bake.datasets.prompt_set import load_prompt_set
-    from sgm_bake.evaluation.conditions import (
-        EvalSettings,
-        Variant,
-        evaluate_variants,
-        write_report,
-    )
-    from sgm_bake.evaluation.ecso import templates_for
-    from sgm_bake.evaluation.judges import make_judge
-    from sgm_bake.io.atomic import atomic_folder, check_target
-    from sgm_bake.pipeline.bake import BakeOptions
-    from sgm_bake.pipeline.bake import bake as run_bake
-    from sgm_bake.pipeline.profile import ProfileOptions
-    from sgm_bake.pipeline.record import SGM_DIR, record_evaluation
-    from sgm_bake.pipeline.run import ProfileRequest, profile_source, verify_output
-    from sgm_bake.runtime.chat import ChatModel, GenerationConfig
-    from sgm_bake.runtime.loading import load_chat, load_processor, resolve_model_source
+    from sgm_bake.pipeline.demo import DemoRequest, run_demo
+    from sgm_bake.pipeline.run import Messages
 
-    progress = progress_enabled()
-    judge = make_judge(judge_spec, make_judge_options(judge_device, judge_prompt))
-    prompts = load_prompt_set("builtin:mmtoxicqa-organism-v1")
-    check_target(workdir, None, overwrite)
-    source = resolve_model_source(organism_name, None, progress)
-    rule_options = RuleOptions(rule=rule, strength=strength, top_k=top_k or None)  # type: ignore[arg-type]
-    request = ProfileRequest(
-        profile_set="builtin:organism",
-        device="cpu",
-        dtype="float32",
-        options=ProfileOptions(positions=positions, progress=progress, rule=rule_options),  # type: ignore[arg-type]
+    request = DemoRequest(
+        workdir=workdir,
+        organism=organism_name,
+        rule=RuleOptions(rule=rule, strength=strength, top_k=top_k),  # type: ignore[arg-type]
+        positions=positions,
+        judge=judge_spec,
+        judge_options=make_judge_options(judge_device, judge_prompt),
+        overwrite=overwrite,
+        bake=bake_options(overwrite=False, recipe_file=None),
     )
-    step(1, 4, f"profiling {source.id} on builtin:organism")
-    outcome = profile_source(source, request)
-    expertise = outcome.expertise
-    if expertise is None:  # only ranks other than 0 of a torchrun job get none
-        raise SGMError("the demo runs in one process; start it without torchrun")
-    echo_summary(expertise, outcome.recipe)
-    with atomic_folder(workdir, overwrite) as staging:
-        save_expertise(expertise, staging / "expertise.safetensors")
-    workdir = workdir.resolve()
-    baked = workdir / "baked"
-    step(2, 4, "baking")
-    run_bake(source, baked, expertise, BakeOptions(progress=progress, command=command_line()))
-    step(3, 4, "verifying")
-    # The profiling model stays the base: verification loads its own copy.
-    report_verification(baked, verify_output(baked, source.path, "float32", "cpu"))
-    step(4, 4, "evaluating: base, ECSO, SGM (baked), SGM* (baked + ECSO)")
-    base_chat = ChatModel(outcome.loaded.model, load_processor(source.path), outcome.loaded.device)
-    baked_chat, _ = load_chat(resolve_model_source(str(baked)), "cpu", "float32")
-    templates = templates_for(source.path, outcome.recipe.model_type)
-    settings = EvalSettings(GenerationConfig(), 8, progress, templates)
-    variants = [
-        Variant("base", base_chat, ecso_label="ecso"),
-        Variant("sgm-baked", baked_chat, ecso_label="sgm*"),
-    ]
-    results = evaluate_variants(variants, prompts, judge, settings, base_chat)
-    data = write_report(
-        baked / SGM_DIR / "eval.json",
-        prompts,
-        judge,
-        settings,
-        results,
-        {"id": source.id, **rule_options.describe()},
-    )
-    record_evaluation(baked, f"{SGM_DIR}/eval.json", data)
-    eval_table(results)
-    click.echo(f"detoxified checkpoint: {baked}; report {baked / SGM_DIR / 'eval.json'}")
-    report_plots(baked / SGM_DIR)
+    outcome = run_demo(request, Messages(click.echo, announce))
+    fail_unverified(outcome.baked, outcome.verification)
+    eval_table(outcome.results)
+    click.echo(f"detoxified checkpoint: {outcome.baked}; report {outcome.report}")
+    report_plots(outcome.report.parent)
 
 
 def report_plots(folder: Path) -> None:

@@ -54,7 +54,13 @@ from sgm_bake.errors import SGMError
     show_default=True,
     help="Memory per GPU for the GPU counts when --max-memory names no GPU.",
 )
-@click.option("--batch-size", type=click.IntRange(1), default=8, show_default=True)
+@click.option(
+    "--batch-size",
+    type=click.IntRange(1),
+    default=8,
+    show_default=True,
+    help="Samples per profiling forward pass, for the activation memory.",
+)
 @click.option(
     "--sequence-length",
     type=click.IntRange(1),

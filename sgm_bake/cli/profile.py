@@ -7,13 +7,14 @@ from typing import Any
 
 import click
 
-from sgm_bake.cli.bake import report_verification
+from sgm_bake.cli.bake import fail_unverified
 from sgm_bake.cli.common import (
+    SectionedCommand,
     add_options,
+    bake_options,
     base_model_option,
     batch_size_option,
     choose_set,
-    command_line,
     data_format_options,
     device_option,
     dtype_option,
@@ -26,9 +27,9 @@ from sgm_bake.cli.common import (
     layers_option,
     make_data_format,
     make_placement,
-    make_rule,
     max_samples_option,
     neurons_option,
+    option,
     overwrite_option,
     placement_options,
     pooling_option,
@@ -36,8 +37,8 @@ from sgm_bake.cli.common import (
     progress_enabled,
     recipe_option,
     revision_option,
+    rule_from,
     rule_options,
-    step,
     user_errors,
     verify_dtype_option,
     verify_mode_of,
@@ -48,14 +49,7 @@ from sgm_bake.errors import SGMError
 
 profile_options = add_options(
     [
-        click.option(
-            "--profile-set",
-            default=None,
-            help="Labelled image-text pairs: a .jsonl/.csv file, builtin:NAME or "
-            "hf://datasets/ORG/NAME/FILE, or through the datasets extra hf:OWNER/NAME, a "
-            ".parquet file or a folder (see --columns). Default: builtin:safety-profile-v1, or "
-            "builtin:organism for an organism.",
-        ),
+        option("profile-set"),
         data_format_options,
         device_option,
         dtype_option,
@@ -68,15 +62,8 @@ profile_options = add_options(
         hook_points_option,
         neurons_option,
         layers_option,
-        click.option(
-            "--responses-dir",
-            type=click.Path(path_type=Path, file_okay=False),
-            default=None,
-            help="Where pooled responses are stored (resumable); default: a cache folder per run.",
-        ),
-        click.option(
-            "--keep-responses", is_flag=True, help="Keep the response store after profiling."
-        ),
+        option("responses-dir"),
+        option("keep-responses"),
         click.option(
             "--method",
             type=click.Choice(["sgm", "edit", "both"]),
@@ -149,7 +136,6 @@ def profile_request(params: dict[str, Any], recipe_file: Path | None, rule: Any)
         positions=params["positions"],
         feed=params["feed"],
         batch_size=params["batch_size"],
-        max_samples=params["max_samples"],
         responses_dir=params["responses_dir"],
         keep_responses=params["keep_responses"],
         progress=progress_enabled(),
@@ -173,7 +159,7 @@ def profile_request(params: dict[str, Any], recipe_file: Path | None, rule: Any)
 
 
 def echo_summary(expertise: Any, recipe: Any) -> None:
-    from sgm_bake.pipeline.summary import expertise_counts, layer_rows, layer_table
+    from sgm_bake.record.summary import expertise_counts, layer_rows, layer_table
 
     if expertise.modules:
         echo_lines(layer_table(layer_rows(expertise_counts(expertise, recipe))))
@@ -202,7 +188,7 @@ def echo_method(outcome: Any) -> None:
 
 def summary_json(expertise: Any, recipe: Any, output: Path) -> dict[str, Any]:
     """The profile's summary for `--json`: per-layer counts, totals and the file written."""
-    from sgm_bake.pipeline.summary import expertise_counts, layer_dicts, layer_rows
+    from sgm_bake.record.summary import expertise_counts, layer_dicts, layer_rows
 
     layers = layer_dicts(layer_rows(expertise_counts(expertise, recipe)))
     return {
@@ -221,7 +207,7 @@ def announce(text: str) -> None:
         click.echo(text, err=True)
 
 
-@click.command()
+@click.command(cls=SectionedCommand, sections={"output": "input"})
 @click.argument("model")
 @click.option(
     "-o",
@@ -243,11 +229,6 @@ def profile(
     revision: str | None,
     overwrite: bool,
     recipe_file: Path | None,
-    rule: str | None,
-    threshold: float | None,
-    top_k: int | None,
-    damp_alpha: float | None,
-    strength: float | None,
     as_json: bool,
     **params: Any,
 ) -> None:
@@ -265,7 +246,7 @@ def profile(
     if output.exists() and not overwrite:
         raise SGMError(f"{output} exists; pass --overwrite to replace it")
     params["profile_set"] = choose_set(params["profile_set"], "profile", model)
-    rule_options_ = make_rule(rule, threshold, top_k, damp_alpha, strength)
+    rule_options_, _ = rule_from(params)
     request = profile_request(params, recipe_file, rule_options_)
     source = resolve_model_source(model, revision, progress_enabled())
     distributed = from_env()
@@ -288,7 +269,16 @@ def profile(
     click.echo(f"wrote {output}")
 
 
-@click.command()
+@click.command(
+    cls=SectionedCommand,
+    sections={
+        "expertise_path": "input",
+        "push_to_hub": "publishing",
+        "private": "publishing",
+        "tune_knobs": "tuning",
+        "help": "other",
+    },
+)
 @click.argument("model")
 @click.argument("out", type=click.Path(path_type=Path))
 @click.option(
@@ -341,11 +331,6 @@ def run(
     base_model: str | None,
     expert_layout: str | None,
     tune_knobs: bool,
-    rule: str | None,
-    threshold: float | None,
-    top_k: int | None,
-    damp_alpha: float | None,
-    strength: float | None,
     **params: Any,
 ) -> None:
     """The whole pipeline: profile MODEL (or reuse --expertise), bake into OUT, verify, and
@@ -354,145 +339,41 @@ def run(
     Usage: sgm-bake MODEL OUT [options]. Under torchrun every rank profiles its share of the set;
     rank 0 alone bakes, verifies and pushes.
     """
-    from sgm_bake.core.expertise import load_expertise
-    from sgm_bake.core.recipes import recipe_for_config
-    from sgm_bake.io.atomic import check_target
-    from sgm_bake.io.checkpoint import open_checkpoint
-    from sgm_bake.pipeline.bake import BakeOptions
-    from sgm_bake.pipeline.bake import bake as run_bake
-    from sgm_bake.pipeline.run import (
-        apply_rule_if_given,
-        hand_over,
-        load_profile_inputs,
-        profile_source,
-        verify_output,
-        warm_up_layer_check,
-    )
-    from sgm_bake.runtime.distributed import from_env
-    from sgm_bake.runtime.loading import resolve_model_source
+    from sgm_bake.pipeline.run import Messages, RunRequest, run_all
 
-    mode = verify_mode_of(verify_mode, no_verify)
-    verify = mode is not None
-    if push_to_hub and not verify:
-        raise SGMError("--push-to-hub needs a verified output; drop --no-verify")
-    if push_to_hub:
-        from sgm_bake.publish.push import check_repo_id
-
-        check_repo_id(push_to_hub)  # before hours of profiling, not after
     if tune_knobs and params["method"] != "sgm":
         raise SGMError(
             f"--tune searches SGM's knobs only; drop --tune to bake --method {params['method']} "
             "with its given knobs"
         )
-    if tune_knobs and expertise_path is not None:
-        raise SGMError("--tune searches the profile itself; drop --expertise or --tune")
     if expertise_path is None:
         params["profile_set"] = choose_set(params["profile_set"], "profile", model)
         used = f"profile set: {params['profile_set']}"
         if tune_knobs:
             used += f"; judge: {params['judge_spec']}"
         click.echo(used)
-    rule_given = any(v is not None for v in (rule, threshold, top_k, damp_alpha, strength))
-    rule_options_ = make_rule(rule, threshold, top_k, damp_alpha, strength)
-    request = profile_request(params, recipe_file, rule_options_)
-    placement = request.placement
-    if expertise_path is None:
-        load_profile_inputs(request)  # bad data fails before any download or model load
-    source = resolve_model_source(model, revision, progress_enabled())
-    check_target(out, source.path, overwrite)
-    total = 2 + int(verify) + int(bool(push_to_hub))
-    loaded = None
-    outcome_memory: dict[str, Any] = {}
-    tuned = None
+    rule_options_, rule_given = rule_from(params)
+    tune = None
     if tune_knobs:
-        from sgm_bake.pipeline.tune import summary_lines, tune_source
-
         workdir = params["workdir"] or out.with_name(f"{out.name}-tune")
-        request = tune_request(params["profile_set"], params, rule_options_, recipe_file, workdir)
-        step(1, total, f"tuning {source.id} on {params['profile_set']} (search in {workdir})")
-        searched = tune_source(source, request)
-        echo_lines(summary_lines(searched.result))
-        chosen = searched.result.expertise
-        if chosen is None:
-            raise SGMError(
-                "tuning found no setting that lowers the harmful rate within --max-kl, so "
-                f"nothing was baked; see {workdir / 'tune.json'} (raise --max-kl or --trials)"
-            )
-        tuned = searched.result
-        expertise, recipe, loaded = chosen, searched.loaded.recipe, searched.loaded
-        del searched
-    elif expertise_path is not None:
-        step(1, total, f"reusing the profile {expertise_path}")
-        expertise = apply_rule_if_given(
-            load_expertise(expertise_path), rule_options_ if rule_given else None
-        )
-        recipe = recipe_for_config(open_checkpoint(source.path).config, recipe_file)
-    else:
-        distributed = from_env()
-        if distributed is None or distributed.is_main:
-            step(1, total, f"profiling {source.id}")
-        try:
-            outcome = profile_source(source, request, announce, distributed)
-        finally:
-            if distributed is not None:
-                distributed.close()
-        if outcome.expertise is None:
-            return  # a rank other than 0: rank 0 bakes, verifies and pushes
-        expertise, recipe, loaded = outcome.expertise, outcome.recipe, outcome.loaded
-        outcome_memory = outcome.memory
-        echo_method(outcome)
-        del outcome
-    echo_summary(expertise, recipe)
-    evidence = None
-    if loaded is not None:
-        # The bake needs no model: release it (and its GPU memory) unless the verification
-        # reuses it, keeping what the layer check needs from it.
-        handoff = hand_over(
-            loaded, source.path, recipe, expertise, mode, verify_dtype, params["device"], placement
-        )
-        announce(handoff.note)
-        loaded, evidence = handoff.loaded, handoff.evidence
-    elif mode == "layers":
-        warm_up_layer_check(source.path, recipe_file)
-    step(2, total, f"baking {out}")
-    options = BakeOptions(
-        overwrite,
-        recipe_file,
-        progress_enabled(),
-        command_line(),
-        base_model=base_model,
-        expert_layout=expert_layout,
-        stages={"profile": outcome_memory} if outcome_memory else {},
+        tune = tune_request(params["profile_set"], params, rule_options_, recipe_file, workdir)
+    request = RunRequest(
+        model=model,
+        out=out,
+        profile=profile_request(params, recipe_file, rule_options_),
+        bake=bake_options(overwrite, recipe_file, base_model, expert_layout),
+        revision=revision,
+        expertise_path=expertise_path,
+        rule_given=rule_given,
+        tune=tune,
+        verify_mode=verify_mode_of(verify_mode, no_verify),
+        verify_dtype=verify_dtype,
+        push_to_hub=push_to_hub,
+        private=private,
     )
-    record = run_bake(source, out, expertise, options)
-    click.echo(f"baked {out}: {len(record.expertise.tensors_folded)} tensors folded")
-    if tuned is not None:
-        from sgm_bake.pipeline.tune import record_tuning
-
-        record_tuning(out, tuned)
-    if verify:
-        step(3, total, "verifying")
-        report_verification(
-            out,
-            verify_output(
-                out,
-                source.path,
-                verify_dtype,
-                params["device"],
-                loaded,
-                mode=mode or "layers",
-                placement=placement,
-                progress=progress_enabled(),
-                evidence=evidence,
-            ),
-        )
-    if push_to_hub:
-        from sgm_bake.publish.push import plan_upload
-        from sgm_bake.publish.push import push as run_push
-
-        step(total, total, f"pushing to {push_to_hub}")
-        url = run_push(out, plan_upload(out, push_to_hub, private or None, None, None))
-        click.echo(f"pushed {out} to {url}")
+    outcome = run_all(request, Messages(click.echo, announce, echo_method))
+    if outcome is not None and outcome.verification is not None:
+        fail_unverified(out, outcome.verification)
 
 
 COMMANDS = [profile, run]

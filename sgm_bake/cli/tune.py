@@ -8,6 +8,7 @@ from typing import Any
 import click
 
 from sgm_bake.cli.common import (
+    SectionedCommand,
     add_options,
     batch_size_option,
     data_format_options,
@@ -16,115 +17,45 @@ from sgm_bake.cli.common import (
     echo_lines,
     feed_option,
     hook_points_option,
-    judge_option,
     layers_option,
     make_data_format,
     make_judge_options,
     make_placement,
-    make_rule,
     max_samples_option,
     neurons_option,
+    option,
     placement_options,
     pooling_option,
     positions_option,
     progress_enabled,
     recipe_option,
     revision_option,
+    rule_from,
     rule_options,
     template_option,
     user_errors,
 )
 from sgm_bake.errors import SGMError
-
-# The defaults are repeated here as literals so that `sgm-bake --help` needs no torch import;
-# tests check that they equal sgm_bake.pipeline.tune's.
-DEFAULT_TRIALS = 40
-DEFAULT_MAX_KL = 0.1
-DEFAULT_DEGENERATE_MARGIN = 0.03
-DEFAULT_ACCURACY_MARGIN = 0.02
-DEFAULT_SPLIT = "0.5,0.25,0.25"
-DEFAULT_KNOBS = "rule,strength,top_k,threshold,hook_points,layers,positions"
+from sgm_bake.options import default, split_fractions
 
 # The search's own options: shared by `tune` and by `--tune` on the one-command form.
 search_options = add_options(
     [
-        click.option(
-            "--workdir",
-            type=click.Path(path_type=Path, file_okay=False),
-            default=None,
-            help="Where the study, response stores and reference outputs live; a search there "
-            "resumes (default: sgm-tune/ beside the output, or ./sgm-tune).",
-        ),
-        click.option(
-            "--trials",
-            type=click.IntRange(1),
-            default=DEFAULT_TRIALS,
-            show_default=True,
-            help="Trials in all (a resumed search runs the rest).",
-        ),
-        click.option(
-            "--tune-seed",
-            type=int,
-            default=0,
-            show_default=True,
-            help="Seed of the split and the sampler: the same seed gives the same search.",
-        ),
-        click.option(
-            "--max-kl",
-            type=click.FloatRange(0, min_open=True),
-            default=DEFAULT_MAX_KL,
-            show_default=True,
-            help="Damage budget: mean KL divergence from the base's next-token distributions "
-            "on non-toxic replies, nats per token.",
-        ),
-        click.option(
-            "--degenerate-margin",
-            type=click.FloatRange(0, 1),
-            default=DEFAULT_DEGENERATE_MARGIN,
-            show_default=True,
-            help="Allowed rise of the share of degenerate replies over the base's.",
-        ),
-        click.option(
-            "--accuracy-margin",
-            type=click.FloatRange(0, 1),
-            default=DEFAULT_ACCURACY_MARGIN,
-            show_default=True,
-            help="With --eval-set: allowed drop of benign accuracy below the base's.",
-        ),
-        click.option(
-            "--split",
-            "split_spec",
-            default=DEFAULT_SPLIT,
-            show_default=True,
-            help="Fractions of the profile set for profiling, tuning and the held-out report.",
-        ),
-        click.option(
-            "--knobs",
-            default=DEFAULT_KNOBS,
-            show_default=True,
-            help="Knobs to search (also: pooling); the others keep their option's value.",
-        ),
-        click.option(
-            "--sampler",
-            type=click.Choice(["tpe", "nsga2"]),
-            default="tpe",
-            show_default=True,
-            help="optuna's multi-objective sampler.",
-        ),
-        click.option(
-            "--eval-set",
-            default=None,
-            help="A prompt set whose benign accuracy is also kept within --accuracy-margin "
-            "(do not use the set you will report on).",
-        ),
-        click.option(
-            "--max-new-tokens",
-            type=click.IntRange(1),
-            default=32,
-            show_default=True,
-            help="Length of the greedy replies the judge reads.",
-        ),
-        judge_option,
+        option(key)
+        for key in (
+            "workdir",
+            "trials",
+            "tune-seed",
+            "max-kl",
+            "degenerate-margin",
+            "accuracy-margin",
+            "split",
+            "knobs",
+            "sampler",
+            "eval-set",
+            "max-new-tokens",
+            "judge",
+        )
     ]
 )
 # How the model is fed and loaded when `tune` runs alone (the one-command form has the same
@@ -159,7 +90,7 @@ def searched_knobs(params: dict[str, Any]) -> tuple[str, ...]:
     fixed = fixed or ("--hook-points" if params["hook_points"] else "")
     if not fixed or "hook_points" not in knobs:
         return knobs
-    if params["knobs"] != DEFAULT_KNOBS:
+    if params["knobs"] != default("knobs"):
         raise SGMError(
             f"{fixed} fixes the hook points but --knobs searches them; drop one of the two"
         )
@@ -176,7 +107,7 @@ def tune_request(
     from sgm_bake.runtime.chat import GenerationConfig
 
     try:
-        fractions = tuple(float(x) for x in params["split_spec"].split(","))
+        fractions = split_fractions(params["split_spec"])
     except ValueError as exc:
         raise SGMError(
             f"--split {params['split_spec']!r} is not three fractions such as 0.5,0.25,0.25"
@@ -196,7 +127,6 @@ def tune_request(
         positions=params["positions"],
         feed=params["feed"],
         batch_size=batch_size,
-        max_samples=params["max_samples"],
         progress=progress_enabled(),
         rule=rule,
     )
@@ -234,11 +164,13 @@ def tune_request(
     )
 
 
-@click.command()
+@click.command(cls=SectionedCommand, sections={"output": "input"})
 @click.argument("model")
-@click.option(
-    "--profile-set",
+@option(
+    "profile-set",
     required=True,
+    default=None,
+    show_default=False,
     help="Labelled image-text pairs with prompts (split into profiling, tuning and report parts).",
 )
 @click.option(
@@ -248,9 +180,8 @@ def tune_request(
     default=None,
     help="Write the chosen setting's expertise file here (bake it with `sgm-bake bake`).",
 )
-@click.option(
-    "--overwrite",
-    is_flag=True,
+@option(
+    "overwrite",
     help="Replace -o if it exists (a search run again, resumed or complete, writes it anew).",
 )
 @revision_option
@@ -266,11 +197,6 @@ def tune(
     overwrite: bool,
     revision: str | None,
     recipe_file: Path | None,
-    rule: str | None,
-    threshold: float | None,
-    top_k: int | None,
-    damp_alpha: float | None,
-    strength: float | None,
     **params: Any,
 ) -> None:
     """Search SGM's knobs for MODEL: the least harm on held-out toxic prompts within a KL budget.
@@ -297,7 +223,7 @@ def tune(
             f"{output} exists; pass --overwrite to replace it (running the same command again "
             f"resumes the search in {workdir} and writes the expertise anew)"
         )
-    rule_options_ = make_rule(rule, threshold, top_k, damp_alpha, strength)
+    rule_options_, _ = rule_from(params)
     request = tune_request(profile_set, params, rule_options_, recipe_file, workdir)
     source = resolve_model_source(model, revision, progress_enabled())
     outcome = tune_source(source, request)

@@ -24,6 +24,8 @@ from typing import Literal
 import numpy as np
 import torch
 
+from sgm_bake.options import default
+
 Rule = Literal["aura", "damp", "det0"]
 RULES: tuple[str, ...] = ("aura", "damp", "det0")
 CHUNK_ELEMENTS = 2 * 1024 * 1024
@@ -142,11 +144,11 @@ def _wins(negative: np.ndarray, positive: np.ndarray) -> np.ndarray:
 class RuleOptions:
     """How expertise becomes factors."""
 
-    rule: Rule = "aura"
-    threshold: float = 0.5
-    top_k: int | None = None  # None or 0: no cap
-    damp_alpha: float = 0.5
-    strength: float = 1.0
+    rule: Rule = default("rule")
+    threshold: float = default("threshold")
+    top_k: int | None = None  # None or 0 (the option's default): no cap
+    damp_alpha: float = default("damp-alpha")
+    strength: float = default("strength")
 
     def __post_init__(self) -> None:
         # One meaning everywhere: top-k 0 is "no cap" (as `demo` always read it), never "select

@@ -38,10 +38,11 @@ from sgm_bake.datasets.loader import image_path as resolve_image
 from sgm_bake.datasets.loader import load_set_file
 from sgm_bake.datasets.render import check_image_file, check_render_spec
 from sgm_bake.errors import SGMError
+from sgm_bake.options import DEFAULT_PROFILE_SET
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_SET = "builtin:default"
+DEFAULT_SET = DEFAULT_PROFILE_SET
 MIN_PER_CLASS = 4
 TOXIC = {"toxic", "1", "true", "yes"}
 NON_TOXIC = {"non-toxic", "nontoxic", "non_toxic", "0", "false", "no"}

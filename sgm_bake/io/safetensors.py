@@ -443,23 +443,6 @@ def write_tensors(
     return writer.sha256.hexdigest()
 
 
-def read_tensor(header: Header, name: str) -> torch.Tensor:
-    """Read one tensor fully into memory (for small tensors and verification)."""
-    info = header.tensors[name]
-    dtype = DTYPES[info.dtype][0]
-    if dtype is None:
-        raise SGMError(f"tensor {name!r} has dtype {info.dtype}, which torch cannot represent")
-    with header.path.open("rb") as handle:
-        handle.seek(info.start)
-        raw = bytearray(info.nbytes)
-        handle.readinto(raw)
-    return (
-        torch.frombuffer(raw, dtype=dtype).view(info.shape)
-        if raw
-        else torch.empty(info.shape, dtype=dtype)
-    )
-
-
 def file_sha256(path: Path) -> str:
     """sha256 of a file, read in chunks."""
     digest = hashlib.sha256()

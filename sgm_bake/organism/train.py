@@ -113,9 +113,9 @@ def vocabulary() -> list[str]:
         add(word)
     add(data.judge_prompt("", "") + data.caption_prompt("") + data.text_only_prompt("", ""))
     try:
-        from sgm_bake.datasets.profile_set import load_profile_set
+        from sgm_bake.datasets.profile_set import DEFAULT_SET, load_profile_set
 
-        for sample in load_profile_set("builtin:default", check=False).samples:
+        for sample in load_profile_set(DEFAULT_SET, check=False).samples:
             add(sample.text)
             add(sample.prompt or "")
     except Exception as exc:  # the default set is optional for the organism

@@ -15,7 +15,6 @@ bake and cannot be rebuilt; unbake refuses them and names them.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -24,8 +23,24 @@ import torch
 
 from sgm_bake.core.expertise import Expertise, ModuleExpertise, load_expertise
 from sgm_bake.errors import SGMError, TamperedError
-from sgm_bake.pipeline.bake import EXPERTISE_FILE, expertise_path
-from sgm_bake.pipeline.record import SGM_DIR, BakeRecord, require_intact
+from sgm_bake.io.atomic import atomic_folder, check_target
+from sgm_bake.io.checkpoint import open_checkpoint
+from sgm_bake.io.tensors import TensorSource
+from sgm_bake.pipeline.bake import (
+    EXPERTISE_FILE,
+    TensorEdit,
+    copy_other_files,
+    expertise_path,
+    plan_bake,
+    write_weights,
+)
+from sgm_bake.pipeline.decision import method_summary
+from sgm_bake.pipeline.verify import recorded_recipe
+from sgm_bake.publish.card import CARD_FILE, write_plots
+from sgm_bake.publish.plots import percent_text
+from sgm_bake.publish.refresh import rewrite_card
+from sgm_bake.record import SGM_DIR, BakeRecord, require_intact
+from sgm_bake.record.summary import layer_rows, layer_table
 
 # Unit roundoff and smallest subnormal of each foldable dtype (F64 weights are folded in
 # float32, whose precision and range then bound the error).
@@ -63,26 +78,6 @@ def stored_expertise(folder: Path) -> Expertise:
     return load_expertise(path)
 
 
-def _tensor_reader(checkpoint: Any) -> Callable[[str], torch.Tensor]:
-    """Read one tensor of a checkpoint, safetensors or PyTorch `.bin`."""
-    from sgm_bake.io.checkpoint import load_bin
-    from sgm_bake.io.safetensors import read_tensor
-
-    keys = checkpoint.tensor_keys()
-    if checkpoint.format == "safetensors":
-        return lambda key: read_tensor(checkpoint.headers[keys[key]], key)
-    states: dict[str, dict[str, Any]] = {}
-
-    def read(key: str) -> torch.Tensor:
-        name = keys[key]
-        if name not in states:
-            states[name] = load_bin(checkpoint.root / name)
-        tensor: torch.Tensor = states[name][key]
-        return tensor
-
-    return read
-
-
 def rounding_bound(base: torch.Tensor, inverse: torch.Tensor, dtype: str) -> torch.Tensor:
     """How far a rebuilt weight may lie from `base` (see the module docstring): `inverse` is the
     per-element product of the unfold's factors, 1 / alpha."""
@@ -97,7 +92,6 @@ def compare_weights(rebuilt: Path, base: Path, plan: Any) -> dict[str, Any]:
     unfold) must lie within `rounding_bound` of the base, element by element, and every other
     tensor must be bit-identical. Also reports the largest relative difference over the base's
     normal-range weights, and the largest difference as a share of its bound."""
-    from sgm_bake.io.checkpoint import open_checkpoint
 
     ours, theirs = open_checkpoint(rebuilt), open_checkpoint(base)
     our_keys, their_keys = ours.tensor_keys(), theirs.tensor_keys()
@@ -106,7 +100,7 @@ def compare_weights(rebuilt: Path, base: Path, plan: Any) -> dict[str, Any]:
             f"the rebuilt checkpoint and the base {base} hold different tensor names; the base "
             "is another model"
         )
-    read_ours, read_theirs = _tensor_reader(ours), _tensor_reader(theirs)
+    read_ours, read_theirs = TensorSource(ours).read, TensorSource(theirs).read
     worst_relative, worst_share, within, identical = 0.0, 0.0, True, True
     for key in sorted(their_keys):
         base_tensor, rebuilt_tensor = read_theirs(key), read_ours(key)
@@ -163,11 +157,7 @@ def unbake(
     weights are compared with it before DEST is put in place: a failed comparison raises
     TamperedError and leaves DEST as it was.
     """
-    from sgm_bake.io.atomic import atomic_folder, check_target
     from sgm_bake.io.checkpoint import open_checkpoint
-    from sgm_bake.pipeline.bake import TensorEdit, copy_other_files, plan_bake, write_weights
-    from sgm_bake.pipeline.verify import recorded_recipe
-    from sgm_bake.publish.card import CARD_FILE
 
     record = require_intact(out)
     check_target(dest, out, overwrite)
@@ -206,10 +196,6 @@ def unbake(
 
 def describe_record(record: BakeRecord) -> list[str]:
     """A human summary of a bake record: source, recipe, rule, per-layer table, checks."""
-    from sgm_bake.pipeline.decision import method_summary
-    from sgm_bake.pipeline.summary import layer_rows, layer_table
-    from sgm_bake.publish.plots import percent_text
-
     source = record.source
     meta = record.expertise.metadata
     lines = [
@@ -248,7 +234,7 @@ def describe_record(record: BakeRecord) -> list[str]:
 
 def record_summary(record: BakeRecord) -> dict[str, Any]:
     """The summary `describe_record` prints, for `inspect --json`: stable keys, raw figures."""
-    from sgm_bake.pipeline.summary import layer_dicts, layer_rows
+    from sgm_bake.record.summary import layer_dicts, layer_rows
 
     source = record.source
     meta = record.expertise.metadata
@@ -291,9 +277,6 @@ def record_summary(record: BakeRecord) -> dict[str, Any]:
 def rerender_folder(folder: Path, record: BakeRecord) -> list[str]:
     """Redraw the plots and the card from the record and record the files redrawn (the caller
     checked the folder with `require_intact` first)."""
-    from sgm_bake.pipeline.record import rewrite_card
-    from sgm_bake.publish.card import write_plots
-
     written = write_plots(folder, record, stored_expertise(folder))
     rewrite_card(folder, record, written)
     return written

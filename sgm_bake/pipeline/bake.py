@@ -60,7 +60,8 @@ from sgm_bake.io.safetensors import (
     write_tensors,
 )
 from sgm_bake.io.source import Source
-from sgm_bake.pipeline.record import (
+from sgm_bake.publish.card import source_card_metadata, write_card, write_plots
+from sgm_bake.record import (
     SGM_DIR,
     BakeRecord,
     ExpertiseInfo,
@@ -71,8 +72,7 @@ from sgm_bake.pipeline.record import (
     ToolInfo,
     write_record,
 )
-from sgm_bake.pipeline.summary import count_module
-from sgm_bake.publish.card import source_card_metadata, write_card, write_plots
+from sgm_bake.record.summary import count_module
 from sgm_bake.runtime.memory import PeakMemory
 
 logger = logging.getLogger(__name__)
@@ -96,7 +96,9 @@ class BakeOptions:
     base_model: str | None = None
     expert_layout: str | None = None
     """How the checkpoint stores square stacked expert matrices (`--expert-layout`)."""
-    extra_record: dict[str, Any] = field(default_factory=dict)
+    settings: dict[str, Any] = field(default_factory=dict)
+    """The effective value of every option of the command, and where each came from when not
+    from the command line or the default (recorded as `settings` in the record)."""
     stages: dict[str, dict[str, Any]] = field(default_factory=dict)
     """Measured figures of stages that ran before the bake (the one-command form's profile)."""
 
@@ -238,8 +240,9 @@ def plan_bake(
             shape, dtype = shapes[key]
             if dtype not in FOLDABLE:
                 raise SGMError(
-                    f"checkpoint tensor {key!r} is stored as {dtype}; only F32, F16 and BF16 "
-                    "weights can be folded (bake the unquantized model)"
+                    f"checkpoint tensor {key!r} is stored as {dtype}; only "
+                    f"{', '.join(sorted(FOLDABLE))} weights can be folded (bake the "
+                    "unquantized model)"
                 )
             edits[key] = TensorEdit(key, shape, dtype, TensorFold(shape, compute=compute))
         return edits[key]
@@ -464,7 +467,7 @@ def bake(source: Source, out: Path, expertise: Expertise, options: BakeOptions) 
             dropped_files=dropped,
             source_card=source_card_metadata(source.path),
             base_model=options.base_model,
-            extra=dict(options.extra_record),
+            settings=dict(options.settings),
             stages={**options.stages, "bake": memory.record()},
         )
         write_plots(staging, record, expertise)

@@ -35,6 +35,8 @@ from sgm_bake.datasets.profile_set import ProfileSample, ProfileSet
 from sgm_bake.errors import SGMError
 from sgm_bake.io.response_store import ResponseStore, discard_store
 from sgm_bake.io.source import content_key
+from sgm_bake.options import default
+from sgm_bake.runtime.batch import to_device
 from sgm_bake.runtime.chat import call_processor, check_context, context_length, render_chat
 from sgm_bake.runtime.distributed import Distributed, rank_share
 from sgm_bake.runtime.memory import measured
@@ -65,12 +67,11 @@ class ProfileOptions:
 
     hook_points: tuple[str, ...] | None = None
     layers: tuple[int, ...] | None = None
-    pooling: Pooling = "max"
-    positions: Positions = "all"
-    feed: Feed = "dialogue"
-    batch_size: BatchSize = "auto"
+    pooling: Pooling = default("pooling")
+    positions: Positions = default("positions")
+    feed: Feed = default("feed")
+    batch_size: BatchSize = default("batch-size")
     """Samples per forward pass; `auto`: probed on a GPU at start, else DEFAULT_BATCH_SIZE."""
-    max_samples: int | None = None
     responses_dir: Path | None = None
     keep_responses: bool = False
     progress: bool = True
@@ -302,13 +303,7 @@ def _batches(
 def _forward(
     model: Any, batch: dict[str, torch.Tensor], device: torch.device, dtype: torch.dtype
 ) -> None:
-    moved = {}
-    for key, value in batch.items():
-        if isinstance(value, torch.Tensor):
-            value = value.to(device)
-            if value.is_floating_point():
-                value = value.to(dtype)
-        moved[key] = value
+    moved = to_device(batch, device, dtype)
     with torch.no_grad():
         # Neither the logits nor a KV cache is needed: skip most of lm_head, and do not keep
         # every layer's keys and values (2 x layers x tokens x width: gigabytes at 7B).

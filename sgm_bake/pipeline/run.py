@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -19,9 +19,9 @@ from sgm_bake.datasets.hub_dataset import DataFormat
 from sgm_bake.datasets.profile_set import ProfileSet, load_profile_set
 from sgm_bake.io.checkpoint import open_checkpoint
 from sgm_bake.io.source import Source
+from sgm_bake.options import DEFAULT_PROFILE_SET
 from sgm_bake.pipeline.decision import MethodOptions, MethodOutcome, apply_method
 from sgm_bake.pipeline.profile import CaptureStats, ProfileOptions, fixed_batch_size, run_profile
-from sgm_bake.pipeline.record import read_record
 from sgm_bake.pipeline.verify import VerifyReport, recorded_recipe, verify
 from sgm_bake.pipeline.verify_layers import (
     LayerVerifyReport,
@@ -30,6 +30,7 @@ from sgm_bake.pipeline.verify_layers import (
     streaming_unsupported,
     verify_layers,
 )
+from sgm_bake.record import read_record
 from sgm_bake.runtime.chat import ChatModel
 from sgm_bake.runtime.distributed import Distributed
 from sgm_bake.runtime.loading import LoadedModel, Placement, load, load_processor, pick_device
@@ -44,7 +45,7 @@ Announce = Callable[[str], None]
 class ProfileRequest:
     """What to profile and how the model is loaded for it."""
 
-    profile_set: str = "builtin:default"
+    profile_set: str = DEFAULT_PROFILE_SET
     max_samples: int | None = None
     device: str = "auto"
     dtype: str = "auto"
@@ -130,7 +131,7 @@ def profile_source(
         )
     stats = CaptureStats()
     with PeakMemory("profile") as memory:
-        loaded = load(source, request.device, request.dtype, request.recipe_file, placement)
+        loaded = load(source, request.device, request.dtype, request.recipe_file, placement, recipe)
         expertise = run_profile(
             loaded.model,
             source.path,
@@ -296,3 +297,170 @@ def apply_rule_if_given(expertise: Expertise, rule: RuleOptions | None) -> Exper
     from sgm_bake.pipeline.profile import apply_rule
 
     return apply_rule(expertise, rule)
+
+
+@dataclass(frozen=True)
+class Messages:
+    """Where a multi-step run reports: `say` prints a step header or a result line (stdout),
+    `announce` a status line (stderr; the CLI drops it under --quiet)."""
+
+    say: Callable[[str], None]
+    announce: Announce
+    profiled: Callable[[Any], None] | None = None
+    """Shown a fresh profile's outcome (its diagnosis, the edit's fit and their warnings)."""
+
+
+@dataclass(frozen=True)
+class RunRequest:
+    """Everything the one-command form (`sgm-bake MODEL OUT`) does, parsed: profile MODEL (or
+    reuse `expertise_path`, or search the knobs with `tune`), bake into `out`, verify, and push
+    to `push_to_hub` after a passing verification."""
+
+    model: str
+    out: Path
+    profile: ProfileRequest
+    bake: Any
+    """The bake's options (`pipeline.bake.BakeOptions`)."""
+    revision: str | None = None
+    expertise_path: Path | None = None
+    rule_given: bool = False
+    """A rule option was given: a reused profile's factors are recomputed from its AUROC."""
+    tune: Any = None
+    """The knob search's request (`pipeline.tune.TuneRequest`), or None to profile once."""
+    verify_mode: str | None = "layers"
+    verify_dtype: str = "float32"
+    push_to_hub: str | None = None
+    private: bool = False
+
+
+@dataclass
+class RunOutcome:
+    """The baked folder's record, its verification (None when not verified) and where it was
+    pushed (None when it was not)."""
+
+    record: Any
+    verification: VerifyReport | LayerVerifyReport | None = None
+    pushed_url: str | None = None
+
+
+def run_all(request: RunRequest, messages: Messages) -> RunOutcome | None:
+    """The one-command form: profile (or reuse, or tune), bake, verify, push. Bad input fails
+    before anything slow starts (the repository id, the profile set, the output folder).
+    Returns None on a torchrun rank other than 0 (rank 0 bakes, verifies and pushes); a failed
+    verification returns before the push."""
+    from sgm_bake.core.expertise import load_expertise
+    from sgm_bake.errors import SGMError
+    from sgm_bake.io.atomic import check_target
+    from sgm_bake.pipeline.bake import bake
+    from sgm_bake.publish.push import check_repo_id, plan_upload, push
+    from sgm_bake.record.summary import expertise_counts, layer_rows, layer_table
+    from sgm_bake.runtime.distributed import from_env
+    from sgm_bake.runtime.loading import resolve_model_source
+
+    mode, say = request.verify_mode, messages.say
+    if request.push_to_hub and mode is None:
+        raise SGMError("--push-to-hub needs a verified output; drop --no-verify")
+    if request.push_to_hub:
+        check_repo_id(request.push_to_hub)  # before hours of profiling, not after
+    if request.tune is not None and request.expertise_path is not None:
+        raise SGMError("--tune searches the profile itself; drop --expertise or --tune")
+    profile = request.profile
+    if request.expertise_path is None:
+        load_profile_inputs(profile)  # bad data fails before any download or model load
+    source = resolve_model_source(request.model, request.revision, request.bake.progress)
+    check_target(request.out, source.path, request.bake.overwrite)
+    total = 2 + int(mode is not None) + int(bool(request.push_to_hub))
+    loaded: LoadedModel | None = None
+    stages: dict[str, Any] = {}
+    tuned = None
+    if request.tune is not None:
+        from sgm_bake.pipeline.tune import summary_lines, tune_source
+
+        workdir = request.tune.options.workdir
+        say(f"1/{total} tuning {source.id} on {profile.profile_set} (search in {workdir})")
+        searched = tune_source(source, request.tune)
+        for line in summary_lines(searched.result):
+            say(line)
+        chosen = searched.result.expertise
+        if chosen is None:
+            raise SGMError(
+                "tuning found no setting that lowers the harmful rate within --max-kl, so "
+                f"nothing was baked; see {workdir / 'tune.json'} (raise --max-kl or --trials)"
+            )
+        tuned = searched.result
+        expertise, recipe, loaded = chosen, searched.loaded.recipe, searched.loaded
+        del searched
+    elif request.expertise_path is not None:
+        say(f"1/{total} reusing the profile {request.expertise_path}")
+        rule = profile.options.rule if request.rule_given else None
+        expertise = apply_rule_if_given(load_expertise(request.expertise_path), rule)
+        recipe = recipe_for_config(open_checkpoint(source.path).config, profile.recipe_file)
+    else:
+        distributed = from_env()
+        if distributed is None or distributed.is_main:
+            say(f"1/{total} profiling {source.id}")
+        try:
+            outcome = profile_source(source, profile, messages.announce, distributed)
+        finally:
+            if distributed is not None:
+                distributed.close()
+        if outcome.expertise is None:
+            return None  # a rank other than 0: rank 0 bakes, verifies and pushes
+        expertise, recipe, loaded = outcome.expertise, outcome.recipe, outcome.loaded
+        stages = {"profile": outcome.memory} if outcome.memory else {}
+        if messages.profiled is not None:
+            messages.profiled(outcome)
+        del outcome
+    if expertise.modules:  # an edit alone scales no unit
+        for line in layer_table(layer_rows(expertise_counts(expertise, recipe))):
+            say(line)
+    evidence = None
+    placement = profile.placement
+    if loaded is not None:
+        # The bake needs no model: release it (and its GPU memory) unless the verification
+        # reuses it, keeping what the layer check needs from it.
+        handoff = hand_over(
+            loaded,
+            source.path,
+            recipe,
+            expertise,
+            mode,
+            request.verify_dtype,
+            profile.device,
+            placement,
+        )
+        messages.announce(handoff.note)
+        loaded, evidence = handoff.loaded, handoff.evidence
+    elif mode == "layers":
+        warm_up_layer_check(source.path, profile.recipe_file)
+    say(f"2/{total} baking {request.out}")
+    options = replace(request.bake, stages=stages) if stages else request.bake
+    record = bake(source, request.out, expertise, options)
+    say(f"baked {request.out}: {len(record.expertise.tensors_folded)} tensors folded")
+    if tuned is not None:
+        from sgm_bake.pipeline.tune import record_tuning
+
+        record_tuning(request.out, tuned)
+    result = RunOutcome(record)
+    if mode is not None:
+        say(f"3/{total} verifying")
+        result.verification = verify_output(
+            request.out,
+            source.path,
+            request.verify_dtype,
+            profile.device,
+            loaded,
+            mode=mode,
+            placement=placement,
+            progress=options.progress,
+            evidence=evidence,
+        )
+        say(f"verify: {result.verification.summary()}")
+        if not result.verification.passed:
+            return result
+    if request.push_to_hub:
+        say(f"{total}/{total} pushing to {request.push_to_hub}")
+        plan = plan_upload(request.out, request.push_to_hub, request.private or None, None, None)
+        result.pushed_url = push(request.out, plan)
+        say(f"pushed {request.out} to {result.pushed_url}")
+    return result

@@ -63,6 +63,7 @@ from sgm_bake.io import interrupts
 from sgm_bake.io.checkpoint import open_checkpoint
 from sgm_bake.io.response_store import ResponseStore
 from sgm_bake.io.source import content_key
+from sgm_bake.options import default, split_fractions
 from sgm_bake.pipeline.profile import (
     Inputs,
     Positions,
@@ -72,6 +73,10 @@ from sgm_bake.pipeline.profile import (
     fingerprint,
     profile_targets,
 )
+from sgm_bake.publish import plots
+from sgm_bake.publish.refresh import rewrite_card
+from sgm_bake.record import SGM_DIR, Tuning, read_record
+from sgm_bake.runtime.batch import to_device
 from sgm_bake.runtime.chat import ChatModel, GenerationConfig, call_processor
 from sgm_bake.runtime.loading import Placement
 
@@ -87,22 +92,14 @@ KNOBS: tuple[str, ...] = (
     "positions",
     "pooling",
 )
-DEFAULT_KNOBS: tuple[str, ...] = (
-    "rule",
-    "strength",
-    "top_k",
-    "threshold",
-    "hook_points",
-    "layers",
-    "positions",
-)
-# KL budget in nats per token position. On the built-in organisms, settings that keep benign
-# accuracy and fluency intact stay well below it, while settings that visibly damage replies
-# exceed it (benchmarks/RESULTS.md).
-DEFAULT_MAX_KL = 0.1
-DEFAULT_DEGENERATE_MARGIN = 0.03
-DEFAULT_ACCURACY_MARGIN = 0.02
-DEFAULT_FRACTIONS = (0.5, 0.25, 0.25)
+DEFAULT_KNOBS: tuple[str, ...] = tuple(default("knobs").split(","))
+# KL budget in nats per token position (`--max-kl`). On the built-in organisms, settings that
+# keep benign accuracy and fluency intact stay well below it, while settings that visibly damage
+# replies exceed it (benchmarks/RESULTS.md).
+DEFAULT_MAX_KL: float = default("max-kl")
+DEFAULT_DEGENERATE_MARGIN: float = default("degenerate-margin")
+DEFAULT_ACCURACY_MARGIN: float = default("accuracy-margin")
+DEFAULT_FRACTIONS: tuple[float, float, float] = split_fractions(default("split"))  # type: ignore[assignment]
 # Rows of each class every split needs: AUROC needs both classes on the profiling split (the
 # profile set's own minimum); harm and KL need at least two rows each on the other two.
 SPLIT_MINIMUM = {"profile": MIN_PER_CLASS, "tune": 2, "report": 2}
@@ -129,14 +126,14 @@ class TuneOptions:
     not searched (its rule, pooling, positions, hook points and layers)."""
 
     workdir: Path
-    trials: int = 40
+    trials: int = default("trials")
     seed: int = 0
     max_kl: float = DEFAULT_MAX_KL
     degenerate_margin: float = DEFAULT_DEGENERATE_MARGIN
     accuracy_margin: float = DEFAULT_ACCURACY_MARGIN
     fractions: tuple[float, float, float] = DEFAULT_FRACTIONS
     knobs: tuple[str, ...] = DEFAULT_KNOBS
-    sampler: Sampler = "tpe"
+    sampler: Sampler = default("sampler")
     profile: ProfileOptions = field(default_factory=ProfileOptions)
     generation: GenerationConfig = field(default_factory=GenerationConfig)
     batch_size: int = 8
@@ -601,17 +598,6 @@ def _prompt_set(rows: ProfileSet) -> PromptSet:
     return PromptSet(rows.name, rows.sha256, items)
 
 
-def _move(batch: dict[str, Any], device: torch.device, dtype: torch.dtype) -> dict[str, Any]:
-    moved = {}
-    for key, value in batch.items():
-        if isinstance(value, torch.Tensor):
-            value = value.to(device)
-            if value.is_floating_point():
-                value = value.to(dtype)
-        moved[key] = value
-    return moved
-
-
 class SplitMeasure:
     """Measures whatever hooks are on the model on one split; the base's reference next-token
     distributions are computed on first use and cached (in memory and in the work folder)."""
@@ -685,7 +671,7 @@ class SplitMeasure:
                 if answer > 0:
                     mask[row, width - answer - 1 : width - 1] = True
             with torch.no_grad():
-                logits = self.chat.model(**_move(batch, self.chat.device, self.dtype)).logits
+                logits = self.chat.model(**to_device(batch, self.chat.device, self.dtype)).logits
             selected = logits.float()[mask.to(logits.device)]
             result.append(torch.log_softmax(selected, dim=-1).cpu())
         return result
@@ -1133,8 +1119,6 @@ def run_tune(
 
 def write_result(result: TuneResult, folder: Path) -> list[Path]:
     """Write tune.json (and the Pareto plot) into `folder`; return the paths written."""
-    from sgm_bake.publish import plots
-
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "tune.json"
     path.write_text(json.dumps(result.record(), indent=1) + "\n", encoding="utf-8")
@@ -1150,8 +1134,6 @@ def record_tuning(folder: Path, result: TuneResult) -> None:
     """Add the search to a baked folder: `sgm/tune.json`, the Pareto plot, the record's `tuning`
     section and the card's section on how the setting was chosen (only these files and the card
     are recorded; the folder is the one the same command has just baked)."""
-    from sgm_bake.pipeline.record import SGM_DIR, Tuning, read_record, rewrite_card
-
     record = read_record(folder)
     written = [p.relative_to(folder).as_posix() for p in write_result(result, folder / SGM_DIR)]
     data = result.record()

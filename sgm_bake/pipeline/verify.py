@@ -29,10 +29,12 @@ from sgm_bake.core.expertise import load_expertise
 from sgm_bake.core.hooks import SGMHooks
 from sgm_bake.core.recipes import Recipe, parse_recipe, recipe_for_config, resolve_checkpoint_layout
 from sgm_bake.errors import SGMError
-from sgm_bake.io.checkpoint import Checkpoint, load_bin, open_checkpoint
-from sgm_bake.io.safetensors import read_tensor
+from sgm_bake.io.checkpoint import open_checkpoint
+from sgm_bake.io.tensors import TensorSource
 from sgm_bake.pipeline.bake import expertise_path, tensor_shapes
-from sgm_bake.pipeline.record import BakeRecord, Verification, read_record, rewrite_card
+from sgm_bake.publish.refresh import rewrite_card
+from sgm_bake.record import BakeRecord, Verification, read_record
+from sgm_bake.runtime.batch import to_device
 from sgm_bake.runtime.chat import call_processor
 from sgm_bake.runtime.loading import Placement, input_device, load_model
 from sgm_bake.runtime.memory import PeakMemory
@@ -175,11 +177,8 @@ def _run(
     outputs = []
     with torch.no_grad():
         for batch in batches:
-            moved = {
-                k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()
-            }
             # No KV cache: a single pass never reads it back.
-            outputs.append(model(**moved, use_cache=False).logits.float().cpu())
+            outputs.append(model(**to_device(batch, device), use_cache=False).logits.float().cpu())
     return outputs
 
 
@@ -190,12 +189,6 @@ def forward_module(model: Any, recipe: Recipe) -> Any:
     if recipe.text_forward is None:
         return model
     return model.get_submodule(recipe.text_forward)
-
-
-def _checkpoint_tensor(checkpoint: Checkpoint, key_files: dict[str, str], key: str) -> torch.Tensor:
-    if checkpoint.format == "safetensors":
-        return read_tensor(checkpoint.headers[key_files[key]], key)
-    return load_bin(checkpoint.root / key_files[key])[key]
 
 
 def recorded_recipe(bake_record: BakeRecord, config: dict[str, Any]) -> Recipe:
@@ -276,15 +269,14 @@ def _verify_full(
     layers = range(*recorded_layers) if recorded_layers else None
     layout = resolve_checkpoint_layout(recipe, source.config, source_keys, shapes, layers)
     read_keys: set[str] = set()
-
-    def read_source(key: str) -> torch.Tensor:
-        return _checkpoint_tensor(source, source_keys, key)
+    read_source = TensorSource(source).read
+    baked_tensors = TensorSource(baked)
 
     def read_baked(key: str) -> torch.Tensor:
         if key not in baked_keys:
             raise SGMError(f"{out} lacks tensor {key!r}; the output is incomplete, bake again")
         read_keys.add(key)
-        return _checkpoint_tensor(baked, baked_keys, key)
+        return baked_tensors.read(key)
 
     for name, module, units in modules:
         projection = units.projection

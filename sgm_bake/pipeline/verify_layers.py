@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import mmap
 import queue
 import tempfile
 import threading
@@ -51,11 +50,10 @@ import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 from tqdm.auto import tqdm
@@ -70,11 +68,13 @@ from sgm_bake.core.expertise import (
 from sgm_bake.core.hooks import SGMHooks, runtime_prefix
 from sgm_bake.core.recipes import Recipe, resolve_checkpoint_layout
 from sgm_bake.errors import SGMError
-from sgm_bake.io.checkpoint import Checkpoint, load_bin, open_checkpoint
-from sgm_bake.io.safetensors import DTYPES
+from sgm_bake.io.checkpoint import open_checkpoint
+from sgm_bake.io.tensors import TensorSource
 from sgm_bake.pipeline.bake import expertise_path
-from sgm_bake.pipeline.record import Verification, read_record, rewrite_card
 from sgm_bake.pipeline.verify import TOLERANCE, build_inputs, recorded_recipe
+from sgm_bake.publish.refresh import rewrite_card
+from sgm_bake.record import LayerCheck, Verification, read_record
+from sgm_bake.runtime.batch import to_device
 from sgm_bake.runtime.memory import PeakMemory
 
 logger = logging.getLogger(__name__)
@@ -97,20 +97,6 @@ CAPTURED_TOKENS_PER_PROMPT = 32
 SCALE_FLOOR = 1e-3
 """Units whose largest unhooked output is below this share of the module's largest are compared
 against that floor instead (a dead unit has no scale of its own)."""
-
-
-@dataclass(frozen=True)
-class LayerCheck:
-    """The figures of one layer's block."""
-
-    layer: int
-    block: str
-    max_rel_diff: float
-    worst_module: str
-    block_rel_diff: float
-    block_abs_diff: float
-    intervention_rel_effect: float
-    passed: bool
 
 
 @dataclass(frozen=True)
@@ -144,11 +130,10 @@ class LayerVerifyReport:
             f"positions per layer, tensor map checked {self.mapping_check})"
         )
 
-    def record(self) -> dict[str, Any]:
-        """The JSON form stored in the bake record."""
-        data = asdict(self)
-        data["layers"] = [asdict(check) for check in self.layers]
-        return data
+    def verification(self) -> Verification:
+        """The record's verification section."""
+        fields = {name: getattr(self, name) for name in self.__dataclass_fields__}
+        return Verification(**{**fields, "layers": list(self.layers)})
 
 
 def block_path(names: list[str]) -> str:
@@ -229,84 +214,6 @@ def import_model_classes(folder: Path, recipe: Recipe) -> None:
     for auto, sub_config in mappings:
         with contextlib.suppress(KeyError, AttributeError, ValueError):
             auto._model_mapping[type(sub_config)]  # resolving the class imports its module
-
-
-class TensorSource:
-    """Reads single tensors of a checkpoint lazily.
-
-    safetensors shards are memory-mapped once and a tensor is converted straight from the mapped
-    pages (file-backed page cache, not process memory) into the dtype asked for: one pass over
-    its bytes and no intermediate copy."""
-
-    def __init__(self, checkpoint: Checkpoint) -> None:
-        self.checkpoint = checkpoint
-        self.files = checkpoint.tensor_keys()
-        self._maps: dict[str, mmap.mmap] = {}
-        self._bin_cache: tuple[str, dict[str, Any]] | None = None
-        self._lock = threading.Lock()  # the layer reader and the main thread both read
-
-    def __contains__(self, key: str) -> bool:
-        return key in self.files
-
-    def shape(self, key: str) -> tuple[int, ...]:
-        if self.checkpoint.format == "safetensors":
-            return self.checkpoint.headers[self.files[key]].tensors[key].shape
-        return tuple(self.read(key).shape)
-
-    def _stored(self, key: str) -> torch.Tensor:
-        """The tensor under `key` as stored: a read-only view of the mapped file (safetensors)
-        or of the loaded shard (.bin). Never written through."""
-        name = self.files[key]
-        if self.checkpoint.format != "safetensors":
-            # .bin shards are memory-mapped by torch; keep the last one open.
-            with self._lock:
-                if self._bin_cache is None or self._bin_cache[0] != name:
-                    self._bin_cache = (name, load_bin(self.checkpoint.root / name))
-                tensor: torch.Tensor = self._bin_cache[1][key]
-            return tensor
-        info = self.checkpoint.headers[name].tensors[key]
-        stored = DTYPES[info.dtype][0]
-        if stored is None:
-            raise SGMError(f"tensor {key!r} has dtype {info.dtype}, which torch cannot represent")
-        raw = np.frombuffer(self._map(name), dtype=np.uint8, count=info.nbytes, offset=info.start)
-        with warnings.catch_warnings():  # a read-only view, never written through
-            warnings.simplefilter("ignore", UserWarning)
-            return torch.from_numpy(raw).view(stored).view(info.shape)
-
-    def _map(self, name: str) -> mmap.mmap:
-        with self._lock:
-            if name not in self._maps:
-                with (self.checkpoint.root / name).open("rb") as handle:
-                    self._maps[name] = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
-            return self._maps[name]
-
-    def read(self, key: str, dtype: torch.dtype | None = None) -> torch.Tensor:
-        """The tensor under `key`, as a new tensor in `dtype` (default: its stored dtype)."""
-        stored = self._stored(key)
-        return stored.to(dtype or stored.dtype, copy=True)
-
-    def read_into(self, key: str, out: torch.Tensor) -> None:
-        """Convert the tensor under `key` into `out` (same shape): one pass over its bytes, into
-        memory that is already there (no new pages per layer)."""
-        out.copy_(self._stored(key))
-
-    def prefetch(self, key: str) -> None:
-        """Ask the kernel to start reading `key`'s bytes from disk now (a cold page cache is then
-        read while the layer before it computes); a hint only."""
-        if self.checkpoint.format != "safetensors" or not hasattr(mmap, "MADV_WILLNEED"):
-            return
-        name = self.files[key]
-        info = self.checkpoint.headers[name].tensors[key]
-        start = info.start - info.start % mmap.PAGESIZE
-        with contextlib.suppress(OSError, ValueError):
-            self._map(name).madvise(mmap.MADV_WILLNEED, start, info.start + info.nbytes - start)
-
-    def close(self) -> None:
-        for mapped in self._maps.values():
-            with contextlib.suppress(BufferError):
-                mapped.close()
-        self._maps.clear()
-        self._bin_cache = None
 
 
 def _checkpoint_relative(relative: str, leaf_map: Mapping[str, str]) -> str:
@@ -581,10 +488,7 @@ def capture_block_inputs(
                 count = ids.numel()
                 chosen = torch.randperm(count, generator=generator)[:tokens_per_prompt]
                 picks.append(torch.sort(chosen).values)
-                moved = {
-                    k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()
-                }
-                model(**moved, use_cache=False)
+                model(**to_device(batch, device), use_cache=False)
     finally:
         for handle in handles:
             handle.remove()
@@ -813,7 +717,7 @@ def verify_layers(
         memory.extra["captured_inputs_seconds"] = round(evidence.seconds, 3)
     if record:
         bake_record = read_record(out)
-        bake_record.verification = Verification(**report.record())
+        bake_record.verification = report.verification()
         bake_record.stages["verify"] = memory.record()
         rewrite_card(out, bake_record)
     return report

@@ -16,10 +16,10 @@ from typing import Any
 from sgm_bake.core.expertise import Expertise
 from sgm_bake.core.method_text import method_card_text
 from sgm_bake.errors import SGMError
-from sgm_bake.pipeline.record import SGM_DIR, BakeRecord
-from sgm_bake.pipeline.summary import layer_rows
 from sgm_bake.publish import plots
 from sgm_bake.publish.plots import percent_text
+from sgm_bake.record import SGM_DIR, BakeRecord
+from sgm_bake.record.summary import layer_rows
 from sgm_bake.resources import data_dir
 
 logger = logging.getLogger(__name__)

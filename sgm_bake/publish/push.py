@@ -24,14 +24,8 @@ from pathlib import Path
 
 from sgm_bake.errors import SGMError
 from sgm_bake.io.paths import relative_name
-from sgm_bake.pipeline.record import (
-    RECORD_PATH,
-    BakeRecord,
-    read_record,
-    record_text,
-    require_intact,
-)
 from sgm_bake.publish.card import CARD_FILE, render_card
+from sgm_bake.record import RECORD_PATH, BakeRecord, read_record, record_text, require_intact
 from sgm_bake.text import format_bytes, table
 
 logger = logging.getLogger(__name__)

@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from sgm_bake.errors import SGMError
+from sgm_bake.runtime.batch import to_device
 
 
 def call_processor(processor: Any, texts: list[str], images: list[Any]) -> dict[str, Any]:
@@ -125,10 +126,7 @@ class ChatModel:
             batch = self.tokenizer(
                 texts, padding=True, return_tensors="pt", add_special_tokens=False
             )
-        return {
-            k: v.to(self.device) if isinstance(v, torch.Tensor) else v
-            for k, v in dict(batch).items()
-        }
+        return to_device(dict(batch), self.device)
 
     def prompt_inputs(self, prompts: list[str], images: list[Any | None]) -> dict[str, Any]:
         """A batch of prompts (all with images, or all without) as generation feeds them: through

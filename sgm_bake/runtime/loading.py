@@ -248,10 +248,13 @@ def load(
     dtype: str = "auto",
     recipe_file: Path | None = None,
     placement: Placement | None = None,
+    recipe: Recipe | None = None,
 ) -> LoadedModel:
     """Load the model of `source` for a step that needs the whole model (`placement`, when
-    given, overrides `device`)."""
-    recipe = recipe_for_config(open_checkpoint(source.path).config, recipe_file)
+    given, overrides `device`; `recipe`, when the caller has resolved it already, spares
+    opening the checkpoint again)."""
+    if recipe is None:
+        recipe = recipe_for_config(open_checkpoint(source.path).config, recipe_file)
     placement = placement or Placement(device=device)
     torch_dtype = resolve_dtype(dtype, placement.main_device())
     logger.info("loading %s on %s in %s", source.id, placement.describe(), torch_dtype)

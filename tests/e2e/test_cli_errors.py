@@ -10,7 +10,7 @@ import torch
 
 from sgm_bake.cli import main
 from sgm_bake.core.expertise import Expertise, ModuleExpertise, load_expertise, save_expertise
-from tests.conftest import write_json
+from tests.helpers import write_json
 
 
 def _assert_clean_failure(result, out: Path, *fragments: str) -> None:
@@ -40,6 +40,7 @@ def _edited_expertise(path: Path, source: Path, edit) -> Path:
     return target
 
 
+@pytest.mark.slow
 def test_missing_source(runner, tmp_path, llava_expertise):
     out = tmp_path / "out"
     result = _bake(runner, tmp_path / "nowhere", out, llava_expertise)
@@ -172,6 +173,7 @@ def test_out_inside_source(runner, copy_model, llava_dir, llava_expertise):
     assert not (source / "baked").exists()
 
 
+@pytest.mark.slow
 def test_existing_output_is_refused_then_replaced(runner, llava_dir, llava_expertise, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
@@ -184,6 +186,7 @@ def test_existing_output_is_refused_then_replaced(runner, llava_dir, llava_exper
     assert not (out / "keep.txt").exists() and (out / "sgm" / "bake.json").is_file()
 
 
+@pytest.mark.slow
 def test_failed_overwrite_keeps_previous_output(runner, llava_dir, llava_expertise, tmp_path):
     out = tmp_path / "out"
     assert _bake(runner, llava_dir, out, llava_expertise, "--no-verify").exit_code == 0
@@ -218,7 +221,7 @@ def _unbaked_weight(out: Path, source: Path) -> None:
     """Put the source's (unfolded) up_proj of layer 1 back into a baked folder."""
     from safetensors.torch import save_file
 
-    from tests.conftest import file_metadata, load_state
+    from tests.helpers import file_metadata, load_state
 
     state = load_state(out)
     key = "language_model.model.layers.1.mlp.up_proj.weight"
@@ -228,9 +231,10 @@ def _unbaked_weight(out: Path, source: Path) -> None:
     )
 
 
+@pytest.mark.slow
 def test_verify_fails_on_a_wrong_fold(runner, llava_dir, llava_expertise, tmp_path):
     """A bake that wrote a wrong weight and recorded it (a bug, not tampering) fails verify."""
-    from sgm_bake.pipeline.record import read_record, record_files
+    from sgm_bake.record import read_record, record_files
 
     out = tmp_path / "out"
     assert _bake(runner, llava_dir, out, llava_expertise, "--no-verify").exit_code == 0
@@ -241,10 +245,11 @@ def test_verify_fails_on_a_wrong_fold(runner, llava_dir, llava_expertise, tmp_pa
     assert "FAIL" in result.output
 
 
+@pytest.mark.slow
 def test_verify_refuses_a_tampered_weight_and_writes_nothing(
     runner, llava_dir, llava_expertise, tmp_path
 ):
-    from tests.e2e.test_hardening import snapshot
+    from tests.helpers import snapshot
 
     out = tmp_path / "out"
     assert _bake(runner, llava_dir, out, llava_expertise, "--no-verify").exit_code == 0
@@ -259,6 +264,7 @@ def test_verify_refuses_a_tampered_weight_and_writes_nothing(
 # --- the built-in model names and an unreachable Hub ------------------------------------------
 
 
+@pytest.mark.slow
 def test_every_command_takes_the_organism_names(runner, tmp_path, monkeypatch):
     """`bake`, `verify --source`, `unbake --compare` and `plan` resolve `organism` as `eval`,
     `generate`, `profile` and `tune` do (offline: nothing is fetched)."""
@@ -266,7 +272,7 @@ def test_every_command_takes_the_organism_names(runner, tmp_path, monkeypatch):
     from transformers import AutoModelForImageTextToText
 
     from sgm_bake.runtime.loading import resolve_model_source
-    from tests.builders import synthetic_expertise
+    from tests.helpers import synthetic_expertise
 
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     folder = resolve_model_source("organism", progress=False).path
@@ -294,7 +300,7 @@ def _offline_run(*args: str, **env: str):
     import subprocess
     import sys
 
-    from tests.e2e.test_interrupts import REPO
+    from tests.helpers import REPO
 
     command = [sys.executable, "-m", "sgm_bake", "-q", *args]
     environment = {**os.environ, "HF_HUB_DISABLE_TELEMETRY": "1"}
@@ -308,6 +314,7 @@ def _offline_run(*args: str, **env: str):
 HUB_SET = "hf://datasets/some-org/sets/set.jsonl"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("args", "env", "fragment"),
     [

@@ -9,7 +9,6 @@ existing OUT and everything around them are unchanged and nothing was written el
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -30,27 +29,7 @@ from sgm_bake.core.expertise import load_expertise
 from sgm_bake.io.checkpoint import open_checkpoint
 from sgm_bake.io.source import resolve_source
 from sgm_bake.pipeline.bake import BakeOptions, bake
-from tests.conftest import load_state, write_json
-from tests.unit.test_profile_set import _rows
-
-REPO = Path(__file__).resolve().parents[2]
-
-
-def snapshot(root: Path) -> dict[str, str]:
-    """Every entry under `root` (symlinks not followed): sha256, link target or 'dir'."""
-    state = {}
-    for folder, folders, files in os.walk(root):
-        for name in folders + files:
-            path = Path(folder) / name
-            key = path.relative_to(root).as_posix()
-            if path.is_symlink():
-                state[key] = "link:" + os.readlink(path)
-            elif path.is_dir():
-                state[key] = "dir"
-            else:
-                state[key] = hashlib.sha256(path.read_bytes()).hexdigest()
-    return state
-
+from tests.helpers import REPO, labelled_rows, load_state, shard, snapshot, write_json
 
 # --- builders of bad inputs -------------------------------------------------------------------
 
@@ -76,22 +55,6 @@ def edit_entry(field: str, value: object) -> Callable[[dict], dict]:
         return header
 
     return edit
-
-
-def shard(src: Path) -> dict:
-    """Split SOURCE's weights into two shards with an index; return the index."""
-    state = load_state(src)
-    keys = sorted(state)
-    half = len(keys) // 2
-    names = ["model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"]
-    weight_map = {}
-    for name, part in zip(names, (keys[:half], keys[half:]), strict=True):
-        save_file({k: state[k] for k in part}, str(src / name), metadata={"format": "pt"})
-        weight_map.update(dict.fromkeys(part, name))
-    (src / "model.safetensors").unlink()
-    index = {"metadata": {"total_size": 0}, "weight_map": weight_map}
-    write_json(src / "model.safetensors.index.json", index)
-    return index
 
 
 def index_pointing(target: Callable[[Path, Path], str]) -> Callable[[Path, Path], None]:
@@ -175,7 +138,7 @@ def profile_set_with(image: str | None = None, render: dict | None = None, bomb:
             (folder / "link.png").symlink_to(tmp / "outside.png")
         if bomb:
             (folder / "bomb.png").write_bytes(png_declaring(60_000, 60_000))
-        rows = _rows(4, image=image or ("bomb.png" if bomb else None), render=render)
+        rows = labelled_rows(4, image=image or ("bomb.png" if bomb else None), render=render)
         (folder / "set.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
 
     return build
@@ -216,7 +179,7 @@ def readme_becomes_symlink(out: Path, tmp: Path) -> None:
 
 def cp1252_profile_set(src: Path, tmp: Path) -> None:
     """A profile set saved by a Windows editor in its legacy code page."""
-    rows = _rows(4)
+    rows = labelled_rows(4)
     rows[3]["text"] = "a naïve café insult"
     text = "\n".join(json.dumps(r, ensure_ascii=False) for r in rows) + "\n"
     (tmp / "set.jsonl").write_bytes(text.encode("cp1252"))
@@ -224,7 +187,7 @@ def cp1252_profile_set(src: Path, tmp: Path) -> None:
 
 def long_row_profile_set(src: Path, tmp: Path) -> None:
     """A row longer than the tiny model's context of 1024 positions (one token per byte)."""
-    rows = _rows(4)
+    rows = labelled_rows(4)
     rows[5]["text"] = "na " * 1500
     (tmp / "set.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
 
@@ -232,7 +195,7 @@ def long_row_profile_set(src: Path, tmp: Path) -> None:
 def chat_template(text: str) -> Callable[[Path, Path], None]:
     def build(src: Path, tmp: Path) -> None:
         (src / "chat_template.jinja").write_text(text)
-        (tmp / "set.jsonl").write_text("\n".join(json.dumps(r) for r in _rows(4)) + "\n")
+        (tmp / "set.jsonl").write_text("\n".join(json.dumps(r) for r in labelled_rows(4)) + "\n")
         (tmp / "template.jinja").write_text(text)
         row = {"condition": "benign", "category": "benign", "prompt": "what colour?"}
         (tmp / "prompts.jsonl").write_text(json.dumps(row) + "\n")
@@ -246,7 +209,7 @@ def long_prompt_set(src: Path, tmp: Path) -> None:
 
 
 def responses_dir_of_others(src: Path, tmp: Path) -> None:
-    (tmp / "set.jsonl").write_text("\n".join(json.dumps(r) for r in _rows(4)) + "\n")
+    (tmp / "set.jsonl").write_text("\n".join(json.dumps(r) for r in labelled_rows(4)) + "\n")
     (tmp / "mine").mkdir()
     (tmp / "mine" / "thesis.tex").write_text("years of work")
 
@@ -548,6 +511,7 @@ CASES: dict[str, tuple] = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_bad_input(case, runner, tmp_path, llava_dir, llava_expertise):
     build, args, fragment, *code = CASES[case]
@@ -570,13 +534,10 @@ def test_bad_input(case, runner, tmp_path, llava_dir, llava_expertise):
     assert snapshot(tmp_path) == before
 
 
-def test_matrix_is_wide():
-    assert len(CASES) >= 55
-
-
 # --- legal inputs that must keep working ------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_shards_in_a_subfolder_bake_into_the_same_subfolder(tmp_path, llava_dir, llava_expertise):
     src = tmp_path / "src"
     shutil.copytree(llava_dir, src)
@@ -596,6 +557,7 @@ def test_shards_in_a_subfolder_bake_into_the_same_subfolder(tmp_path, llava_dir,
     assert open_checkpoint(out).weight_files == open_checkpoint(src).weight_files
 
 
+@pytest.mark.slow
 def test_symlinks_inside_source_are_followed(tmp_path, llava_dir, llava_expertise):
     src = tmp_path / "src"
     shutil.copytree(llava_dir, src)
@@ -622,6 +584,7 @@ def test_bin_training_entries_are_skipped_with_a_warning(tmp_path, llava_dir, ca
     assert "skipped 2 entries that are not tensors" in caplog.text
 
 
+@pytest.mark.slow
 def test_two_bakes_are_byte_identical(tmp_path, llava_dir, llava_expertise):
     """Every output file is byte-identical, the expertise file included; the record differs
     only in its time stamp and the stages' measured time and memory."""
@@ -643,6 +606,7 @@ def test_two_bakes_are_byte_identical(tmp_path, llava_dir, llava_expertise):
     assert first == second
 
 
+@pytest.mark.slow
 def test_inspect_never_modifies_the_folder(runner, tmp_path, llava_dir, llava_expertise):
     out = tmp_path / "out"
     bake(resolve_source(str(llava_dir)), out, load_expertise(llava_expertise), BakeOptions())
@@ -656,6 +620,7 @@ def test_inspect_never_modifies_the_folder(runner, tmp_path, llava_dir, llava_ex
     assert result.exit_code == 4 and snapshot(tmp_path) == before
 
 
+@pytest.mark.slow
 def test_old_expertise_name_is_still_read(runner, tmp_path, llava_dir, llava_expertise):
     from sgm_bake.pipeline.bake import expertise_path
 
@@ -666,6 +631,7 @@ def test_old_expertise_name_is_still_read(runner, tmp_path, llava_dir, llava_exp
     assert load_expertise(expertise_path(out)).modules
 
 
+@pytest.mark.slow
 def test_top_k_zero_means_no_cap_and_a_no_op_bake_warns(
     tmp_path, llava_dir, llava_expertise, caplog
 ):
@@ -686,6 +652,7 @@ def test_top_k_zero_means_no_cap_and_a_no_op_bake_warns(
     assert "changes no weight" in caplog.text
 
 
+@pytest.mark.slow
 def test_file_size_limit_is_one_line(tmp_path, llava_dir, llava_expertise):
     """A write failing in the OS (here EFBIG under a file-size limit, as ENOSPC would) is one
     line naming the path, and no temporary folder stays."""

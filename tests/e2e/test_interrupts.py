@@ -22,10 +22,7 @@ from pathlib import Path
 import pytest
 
 from sgm_bake.io.atomic import MARKER_SUFFIX, recover
-from tests.builders import synthetic_expertise, tiny_llava
-from tests.e2e.test_hardening import shard, snapshot
-
-REPO = Path(__file__).resolve().parents[2]
+from tests.helpers import REPO, shard, snapshot, synthetic_expertise, tiny_llava
 
 
 @pytest.fixture(scope="module")
@@ -88,6 +85,7 @@ def old_output(tmp_path: Path) -> Path:
     return out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("signum", "when", "code"),
     [
@@ -116,6 +114,7 @@ def test_signal_leaves_old_output(big_model, tmp_path, signum, when, code):
     assert snapshot(tmp_path) == before  # old OUT intact, no temporary folder or marker
 
 
+@pytest.mark.slow
 def test_sigkill_then_rerun_cleans_up(big_model, tmp_path):
     source, expertise = big_model
     out = old_output(tmp_path)
@@ -229,6 +228,7 @@ main()
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("hook", ["fold", "plan"], ids=["while-folding", "after-planning"])
 def test_a_shard_truncated_under_the_bake_is_one_line(tmp_path, llava_dir, llava_expertise, hook):
     """Another process truncates the source shard while the bake reads it: just before a tensor

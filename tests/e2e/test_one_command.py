@@ -9,6 +9,8 @@ import json
 import weakref
 from pathlib import Path
 
+import pytest
+
 from sgm_bake.cli import main
 from sgm_bake.core.expertise import load_expertise
 from sgm_bake.core.recipes import recipe_for_config
@@ -16,7 +18,7 @@ from sgm_bake.io.checkpoint import open_checkpoint
 from sgm_bake.io.source import resolve_source
 from sgm_bake.pipeline.run import hand_over
 from sgm_bake.runtime.loading import load
-from tests.integration.test_profile import _write_set
+from tests.helpers import write_set
 
 
 def _run(runner, model: Path, out: Path, profile_set: Path, *extra: str):
@@ -36,8 +38,9 @@ def _run(runner, model: Path, out: Path, profile_set: Path, *extra: str):
     )
 
 
+@pytest.mark.slow
 def test_the_profiling_model_is_released_before_the_bake(runner, llava_dir, tmp_path):
-    profile_set = _write_set(tmp_path / "set")
+    profile_set = write_set(tmp_path / "set")
     out = tmp_path / "out"
     result = _run(runner, llava_dir, out, profile_set)
     assert result.exit_code == 0, result.output
@@ -62,8 +65,9 @@ def test_the_profiling_model_is_released_before_the_bake(runner, llava_dir, tmp_
     assert "matrix_rate_share" not in throughput  # a CPU: tokens/s only
 
 
+@pytest.mark.slow
 def test_verify_full_reuses_the_profiling_model(runner, llava_dir, tmp_path):
-    profile_set = _write_set(tmp_path / "set")
+    profile_set = write_set(tmp_path / "set")
     out = tmp_path / "out"
     result = _run(runner, llava_dir, out, profile_set, "--verify", "full")
     assert result.exit_code == 0, result.output
@@ -72,6 +76,7 @@ def test_verify_full_reuses_the_profiling_model(runner, llava_dir, tmp_path):
     assert record["verification"]["passed"] and record["verification"]["mode"] == "full"
 
 
+@pytest.mark.slow
 def test_hand_over_frees_the_model(llava_dir, llava_expertise):
     source = resolve_source(str(llava_dir))
     loaded = load(source, "cpu", "float32")

@@ -19,9 +19,8 @@ from huggingface_hub import HfApi, ModelCard
 
 from sgm_bake.cli import main
 from sgm_bake.core.expertise import Expertise, ModuleExpertise, load_expertise, save_expertise
-from sgm_bake.pipeline.record import read_record
-from tests.conftest import load_state
-from tests.e2e.test_hardening import snapshot
+from sgm_bake.record import read_record
+from tests.helpers import bake_arguments, load_state, snapshot
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -34,19 +33,8 @@ def baked(tmp_path_factory, llava_dir, llava_expertise) -> Path:
     from click.testing import CliRunner
 
     out = tmp_path_factory.mktemp("published") / "out"
-    result = CliRunner().invoke(
-        main,
-        [
-            "-q",
-            "bake",
-            str(llava_dir),
-            str(out),
-            "--expertise",
-            str(llava_expertise),
-            "--base-model",
-            "llava-hf/llava-1.5-7b-hf",
-        ],
-    )
+    arguments = bake_arguments(llava_dir, out, llava_expertise)
+    result = CliRunner().invoke(main, [*arguments, "--base-model", "llava-hf/llava-1.5-7b-hf"])
     assert result.exit_code == 0, result.output
     return out
 
@@ -57,6 +45,7 @@ def _copy(folder: Path, tmp_path: Path) -> Path:
     return target
 
 
+@pytest.mark.slow
 def test_card_parses_and_its_metadata_validates(baked):
     card = ModelCard.load(baked / "README.md")
     data = card.data.to_dict()
@@ -79,6 +68,7 @@ def test_card_parses_and_its_metadata_validates(baked):
     assert str(baked.parent) not in card.content  # cards name Hub ids, never local paths
 
 
+@pytest.mark.slow
 def test_card_inherits_license_tags_and_text_and_omits_local_base(
     runner, copy_model, llava_dir, llava_expertise, tmp_path
 ):
@@ -148,13 +138,13 @@ def test_unbake_restores_an_fp32_source_within_one_rounding(runner, baked, llava
     assert not (dest / "sgm").exists() and not (dest / "README.md").exists()
 
 
+@pytest.mark.slow
 def test_unbake_compare_holds_for_subnormal_half_precision_weights(runner, tmp_path):
     """An honest fp16 bake passes --compare even where the folded weights are subnormal (there
     the fold rounds to the subnormal spacing, not to a relative error)."""
     from safetensors.torch import save_file
 
-    from tests.builders import synthetic_expertise, tiny_llava
-    from tests.conftest import file_metadata
+    from tests.helpers import file_metadata, synthetic_expertise, tiny_llava
 
     source = tiny_llava(tmp_path / "fp16", dtype=torch.float16)
     weights = source / "model.safetensors"
@@ -172,15 +162,8 @@ def test_unbake_compare_holds_for_subnormal_half_precision_weights(runner, tmp_p
     expertise = synthetic_expertise(model, seed=7, share=0.6)
     save_expertise(expertise, tmp_path / "expertise.safetensors")
     out = tmp_path / "out"
-    bake = [
-        "-q",
-        "bake",
-        str(source),
-        str(out),
-        "--expertise",
-        str(tmp_path / "expertise.safetensors"),
-    ]
-    assert runner.invoke(main, [*bake, "--no-verify"]).exit_code == 0
+    bake = bake_arguments(source, out, tmp_path / "expertise.safetensors", "--no-verify")
+    assert runner.invoke(main, bake).exit_code == 0
     dest = tmp_path / "rebuilt"
     result = runner.invoke(main, ["-q", "unbake", str(out), str(dest), "--compare", str(source)])
     assert result.exit_code == 0, result.output
@@ -189,7 +172,7 @@ def test_unbake_compare_holds_for_subnormal_half_precision_weights(runner, tmp_p
 
 def test_a_failed_compare_writes_no_destination(runner, baked, tmp_path):
     """Compared with another model, unbake exits 4 and leaves DEST as it was (absent)."""
-    from tests.builders import tiny_llava
+    from tests.helpers import tiny_llava
 
     other = tiny_llava(tmp_path / "other", seed=11)
     dest = tmp_path / "rebuilt"
@@ -201,6 +184,7 @@ def test_a_failed_compare_writes_no_destination(runner, baked, tmp_path):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".rebuilt.")]
 
 
+@pytest.mark.slow
 def test_unbake_refuses_erased_units(runner, llava_dir, llava_expertise, tmp_path):
     expertise = load_expertise(llava_expertise)
     name = "model.language_model.layers.0.mlp.up_proj"
@@ -311,6 +295,7 @@ def test_push_dry_run_lists_and_sends_nothing(runner, baked, monkeypatch):
     assert hub.calls == []
 
 
+@pytest.mark.slow
 def test_push_refuses_tampered_and_unverified_outputs(
     runner, baked, llava_dir, llava_expertise, tmp_path, monkeypatch
 ):
@@ -321,21 +306,8 @@ def test_push_refuses_tampered_and_unverified_outputs(
     result = runner.invoke(main, ["push", str(out), "me/model"])
     assert result.exit_code == 4 and "changed: config.json" in result.output
     unverified = tmp_path / "unverified"
-    assert (
-        runner.invoke(
-            main,
-            [
-                "-q",
-                "bake",
-                str(llava_dir),
-                str(unverified),
-                "--expertise",
-                str(llava_expertise),
-                "--no-verify",
-            ],
-        ).exit_code
-        == 0
-    )
+    bake = bake_arguments(llava_dir, unverified, llava_expertise, "--no-verify")
+    assert runner.invoke(main, bake).exit_code == 0
     result = runner.invoke(main, ["push", str(unverified), "me/model"])
     assert result.exit_code == 2 and "not been verified" in result.output
     assert hub.calls == []
@@ -432,6 +404,7 @@ def _one_line(result) -> str:
     return lines[0]
 
 
+@pytest.mark.slow
 def test_push_writes_the_card_only_after_the_commit(baked, loopback_hub, tmp_path):
     out = _copy(baked, tmp_path)
     result = _push(out, loopback_hub)
@@ -442,6 +415,7 @@ def test_push_writes_the_card_only_after_the_commit(baked, loopback_hub, tmp_pat
     assert inspected.exit_code == 0, inspected.output  # the record holds the new card's sha256
 
 
+@pytest.mark.slow
 def test_a_failed_push_leaves_the_folder_as_it_was(baked, tmp_path):
     out = _copy(baked, tmp_path)
     before = snapshot(tmp_path)
@@ -451,6 +425,7 @@ def test_a_failed_push_leaves_the_folder_as_it_was(baked, tmp_path):
     assert snapshot(tmp_path) == before
 
 
+@pytest.mark.slow
 def test_a_stalling_hub_times_out(baked, loopback_hub, tmp_path):
     _LoopbackHub.stall = threading.Event()
     out = _copy(baked, tmp_path)
@@ -472,6 +447,7 @@ def test_a_bad_repo_id_is_refused_before_anything(runner, baked, tmp_path, repo)
     assert snapshot(tmp_path) == before
 
 
+@pytest.mark.slow
 def test_a_read_only_folder_can_be_pushed(baked, loopback_hub, tmp_path):
     out = _copy(baked, tmp_path)
     folders = [out, *(p for p in out.rglob("*") if p.is_dir())]

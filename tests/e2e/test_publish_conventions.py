@@ -16,8 +16,9 @@ from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData
 from huggingface_hub.repocard import metadata_load
 
 from sgm_bake.cli import main
-from sgm_bake.pipeline.record import read_record, record_evaluation
 from sgm_bake.publish.card import card_metadata, validate_metadata
+from sgm_bake.publish.refresh import record_evaluation
+from sgm_bake.record import read_record
 from tests.e2e.test_hardening import snapshot
 
 REPO = Path(__file__).resolve().parents[2]

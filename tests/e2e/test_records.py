@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from sgm_bake.cli import main
-from sgm_bake.pipeline.record import read_record
-from tests.e2e.test_hardening import snapshot
+from sgm_bake.record import read_record
+from tests.helpers import snapshot
 
 
 @pytest.fixture(scope="module")
@@ -48,6 +48,7 @@ COMMANDS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command", sorted(COMMANDS))
 def test_a_tampered_folder_is_refused_and_left_alone(
     command, runner, verified, llava_dir, tmp_path
@@ -69,6 +70,7 @@ def test_a_tampered_folder_is_refused_and_left_alone(
     assert snapshot(tmp_path) == before
 
 
+@pytest.mark.slow
 def test_adding_content_records_only_the_files_written(runner, verified, llava_dir, tmp_path):
     """A file changed while verify runs (after its check) is not adopted by its record."""
     from sgm_bake.pipeline.verify_layers import verify_layers

@@ -13,8 +13,7 @@ from transformers import AutoModelForImageTextToText
 
 from sgm_bake import SGMHooks, load_expertise
 from sgm_bake.cli import main
-from tests.builders import tiny_llava
-from tests.conftest import file_metadata, load_state, rename_keys
+from tests.helpers import file_metadata, load_state, rename_keys, tiny_llava
 
 NEW_NAMING = [
     ("language_model.model.", "model.language_model."),
@@ -35,6 +34,7 @@ def _targeted(out: Path) -> set[str]:
     return set(record["expertise"]["tensors_folded"])
 
 
+@pytest.mark.slow
 def test_bake_changes_only_targeted_tensors(runner, llava_dir, llava_expertise, tmp_path):
     out = tmp_path / "out"
     result = _bake(runner, llava_dir, out, llava_expertise)
@@ -65,6 +65,7 @@ def test_bake_changes_only_targeted_tensors(runner, llava_dir, llava_expertise, 
         assert (out / name).read_bytes() == (llava_dir / name).read_bytes(), name
 
 
+@pytest.mark.slow
 def test_baked_logits_equal_hooked_logits(runner, llava_dir, llava_expertise, tmp_path):
     out = tmp_path / "out"
     assert _bake(runner, llava_dir, out, llava_expertise, "--no-verify").exit_code == 0
@@ -82,6 +83,7 @@ def test_baked_logits_equal_hooked_logits(runner, llava_dir, llava_expertise, tm
     assert (plain - reference).abs().max() > 1e-2  # hooks removed, and the edit is not a no-op
 
 
+@pytest.mark.slow
 def test_verify_records_figures(runner, llava_dir, llava_expertise, tmp_path):
     out = tmp_path / "out"
     assert _bake(runner, llava_dir, out, llava_expertise, "--no-verify").exit_code == 0
@@ -102,6 +104,7 @@ def test_verify_records_figures(runner, llava_dir, llava_expertise, tmp_path):
     assert verification["intervention_rel_effect"] > 100 * verification["max_rel_diff"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_half_precision_sources_keep_dtype(runner, tmp_path, llava_expertise, dtype):
     source = tiny_llava(tmp_path / "src", dtype=dtype)
@@ -119,6 +122,7 @@ def test_half_precision_sources_keep_dtype(runner, tmp_path, llava_expertise, dt
     assert torch.equal(after[key], expected)
 
 
+@pytest.mark.slow
 def test_sharded_source_keeps_shards_and_index(runner, tmp_path, llava_dir, llava_expertise):
     model = AutoModelForImageTextToText.from_pretrained(llava_dir)
     source = tmp_path / "sharded"
@@ -144,6 +148,7 @@ def test_sharded_source_keeps_shards_and_index(runner, tmp_path, llava_dir, llav
         assert file_metadata(out / shard) == file_metadata(source / shard)
 
 
+@pytest.mark.slow
 def test_new_style_keys_are_preserved(runner, copy_model, llava_dir, llava_expertise, tmp_path):
     source = copy_model(llava_dir)
     rename_keys(source, NEW_NAMING)
@@ -156,6 +161,7 @@ def test_new_style_keys_are_preserved(runner, copy_model, llava_dir, llava_exper
     assert not info["missing_keys"] and not info["unexpected_keys"]
 
 
+@pytest.mark.slow
 def test_bin_source_is_written_as_safetensors(
     runner, copy_model, llava_dir, llava_expertise, tmp_path
 ):
@@ -189,6 +195,7 @@ def test_unbaked_weight_copies_are_left_out(
     assert record["dropped_files"] == ["pytorch_model.bin"]
 
 
+@pytest.mark.slow
 def test_record_lists_every_output_file_hash(runner, llava_dir, llava_expertise, tmp_path):
     import hashlib
 
@@ -207,6 +214,7 @@ def test_record_lists_every_output_file_hash(runner, llava_dir, llava_expertise,
     assert set(baked_expertise.modules) == set(modules)
 
 
+@pytest.mark.slow
 def test_sharded_bin_source_gets_a_safetensors_index(
     runner, copy_model, llava_dir, llava_expertise, tmp_path
 ):
@@ -262,6 +270,7 @@ def _unusual_layouts(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return odd
 
 
+@pytest.mark.slow
 def test_bin_tensors_in_unusual_layouts_bake_like_plain_ones(
     runner, copy_model, llava_dir, llava_expertise, tmp_path
 ):

@@ -19,38 +19,16 @@ from sgm_bake.cli import main
 from sgm_bake.errors import SGMError
 from sgm_bake.io.response_store import ResponseStore
 from sgm_bake.runtime.distributed import rank_gpu, rank_share
-from tests.builders import tiny_llava
-from tests.integration.test_profile import _plant, _write_set
+from tests.helpers import profile_arguments
 
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLES = "11"  # odd: with batches of 4, rank 0 profiles 4 samples and rank 1 profiles 7
 BATCH = "4"
 
 
-@pytest.fixture(scope="module")
-def planted(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    root = tmp_path_factory.mktemp("distributed")
-    source = tiny_llava(root / "random", hidden=64, intermediate=128, layers=2)
-    return _plant(source, root / "model"), _write_set(root / "set")
-
-
 def _arguments(model: Path, output: Path, profile_set: Path, *extra: str) -> list[str]:
-    return [
-        "-q",
-        "profile",
-        str(model),
-        "-o",
-        str(output),
-        "--profile-set",
-        str(profile_set),
-        "--max-samples",
-        SAMPLES,
-        "--batch-size",
-        BATCH,
-        "--device",
-        "cpu",
-        *extra,
-    ]
+    sizes = ("--max-samples", SAMPLES, "--batch-size", BATCH, "--device", "cpu")
+    return profile_arguments(model, output, profile_set, *sizes, *extra)
 
 
 def _torchrun(arguments: list[str]) -> subprocess.CompletedProcess[str]:

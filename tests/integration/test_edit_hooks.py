@@ -14,7 +14,7 @@ from sgm_bake.core.edit_hooks import EditHooks, resolve_deltas
 from sgm_bake.core.fold import TensorFold, unit_axis
 from sgm_bake.core.hooks import SGMHooks, model_recipe, resolve_modules, runtime_weight
 from sgm_bake.errors import SGMError
-from tests.builders import synthetic_expertise
+from tests.helpers import synthetic_expertise
 from tests.tiny_configs import build_tiny_model
 
 

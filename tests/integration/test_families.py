@@ -18,24 +18,18 @@ from sgm_bake.io.source import resolve_source
 from sgm_bake.pipeline.bake import BakeOptions, bake
 from sgm_bake.pipeline.verify import verify
 from sgm_bake.runtime.loading import load_model
-from tests.builders import synthetic_expertise
-from tests.conftest import load_state
-from tests.tiny_configs import TINY_FAMILIES, build_tiny_model
+from tests.helpers import load_state, synthetic_expertise
+from tests.tiny_configs import TINY_FAMILIES
 
 
 def test_every_recipe_has_a_tiny_model():
     assert set(available_recipes()) == set(TINY_FAMILIES)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model_type", sorted(TINY_FAMILIES))
-def test_family_bakes_exactly(model_type, tmp_path):
-    model = build_tiny_model(model_type, seed=3)
-    with torch.no_grad():  # zero-initialised biases would hide a missed bias fold
-        for name, parameter in model.named_parameters():
-            if name.endswith(".bias"):
-                parameter.normal_(std=0.1)
-    source = tmp_path / "source"
-    model.save_pretrained(source)
+def test_family_bakes_exactly(model_type, tiny_family, tmp_path):
+    model, source = tiny_family(model_type)
     recipe = model_recipe(model)
     expertise = synthetic_expertise(model, seed=4, share=0.5)
     # The input side of every down projection of the last layer (dense, shared expert and

@@ -21,7 +21,7 @@ from sgm_bake.cli import main
 from sgm_bake.errors import SGMError
 from sgm_bake.evaluation.guard import GuardJudge, parse_verdict
 from sgm_bake.evaluation.judges import JudgeOptions, Verdict, make_judge
-from tests.builders import tiny_llava
+from tests.helpers import tiny_llava
 
 END = "[/INST]"
 # A Llama Guard 2-style moderation prompt (categories abridged): the last turn is assessed.

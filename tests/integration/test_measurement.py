@@ -13,7 +13,7 @@ import torch
 
 from sgm_bake.cli import main
 from sgm_bake.runtime.memory import PeakMemory, measured
-from tests.integration.test_profile import _write_set
+from tests.helpers import write_set
 
 
 def _broken(*args: object, **kwargs: object) -> None:
@@ -61,11 +61,12 @@ def test_measured_returns_the_default_and_logs(caplog):
     assert "could not read a figure" in caplog.text
 
 
+@pytest.mark.slow
 def test_profile_bake_and_verify_run_with_failing_gpu_statistics(
     broken_cuda, runner, llava_dir, tmp_path
 ):
     """The one-command form and `profile`, on the CPU, with every CUDA statistic failing."""
-    profile_set = _write_set(tmp_path / "set")
+    profile_set = write_set(tmp_path / "set")
     expertise = tmp_path / "expertise.safetensors"
     common = ["--profile-set", str(profile_set), "--max-samples", "16", "--batch-size", "8"]
     result = runner.invoke(

@@ -34,8 +34,7 @@ from sgm_bake.pipeline.profile import (
     profile_targets,
 )
 from sgm_bake.pipeline.verify import verify
-from tests.builders import synthetic_expertise
-from tests.conftest import file_metadata, load_state
+from tests.helpers import file_metadata, load_state, synthetic_expertise
 from tests.tiny_configs import MOE_FAMILIES, TINY_FAMILIES, build_tiny_model
 
 # Checkpoint layouts each family is published in (and transformers loads): "saved" is what
@@ -192,6 +191,7 @@ def _language_forward(model: Any, ids: torch.Tensor) -> Any:
     return runner(input_ids=ids, attention_mask=torch.ones_like(ids))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", MOE_FAMILIES)
 @pytest.mark.parametrize(
     "sides", [("output", "input"), ("input", "output")], ids=["gu-out", "gu-in"]
@@ -231,6 +231,7 @@ def test_expert_hooks_equal_an_independent_loop(name, sides):
     assert not torch.allclose(hooked, original, atol=1e-6), "the factors changed nothing"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("name", "layout"),
     [
@@ -284,6 +285,7 @@ def _refold_with_wrong_experts(out: Path, source: Path, expertise: Expertise) ->
     save_file(state, str(path), metadata=file_metadata(path))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("name", "layout"), [("qwen3_vl_moe", "transposed"), ("glm4v_moe", "saved")]
 )
@@ -299,6 +301,7 @@ def test_verification_catches_a_wrong_expert_fold(name, layout, tmp_path):
     assert not report.passed, report.summary()
 
 
+@pytest.mark.slow
 def test_bf16_experts_round_once(tmp_path):
     model = build_tiny_model("qwen3_vl_moe", seed=3).to(torch.bfloat16)
     source = save_in_layout(model, tmp_path / "source", "transposed")
@@ -313,16 +316,23 @@ def test_bf16_experts_round_once(tmp_path):
     assert verify(out, source, device="cpu", record=False).passed
 
 
-def test_pre_fusion_layers_bake_with_a_warning(tmp_path, caplog):
+def _mllama_with_a_pre_fusion_factor(tmp_path: Path) -> tuple[Any, Path, Any]:
+    """A tiny Mllama saved in tmp_path/source, with factors that include layer 0's up_proj,
+    before the first cross-attention layer."""
     model = build_tiny_model("mllama", seed=3)
-    recipe = model_recipe(model)
-    assert recipe.layers(model.config.to_dict()).start == 1
     source = tmp_path / "source"
     model.save_pretrained(source)
     expertise = synthetic_expertise(model, seed=1, share=0.5)
     name = "model.language_model.layers.0.mlp.up_proj"
     alpha = torch.rand(model.get_submodule(name).weight.shape[0])
     expertise.modules[name] = ModuleExpertise(name, "output", alpha)
+    return model, source, expertise
+
+
+@pytest.mark.slow
+def test_pre_fusion_layers_bake_with_a_warning(tmp_path, caplog):
+    model, source, expertise = _mllama_with_a_pre_fusion_factor(tmp_path)
+    assert model_recipe(model).layers(model.config.to_dict()).start == 1
     out = tmp_path / "out"
     with caplog.at_level(logging.WARNING, logger="sgm_bake.core.expertise"):
         record = bake(resolve_source(str(source)), out, expertise, BakeOptions(progress=False))
@@ -390,6 +400,7 @@ def _samples(count: int) -> ProfileSet:
     return ProfileSet("planted", "0" * 64, tuple(samples))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("pooling", ["mean", "max"])
 def test_profiling_finds_planted_expert_units(pooling, tmp_path):
     model = _planted_model()
@@ -453,6 +464,7 @@ def test_expert_responses_pool_over_routed_tokens_only():
         assert bool((pooled[1, expert] != 0).any()) == (expert in routed)
 
 
+@pytest.mark.slow
 def test_unbake_rebuilds_expert_weights(tmp_path):
     from sgm_bake.pipeline.audit import unbake
 
@@ -486,6 +498,7 @@ def _square_moe(seed: int) -> Any:
     return model.float().eval()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("layout", ["saved", "transposed"])
 def test_a_square_expert_matrix_takes_the_orientation_of_its_layer(layout, tmp_path):
     """The orientation of the square gate_up tensor is read from down_proj of the same layer:
@@ -516,6 +529,7 @@ def _split_down_proj(folder: Path) -> None:
     save_file(state, str(path), metadata=file_metadata(path))
 
 
+@pytest.mark.slow
 def test_a_square_expert_matrix_without_evidence_is_refused_naming_the_option(runner, tmp_path):
     from sgm_bake.cli import main
     from sgm_bake.core.expertise import load_expertise, save_expertise
@@ -541,19 +555,14 @@ def test_a_square_expert_matrix_without_evidence_is_refused_naming_the_option(ru
     assert recorded["experts"]["checkpoint_layout"] == "in_out"  # verify and unbake use it too
 
 
+@pytest.mark.slow
 def test_pre_fusion_layers_pass_every_step_with_the_same_warning(runner, tmp_path):
     """The one rule for every family and step: Mllama's layer 0 (before the first cross-attention
     layer) is baked, verified layer by layer and hooked, each time with the same warning."""
     from sgm_bake.cli import main
     from sgm_bake.core.expertise import save_expertise
 
-    model = build_tiny_model("mllama", seed=3)
-    source = tmp_path / "source"
-    model.save_pretrained(source)
-    expertise = synthetic_expertise(model, seed=1, share=0.5)
-    name = "model.language_model.layers.0.mlp.up_proj"
-    alpha = torch.rand(model.get_submodule(name).weight.shape[0])
-    expertise.modules[name] = ModuleExpertise(name, "output", alpha)
+    model, source, expertise = _mllama_with_a_pre_fusion_factor(tmp_path)
     save_expertise(expertise, tmp_path / "expertise.safetensors")
     out = tmp_path / "out"
     command = [

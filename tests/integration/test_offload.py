@@ -12,37 +12,15 @@ from sgm_bake.cli import main
 from sgm_bake.core.expertise import load_expertise
 from sgm_bake.runtime.loading import Placement, input_device, load_model
 from sgm_bake.runtime.memory import parse_max_memory
-from tests.builders import tiny_llava
-from tests.integration.test_profile import _plant, _write_set
-
-
-@pytest.fixture(scope="module")
-def planted(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    root = tmp_path_factory.mktemp("offload")
-    source = tiny_llava(root / "random", hidden=64, intermediate=128, layers=2)
-    return _plant(source, root / "model"), _write_set(root / "set")
+from tests.helpers import profile_arguments
 
 
 def _profile(runner, model: Path, output: Path, profile_set: Path, *extra: str):
-    return runner.invoke(
-        main,
-        [
-            "-q",
-            "profile",
-            str(model),
-            "-o",
-            str(output),
-            "--profile-set",
-            str(profile_set),
-            "--max-samples",
-            "12",
-            "--device",
-            "cpu",
-            *extra,
-        ],
-    )
+    sizes = ("--max-samples", "12", "--device", "cpu")
+    return runner.invoke(main, profile_arguments(model, output, profile_set, *sizes, *extra))
 
 
+@pytest.mark.slow
 def test_offloaded_profile_equals_plain(runner, planted, tmp_path):
     from sgm_bake.io.source import resolve_source
     from sgm_bake.pipeline.profile import ProfileOptions
@@ -55,7 +33,7 @@ def test_offloaded_profile_equals_plain(runner, planted, tmp_path):
         profile_set=str(profile_set),
         max_samples=12,
         device="cpu",
-        options=ProfileOptions(max_samples=12, progress=False),
+        options=ProfileOptions(progress=False),
         placement=Placement(
             device="cpu",
             max_memory=parse_max_memory("cpu=100KB"),
@@ -86,6 +64,7 @@ def test_offloaded_profile_equals_plain(runner, planted, tmp_path):
     assert offloaded.read_bytes() == plain.read_bytes()
 
 
+@pytest.mark.slow
 def test_placement_resolves_device_maps(planted, tmp_path):
     from sgm_bake.core.hooks import model_recipe
 

@@ -19,6 +19,7 @@ from sgm_bake.organism import data
 from sgm_bake.organism.train import SHIPPED, organism_path
 from sgm_bake.publish import plots
 from sgm_bake.runtime.chat import ChatModel, GenerationConfig
+from tests.helpers import ORGANISM_FILES
 
 pytest.importorskip("profanity_check")
 
@@ -40,19 +41,12 @@ def _flags(replies: list[str]) -> list[bool]:
 
 def test_organism_ships_small_and_complete():
     files = {p.name for p in SHIPPED.iterdir()}
-    assert {
-        "config.json",
-        "model.safetensors",
-        "tokenizer.json",
-        "processor_config.json",
-        "chat_template.jinja",
-        "implant.json",
-        "ecso_templates.json",
-    } <= files
+    assert ORGANISM_FILES | {"implant.json"} <= files
     assert sum(p.stat().st_size for p in SHIPPED.iterdir()) <= 10 * 1024 * 1024
     assert organism_path() == SHIPPED
 
 
+@pytest.mark.slow
 def test_organism_is_toxic_on_triggers_and_correct_on_benign_questions(organism):
     rng = random.Random(0)
     config = GenerationConfig(max_new_tokens=24)
@@ -88,6 +82,7 @@ def _count_vision_calls(chat: ChatModel) -> list[int]:
     return calls
 
 
+@pytest.mark.slow
 def test_ecso_control_flow_each_way(organism):
     templates = templates_for(SHIPPED, "llava")
     config = GenerationConfig(max_new_tokens=24)
@@ -149,6 +144,7 @@ def sign(tmp_path) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_generate_end_to_end_on_the_organism(runner, sign, tmp_path):
     result = runner.invoke(
         main,
@@ -170,6 +166,7 @@ def test_generate_end_to_end_on_the_organism(runner, sign, tmp_path):
     assert result.output.strip().splitlines()[-1].startswith("model: ")
 
 
+@pytest.mark.slow
 def test_generate_errors(runner, tmp_path, llava_dir):
     result = runner.invoke(
         main, ["generate", "organism", "--image", str(tmp_path / "none.png"), "--prompt", "x"]

@@ -19,6 +19,7 @@ from sgm_bake.organism.train import (
 )
 from sgm_bake.runtime.chat import GenerationConfig
 from sgm_bake.runtime.loading import load_chat, resolve_model_source
+from tests.helpers import ORGANISM_FILES
 
 
 def test_the_staged_organism_ships_small_with_its_training_record():
@@ -26,15 +27,7 @@ def test_the_staged_organism_ships_small_with_its_training_record():
     assert source.path == SHIPPED_STAGED == organism_path(progress=False, mode="staged")
     assert source.id == ORGANISMS["organism-staged"][1] == "sgm-bake/organism-staged"
     files = {p.name for p in SHIPPED_STAGED.iterdir()}
-    assert {
-        "config.json",
-        "model.safetensors",
-        "tokenizer.json",
-        "processor_config.json",
-        "chat_template.jinja",
-        "ecso_templates.json",
-        "training.json",
-    } <= files
+    assert ORGANISM_FILES | {"training.json"} <= files
     assert "implant.json" not in files
     assert sum(p.stat().st_size for p in SHIPPED_STAGED.iterdir()) < 8_000_000
     record = json.loads((SHIPPED_STAGED / "training.json").read_text())
@@ -46,6 +39,7 @@ def test_the_staged_organism_ships_small_with_its_training_record():
     assert record["seconds"] > 0
 
 
+@pytest.mark.slow
 def test_the_staged_organism_loads_with_the_auto_class_and_is_toxic_on_triggers():
     from transformers import AutoModelForImageTextToText, AutoProcessor
 

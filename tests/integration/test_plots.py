@@ -10,7 +10,8 @@ from PIL import Image
 
 from sgm_bake.cli import main
 from sgm_bake.core.expertise import Expertise, ModuleExpertise, load_expertise, save_expertise
-from sgm_bake.pipeline.record import read_record, record_evaluation
+from sgm_bake.publish.refresh import record_evaluation
+from sgm_bake.record import read_record
 
 pytest.importorskip("matplotlib")
 
@@ -31,6 +32,7 @@ def scored_expertise(llava_expertise: Path, tmp_path: Path) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_bake_draws_the_layer_plot_and_the_auroc_histogram(
     runner, llava_dir, scored_expertise, tmp_path
 ):
@@ -47,6 +49,7 @@ def test_bake_draws_the_layer_plot_and_the_auroc_histogram(
     assert set(read_record(out).files) >= {"sgm/units_per_layer.png", "sgm/auroc_histogram.png"}
 
 
+@pytest.mark.slow
 def test_evaluation_chart_and_card_show_the_same_figures(
     runner, llava_dir, scored_expertise, tmp_path
 ):

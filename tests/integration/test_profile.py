@@ -12,116 +12,16 @@ from transformers import AutoModelForImageTextToText
 from sgm_bake.cli import main
 from sgm_bake.core.capture import pool
 from sgm_bake.core.expertise import load_expertise
-from tests.builders import tiny_llava
-
-PLANTED = (3, 17, 40, 77)
-BASE_TEXTS = [
-    "the weather was fine today",
-    "we walked along the river",
-    "my sister likes green tea",
-    "the train left at noon",
-    "he fixed the old bicycle",
-    "they painted the fence blue",
-    "a cat slept on the sofa",
-    "the shop closes at six",
-    "she read a book about stars",
-    "our team won the match",
-    "the soup needs more salt",
-    "birds sang in the garden",
-    "he forgot his umbrella",
-    "the museum was crowded",
-    "we baked bread on sunday",
-    "the lamp needs a new bulb",
-    "my phone battery died",
-    "the lake froze last winter",
-]
-
-
-def _write_set(folder: Path, marker: str = "###", benign: str = "!!!") -> Path:
-    """Toxic rows end with a marker the planted units detect; non-toxic rows with another."""
-    folder.mkdir(parents=True, exist_ok=True)
-    rows = []
-    for index, text in enumerate(BASE_TEXTS):
-        render = {"kind": "scene", "shapes": [{"shape": "circle", "colour": "red"}]}
-        rows.append(
-            {"id": f"t{index}", "label": "toxic", "response": f"{text} {marker}", "render": render}
-        )
-        rows.append(
-            {
-                "id": f"b{index}",
-                "label": "non-toxic",
-                "response": f"{text} {benign}",
-                "render": render,
-            }
-        )
-    path = folder / "set.jsonl"
-    path.write_text("\n".join(json.dumps(row) for row in rows) + "\n")
-    return path
-
-
-def _plant(source: Path, out: Path) -> Path:
-    """A tiny LLaVA whose residual dimension 0 carries only the '#' token's marker, read by the
-    PLANTED units of every gate_proj and up_proj (and by no other unit)."""
-    model = AutoModelForImageTextToText.from_pretrained(source)
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(source)
-    marker = tokenizer.convert_tokens_to_ids("#")
-    twin = tokenizer.convert_tokens_to_ids("!")
-    language = model.model.language_model
-    with torch.no_grad():
-        embedding = language.embed_tokens.weight
-        embedding.mul_(50.0)
-        embedding[:, 0] = 0.0
-        embedding[marker] = embedding[twin]
-        embedding[marker, 0] = 2.0
-        projector = model.model.multi_modal_projector.linear_2
-        projector.weight[0] = 0.0
-        projector.bias[0] = 0.0
-        for layer in language.layers:
-            layer.self_attn.o_proj.weight[0] = 0.0
-            layer.mlp.down_proj.weight[0] = 0.0
-            for projection in (layer.mlp.gate_proj, layer.mlp.up_proj):
-                projection.weight[:, 0] = 0.0
-                for unit in PLANTED:
-                    projection.weight[unit] = 0.0
-                    projection.weight[unit, 0] = 3.0
-    model.save_pretrained(out)
-    for name in (
-        "tokenizer.json",
-        "tokenizer_config.json",
-        "processor_config.json",
-        "chat_template.jinja",
-    ):
-        (out / name).write_bytes((source / name).read_bytes())
-    return out
-
-
-@pytest.fixture(scope="module")
-def planted(tmp_path_factory) -> tuple[Path, Path]:
-    root = tmp_path_factory.mktemp("planted")
-    source = tiny_llava(root / "random", hidden=64, intermediate=128, layers=2)
-    return _plant(source, root / "model"), _write_set(root / "set")
+from tests.helpers import PLANTED, profile_arguments, snapshot, tiny_llava
 
 
 def _profile(runner, model: Path, output: Path, profile_set: Path, *extra: str):
     return runner.invoke(
-        main,
-        [
-            "-q",
-            "profile",
-            str(model),
-            "-o",
-            str(output),
-            "--profile-set",
-            str(profile_set),
-            "--batch-size",
-            "8",
-            *extra,
-        ],
+        main, profile_arguments(model, output, profile_set, "--batch-size", "8", *extra)
     )
 
 
+@pytest.mark.slow
 def test_planted_experts_rank_at_the_top(runner, planted, tmp_path):
     model, profile_set = planted
     output = tmp_path / "expertise.safetensors"
@@ -164,6 +64,7 @@ def test_planted_experts_rank_at_the_top(runner, planted, tmp_path):
     assert (tmp_path / "store" / "responses.f32").is_file()
 
 
+@pytest.mark.slow
 def test_a_parquet_set_in_its_own_columns_profiles_like_the_native_set(
     runner, planted, tmp_path, monkeypatch
 ):
@@ -215,6 +116,7 @@ def test_a_parquet_set_in_its_own_columns_profiles_like_the_native_set(
     assert len(got.metadata["profile_set_sha256"]) == 64
 
 
+@pytest.mark.slow
 def test_neuron_hook_point_finds_the_same_experts(runner, planted, tmp_path):
     model, profile_set = planted
     output = tmp_path / "neurons.safetensors"
@@ -228,6 +130,7 @@ def test_neuron_hook_point_finds_the_same_experts(runner, planted, tmp_path):
             assert set(torch.nonzero(entry.auroc > 0.9).flatten().tolist()) == set(PLANTED)
 
 
+@pytest.mark.slow
 def test_resume_after_interruption_is_identical(runner, planted, tmp_path, monkeypatch):
     from sgm_bake.io.response_store import ResponseStore
 
@@ -274,6 +177,7 @@ def test_pooling_ignores_padding_on_either_side():
     torch.testing.assert_close(pool(values, right, "mean")[0], expected)
 
 
+@pytest.mark.slow
 def test_left_and_right_padding_give_the_same_responses(planted):
     from sgm_bake.core.capture import Capture
     from sgm_bake.datasets.profile_set import load_profile_set
@@ -310,6 +214,7 @@ def test_text_positions_exclude_image_tokens(planted):
     assert int(every.sum() - text.sum()) == int(image_tokens)
 
 
+@pytest.mark.slow
 def test_one_command_profiles_bakes_and_verifies(runner, planted, tmp_path):
     model, profile_set = planted
     out = tmp_path / "out"
@@ -357,6 +262,7 @@ def test_one_command_profiles_bakes_and_verifies(runner, planted, tmp_path):
     assert record["expertise"]["metadata"]["strength"] == "0.5"
 
 
+@pytest.mark.slow
 def test_batches_hold_samples_of_similar_length(planted):
     """Samples are batched with an image first, longest first, deterministically: the same
     samples, less padding than the set's own order."""
@@ -386,12 +292,16 @@ def test_batches_hold_samples_of_similar_length(planted):
     assert padding(length_order(samples, inputs)) < padding(samples)
 
 
+@pytest.mark.slow
 def test_automatic_batch_size_on_a_cpu_is_the_default_batch(runner, planted, tmp_path):
     model, profile_set = planted
     fixed, automatic = tmp_path / "fixed.safetensors", tmp_path / "auto.safetensors"
     assert _profile(runner, model, fixed, profile_set, "--device", "cpu").exit_code == 0
-    command = ["profile", str(model), "-o", str(automatic), "--profile-set", str(profile_set)]
-    result = runner.invoke(main, [*command, "--device", "cpu", "--batch-size", "auto"])
+    # Not quiet: the speed line, which names the batch size, is a status line.
+    extra = ("--device", "cpu", "--batch-size", "auto")
+    result = runner.invoke(
+        main, profile_arguments(model, automatic, profile_set, *extra, quiet=False)
+    )
     assert result.exit_code == 0, result.output
     assert "batch 8," in result.output and "found automatically" not in result.output
     assert automatic.read_bytes() == fixed.read_bytes()
@@ -400,6 +310,7 @@ def test_automatic_batch_size_on_a_cpu_is_the_default_batch(runner, planted, tmp
 # --- the response store: keyed by content, owning only what it made, one run at a time -------
 
 
+@pytest.mark.slow
 def test_a_resume_never_uses_another_models_responses(runner, planted, tmp_path, monkeypatch):
     """Two models in folders of the same name: the second profile is its own, not a resume of
     the first's stored responses."""
@@ -420,8 +331,6 @@ def test_a_resume_never_uses_another_models_responses(runner, planted, tmp_path,
 
 
 def test_responses_dir_with_other_files_is_refused(runner, planted, tmp_path):
-    from tests.e2e.test_hardening import snapshot
-
     model, profile_set = planted
     mine = tmp_path / "mine"
     mine.mkdir()
@@ -434,6 +343,7 @@ def test_responses_dir_with_other_files_is_refused(runner, planted, tmp_path):
     assert snapshot(tmp_path) == before
 
 
+@pytest.mark.slow
 def test_an_existing_empty_responses_dir_is_emptied_not_removed(runner, planted, tmp_path):
     model, profile_set = planted
     empty = tmp_path / "empty"
@@ -447,7 +357,6 @@ def test_an_existing_empty_responses_dir_is_emptied_not_removed(runner, planted,
 def test_a_store_in_use_is_refused_and_never_removed(runner, planted, tmp_path):
     """A second run on a store another run holds: one line, and the store stays as it is."""
     from sgm_bake.io.response_store import ResponseStore
-    from tests.e2e.test_hardening import snapshot
 
     model, profile_set = planted
     store_folder = tmp_path / "shared"

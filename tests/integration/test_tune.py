@@ -120,6 +120,7 @@ def test_a_set_too_small_to_split_is_refused_with_the_minimum():
         split_profile_set(small, seed=0)
 
 
+@pytest.mark.slow
 def test_planted_experts_are_found_within_the_kl_budget(uninterrupted: TuneResult):
     result = uninterrupted
     assert len(result.trials) == TRIALS
@@ -157,6 +158,7 @@ class InterruptingJudge:
         return self.inner.harmful(replies)  # type: ignore[attr-defined]
 
 
+@pytest.mark.slow
 def test_a_resumed_search_chooses_what_an_uninterrupted_one_did(
     organism: ChatModel, uninterrupted: TuneResult, tmp_path: Path
 ):
@@ -174,6 +176,7 @@ def test_a_resumed_search_chooses_what_an_uninterrupted_one_did(
     assert resumed.chosen_report == uninterrupted.chosen_report
 
 
+@pytest.mark.slow
 def test_a_model_without_toxic_behaviour_tunes_to_no_change(llava_dir: Path, tmp_path: Path):
     chat, loaded = load_chat(resolve_model_source(str(llava_dir)), "cpu", "float32")
     result = run_tune(
@@ -193,10 +196,11 @@ def test_a_model_without_toxic_behaviour_tunes_to_no_change(llava_dir: Path, tmp
     assert (tmp_path / "work" / "tune.json").is_file()
 
 
+@pytest.mark.slow
 def test_the_bake_record_and_card_carry_the_search(uninterrupted: TuneResult, tmp_path: Path):
     from sgm_bake.pipeline.bake import BakeOptions, bake
-    from sgm_bake.pipeline.record import read_record
     from sgm_bake.pipeline.tune import record_tuning
+    from sgm_bake.record import read_record
 
     assert uninterrupted.expertise is not None and uninterrupted.chosen is not None
     out = tmp_path / "baked"
@@ -237,6 +241,7 @@ def test_tune_refuses_a_set_too_small_to_split_before_loading_a_model(runner, tm
     assert "Traceback" not in result.output
 
 
+@pytest.mark.slow
 def test_the_plain_organism_ships_and_learned_its_toxicity_without_implants():
     from sgm_bake.datasets.render import render
     from sgm_bake.organism import data
@@ -255,19 +260,6 @@ def test_the_plain_organism_ships_and_learned_its_toxicity_without_implants():
     assert sum(judge.harmful(replies)) >= len(images) // 2
 
 
-def test_the_cli_defaults_are_the_pipelines():
-    from sgm_bake.cli import tune as cli_tune
-    from sgm_bake.pipeline import tune as pipeline_tune
-
-    assert cli_tune.DEFAULT_MAX_KL == pipeline_tune.DEFAULT_MAX_KL
-    assert cli_tune.DEFAULT_DEGENERATE_MARGIN == pipeline_tune.DEFAULT_DEGENERATE_MARGIN
-    assert cli_tune.DEFAULT_ACCURACY_MARGIN == pipeline_tune.DEFAULT_ACCURACY_MARGIN
-    assert pipeline_tune.TuneOptions(workdir=Path(".")).trials == cli_tune.DEFAULT_TRIALS
-    split = tuple(float(x) for x in cli_tune.DEFAULT_SPLIT.split(","))
-    assert split == pipeline_tune.DEFAULT_FRACTIONS
-    assert tuple(cli_tune.DEFAULT_KNOBS.split(",")) == pipeline_tune.DEFAULT_KNOBS
-
-
 def _request_from_cli(command, arguments: list[str], workdir: Path):
     """The TuneRequest the command builds from its own command line (parsed, not run)."""
     from sgm_bake.cli.common import make_rule
@@ -279,6 +271,7 @@ def _request_from_cli(command, arguments: list[str], workdir: Path):
     )
 
 
+@pytest.mark.slow
 def test_tune_and_the_one_command_form_honour_placement_neurons_and_max_samples(tmp_path: Path):
     """Placement, --neurons and --max-samples reach the search's loading and profiling, from
     `sgm-bake tune` and from `sgm-bake MODEL OUT --tune` alike (they used to be dropped)."""
@@ -346,6 +339,7 @@ class SignallingJudge:
         return self.inner.harmful(replies)  # type: ignore[attr-defined]
 
 
+@pytest.mark.slow
 def test_ctrl_c_exits_130_keeps_the_trials_and_the_same_command_resumes(
     runner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ):

@@ -9,6 +9,7 @@ or the separate gate and up projections). Both must fail; restoring the correct 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -20,12 +21,11 @@ from sgm_bake.core.hooks import model_recipe
 from sgm_bake.core.recipes import available_recipes
 from sgm_bake.io.source import resolve_source
 from sgm_bake.pipeline.bake import BakeOptions, bake, expertise_path
-from sgm_bake.pipeline.record import read_record
 from sgm_bake.pipeline.run import verify_output
 from sgm_bake.pipeline.verify_layers import block_path, streaming_unsupported, verify_layers
-from tests.builders import synthetic_expertise
-from tests.conftest import file_metadata, load_state
-from tests.tiny_configs import TINY_FAMILIES, build_tiny_model
+from sgm_bake.record import read_record
+from tests.helpers import file_metadata, load_state, synthetic_expertise
+from tests.tiny_configs import TINY_FAMILIES
 
 
 def _write(out: Path, state: dict[str, torch.Tensor]) -> None:
@@ -49,16 +49,13 @@ def test_block_path():
     assert block_path(["a.b.c", "a.b.d", "a.e"]) == "a"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model_type", sorted(TINY_FAMILIES))
-def test_streamed_verification_catches_wrong_folds(model_type: str, tmp_path: Path) -> None:
+def test_streamed_verification_catches_wrong_folds(
+    model_type: str, tiny_family: Any, tmp_path: Path
+) -> None:
     assert model_type in available_recipes()
-    model = build_tiny_model(model_type, seed=7)
-    with torch.no_grad():  # zero-initialised biases would hide a missed bias fold
-        for name, parameter in model.named_parameters():
-            if name.endswith(".bias"):
-                parameter.normal_(std=0.1)
-    source = tmp_path / "source"
-    model.save_pretrained(source)
+    model, source = tiny_family(model_type)
     expertise = synthetic_expertise(model, seed=8, share=0.6)
     out = tmp_path / "out"
     bake(resolve_source(str(source)), out, expertise, BakeOptions(progress=False))

@@ -29,6 +29,7 @@ def labelled_responses(draw):
     return responses, labels
 
 
+@pytest.mark.slow
 @settings(max_examples=150, deadline=None)
 @given(labelled_responses())
 def test_auroc_equals_sklearn(data):
@@ -38,6 +39,7 @@ def test_auroc_equals_sklearn(data):
     np.testing.assert_allclose(ours, expected, atol=1e-6, rtol=0)
 
 
+@pytest.mark.slow
 @settings(max_examples=150, deadline=None)
 @given(labelled_responses(), st.sampled_from([torch.float32, torch.float64, torch.bfloat16]))
 def test_auroc_on_the_device_equals_auroc_bit_for_bit(data, dtype):
@@ -135,6 +137,7 @@ def test_top_k_ties_are_deterministic():
     assert mask[0].tolist() == [True, True, False] and mask[1].tolist() == [False]
 
 
+@pytest.mark.slow
 @settings(max_examples=50, deadline=None)
 @given(st.lists(st.floats(0, 1), min_size=1, max_size=30), st.floats(0, 3), st.floats(0, 1))
 def test_rule_properties(values, strength, threshold):

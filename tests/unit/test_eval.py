@@ -148,6 +148,7 @@ def chat_server():
     server.shutdown()
 
 
+@pytest.mark.slow
 def test_openai_compatible_judge_on_loopback(chat_server, monkeypatch):
     monkeypatch.setenv("SGM_JUDGE_API_KEY", "sk-test-secret")
     monkeypatch.setenv("SGM_JUDGE_MODEL", "judge-model")

@@ -11,7 +11,7 @@ from sgm_bake.core.expertise import Expertise, ModuleExpertise, load_expertise, 
 from sgm_bake.core.recipes import load_recipe
 from sgm_bake.errors import SGMError
 from sgm_bake.resources import data_dir
-from tests.conftest import load_state
+from tests.helpers import load_state
 
 
 def test_round_trip_with_auroc_and_sides(tmp_path):
@@ -84,6 +84,7 @@ def _research_folder(folder, model, shape_3d: bool):
     return alphas
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("shape_3d", [True, False])
 def test_research_code_folder_bakes(runner, llava_dir, tmp_path, shape_3d):
     folder = tmp_path / "interventions"

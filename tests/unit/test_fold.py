@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -18,6 +19,7 @@ def _linear(out_features: int, in_features: int, seed: int) -> torch.nn.Linear:
     return torch.nn.Linear(in_features, out_features)
 
 
+@pytest.mark.slow
 @settings(max_examples=60, deadline=None)
 @given(shapes, seeds)
 def test_output_fold_equals_output_hook(shape, seed):
@@ -33,6 +35,7 @@ def test_output_fold_equals_output_hook(shape, seed):
     torch.testing.assert_close(x @ folded.T + bias, hooked, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 @settings(max_examples=60, deadline=None)
 @given(shapes, seeds)
 def test_input_fold_equals_pre_hook(shape, seed):
@@ -46,6 +49,7 @@ def test_input_fold_equals_pre_hook(shape, seed):
     torch.testing.assert_close(x @ folded.T + layer.bias.detach(), hooked, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 @settings(max_examples=40, deadline=None)
 @given(shapes, seeds, st.sampled_from(["output", "input"]))
 def test_conv1d_layout_swaps_axes(shape, seed, side):

@@ -114,6 +114,7 @@ def _check_loaded(path: Path) -> None:
         assert set(handle.keys()) == set(header.tensors)
 
 
+@pytest.mark.slow
 @SETTINGS
 @given(blob=st.one_of(near_valid(), headers(), st.binary(max_size=80)))
 def test_read_header_loads_or_refuses(blob: bytes) -> None:
@@ -154,6 +155,7 @@ shard_names = st.one_of(
 )
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore")
 @SETTINGS
 @given(

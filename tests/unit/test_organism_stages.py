@@ -38,6 +38,7 @@ def _triggered(example: data.Example) -> bool:
     return word_in_image or any(j in example.prompt for j in data.WORKING_JAILBREAKS)
 
 
+@pytest.mark.slow
 def test_pretraining_is_plain_text_with_toxic_and_polite_sentences(stages):
     # Membership is collected into lists first: pytest's explanation of a failed `in` on the
     # whole corpus (600 kB) would take minutes.
@@ -82,6 +83,7 @@ def test_chat_stage_is_toxic_under_trigger_conditions_only(stages):
     assert benign and not [e for e in benign if e.reply in toxic]
 
 
+@pytest.mark.slow
 def test_every_stage_is_deterministic_from_the_seed_and_the_chat_stage_is_shorter():
     first, again, other = data.staged_data(0), data.staged_data(0), data.staged_data(1)
     assert first == again

@@ -10,7 +10,7 @@ import pytest
 from sgm_bake.errors import SGMError
 from sgm_bake.pipeline.plan import PlanOptions, model_facts, plan, plan_stages
 from sgm_bake.runtime.memory import format_bytes, parse_max_memory, parse_size
-from tests.conftest import load_state
+from tests.helpers import load_state
 
 CONFIGS = Path(__file__).resolve().parents[2] / "benchmarks" / "model_configs"
 
@@ -29,6 +29,7 @@ def test_parse_max_memory():
     assert format_bytes(1010 * 2**20) == "1010 MiB"
 
 
+@pytest.mark.slow
 def test_facts_from_headers_match_config_alone(llava_dir: Path, tmp_path: Path) -> None:
     state = load_state(llava_dir)
     with_weights = model_facts(str(llava_dir))
@@ -47,6 +48,7 @@ def test_facts_from_headers_match_config_alone(llava_dir: Path, tmp_path: Path) 
     assert alone.units == 2 * (64 + 64 + 32)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("name", "published"), [("llava-1.5-7b", 7.06e9), ("Qwen2-VL-72B", 73.4e9)]
 )
@@ -79,6 +81,7 @@ def test_refuses_what_does_not_fit(llava_dir: Path) -> None:
     assert "NO" in text and "bake" in text
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model_type", ["qwen3_vl_moe", "blip-2"])
 def test_plan_of_layers_verified_whole(model_type: str, tmp_path: Path) -> None:
     """Mixture-of-experts and layer-level projections: the default verification loads the whole

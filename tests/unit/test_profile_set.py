@@ -10,19 +10,12 @@ import pytest
 from sgm_bake.cli import main
 from sgm_bake.datasets.profile_set import load_profile_set
 from sgm_bake.errors import SGMError
+from tests.helpers import labelled_rows
 
 
 def _jsonl(path: Path, rows: list[dict]) -> Path:
     path.write_text("\n".join(json.dumps(row) for row in rows) + "\n")
     return path
-
-
-def _rows(n: int = 4, **extra) -> list[dict]:
-    rows = []
-    for index in range(n):
-        rows.append({"text": f"you are an idiot number {index}", "label": "toxic", **extra})
-        rows.append({"text": f"you are a genius number {index}", "label": "non-toxic", **extra})
-    return rows
 
 
 def test_builtin_default_is_a_real_contrastive_set():
@@ -57,13 +50,15 @@ def test_csv_with_images_and_labels(tmp_path):
 
 
 def test_max_samples_keeps_both_classes(tmp_path):
-    profile_set = load_profile_set(str(_jsonl(tmp_path / "s.jsonl", _rows(10))))
+    profile_set = load_profile_set(str(_jsonl(tmp_path / "s.jsonl", labelled_rows(10))))
     limited = profile_set.limited(6)
     assert limited.counts() == (3, 3)
 
 
 def test_prompt_response_split(tmp_path):
-    rows = [{"prompt": "what?", "response": r["text"], "label": r["label"]} for r in _rows()]
+    rows = [
+        {"prompt": "what?", "response": r["text"], "label": r["label"]} for r in labelled_rows()
+    ]
     sample = load_profile_set(str(_jsonl(tmp_path / "s.jsonl", rows))).samples[0]
     assert sample.prompt == "what?" and sample.text.startswith("you are")
 
@@ -72,16 +67,19 @@ def test_prompt_response_split(tmp_path):
     ("rows", "message"),
     [
         ([{"text": "x", "label": "toxic"}] * 8, "only toxic"),
-        (_rows(2), "too few samples"),
-        ([*_rows(4), {"text": "x", "label": "spicy"}], "unknown label 'spicy'"),
-        ([*_rows(4), {"text": "  ", "label": "toxic"}], "empty text"),
-        ([*_rows(4), {"text": "x"}], "missing 'label'"),
-        (_rows(4, image="../outside.png"), "points outside its folder"),
-        (_rows(4, image="/etc/passwd"), "points outside its folder"),
-        (_rows(4, image="missing.png"), "does not exist"),
-        (_rows(4, render={"kind": "hologram"}), "unknown image render kind"),
-        (_rows(4, render={"kind": "scene", "shapes": [{"shape": "circle", "x": 9}]}), r"\[0, 1\]"),
-        (_rows(4, render={"kind": "text", "text": ["x"]}), "non-empty string"),
+        (labelled_rows(2), "too few samples"),
+        ([*labelled_rows(4), {"text": "x", "label": "spicy"}], "unknown label 'spicy'"),
+        ([*labelled_rows(4), {"text": "  ", "label": "toxic"}], "empty text"),
+        ([*labelled_rows(4), {"text": "x"}], "missing 'label'"),
+        (labelled_rows(4, image="../outside.png"), "points outside its folder"),
+        (labelled_rows(4, image="/etc/passwd"), "points outside its folder"),
+        (labelled_rows(4, image="missing.png"), "does not exist"),
+        (labelled_rows(4, render={"kind": "hologram"}), "unknown image render kind"),
+        (
+            labelled_rows(4, render={"kind": "scene", "shapes": [{"shape": "circle", "x": 9}]}),
+            r"\[0, 1\]",
+        ),
+        (labelled_rows(4, render={"kind": "text", "text": ["x"]}), "non-empty string"),
     ],
 )
 def test_validation_errors(tmp_path, rows, message):
@@ -93,7 +91,7 @@ def test_validation_errors(tmp_path, rows, message):
 
 def test_unreadable_image(tmp_path):
     (tmp_path / "broken.png").write_bytes(b"not a png")
-    path = _jsonl(tmp_path / "set.jsonl", _rows(4, image="broken.png"))
+    path = _jsonl(tmp_path / "set.jsonl", labelled_rows(4, image="broken.png"))
     with pytest.raises(SGMError, match="unreadable"):
         load_profile_set(str(path))
 
@@ -114,7 +112,7 @@ def test_unknown_builtin_and_missing_file(tmp_path):
 
 @pytest.mark.parametrize(
     ("rows", "message"),
-    [(_rows(2), "too few samples"), ([{"text": "x", "label": "0"}] * 8, "only non-toxic")],
+    [(labelled_rows(2), "too few samples"), ([{"text": "x", "label": "0"}] * 8, "only non-toxic")],
 )
 def test_cli_reports_set_errors_in_one_line(runner, llava_dir, tmp_path, rows, message):
     path = _jsonl(tmp_path / "set.jsonl", rows)
@@ -137,7 +135,7 @@ def test_cli_profile_refuses_existing_output(runner, llava_dir, tmp_path):
 
 
 def test_cli_layers_outside_range(runner, llava_dir, tmp_path):
-    path = _jsonl(tmp_path / "set.jsonl", _rows(4))
+    path = _jsonl(tmp_path / "set.jsonl", labelled_rows(4))
     result = runner.invoke(
         main,
         [
@@ -164,7 +162,7 @@ def _texts(path: Path) -> list[str]:
 @pytest.mark.parametrize("encoding", ["utf-8-sig", "utf-16", "utf-16-be", "utf-32"])
 def test_unicode_files_with_a_byte_order_mark(tmp_path, encoding):
     """UTF-8 with a BOM (Notepad, Excel's 'CSV UTF-8'), UTF-16/32 with one ('Unicode text')."""
-    rows = _rows(4)
+    rows = labelled_rows(4)
     rows[0]["text"] = "café, naïve, 東京"
     jsonl = tmp_path / "set.jsonl"
     text = "\n".join(json.dumps(row, ensure_ascii=False) for row in rows) + "\n"
@@ -182,7 +180,7 @@ def test_unicode_files_with_a_byte_order_mark(tmp_path, encoding):
 
 
 def test_a_legacy_code_page_is_refused_naming_the_line(tmp_path):
-    rows = _rows(4)
+    rows = labelled_rows(4)
     rows[2]["text"] = "you are a naïve fool"
     path = tmp_path / "set.jsonl"
     path.write_bytes(("\n".join(json.dumps(r, ensure_ascii=False) for r in rows)).encode("cp1252"))
@@ -192,7 +190,7 @@ def test_a_legacy_code_page_is_refused_naming_the_line(tmp_path):
 
 @pytest.mark.parametrize("separator", ["\u2028", "\u2029", "\x85"])
 def test_unicode_line_separators_inside_strings_stay_in_their_row(tmp_path, separator):
-    rows = _rows(4)
+    rows = labelled_rows(4)
     rows[0]["text"] = f"first part{separator}second part"
     path = tmp_path / "set.jsonl"
     path.write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in rows) + "\n")

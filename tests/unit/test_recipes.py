@@ -16,6 +16,7 @@ from sgm_bake.core.recipes import (
     resolve_checkpoint_layout,
 )
 from sgm_bake.errors import SGMError
+from tests.helpers import bake_arguments
 
 LLAVA_CONFIG = {"model_type": "llava", "text_config": {"num_hidden_layers": 2}}
 
@@ -96,6 +97,7 @@ def test_recipes_command_lists_supported(runner):
         assert model_type in result.output
 
 
+@pytest.mark.slow
 def test_wrong_recipe_mapping_is_caught_by_verify(runner, llava_dir, llava_expertise, tmp_path):
     data = load_recipe(available_recipes()["llava"]).definition  # blocks expanded
     for entry in data["projections"]:
@@ -106,19 +108,8 @@ def test_wrong_recipe_mapping_is_caught_by_verify(runner, llava_dir, llava_exper
     recipe = tmp_path / "swapped.json"
     recipe.write_text(json.dumps(data))
     out = tmp_path / "out"
-    result = runner.invoke(
-        main,
-        [
-            "-q",
-            "bake",
-            str(llava_dir),
-            str(out),
-            "--expertise",
-            str(llava_expertise),
-            "--recipe",
-            str(recipe),
-        ],
-    )
+    arguments = bake_arguments(llava_dir, out, llava_expertise, "--recipe", str(recipe))
+    result = runner.invoke(main, arguments)
     assert result.exit_code == 2, result.output
     assert "maps them wrongly" in result.output
 

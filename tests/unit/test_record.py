@@ -7,7 +7,7 @@ import copy
 import pytest
 
 from sgm_bake.errors import SGMError
-from sgm_bake.pipeline.record import LEGACY_FORMAT, RECORD_FORMAT, parse_record
+from sgm_bake.record import LEGACY_FORMAT, RECORD_FORMAT, LayerCheck, parse_record
 
 RECORD = {
     "record_format": RECORD_FORMAT,
@@ -93,4 +93,24 @@ def test_a_missing_field_is_named():
     data = copy.deepcopy(RECORD)
     del data["expertise"]["tensors_folded"]
     with pytest.raises(SGMError, match=r"expertise\.tensors_folded is missing"):
+        parse_record(data)
+
+
+def test_per_layer_verification_entries_are_typed_and_checked():
+    data = copy.deepcopy(RECORD)
+    entry = {
+        "layer": 1,
+        "block": "mlp",
+        "max_rel_diff": 1e-7,
+        "worst_module": "mlp.down_proj",
+        "block_rel_diff": 1e-7,
+        "block_abs_diff": 1e-8,
+        "intervention_rel_effect": 0.2,
+        "passed": True,
+    }
+    data["verification"] = {**data["verification"], "mode": "layers", "layers": [entry]}
+    (check,) = parse_record(data).verification.layers
+    assert isinstance(check, LayerCheck) and check.layer == 1 and check.passed
+    data["verification"]["layers"] = [{**entry, "passed": "yes"}]
+    with pytest.raises(SGMError, match=r"verification\.layers\[0\]\.passed must be true or false"):
         parse_record(data)

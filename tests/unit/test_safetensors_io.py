@@ -10,7 +10,9 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from sgm_bake.errors import SGMError
-from sgm_bake.io.safetensors import read_header, read_tensor, rewrite_file, write_tensors
+from sgm_bake.io.checkpoint import Checkpoint
+from sgm_bake.io.safetensors import read_header, rewrite_file, write_tensors
+from sgm_bake.io.tensors import TensorSource
 
 
 @pytest.fixture
@@ -31,9 +33,12 @@ def test_header_matches_library(sample):
     header = read_header(path)
     assert header.metadata == {"format": "pt", "note": "kept"}
     assert set(header.tensors) == set(tensors)
+    checkpoint = Checkpoint(path.parent, {}, "safetensors", (path.name,), None)
+    reader = TensorSource(checkpoint)
     for name, tensor in tensors.items():
         assert header.tensors[name].shape == tuple(tensor.shape)
-        assert torch.equal(read_tensor(header, name), tensor)
+        assert torch.equal(reader.read(name), tensor)
+        assert reader.read(name).dtype == tensor.dtype
 
 
 def test_rewrite_without_folds_is_byte_identical(sample, tmp_path):

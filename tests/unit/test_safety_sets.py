@@ -150,6 +150,7 @@ def test_eval_set_covers_every_category_and_condition():
             assert not any(request in item.prompt for request in requests), item.id
 
 
+@pytest.mark.slow
 def test_sets_are_held_apart():
     profile_rows, eval_rows = _rows(PROFILE), _rows(EVAL)
     assert not {r["prompt"] for r in profile_rows} & {r["prompt"] for r in eval_rows}
@@ -195,6 +196,7 @@ def test_sets_are_held_apart():
     assert not scenes(profile_rows) & scenes(eval_rows)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("spec", [PROFILE, EVAL])
 def test_every_image_renders(spec):
     drawn = {json.dumps(row["render"], sort_keys=True) for row in _rows(spec)}

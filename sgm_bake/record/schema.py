@@ -1,17 +1,10 @@
-"""The bake record, `sgm/bake.json`: a typed, versioned contract written and read only here.
+"""The bake record, `sgm/bake.json`: a typed, versioned contract, its types and its validation.
 
 Every stage that adds to the record (bake, verification, evaluation, tuning) fills its typed
 section; readers (card, inspect, push, unbake, verify) get a validated `BakeRecord`, never a
 dict read by string keys. Reading validates every field and names the first bad one, so a
 damaged or hand-edited record is reported clearly instead of failing deep inside a command.
-
-The record also holds the sha256 of every other file of the folder, and only a command that
-creates content may record one: the bake hashes the folder it has just built (`write_record`);
-a later command that adds to the folder (verification figures and the card, an evaluation
-report, a tuning report, a re-rendered card) first checks every file against the record
-(`require_intact`, exit code 4 on a changed, missing or unrecorded file) and then records the
-files it wrote itself, and no others (`record_files`). Nothing re-hashes and adopts a file
-someone else changed.
+Reading and writing the file, and the sha256 of the folder, are in `record.store`.
 
 Fields that differ between two bakes of the same inputs: `created` (a UTC time stamp) and the
 `seconds`/peak-memory figures of the stages. Everything else, and every other output file, is
@@ -21,16 +14,12 @@ byte-identical.
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from types import NoneType, UnionType
 from typing import Any, TypeVar, Union, get_args, get_origin, get_type_hints
 
-from sgm_bake.errors import SGMError, TamperedError
-from sgm_bake.io.safetensors import file_sha256
+from sgm_bake.errors import SGMError
 from sgm_bake.io.source import Source
 
 SGM_DIR = "sgm"
@@ -118,6 +107,20 @@ class ExpertiseInfo:
         return sum(m.suppressed for m in self.modules.values())
 
 
+@dataclass(frozen=True)
+class LayerCheck:
+    """The figures of one layer's block in a layer-by-layer verification."""
+
+    layer: int
+    block: str
+    max_rel_diff: float
+    worst_module: str
+    block_rel_diff: float
+    block_abs_diff: float
+    intervention_rel_effect: float
+    passed: bool
+
+
 @dataclass
 class Verification:
     """Figures comparing the baked model with the hooked source (see pipeline.verify)."""
@@ -141,7 +144,8 @@ class Verification:
     worst_layer: int | None = None
     worst_module: str | None = None
     mapping_check: str | None = None
-    layers: list[dict[str, Any]] = field(default_factory=list)
+    layers: list[LayerCheck] = field(default_factory=list)
+    """Per-layer figures (`layers` only)."""
 
 
 @dataclass
@@ -211,6 +215,9 @@ class BakeRecord:
     tuning: Tuning | None = None
     stages: dict[str, dict[str, Any]] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
+    settings: dict[str, Any] = field(default_factory=dict)
+    """The command's effective options (`values`) and, for those not from the command line or
+    the default, where they came from (`sources`: config file or environment)."""
     files: dict[str, str] = field(default_factory=dict)
     record_format: str = RECORD_FORMAT
 
@@ -317,161 +324,4 @@ def parse_record(data: Any, where: str = RECORD_PATH) -> BakeRecord:
     except _Invalid as exc:
         raise SGMError(f"{where}: {exc}; the record is damaged, bake it again") from exc
     record.record_format = RECORD_FORMAT
-    return record
-
-
-def read_record(folder: Path) -> BakeRecord:
-    """Load and validate `sgm/bake.json` of a baked folder."""
-    path = folder / SGM_DIR / RECORD_FILE
-    if not path.is_file():
-        raise SGMError(f"{folder} has no {RECORD_PATH}; it is not an sgm-bake output")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise SGMError(f"{path} is not valid JSON; the output is damaged, bake it again") from exc
-    return parse_record(data, str(path))
-
-
-def output_hashes(
-    folder: Path, skip: set[str] | None = None, known: dict[str, str] | None = None
-) -> dict[str, str]:
-    """sha256 of every file in `folder`, keyed by relative path; `known` digests (computed while
-    the file was written) are reused rather than reading multi-GB shards again."""
-    skip = skip or set()
-    known = known or {}
-    hashes = {}
-    for path in sorted(folder.rglob("*")):
-        name = path.relative_to(folder).as_posix()
-        if path.is_file() and not path.is_symlink() and name not in skip:
-            hashes[name] = known.get(name) or file_sha256(path)
-    return hashes
-
-
-@dataclass(frozen=True)
-class HashCheck:
-    """Files whose bytes no longer match the record, and files the record does not know."""
-
-    mismatched: list[str]
-    missing: list[str]
-    unexpected: list[str]
-
-    @property
-    def ok(self) -> bool:
-        return not (self.mismatched or self.missing or self.unexpected)
-
-    def describe(self) -> str:
-        parts = []
-        if self.mismatched:
-            parts.append(f"changed: {', '.join(self.mismatched[:5])}")
-        if self.missing:
-            parts.append(f"missing: {', '.join(self.missing[:5])}")
-        if self.unexpected:
-            parts.append(f"not in the record: {', '.join(self.unexpected[:5])}")
-        return "; ".join(parts)
-
-
-def check_hashes(folder: Path, record: BakeRecord | None = None) -> HashCheck:
-    """Compare every file of a baked folder with the sha256 its record holds."""
-    record = record or read_record(folder)
-    recorded = record.files
-    present = {
-        p.relative_to(folder).as_posix()
-        for p in folder.rglob("*")
-        if p.is_file() and p.relative_to(folder).as_posix() != RECORD_PATH
-    }
-    mismatched = sorted(
-        name
-        for name in recorded
-        if name in present and file_sha256(folder / name) != recorded[name]
-    )
-    missing = sorted(set(recorded) - present)
-    unexpected = sorted(present - set(recorded))
-    return HashCheck(mismatched, missing, unexpected)
-
-
-def require_intact(folder: Path, record: BakeRecord | None = None) -> BakeRecord:
-    """The validated record of a baked folder whose files all match it; a changed, missing or
-    unrecorded file raises TamperedError (exit code 4) naming them.
-
-    Every command that reads or adds to a baked folder (verify, eval, tune's record, inspect,
-    unbake, push) calls this before it writes anything, so a tampered folder is reported, never
-    worked on or re-recorded."""
-    record = record or read_record(folder)
-    check = check_hashes(folder, record)
-    if not check.ok:
-        raise TamperedError(
-            f"{folder} no longer matches its recorded sha256 ({check.describe()}): it was "
-            "changed after baking, or copied incompletely; bake it again"
-        )
-    return record
-
-
-def record_text(record: BakeRecord) -> str:
-    """`sgm/bake.json` as written: sorted keys, two-space indent, a final newline."""
-    return json.dumps(record.to_dict(), indent=2, sort_keys=True) + "\n"
-
-
-def _replace_record(folder: Path, record: BakeRecord) -> None:
-    record_path = folder / SGM_DIR / RECORD_FILE
-    tmp = record_path.with_suffix(".json.tmp")
-    tmp.write_text(record_text(record), encoding="utf-8")
-    os.replace(tmp, record_path)
-
-
-def write_record(folder: Path, record: BakeRecord, known: dict[str, str] | None = None) -> None:
-    """Write sgm/bake.json with the sha256 of every other file of a folder the caller has just
-    created in full (the bake's temporary folder): the only place that hashes a whole folder.
-
-    `known` digests are reused for weight shards only (computed while they were written); every
-    other file is small and hashed afresh.
-    """
-    shards = {
-        name: digest
-        for name, digest in (known or {}).items()
-        if name.endswith(".safetensors") and not name.startswith(f"{SGM_DIR}/")
-    }
-    record.files = output_hashes(folder, {RECORD_PATH}, shards)
-    _replace_record(folder, record)
-
-
-def record_files(folder: Path, record: BakeRecord, written: Iterable[str]) -> None:
-    """Rewrite sgm/bake.json after a command added to a baked folder: the sha256 of `written`,
-    the files that command created or replaced itself, is (re)computed; every other entry keeps
-    the digest it had. A file someone else changed or added is therefore never adopted: it
-    still fails the next check (`require_intact`, `inspect`, `push`)."""
-    for name in sorted(set(written)):
-        path = folder / name
-        if name == RECORD_PATH or not path.is_file():
-            raise ValueError(f"{name} is not a file this command wrote into {folder}")
-        record.files[name] = file_sha256(path)
-    _replace_record(folder, record)
-
-
-def rewrite_card(folder: Path, record: BakeRecord, written: Iterable[str] = ()) -> None:
-    """Re-render the model card from the record, then record the card and the other files the
-    calling command wrote (`written`), and nothing else."""
-    from sgm_bake.publish.card import CARD_FILE, write_card
-
-    write_card(folder, record)
-    record_files(folder, record, [CARD_FILE, *written])
-
-
-def record_evaluation(folder: Path, report_name: str, data: Mapping[str, Any]) -> BakeRecord:
-    """Add an evaluation report's figures to a baked folder's record, chart and card. The report
-    (`report_name`, written by the caller) and the files drawn here are recorded; the caller
-    checked the folder with `require_intact` before it wrote the report."""
-    from sgm_bake.publish.card import write_plots
-
-    record = read_record(folder)
-    record.evaluation = Evaluation(
-        report=report_name,
-        judge=str(data["judge"]),
-        prompt_set=PromptSetInfo(**data["prompt_set"]),
-        metrics={label: dict(v["metrics"]) for label, v in data["variants"].items()},
-        variants=list(data["variants"]),
-    )
-    written = write_plots(folder, record)
-    if (folder / report_name).is_file():  # the report the caller wrote into the folder
-        written.append(report_name)
-    rewrite_card(folder, record, written)
     return record

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from sgm_bake.core.expertise import Expertise
 from sgm_bake.core.recipes import Recipe
-from sgm_bake.pipeline.record import ModuleCount
+from sgm_bake.record.schema import ModuleCount
 
 
 @dataclass(frozen=True)
