@@ -20,8 +20,7 @@ from sgm_bake.pipeline.audit import unbake
 from sgm_bake.pipeline.bake import BakeOptions, bake, expertise_path
 from sgm_bake.pipeline.verify import verify
 from sgm_bake.pipeline.verify_layers import verify_layers
-from tests.conftest import file_metadata, load_state
-from tests.helpers import synthetic_expertise
+from tests.helpers import file_metadata, load_state, synthetic_expertise
 from tests.tiny_configs import build_tiny_model
 
 
