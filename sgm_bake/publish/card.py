@@ -235,22 +235,47 @@ def _evaluation(record: BakeRecord) -> dict[str, Any] | None:
     if evaluation is None:
         return None
     rows = []
+    runs = 1
     for label, metrics in evaluation.ordered().items():
         by = metrics.get("harmful_rate_by_condition", {})
         perplexity = metrics.get("reference_perplexity")
+        intervals = metrics.get("intervals") or {}
+        runs = max(runs, int(metrics.get("runs") or 1))
         rows.append(
             {
                 "label": label,
-                "harmful": percent_text(metrics.get("harmful_rate")),
+                "harmful": _with_interval(
+                    metrics.get("harmful_rate"), intervals.get("harmful_rate")
+                ),
                 "standard": percent_text(by.get("standard")),
                 "adversarial": percent_text(by.get("adversarial")),
                 "both": percent_text(by.get("both")),
-                "accuracy": percent_text(metrics.get("benign_accuracy")),
+                "accuracy": _with_interval(
+                    metrics.get("benign_accuracy"), intervals.get("benign_accuracy")
+                ),
+                "refusal": percent_text(metrics.get("benign_refusal")),
                 "perplexity": "-" if perplexity is None else f"{perplexity:.2f}",
                 "degenerate": percent_text(metrics.get("degenerate_share")),
             }
         )
-    return {"prompt_set": evaluation.prompt_set.name, "judge": evaluation.judge, "rows": rows}
+    decoding = f"sampled replies, {runs} seeds pooled" if runs > 1 else "one reply per item"
+    return {
+        "prompt_set": evaluation.prompt_set.name,
+        "judge": evaluation.judge,
+        "rows": rows,
+        "decoding": decoding,
+    }
+
+
+def _with_interval(value: float | None, figure: dict[str, Any] | None) -> str:
+    """A rate with its 95% interval and counts, e.g. `47.5% (36.9-58.3%, 38/80)`; the rate alone
+    for a record written before intervals were reported."""
+    if value is None or not figure or "low" not in figure:
+        return percent_text(value)
+    return (
+        f"{percent_text(value)} ({figure['low']:.1%}-{figure['high']:.1%}, "
+        f"{figure['count']}/{figure['n']})"
+    )
 
 
 def _split_row(label: str, split: dict[str, Any]) -> dict[str, str]:

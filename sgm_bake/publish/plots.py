@@ -171,11 +171,15 @@ def evaluation_bars(
     harmful: Mapping[str, Sequence[float | None]],
     accuracy: Sequence[float | None],
     counts: Mapping[str, int | None] | None = None,
+    intervals: Mapping[str, Sequence[Interval]] | None = None,
 ) -> Path:
     """Harmful rate per condition (left) and benign accuracy (right), one bar per variant, each
     labelled with its value; a 0% bar, often the headline, is drawn as a visible stub. `counts`
-    gives the items behind each group (`benign` for the accuracy)."""
+    gives the items behind each group (`benign` for the accuracy); `intervals` the 95% interval
+    of each bar (same keys as `harmful`, plus `benign` for the accuracy), drawn as error bars
+    so that two rates a few points apart are not read as an effect."""
     counts = counts or {}
+    intervals = intervals or {}
     figure, (harm_axis, accuracy_axis) = _figure(9.0, 4.2, columns=2)
     groups = list(harmful)
     width = 0.8 / max(1, len(variants))
@@ -183,38 +187,98 @@ def evaluation_bars(
     for index, variant in enumerate(variants):
         offsets = [g - 0.4 + width * (index + 0.5) for g in range(len(groups))]
         values = [harmful[group][index] for group in groups]
-        bars = harm_axis.bar(
+        spans = [_nth(intervals.get(group), index) for group in groups]
+        harm_axis.bar(
             offsets,
             [stub if v == 0 else (v or 0.0) for v in values],
             width * 0.92,
             label=variant,
             color=COLOURS[index % len(COLOURS)],
+            yerr=_error_bars(values, spans),
+            error_kw={"elinewidth": 0.8, "capsize": 2, "ecolor": "#333333"},
         )
-        harm_axis.bar_label(
-            bars, [percent_text(v) for v in values], fontsize=8, rotation=90, padding=2
-        )
+        _label_bars(harm_axis, offsets, values, spans, rotation=90)
     harm_axis.set_xticks(range(len(groups)), [_counted(g, counts.get(g)) for g in groups])
     harm_axis.set_xlabel("prompt condition (toxic-eliciting items)")
     harm_axis.set_ylabel("harmful replies")
-    harm_axis.set_title("Harmful rate (lower is better)")
-    highest = max([v for values in harmful.values() for v in values if v is not None] + [0.0])
+    whiskers = any(span is not None for spans in intervals.values() for span in spans)
+    note = "; whiskers: 95% interval" if whiskers else ""
+    harm_axis.set_title(f"Harmful rate (lower is better{note})", fontsize=11)
+    tops = [v for values in harmful.values() for v in values if v is not None]
+    tops += [span[1] for spans in intervals.values() for span in spans if span is not None]
+    highest = max([*tops, 0.0])
     _percent_axis(harm_axis, min(1.2, highest + 0.2))  # room for the vertical labels
-    bars = accuracy_axis.bar(
+    spans = [_nth(intervals.get("benign"), i) for i in range(len(variants))]
+    accuracy_axis.bar(
         range(len(variants)),
         [stub if v == 0 else (v or 0.0) for v in accuracy],
         0.6,
         color=[COLOURS[i % len(COLOURS)] for i in range(len(variants))],
+        yerr=_error_bars(list(accuracy), spans),
+        error_kw={"elinewidth": 0.8, "capsize": 2, "ecolor": "#333333"},
     )
-    accuracy_axis.bar_label(bars, [percent_text(v) for v in accuracy], fontsize=8, padding=2)
+    _label_bars(accuracy_axis, list(range(len(variants))), list(accuracy), spans)
     accuracy_axis.set_xticks(range(len(variants)), variants)
     benign = counts.get("benign")
     accuracy_axis.set_xlabel("variant" if benign is None else f"variant ({benign:,} benign items)")
     accuracy_axis.set_ylabel("benign items answered correctly")
-    accuracy_axis.set_title("Benign accuracy (higher is better)")
+    accuracy_axis.set_title(f"Benign accuracy (higher is better{note})", fontsize=11)
     _percent_axis(accuracy_axis, 1.12)
     accuracy_axis.set_yticks([0, 0.25, 0.5, 0.75, 1.0])
     _legend_above(figure, harm_axis, len(variants))
     return _save(figure, path)
+
+
+Interval = tuple[float, float] | None
+"""A 95% interval (low, high) of a rate, or None where the report has none."""
+
+
+def _nth(spans: Sequence[Interval] | None, index: int) -> Interval:
+    return spans[index] if spans is not None and index < len(spans) else None
+
+
+def _error_bars(values: Sequence[float | None], spans: Sequence[Interval]) -> Any:
+    """matplotlib's asymmetric `yerr` (distances below and above each bar), or None when no bar
+    has an interval."""
+    if all(span is None for span in spans):
+        return None
+    below, above = [], []
+    for value, span in zip(values, spans, strict=True):
+        if span is None or value is None:
+            below.append(0.0)
+            above.append(0.0)
+        else:
+            below.append(max(0.0, value - span[0]))
+            above.append(max(0.0, span[1] - value))
+    return [below, above]
+
+
+def _label_bars(
+    axis: Any,
+    positions: Sequence[float],
+    values: Sequence[float | None],
+    spans: Sequence[Interval],
+    rotation: int = 0,
+) -> None:
+    """Each bar's value just above the bar or, when it has one, above its interval's top."""
+    for x, value, span in zip(positions, values, spans, strict=True):
+        top = max(value or 0.0, span[1] if span is not None else 0.0)
+        axis.annotate(
+            percent_text(value),
+            (x, top),
+            xytext=(0, 2),
+            textcoords="offset points",
+            ha="center",
+            va="bottom",
+            rotation=rotation,
+            fontsize=8,
+        )
+
+
+def _span(figure: Mapping[str, Any] | None) -> Interval:
+    if not figure or "low" not in figure or "high" not in figure:
+        return None
+    return (float(figure["low"]), float(figure["high"]))
 
 
 def _counted(label: str, count: int | None) -> str:
@@ -228,11 +292,17 @@ def evaluation_chart(path: Path, metrics: Mapping[str, Mapping[str, Any]]) -> Pa
     conditions = ("standard", "adversarial", "both")
     harmful: dict[str, list[float | None]] = {"all": []}
     harmful.update({condition: [] for condition in conditions})
+    spans: dict[str, list[Interval]] = {key: [] for key in (*harmful, "benign")}
     for variant in variants:
         by = metrics[variant].get("harmful_rate_by_condition", {})
         harmful["all"].append(metrics[variant].get("harmful_rate"))
+        found = metrics[variant].get("intervals") or {}
+        by_found = found.get("harmful_rate_by_condition") or {}
+        spans["all"].append(_span(found.get("harmful_rate")))
+        spans["benign"].append(_span(found.get("benign_accuracy")))
         for condition in conditions:
             harmful[condition].append(by.get(condition))
+            spans[condition].append(_span(by_found.get(condition)))
     shown = {k: v for k, v in harmful.items() if any(x is not None for x in v)}
     accuracy = [metrics[variant].get("benign_accuracy") for variant in variants]
     first = metrics[variants[0]] if variants else {}
@@ -242,7 +312,7 @@ def evaluation_chart(path: Path, metrics: Mapping[str, Mapping[str, Any]]) -> Pa
         "benign": items.get("benign"),
         **(first.get("items_by_condition") or {}),
     }
-    return evaluation_bars(path, variants, shown, accuracy, counts)
+    return evaluation_bars(path, variants, shown, accuracy, counts, spans)
 
 
 def pareto_front(trials: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
