@@ -73,6 +73,7 @@ def eval_table(results: list[Any]) -> None:
         "degenerate",
     )
     echo_lines(table(headers, rows))
+    echo_lines(interval_lines(results))
 
 
 def eval_json(results: list[Any], report: Path, judge: str) -> dict[str, Any]:
@@ -82,8 +83,6 @@ def eval_json(results: list[Any], report: Path, judge: str) -> dict[str, Any]:
         "judge": judge,
         "variants": [{"label": r.label, "metrics": r.metrics} for r in results],
     }
-    for line in interval_lines(results):
-        click.echo(line)
 
 
 def interval_lines(results: list[Any]) -> list[str]:

@@ -17,6 +17,7 @@ from sgm_bake.cli.common import (
     echo_lines,
     feed_option,
     hook_points_option,
+    judge_option,
     layers_option,
     make_data_format,
     make_judge_options,
@@ -54,9 +55,9 @@ search_options = add_options(
             "sampler",
             "eval-set",
             "max-new-tokens",
-            "judge",
         )
     ]
+    + [judge_option]
 )
 # How the model is fed and loaded when `tune` runs alone (the one-command form has the same
 # options through `profile`'s); a knob the search covers replaces the option's value.
