@@ -22,16 +22,17 @@ from sgm_bake.core.hooks import SGMHooks
 from sgm_bake.core.recipes import recipe_for_config
 from sgm_bake.core.rules import RuleOptions
 from sgm_bake.datasets.profile_set import load_profile_set
-from sgm_bake.evaluation.conditions import add_costs, run_conditions
-from sgm_bake.evaluation.ecso import templates_for
+from sgm_bake.datasets.prompt_set import load_prompt_set
+from sgm_bake.evaluation.conditions import EvalSettings, Variant, add_costs, evaluate_variants
+from sgm_bake.evaluation.ecso import ECSOTemplates, templates_for
 from sgm_bake.evaluation.evaluate import (
     ChatModel,
+    EvalResult,
     GenerationConfig,
     PromptSet,
-    load_prompt_set,
     run_eval,
 )
-from sgm_bake.evaluation.judges import make_judge
+from sgm_bake.evaluation.judges import Judge, make_judge
 from sgm_bake.io.source import Source
 from sgm_bake.organism.train import organism_path
 from sgm_bake.pipeline.bake import BakeOptions, bake
@@ -67,6 +68,24 @@ HEADER = (
     "| degenerate |\n"
     "|---|---|---|---|---|---|---|---|---|"
 )
+
+
+def run_conditions(
+    chat: ChatModel,
+    prompts: PromptSet,
+    judge: Judge,
+    config: GenerationConfig,
+    label: str,
+    batch_size: int,
+    progress: bool,
+    templates: ECSOTemplates,
+    ecso_label: str,
+) -> list[EvalResult]:
+    """One model, plain and through ECSO, evaluated as `sgm-bake eval --ecso` does."""
+    settings = EvalSettings(config, batch_size, progress, templates)
+    return evaluate_variants(
+        [Variant(label, chat, ecso_label=ecso_label)], prompts, judge, settings
+    )
 
 
 def main() -> None:
@@ -112,7 +131,7 @@ def main() -> None:
             top = set(torch.argsort(entry.auroc, descending=True)[: len(chosen)].tolist())
             recalls.append(len(top & chosen) / len(chosen))
 
-    base = run_eval(chat, prompts, judge, config, "base", progress=False)
+    base = run_eval(chat, prompts, judge, config, "base")
     print(
         f"profile: {len(profile_set.samples)} samples of {profile_set.name}, feed={args.feed}, "
         f"pooling={args.pooling}, {profile_seconds:.1f} s; recall of the implanted units in the "
@@ -142,10 +161,10 @@ def main() -> None:
             + (f" a={rule.damp_alpha:g}" if rule.rule == "damp" else "")
         )
         with SGMHooks(chat.model, factors, recipe):
-            hooked = run_eval(chat, prompts, judge, config, label, progress=False)
+            hooked = run_eval(chat, prompts, judge, config, label)
         out = args.workdir / label.replace(" ", "_").replace("=", "")
         bake(Source(folder, "organism", None, False), out, factors, BakeOptions(progress=False))
-        baked = run_eval(load(out), prompts, judge, config, label, progress=False)
+        baked = run_eval(load(out), prompts, judge, config, label)
         same = sum(hooked.replies[i] == baked.replies[i] for i in hooked.replies) / len(
             hooked.replies
         )
