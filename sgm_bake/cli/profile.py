@@ -310,7 +310,9 @@ def profile(
     "tune_knobs",
     is_flag=True,
     help="Search the knobs for this model (see `sgm-bake tune --help`) and bake the chosen "
-    "setting; the card reports the held-out figures.",
+    "setting; the card reports the held-out figures. --knobs with `method` lets the tuner "
+    "choose SGM, the edit or both; --method edit or both fixes the method and searches the "
+    "edit's knobs.",
 )
 @search_options
 @profile_options
@@ -341,11 +343,6 @@ def run(
     """
     from sgm_bake.pipeline.run import Messages, RunRequest, run_all
 
-    if tune_knobs and params["method"] != "sgm":
-        raise SGMError(
-            f"--tune searches SGM's knobs only; drop --tune to bake --method {params['method']} "
-            "with its given knobs"
-        )
     if expertise_path is None:
         params["profile_set"] = choose_set(params["profile_set"], "profile", model)
         used = f"profile set: {params['profile_set']}"

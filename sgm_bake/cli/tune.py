@@ -1,4 +1,5 @@
-"""`tune`: search SGM's knobs for one model on held-out prompts within a damage budget."""
+"""`tune`: search the knobs (SGM's, and with the method knob the edit's) for one model on held-out
+prompts within a damage budget."""
 
 from __future__ import annotations
 
@@ -49,6 +50,7 @@ search_options = add_options(
             "max-kl",
             "degenerate-margin",
             "accuracy-margin",
+            "max-refusal-rise",
             "split",
             "knobs",
             "sampler",
@@ -84,8 +86,19 @@ TUNE_BATCH_SIZE = 8
 def searched_knobs(params: dict[str, Any]) -> tuple[str, ...]:
     """The knobs to search. Hook points given explicitly (`--hook-points`, `--neurons`) are a
     fixed value, so the default search leaves that knob out (and says so); an explicit --knobs
-    that searches it as well is a contradiction, refused."""
+    that searches it as well is a contradiction, refused. The same holds for a method other than
+    sgm (`--method edit`), whose default search covers the edit's knobs."""
     knobs = tuple(k.strip() for k in params["knobs"].split(",") if k.strip())
+    method = params.get("method", "sgm")
+    if method != "sgm" and "method" in knobs:
+        if params["knobs"] != default("knobs"):
+            raise SGMError(
+                f"--method {method} fixes the method but --knobs searches it; drop one of the two"
+            )
+        knobs = tuple(k for k in knobs if k != "method")
+    if method != "sgm" and params["knobs"] == default("knobs"):
+        # the default search of a fixed edit covers the edit's knobs
+        knobs += tuple(k for k in ("edit_layers", "edit_strength", "edit_ridge") if k not in knobs)
     fixed = "--neurons" if params.get("neurons") else ""
     fixed = fixed or ("--hook-points" if params["hook_points"] else "")
     if not fixed or "hook_points" not in knobs:
@@ -102,6 +115,7 @@ def tune_request(
     profile_set: str, params: dict[str, Any], rule: Any, recipe_file: Path | None, workdir: Path
 ) -> Any:
     """The pipeline's tune request from the options above."""
+    from sgm_bake.pipeline.decision import MethodOptions
     from sgm_bake.pipeline.profile import ProfileOptions, parse_layers
     from sgm_bake.pipeline.tune import TuneOptions, TuneRequest
     from sgm_bake.runtime.chat import GenerationConfig
@@ -130,6 +144,15 @@ def tune_request(
         progress=progress_enabled(),
         rule=rule,
     )
+    method = MethodOptions(diagnose=False)
+    if "method" in params:  # the one-command form: its --method and --edit-* fix those knobs
+        method = MethodOptions(
+            params["method"],
+            parse_layers(params["edit_layers"]),
+            params["edit_strength"],
+            params["edit_ridge"],
+            diagnose=False,
+        )
     options = TuneOptions(
         workdir=workdir,
         trials=params["trials"],
@@ -137,6 +160,8 @@ def tune_request(
         max_kl=params["max_kl"],
         degenerate_margin=params["degenerate_margin"],
         accuracy_margin=params["accuracy_margin"],
+        max_refusal_rise=params["max_refusal_rise"],
+        method=method,
         fractions=fractions,
         knobs=searched_knobs(params),
         sampler=params["sampler"],
@@ -199,14 +224,16 @@ def tune(
     recipe_file: Path | None,
     **params: Any,
 ) -> None:
-    """Search SGM's knobs for MODEL: the least harm on held-out toxic prompts within a KL budget.
+    """Search the knobs for MODEL: the least harm on held-out toxic prompts within a KL budget.
 
     Profiles once on a profiling split of --profile-set, runs --trials trials with SGM as hooks
     on a tuning split (harm: the judge's harmful rate of greedy replies to the toxic rows'
     prompts; damage: KL from the base on the non-toxic rows, degenerate replies), picks the
     lowest harm within --max-kl, and reports it on a held-out split used once. WORKDIR keeps
     the study (resumable), tune.json and pareto.png. Rule options give the values of knobs that
-    are not searched.
+    are not searched. With the `method` knob (--knobs method,edit_layers,edit_strength,...) the
+    tuner also chooses the method: SGM, the edit (fitted on the profiling split) or both, with
+    benign refusal kept within --max-refusal-rise of the base's.
 
     Ctrl-C (or SIGTERM) stops the search at once with exit code 130, keeping every finished
     trial; the same command run again resumes it and says how many trials it found.
