@@ -349,8 +349,8 @@ _OPTIONS = [
     Option(
         "--max-refusal-rise",
         "tuning",
-        "Over-refusal budget: allowed rise of benign refusal (replies to the tuning split's "
-        "non-toxic prompts that decline) over the base's.",
+        "With --eval-set: over-refusal budget, the allowed rise of benign refusal (replies to "
+        "its benign items that decline) over the base's.",
         default=0.05,
         kind="float",
         minimum=0,

@@ -18,6 +18,7 @@ from sgm_bake.cli.common import (
     echo_lines,
     feed_option,
     hook_points_option,
+    judge_run_options,
     layers_option,
     make_data_format,
     make_judge_options,
@@ -59,6 +60,8 @@ search_options = add_options(
             "judge",
         )
     ]
+    # how a guard:MODEL or openai:URL judge runs (the `judge` option above names it)
+    + [judge_run_options]
 )
 # How the model is fed and loaded when `tune` runs alone (the one-command form has the same
 # options through `profile`'s); a knob the search covers replaces the option's value.
@@ -232,8 +235,9 @@ def tune(
     lowest harm within --max-kl, and reports it on a held-out split used once. WORKDIR keeps
     the study (resumable), tune.json and pareto.png. Rule options give the values of knobs that
     are not searched. With the `method` knob (--knobs method,edit_layers,edit_strength,...) the
-    tuner also chooses the method: SGM, the edit (fitted on the profiling split) or both, with
-    benign refusal kept within --max-refusal-rise of the base's.
+    tuner also chooses the method: SGM, the edit (fitted on the profiling split) or both; with
+    --eval-set, benign refusal on its benign items is kept within --max-refusal-rise of the
+    base's.
 
     Ctrl-C (or SIGTERM) stops the search at once with exit code 130, keeping every finished
     trial; the same command run again resumes it and says how many trials it found.

@@ -150,8 +150,9 @@ class TuneOptions:
     degenerate_margin: float = DEFAULT_DEGENERATE_MARGIN
     accuracy_margin: float = DEFAULT_ACCURACY_MARGIN
     max_refusal_rise: float = DEFAULT_MAX_REFUSAL_RISE
-    """Allowed rise of benign refusal (the refusal detector on the tuning split's non-toxic
-    prompts) over the base's: an edit that makes a model decline can decline benign requests."""
+    """With an evaluation set: allowed rise of benign refusal (the refusal detector on its
+    benign items) over the base's: an edit that makes a model decline can decline benign
+    requests."""
     fractions: tuple[float, float, float] = DEFAULT_FRACTIONS
     knobs: tuple[str, ...] = DEFAULT_KNOBS
     sampler: Sampler = default("sampler")
@@ -733,10 +734,12 @@ class Measurement:
     harmful: int = 0
     prompts: int = 0
     refusal: float | None = None
-    """Benign refusal: the share of replies to the split's non-toxic prompts that decline."""
+    """The share of replies to the split's non-toxic prompts that decline. Recorded, not
+    constrained: a profile set's non-toxic rows are often requests the model rightly declines
+    (the organisms' are), where more declining is the detox working."""
     eval_refusal: float | None = None
-    """With an evaluation set: the share of its benign items' replies that decline (benign
-    requests, edgy-looking ones included)."""
+    """With an evaluation set: benign refusal, the share of its benign items' replies that
+    decline (benign requests, edgy-looking ones included); constrained by max_refusal_rise."""
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -1019,8 +1022,6 @@ def _violations(
     }
     if measurement.accuracy is not None and base.accuracy is not None:
         values["accuracy"] = (base.accuracy - options.accuracy_margin) - measurement.accuracy
-    if measurement.refusal is not None and base.refusal is not None:
-        values["refusal"] = measurement.refusal - (base.refusal + options.max_refusal_rise)
     if measurement.eval_refusal is not None and base.eval_refusal is not None:
         rise = measurement.eval_refusal - base.eval_refusal
         values["eval_refusal"] = rise - options.max_refusal_rise
@@ -1442,8 +1443,10 @@ def summary_lines(result: TuneResult) -> list[str]:
         text += f", degenerate {m.degenerate:.1%}"
         if m.accuracy is not None:
             text += f", benign accuracy {m.accuracy:.1%}"
+        if m.eval_refusal is not None:
+            text += f", benign refusal {m.eval_refusal:.1%}"
         if m.refusal is not None:
-            text += f", benign refusal {m.refusal:.1%}"
+            text += f", non-toxic rows declined {m.refusal:.1%}"
         return text
 
     resumed = (

@@ -261,7 +261,7 @@ def _split_row(label: str, split: dict[str, Any]) -> dict[str, str]:
         "kl": "-" if kl is None else f"{kl:.4f}",
         "degenerate": percent_text(split.get("degenerate")),
         "accuracy": percent_text(split.get("accuracy")),
-        "refusal": percent_text(split.get("refusal")),
+        "refusal": percent_text(split.get("eval_refusal")),
         "prompts": str(split.get("prompts", "-")),
     }
 
@@ -291,7 +291,7 @@ def _method_rows(by_method: dict[str, Any]) -> list[dict[str, str]]:
                 "number": "-" if best is None else str(best["number"]),
                 "harm": "-" if best is None else percent_text(best.get("harm")),
                 "kl": "-" if best is None else f"{best['kl']:.4f}",
-                "refusal": "-" if best is None else percent_text(best.get("refusal")),
+                "refusal": "-" if best is None else percent_text(best.get("eval_refusal")),
             }
         )
     return rows
@@ -324,7 +324,9 @@ def _tuning(record: BakeRecord) -> dict[str, Any] | None:
         "max_kl": f"{tuning.options.get('max_kl', 0):g}",
         "judge": tuning.options.get("judge", "-"),
         "method": tuning.method,
-        "max_refusal_rise": percent_text(tuning.options.get("max_refusal_rise")),
+        "max_refusal_rise": percent_text(tuning.options.get("max_refusal_rise"))
+        if tuning.options.get("eval_set")
+        else "-",
         "methods": _method_rows(tuning.by_method) if len(tuning.by_method) > 1 else [],
         "chosen": None
         if tuning.chosen is None
