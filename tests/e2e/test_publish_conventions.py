@@ -178,9 +178,9 @@ def test_plan_json_and_adaptive_units(runner):
 
 
 def test_profile_json(runner, llava_dir, tmp_path):
-    from tests.integration.test_profile import _write_set
+    from tests.helpers import write_set
 
-    profile_set = _write_set(tmp_path / "set")
+    profile_set = write_set(tmp_path / "set")
     output = tmp_path / "expertise.safetensors"
     args = ["profile", str(llava_dir), "-o", str(output), "--device", "cpu", "--json"]
     args += ["--profile-set", str(profile_set), "--max-samples", "16", "--top-k", "5"]
