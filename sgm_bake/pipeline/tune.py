@@ -1125,6 +1125,10 @@ def run_tune(
     optuna = _optuna()
     start = time.perf_counter()
     splits = split_profile_set(profile_set, options.seed, options.fractions)
+    if "method" in options.knobs or options.method.method != "sgm":
+        # the edit is fitted at the last token of every profiling row's prompt: a set without
+        # them fails here, in one line, not in the middle of the search
+        rows_from_profile_set(splits.profile)
     space = SearchSpace.for_model(chat.model, recipe, options)
     scores = ScoreCache(chat, folder, recipe, splits.profile, options, source_id, revision, dtype)
     identity = {
