@@ -133,7 +133,8 @@ def run_demo(request: DemoRequest, messages: Messages) -> DemoOutcome:
     result = DemoOutcome(baked, report, tuned=tuned)
     if not report.passed:
         return result
-    say("4/4 evaluating: base, ECSO, SGM (baked), SGM* (baked + ECSO)")
+    method = "SGM" if tuned is None else f"the tuned {tuned.method}"
+    say(f"4/4 evaluating: base, ECSO, {method} (baked, row sgm-baked), SGM* (baked + ECSO)")
     base_chat = ChatModel(loaded.model, load_processor(source.path), loaded.device)
     baked_chat, _ = load_chat(resolve_model_source(str(baked)), "cpu", "float32")
     templates = templates_for(source.path, recipe.model_type)
