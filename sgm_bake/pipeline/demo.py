@@ -16,6 +16,7 @@ from sgm_bake.evaluation.conditions import EvalSettings, Variant, evaluate_varia
 from sgm_bake.evaluation.ecso import templates_for
 from sgm_bake.evaluation.judges import make_judge
 from sgm_bake.io.atomic import atomic_folder, check_target
+from sgm_bake.organism.checks import tuning_checks
 from sgm_bake.pipeline.bake import BakeOptions, bake
 from sgm_bake.pipeline.profile import ProfileOptions
 from sgm_bake.pipeline.run import Messages, ProfileRequest, profile_source, verify_output
@@ -158,7 +159,9 @@ def run_demo(request: DemoRequest, messages: Messages) -> DemoOutcome:
 
 def tune_demo(source: Any, request: DemoRequest, profile: ProfileOptions) -> TuneOutcome:
     """The tuner on the organism's profile set with the method knob, a small trial budget and
-    its study beside WORKDIR (resumable)."""
+    its study beside WORKDIR (resumable); benign accuracy and benign refusal are kept within
+    their margins on the organism world's checks (scene questions and edgy requests, not
+    evaluation items)."""
     assert request.tune_trials is not None
     options = TuneOptions(
         workdir=tune_folder(request.workdir),
@@ -172,6 +175,7 @@ def tune_demo(source: Any, request: DemoRequest, profile: ProfileOptions) -> Tun
     tune_request = TuneRequest(
         profile_set=DEMO_PROFILE_SET,
         options=options,
+        eval_set=tuning_checks(),
         judge=request.judge,
         judge_options=request.judge_options,
         device="cpu",

@@ -1375,7 +1375,8 @@ class TuneRequest:
 
     profile_set: str
     options: TuneOptions
-    eval_set: str | None = None
+    eval_set: str | PromptSet | None = None
+    """A prompt set's name (loaded before the model) or the set itself."""
     judge: str = "profanity"
     judge_options: Any = None
     """The judge's device and prompt (`sgm_bake.evaluation.judges.JudgeOptions`)."""
@@ -1415,7 +1416,9 @@ def tune_source(source: Any, request: TuneRequest) -> TuneOutcome:
         request.profile_set, data_format=request.data_format, max_samples=request.max_samples
     ).limited(request.max_samples)
     split_profile_set(profile_set, request.options.seed, request.options.fractions)
-    eval_set = load_prompt_set(request.eval_set) if request.eval_set else None
+    eval_set = request.eval_set
+    if isinstance(eval_set, str):
+        eval_set = load_prompt_set(eval_set) if eval_set else None
     judge = make_judge(request.judge, request.judge_options)
     options = request.options
     if request.neurons:
