@@ -44,7 +44,7 @@ from sgm_bake.cli.common import (
     verify_mode_of,
     verify_option,
 )
-from sgm_bake.cli.tune import search_options, tune_request
+from sgm_bake.cli.tune import method_knob_options, search_options, tune_request
 from sgm_bake.errors import SGMError
 
 profile_options = add_options(
@@ -64,36 +64,7 @@ profile_options = add_options(
         layers_option,
         option("responses-dir"),
         option("keep-responses"),
-        click.option(
-            "--method",
-            type=click.Choice(["sgm", "edit", "both"]),
-            default="sgm",
-            show_default=True,
-            help="sgm: scale the toxic expert units; edit: a rank-1 conditional write into the "
-            "MLP output projection of --edit-layers, fitted on the profile set's prompts (for "
-            "models whose toxic reply is a missing refusal, written by attention); both.",
-        ),
-        click.option(
-            "--edit-layers",
-            default=None,
-            help="Layers the edit writes into, e.g. '2,3' (default: the layers at half and "
-            "three quarters of the depth).",
-        ),
-        click.option(
-            "--edit-strength",
-            type=float,
-            default=1.0,
-            show_default=True,
-            help="1 moves toxic-eliciting prompts to the declined prompts' state at the last "
-            "prompt token; above 1 overshoots.",
-        ),
-        click.option(
-            "--edit-ridge",
-            type=float,
-            default=1e-2,
-            show_default=True,
-            help="The edit's ridge, relative to the mean eigenvalue of its key Gram matrix.",
-        ),
+        method_knob_options,
         click.option(
             "--diagnose/--no-diagnose",
             default=True,

@@ -63,6 +63,41 @@ search_options = add_options(
     # how a guard:MODEL or openai:URL judge runs (the `judge` option above names it)
     + [judge_run_options]
 )
+# The method and the edit's knobs: `profile`'s, and `tune`'s values of the knobs not searched.
+method_knob_options = add_options(
+    [
+        click.option(
+            "--method",
+            type=click.Choice(["sgm", "edit", "both"]),
+            default="sgm",
+            show_default=True,
+            help="sgm: scale the toxic expert units; edit: a rank-1 conditional write into the "
+            "MLP output projection of --edit-layers, fitted on the profile set's prompts (for "
+            "models whose toxic reply is a missing refusal, written by attention); both.",
+        ),
+        click.option(
+            "--edit-layers",
+            default=None,
+            help="Layers the edit writes into, e.g. '2,3' (default: the layers at half and "
+            "three quarters of the depth).",
+        ),
+        click.option(
+            "--edit-strength",
+            type=float,
+            default=1.0,
+            show_default=True,
+            help="1 moves toxic-eliciting prompts to the declined prompts' state at the last "
+            "prompt token; above 1 overshoots.",
+        ),
+        click.option(
+            "--edit-ridge",
+            type=float,
+            default=1e-2,
+            show_default=True,
+            help="The edit's ridge, relative to the mean eigenvalue of its key Gram matrix.",
+        ),
+    ]
+)
 # How the model is fed and loaded when `tune` runs alone (the one-command form has the same
 # options through `profile`'s); a knob the search covers replaces the option's value.
 capture_options = add_options(
@@ -215,6 +250,7 @@ def tune_request(
 @revision_option
 @recipe_option
 @search_options
+@method_knob_options
 @capture_options
 @rule_options
 @user_errors

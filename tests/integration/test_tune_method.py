@@ -122,6 +122,7 @@ def test_a_fixed_method_searches_the_edit_s_knobs_and_contradictions_are_refused
     tmp_path: Path,
 ):
     from sgm_bake.cli.profile import run as run_command
+    from sgm_bake.cli.tune import tune as tune_command
 
     common = ["organism", str(tmp_path / "out"), "--tune", "--profile-set", "builtin:organism"]
     request = _request(run_command, [*common, "--method", "edit", "--edit-ridge", "0.1"], tmp_path)
@@ -130,6 +131,11 @@ def test_a_fixed_method_searches_the_edit_s_knobs_and_contradictions_are_refused
     assert request.options.method.method == "edit" and request.options.method.ridge == 0.1
     with pytest.raises(SGMError, match="--method both fixes the method"):
         _request(run_command, [*common, "--method", "both", "--knobs", "method,strength"], tmp_path)
+    # `tune` alone takes the same options
+    alone = ["organism", "--profile-set", "builtin:organism", "--method", "both"]
+    request = _request(tune_command, [*alone, "--edit-layers", "3"], tmp_path)
+    assert request.options.method.method == "both" and request.options.method.layers == (3,)
+    assert "method" not in request.options.knobs and "edit_strength" in request.options.knobs
 
 
 @pytest.mark.slow
