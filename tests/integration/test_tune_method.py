@@ -230,3 +230,30 @@ def test_demo_tune_shows_the_method_the_tuner_picks(runner, tmp_path: Path):
     record = json.loads((workdir / "baked" / "sgm" / "bake.json").read_text())
     assert record["tuning"]["method"] == method and record["tuning"]["trials_run"] == 3
     assert (workdir / "baked" / "sgm" / "eval.json").is_file()
+
+
+@pytest.mark.slow
+def test_a_search_that_can_draw_the_edit_needs_every_row_s_prompt_before_it_starts(
+    llava_dir: Path, tmp_path: Path
+):
+    from dataclasses import replace as replace_row
+
+    from sgm_bake.datasets.profile_set import ProfileSet, load_profile_set
+
+    full = load_profile_set("builtin:organism")
+    rows = tuple(s if s.label == 1 else replace_row(s, prompt=None) for s in full.samples[:64])
+    chat, loaded = load_chat(resolve_model_source(str(llava_dir)), "cpu", "float32")
+    options = TuneOptions(workdir=tmp_path / "work", trials=2, knobs=("method",), progress=False)
+    with pytest.raises(SGMError, match="rows without a `prompt`"):
+        run_tune(
+            chat,
+            llava_dir,
+            loaded.recipe,
+            ProfileSet("no-prompts", full.sha256, rows),
+            make_judge("profanity"),
+            options,
+            "tiny-llava",
+            None,
+            torch.float32,
+        )
+    assert not (tmp_path / "work" / "study.journal").exists()
