@@ -347,6 +347,16 @@ _OPTIONS = [
         maximum=1,
     ),
     Option(
+        "--max-refusal-rise",
+        "tuning",
+        "With --eval-set: over-refusal budget, the allowed rise of benign refusal (replies to "
+        "its benign items that decline) over the base's.",
+        default=0.05,
+        kind="float",
+        minimum=0,
+        maximum=1,
+    ),
+    Option(
         "--split",
         "tuning",
         "Fractions of the profile set for profiling, tuning and the held-out report.",
@@ -356,7 +366,8 @@ _OPTIONS = [
     Option(
         "--knobs",
         "tuning",
-        "Knobs to search (also: pooling); the others keep their option's value.",
+        "Knobs to search (also: pooling; method with edit_layers, edit_strength, edit_ridge: "
+        "let the tuner choose sgm, edit or both); the others keep their option's value.",
         default="rule,strength,top_k,threshold,hook_points,layers,positions",
     ),
     Option(

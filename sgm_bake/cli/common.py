@@ -344,7 +344,7 @@ template_option = click.option(
     default=None,
     help="A Jinja chat template file, for models that ship none.",
 )
-judge_option = add_options(
+judge_spec_option = add_options(
     [
         click.option(
             "--judge",
@@ -355,6 +355,10 @@ judge_option = add_options(
             "(an OpenAI-compatible endpoint), or guard:MODEL (a Llama Guard / ShieldGemma / "
             "Qwen3Guard-style guard model, a folder or Hub id, run through transformers).",
         ),
+    ]
+)
+judge_run_options = add_options(
+    [
         click.option(
             "--judge-device",
             default="auto",
@@ -372,6 +376,7 @@ judge_option = add_options(
         ),
     ]
 )
+judge_option = add_options([judge_spec_option, judge_run_options])
 
 
 def make_judge_options(judge_device: str, judge_prompt: str) -> Any:

@@ -469,6 +469,17 @@ def generate(
     default="text",
     help="Pool over text positions only (the organism's toxicity is in its replies) or all.",
 )
+@click.option(
+    "--tune",
+    "tune_trials",
+    type=click.IntRange(1),
+    default=None,
+    is_flag=False,
+    flag_value=6,
+    help="Let the tuner choose the method (SGM, the edit or both) and its knobs in this many "
+    "trials (--tune alone: 6; a few minutes), instead of the rule options; its study is kept "
+    "in WORKDIR-tune.",
+)
 @user_errors
 def demo(
     workdir: Path,
@@ -481,6 +492,7 @@ def demo(
     top_k: int,
     strength: float,
     positions: str,
+    tune_trials: int | None,
 ) -> None:
     """Offline demo on the built-in model organism: profile, bake, verify, evaluate.
 
@@ -503,11 +515,16 @@ def demo(
         judge_options=make_judge_options(judge_device, judge_prompt),
         overwrite=overwrite,
         bake=bake_options(overwrite=False, recipe_file=None),
+        tune_trials=tune_trials,
     )
     outcome = run_demo(request, Messages(click.echo, announce))
     fail_unverified(outcome.baked, outcome.verification)
     eval_table(outcome.results)
     click.echo(f"detoxified checkpoint: {outcome.baked}; report {outcome.report}")
+    if outcome.tuned is not None:
+        from sgm_bake.pipeline.tune import chosen_method_line
+
+        click.echo(chosen_method_line(outcome.tuned))
     report_plots(outcome.report.parent)
 
 

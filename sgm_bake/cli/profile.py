@@ -44,7 +44,7 @@ from sgm_bake.cli.common import (
     verify_mode_of,
     verify_option,
 )
-from sgm_bake.cli.tune import search_options, tune_request
+from sgm_bake.cli.tune import method_knob_options, search_options, tune_request
 from sgm_bake.errors import SGMError
 
 profile_options = add_options(
@@ -64,36 +64,7 @@ profile_options = add_options(
         layers_option,
         option("responses-dir"),
         option("keep-responses"),
-        click.option(
-            "--method",
-            type=click.Choice(["sgm", "edit", "both"]),
-            default="sgm",
-            show_default=True,
-            help="sgm: scale the toxic expert units; edit: a rank-1 conditional write into the "
-            "MLP output projection of --edit-layers, fitted on the profile set's prompts (for "
-            "models whose toxic reply is a missing refusal, written by attention); both.",
-        ),
-        click.option(
-            "--edit-layers",
-            default=None,
-            help="Layers the edit writes into, e.g. '2,3' (default: the layers at half and "
-            "three quarters of the depth).",
-        ),
-        click.option(
-            "--edit-strength",
-            type=float,
-            default=1.0,
-            show_default=True,
-            help="1 moves toxic-eliciting prompts to the declined prompts' state at the last "
-            "prompt token; above 1 overshoots.",
-        ),
-        click.option(
-            "--edit-ridge",
-            type=float,
-            default=1e-2,
-            show_default=True,
-            help="The edit's ridge, relative to the mean eigenvalue of its key Gram matrix.",
-        ),
+        method_knob_options,
         click.option(
             "--diagnose/--no-diagnose",
             default=True,
@@ -310,7 +281,9 @@ def profile(
     "tune_knobs",
     is_flag=True,
     help="Search the knobs for this model (see `sgm-bake tune --help`) and bake the chosen "
-    "setting; the card reports the held-out figures.",
+    "setting; the card reports the held-out figures. --knobs with `method` lets the tuner "
+    "choose SGM, the edit or both; --method edit or both fixes the method and searches the "
+    "edit's knobs.",
 )
 @search_options
 @profile_options
@@ -341,11 +314,6 @@ def run(
     """
     from sgm_bake.pipeline.run import Messages, RunRequest, run_all
 
-    if tune_knobs and params["method"] != "sgm":
-        raise SGMError(
-            f"--tune searches SGM's knobs only; drop --tune to bake --method {params['method']} "
-            "with its given knobs"
-        )
     if expertise_path is None:
         params["profile_set"] = choose_set(params["profile_set"], "profile", model)
         used = f"profile set: {params['profile_set']}"

@@ -1,4 +1,5 @@
-"""`tune`: search SGM's knobs for one model on held-out prompts within a damage budget."""
+"""`tune`: search the knobs (SGM's, and with the method knob the edit's) for one model on held-out
+prompts within a damage budget."""
 
 from __future__ import annotations
 
@@ -50,6 +51,7 @@ search_options = add_options(
             "max-kl",
             "degenerate-margin",
             "accuracy-margin",
+            "max-refusal-rise",
             "split",
             "knobs",
             "sampler",
@@ -57,7 +59,43 @@ search_options = add_options(
             "max-new-tokens",
         )
     ]
+    # the judge: its spec, and how a guard:MODEL or openai:URL judge runs
     + [judge_option]
+)
+# The method and the edit's knobs: `profile`'s, and `tune`'s values of the knobs not searched.
+method_knob_options = add_options(
+    [
+        click.option(
+            "--method",
+            type=click.Choice(["sgm", "edit", "both"]),
+            default="sgm",
+            show_default=True,
+            help="sgm: scale the toxic expert units; edit: a rank-1 conditional write into the "
+            "MLP output projection of --edit-layers, fitted on the profile set's prompts (for "
+            "models whose toxic reply is a missing refusal, written by attention); both.",
+        ),
+        click.option(
+            "--edit-layers",
+            default=None,
+            help="Layers the edit writes into, e.g. '2,3' (default: the layers at half and "
+            "three quarters of the depth).",
+        ),
+        click.option(
+            "--edit-strength",
+            type=float,
+            default=1.0,
+            show_default=True,
+            help="1 moves toxic-eliciting prompts to the declined prompts' state at the last "
+            "prompt token; above 1 overshoots.",
+        ),
+        click.option(
+            "--edit-ridge",
+            type=float,
+            default=1e-2,
+            show_default=True,
+            help="The edit's ridge, relative to the mean eigenvalue of its key Gram matrix.",
+        ),
+    ]
 )
 # How the model is fed and loaded when `tune` runs alone (the one-command form has the same
 # options through `profile`'s); a knob the search covers replaces the option's value.
@@ -85,8 +123,19 @@ TUNE_BATCH_SIZE = 8
 def searched_knobs(params: dict[str, Any]) -> tuple[str, ...]:
     """The knobs to search. Hook points given explicitly (`--hook-points`, `--neurons`) are a
     fixed value, so the default search leaves that knob out (and says so); an explicit --knobs
-    that searches it as well is a contradiction, refused."""
+    that searches it as well is a contradiction, refused. The same holds for a method other than
+    sgm (`--method edit`), whose default search covers the edit's knobs."""
     knobs = tuple(k.strip() for k in params["knobs"].split(",") if k.strip())
+    method = params.get("method", "sgm")
+    if method != "sgm" and "method" in knobs:
+        if params["knobs"] != default("knobs"):
+            raise SGMError(
+                f"--method {method} fixes the method but --knobs searches it; drop one of the two"
+            )
+        knobs = tuple(k for k in knobs if k != "method")
+    if method != "sgm" and params["knobs"] == default("knobs"):
+        # the default search of a fixed edit covers the edit's knobs
+        knobs += tuple(k for k in ("edit_layers", "edit_strength", "edit_ridge") if k not in knobs)
     fixed = "--neurons" if params.get("neurons") else ""
     fixed = fixed or ("--hook-points" if params["hook_points"] else "")
     if not fixed or "hook_points" not in knobs:
@@ -103,6 +152,7 @@ def tune_request(
     profile_set: str, params: dict[str, Any], rule: Any, recipe_file: Path | None, workdir: Path
 ) -> Any:
     """The pipeline's tune request from the options above."""
+    from sgm_bake.pipeline.decision import MethodOptions
     from sgm_bake.pipeline.profile import ProfileOptions, parse_layers
     from sgm_bake.pipeline.tune import TuneOptions, TuneRequest
     from sgm_bake.runtime.chat import GenerationConfig
@@ -131,6 +181,15 @@ def tune_request(
         progress=progress_enabled(),
         rule=rule,
     )
+    method = MethodOptions(diagnose=False)
+    if "method" in params:  # the one-command form: its --method and --edit-* fix those knobs
+        method = MethodOptions(
+            params["method"],
+            parse_layers(params["edit_layers"]),
+            params["edit_strength"],
+            params["edit_ridge"],
+            diagnose=False,
+        )
     options = TuneOptions(
         workdir=workdir,
         trials=params["trials"],
@@ -138,6 +197,8 @@ def tune_request(
         max_kl=params["max_kl"],
         degenerate_margin=params["degenerate_margin"],
         accuracy_margin=params["accuracy_margin"],
+        max_refusal_rise=params["max_refusal_rise"],
+        method=method,
         fractions=fractions,
         knobs=searched_knobs(params),
         sampler=params["sampler"],
@@ -188,6 +249,7 @@ def tune_request(
 @revision_option
 @recipe_option
 @search_options
+@method_knob_options
 @capture_options
 @rule_options
 @user_errors
@@ -200,14 +262,17 @@ def tune(
     recipe_file: Path | None,
     **params: Any,
 ) -> None:
-    """Search SGM's knobs for MODEL: the least harm on held-out toxic prompts within a KL budget.
+    """Search the knobs for MODEL: the least harm on held-out toxic prompts within a KL budget.
 
     Profiles once on a profiling split of --profile-set, runs --trials trials with SGM as hooks
     on a tuning split (harm: the judge's harmful rate of greedy replies to the toxic rows'
     prompts; damage: KL from the base on the non-toxic rows, degenerate replies), picks the
     lowest harm within --max-kl, and reports it on a held-out split used once. WORKDIR keeps
     the study (resumable), tune.json and pareto.png. Rule options give the values of knobs that
-    are not searched.
+    are not searched. With the `method` knob (--knobs method,edit_layers,edit_strength,...) the
+    tuner also chooses the method: SGM, the edit (fitted on the profiling split) or both; with
+    --eval-set, benign refusal on its benign items is kept within --max-refusal-rise of the
+    base's.
 
     Ctrl-C (or SIGTERM) stops the search at once with exit code 130, keeping every finished
     trial; the same command run again resumes it and says how many trials it found.

@@ -16,9 +16,18 @@ from sgm_bake.evaluation.conditions import EvalSettings, Variant, evaluate_varia
 from sgm_bake.evaluation.ecso import templates_for
 from sgm_bake.evaluation.judges import make_judge
 from sgm_bake.io.atomic import atomic_folder, check_target
+from sgm_bake.organism.checks import tuning_checks
 from sgm_bake.pipeline.bake import BakeOptions, bake
 from sgm_bake.pipeline.profile import ProfileOptions
 from sgm_bake.pipeline.run import Messages, ProfileRequest, profile_source, verify_output
+from sgm_bake.pipeline.tune import (
+    TuneOptions,
+    TuneOutcome,
+    TuneRequest,
+    record_tuning,
+    summary_lines,
+    tune_source,
+)
 from sgm_bake.publish.refresh import record_evaluation
 from sgm_bake.record import SGM_DIR
 from sgm_bake.record.summary import expertise_counts, layer_rows, layer_table
@@ -27,6 +36,9 @@ from sgm_bake.runtime.loading import load_chat, load_processor, resolve_model_so
 
 DEMO_PROFILE_SET = "builtin:organism"
 DEMO_PROMPT_SET = "builtin:mmtoxicqa-organism-v1"
+DEMO_KNOBS = ("method", "edit_layers", "edit_strength", "rule", "strength")
+"""What `demo --tune` searches: the method, the edit's layers and strength, SGM's rule and
+strength (a few trials compare the three methods; see `tune` for the full search)."""
 
 
 @dataclass(frozen=True)
@@ -43,6 +55,9 @@ class DemoRequest:
     """The judge's run options (`evaluation.judges.JudgeOptions`; None: its defaults)."""
     bake: BakeOptions = field(default_factory=BakeOptions)
     """Progress, command line and settings for the bake record."""
+    tune_trials: int | None = None
+    """Let the tuner choose the method and its knobs in this many trials (None: profile once
+    with `rule`)."""
 
 
 @dataclass
@@ -52,6 +67,8 @@ class DemoOutcome:
     baked: Path
     verification: Any
     results: list[Any] = field(default_factory=list)
+    tuned: Any = None
+    """The search's result (`pipeline.tune.TuneResult`) when the tuner chose the setting."""
 
     @property
     def report(self) -> Path:
@@ -77,29 +94,51 @@ def run_demo(request: DemoRequest, messages: Messages) -> DemoOutcome:
             rule=request.rule,
         ),
     )
-    say(f"1/4 profiling {source.id} on {DEMO_PROFILE_SET}")
-    outcome = profile_source(source, profile)
-    expertise = outcome.expertise
-    if expertise is None:  # only ranks other than 0 of a torchrun job get none
-        raise SGMError("the demo runs in one process; start it without torchrun")
-    for line in layer_table(layer_rows(expertise_counts(expertise, outcome.recipe))):
-        say(line)
+    tuned = None
+    if request.tune_trials is not None:
+        say(
+            f"1/4 tuning {source.id} on {DEMO_PROFILE_SET}: {request.tune_trials} trials of "
+            "SGM, the edit or both"
+        )
+        searched = tune_demo(source, request, profile.options)
+        tuned, loaded, recipe = searched.result, searched.loaded, searched.loaded.recipe
+        for line in summary_lines(tuned):
+            say(line)
+        if tuned.expertise is None:
+            raise SGMError(
+                f"the tuner found no setting that lowers the harm within the budget in "
+                f"{request.tune_trials} trials; see {tune_folder(request.workdir) / 'tune.json'} "
+                "(raise --trials)"
+            )
+        expertise = tuned.expertise
+    else:
+        say(f"1/4 profiling {source.id} on {DEMO_PROFILE_SET}")
+        outcome = profile_source(source, profile)
+        if outcome.expertise is None:  # only ranks other than 0 of a torchrun job get none
+            raise SGMError("the demo runs in one process; start it without torchrun")
+        expertise, loaded, recipe = outcome.expertise, outcome.loaded, outcome.recipe
+    if expertise.modules:
+        for line in layer_table(layer_rows(expertise_counts(expertise, recipe))):
+            say(line)
     with atomic_folder(request.workdir, request.overwrite) as staging:
         save_expertise(expertise, staging / "expertise.safetensors")
     baked = request.workdir.resolve() / "baked"
     say("2/4 baking")
     bake(source, baked, expertise, request.bake)
+    if tuned is not None:
+        record_tuning(baked, tuned)
     say("3/4 verifying")
     # The profiling model stays the base: verification loads its own copy.
     report = verify_output(baked, source.path, "float32", "cpu")
     say(f"verify: {report.summary()}")
-    result = DemoOutcome(baked, report)
+    result = DemoOutcome(baked, report, tuned=tuned)
     if not report.passed:
         return result
-    say("4/4 evaluating: base, ECSO, SGM (baked), SGM* (baked + ECSO)")
-    base_chat = ChatModel(outcome.loaded.model, load_processor(source.path), outcome.loaded.device)
+    method = "SGM" if tuned is None else f"the tuned {tuned.method}"
+    say(f"4/4 evaluating: base, ECSO, {method} (baked, row sgm-baked), SGM* (baked + ECSO)")
+    base_chat = ChatModel(loaded.model, load_processor(source.path), loaded.device)
     baked_chat, _ = load_chat(resolve_model_source(str(baked)), "cpu", "float32")
-    templates = templates_for(source.path, outcome.recipe.model_type)
+    templates = templates_for(source.path, recipe.model_type)
     settings = EvalSettings(GenerationConfig(), 8, progress, templates)
     variants = [
         Variant("base", base_chat, ecso_label="ecso"),
@@ -112,7 +151,48 @@ def run_demo(request: DemoRequest, messages: Messages) -> DemoOutcome:
         judge,
         settings,
         result.results,
-        {"id": source.id, **request.rule.describe()},
+        {"id": source.id, **(tuned_setting(tuned) or request.rule.describe())},
     )
     record_evaluation(baked, f"{SGM_DIR}/eval.json", data)
     return result
+
+
+def tune_demo(source: Any, request: DemoRequest, profile: ProfileOptions) -> TuneOutcome:
+    """The tuner on the organism's profile set with the method knob, a small trial budget and
+    its study beside WORKDIR (resumable); benign accuracy and benign refusal are kept within
+    their margins on the organism world's checks (scene questions and edgy requests, not
+    evaluation items)."""
+    assert request.tune_trials is not None
+    options = TuneOptions(
+        workdir=tune_folder(request.workdir),
+        trials=request.tune_trials,
+        knobs=DEMO_KNOBS,
+        profile=profile,
+        generation=GenerationConfig(max_new_tokens=16),
+        batch_size=16,
+        progress=request.bake.progress,
+    )
+    tune_request = TuneRequest(
+        profile_set=DEMO_PROFILE_SET,
+        options=options,
+        eval_set=tuning_checks(),
+        judge=request.judge,
+        judge_options=request.judge_options,
+        device="cpu",
+        dtype="float32",
+    )
+    return tune_source(source, tune_request)
+
+
+def tuned_setting(tuned: Any) -> dict[str, Any] | None:
+    """The chosen setting as the evaluation report's model description (None: not tuned)."""
+    if tuned is None or tuned.chosen is None:
+        return None
+    return {"tuned_trial": tuned.chosen.number, **tuned.chosen.setting}
+
+
+def tune_folder(workdir: Path) -> Path:
+    """Where `demo --tune` keeps its study: beside WORKDIR (WORKDIR itself is replaced as one
+    folder when the bake completes), as `sgm-bake MODEL OUT --tune` keeps OUT-tune."""
+    workdir = workdir.expanduser().resolve()
+    return workdir.with_name(f"{workdir.name}-tune")

@@ -42,6 +42,7 @@ import signal
 import sys
 import time
 import warnings
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -64,6 +65,13 @@ from sgm_bake.io.checkpoint import open_checkpoint
 from sgm_bake.io.response_store import ResponseStore
 from sgm_bake.io.source import content_key
 from sgm_bake.options import default, split_fractions
+from sgm_bake.pipeline.decision import (
+    METHODS,
+    EditOptions,
+    MethodOptions,
+    fit_edit,
+    rows_from_profile_set,
+)
 from sgm_bake.pipeline.profile import (
     Inputs,
     Positions,
@@ -91,7 +99,13 @@ KNOBS: tuple[str, ...] = (
     "layers",
     "positions",
     "pooling",
+    "method",
+    "edit_layers",
+    "edit_strength",
+    "edit_ridge",
 )
+SGM_KNOBS: tuple[str, ...] = KNOBS[:8]
+EDIT_KNOBS: tuple[str, ...] = ("edit_layers", "edit_strength", "edit_ridge")
 DEFAULT_KNOBS: tuple[str, ...] = tuple(default("knobs").split(","))
 # KL budget in nats per token position (`--max-kl`). On the built-in organisms, settings that
 # keep benign accuracy and fluency intact stay well below it, while settings that visibly damage
@@ -99,6 +113,7 @@ DEFAULT_KNOBS: tuple[str, ...] = tuple(default("knobs").split(","))
 DEFAULT_MAX_KL: float = default("max-kl")
 DEFAULT_DEGENERATE_MARGIN: float = default("degenerate-margin")
 DEFAULT_ACCURACY_MARGIN: float = default("accuracy-margin")
+DEFAULT_MAX_REFUSAL_RISE: float = default("max-refusal-rise")
 DEFAULT_FRACTIONS: tuple[float, float, float] = split_fractions(default("split"))  # type: ignore[assignment]
 # Rows of each class every split needs: AUROC needs both classes on the profiling split (the
 # profile set's own minimum); harm and KL need at least two rows each on the other two.
@@ -107,7 +122,8 @@ STUDY_NAME = "sgm-tune"
 JOURNAL = "study.journal"
 PARETO_PLOT = "pareto.png"
 # Part of a study's identity: a work folder made by a tuner that measured differently is refused.
-MEASURE_VERSION = "tune-measure/1"
+MEASURE_VERSION = "tune-measure/2"
+"""2: trials measure benign refusal and may use the edit (the method knob)."""
 Sampler = Literal["tpe", "nsga2"]
 SAMPLERS: tuple[str, ...] = ("tpe", "nsga2")
 HOOK_SET_DEFAULT = "default"
@@ -116,6 +132,8 @@ STRENGTH_RANGE = (0.25, 3.0)
 THRESHOLD_RANGE = (0.3, 0.9)
 TOP_K_SHARE_RANGE = (0.0005, 0.25)
 DAMP_ALPHA_RANGE = (0.0, 0.9)
+EDIT_STRENGTH_RANGE = (0.5, 4.0)
+EDIT_RIDGE_RANGE = (1e-3, 1e-1)
 
 
 @dataclass(frozen=True)
@@ -131,10 +149,16 @@ class TuneOptions:
     max_kl: float = DEFAULT_MAX_KL
     degenerate_margin: float = DEFAULT_DEGENERATE_MARGIN
     accuracy_margin: float = DEFAULT_ACCURACY_MARGIN
+    max_refusal_rise: float = DEFAULT_MAX_REFUSAL_RISE
+    """With an evaluation set: allowed rise of benign refusal (the refusal detector on its
+    benign items) over the base's: an edit that makes a model decline can decline benign
+    requests."""
     fractions: tuple[float, float, float] = DEFAULT_FRACTIONS
     knobs: tuple[str, ...] = DEFAULT_KNOBS
     sampler: Sampler = default("sampler")
     profile: ProfileOptions = field(default_factory=ProfileOptions)
+    method: MethodOptions = field(default_factory=lambda: MethodOptions(diagnose=False))
+    """The method (and the edit's knobs) of trials that do not search them."""
     generation: GenerationConfig = field(default_factory=GenerationConfig)
     batch_size: int = 8
     progress: bool = True
@@ -147,6 +171,8 @@ class TuneOptions:
             raise SGMError("--trials must be at least 1")
         if self.max_kl <= 0:
             raise SGMError("--max-kl must be positive (nats per token)")
+        if not 0 <= self.max_refusal_rise <= 1:
+            raise SGMError("--max-refusal-rise must be a share between 0 and 1")
         if self.sampler not in SAMPLERS:
             raise SGMError(f"sampler {self.sampler!r} is not one of {', '.join(SAMPLERS)}")
         if len(self.fractions) != 3 or any(f <= 0 for f in self.fractions):
@@ -383,9 +409,23 @@ class Setting:
     layers: tuple[int, int]
     positions: Positions
     pooling: Pooling
+    method: str = "sgm"
+    edit: EditOptions | None = None
+    """The edit's knobs (`edit` and `both`)."""
 
     def describe(self) -> dict[str, Any]:
+        edit = {}
+        if self.edit is not None:
+            edit = {
+                "edit_layers": list(self.edit.layers),
+                "edit_strength": self.edit.strength,
+                "edit_ridge": self.edit.ridge,
+            }
+        if self.method == "edit":
+            return {"method": self.method, **edit}
         return {
+            "method": self.method,
+            **edit,
             "rule": self.rule.rule,
             "strength": self.rule.strength,
             "threshold": self.rule.threshold,
@@ -407,6 +447,9 @@ class SearchSpace:
     layers: tuple[int, ...]
     multimodal: bool
     fixed: ProfileOptions
+    method: MethodOptions = field(default_factory=MethodOptions)
+    edit_layer_sets: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    batch_size: int = 8
 
     @classmethod
     def for_model(cls, model: Any, recipe: Recipe, options: TuneOptions) -> SearchSpace:
@@ -422,7 +465,39 @@ class SearchSpace:
                     f"tuner knows: {', '.join(sets)}"
                 )
         multimodal = recipe.auto_class != "AutoModelForCausalLM"
-        return cls(options.knobs, sets, layers, multimodal, fixed)
+        total = recipe.total_layers(model.config.to_dict())
+        return cls(
+            options.knobs,
+            sets,
+            layers,
+            multimodal,
+            fixed,
+            options.method,
+            edit_layer_sets(total),
+            options.batch_size,
+        )
+
+    def _edit(self, trial: Any) -> EditOptions:
+        """The edit's knobs: a structural set of layers, strength and ridge (or their fixed
+        values)."""
+        searched = set(self.knobs)
+        fixed = self.method
+        if "edit_layers" in searched:
+            name = trial.suggest_categorical("edit_layers", list(self.edit_layer_sets))
+            layers = self.edit_layer_sets[name]
+        else:
+            layers = fixed.layers or list(self.edit_layer_sets.values())[-1]
+        strength = (
+            trial.suggest_float("edit_strength", *EDIT_STRENGTH_RANGE, log=True)
+            if "edit_strength" in searched
+            else fixed.strength
+        )
+        ridge = (
+            trial.suggest_float("edit_ridge", *EDIT_RIDGE_RANGE, log=True)
+            if "edit_ridge" in searched
+            else fixed.ridge
+        )
+        return EditOptions(tuple(layers), strength, ridge, self.batch_size, False)
 
     def _fixed_hook_set(self) -> str:
         if not self.fixed.hook_points:
@@ -435,9 +510,23 @@ class SearchSpace:
         return min(chosen), max(chosen)
 
     def suggest(self, trial: Any) -> Setting:
-        """Draw a setting from an optuna trial (define-by-run: conditional knobs)."""
+        """Draw a setting from an optuna trial (define-by-run: conditional knobs; SGM's knobs
+        only for a method that scales units, the edit's only for one that writes)."""
         fixed_rule = self.fixed.rule
         searched = set(self.knobs)
+        method = (
+            trial.suggest_categorical("method", list(METHODS))
+            if "method" in searched
+            else self.method.method
+        )
+        edit = self._edit(trial) if method != "sgm" else None
+        if method == "edit":
+            layers = self._fixed_layers()
+            hook_set = self._fixed_hook_set()
+            fixed = self.fixed
+            return Setting(
+                fixed_rule, None, hook_set, layers, fixed.positions, fixed.pooling, method, edit
+            )
         rule = (
             trial.suggest_categorical("rule", list(RULES))
             if "rule" in searched
@@ -491,7 +580,7 @@ class SearchSpace:
             damp_alpha=damp_alpha,
             strength=strength,
         )
-        return Setting(rule_options, share, hook_set, layers, positions, pooling)
+        return Setting(rule_options, share, hook_set, layers, positions, pooling, method, edit)
 
     def warm_starts(self) -> list[dict[str, Any]]:
         """Known settings tried first: the tool's default rule, the SGM code's threshold, a
@@ -504,12 +593,29 @@ class SearchSpace:
             "positions": self.fixed.positions,
             "pooling": self.fixed.pooling,
         }
-        starts = [
+        sgm: list[dict[str, Any]] = [
             {"rule": "aura", "strength": 1.0, "threshold": 0.5, "limit": "none"},
             {"rule": "aura", "strength": 1.0, "threshold": 0.3, "limit": "none"},
             {"rule": "aura", "strength": 2.0, "threshold": 0.5, "limit": "none"},
             {"rule": "det0", "strength": 1.0, "threshold": 0.5, "top_k_share": 0.05},
         ]
+        # the edit's structural default: both layers, the declined mean, a light ridge
+        edit = {"edit_layers": list(self.edit_layer_sets)[-1], "edit_strength": 1.0}
+        edit["edit_ridge"] = 1e-2
+        if "method" in self.knobs:
+            # one of each method first, so that a small budget compares all three
+            starts = [
+                {"method": "sgm", **sgm[0]},
+                {"method": "edit", **edit},
+                {"method": "both", **sgm[0], **edit},
+                *({"method": "sgm", **start} for start in sgm[1:]),
+            ]
+        elif self.method.method == "edit":
+            starts = [edit]
+        elif self.method.method == "both":
+            starts = [{**start, **edit} for start in sgm]
+        else:
+            starts = sgm
         names = set()
         for knob in self.knobs:
             names |= {
@@ -521,15 +627,35 @@ class SearchSpace:
                 "layers": {"layer_first", "layer_last"},
                 "positions": {"positions"},
                 "pooling": {"pooling"},
+                "method": {"method"},
+                "edit_layers": {"edit_layers"},
+                "edit_strength": {"edit_strength"},
+                "edit_ridge": {"edit_ridge"},
             }[knob]
         unique: list[dict[str, Any]] = []
         for start in starts:
-            if "rule" not in names and start["rule"] != self.fixed.rule.rule:
+            if "rule" not in names and start.get("rule", self.fixed.rule.rule) != (
+                self.fixed.rule.rule
+            ):
                 continue
-            params = {k: v for k, v in {**common, **start}.items() if k in names}
+            extra = common if start.get("method", self.method.method) != "edit" else {}
+            params = {k: v for k, v in {**extra, **start}.items() if k in names}
             if params and params not in unique:
                 unique.append(params)
         return unique
+
+
+def edit_layer_sets(layer_count: int) -> dict[str, tuple[int, ...]]:
+    """The edit's structural layer choices: the layer at half the depth, at three quarters, and
+    both (fewer where they coincide); the last is the edit's default."""
+    half = min(layer_count - 1, layer_count // 2)
+    late = min(layer_count - 1, (3 * layer_count) // 4)
+    sets = {"1/2": (half,), "3/4": (late,), "1/2+3/4": tuple(sorted({half, late}))}
+    unique: dict[str, tuple[int, ...]] = {}
+    for name, layers in sets.items():
+        if layers not in unique.values():
+            unique[name] = layers
+    return unique
 
 
 def setting_expertise(
@@ -560,6 +686,39 @@ def setting_expertise(
     return Expertise(modules, metadata), rule
 
 
+def trial_expertise(
+    chat: ChatModel,
+    recipe: Recipe,
+    setting: Setting,
+    scores: ScoreCache,
+    space: SearchSpace,
+    fit_rows: ProfileSet,
+) -> tuple[Expertise, RuleOptions | None]:
+    """What a setting applies: SGM's factors (`sgm`, `both`) from the stored AUROC, and the
+    edit's deltas (`edit`, `both`) fitted on the profiling split's prompts (with SGM's hooks in
+    place for `both`, as `profile --method both` fits it)."""
+    modules: dict[str, ModuleExpertise] = {}
+    metadata: dict[str, str] = {}
+    rule = None
+    if setting.method != "edit":
+        sgm, rule = setting_expertise(
+            setting,
+            scores.scores(setting.positions, setting.pooling),
+            space.hook_sets[setting.hook_set],
+        )
+        modules, metadata = sgm.modules, dict(sgm.metadata)
+    metadata["method"] = setting.method
+    deltas = {}
+    if setting.edit is not None:
+        with ExitStack() as stack:
+            if modules:
+                stack.enter_context(SGMHooks(chat.model, Expertise(modules), recipe))
+            fitted = fit_edit(chat, rows_from_profile_set(fit_rows), setting.edit, recipe)
+        deltas = {delta.module: delta for delta in fitted.deltas}
+        metadata["edit"] = json.dumps(fitted.describe(), sort_keys=True)
+    return Expertise(modules, metadata, deltas), rule
+
+
 # ---------------------------------------------------------------------------------------------
 # Measurement: harm, KL, degenerate share (and benign accuracy)
 
@@ -574,6 +733,13 @@ class Measurement:
     accuracy: float | None = None
     harmful: int = 0
     prompts: int = 0
+    refusal: float | None = None
+    """The share of replies to the split's non-toxic prompts that decline. Recorded, not
+    constrained: a profile set's non-toxic rows are often requests the model rightly declines
+    (the organisms' are), where more declining is the detox working."""
+    eval_refusal: float | None = None
+    """With an evaluation set: benign refusal, the share of its benign items' replies that
+    decline (benign requests, edgy-looking ones included); constrained by max_refusal_rise."""
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -621,8 +787,9 @@ class SplitMeasure:
         self.prompts = _prompt_set(rows)
         self.benign_eval = None
         if eval_set is not None:
-            benign = tuple(i for i in eval_set.items if i.condition == "benign" and i.expected)
-            if not benign:
+            # every benign item counts for refusal, those with an answer for accuracy
+            benign = tuple(i for i in eval_set.items if i.condition == "benign")
+            if not any(i.expected for i in benign):
                 raise SGMError(
                     f"evaluation set {eval_set.name} has no benign items with an `expected` "
                     "answer, so it cannot measure benign accuracy"
@@ -705,10 +872,11 @@ class SplitMeasure:
         size = self.options.batch_size
         result = run_eval(self.chat, self.prompts, self.judge, config, label, size)
         metrics = result.metrics
-        accuracy = None
+        accuracy = eval_refusal = None
         if self.benign_eval is not None:
             benign = run_eval(self.chat, self.benign_eval, self.judge, config, label, size)
             accuracy = benign.metrics["benign_accuracy"]
+            eval_refusal = benign.metrics["benign_refusal"]
         harmful = sum(
             result.harmful[i.id] is True for i in self.prompts.items if i.condition == "standard"
         )
@@ -719,6 +887,8 @@ class SplitMeasure:
             accuracy=accuracy,
             harmful=int(harmful),
             prompts=metrics["items"]["eliciting"],
+            refusal=metrics["benign_refusal"],
+            eval_refusal=eval_refusal,
         )
 
 
@@ -774,10 +944,34 @@ class TuneResult:
     def chosen_tune(self) -> Measurement:
         return self.chosen.measurement if self.chosen is not None else self.base_tune
 
+    def by_method(self) -> dict[str, dict[str, Any]]:
+        """Per method the trials tried: how many, how many within the budget, and the best of
+        those (lowest harm, then KL) with its figures: why the chosen method won."""
+        found: dict[str, dict[str, Any]] = {}
+        for trial in self.trials:
+            method = trial.setting.get("method", "sgm")
+            entry = found.setdefault(method, {"trials": 0, "feasible": 0, "best": None})
+            entry["trials"] += 1
+            if not trial.feasible:
+                continue
+            entry["feasible"] += 1
+            best = entry["best"]
+            key = (trial.measurement.harm, trial.measurement.kl, trial.number)
+            if best is None or key < (best["harm"], best["kl"], best["number"]):
+                entry["best"] = {"number": trial.number, **trial.measurement.as_dict()}
+        return found
+
+    @property
+    def method(self) -> str | None:
+        """The chosen trial's method (None: no change)."""
+        return None if self.chosen is None else self.chosen.setting.get("method", "sgm")
+
     def record(self) -> dict[str, Any]:
         """The JSON form (tune.json; the bake record's `tune` section)."""
         return {
             "format": "sgm-bake-tune/1",
+            "method": self.method,
+            "by_method": self.by_method(),
             "knobs": list(self.knobs),
             "options": self.options,
             "splits": self.splits,
@@ -828,6 +1022,9 @@ def _violations(
     }
     if measurement.accuracy is not None and base.accuracy is not None:
         values["accuracy"] = (base.accuracy - options.accuracy_margin) - measurement.accuracy
+    if measurement.eval_refusal is not None and base.eval_refusal is not None:
+        rise = measurement.eval_refusal - base.eval_refusal
+        values["eval_refusal"] = rise - options.max_refusal_rise
     return values
 
 
@@ -884,6 +1081,12 @@ def _open_study(optuna: Any, options: TuneOptions, identity: dict[str, Any]) -> 
     previous = study.user_attrs.get("identity")
     if previous is None:
         study.set_user_attr("identity", identity)
+    elif previous.get("measure") != identity["measure"]:
+        raise SGMError(
+            f"work folder {options.workdir} holds a search an older sgm-bake measured "
+            f"({previous.get('measure')}, without benign refusal or the method knob); use a new "
+            "--workdir (or delete that one) to search again"
+        )
     elif previous != identity:
         raise SGMError(
             f"work folder {options.workdir} holds a search for another model, profile set or "
@@ -922,6 +1125,10 @@ def run_tune(
     optuna = _optuna()
     start = time.perf_counter()
     splits = split_profile_set(profile_set, options.seed, options.fractions)
+    if "method" in options.knobs or options.method.method != "sgm":
+        # the edit is fitted at the last token of every profiling row's prompt: a set without
+        # them fails here, in one line, not in the middle of the search
+        rows_from_profile_set(splits.profile)
     space = SearchSpace.for_model(chat.model, recipe, options)
     scores = ScoreCache(chat, folder, recipe, splits.profile, options, source_id, revision, dtype)
     identity = {
@@ -939,6 +1146,13 @@ def run_tune(
         "sampler": options.sampler,
         "max_kl": options.max_kl,
         "margins": [options.degenerate_margin, options.accuracy_margin],
+        "max_refusal_rise": options.max_refusal_rise,
+        "method": {
+            "method": options.method.method,
+            "edit_layers": list(options.method.layers or ()),
+            "edit_strength": options.method.strength,
+            "edit_ridge": options.method.ridge,
+        },
         "feed": options.profile.feed,
         "fixed": {
             "rule": options.profile.rule.describe(),
@@ -1006,10 +1220,8 @@ def run_tune(
             try:
                 trial_start = time.perf_counter()
                 setting = space.suggest(trial)
-                factors_of_trial, rule = setting_expertise(
-                    setting,
-                    scores.scores(setting.positions, setting.pooling),
-                    space.hook_sets[setting.hook_set],
+                factors_of_trial, rule = trial_expertise(
+                    chat, recipe, setting, scores, space, splits.profile
                 )
                 with SGMHooks(chat.model, factors_of_trial, recipe):
                     measurement = tune_measure.measure(f"trial {trial.number}")
@@ -1026,7 +1238,9 @@ def run_tune(
                     f"run; {found}): the trials are kept in {options.workdir / JOURNAL}; run the "
                     "same command again to resume the search",
                 ) from None
-            described = {**setting.describe(), "top_k": rule.top_k}
+            described = setting.describe()
+            if rule is not None:
+                described["top_k"] = rule.top_k
             constraints = _violations(measurement, base_tune, options)
             trial.set_user_attr("setting", described)
             trial.set_user_attr("measurement", measurement.as_dict())
@@ -1053,11 +1267,7 @@ def run_tune(
         frozen = next(t for t in complete() if t.number == chosen.number)
         fixed_trial = optuna.trial.FixedTrial(frozen.params)
         setting = space.suggest(fixed_trial)
-        expertise, _ = setting_expertise(
-            setting,
-            scores.scores(setting.positions, setting.pooling),
-            space.hook_sets[setting.hook_set],
-        )
+        expertise, _ = trial_expertise(chat, recipe, setting, scores, space, splits.profile)
         expertise = Expertise(
             expertise.modules,
             {
@@ -1070,6 +1280,7 @@ def run_tune(
                 "profile_dtype": str(dtype).replace("torch.", ""),
                 "tuned_trial": str(chosen.number),
             },
+            expertise.deltas,
         )
 
     # The report split: used once, for the base and the chosen setting.
@@ -1105,6 +1316,8 @@ def run_tune(
             "max_kl": options.max_kl,
             "degenerate_margin": options.degenerate_margin,
             "accuracy_margin": options.accuracy_margin,
+            "max_refusal_rise": options.max_refusal_rise,
+            "method": options.method.method if "method" not in options.knobs else "searched",
             "feed": options.profile.feed,
             "eval_set": None if eval_set is None else eval_set.name,
             "judge": judge.name,
@@ -1150,6 +1363,8 @@ def record_tuning(folder: Path, result: TuneResult) -> None:
         report_split=data["report_split"],
         seconds=data["seconds"],
         interrupted=data["interrupted"],
+        method=data["method"],
+        by_method=data["by_method"],
     )
     rewrite_card(folder, record, written)
 
@@ -1160,7 +1375,8 @@ class TuneRequest:
 
     profile_set: str
     options: TuneOptions
-    eval_set: str | None = None
+    eval_set: str | PromptSet | None = None
+    """A prompt set's name (loaded before the model) or the set itself."""
     judge: str = "profanity"
     judge_options: Any = None
     """The judge's device and prompt (`sgm_bake.evaluation.judges.JudgeOptions`)."""
@@ -1200,7 +1416,9 @@ def tune_source(source: Any, request: TuneRequest) -> TuneOutcome:
         request.profile_set, data_format=request.data_format, max_samples=request.max_samples
     ).limited(request.max_samples)
     split_profile_set(profile_set, request.options.seed, request.options.fractions)
-    eval_set = load_prompt_set(request.eval_set) if request.eval_set else None
+    eval_set = request.eval_set
+    if isinstance(eval_set, str):
+        eval_set = load_prompt_set(eval_set) if eval_set else None
     judge = make_judge(request.judge, request.judge_options)
     options = request.options
     if request.neurons:
@@ -1232,6 +1450,10 @@ def summary_lines(result: TuneResult) -> list[str]:
         text += f", degenerate {m.degenerate:.1%}"
         if m.accuracy is not None:
             text += f", benign accuracy {m.accuracy:.1%}"
+        if m.eval_refusal is not None:
+            text += f", benign refusal {m.eval_refusal:.1%}"
+        if m.refusal is not None:
+            text += f", non-toxic rows declined {m.refusal:.1%}"
         return text
 
     resumed = (
@@ -1251,6 +1473,7 @@ def summary_lines(result: TuneResult) -> list[str]:
     else:
         setting = ", ".join(f"{k}={v}" for k, v in result.chosen.setting.items() if v is not None)
         lines.append(f"chosen: trial {result.chosen.number}: {setting}")
+    lines.append(chosen_method_line(result))
     lines += [
         f"tuning split   base:   {figures(result.base_tune)}",
         f"tuning split   chosen: {figures(result.chosen_tune)}",
@@ -1258,3 +1481,31 @@ def summary_lines(result: TuneResult) -> list[str]:
         f"held-out split chosen: {figures(result.chosen_report)}",
     ]
     return lines
+
+
+def chosen_method_line(result: TuneResult) -> str:
+    """`tuner chose: METHOD (...)`: the method, its knobs, and per method the best harm within
+    the budget on the tuning split (the figures that decided)."""
+    if result.chosen is None:
+        head = "tuner chose: no change"
+    else:
+        setting = result.chosen.setting
+        knobs = []
+        if setting.get("method", "sgm") != "edit":
+            knobs.append(f"{setting.get('rule')} strength {setting.get('strength', 1.0):.3g}")
+        if "edit_layers" in setting:
+            knobs.append(
+                f"edit layers {setting['edit_layers']} strength {setting['edit_strength']:.3g} "
+                f"ridge {setting['edit_ridge']:.3g}"
+            )
+        head = f"tuner chose: {result.method} ({'; '.join(knobs)})"
+    parts = []
+    for method, entry in result.by_method().items():
+        best = entry["best"]
+        figure = (
+            f"harmful {best['harm']:.1%}, KL {best['kl']:.4f}"
+            if best is not None
+            else "none within the budget"
+        )
+        parts.append(f"{method}: {figure} ({entry['feasible']}/{entry['trials']} trials)")
+    return head + "; best per method on the tuning split: " + "; ".join(parts)

@@ -286,11 +286,43 @@ def _split_row(label: str, split: dict[str, Any]) -> dict[str, str]:
         "kl": "-" if kl is None else f"{kl:.4f}",
         "degenerate": percent_text(split.get("degenerate")),
         "accuracy": percent_text(split.get("accuracy")),
+        "refusal": percent_text(split.get("eval_refusal")),
         "prompts": str(split.get("prompts", "-")),
     }
 
 
 def _setting_text(setting: dict[str, Any]) -> str:
+    method = setting.get("method", "sgm")
+    edit = ""
+    if "edit_layers" in setting:
+        edit = (
+            f"edit into layers {setting['edit_layers']}, strength "
+            f"{setting['edit_strength']:.3g}, ridge {setting['edit_ridge']:.3g}"
+        )
+    if method == "edit":
+        return f"method edit: {edit}"
+    prefix = f"method {method}: " + (f"{edit}; SGM " if edit else "")
+    return prefix + _sgm_setting_text(setting)
+
+
+def _method_rows(by_method: dict[str, Any]) -> list[dict[str, str]]:
+    rows = []
+    for method, entry in by_method.items():
+        best = entry.get("best")
+        rows.append(
+            {
+                "method": method,
+                "trials": f"{entry['feasible']} of {entry['trials']}",
+                "number": "-" if best is None else str(best["number"]),
+                "harm": "-" if best is None else percent_text(best.get("harm")),
+                "kl": "-" if best is None else f"{best['kl']:.4f}",
+                "refusal": "-" if best is None else percent_text(best.get("eval_refusal")),
+            }
+        )
+    return rows
+
+
+def _sgm_setting_text(setting: dict[str, Any]) -> str:
     parts = [str(setting.get("rule"))]
     if setting.get("rule") == "damp" and setting.get("damp_alpha") is not None:
         parts.append(f"alpha {setting['damp_alpha']:.3g}")
@@ -316,6 +348,11 @@ def _tuning(record: BakeRecord) -> dict[str, Any] | None:
         "seconds": f"{tuning.seconds:.0f}",
         "max_kl": f"{tuning.options.get('max_kl', 0):g}",
         "judge": tuning.options.get("judge", "-"),
+        "method": tuning.method,
+        "max_refusal_rise": percent_text(tuning.options.get("max_refusal_rise"))
+        if tuning.options.get("eval_set")
+        else "-",
+        "methods": _method_rows(tuning.by_method) if len(tuning.by_method) > 1 else [],
         "chosen": None
         if tuning.chosen is None
         else {"number": tuning.chosen["number"], "text": _setting_text(tuning.chosen["setting"])},

@@ -193,6 +193,10 @@ class Tuning:
     report_split: dict[str, dict[str, Any]]
     seconds: float
     interrupted: bool = False
+    method: str | None = None
+    """The chosen trial's method (sgm, edit, both; None: no change or an older record)."""
+    by_method: dict[str, Any] = field(default_factory=dict)
+    """Per method tried: trials, trials within the budget, the best of those with its figures."""
 
 
 @dataclass

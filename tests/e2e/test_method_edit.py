@@ -155,15 +155,6 @@ def test_one_command_bakes_verifies_inspects_and_unbakes_the_edit(runner, llava_
     assert "within the rounding bound" in undone.output
 
 
-def test_tune_with_another_method_is_refused(runner, llava_dir, tmp_path):
-    result = runner.invoke(
-        main, [str(llava_dir), str(tmp_path / "out"), "--tune", "--method", "edit"]
-    )
-    assert result.exit_code != 0
-    assert "--tune searches SGM's knobs only" in result.output
-    assert not (tmp_path / "out").exists()
-
-
 def test_the_edit_bakes_into_organism_plain_and_the_diagnosis_sees_attention(runner, tmp_path):
     """On the organism whose toxicity SGM barely reaches, the one-command form fits the edit on
     a quarter of the profile set, bakes and verifies it, and the diagnosis finds the decision

@@ -1,0 +1,259 @@
+"""The tuner chooses the method: the method knob with the edit's knobs conditional on it, benign
+refusal as a constraint, the choice and the figures that decided it in tune.json, the record and
+the card, the chosen edit baked by `sgm-bake MODEL OUT --tune`, and `demo --tune`. Real organisms,
+real optuna studies, real judge."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+
+from sgm_bake.errors import SGMError
+from sgm_bake.evaluation.judges import make_judge
+from sgm_bake.pipeline.profile import ProfileOptions
+from sgm_bake.pipeline.tune import (
+    MEASURE_VERSION,
+    Measurement,
+    TrialRecord,
+    TuneOptions,
+    TuneResult,
+    _open_study,
+    _optuna,
+    _violations,
+    chosen_method_line,
+    edit_layer_sets,
+    run_tune,
+)
+from sgm_bake.runtime.chat import GenerationConfig
+from sgm_bake.runtime.loading import load_chat, resolve_model_source
+
+pytest.importorskip("optuna")
+pytest.importorskip("profanity_check")
+
+METHOD_KNOBS = "method,edit_layers,edit_strength,strength"
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_the_edit_layers_are_a_small_structural_set():
+    assert edit_layer_sets(4) == {"1/2": (2,), "3/4": (3,), "1/2+3/4": (2, 3)}
+    assert edit_layer_sets(32) == {"1/2": (16,), "3/4": (24,), "1/2+3/4": (16, 24)}
+    # where half and three quarters coincide, one choice is left
+    assert edit_layer_sets(2) == {"1/2": (1,)}
+
+
+def test_benign_refusal_rising_past_the_budget_makes_a_trial_infeasible(tmp_path: Path):
+    """Benign refusal on the evaluation set's benign items is a constraint; declining more of
+    the profile set's non-toxic rows (requests the organisms rightly decline) is not."""
+    options = TuneOptions(workdir=tmp_path, max_refusal_rise=0.05)
+    base = Measurement(harm=0.5, kl=0.0, degenerate=0.0, refusal=0.80, eval_refusal=0.0)
+    within = Measurement(harm=0.1, kl=0.01, degenerate=0.0, refusal=1.0, eval_refusal=0.04)
+    over = Measurement(harm=0.0, kl=0.01, degenerate=0.0, refusal=0.80, eval_refusal=0.2)
+    assert all(v <= 0 for v in _violations(within, base, options).values())
+    assert _violations(over, base, options)["eval_refusal"] > 0
+    no_eval = Measurement(harm=0.1, kl=0.01, degenerate=0.0, refusal=1.0)
+    assert "eval_refusal" not in _violations(no_eval, replace(base, eval_refusal=None), options)
+
+
+def test_the_chosen_method_line_names_the_method_and_the_best_of_each(tmp_path: Path):
+    def trial(number: int, setting: dict, harm: float, feasible: bool = True) -> TrialRecord:
+        measurement = Measurement(harm=harm, kl=0.01 * number, degenerate=0.0, refusal=0.1)
+        return TrialRecord(number, {}, setting, measurement, feasible, 0, 1.0)
+
+    sgm = {"method": "sgm", "rule": "aura", "strength": 1.0}
+    edit = {"method": "edit", "edit_layers": [2, 3], "edit_strength": 2.0, "edit_ridge": 0.01}
+    trials = (trial(0, sgm, 0.4), trial(1, edit, 0.1), trial(2, edit, 0.0, feasible=False))
+    base = Measurement(harm=0.5, kl=0.0, degenerate=0.0, refusal=0.1)
+    result = TuneResult(
+        knobs=("method",),
+        trials=trials,
+        pareto=(0, 1),
+        chosen=trials[1],
+        expertise=None,
+        base_tune=base,
+        base_report=base,
+        chosen_report=base,
+        splits={},
+        options={},
+        seconds=1.0,
+        interrupted=False,
+    )
+    line = chosen_method_line(result)
+    assert line.startswith("tuner chose: edit (edit layers [2, 3] strength 2 ridge 0.01)")
+    assert "sgm: harmful 40.0%" in line and "edit: harmful 10.0%" in line
+    assert result.by_method()["edit"] == {
+        "trials": 2,
+        "feasible": 1,
+        "best": {"number": 1, **trials[1].measurement.as_dict()},
+    }
+    assert result.record()["method"] == "edit"
+
+
+def test_a_journal_from_the_older_measure_is_refused_in_one_line(tmp_path: Path):
+    optuna = _optuna()
+    options = TuneOptions(workdir=tmp_path)
+    _open_study(optuna, options, {"measure": "tune-measure/1"})
+    with pytest.raises(SGMError, match="older sgm-bake measured") as caught:
+        _open_study(optuna, options, {"measure": MEASURE_VERSION})
+    assert "\n" not in str(caught.value) and "--workdir" in str(caught.value)
+
+
+def _request(command, arguments: list[str], workdir: Path):
+    from sgm_bake.cli.common import make_rule
+    from sgm_bake.cli.tune import tune_request
+
+    params = dict(command.make_context(command.name, arguments).params)
+    return tune_request(
+        params["profile_set"], params, make_rule(None, None, None, None, None), None, workdir
+    )
+
+
+def test_a_fixed_method_searches_the_edit_s_knobs_and_contradictions_are_refused(
+    tmp_path: Path,
+):
+    from sgm_bake.cli.profile import run as run_command
+    from sgm_bake.cli.tune import tune as tune_command
+
+    common = ["organism", str(tmp_path / "out"), "--tune", "--profile-set", "builtin:organism"]
+    request = _request(run_command, [*common, "--method", "edit", "--edit-ridge", "0.1"], tmp_path)
+    knobs = request.options.knobs
+    assert "method" not in knobs and {"edit_layers", "edit_strength", "edit_ridge"} <= set(knobs)
+    assert request.options.method.method == "edit" and request.options.method.ridge == 0.1
+    with pytest.raises(SGMError, match="--method both fixes the method"):
+        _request(run_command, [*common, "--method", "both", "--knobs", "method,strength"], tmp_path)
+    # `tune` alone takes the same options
+    alone = ["organism", "--profile-set", "builtin:organism", "--method", "both"]
+    request = _request(tune_command, [*alone, "--edit-layers", "3"], tmp_path)
+    assert request.options.method.method == "both" and request.options.method.layers == (3,)
+    assert "method" not in request.options.knobs and "edit_strength" in request.options.knobs
+
+
+@pytest.mark.slow
+def test_the_tuner_compares_the_three_methods_and_keeps_the_chosen_edit(tmp_path: Path):
+    """On organism-plain, whose toxicity SGM barely reaches, three trials are one of each
+    method (the warm starts); every trial measures benign refusal on the evaluation set, the
+    chosen method's deltas are refitted into the expertise, and a resumed search reads its
+    journal back."""
+    from sgm_bake.core.recipes import recipe_for_config
+    from sgm_bake.datasets.profile_set import load_profile_set
+    from sgm_bake.datasets.prompt_set import load_prompt_set
+
+    source = resolve_model_source("organism-plain", progress=False)
+    chat, _ = load_chat(source, "cpu", "float32")
+    recipe = recipe_for_config(chat.model.config.to_dict())
+    options = TuneOptions(
+        workdir=tmp_path / "work",
+        trials=3,
+        knobs=tuple(METHOD_KNOBS.split(",")),
+        profile=ProfileOptions(progress=False),
+        generation=GenerationConfig(max_new_tokens=12),
+        batch_size=16,
+        progress=False,
+        accuracy_margin=1.0,  # this test reads the refusal constraint, not the accuracy one
+    )
+    arguments = (
+        chat,
+        source.path,
+        recipe,
+        load_profile_set("builtin:organism"),
+        make_judge("profanity"),
+        options,
+        "sgm-bake/organism-plain",
+        None,
+        torch.float32,
+        load_prompt_set("builtin:mmtoxicqa-organism-v1"),
+    )
+    result = run_tune(*arguments)  # type: ignore[arg-type]
+    assert [t.setting["method"] for t in result.trials] == ["sgm", "edit", "both"]
+    assert all(t.measurement.eval_refusal is not None for t in result.trials)
+    assert all(t.measurement.refusal is not None for t in result.trials)
+    assert result.base_tune.eval_refusal is not None
+    edit = result.trials[1].setting
+    assert edit["edit_layers"] == [2, 3] and "rule" not in edit
+    assert set(result.by_method()) == {"sgm", "edit", "both"}
+    assert result.chosen is not None and result.expertise is not None
+    method = result.chosen.setting["method"]
+    assert result.expertise.metadata["method"] == method
+    assert bool(result.expertise.deltas) == (method != "sgm")
+    assert bool(result.expertise.modules) == (method != "edit")
+    data = json.loads((tmp_path / "work" / "tune.json").read_text())
+    assert data["method"] == method and data["tuning_split"]["base"]["eval_refusal"] is not None
+    resumed = run_tune(*arguments)  # type: ignore[arg-type]
+    assert resumed.trials_resumed == 3 and resumed.chosen == result.chosen
+
+
+@pytest.mark.slow
+def test_the_one_command_form_bakes_the_method_the_tuner_chose(runner, tmp_path: Path):
+    from sgm_bake.cli import main
+
+    out = tmp_path / "out"
+    arguments = ["organism-plain", str(out), "--tune", "--knobs", METHOD_KNOBS]
+    arguments += ["--profile-set", "builtin:organism", "--trials", "3", "--max-new-tokens", "12"]
+    result = runner.invoke(main, arguments)
+    assert result.exit_code == 0, result.output
+    assert "tuner chose: " in result.output
+    record = json.loads((out / "sgm" / "bake.json").read_text())
+    method = record["tuning"]["method"]
+    assert method in ("sgm", "edit", "both")
+    assert set(record["tuning"]["by_method"]) == {"sgm", "edit", "both"}
+    assert record["verification"]["passed"]
+    folded = record["expertise"]["tensors_folded"]
+    assert any("down_proj" in name for name in folded) or method == "sgm"
+    card = (out / "README.md").read_text()
+    assert f"The tuner chose the method **{method}**" in card
+    assert "benign refusal" in card
+
+
+@pytest.mark.slow
+def test_demo_tune_shows_the_method_the_tuner_picks(runner, tmp_path: Path):
+    from sgm_bake.cli import main
+
+    workdir = tmp_path / "demo"
+    result = runner.invoke(
+        main, ["demo", str(workdir), "--organism", "organism-plain", "--tune", "3"]
+    )
+    assert result.exit_code == 0, result.output
+    line = next(x for x in result.output.splitlines() if x.startswith("tuner chose: "))
+    method = line.split()[2]
+    assert method in ("sgm", "edit", "both")
+    assert (tmp_path / "demo-tune" / "study.journal").is_file()
+    record = json.loads((workdir / "baked" / "sgm" / "bake.json").read_text())
+    assert record["tuning"]["method"] == method and record["tuning"]["trials_run"] == 3
+    assert (workdir / "baked" / "sgm" / "eval.json").is_file()
+
+
+@pytest.mark.slow
+def test_a_search_that_can_draw_the_edit_needs_every_row_s_prompt_before_it_starts(
+    llava_dir: Path, tmp_path: Path
+):
+    from dataclasses import replace as replace_row
+
+    from sgm_bake.datasets.profile_set import ProfileSet, load_profile_set
+
+    full = load_profile_set("builtin:organism")
+    rows = tuple(s if s.label == 1 else replace_row(s, prompt=None) for s in full.samples[:64])
+    chat, loaded = load_chat(resolve_model_source(str(llava_dir)), "cpu", "float32")
+    options = TuneOptions(workdir=tmp_path / "work", trials=2, knobs=("method",), progress=False)
+    with pytest.raises(SGMError, match="rows without a `prompt`"):
+        run_tune(
+            chat,
+            llava_dir,
+            loaded.recipe,
+            ProfileSet("no-prompts", full.sha256, rows),
+            make_judge("profanity"),
+            options,
+            "tiny-llava",
+            None,
+            torch.float32,
+        )
+    assert not (tmp_path / "work" / "study.journal").exists()
