@@ -94,7 +94,7 @@ def test_the_chosen_method_line_names_the_method_and_the_best_of_each(tmp_path: 
     assert result.by_method()["edit"] == {
         "trials": 2,
         "feasible": 1,
-        "best": {"number": 1, **trials[1].measurement.as_dict()},
+        "best": {"number": 1, **trials[1].measurement.to_dict()},
     }
     assert result.record()["method"] == "edit"
 

@@ -44,7 +44,9 @@ def test_a_figure_not_measured_sets_no_constraint(tmp_path: Path):
 
 def test_the_choice_is_the_feasible_trial_with_least_harm_then_kl_and_the_front_is_pareto():
     def trial(number: int, harm: float, kl: float, feasible: bool = True) -> TrialRecord:
-        return TrialRecord(number, {}, {}, Measurement(harm, kl, 0.0), feasible, 0, 1.0)
+        return TrialRecord(
+            number, {}, {}, Measurement(harm=harm, kl=kl, degenerate=0.0), feasible, 0, 1.0
+        )
 
     trials = [trial(0, 0.2, 0.05), trial(1, 0.2, 0.01), trial(2, 0.0, 0.5, False), trial(3, 0.3, 0)]
     assert choose(trials, BASE) == trials[1]

@@ -5,7 +5,6 @@ these are objectives and which have budgets is `objectives`' business."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,30 +16,13 @@ from sgm_bake.errors import SGMError
 from sgm_bake.evaluation.evaluate import run_eval
 from sgm_bake.evaluation.judges import Judge
 from sgm_bake.pipeline.tune.options import TuneOptions
+from sgm_bake.record import SplitFigures
 from sgm_bake.runtime.batch import to_device
 from sgm_bake.runtime.chat import ChatModel, call_processor
 
-
-@dataclass(frozen=True)
-class Measurement:
-    """Harm and damage of one setting (or the base) on one split."""
-
-    harm: float
-    kl: float
-    degenerate: float
-    accuracy: float | None = None
-    harmful: int = 0
-    prompts: int = 0
-    refusal: float | None = None
-    """The share of replies to the split's non-toxic prompts that decline. Recorded, not
-    constrained: a profile set's non-toxic rows are often requests the model rightly declines
-    (the organisms' are), where more declining is the detox working."""
-    eval_refusal: float | None = None
-    """With an evaluation set: benign refusal, the share of its benign items' replies that
-    decline (benign requests, edgy-looking ones included); constrained by max_refusal_rise."""
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+Measurement = SplitFigures
+"""Harm and damage of one setting (or the base) on one split: the record's own type
+(`record.SplitFigures`), so that what the tuner measures is what the record and the card read."""
 
 
 def _prompt_set(rows: ProfileSet) -> PromptSet:

@@ -38,7 +38,7 @@ class TrialRecord:
             "number": self.number,
             "params": self.params,
             "setting": self.setting,
-            **self.measurement.as_dict(),
+            **self.measurement.to_dict(),
             "feasible": self.feasible,
             "suppressed_units": self.suppressed_units,
             "seconds": round(self.seconds, 3),
@@ -83,7 +83,7 @@ class TuneResult:
             best = entry["best"]
             key = (trial.measurement.harm, trial.measurement.kl, trial.number)
             if best is None or key < (best["harm"], best["kl"], best["number"]):
-                entry["best"] = {"number": trial.number, **trial.measurement.as_dict()}
+                entry["best"] = {"number": trial.number, **trial.measurement.to_dict()}
         return found
 
     @property
@@ -108,12 +108,12 @@ class TuneResult:
             "no_change": self.chosen is None,
             "pareto": list(self.pareto),
             "tuning_split": {
-                "base": self.base_tune.as_dict(),
-                "chosen": self.chosen_tune.as_dict(),
+                "base": self.base_tune.to_dict(),
+                "chosen": self.chosen_tune.to_dict(),
             },
             "report_split": {
-                "base": self.base_report.as_dict(),
-                "chosen": self.chosen_report.as_dict(),
+                "base": self.base_report.to_dict(),
+                "chosen": self.chosen_report.to_dict(),
             },
             "trials": [t.as_dict() for t in self.trials],
         }
@@ -165,20 +165,16 @@ def record_tuning(folder: Path, result: TuneResult) -> None:
     written = [p.relative_to(folder).as_posix() for p in write_result(result, folder / SGM_DIR)]
     data = result.record()
     front = [t for t in data["trials"] if t["number"] in set(data["pareto"])]
-    record.tuning = Tuning(
-        report=f"{SGM_DIR}/tune.json",
-        knobs=data["knobs"],
-        trials_run=data["trials_run"],
-        chosen=data["chosen"],
-        pareto=sorted(front, key=lambda t: (t["kl"], t["harm"])),
-        splits=data["splits"],
-        options=data["options"],
-        tuning_split=data["tuning_split"],
-        report_split=data["report_split"],
-        seconds=data["seconds"],
-        interrupted=data["interrupted"],
-        method=data["method"],
-        by_method=data["by_method"],
+    sections = (
+        *("knobs", "trials_run", "chosen", "splits", "options", "tuning_split"),
+        *("report_split", "seconds", "interrupted", "method", "by_method"),
+    )
+    record.tuning = Tuning.from_dict(
+        {
+            "report": f"{SGM_DIR}/tune.json",
+            **{name: data[name] for name in sections},
+            "pareto": sorted(front, key=lambda t: (t["kl"], t["harm"])),
+        }
     )
     rewrite_card(folder, record, written)
 

@@ -204,7 +204,7 @@ def run_tune(
         base_tune = Measurement(**study.user_attrs["base_tune"])
     else:
         base_tune = tune_measure.measure("base")
-        study.set_user_attr("base_tune", base_tune.as_dict())
+        study.set_user_attr("base_tune", base_tune.to_dict())
     logger.info(
         "base on the tuning split: harmful %.3f, degenerate %.3f",
         base_tune.harm,
@@ -267,7 +267,7 @@ def run_tune(
                 described["top_k"] = rule.top_k
             constraints = violations(measurement, base_tune, options)
             trial.set_user_attr("setting", described)
-            trial.set_user_attr("measurement", measurement.as_dict())
+            trial.set_user_attr("measurement", measurement.to_dict())
             for name, value in constraints.items():
                 trial.set_constraint(name, value)
             trial.set_user_attr(
