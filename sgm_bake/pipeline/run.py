@@ -22,15 +22,14 @@ from sgm_bake.io.source import Source
 from sgm_bake.options import DEFAULT_PROFILE_SET
 from sgm_bake.pipeline.decision import MethodOptions, MethodOutcome, apply_method
 from sgm_bake.pipeline.profile import CaptureStats, ProfileOptions, fixed_batch_size, run_profile
-from sgm_bake.pipeline.verify import VerifyReport, recorded_recipe, verify
+from sgm_bake.pipeline.verify import recorded_recipe, verify
 from sgm_bake.pipeline.verify_layers import (
-    LayerVerifyReport,
     ModelEvidence,
     gather_evidence,
     streaming_unsupported,
     verify_layers,
 )
-from sgm_bake.record import read_record
+from sgm_bake.record import Verification, read_record
 from sgm_bake.runtime.chat import ChatModel
 from sgm_bake.runtime.distributed import Distributed
 from sgm_bake.runtime.loading import LoadedModel, Placement, load, load_processor, pick_device
@@ -240,7 +239,7 @@ def verify_output(
     placement: Placement | None = None,
     progress: bool = False,
     evidence: ModelEvidence | None = None,
-) -> VerifyReport | LayerVerifyReport:
+) -> Verification:
     """Verify OUT against its source.
 
     `layers` (the default) checks each folded MLP block on its own, whatever the model size; a
@@ -339,7 +338,7 @@ class RunOutcome:
     pushed (None when it was not)."""
 
     record: Any
-    verification: VerifyReport | LayerVerifyReport | None = None
+    verification: Verification | None = None
     pushed_url: str | None = None
 
 
