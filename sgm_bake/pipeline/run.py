@@ -17,7 +17,7 @@ from sgm_bake.core.recipes import Recipe, recipe_for_config
 from sgm_bake.core.rules import RuleOptions
 from sgm_bake.datasets.hub_dataset import DataFormat
 from sgm_bake.datasets.profile_set import ProfileSet, load_profile_set
-from sgm_bake.io.checkpoint import open_checkpoint
+from sgm_bake.io.checkpoint import Checkpoint, open_checkpoint
 from sgm_bake.io.source import Source
 from sgm_bake.options import DEFAULT_PROFILE_SET
 from sgm_bake.pipeline.decision import MethodOptions, MethodOutcome, apply_method
@@ -32,7 +32,15 @@ from sgm_bake.pipeline.verify_layers import (
 from sgm_bake.record import Verification, read_record
 from sgm_bake.runtime.chat import ChatModel
 from sgm_bake.runtime.distributed import Distributed
-from sgm_bake.runtime.loading import LoadedModel, Placement, load, load_processor, pick_device
+from sgm_bake.runtime.loading import (
+    LoadedModel,
+    OpenedSource,
+    Placement,
+    load,
+    load_processor,
+    open_source,
+    pick_device,
+)
 from sgm_bake.runtime.memory import PeakMemory, measured
 
 logger = logging.getLogger(__name__)
@@ -107,13 +115,17 @@ def profile_source(
     request: ProfileRequest,
     announce: Announce | None = None,
     distributed: Distributed | None = None,
+    opened: OpenedSource | None = None,
 ) -> ProfileOutcome:
-    """Load the source and measure the expertise of its units on the profile set.
+    """Load the source and measure the expertise of its units on the profile set (`opened`:
+    its checkpoint and recipe as the calling run already read them).
 
     Under torchrun (`distributed`) each rank loads its own copy (on its own GPU unless a device
     map is asked for) and profiles its share of the set; rank 0 scores the merged responses."""
     profile_set = load_profile_inputs(request)
-    recipe = recipe_for_config(open_checkpoint(source.path).config, request.recipe_file)
+    if opened is None:
+        opened = open_source(source, request.recipe_file)
+    recipe = opened.recipe
     hook_points = request.hook_points
     if request.neurons:
         hook_points = tuple(str(p) for p in recipe.neuron_hook_points)
@@ -200,6 +212,7 @@ def hand_over(
     dtype_name: str,
     device: str,
     placement: Placement | None,
+    checkpoint: Checkpoint | None = None,
 ) -> Handoff:
     """Release the profiling model before the bake, unless the verification that follows reuses
     it (`--verify full` at the profiling dtype and device); for the default layer check, capture
@@ -211,7 +224,7 @@ def hand_over(
         )
     evidence = None
     if mode == "layers" and not full:
-        evidence = gather_evidence(loaded.model, source_path, recipe, expertise)
+        evidence = gather_evidence(loaded.model, source_path, recipe, expertise, checkpoint)
     release(loaded)
     note = "the profiling model is released before the bake"
     if evidence is not None:
@@ -239,8 +252,9 @@ def verify_output(
     placement: Placement | None = None,
     progress: bool = False,
     evidence: ModelEvidence | None = None,
+    opened: OpenedSource | None = None,
 ) -> Verification:
-    """Verify OUT against its source.
+    """Verify OUT against its source (`opened`: the source as the run that baked OUT read it).
 
     `layers` (the default) checks each folded MLP block on its own, whatever the model size; a
     model already loaded for profiling (or the `evidence` gathered from it before it was
@@ -249,12 +263,15 @@ def verify_output(
     verification's dtype and device (its folded parameters are then overwritten)."""
     if mode == "layers":
         record = read_record(out)
-        recipe = recorded_recipe(record, open_checkpoint(source_path).config)
+        if opened is not None:
+            recipe = recorded_recipe(record, opened.checkpoint.config, opened.recipe)
+        else:
+            recipe = recorded_recipe(record, open_checkpoint(source_path).config)
         reason = streaming_unsupported(recipe)
         if reason is None:
             model = loaded.model if loaded is not None else None
             return verify_layers(
-                out, source_path, model=model, progress=progress, evidence=evidence
+                out, source_path, model=model, progress=progress, evidence=evidence, opened=opened
             )
         logger.warning(
             "layer-by-layer verification does not cover %s yet; verifying the whole model", reason
@@ -368,6 +385,7 @@ def run_all(request: RunRequest, messages: Messages) -> RunOutcome | None:
         load_profile_inputs(profile)  # bad data fails before any download or model load
     source = resolve_model_source(request.model, request.revision, request.bake.progress)
     check_target(request.out, source.path, request.bake.overwrite)
+    opened: OpenedSource | None = None  # the source read once for every stage that follows
     total = 2 + int(mode is not None) + int(bool(request.push_to_hub))
     loaded: LoadedModel | None = None
     stages: dict[str, Any] = {}
@@ -393,13 +411,15 @@ def run_all(request: RunRequest, messages: Messages) -> RunOutcome | None:
         say(f"1/{total} reusing the profile {request.expertise_path}")
         rule = profile.options.rule if request.rule_given else None
         expertise = apply_rule_if_given(load_expertise(request.expertise_path), rule)
-        recipe = recipe_for_config(open_checkpoint(source.path).config, profile.recipe_file)
+        opened = open_source(source, profile.recipe_file)
+        recipe = opened.recipe
     else:
         distributed = from_env()
         if distributed is None or distributed.is_main:
             say(f"1/{total} profiling {source.id}")
+        opened = open_source(source, profile.recipe_file)
         try:
-            outcome = profile_source(source, profile, messages.announce, distributed)
+            outcome = profile_source(source, profile, messages.announce, distributed, opened)
         finally:
             if distributed is not None:
                 distributed.close()
@@ -427,6 +447,7 @@ def run_all(request: RunRequest, messages: Messages) -> RunOutcome | None:
             request.verify_dtype,
             profile.device,
             placement,
+            opened.checkpoint if opened is not None else None,
         )
         messages.announce(handoff.note)
         loaded, evidence = handoff.loaded, handoff.evidence
@@ -434,7 +455,7 @@ def run_all(request: RunRequest, messages: Messages) -> RunOutcome | None:
         warm_up_layer_check(source.path, profile.recipe_file)
     say(f"2/{total} baking {request.out}")
     options = replace(request.bake, stages=stages) if stages else request.bake
-    record = bake(source, request.out, expertise, options)
+    record = bake(source, request.out, expertise, options, opened)
     say(f"baked {request.out}: {len(record.expertise.tensors_folded)} tensors folded")
     if tuned is not None:
         from sgm_bake.pipeline.tune import record_tuning
@@ -453,6 +474,7 @@ def run_all(request: RunRequest, messages: Messages) -> RunOutcome | None:
             placement=placement,
             progress=options.progress,
             evidence=evidence,
+            opened=opened,
         )
         say(f"verify: {result.verification.summary()}")
         if not result.verification.passed:

@@ -36,7 +36,7 @@ from sgm_bake.publish.refresh import rewrite_card
 from sgm_bake.record import BakeRecord, Verification, read_record
 from sgm_bake.runtime.batch import to_device
 from sgm_bake.runtime.chat import call_processor
-from sgm_bake.runtime.loading import Placement, input_device, load_model
+from sgm_bake.runtime.loading import OpenedSource, Placement, input_device, load_model
 from sgm_bake.runtime.memory import PeakMemory
 
 logger = logging.getLogger(__name__)
@@ -164,8 +164,13 @@ def forward_module(model: Any, recipe: Recipe) -> Any:
     return model.get_submodule(recipe.text_forward)
 
 
-def recorded_recipe(bake_record: BakeRecord, config: dict[str, Any]) -> Recipe:
-    """The recipe the bake used (stored in bake.json), so a custom --recipe is honoured."""
+def recorded_recipe(
+    bake_record: BakeRecord, config: dict[str, Any], known: Recipe | None = None
+) -> Recipe:
+    """The recipe the bake used (stored in bake.json), so a custom --recipe is honoured; `known`,
+    a recipe already resolved, is that recipe when the record's definition is its own."""
+    if known is not None and bake_record.recipe.definition == known.definition:
+        return known
     if bake_record.recipe.definition:
         return parse_recipe(bake_record.recipe.definition, Path(bake_record.recipe.file))
     return recipe_for_config(config)
@@ -203,11 +208,14 @@ class BakedFolder(NamedTuple):
     expertise: Expertise
 
 
-def read_baked_folder(out: Path, source_path: Path) -> BakedFolder:
-    """Read it, with the recipe as the record states it (not as the source config suggests)."""
+def read_baked_folder(
+    out: Path, source_path: Path, opened: OpenedSource | None = None
+) -> BakedFolder:
+    """Read it, with the recipe as the record states it (not as the source config suggests);
+    `opened`, the source as the run that baked OUT read it, spares opening it again."""
     bake_record = read_record(out)
-    source = open_checkpoint(source_path)
-    recipe = recorded_recipe(bake_record, source.config)
+    source = opened.checkpoint if opened is not None else open_checkpoint(source_path)
+    recipe = recorded_recipe(bake_record, source.config, opened.recipe if opened else None)
     expertise = load_expertise(expertise_path(out))
     return BakedFolder(bake_record, source, open_checkpoint(out), recipe, expertise)
 

@@ -67,7 +67,7 @@ from sgm_bake.core.expertise import (
 from sgm_bake.core.hooks import SGMHooks, runtime_prefix
 from sgm_bake.core.recipes import Recipe, resolve_checkpoint_layout
 from sgm_bake.errors import SGMError
-from sgm_bake.io.checkpoint import open_checkpoint
+from sgm_bake.io.checkpoint import Checkpoint, open_checkpoint
 from sgm_bake.io.tensors import TensorSource
 from sgm_bake.pipeline.verify import (
     TOLERANCE,
@@ -77,6 +77,7 @@ from sgm_bake.pipeline.verify import (
 )
 from sgm_bake.record import LayerCheck, Verification
 from sgm_bake.runtime.batch import to_device
+from sgm_bake.runtime.loading import OpenedSource
 from sgm_bake.runtime.memory import PeakMemory
 
 logger = logging.getLogger(__name__)
@@ -623,12 +624,17 @@ def _leaf_map(recipe: Recipe) -> dict[str, str]:
 
 
 def gather_evidence(
-    model: Any, source_path: Path, recipe: Recipe, expertise: Expertise
+    model: Any,
+    source_path: Path,
+    recipe: Recipe,
+    expertise: Expertise,
+    checkpoint: Checkpoint | None = None,
 ) -> ModelEvidence:
     """Capture block inputs from real prompts and check the recipe map exactly against `model`
-    (the source, loaded in any dtype on any device map), for the layers `expertise` folds."""
+    (the source, loaded in any dtype on any device map), for the layers `expertise` folds
+    (`checkpoint`: the source folder as already opened)."""
     started = time.perf_counter()
-    source_checkpoint = open_checkpoint(source_path)
+    source_checkpoint = checkpoint if checkpoint is not None else open_checkpoint(source_path)
     source = TensorSource(source_checkpoint)
     try:
         layout = resolve_checkpoint_layout(recipe, source_checkpoint.config, source.files)
@@ -669,15 +675,17 @@ def verify_layers(
     model: nn.Module | None = None,
     progress: bool = False,
     evidence: ModelEvidence | None = None,
+    opened: OpenedSource | None = None,
 ) -> Verification:
     """Verify the baked folder `out` against its source layer by layer; record the figures
-    (and the stage's measured peak memory) in its bake record.
+    (and the stage's measured peak memory) in its bake record (`opened`: the source as the run
+    that baked `out` read it).
 
     `model` may be the source already loaded (any dtype, any device map), or `evidence` what was
     gathered from it before it was released: then the block inputs are real prompts' hidden
     states and the recipe map is checked exactly against the loaded model."""
     with PeakMemory("verify") as memory:
-        report = _verify_layers(out, source_path, model, evidence, progress)
+        report = _verify_layers(out, source_path, model, evidence, progress, opened)
     if evidence is not None:
         memory.extra["captured_inputs_seconds"] = round(evidence.seconds, 3)
     if record:
@@ -691,9 +699,10 @@ def _verify_layers(
     model: nn.Module | None,
     evidence: ModelEvidence | None,
     progress: bool,
+    opened: OpenedSource | None = None,
 ) -> Verification:
     bake_record, source_checkpoint, baked_checkpoint, recipe, expertise = read_baked_folder(
-        out, source_path
+        out, source_path, opened
     )
     if evidence is None and model is not None:
         evidence = gather_evidence(model, source_path, recipe, expertise)

@@ -1,0 +1,44 @@
+"""The default one-command run (`sgm-bake MODEL OUT`: profile, bake, layer check) reads the
+source once: one opening of its checkpoint folder (config, index, safetensors headers) and one
+resolution of its recipe, handed down from stage to stage. Counted with wrappers around the two
+constructors every opening and every resolution goes through, so no stage can open it again
+unseen."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from sgm_bake.cli import main
+from sgm_bake.core.recipes import Recipe
+from sgm_bake.io.checkpoint import Checkpoint
+from tests.helpers import write_set
+
+
+@pytest.mark.slow
+def test_the_default_run_opens_the_source_and_resolves_its_recipe_once(
+    runner, llava_dir, tmp_path, monkeypatch
+):
+    counts: Counter[str] = Counter()
+    checkpoint_init, recipe_init = Checkpoint.__init__, Recipe.__init__
+
+    def counted_checkpoint(self, root, *args, **kwargs):
+        checkpoint_init(self, root, *args, **kwargs)
+        counts["source" if Path(root).resolve() == llava_dir.resolve() else "other"] += 1
+
+    def counted_recipe(self, *args, **kwargs):
+        recipe_init(self, *args, **kwargs)
+        counts["recipe"] += 1
+
+    monkeypatch.setattr(Checkpoint, "__init__", counted_checkpoint)
+    monkeypatch.setattr(Recipe, "__init__", counted_recipe)
+    profile_set = write_set(tmp_path / "set")
+    arguments = [str(llava_dir), str(tmp_path / "out"), "--profile-set", str(profile_set)]
+    result = runner.invoke(main, [*arguments, "--max-samples", "16", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert "verify: PASS" in result.output
+    assert counts["source"] == 1, counts
+    assert counts["recipe"] == 1, counts
+    assert counts["other"] == 1, counts  # the baked folder, opened once by the layer check
