@@ -77,7 +77,7 @@ from sgm_bake.pipeline.verify import (
 )
 from sgm_bake.record import LayerCheck, Verification
 from sgm_bake.runtime.batch import to_device
-from sgm_bake.runtime.loading import OpenedSource
+from sgm_bake.runtime.loading import OpenedSource, input_device
 from sgm_bake.runtime.memory import PeakMemory
 
 logger = logging.getLogger(__name__)
@@ -446,7 +446,7 @@ def capture_block_inputs(
         )
         for layer in layers
     ]
-    device = _input_device(model)
+    device = input_device(model)
     try:
         with torch.no_grad():
             for batch in batches:
@@ -459,14 +459,6 @@ def capture_block_inputs(
         for handle in handles:
             handle.remove()
     return {layer: torch.cat(parts) for layer, parts in captured.items() if parts}
-
-
-def _input_device(model: nn.Module) -> torch.device:
-    """Where inputs go: the device of the first parameter (accelerate's hooks move them on)."""
-    for parameter in model.parameters():
-        if parameter.device.type != "meta":
-            return parameter.device
-    return torch.device("cpu")
 
 
 def random_block_inputs(
