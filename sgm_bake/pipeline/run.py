@@ -287,7 +287,9 @@ def verify_output(
     return verify(out, source_path, dtype, device, model=reuse, placement=placement)
 
 
-def warm_up_layer_check(source_path: Path, recipe_file: Path | None = None) -> None:
+def warm_up_layer_check(
+    source_path: Path, recipe_file: Path | None = None, recipe: Recipe | None = None
+) -> None:
     """Import the model's transformers classes on a background thread while the bake runs, so
     the layer check after it starts at once: that import costs seconds, and the bake, which
     spends its time in the kernel and in hashing, leaves the interpreter free. Best effort: a
@@ -298,8 +300,8 @@ def warm_up_layer_check(source_path: Path, recipe_file: Path | None = None) -> N
 
     def work() -> None:
         try:
-            recipe = recipe_for_config(open_checkpoint(source_path).config, recipe_file)
-            import_model_classes(source_path, recipe)
+            known = recipe or recipe_for_config(open_checkpoint(source_path).config, recipe_file)
+            import_model_classes(source_path, known)
         except Exception as exc:  # only a head start: the check reports real problems itself
             logger.debug("warming up the layer check failed: %s", exc)
 
@@ -385,7 +387,8 @@ def run_all(request: RunRequest, messages: Messages) -> RunOutcome | None:
         load_profile_inputs(profile)  # bad data fails before any download or model load
     source = resolve_model_source(request.model, request.revision, request.bake.progress)
     check_target(request.out, source.path, request.bake.overwrite)
-    opened: OpenedSource | None = None  # the source read once for every stage that follows
+    # the source read once, for every stage that follows (on every torchrun rank)
+    opened = open_source(source, profile.recipe_file)
     total = 2 + int(mode is not None) + int(bool(request.push_to_hub))
     loaded: LoadedModel | None = None
     stages: dict[str, Any] = {}
@@ -395,7 +398,7 @@ def run_all(request: RunRequest, messages: Messages) -> RunOutcome | None:
 
         workdir = request.tune.options.workdir
         say(f"1/{total} tuning {source.id} on {profile.profile_set} (search in {workdir})")
-        searched = tune_source(source, request.tune)
+        searched = tune_source(source, request.tune, opened)
         for line in summary_lines(searched.result):
             say(line)
         chosen = searched.result.expertise
@@ -411,13 +414,11 @@ def run_all(request: RunRequest, messages: Messages) -> RunOutcome | None:
         say(f"1/{total} reusing the profile {request.expertise_path}")
         rule = profile.options.rule if request.rule_given else None
         expertise = apply_rule_if_given(load_expertise(request.expertise_path), rule)
-        opened = open_source(source, profile.recipe_file)
         recipe = opened.recipe
     else:
         distributed = from_env()
         if distributed is None or distributed.is_main:
             say(f"1/{total} profiling {source.id}")
-        opened = open_source(source, profile.recipe_file)
         try:
             outcome = profile_source(source, profile, messages.announce, distributed, opened)
         finally:
@@ -447,12 +448,12 @@ def run_all(request: RunRequest, messages: Messages) -> RunOutcome | None:
             request.verify_dtype,
             profile.device,
             placement,
-            opened.checkpoint if opened is not None else None,
+            opened.checkpoint,
         )
         messages.announce(handoff.note)
         loaded, evidence = handoff.loaded, handoff.evidence
     elif mode == "layers":
-        warm_up_layer_check(source.path, profile.recipe_file)
+        warm_up_layer_check(source.path, recipe=opened.recipe)
     say(f"2/{total} baking {request.out}")
     options = replace(request.bake, stages=stages) if stages else request.bake
     record = bake(source, request.out, expertise, options, opened)

@@ -1,8 +1,8 @@
-"""The default one-command run (`sgm-bake MODEL OUT`: profile, bake, layer check) reads the
-source once: one opening of its checkpoint folder (config, index, safetensors headers) and one
-resolution of its recipe, handed down from stage to stage. Counted with wrappers around the two
-constructors every opening and every resolution goes through, so no stage can open it again
-unseen."""
+"""The one-command run (`sgm-bake MODEL OUT`: profile or reuse a profile, bake, layer check)
+reads the source once: one opening of its checkpoint folder (config, index, safetensors
+headers) and one resolution of its recipe, handed down from stage to stage. Counted with
+wrappers around the two constructors every opening and every resolution goes through, so no
+stage can open it again unseen."""
 
 from __future__ import annotations
 
@@ -18,8 +18,9 @@ from tests.helpers import write_set
 
 
 @pytest.mark.slow
-def test_the_default_run_opens_the_source_and_resolves_its_recipe_once(
-    runner, llava_dir, tmp_path, monkeypatch
+@pytest.mark.parametrize("reuse", [False, True], ids=["profile", "reused-profile"])
+def test_the_run_opens_the_source_and_resolves_its_recipe_once(
+    runner, llava_dir, llava_expertise, tmp_path, monkeypatch, reuse
 ):
     counts: Counter[str] = Counter()
     checkpoint_init, recipe_init = Checkpoint.__init__, Recipe.__init__
@@ -34,9 +35,12 @@ def test_the_default_run_opens_the_source_and_resolves_its_recipe_once(
 
     monkeypatch.setattr(Checkpoint, "__init__", counted_checkpoint)
     monkeypatch.setattr(Recipe, "__init__", counted_recipe)
-    profile_set = write_set(tmp_path / "set")
-    arguments = [str(llava_dir), str(tmp_path / "out"), "--profile-set", str(profile_set)]
-    result = runner.invoke(main, [*arguments, "--max-samples", "16", "--device", "cpu"])
+    arguments = [str(llava_dir), str(tmp_path / "out"), "--device", "cpu"]
+    if reuse:
+        arguments += ["--expertise", str(llava_expertise)]
+    else:
+        arguments += ["--profile-set", str(write_set(tmp_path / "set")), "--max-samples", "16"]
+    result = runner.invoke(main, arguments)
     assert result.exit_code == 0, result.output
     assert "verify: PASS" in result.output
     assert counts["source"] == 1, counts

@@ -18,13 +18,12 @@ from tqdm.auto import tqdm
 
 from sgm_bake.core.expertise import Expertise
 from sgm_bake.core.hooks import SGMHooks
-from sgm_bake.core.recipes import Recipe, recipe_for_config
+from sgm_bake.core.recipes import Recipe
 from sgm_bake.datasets.profile_set import ProfileSet
 from sgm_bake.datasets.prompt_set import PromptSet
 from sgm_bake.errors import SGMError
 from sgm_bake.evaluation.judges import Judge
 from sgm_bake.io import interrupts
-from sgm_bake.io.checkpoint import open_checkpoint
 from sgm_bake.pipeline.decision import rows_from_profile_set
 from sgm_bake.pipeline.tune.measure import Measurement, SplitMeasure
 from sgm_bake.pipeline.tune.objectives import objectives, violations
@@ -40,6 +39,7 @@ from sgm_bake.pipeline.tune.scores import ScoreCache, trial_expertise
 from sgm_bake.pipeline.tune.space import SearchSpace
 from sgm_bake.pipeline.tune.splits import split_profile_set
 from sgm_bake.runtime.chat import ChatModel
+from sgm_bake.runtime.loading import OpenedSource
 
 logger = logging.getLogger(__name__)
 
@@ -363,12 +363,15 @@ class TuneOutcome:
     source_id: str
 
 
-def tune_source(source: Any, request: TuneRequest) -> TuneOutcome:
-    """Load the data first (bad data fails before a model loads), then the model, and tune."""
+def tune_source(
+    source: Any, request: TuneRequest, opened: OpenedSource | None = None
+) -> TuneOutcome:
+    """Load the data first (bad data fails before a model loads), then the model, and tune
+    (`opened`: the source's checkpoint and recipe as the calling run already read them)."""
     from sgm_bake.datasets.profile_set import load_profile_set
     from sgm_bake.datasets.prompt_set import load_prompt_set
     from sgm_bake.evaluation.judges import make_judge
-    from sgm_bake.runtime.loading import load, load_processor
+    from sgm_bake.runtime.loading import load, load_processor, open_source
 
     request.options.check()
     require_optuna()
@@ -381,11 +384,14 @@ def tune_source(source: Any, request: TuneRequest) -> TuneOutcome:
         eval_set = load_prompt_set(eval_set) if eval_set else None
     judge = make_judge(request.judge, request.judge_options)
     options = request.options
+    if opened is None:
+        opened = open_source(source, request.recipe_file)
     if request.neurons:
-        recipe = recipe_for_config(open_checkpoint(source.path).config, request.recipe_file)
-        neurons = tuple(str(point) for point in recipe.neuron_hook_points)
+        neurons = tuple(str(point) for point in opened.recipe.neuron_hook_points)
         options = replace(options, profile=replace(options.profile, hook_points=neurons))
-    loaded = load(source, request.device, request.dtype, request.recipe_file, request.placement)
+    loaded = load(
+        source, request.device, request.dtype, request.recipe_file, request.placement, opened.recipe
+    )
     chat = ChatModel(loaded.model, load_processor(source.path, request.template), loaded.device)
     result = run_tune(
         chat,
