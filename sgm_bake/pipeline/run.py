@@ -29,7 +29,7 @@ from sgm_bake.pipeline.verify_layers import (
     streaming_unsupported,
     verify_layers,
 )
-from sgm_bake.record import Verification, read_record
+from sgm_bake.record import BakeRecord, Verification, read_record
 from sgm_bake.runtime.chat import ChatModel
 from sgm_bake.runtime.distributed import Distributed
 from sgm_bake.runtime.loading import (
@@ -253,8 +253,10 @@ def verify_output(
     progress: bool = False,
     evidence: ModelEvidence | None = None,
     opened: OpenedSource | None = None,
+    bake_record: BakeRecord | None = None,
 ) -> Verification:
-    """Verify OUT against its source (`opened`: the source as the run that baked OUT read it).
+    """Verify OUT against its source (`opened` and `bake_record`: the source and OUT's record as
+    the run that baked OUT holds them, so neither is read again).
 
     `layers` (the default) checks each folded MLP block on its own, whatever the model size; a
     model already loaded for profiling (or the `evidence` gathered from it before it was
@@ -262,7 +264,7 @@ def verify_output(
     whole model's logits, loading it on `placement`; a loaded model is reused when it has the
     verification's dtype and device (its folded parameters are then overwritten)."""
     if mode == "layers":
-        record = read_record(out)
+        record = bake_record if bake_record is not None else read_record(out)
         if opened is not None:
             recipe = recorded_recipe(record, opened.checkpoint.config, opened.recipe)
         else:
@@ -271,7 +273,13 @@ def verify_output(
         if reason is None:
             model = loaded.model if loaded is not None else None
             return verify_layers(
-                out, source_path, model=model, progress=progress, evidence=evidence, opened=opened
+                out,
+                source_path,
+                model=model,
+                progress=progress,
+                evidence=evidence,
+                opened=opened,
+                bake_record=record,
             )
         logger.warning(
             "layer-by-layer verification does not cover %s yet; verifying the whole model", reason
@@ -284,7 +292,16 @@ def verify_output(
         and reusable_for_full(loaded, dtype_name, device, placement)
     ):
         reuse = loaded.model
-    return verify(out, source_path, dtype, device, model=reuse, placement=placement)
+    return verify(
+        out,
+        source_path,
+        dtype,
+        device,
+        model=reuse,
+        placement=placement,
+        opened=opened,
+        bake_record=bake_record,
+    )
 
 
 def warm_up_layer_check(
@@ -461,7 +478,7 @@ def run_all(request: RunRequest, messages: Messages) -> RunOutcome | None:
     if tuned is not None:
         from sgm_bake.pipeline.tune import record_tuning
 
-        record_tuning(request.out, tuned)
+        record = record_tuning(request.out, tuned)
     result = RunOutcome(record)
     if mode is not None:
         say(f"3/{total} verifying")
@@ -476,6 +493,7 @@ def run_all(request: RunRequest, messages: Messages) -> RunOutcome | None:
             progress=options.progress,
             evidence=evidence,
             opened=opened,
+            bake_record=record,
         )
         say(f"verify: {result.verification.summary()}")
         if not result.verification.passed:

@@ -184,16 +184,22 @@ def verify(
     record: bool = True,
     model: Any = None,
     placement: Placement | None = None,
+    opened: OpenedSource | None = None,
+    bake_record: BakeRecord | None = None,
 ) -> Verification:
-    """Compare the baked folder `out` with its source run with hooks; record the figures.
+    """Compare the baked folder `out` with its source run with hooks; record the figures
+    (`opened` and `bake_record`: the source and OUT's record as the run that baked it holds
+    them, so neither is read again).
 
     `model` may be the source already loaded (in `compute_dtype`, on `device`, no hooks), to
     spare a second load; its folded parameters are overwritten with the baked ones. Otherwise
     the source is loaded on `placement` (an accelerate device map over several devices)."""
     with PeakMemory("verify_full") as memory:
-        report = _verify_full(out, source_path, compute_dtype, device, model, placement)
+        report = _verify_full(
+            out, source_path, compute_dtype, device, model, placement, opened, bake_record
+        )
     if record:
-        record_verification(out, report, memory)
+        record_verification(out, report, memory, bake_record)
     return report
 
 
@@ -209,21 +215,30 @@ class BakedFolder(NamedTuple):
 
 
 def read_baked_folder(
-    out: Path, source_path: Path, opened: OpenedSource | None = None
+    out: Path,
+    source_path: Path,
+    opened: OpenedSource | None = None,
+    bake_record: BakeRecord | None = None,
 ) -> BakedFolder:
     """Read it, with the recipe as the record states it (not as the source config suggests);
-    `opened`, the source as the run that baked OUT read it, spares opening it again."""
-    bake_record = read_record(out)
+    `opened` and `bake_record`, the source and OUT's record as the run that baked OUT holds
+    them, spare reading them again."""
+    if bake_record is None:
+        bake_record = read_record(out)
     source = opened.checkpoint if opened is not None else open_checkpoint(source_path)
     recipe = recorded_recipe(bake_record, source.config, opened.recipe if opened else None)
     expertise = load_expertise(expertise_path(out))
     return BakedFolder(bake_record, source, open_checkpoint(out), recipe, expertise)
 
 
-def record_verification(out: Path, report: Verification, memory: PeakMemory) -> None:
+def record_verification(
+    out: Path, report: Verification, memory: PeakMemory, bake_record: BakeRecord | None = None
+) -> None:
     """Put a verification's figures, and its stage's measured peak memory, into OUT's record and
-    card (either form: `verify_full` or the layer-by-layer `verify`)."""
-    bake_record = read_record(out)
+    card (either form: `verify_full` or the layer-by-layer `verify`); `bake_record` is OUT's
+    record as the caller holds it, in step with the file."""
+    if bake_record is None:
+        bake_record = read_record(out)
     bake_record.verification = report
     bake_record.stages[memory.stage] = memory.record()
     rewrite_card(out, bake_record)
@@ -246,8 +261,12 @@ def _verify_full(
     device: str,
     model: Any,
     placement: Placement | None,
+    opened: OpenedSource | None = None,
+    known_record: BakeRecord | None = None,
 ) -> Verification:
-    bake_record, source, baked, recipe, expertise = read_baked_folder(out, source_path)
+    bake_record, source, baked, recipe, expertise = read_baked_folder(
+        out, source_path, opened, known_record
+    )
     if model is None:
         model = load_model(source_path, recipe, compute_dtype, placement or Placement(device))
     target = input_device(model)

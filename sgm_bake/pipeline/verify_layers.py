@@ -75,7 +75,7 @@ from sgm_bake.pipeline.verify import (
     read_baked_folder,
     record_verification,
 )
-from sgm_bake.record import LayerCheck, Verification
+from sgm_bake.record import BakeRecord, LayerCheck, Verification
 from sgm_bake.runtime.batch import to_device
 from sgm_bake.runtime.loading import OpenedSource, input_device
 from sgm_bake.runtime.memory import PeakMemory
@@ -668,20 +668,21 @@ def verify_layers(
     progress: bool = False,
     evidence: ModelEvidence | None = None,
     opened: OpenedSource | None = None,
+    bake_record: BakeRecord | None = None,
 ) -> Verification:
     """Verify the baked folder `out` against its source layer by layer; record the figures
-    (and the stage's measured peak memory) in its bake record (`opened`: the source as the run
-    that baked `out` read it).
+    (and the stage's measured peak memory) in its bake record (`opened` and `bake_record`: the
+    source and the record as the run that baked `out` holds them).
 
     `model` may be the source already loaded (any dtype, any device map), or `evidence` what was
     gathered from it before it was released: then the block inputs are real prompts' hidden
     states and the recipe map is checked exactly against the loaded model."""
     with PeakMemory("verify") as memory:
-        report = _verify_layers(out, source_path, model, evidence, progress, opened)
+        report = _verify_layers(out, source_path, model, evidence, progress, opened, bake_record)
     if evidence is not None:
         memory.extra["captured_inputs_seconds"] = round(evidence.seconds, 3)
     if record:
-        record_verification(out, report, memory)
+        record_verification(out, report, memory, bake_record)
     return report
 
 
@@ -692,9 +693,10 @@ def _verify_layers(
     evidence: ModelEvidence | None,
     progress: bool,
     opened: OpenedSource | None = None,
+    known_record: BakeRecord | None = None,
 ) -> Verification:
     bake_record, source_checkpoint, baked_checkpoint, recipe, expertise = read_baked_folder(
-        out, source_path, opened
+        out, source_path, opened, known_record
     )
     if evidence is None and model is not None:
         evidence = gather_evidence(model, source_path, recipe, expertise)

@@ -2,7 +2,8 @@
 reads the source once: one opening of its checkpoint folder (config, index, safetensors
 headers) and one resolution of its recipe, handed down from stage to stage. Counted with
 wrappers around the two constructors every opening and every resolution goes through, so no
-stage can open it again unseen."""
+stage can open it again unseen. The bake record is handed on as the bake wrote it, never read
+back from the file."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import pytest
 from sgm_bake.cli import main
 from sgm_bake.core.recipes import Recipe
 from sgm_bake.io.checkpoint import Checkpoint
+from sgm_bake.record import parse_record, store
 from tests.helpers import write_set
 
 
@@ -33,7 +35,12 @@ def test_the_run_opens_the_source_and_resolves_its_recipe_once(
         recipe_init(self, *args, **kwargs)
         counts["recipe"] += 1
 
+    def counted_read(*args, **kwargs):
+        counts["record"] += 1
+        return parse_record(*args, **kwargs)
+
     monkeypatch.setattr(Checkpoint, "__init__", counted_checkpoint)
+    monkeypatch.setattr(store, "parse_record", counted_read)
     monkeypatch.setattr(Recipe, "__init__", counted_recipe)
     arguments = [str(llava_dir), str(tmp_path / "out"), "--device", "cpu"]
     if reuse:
@@ -46,3 +53,4 @@ def test_the_run_opens_the_source_and_resolves_its_recipe_once(
     assert counts["source"] == 1, counts
     assert counts["recipe"] == 1, counts
     assert counts["other"] == 1, counts  # the baked folder, opened once by the layer check
+    assert counts["record"] == 0, counts

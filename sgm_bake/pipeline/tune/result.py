@@ -14,7 +14,7 @@ from sgm_bake.pipeline.tune.measure import Measurement
 from sgm_bake.pipeline.tune.objectives import objectives
 from sgm_bake.publish import plots
 from sgm_bake.publish.refresh import rewrite_card
-from sgm_bake.record import SGM_DIR, Tuning, read_record
+from sgm_bake.record import SGM_DIR, BakeRecord, Tuning, read_record
 
 logger = logging.getLogger(__name__)
 
@@ -157,10 +157,11 @@ def write_result(result: TuneResult, folder: Path) -> list[Path]:
     return written
 
 
-def record_tuning(folder: Path, result: TuneResult) -> None:
+def record_tuning(folder: Path, result: TuneResult) -> BakeRecord:
     """Add the search to a baked folder: `sgm/tune.json`, the Pareto plot, the record's `tuning`
     section and the card's section on how the setting was chosen (only these files and the card
-    are recorded; the folder is the one the same command has just baked)."""
+    are recorded; the folder is the one the same command has just baked). Returns the record as
+    written."""
     record = read_record(folder)
     written = [p.relative_to(folder).as_posix() for p in write_result(result, folder / SGM_DIR)]
     data = result.record()
@@ -177,6 +178,7 @@ def record_tuning(folder: Path, result: TuneResult) -> None:
         }
     )
     rewrite_card(folder, record, written)
+    return record
 
 
 def summary_lines(result: TuneResult) -> list[str]:
