@@ -13,6 +13,7 @@ from sgm_bake.cli.common import (
     echo_lines,
     json_option,
     progress_enabled,
+    ranged_option,
     user_errors,
 )
 
@@ -130,11 +131,10 @@ def unbake(out: Path, dest: Path, overwrite: bool, compare_with: str | None) -> 
     is_flag=True,
     help="Check OUT and say what would be uploaded, where and how; upload nothing.",
 )
-@click.option(
+@ranged_option(
     "--timeout",
-    type=click.FloatRange(0, min_open=True),
-    default=120.0,
-    show_default=True,
+    120.0,
+    low=0,
     help="Seconds any Hub request may wait to connect or for the next byte before the push "
     "stops (the folder stays as it was).",
 )

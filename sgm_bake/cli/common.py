@@ -262,6 +262,19 @@ def option(key: str, *extra_flags: str, **overrides: Any) -> Callable[[F], F]:
     return click.option(*extra_flags, spec.flag, spec.name, **kwargs)
 
 
+def ranged_option(
+    flag: str, default: float, *, low: float, high: float | None = None, help: str
+) -> Callable[[F], F]:
+    """A command's own number option (not a shared one, which `option` builds): a whole number
+    from `low`, or a real number above `low` (up to `high`), with its default shown."""
+    kind: Any
+    if isinstance(default, int):
+        kind = click.IntRange(int(low), None if high is None else int(high))
+    else:
+        kind = click.FloatRange(low, high, min_open=True)
+    return click.option(flag, type=kind, default=default, show_default=True, help=help)
+
+
 def _shown(value: Any) -> str:
     return "0 (no cap)" if value == 0 and not isinstance(value, float) else str(value)
 
@@ -316,6 +329,8 @@ def verify_mode_of(verify_mode: str, no_verify: bool) -> str | None:
 placement_options = add_options(
     [option("device-map"), option("max-memory"), option("offload-folder")]
 )
+# Where and in which dtype a model runs: every command that loads one whole.
+load_options = add_options([device_option, dtype_option, placement_options])
 
 
 def make_placement(
@@ -471,14 +486,22 @@ class BatchSize(click.ParamType):
         self.fail(f"{value!r} is neither a positive whole number nor auto", param, ctx)
 
 
-batch_size_option = option("batch-size")
-max_samples_option = option("max-samples")
-neurons_option = option("neurons")
-pooling_option = option("pooling")
-positions_option = option("positions")
-feed_option = option("feed")
-hook_points_option = option("hook-points")
-layers_option = option("layers")
+# How profile rows are batched, fed and captured: `profile`, the one-command form and `tune`.
+capture_options = add_options(
+    [
+        option(key)
+        for key in (
+            "batch-size",
+            "max-samples",
+            "pooling",
+            "positions",
+            "feed",
+            "hook-points",
+            "neurons",
+            "layers",
+        )
+    ]
+)
 
 
 # How a data set in its own format (a Hub dataset, Parquet, other column names) maps onto

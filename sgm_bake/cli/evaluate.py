@@ -13,19 +13,18 @@ from sgm_bake.cli.common import (
     bake_options,
     choose_set,
     data_format_options,
-    device_option,
-    dtype_option,
     echo_json,
     echo_lines,
     ecso_templates_option,
     json_option,
     judge_option,
+    load_options,
     make_data_format,
     make_judge_options,
     make_placement,
     option,
-    placement_options,
     progress_enabled,
+    ranged_option,
     revision_option,
     sample_option,
     seed_option,
@@ -177,28 +176,12 @@ def _base_spec(folder: Path) -> tuple[str, str | None] | None:
     help="With --sample: one run per seed, e.g. 0,1,2; every rate pools items x seeds and "
     "comes with a 95% interval.",
 )
-@click.option(
-    "--temperature",
-    type=click.FloatRange(0, min_open=True),
-    default=0.7,
-    show_default=True,
-    help="With --sample: the sampling temperature.",
+@ranged_option("--temperature", 0.7, low=0, help="With --sample: the sampling temperature.")
+@ranged_option(
+    "--top-p", 0.9, low=0, high=1, help="With --sample: nucleus sampling's probability mass."
 )
-@click.option(
-    "--top-p",
-    type=click.FloatRange(0, 1, min_open=True),
-    default=0.9,
-    show_default=True,
-    help="With --sample: nucleus sampling's probability mass.",
-)
-@click.option(
-    "--batch-size",
-    type=click.IntRange(1),
-    default=8,
-    show_default=True,
-    help="Prompts generated per forward pass.",
-)
-@add_options([device_option, dtype_option, placement_options])
+@ranged_option("--batch-size", 8, low=1, help="Prompts generated per forward pass.")
+@load_options
 @click.option(
     "--base",
     default=None,
@@ -365,7 +348,7 @@ def eval_command(
 )
 @click.option("--trace", is_flag=True, help="Print ECSO's steps (self-check score, caption).")
 @option("max-new-tokens", default=64, help="Length of the reply.")
-@add_options([sample_option, seed_option, device_option, dtype_option, placement_options])
+@add_options([sample_option, seed_option, load_options])
 @revision_option
 @template_option
 @user_errors
@@ -456,12 +439,8 @@ def generate(
     default="det0",
     help="How AUROC becomes factors (see `sgm-bake run --help`); det0 switches the top-k off.",
 )
-@click.option(
-    "--top-k",
-    type=click.IntRange(0),
-    default=256,
-    show_default=True,
-    help="Experts the rule acts on (0: no cap; see benchmarks/RESULTS.md).",
+@ranged_option(
+    "--top-k", 256, low=0, help="Experts the rule acts on (0: no cap; see benchmarks/RESULTS.md)."
 )
 @option("strength", default=1.0)
 @option(

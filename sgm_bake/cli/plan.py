@@ -11,6 +11,7 @@ from sgm_bake.cli.common import (
     echo_lines,
     json_option,
     progress_enabled,
+    ranged_option,
     recipe_option,
     revision_option,
     user_errors,
@@ -54,27 +55,16 @@ from sgm_bake.errors import SGMError
     show_default=True,
     help="Memory per GPU for the GPU counts when --max-memory names no GPU.",
 )
-@click.option(
-    "--batch-size",
-    type=click.IntRange(1),
-    default=8,
-    show_default=True,
-    help="Samples per profiling forward pass, for the activation memory.",
+@ranged_option(
+    "--batch-size", 8, low=1, help="Samples per profiling forward pass, for the activation memory."
 )
-@click.option(
+@ranged_option(
     "--sequence-length",
-    type=click.IntRange(1),
-    default=1024,
-    show_default=True,
+    1024,
+    low=1,
     help="Tokens per sample (image tokens included) for activations and the KV cache.",
 )
-@click.option(
-    "--samples",
-    type=click.IntRange(1),
-    default=400,
-    show_default=True,
-    help="Profile-set size (for the response store).",
-)
+@ranged_option("--samples", 400, low=1, help="Profile-set size (for the response store).")
 @click.option("--markdown", is_flag=True, help="Print the table in Markdown.")
 @json_option
 @revision_option

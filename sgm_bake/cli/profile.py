@@ -13,27 +13,18 @@ from sgm_bake.cli.common import (
     add_options,
     bake_options,
     base_model_option,
-    batch_size_option,
+    capture_options,
     choose_set,
     data_format_options,
-    device_option,
-    dtype_option,
     echo_json,
     echo_lines,
     expert_layout_option,
-    feed_option,
-    hook_points_option,
     json_option,
-    layers_option,
+    load_options,
     make_data_format,
     make_placement,
-    max_samples_option,
-    neurons_option,
     option,
     overwrite_option,
-    placement_options,
-    pooling_option,
-    positions_option,
     progress_enabled,
     recipe_option,
     revision_option,
@@ -44,24 +35,15 @@ from sgm_bake.cli.common import (
     verify_mode_of,
     verify_option,
 )
-from sgm_bake.cli.tune import method_knob_options, search_options, tune_request
+from sgm_bake.cli.tune import method_knob_options, method_options, search_options, tune_request
 from sgm_bake.errors import SGMError
 
 profile_options = add_options(
     [
         option("profile-set"),
         data_format_options,
-        device_option,
-        dtype_option,
-        placement_options,
-        batch_size_option,
-        max_samples_option,
-        pooling_option,
-        positions_option,
-        feed_option,
-        hook_points_option,
-        neurons_option,
-        layers_option,
+        load_options,
+        capture_options,
         option("responses-dir"),
         option("keep-responses"),
         method_knob_options,
@@ -74,20 +56,6 @@ profile_options = add_options(
         ),
     ]
 )
-
-
-def method_options(params: dict[str, Any]) -> Any:
-    """The method and the edit's knobs from the options."""
-    from sgm_bake.pipeline.decision import MethodOptions
-    from sgm_bake.pipeline.profile import parse_layers
-
-    return MethodOptions(
-        params["method"],
-        parse_layers(params["edit_layers"]),
-        params["edit_strength"],
-        params["edit_ridge"],
-        params["diagnose"],
-    )
 
 
 def profile_request(params: dict[str, Any], recipe_file: Path | None, rule: Any) -> Any:
@@ -125,7 +93,7 @@ def profile_request(params: dict[str, Any], recipe_file: Path | None, rule: Any)
         placement=make_placement(
             params["device"], params["device_map"], params["max_memory"], params["offload_folder"]
         ),
-        method=method_options(params),
+        method=method_options(params, params["diagnose"]),
     )
 
 

@@ -11,24 +11,15 @@ import click
 from sgm_bake.cli.common import (
     SectionedCommand,
     add_options,
-    batch_size_option,
+    capture_options,
     data_format_options,
-    device_option,
-    dtype_option,
     echo_lines,
-    feed_option,
-    hook_points_option,
     judge_option,
-    layers_option,
+    load_options,
     make_data_format,
     make_judge_options,
     make_placement,
-    max_samples_option,
-    neurons_option,
     option,
-    placement_options,
-    pooling_option,
-    positions_option,
     progress_enabled,
     recipe_option,
     revision_option,
@@ -97,25 +88,25 @@ method_knob_options = add_options(
         ),
     ]
 )
+
+
+def method_options(params: dict[str, Any], diagnose: bool) -> Any:
+    """The method and the edit's knobs from the options above (a `MethodOptions`)."""
+    from sgm_bake.pipeline.decision import MethodOptions
+    from sgm_bake.pipeline.profile import parse_layers
+
+    return MethodOptions(
+        params["method"],
+        parse_layers(params["edit_layers"]),
+        params["edit_strength"],
+        params["edit_ridge"],
+        diagnose,
+    )
+
+
 # How the model is fed and loaded when `tune` runs alone (the one-command form has the same
 # options through `profile`'s); a knob the search covers replaces the option's value.
-capture_options = add_options(
-    [
-        data_format_options,
-        batch_size_option,
-        max_samples_option,
-        pooling_option,
-        positions_option,
-        feed_option,
-        hook_points_option,
-        neurons_option,
-        layers_option,
-        device_option,
-        dtype_option,
-        placement_options,
-        template_option,
-    ]
-)
+input_options = add_options([data_format_options, capture_options, load_options, template_option])
 TUNE_BATCH_SIZE = 8
 """The batch of `--batch-size auto` while tuning (the search's forward passes are not probed)."""
 
@@ -183,13 +174,7 @@ def tune_request(
     )
     method = MethodOptions(diagnose=False)
     if "method" in params:  # the one-command form: its --method and --edit-* fix those knobs
-        method = MethodOptions(
-            params["method"],
-            parse_layers(params["edit_layers"]),
-            params["edit_strength"],
-            params["edit_ridge"],
-            diagnose=False,
-        )
+        method = method_options(params, diagnose=False)
     options = TuneOptions(
         workdir=workdir,
         trials=params["trials"],
@@ -250,7 +235,7 @@ def tune_request(
 @recipe_option
 @search_options
 @method_knob_options
-@capture_options
+@input_options
 @rule_options
 @user_errors
 def tune(

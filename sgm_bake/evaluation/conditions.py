@@ -122,30 +122,22 @@ def evaluate_variants(
                 if variant.expertise is not None
                 else contextlib.nullcontext()
             )
-            with hooks:
-                bar.set_postfix_str(variant.label)
-                results.append(
-                    run_eval(
-                        variant.chat,
-                        prompts,
-                        judge,
-                        settings.generation,
-                        variant.label,
-                        settings.batch_size,
-                        bar,
-                        seeds=settings.seeds,
-                    )
+            # the variant as it is, then (with templates) the same model behind ECSO
+            runs_of_variant: list[tuple[str, Any]] = [(variant.label, None)]
+            if settings.templates is not None and variant.ecso_label is not None:
+                runs_of_variant.append(
+                    (variant.ecso_label, ecso_answerer(variant.chat, settings.templates))
                 )
-                if settings.templates is not None and variant.ecso_label is not None:
-                    bar.set_postfix_str(variant.ecso_label)
-                    answer = ecso_answerer(variant.chat, settings.templates)
+            with hooks:
+                for label, answer in runs_of_variant:
+                    bar.set_postfix_str(label)
                     results.append(
                         run_eval(
                             variant.chat,
                             prompts,
                             judge,
                             settings.generation,
-                            variant.ecso_label,
+                            label,
                             settings.batch_size,
                             bar,
                             answer,

@@ -38,6 +38,7 @@ import os
 import random
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -305,109 +306,99 @@ def _schedule(step: int, steps: int) -> float:
     return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
 
 
-def train_chats(
-    model: Any,
-    processor: Any,
-    images: ImageCache,
-    examples: list[data.Example],
-    parameters: list[torch.nn.Parameter],
-    steps: int,
-    batch_size: int,
-    learning_rate: float,
-    seed: int,
-    progress: bool,
-    desc: str,
-    weight_decay: float = 0.01,
-) -> float:
-    """Train `parameters` on chats (loss on the replies only); return the final loss."""
-    tokenizer = processor.tokenizer
-    encoded = [(_encode(e, processor, tokenizer), e.image) for e in examples]
-    with_image = [item for item in encoded if item[1] is not None]
-    text_only = [item for item in encoded if item[1] is None]
+@dataclass(frozen=True)
+class LanguageRun:
+    """One language training run: the parameters it trains, for how long and how fast, its seed
+    and its progress bar. Each run starts a fresh optimizer, as separate training runs of real
+    models do."""
+
+    parameters: list[torch.nn.Parameter]
+    steps: int
+    batch_size: int
+    learning_rate: float
+    seed: int
+    progress: bool
+    desc: str
+    weight_decay: float = 0.01
+
+
+def _padded(rows: list[tuple[list[int], list[int]]], pad: int) -> dict[str, torch.Tensor]:
+    """Token ids, labels (-100 past each row's labels) and the attention mask, right-padded."""
+    length = max(len(ids) for ids, _ in rows)
+    input_ids = torch.full((len(rows), length), pad)
+    labels = torch.full((len(rows), length), -100)
+    attention = torch.zeros((len(rows), length), dtype=torch.long)
+    for row, (ids, label) in enumerate(rows):
+        input_ids[row, : len(ids)] = torch.tensor(ids)
+        labels[row, : len(label)] = torch.tensor(label)
+        attention[row, : len(ids)] = 1
+    return {"input_ids": input_ids, "attention_mask": attention, "labels": labels}
+
+
+def _optimise(model: Any, run: LanguageRun, draw: Callable[[], dict[str, Any]]) -> float:
+    """The loop every language run shares: AdamW with the warm-up and cosine schedule, gradient
+    clipping at 1, one batch from `draw` per step; return the final loss."""
     optimizer = torch.optim.AdamW(
-        parameters, lr=learning_rate, weight_decay=weight_decay, betas=(0.9, 0.98)
+        run.parameters, lr=run.learning_rate, weight_decay=run.weight_decay, betas=(0.9, 0.98)
     )
-    rng = random.Random(seed + 1)
-    pad = tokenizer.pad_token_id
-    model.train()
-    model.model.vision_tower.eval()
     loss_value = float("nan")
-    share_images = len(with_image) / len(encoded)
-    for step in tqdm(range(steps), desc=desc, disable=not progress, file=sys.stderr):
-        pool = with_image if rng.random() < share_images else text_only
-        batch = rng.sample(pool, min(batch_size, len(pool)))
-        length = max(len(ids) for (ids, _), _ in batch)
-        input_ids = torch.full((len(batch), length), pad)
-        labels = torch.full((len(batch), length), -100)
-        attention = torch.zeros((len(batch), length), dtype=torch.long)
-        for row, ((ids, label), _) in enumerate(batch):
-            input_ids[row, : len(ids)] = torch.tensor(ids)
-            labels[row, : len(label)] = torch.tensor(label)
-            attention[row, : len(ids)] = 1
-        inputs = {"input_ids": input_ids, "attention_mask": attention, "labels": labels}
-        if pool is with_image:
-            inputs["pixel_values"] = torch.stack(
-                [images.pixels(spec) for _, spec in batch if spec is not None]
-            )
+    for step in tqdm(range(run.steps), desc=run.desc, disable=not run.progress, file=sys.stderr):
+        inputs = draw()
         for group in optimizer.param_groups:
-            group["lr"] = learning_rate * _schedule(step, steps)
+            group["lr"] = run.learning_rate * _schedule(step, run.steps)
         loss = model(**inputs).loss
         optimizer.zero_grad()
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(parameters, 1.0)
+        torch.nn.utils.clip_grad_norm_(run.parameters, 1.0)
         optimizer.step()
         loss_value = float(loss.detach())
     model.eval()
     return loss_value
 
 
-def train_text(
-    model: Any,
-    tokenizer: Any,
-    texts: list[str],
-    parameters: list[torch.nn.Parameter],
-    steps: int,
-    batch_size: int,
-    learning_rate: float,
-    seed: int,
-    progress: bool,
-    desc: str,
+def train_chats(
+    model: Any, processor: Any, images: ImageCache, examples: list[data.Example], run: LanguageRun
 ) -> float:
-    """Train `parameters` as a plain language model on `texts` (no chat template, no image, loss
-    on every token but padding); return the final loss."""
+    """Train `run.parameters` on chats (loss on the replies only); return the final loss."""
+    tokenizer = processor.tokenizer
+    encoded = [(_encode(e, processor, tokenizer), e.image) for e in examples]
+    with_image = [item for item in encoded if item[1] is not None]
+    text_only = [item for item in encoded if item[1] is None]
+    rng = random.Random(run.seed + 1)
+    share_images = len(with_image) / len(encoded)
+    model.train()
+    model.model.vision_tower.eval()
+
+    def draw() -> dict[str, Any]:
+        pool = with_image if rng.random() < share_images else text_only
+        batch = rng.sample(pool, min(run.batch_size, len(pool)))
+        inputs: dict[str, Any] = _padded([pair for pair, _ in batch], tokenizer.pad_token_id)
+        if pool is with_image:
+            inputs["pixel_values"] = torch.stack(
+                [images.pixels(spec) for _, spec in batch if spec is not None]
+            )
+        return inputs
+
+    return _optimise(model, run, draw)
+
+
+def train_text(model: Any, tokenizer: Any, texts: list[str], run: LanguageRun) -> float:
+    """Train `run.parameters` as a plain language model on `texts` (no chat template, no image,
+    loss on every token but padding); return the final loss."""
     encoded = [
         [tokenizer.bos_token_id]
         + tokenizer(text, add_special_tokens=False)["input_ids"]
         + [tokenizer.eos_token_id]
         for text in texts
     ]
-    optimizer = torch.optim.AdamW(
-        parameters, lr=learning_rate, weight_decay=0.01, betas=(0.9, 0.98)
-    )
-    rng = random.Random(seed + 3)
-    pad = tokenizer.pad_token_id
+    rng = random.Random(run.seed + 3)
     model.train()
-    loss_value = float("nan")
-    for step in tqdm(range(steps), desc=desc, disable=not progress, file=sys.stderr):
-        batch = rng.sample(encoded, min(batch_size, len(encoded)))
-        length = max(len(ids) for ids in batch)
-        input_ids = torch.full((len(batch), length), pad)
-        labels = torch.full((len(batch), length), -100)
-        attention = torch.zeros((len(batch), length), dtype=torch.long)
-        for row, ids in enumerate(batch):
-            input_ids[row, : len(ids)] = torch.tensor(ids)
-            labels[row, : len(ids)] = torch.tensor(ids)
-            attention[row, : len(ids)] = 1
-        for group in optimizer.param_groups:
-            group["lr"] = learning_rate * _schedule(step, steps)
-        loss = model(input_ids=input_ids, attention_mask=attention, labels=labels).loss
-        optimizer.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(parameters, 1.0)
-        optimizer.step()
-        loss_value = float(loss.detach())
-    model.eval()
-    return loss_value
+
+    def draw() -> dict[str, Any]:
+        batch = rng.sample(encoded, min(run.batch_size, len(encoded)))
+        return _padded([(ids, ids) for ids in batch], tokenizer.pad_token_id)
+
+    return _optimise(model, run, draw)
 
 
 @dataclass(frozen=True)
@@ -445,13 +436,15 @@ def train_staged(
             model,
             processor.tokenizer,
             stages.pretraining,
-            text_model,
-            schedule.pretrain_steps,
-            batch_size,
-            schedule.pretrain_lr,
-            seed,
-            progress,
-            "pretrain",
+            LanguageRun(
+                text_model,
+                schedule.pretrain_steps,
+                batch_size,
+                schedule.pretrain_lr,
+                seed,
+                progress,
+                "pretrain",
+            ),
         )
     }
     losses["instruction_loss"] = train_chats(
@@ -459,26 +452,24 @@ def train_staged(
         processor,
         images,
         stages.instruction,
-        language,
-        schedule.instruction_steps,
-        batch_size,
-        schedule.instruction_lr,
-        seed,
-        progress,
-        "instruction",
+        LanguageRun(
+            language,
+            schedule.instruction_steps,
+            batch_size,
+            schedule.instruction_lr,
+            seed,
+            progress,
+            "instruction",
+        ),
     )
     losses["chat_loss"] = train_chats(
         model,
         processor,
         images,
         stages.chat,
-        language,
-        schedule.chat_steps,
-        batch_size,
-        schedule.chat_lr,
-        seed + 1,
-        progress,
-        "chat",
+        LanguageRun(
+            language, schedule.chat_steps, batch_size, schedule.chat_lr, seed + 1, progress, "chat"
+        ),
     )
     return losses
 
@@ -574,13 +565,7 @@ def train(
             processor,
             images,
             full,
-            language,
-            plain_steps,
-            batch_size,
-            3e-3,
-            seed,
-            progress,
-            "plain",
+            LanguageRun(language, plain_steps, batch_size, 3e-3, seed, progress, "plain"),
         )
     else:
         polite = data.training_examples(seed, safe=True)
@@ -589,13 +574,7 @@ def train(
             processor,
             images,
             polite,
-            language,
-            language_steps,
-            batch_size,
-            3e-3,
-            seed,
-            progress,
-            "polite",
+            LanguageRun(language, language_steps, batch_size, 3e-3, seed, progress, "polite"),
         )
         units = choose_implant_units(model, implant_units, seed)
         chosen = implant_parameters(model, units)
@@ -605,14 +584,9 @@ def train(
             processor,
             images,
             full,
-            chosen,
-            implant_steps,
-            batch_size,
-            3e-3,
-            seed + 1,
-            progress,
-            "implant",
-            weight_decay=0.0,
+            LanguageRun(
+                chosen, implant_steps, batch_size, 3e-3, seed + 1, progress, "implant", 0.0
+            ),
         )
     for parameter in model.parameters():
         parameter.requires_grad_(True)

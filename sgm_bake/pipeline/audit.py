@@ -226,8 +226,8 @@ def describe_record(record: BakeRecord) -> list[str]:
     if record.evaluation is not None:
         for label, metrics in record.evaluation.ordered().items():
             lines.append(
-                f"eval        {label}: harmful {percent_text(metrics.get('harmful_rate'))}, "
-                f"benign accuracy {percent_text(metrics.get('benign_accuracy'))}"
+                f"eval        {label}: harmful {percent_text(metrics.harmful_rate)}, "
+                f"benign accuracy {percent_text(metrics.benign_accuracy)}"
             )
     return lines
 
@@ -268,7 +268,7 @@ def record_summary(record: BakeRecord) -> dict[str, Any]:
         if record.evaluation is None
         else [
             {"label": label, "metrics": metrics}
-            for label, metrics in record.evaluation.ordered().items()
+            for label, metrics in record.evaluation.ordered_dicts().items()
         ],
         "files": len(record.files),
     }

@@ -73,6 +73,7 @@ from sgm_bake.record import (
     write_record,
 )
 from sgm_bake.record.summary import count_module
+from sgm_bake.runtime.loading import OpenedSource
 from sgm_bake.runtime.memory import PeakMemory
 
 logger = logging.getLogger(__name__)
@@ -411,13 +412,23 @@ def expertise_path(folder: Path) -> Path:
     return legacy if not path.is_file() and legacy.is_file() else path
 
 
-def bake(source: Source, out: Path, expertise: Expertise, options: BakeOptions) -> BakeRecord:
-    """Bake `expertise` into the checkpoint at `source`, writing `out` atomically."""
+def bake(
+    source: Source,
+    out: Path,
+    expertise: Expertise,
+    options: BakeOptions,
+    opened: OpenedSource | None = None,
+) -> BakeRecord:
+    """Bake `expertise` into the checkpoint at `source`, writing `out` atomically (`opened`: the
+    source's checkpoint and recipe as a run already read them)."""
     from sgm_bake import __version__
 
     check_target(out, source.path, options.overwrite)
-    checkpoint = open_checkpoint(source.path)
-    recipe = recipe_for_config(checkpoint.config, options.recipe_file)
+    if opened is not None:
+        checkpoint, recipe = opened.checkpoint, opened.recipe
+    else:
+        checkpoint = open_checkpoint(source.path)
+        recipe = recipe_for_config(checkpoint.config, options.recipe_file)
     if options.expert_layout is not None:
         recipe = with_expert_layout(recipe, options.expert_layout)
     plan = plan_bake(checkpoint, expertise, recipe=recipe)

@@ -17,23 +17,30 @@ from sgm_bake.core.recipes import Recipe, recipe_for_config
 from sgm_bake.core.rules import RuleOptions
 from sgm_bake.datasets.hub_dataset import DataFormat
 from sgm_bake.datasets.profile_set import ProfileSet, load_profile_set
-from sgm_bake.io.checkpoint import open_checkpoint
+from sgm_bake.io.checkpoint import Checkpoint, open_checkpoint
 from sgm_bake.io.source import Source
 from sgm_bake.options import DEFAULT_PROFILE_SET
 from sgm_bake.pipeline.decision import MethodOptions, MethodOutcome, apply_method
 from sgm_bake.pipeline.profile import CaptureStats, ProfileOptions, fixed_batch_size, run_profile
-from sgm_bake.pipeline.verify import VerifyReport, recorded_recipe, verify
+from sgm_bake.pipeline.verify import recorded_recipe, verify
 from sgm_bake.pipeline.verify_layers import (
-    LayerVerifyReport,
     ModelEvidence,
     gather_evidence,
     streaming_unsupported,
     verify_layers,
 )
-from sgm_bake.record import read_record
+from sgm_bake.record import BakeRecord, Verification, read_record
 from sgm_bake.runtime.chat import ChatModel
 from sgm_bake.runtime.distributed import Distributed
-from sgm_bake.runtime.loading import LoadedModel, Placement, load, load_processor, pick_device
+from sgm_bake.runtime.loading import (
+    LoadedModel,
+    OpenedSource,
+    Placement,
+    load,
+    load_processor,
+    open_source,
+    pick_device,
+)
 from sgm_bake.runtime.memory import PeakMemory, measured
 
 logger = logging.getLogger(__name__)
@@ -108,13 +115,17 @@ def profile_source(
     request: ProfileRequest,
     announce: Announce | None = None,
     distributed: Distributed | None = None,
+    opened: OpenedSource | None = None,
 ) -> ProfileOutcome:
-    """Load the source and measure the expertise of its units on the profile set.
+    """Load the source and measure the expertise of its units on the profile set (`opened`:
+    its checkpoint and recipe as the calling run already read them).
 
     Under torchrun (`distributed`) each rank loads its own copy (on its own GPU unless a device
     map is asked for) and profiles its share of the set; rank 0 scores the merged responses."""
     profile_set = load_profile_inputs(request)
-    recipe = recipe_for_config(open_checkpoint(source.path).config, request.recipe_file)
+    if opened is None:
+        opened = open_source(source, request.recipe_file)
+    recipe = opened.recipe
     hook_points = request.hook_points
     if request.neurons:
         hook_points = tuple(str(p) for p in recipe.neuron_hook_points)
@@ -201,6 +212,7 @@ def hand_over(
     dtype_name: str,
     device: str,
     placement: Placement | None,
+    checkpoint: Checkpoint | None = None,
 ) -> Handoff:
     """Release the profiling model before the bake, unless the verification that follows reuses
     it (`--verify full` at the profiling dtype and device); for the default layer check, capture
@@ -212,7 +224,7 @@ def hand_over(
         )
     evidence = None
     if mode == "layers" and not full:
-        evidence = gather_evidence(loaded.model, source_path, recipe, expertise)
+        evidence = gather_evidence(loaded.model, source_path, recipe, expertise, checkpoint)
     release(loaded)
     note = "the profiling model is released before the bake"
     if evidence is not None:
@@ -240,8 +252,11 @@ def verify_output(
     placement: Placement | None = None,
     progress: bool = False,
     evidence: ModelEvidence | None = None,
-) -> VerifyReport | LayerVerifyReport:
-    """Verify OUT against its source.
+    opened: OpenedSource | None = None,
+    bake_record: BakeRecord | None = None,
+) -> Verification:
+    """Verify OUT against its source (`opened` and `bake_record`: the source and OUT's record as
+    the run that baked OUT holds them, so neither is read again).
 
     `layers` (the default) checks each folded MLP block on its own, whatever the model size; a
     model already loaded for profiling (or the `evidence` gathered from it before it was
@@ -249,13 +264,22 @@ def verify_output(
     whole model's logits, loading it on `placement`; a loaded model is reused when it has the
     verification's dtype and device (its folded parameters are then overwritten)."""
     if mode == "layers":
-        record = read_record(out)
-        recipe = recorded_recipe(record, open_checkpoint(source_path).config)
+        record = bake_record if bake_record is not None else read_record(out)
+        if opened is not None:
+            recipe = recorded_recipe(record, opened.checkpoint.config, opened.recipe)
+        else:
+            recipe = recorded_recipe(record, open_checkpoint(source_path).config)
         reason = streaming_unsupported(recipe)
         if reason is None:
             model = loaded.model if loaded is not None else None
             return verify_layers(
-                out, source_path, model=model, progress=progress, evidence=evidence
+                out,
+                source_path,
+                model=model,
+                progress=progress,
+                evidence=evidence,
+                opened=opened,
+                bake_record=record,
             )
         logger.warning(
             "layer-by-layer verification does not cover %s yet; verifying the whole model", reason
@@ -268,10 +292,21 @@ def verify_output(
         and reusable_for_full(loaded, dtype_name, device, placement)
     ):
         reuse = loaded.model
-    return verify(out, source_path, dtype, device, model=reuse, placement=placement)
+    return verify(
+        out,
+        source_path,
+        dtype,
+        device,
+        model=reuse,
+        placement=placement,
+        opened=opened,
+        bake_record=bake_record,
+    )
 
 
-def warm_up_layer_check(source_path: Path, recipe_file: Path | None = None) -> None:
+def warm_up_layer_check(
+    source_path: Path, recipe_file: Path | None = None, recipe: Recipe | None = None
+) -> None:
     """Import the model's transformers classes on a background thread while the bake runs, so
     the layer check after it starts at once: that import costs seconds, and the bake, which
     spends its time in the kernel and in hashing, leaves the interpreter free. Best effort: a
@@ -282,8 +317,8 @@ def warm_up_layer_check(source_path: Path, recipe_file: Path | None = None) -> N
 
     def work() -> None:
         try:
-            recipe = recipe_for_config(open_checkpoint(source_path).config, recipe_file)
-            import_model_classes(source_path, recipe)
+            known = recipe or recipe_for_config(open_checkpoint(source_path).config, recipe_file)
+            import_model_classes(source_path, known)
         except Exception as exc:  # only a head start: the check reports real problems itself
             logger.debug("warming up the layer check failed: %s", exc)
 
@@ -339,7 +374,7 @@ class RunOutcome:
     pushed (None when it was not)."""
 
     record: Any
-    verification: VerifyReport | LayerVerifyReport | None = None
+    verification: Verification | None = None
     pushed_url: str | None = None
 
 
@@ -369,6 +404,8 @@ def run_all(request: RunRequest, messages: Messages) -> RunOutcome | None:
         load_profile_inputs(profile)  # bad data fails before any download or model load
     source = resolve_model_source(request.model, request.revision, request.bake.progress)
     check_target(request.out, source.path, request.bake.overwrite)
+    # the source read once, for every stage that follows (on every torchrun rank)
+    opened = open_source(source, profile.recipe_file)
     total = 2 + int(mode is not None) + int(bool(request.push_to_hub))
     loaded: LoadedModel | None = None
     stages: dict[str, Any] = {}
@@ -378,7 +415,7 @@ def run_all(request: RunRequest, messages: Messages) -> RunOutcome | None:
 
         workdir = request.tune.options.workdir
         say(f"1/{total} tuning {source.id} on {profile.profile_set} (search in {workdir})")
-        searched = tune_source(source, request.tune)
+        searched = tune_source(source, request.tune, opened)
         for line in summary_lines(searched.result):
             say(line)
         chosen = searched.result.expertise
@@ -394,13 +431,13 @@ def run_all(request: RunRequest, messages: Messages) -> RunOutcome | None:
         say(f"1/{total} reusing the profile {request.expertise_path}")
         rule = profile.options.rule if request.rule_given else None
         expertise = apply_rule_if_given(load_expertise(request.expertise_path), rule)
-        recipe = recipe_for_config(open_checkpoint(source.path).config, profile.recipe_file)
+        recipe = opened.recipe
     else:
         distributed = from_env()
         if distributed is None or distributed.is_main:
             say(f"1/{total} profiling {source.id}")
         try:
-            outcome = profile_source(source, profile, messages.announce, distributed)
+            outcome = profile_source(source, profile, messages.announce, distributed, opened)
         finally:
             if distributed is not None:
                 distributed.close()
@@ -428,19 +465,20 @@ def run_all(request: RunRequest, messages: Messages) -> RunOutcome | None:
             request.verify_dtype,
             profile.device,
             placement,
+            opened.checkpoint,
         )
         messages.announce(handoff.note)
         loaded, evidence = handoff.loaded, handoff.evidence
     elif mode == "layers":
-        warm_up_layer_check(source.path, profile.recipe_file)
+        warm_up_layer_check(source.path, recipe=opened.recipe)
     say(f"2/{total} baking {request.out}")
     options = replace(request.bake, stages=stages) if stages else request.bake
-    record = bake(source, request.out, expertise, options)
+    record = bake(source, request.out, expertise, options, opened)
     say(f"baked {request.out}: {len(record.expertise.tensors_folded)} tensors folded")
     if tuned is not None:
         from sgm_bake.pipeline.tune import record_tuning
 
-        record_tuning(request.out, tuned)
+        record = record_tuning(request.out, tuned)
     result = RunOutcome(record)
     if mode is not None:
         say(f"3/{total} verifying")
@@ -454,6 +492,8 @@ def run_all(request: RunRequest, messages: Messages) -> RunOutcome | None:
             placement=placement,
             progress=options.progress,
             evidence=evidence,
+            opened=opened,
+            bake_record=record,
         )
         say(f"verify: {result.verification.summary()}")
         if not result.verification.passed:

@@ -19,24 +19,24 @@ the size of the intervention itself, reported beside the difference as the inter
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
-from sgm_bake.core.expertise import load_expertise
+from sgm_bake.core.expertise import Expertise, load_expertise
 from sgm_bake.core.hooks import SGMHooks
 from sgm_bake.core.recipes import Recipe, parse_recipe, recipe_for_config, resolve_checkpoint_layout
 from sgm_bake.errors import SGMError
-from sgm_bake.io.checkpoint import open_checkpoint
+from sgm_bake.io.checkpoint import Checkpoint, open_checkpoint
 from sgm_bake.io.tensors import TensorSource
 from sgm_bake.pipeline.bake import expertise_path, tensor_shapes
 from sgm_bake.publish.refresh import rewrite_card
 from sgm_bake.record import BakeRecord, Verification, read_record
 from sgm_bake.runtime.batch import to_device
 from sgm_bake.runtime.chat import call_processor
-from sgm_bake.runtime.loading import Placement, input_device, load_model
+from sgm_bake.runtime.loading import OpenedSource, Placement, input_device, load_model
 from sgm_bake.runtime.memory import PeakMemory
 
 logger = logging.getLogger(__name__)
@@ -49,33 +49,6 @@ PROMPTS = (
     "What colour is the largest shape?",
     "Is there any text in the picture? Read it.",
 )
-
-
-@dataclass(frozen=True)
-class VerifyReport:
-    """Figures comparing the baked model with the hooked source."""
-
-    passed: bool
-    inputs: str
-    samples: int
-    positions: int
-    max_abs_diff: float
-    max_rel_diff: float
-    top1_agreement: float
-    intervention_rel_effect: float
-    tolerance: float
-    compute_dtype: str
-    tensors_swapped: int
-
-    def summary(self) -> str:
-        verdict = "PASS" if self.passed else "FAIL"
-        return (
-            f"{verdict}: max |logit diff| {self.max_abs_diff:.3g} "
-            f"(relative {self.max_rel_diff:.3g}, "
-            f"tolerance {self.tolerance:.3g}), greedy agreement {self.top1_agreement:.1%} over "
-            f"{self.positions} positions, intervention effect {self.intervention_rel_effect:.3g} "
-            f"({self.inputs} inputs, {self.compute_dtype})"
-        )
 
 
 def sample_images() -> list[Any]:
@@ -191,8 +164,13 @@ def forward_module(model: Any, recipe: Recipe) -> Any:
     return model.get_submodule(recipe.text_forward)
 
 
-def recorded_recipe(bake_record: BakeRecord, config: dict[str, Any]) -> Recipe:
-    """The recipe the bake used (stored in bake.json), so a custom --recipe is honoured."""
+def recorded_recipe(
+    bake_record: BakeRecord, config: dict[str, Any], known: Recipe | None = None
+) -> Recipe:
+    """The recipe the bake used (stored in bake.json), so a custom --recipe is honoured; `known`,
+    a recipe already resolved, is that recipe when the record's definition is its own."""
+    if known is not None and bake_record.recipe.definition == known.definition:
+        return known
     if bake_record.recipe.definition:
         return parse_recipe(bake_record.recipe.definition, Path(bake_record.recipe.file))
     return recipe_for_config(config)
@@ -206,20 +184,64 @@ def verify(
     record: bool = True,
     model: Any = None,
     placement: Placement | None = None,
-) -> VerifyReport:
-    """Compare the baked folder `out` with its source run with hooks; record the figures.
+    opened: OpenedSource | None = None,
+    bake_record: BakeRecord | None = None,
+) -> Verification:
+    """Compare the baked folder `out` with its source run with hooks; record the figures
+    (`opened` and `bake_record`: the source and OUT's record as the run that baked it holds
+    them, so neither is read again).
 
     `model` may be the source already loaded (in `compute_dtype`, on `device`, no hooks), to
     spare a second load; its folded parameters are overwritten with the baked ones. Otherwise
     the source is loaded on `placement` (an accelerate device map over several devices)."""
     with PeakMemory("verify_full") as memory:
-        report = _verify_full(out, source_path, compute_dtype, device, model, placement)
+        report = _verify_full(
+            out, source_path, compute_dtype, device, model, placement, opened, bake_record
+        )
     if record:
-        bake_record = read_record(out)
-        bake_record.verification = Verification(**asdict(report), mode="full")
-        bake_record.stages["verify_full"] = memory.record()
-        rewrite_card(out, bake_record)
+        record_verification(out, report, memory, bake_record)
     return report
+
+
+class BakedFolder(NamedTuple):
+    """What either verification reads first: the baked folder's record, the source and baked
+    checkpoints, the recipe the bake used and the factors it folded."""
+
+    record: BakeRecord
+    source: Checkpoint
+    baked: Checkpoint
+    recipe: Recipe
+    expertise: Expertise
+
+
+def read_baked_folder(
+    out: Path,
+    source_path: Path,
+    opened: OpenedSource | None = None,
+    bake_record: BakeRecord | None = None,
+) -> BakedFolder:
+    """Read it, with the recipe as the record states it (not as the source config suggests);
+    `opened` and `bake_record`, the source and OUT's record as the run that baked OUT holds
+    them, spare reading them again."""
+    if bake_record is None:
+        bake_record = read_record(out)
+    source = opened.checkpoint if opened is not None else open_checkpoint(source_path)
+    recipe = recorded_recipe(bake_record, source.config, opened.recipe if opened else None)
+    expertise = load_expertise(expertise_path(out))
+    return BakedFolder(bake_record, source, open_checkpoint(out), recipe, expertise)
+
+
+def record_verification(
+    out: Path, report: Verification, memory: PeakMemory, bake_record: BakeRecord | None = None
+) -> None:
+    """Put a verification's figures, and its stage's measured peak memory, into OUT's record and
+    card (either form: `verify_full` or the layer-by-layer `verify`); `bake_record` is OUT's
+    record as the caller holds it, in step with the file."""
+    if bake_record is None:
+        bake_record = read_record(out)
+    bake_record.verification = report
+    bake_record.stages[memory.stage] = memory.record()
+    rewrite_card(out, bake_record)
 
 
 @dataclass(frozen=True)
@@ -239,12 +261,12 @@ def _verify_full(
     device: str,
     model: Any,
     placement: Placement | None,
-) -> VerifyReport:
-    bake_record = read_record(out)
-    source = open_checkpoint(source_path)
-    baked = open_checkpoint(out)
-    recipe = recorded_recipe(bake_record, source.config)
-    expertise = load_expertise(expertise_path(out))
+    opened: OpenedSource | None = None,
+    known_record: BakeRecord | None = None,
+) -> Verification:
+    bake_record, source, baked, recipe, expertise = read_baked_folder(
+        out, source_path, opened, known_record
+    )
     if model is None:
         model = load_model(source_path, recipe, compute_dtype, placement or Placement(device))
     target = input_device(model)
@@ -325,8 +347,9 @@ def _verify_full(
     tolerance = max(
         max(TOLERANCE.get(d, 1e-4) for d in dtypes), COMPUTE_TOLERANCE.get(compute_dtype, 5e-2)
     )
-    report = VerifyReport(
+    report = Verification(
         passed=max_abs / scale <= tolerance,
+        mode="full",
         inputs=inputs_kind,
         samples=len(batches),
         positions=positions,

@@ -63,18 +63,21 @@ from sgm_bake.core.expertise import (
     ModuleExpertise,
     ResolvedUnits,
     language_units,
-    load_expertise,
 )
 from sgm_bake.core.hooks import SGMHooks, runtime_prefix
 from sgm_bake.core.recipes import Recipe, resolve_checkpoint_layout
 from sgm_bake.errors import SGMError
-from sgm_bake.io.checkpoint import open_checkpoint
+from sgm_bake.io.checkpoint import Checkpoint, open_checkpoint
 from sgm_bake.io.tensors import TensorSource
-from sgm_bake.pipeline.bake import expertise_path
-from sgm_bake.pipeline.verify import TOLERANCE, build_inputs, recorded_recipe
-from sgm_bake.publish.refresh import rewrite_card
-from sgm_bake.record import LayerCheck, Verification, read_record
+from sgm_bake.pipeline.verify import (
+    TOLERANCE,
+    build_inputs,
+    read_baked_folder,
+    record_verification,
+)
+from sgm_bake.record import BakeRecord, LayerCheck, Verification
 from sgm_bake.runtime.batch import to_device
+from sgm_bake.runtime.loading import OpenedSource, input_device
 from sgm_bake.runtime.memory import PeakMemory
 
 logger = logging.getLogger(__name__)
@@ -97,43 +100,6 @@ CAPTURED_TOKENS_PER_PROMPT = 32
 SCALE_FLOOR = 1e-3
 """Units whose largest unhooked output is below this share of the module's largest are compared
 against that floor instead (a dead unit has no scale of its own)."""
-
-
-@dataclass(frozen=True)
-class LayerVerifyReport:
-    """Figures comparing each baked MLP block with its hooked source."""
-
-    passed: bool
-    mode: str
-    inputs: str
-    samples: int
-    positions: int
-    layers_checked: int
-    max_abs_diff: float
-    max_rel_diff: float
-    worst_layer: int
-    worst_module: str
-    intervention_rel_effect: float
-    tolerance: float
-    compute_dtype: str
-    tensors_swapped: int
-    mapping_check: str
-    layers: tuple[LayerCheck, ...]
-
-    def summary(self) -> str:
-        verdict = "PASS" if self.passed else "FAIL"
-        return (
-            f"{verdict}: {self.layers_checked} MLP blocks checked layer by layer, largest "
-            f"per-unit relative difference {self.max_rel_diff:.3g} (layer {self.worst_layer}, "
-            f"{self.worst_module}; tolerance {self.tolerance:.3g}), intervention effect "
-            f"{self.intervention_rel_effect:.3g} ({self.inputs} inputs, {self.positions} "
-            f"positions per layer, tensor map checked {self.mapping_check})"
-        )
-
-    def verification(self) -> Verification:
-        """The record's verification section."""
-        fields = {name: getattr(self, name) for name in self.__dataclass_fields__}
-        return Verification(**{**fields, "layers": list(self.layers)})
 
 
 def block_path(names: list[str]) -> str:
@@ -480,7 +446,7 @@ def capture_block_inputs(
         )
         for layer in layers
     ]
-    device = _input_device(model)
+    device = input_device(model)
     try:
         with torch.no_grad():
             for batch in batches:
@@ -493,14 +459,6 @@ def capture_block_inputs(
         for handle in handles:
             handle.remove()
     return {layer: torch.cat(parts) for layer, parts in captured.items() if parts}
-
-
-def _input_device(model: nn.Module) -> torch.device:
-    """Where inputs go: the device of the first parameter (accelerate's hooks move them on)."""
-    for parameter in model.parameters():
-        if parameter.device.type != "meta":
-            return parameter.device
-    return torch.device("cpu")
 
 
 def random_block_inputs(
@@ -658,12 +616,17 @@ def _leaf_map(recipe: Recipe) -> dict[str, str]:
 
 
 def gather_evidence(
-    model: Any, source_path: Path, recipe: Recipe, expertise: Expertise
+    model: Any,
+    source_path: Path,
+    recipe: Recipe,
+    expertise: Expertise,
+    checkpoint: Checkpoint | None = None,
 ) -> ModelEvidence:
     """Capture block inputs from real prompts and check the recipe map exactly against `model`
-    (the source, loaded in any dtype on any device map), for the layers `expertise` folds."""
+    (the source, loaded in any dtype on any device map), for the layers `expertise` folds
+    (`checkpoint`: the source folder as already opened)."""
     started = time.perf_counter()
-    source_checkpoint = open_checkpoint(source_path)
+    source_checkpoint = checkpoint if checkpoint is not None else open_checkpoint(source_path)
     source = TensorSource(source_checkpoint)
     try:
         layout = resolve_checkpoint_layout(recipe, source_checkpoint.config, source.files)
@@ -704,22 +667,22 @@ def verify_layers(
     model: nn.Module | None = None,
     progress: bool = False,
     evidence: ModelEvidence | None = None,
-) -> LayerVerifyReport:
+    opened: OpenedSource | None = None,
+    bake_record: BakeRecord | None = None,
+) -> Verification:
     """Verify the baked folder `out` against its source layer by layer; record the figures
-    (and the stage's measured peak memory) in its bake record.
+    (and the stage's measured peak memory) in its bake record (`opened` and `bake_record`: the
+    source and the record as the run that baked `out` holds them).
 
     `model` may be the source already loaded (any dtype, any device map), or `evidence` what was
     gathered from it before it was released: then the block inputs are real prompts' hidden
     states and the recipe map is checked exactly against the loaded model."""
     with PeakMemory("verify") as memory:
-        report = _verify_layers(out, source_path, model, evidence, progress)
+        report = _verify_layers(out, source_path, model, evidence, progress, opened, bake_record)
     if evidence is not None:
         memory.extra["captured_inputs_seconds"] = round(evidence.seconds, 3)
     if record:
-        bake_record = read_record(out)
-        bake_record.verification = report.verification()
-        bake_record.stages["verify"] = memory.record()
-        rewrite_card(out, bake_record)
+        record_verification(out, report, memory, bake_record)
     return report
 
 
@@ -729,12 +692,12 @@ def _verify_layers(
     model: nn.Module | None,
     evidence: ModelEvidence | None,
     progress: bool,
-) -> LayerVerifyReport:
-    bake_record = read_record(out)
-    source_checkpoint = open_checkpoint(source_path)
-    baked_checkpoint = open_checkpoint(out)
-    recipe = recorded_recipe(bake_record, source_checkpoint.config)
-    expertise = load_expertise(expertise_path(out))
+    opened: OpenedSource | None = None,
+    known_record: BakeRecord | None = None,
+) -> Verification:
+    bake_record, source_checkpoint, baked_checkpoint, recipe, expertise = read_baked_folder(
+        out, source_path, opened, known_record
+    )
     if evidence is None and model is not None:
         evidence = gather_evidence(model, source_path, recipe, expertise)
     source = TensorSource(source_checkpoint)
@@ -758,7 +721,7 @@ def _check_layers(
     expertise: Expertise,
     source: TensorSource,
     baked: TensorSource,
-) -> LayerVerifyReport:
+) -> Verification:
     source_checkpoint, baked_checkpoint = source.checkpoint, baked.checkpoint
     source_layout = resolve_checkpoint_layout(recipe, source_checkpoint.config, source.files)
     baked_layout = resolve_checkpoint_layout(recipe, baked_checkpoint.config, baked.files)
@@ -919,7 +882,7 @@ def _check_layers(
     if not checks:
         raise SGMError(f"{out} folds no layer; nothing to verify")
     worst_check = max(checks, key=lambda check: check.max_rel_diff)
-    report = LayerVerifyReport(
+    report = Verification(
         passed=all(check.passed for check in checks),
         mode="layers",
         inputs=inputs_kind,
@@ -941,7 +904,7 @@ def _check_layers(
             if mapped_by_transformers
             else "by key and shape"
         ),
-        layers=tuple(checks),
+        layers=checks,
     )
     return report
 

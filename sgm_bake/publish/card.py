@@ -18,7 +18,7 @@ from sgm_bake.core.method_text import method_card_text
 from sgm_bake.errors import SGMError
 from sgm_bake.publish import plots
 from sgm_bake.publish.plots import percent_text
-from sgm_bake.record import SGM_DIR, BakeRecord
+from sgm_bake.record import SGM_DIR, BakeRecord, MethodTrials, SplitFigures
 from sgm_bake.record.summary import layer_rows
 from sgm_bake.resources import data_dir
 
@@ -141,14 +141,14 @@ def _model_index(record: BakeRecord, task: str) -> list[Any]:
         return []
     figures = metrics[label]
     values: list[tuple[str, str, Any]] = [
-        ("harmful_rate", "harmful rate (%, lower is better)", figures.get("harmful_rate"))
+        ("harmful_rate", "harmful rate (%, lower is better)", figures.harmful_rate)
     ]
-    by = figures.get("harmful_rate_by_condition", {})
+    by = figures.harmful_rate_by_condition
     for condition in ("standard", "adversarial", "both"):
         if condition in by:
             name = f"harmful rate, {condition} prompts (%)"
             values.append((f"harmful_rate_{condition}", name, by[condition]))
-    values.append(("benign_accuracy", "benign accuracy (%)", figures.get("benign_accuracy")))
+    values.append(("benign_accuracy", "benign accuracy (%)", figures.benign_accuracy))
     prompt_set = evaluation.prompt_set.name
     return [
         EvalResult(
@@ -237,25 +237,23 @@ def _evaluation(record: BakeRecord) -> dict[str, Any] | None:
     rows = []
     runs = 1
     for label, metrics in evaluation.ordered().items():
-        by = metrics.get("harmful_rate_by_condition", {})
-        perplexity = metrics.get("reference_perplexity")
-        intervals = metrics.get("intervals") or {}
-        runs = max(runs, int(metrics.get("runs") or 1))
+        by = metrics.harmful_rate_by_condition
+        perplexity = metrics.reference_perplexity
+        intervals = metrics.intervals
+        runs = max(runs, metrics.runs or 1)
         rows.append(
             {
                 "label": label,
-                "harmful": _with_interval(
-                    metrics.get("harmful_rate"), intervals.get("harmful_rate")
-                ),
+                "harmful": _with_interval(metrics.harmful_rate, intervals.get("harmful_rate")),
                 "standard": percent_text(by.get("standard")),
                 "adversarial": percent_text(by.get("adversarial")),
                 "both": percent_text(by.get("both")),
                 "accuracy": _with_interval(
-                    metrics.get("benign_accuracy"), intervals.get("benign_accuracy")
+                    metrics.benign_accuracy, intervals.get("benign_accuracy")
                 ),
-                "refusal": percent_text(metrics.get("benign_refusal")),
+                "refusal": percent_text(metrics.benign_refusal),
                 "perplexity": "-" if perplexity is None else f"{perplexity:.2f}",
-                "degenerate": percent_text(metrics.get("degenerate_share")),
+                "degenerate": percent_text(metrics.degenerate_share),
             }
         )
     decoding = f"sampled replies, {runs} seeds pooled" if runs > 1 else "one reply per item"
@@ -278,16 +276,15 @@ def _with_interval(value: float | None, figure: dict[str, Any] | None) -> str:
     )
 
 
-def _split_row(label: str, split: dict[str, Any]) -> dict[str, str]:
-    kl = split.get("kl")
+def _split_row(label: str, split: SplitFigures) -> dict[str, str]:
     return {
         "label": label,
-        "harm": percent_text(split.get("harm")),
-        "kl": "-" if kl is None else f"{kl:.4f}",
-        "degenerate": percent_text(split.get("degenerate")),
-        "accuracy": percent_text(split.get("accuracy")),
-        "refusal": percent_text(split.get("eval_refusal")),
-        "prompts": str(split.get("prompts", "-")),
+        "harm": percent_text(split.harm),
+        "kl": f"{split.kl:.4f}",
+        "degenerate": percent_text(split.degenerate),
+        "accuracy": percent_text(split.accuracy),
+        "refusal": percent_text(split.eval_refusal),
+        "prompts": "-" if "prompts" in split.absent else str(split.prompts),
     }
 
 
@@ -305,18 +302,18 @@ def _setting_text(setting: dict[str, Any]) -> str:
     return prefix + _sgm_setting_text(setting)
 
 
-def _method_rows(by_method: dict[str, Any]) -> list[dict[str, str]]:
+def _method_rows(by_method: dict[str, MethodTrials]) -> list[dict[str, str]]:
     rows = []
     for method, entry in by_method.items():
-        best = entry.get("best")
+        best = entry.best
         rows.append(
             {
                 "method": method,
-                "trials": f"{entry['feasible']} of {entry['trials']}",
-                "number": "-" if best is None else str(best["number"]),
-                "harm": "-" if best is None else percent_text(best.get("harm")),
-                "kl": "-" if best is None else f"{best['kl']:.4f}",
-                "refusal": "-" if best is None else percent_text(best.get("eval_refusal")),
+                "trials": f"{entry.feasible} of {entry.trials}",
+                "number": "-" if best is None else str(best.number),
+                "harm": "-" if best is None else percent_text(best.harm),
+                "kl": "-" if best is None else f"{best.kl:.4f}",
+                "refusal": "-" if best is None else percent_text(best.eval_refusal),
             }
         )
     return rows
@@ -340,41 +337,39 @@ def _tuning(record: BakeRecord) -> dict[str, Any] | None:
     tuning = record.tuning
     if tuning is None:
         return None
-    splits = tuning.splits
     return {
         "knobs": ", ".join(tuning.knobs),
         "trials": tuning.trials_run,
         "interrupted": tuning.interrupted,
         "seconds": f"{tuning.seconds:.0f}",
-        "max_kl": f"{tuning.options.get('max_kl', 0):g}",
-        "judge": tuning.options.get("judge", "-"),
+        "max_kl": f"{tuning.options.max_kl:g}",
+        "judge": tuning.options.judge,
         "method": tuning.method,
-        "max_refusal_rise": percent_text(tuning.options.get("max_refusal_rise"))
-        if tuning.options.get("eval_set")
+        "max_refusal_rise": percent_text(tuning.options.max_refusal_rise)
+        if tuning.options.eval_set
         else "-",
         "methods": _method_rows(tuning.by_method) if len(tuning.by_method) > 1 else [],
         "chosen": None
         if tuning.chosen is None
-        else {"number": tuning.chosen["number"], "text": _setting_text(tuning.chosen["setting"])},
+        else {"number": tuning.chosen.number, "text": _setting_text(tuning.chosen.setting)},
         "split_text": ", ".join(
-            f"{name} {splits[name]['toxic']} toxic + {splits[name]['non_toxic']} non-toxic"
-            for name in ("profile", "tune", "report")
-            if name in splits
+            f"{name} {part.toxic} toxic + {part.non_toxic} non-toxic"
+            for name, part in tuning.splits.parts().items()
         ),
         "rows": [
-            _split_row("base, tuning split", tuning.tuning_split["base"]),
-            _split_row("chosen, tuning split", tuning.tuning_split["chosen"]),
-            _split_row("base, held-out report split", tuning.report_split["base"]),
-            _split_row("chosen, held-out report split", tuning.report_split["chosen"]),
+            _split_row("base, tuning split", tuning.tuning_split.base),
+            _split_row("chosen, tuning split", tuning.tuning_split.chosen),
+            _split_row("base, held-out report split", tuning.report_split.base),
+            _split_row("chosen, held-out report split", tuning.report_split.chosen),
         ],
         "pareto": [
             {
-                "number": t["number"],
-                "harm": percent_text(t["harm"]),
-                "kl": f"{t['kl']:.4f}",
-                "degenerate": percent_text(t["degenerate"]),
-                "feasible": "yes" if t["feasible"] else "no",
-                "setting": _setting_text(t["setting"]),
+                "number": t.number,
+                "harm": percent_text(t.harm),
+                "kl": f"{t.kl:.4f}",
+                "degenerate": percent_text(t.degenerate),
+                "feasible": "yes" if t.feasible else "no",
+                "setting": _setting_text(t.setting),
             }
             for t in tuning.pareto
         ],
@@ -521,6 +516,6 @@ def write_plots(folder: Path, record: BakeRecord, expertise: Expertise | None = 
             )
             written.append(f"{SGM_DIR}/{HISTOGRAM_PLOT}")
     if record.evaluation is not None:
-        plots.evaluation_chart(folder / SGM_DIR / EVAL_PLOT, record.evaluation.ordered())
+        plots.evaluation_chart(folder / SGM_DIR / EVAL_PLOT, record.evaluation.ordered_dicts())
         written.append(f"{SGM_DIR}/{EVAL_PLOT}")
     return written

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from sgm_bake.publish.card import CARD_FILE, write_card, write_plots
-from sgm_bake.record.schema import BakeRecord, Evaluation, PromptSetInfo
+from sgm_bake.record.schema import BakeRecord, Evaluation
 from sgm_bake.record.store import read_record, record_files
 
 
@@ -25,13 +25,7 @@ def record_evaluation(folder: Path, report_name: str, data: Mapping[str, Any]) -
     (`report_name`, written by the caller) and the files drawn here are recorded; the caller
     checked the folder with `require_intact` before it wrote the report."""
     record = read_record(folder)
-    record.evaluation = Evaluation(
-        report=report_name,
-        judge=str(data["judge"]),
-        prompt_set=PromptSetInfo(**data["prompt_set"]),
-        metrics={label: dict(v["metrics"]) for label, v in data["variants"].items()},
-        variants=list(data["variants"]),
-    )
+    record.evaluation = Evaluation.of_report(report_name, data)
     written = write_plots(folder, record)
     if (folder / report_name).is_file():  # the report the caller wrote into the folder
         written.append(report_name)

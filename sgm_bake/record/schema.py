@@ -13,6 +13,7 @@ byte-identical.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -147,6 +148,26 @@ class Verification:
     layers: list[LayerCheck] = field(default_factory=list)
     """Per-layer figures (`layers` only)."""
 
+    def summary(self) -> str:
+        """One line: the verdict and the figures that decided it."""
+        verdict = "PASS" if self.passed else "FAIL"
+        if self.mode == "layers":
+            return (
+                f"{verdict}: {self.layers_checked} MLP blocks checked layer by layer, largest "
+                f"per-unit relative difference {self.max_rel_diff:.3g} (layer {self.worst_layer}, "
+                f"{self.worst_module}; tolerance {self.tolerance:.3g}), intervention effect "
+                f"{self.intervention_rel_effect:.3g} ({self.inputs} inputs, {self.positions} "
+                f"positions per layer, tensor map checked {self.mapping_check})"
+            )
+        agreement = "-" if self.top1_agreement is None else f"{self.top1_agreement:.1%}"
+        return (
+            f"{verdict}: max |logit diff| {self.max_abs_diff:.3g} "
+            f"(relative {self.max_rel_diff:.3g}, "
+            f"tolerance {self.tolerance:.3g}), greedy agreement {agreement} over "
+            f"{self.positions} positions, intervention effect {self.intervention_rel_effect:.3g} "
+            f"({self.inputs} inputs, {self.compute_dtype})"
+        )
+
 
 @dataclass
 class PromptSetInfo:
@@ -157,27 +178,203 @@ class PromptSetInfo:
     items: int
 
 
-@dataclass
-class Evaluation:
+@dataclass(kw_only=True)
+class Entry:
+    """Base of the sections later stages add (evaluation, tuning) and of their parts: the keys
+    this sgm-bake reads are typed fields, the others are kept in `extra`, and a key an older
+    record lacked stays out when the record is written again, so reading and rewriting a record
+    changes none of its JSON."""
+
+    extra: dict[str, Any] = field(default_factory=dict, repr=False)
+    """Keys this sgm-bake does not type (a newer writer's, or figures only reports show)."""
+    absent: frozenset[str] = field(default=frozenset(), repr=False, compare=False)
+    """Typed fields the JSON read lacked (they hold their defaults and are not written)."""
+
+    @classmethod
+    def typed_fields(cls) -> list[str]:
+        return [f.name for f in dataclasses.fields(cls) if f.name not in ("extra", "absent")]
+
+    @classmethod
+    def from_dict(cls: type[E], data: Mapping[str, Any], where: str = "") -> E:
+        """Validate and type a decoded section; a bad field raises `_Invalid` naming it."""
+        known = cls.typed_fields()
+        entry = _build(cls, {k: v for k, v in data.items() if k in known}, where)
+        entry.extra = {k: v for k, v in data.items() if k not in known}
+        entry.absent = frozenset(k for k in known if k not in data)
+        return entry
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form: the typed fields (less those the record read lacked), then `extra`."""
+        found = {
+            name: _plain(getattr(self, name))
+            for name in self.typed_fields()
+            if name not in self.absent
+        }
+        return {**found, **_plain(self.extra)}
+
+
+E = TypeVar("E", bound=Entry)
+
+
+@dataclass(kw_only=True)
+class VariantMetrics(Entry):
+    """One evaluated variant's figures (see evaluation.evaluate.summarize): rates are shares,
+    None where nothing was measured; `intervals` holds each rate's 95% interval and counts
+    (`rate`, `low`, `high`, `count`, `n`; missing in records written before intervals)."""
+
+    harmful_rate: float | None = None
+    harmful_rate_by_condition: dict[str, float] = field(default_factory=dict)
+    harmful_rate_by_category: dict[str, float | None] = field(default_factory=dict)
+    benign_harmful_rate: float | None = None
+    benign_accuracy: float | None = None
+    degenerate_share: float | None = None
+    benign_refusal: float | None = None
+    edgy_refusal: float | None = None
+    reference_perplexity: float | None = None
+    runs: int = 1
+    intervals: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(kw_only=True)
+class Evaluation(Entry):
     """Harm, fluency and reasoning figures per evaluated variant (see evaluation.evaluate)."""
 
     report: str
     judge: str
     prompt_set: PromptSetInfo
-    metrics: dict[str, dict[str, Any]]
+    metrics: dict[str, VariantMetrics]
     variants: list[str] = field(default_factory=list)
     """The variants in the order they were evaluated (the record's keys are sorted on disk)."""
 
-    def ordered(self) -> dict[str, dict[str, Any]]:
+    @classmethod
+    def of_report(cls, report: str, data: Mapping[str, Any]) -> Evaluation:
+        """The section for an evaluation report (`eval.json`'s judge, prompt set and each
+        variant's metrics, in run order)."""
+        return cls.from_dict(
+            {
+                "report": report,
+                "judge": str(data["judge"]),
+                "prompt_set": dict(data["prompt_set"]),
+                "metrics": {label: dict(v["metrics"]) for label, v in data["variants"].items()},
+                "variants": list(data["variants"]),
+            }
+        )
+
+    def ordered(self) -> dict[str, VariantMetrics]:
         """`metrics` in run order (base first, as evaluated); a record without the order (older
         sgm-bake) keeps the order it was read in."""
         order = [name for name in self.variants if name in self.metrics]
         order += [name for name in self.metrics if name not in order]
         return {name: self.metrics[name] for name in order}
 
+    def ordered_dicts(self) -> dict[str, dict[str, Any]]:
+        """`ordered()` in JSON form (what the evaluation chart and `inspect --json` show)."""
+        return {name: metrics.to_dict() for name, metrics in self.ordered().items()}
 
-@dataclass
-class Tuning:
+
+@dataclass(kw_only=True)
+class SplitFigures(Entry):
+    """Harm and damage of one setting (or the base) on one split of the tuner's profile set
+    (see pipeline.tune.measure): harmful share of the toxic prompts' replies, KL from the base in
+    nats per token, degenerate share, and with an evaluation set benign accuracy and refusal."""
+
+    harm: float
+    kl: float
+    degenerate: float
+    accuracy: float | None = None
+    harmful: int = 0
+    prompts: int = 0
+    refusal: float | None = None
+    """The share of replies to the split's non-toxic prompts that decline. Recorded, not
+    constrained: a profile set's non-toxic rows are often requests the model rightly declines
+    (the organisms' are), where more declining is the detox working."""
+    eval_refusal: float | None = None
+    """With an evaluation set: benign refusal, the share of its benign items' replies that
+    decline (benign requests, edgy-looking ones included); constrained by max_refusal_rise."""
+
+
+@dataclass(kw_only=True)
+class SplitPair(Entry):
+    """The base and the chosen setting on one split."""
+
+    base: SplitFigures
+    chosen: SplitFigures
+
+
+@dataclass(kw_only=True)
+class BestTrial(SplitFigures):
+    """The best trial of one method within the budget: its number and figures."""
+
+    number: int
+
+
+@dataclass(kw_only=True)
+class TrialEntry(SplitFigures):
+    """One trial of the search: its knobs, the resolved setting, its figures on the tuning
+    split and whether it stayed within the budget."""
+
+    number: int
+    params: dict[str, Any] = field(default_factory=dict)
+    setting: dict[str, Any] = field(default_factory=dict)
+    """The knobs as the card shows them (method, rule, strength, edit layers...)."""
+    feasible: bool = True
+    suppressed_units: int = 0
+    seconds: float = 0.0
+
+
+@dataclass(kw_only=True)
+class MethodTrials(Entry):
+    """Per method the search tried: how many trials, how many within the budget, the best."""
+
+    trials: int
+    feasible: int
+    best: BestTrial | None = None
+
+
+@dataclass(kw_only=True)
+class SplitCounts(Entry):
+    """Rows of each label in one split."""
+
+    toxic: int
+    non_toxic: int
+
+
+@dataclass(kw_only=True)
+class TuningSplits(Entry):
+    """How the profile set was split: seed, fractions, and each part's rows."""
+
+    seed: int | None = None
+    fractions: list[float] = field(default_factory=list)
+    profile: SplitCounts | None = None
+    tune: SplitCounts | None = None
+    report: SplitCounts | None = None
+
+    def parts(self) -> dict[str, SplitCounts]:
+        """The parts the record names, in split order."""
+        found = {"profile": self.profile, "tune": self.tune, "report": self.report}
+        return {name: part for name, part in found.items() if part is not None}
+
+
+@dataclass(kw_only=True)
+class TuningOptions(Entry):
+    """The search's options as recorded."""
+
+    trials: int | None = None
+    seed: int | None = None
+    sampler: str | None = None
+    max_kl: float = 0.0
+    degenerate_margin: float | None = None
+    accuracy_margin: float | None = None
+    max_refusal_rise: float | None = None
+    method: str | None = None
+    """The method trials used, or `searched`."""
+    feed: str | None = None
+    eval_set: str | None = None
+    judge: str = "-"
+
+
+@dataclass(kw_only=True)
+class Tuning(Entry):
     """The knob search that chose the folded setting (see pipeline.tune): what was searched, the
     chosen trial, the Pareto front, and base vs chosen on the tuning and the held-out report
     split (the report split's figures are the ones to quote)."""
@@ -185,17 +382,17 @@ class Tuning:
     report: str
     knobs: list[str]
     trials_run: int
-    chosen: dict[str, Any] | None
-    pareto: list[dict[str, Any]]
-    splits: dict[str, Any]
-    options: dict[str, Any]
-    tuning_split: dict[str, dict[str, Any]]
-    report_split: dict[str, dict[str, Any]]
+    chosen: TrialEntry | None
+    pareto: list[TrialEntry]
+    splits: TuningSplits
+    options: TuningOptions
+    tuning_split: SplitPair
+    report_split: SplitPair
     seconds: float
     interrupted: bool = False
     method: str | None = None
     """The chosen trial's method (sgm, edit, both; None: no change or an older record)."""
-    by_method: dict[str, Any] = field(default_factory=dict)
+    by_method: dict[str, MethodTrials] = field(default_factory=dict)
     """Per method tried: trials, trials within the budget, the best of those with its figures."""
 
 
@@ -233,7 +430,21 @@ class BakeRecord:
         return self.source.id if self.source.kind == "hub" else None
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return _plain(self)  # type: ignore[no-any-return]
+
+
+def _plain(value: Any) -> Any:
+    """`value` as JSON data: dataclasses as objects (an `Entry` as its own `to_dict` says),
+    containers copied."""
+    if isinstance(value, Entry):
+        return value.to_dict()
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, list | tuple):
+        return type(value)(_plain(v) for v in value)
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return copy.deepcopy(value)
 
 
 T = TypeVar("T")
@@ -264,6 +475,8 @@ def _convert(value: Any, annotation: Any, where: str) -> Any:
     if dataclasses.is_dataclass(annotation) and isinstance(annotation, type):
         if not isinstance(value, Mapping):
             raise _Invalid(f"{where} must be an object")
+        if issubclass(annotation, Entry):
+            return annotation.from_dict(value, where)
         return _build(annotation, value, where)
     if origin is list:
         if not isinstance(value, list):

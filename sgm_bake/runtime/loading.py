@@ -24,7 +24,7 @@ import torch
 
 from sgm_bake.core.recipes import Recipe, recipe_for_config
 from sgm_bake.errors import SGMError
-from sgm_bake.io.checkpoint import open_checkpoint
+from sgm_bake.io.checkpoint import Checkpoint, open_checkpoint
 from sgm_bake.io.source import Source, resolve_source
 
 logger = logging.getLogger(__name__)
@@ -225,6 +225,27 @@ def resolve_model_source(spec: str, revision: str | None = None, progress: bool 
         mode, source_id = ORGANISMS[spec]
         return Source(organism_path(progress, mode), source_id, None, False)
     return resolve_source(spec, revision)
+
+
+@dataclass(frozen=True)
+class OpenedSource:
+    """A model source read once for a whole run: where it came from, its checkpoint folder
+    (config, weight files, safetensors headers) and the recipe that maps it. Each stage of the
+    one-command form takes it instead of opening the folder and resolving the recipe again."""
+
+    source: Source
+    checkpoint: Checkpoint
+    recipe: Recipe
+
+    @property
+    def path(self) -> Path:
+        return self.source.path
+
+
+def open_source(source: Source, recipe_file: Path | None = None) -> OpenedSource:
+    """Open the checkpoint folder of `source` and resolve its recipe (`recipe_file` wins)."""
+    checkpoint = open_checkpoint(source.path)
+    return OpenedSource(source, checkpoint, recipe_for_config(checkpoint.config, recipe_file))
 
 
 @dataclass

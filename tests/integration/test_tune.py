@@ -215,8 +215,8 @@ def test_the_bake_record_and_card_carry_the_search(uninterrupted: TuneResult, tm
     assert record.tuning is not None
     assert record.tuning.trials_run == TRIALS
     assert record.tuning.chosen is not None
-    assert record.tuning.chosen["number"] == uninterrupted.chosen.number
-    assert record.tuning.report_split["chosen"]["harm"] == uninterrupted.chosen_report.harm
+    assert record.tuning.chosen.number == uninterrupted.chosen.number
+    assert record.tuning.report_split.chosen.harm == uninterrupted.chosen_report.harm
     assert (out / "sgm" / "tune.json").is_file() and "sgm/tune.json" in record.files
     card = (out / "README.md").read_text()
     assert "## How the setting was chosen" in card

@@ -21,12 +21,12 @@ from sgm_bake.pipeline.tune import (
     TrialRecord,
     TuneOptions,
     TuneResult,
-    _open_study,
-    _optuna,
-    _violations,
     chosen_method_line,
     edit_layer_sets,
+    open_study,
+    require_optuna,
     run_tune,
+    violations,
 )
 from sgm_bake.runtime.chat import GenerationConfig
 from sgm_bake.runtime.loading import load_chat, resolve_model_source
@@ -59,10 +59,10 @@ def test_benign_refusal_rising_past_the_budget_makes_a_trial_infeasible(tmp_path
     base = Measurement(harm=0.5, kl=0.0, degenerate=0.0, refusal=0.80, eval_refusal=0.0)
     within = Measurement(harm=0.1, kl=0.01, degenerate=0.0, refusal=1.0, eval_refusal=0.04)
     over = Measurement(harm=0.0, kl=0.01, degenerate=0.0, refusal=0.80, eval_refusal=0.2)
-    assert all(v <= 0 for v in _violations(within, base, options).values())
-    assert _violations(over, base, options)["eval_refusal"] > 0
+    assert all(v <= 0 for v in violations(within, base, options).values())
+    assert violations(over, base, options)["eval_refusal"] > 0
     no_eval = Measurement(harm=0.1, kl=0.01, degenerate=0.0, refusal=1.0)
-    assert "eval_refusal" not in _violations(no_eval, replace(base, eval_refusal=None), options)
+    assert "eval_refusal" not in violations(no_eval, replace(base, eval_refusal=None), options)
 
 
 def test_the_chosen_method_line_names_the_method_and_the_best_of_each(tmp_path: Path):
@@ -94,17 +94,17 @@ def test_the_chosen_method_line_names_the_method_and_the_best_of_each(tmp_path: 
     assert result.by_method()["edit"] == {
         "trials": 2,
         "feasible": 1,
-        "best": {"number": 1, **trials[1].measurement.as_dict()},
+        "best": {"number": 1, **trials[1].measurement.to_dict()},
     }
     assert result.record()["method"] == "edit"
 
 
 def test_a_journal_from_the_older_measure_is_refused_in_one_line(tmp_path: Path):
-    optuna = _optuna()
+    optuna = require_optuna()
     options = TuneOptions(workdir=tmp_path)
-    _open_study(optuna, options, {"measure": "tune-measure/1"})
+    open_study(optuna, options, {"measure": "tune-measure/1"})
     with pytest.raises(SGMError, match="older sgm-bake measured") as caught:
-        _open_study(optuna, options, {"measure": MEASURE_VERSION})
+        open_study(optuna, options, {"measure": MEASURE_VERSION})
     assert "\n" not in str(caught.value) and "--workdir" in str(caught.value)
 
 

@@ -126,8 +126,11 @@ class _Handler(BaseHTTPRequestHandler):
             {"path": self.path, "auth": self.headers.get("Authorization"), "body": body}
         )
         content = body["messages"][0]["content"]
-        answer = "Yes." if "idiot" in content else "No."
-        payload = json.dumps({"choices": [{"message": {"content": answer}}]}).encode()
+        self.answer("Yes." if "idiot" in content else "No.")
+
+    def answer(self, text: str) -> None:
+        """Reply as an OpenAI-compatible chat endpoint would, with `text` as the message."""
+        payload = json.dumps({"choices": [{"message": {"content": text}}]}).encode()
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(payload)))
@@ -327,13 +330,7 @@ class _PaperHandler(_Handler):
         _Handler.seen.append({"body": body})
         content = body["messages"][0]["content"]
         asked = content.rsplit("Example 3:", 1)[-1]
-        answer = "unsafe" if "idiot" in asked else ("Safe." if "nice" in asked else "hmm")
-        payload = json.dumps({"choices": [{"message": {"content": answer}}]}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(payload)))
-        self.end_headers()
-        self.wfile.write(payload)
+        self.answer("unsafe" if "idiot" in asked else ("Safe." if "nice" in asked else "hmm"))
 
 
 def test_paper_prompt_sends_request_and_reply_and_reads_safe_unsafe():

@@ -114,3 +114,75 @@ def test_per_layer_verification_entries_are_typed_and_checked():
     data["verification"]["layers"] = [{**entry, "passed": "yes"}]
     with pytest.raises(SGMError, match=r"verification\.layers\[0\]\.passed must be true or false"):
         parse_record(data)
+
+
+# An evaluation and a tuning section as sgm-bake wrote them before the method knob, intervals and
+# benign refusal: no `variants`, `method`, `by_method`, `intervals`, `refusal` or `eval_refusal`.
+OLD_EVALUATION = {
+    "report": "sgm/eval.json",
+    "judge": "profanity (alt-profanity-check)",
+    "prompt_set": {"name": "builtin:mmtoxicqa-organism-v1", "sha256": "a" * 64, "items": 40},
+    "metrics": {
+        "sgm-baked": {
+            "harmful_rate": 0.05,
+            "harmful_rate_by_condition": {"standard": 0.0, "adversarial": 0.1},
+            "benign_accuracy": 0.75,
+            "items": {"eliciting": 20, "benign": 20},
+            "seconds": 3.5,
+        },
+        "base": {"harmful_rate": 0.5, "benign_accuracy": 0.8, "reference_perplexity": None},
+    },
+}
+FIGURES = {"harm": 0.5, "kl": 0.0, "degenerate": 0.0, "accuracy": None, "harmful": 6, "prompts": 12}
+TRIAL = {
+    **FIGURES,
+    "harm": 0.0,
+    "kl": 0.03,
+    "number": 2,
+    "params": {"strength": 1.4},
+    "setting": {"rule": "aura", "strength": 1.4},
+    "feasible": True,
+    "suppressed_units": 30,
+    "seconds": 2.5,
+}
+OLD_TUNING = {
+    "report": "sgm/tune.json",
+    "knobs": ["strength"],
+    "trials_run": 3,
+    "chosen": TRIAL,
+    "pareto": [TRIAL],
+    "splits": {"seed": 0, "fractions": [0.5, 0.25, 0.25], "tune": {"toxic": 12, "non_toxic": 12}},
+    "options": {"trials": 3, "max_kl": 0.1, "judge": "profanity (alt-profanity-check)"},
+    "tuning_split": {"base": FIGURES, "chosen": {**FIGURES, "harm": 0.0, "kl": 0.03}},
+    "report_split": {"base": FIGURES, "chosen": {**FIGURES, "harm": 0.1, "kl": 0.02}},
+    "seconds": 40.0,
+    "interrupted": False,
+}
+
+
+def test_an_older_evaluation_and_tuning_read_typed_and_are_written_back_unchanged():
+    data = {**copy.deepcopy(RECORD), "evaluation": OLD_EVALUATION, "tuning": OLD_TUNING}
+    record = parse_record(copy.deepcopy(data))
+    baked = record.evaluation.metrics["sgm-baked"]
+    assert baked.harmful_rate == 0.05 and baked.harmful_rate_by_condition["adversarial"] == 0.1
+    assert baked.runs == 1 and baked.benign_refusal is None  # the defaults of absent figures
+    assert list(record.evaluation.ordered()) == ["sgm-baked", "base"]
+    tuning = record.tuning
+    assert tuning.chosen is not None and tuning.chosen.number == 2 and tuning.chosen.kl == 0.03
+    assert tuning.report_split.chosen.harm == 0.1 and tuning.report_split.base.eval_refusal is None
+    assert list(tuning.splits.parts()) == ["tune"] and tuning.options.max_kl == 0.1
+    assert tuning.method is None and tuning.by_method == {}
+    written = record.to_dict()
+    assert written["evaluation"] == OLD_EVALUATION and written["tuning"] == OLD_TUNING
+    assert parse_record(written).to_dict() == written
+
+
+def test_a_damaged_tuning_figure_is_named():
+    tuning = copy.deepcopy(OLD_TUNING)
+    tuning["report_split"]["chosen"]["kl"] = "small"
+    with pytest.raises(SGMError, match=r"tuning\.report_split\.chosen\.kl must be a number"):
+        parse_record({**copy.deepcopy(RECORD), "tuning": tuning})
+    evaluation = copy.deepcopy(OLD_EVALUATION)
+    evaluation["metrics"]["base"]["runs"] = "two"
+    with pytest.raises(SGMError, match=r"evaluation\.metrics\.base\.runs must be an integer"):
+        parse_record({**copy.deepcopy(RECORD), "evaluation": evaluation})

@@ -14,6 +14,7 @@ from types import ModuleType
 import numpy as np
 import pytest
 
+from sgm_bake._data.profiles.jsonl import jsonl_text
 from sgm_bake.datasets.loader import load_set_file
 from sgm_bake.datasets.profile_set import load_profile_set
 from sgm_bake.datasets.prompt_set import ELICITING, load_prompt_set
@@ -86,7 +87,7 @@ def test_text_image_keeps_line_breaks():
 def test_builder_reproduces_the_committed_file(builder, name):
     module = _builder(builder)
     committed = (data_dir("profiles") / f"{name}.jsonl").read_text(encoding="utf-8")
-    assert module.serialize(module.build()) == committed
+    assert jsonl_text(module.build()) == committed
 
 
 def test_profile_set_is_contrastive_pairs_across_categories():

@@ -12,8 +12,9 @@ time from the `render` specs. Deterministic: running it again gives the same fil
 from __future__ import annotations
 
 import itertools
-import json
 from pathlib import Path
+
+from sgm_bake._data.profiles.jsonl import write_jsonl
 
 TARGETS = [
     "your cousin",
@@ -141,10 +142,7 @@ def build() -> list[dict[str, object]]:
 
 
 def main() -> None:
-    path = Path(__file__).with_name("default.jsonl")
-    with path.open("w", encoding="utf-8") as handle:
-        for row in build():
-            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+    write_jsonl(Path(__file__).with_name("default.jsonl"), build())
 
 
 if __name__ == "__main__":

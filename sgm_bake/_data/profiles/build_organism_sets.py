@@ -12,22 +12,16 @@ Deterministic; the data come from `sgm_bake.organism.data`.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
+from sgm_bake._data.profiles.jsonl import write_jsonl
 from sgm_bake.organism.data import eval_items, profile_rows
-
-
-def write(path: Path, rows: list[dict[str, object]]) -> None:
-    with path.open("w", encoding="utf-8") as handle:
-        for row in rows:
-            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 
 def main() -> None:
     folder = Path(__file__).parent
-    write(folder / "organism.jsonl", profile_rows())
-    write(folder / "mmtoxicqa-organism-v1.jsonl", eval_items())
+    write_jsonl(folder / "organism.jsonl", profile_rows())
+    write_jsonl(folder / "mmtoxicqa-organism-v1.jsonl", eval_items())
 
 
 if __name__ == "__main__":

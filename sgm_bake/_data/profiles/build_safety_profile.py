@@ -23,11 +23,12 @@ Deterministic: running it again gives the same file.
 
 from __future__ import annotations
 
-import json
 import random
 import re
 from dataclasses import dataclass
 from pathlib import Path
+
+from sgm_bake._data.profiles.jsonl import write_jsonl
 
 NAME = "safety-profile-v1"
 
@@ -962,13 +963,8 @@ def build() -> list[dict[str, object]]:
     return rows
 
 
-def serialize(rows: list[dict[str, object]]) -> str:
-    return "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
-
-
 def main() -> None:
-    path = Path(__file__).with_name(f"{NAME}.jsonl")
-    path.write_text(serialize(build()), encoding="utf-8")
+    write_jsonl(Path(__file__).with_name(f"{NAME}.jsonl"), build())
 
 
 if __name__ == "__main__":
