@@ -5,6 +5,8 @@ while leaving the declined rows and the anchors nearly alone."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -15,6 +17,7 @@ from sgm_bake.errors import SGMError
 from sgm_bake.pipeline.decision import (
     DecisionRow,
     EditOptions,
+    MethodOptions,
     capture_decision,
     capture_fit,
     diagnose,
@@ -22,6 +25,7 @@ from sgm_bake.pipeline.decision import (
     rows_from_profile_set,
 )
 from sgm_bake.runtime.loading import load_chat, resolve_model_source
+from tests.helpers import three_item_prompt_set
 
 WORDS = ("red", "blue", "green", "yellow", "purple", "orange")
 
@@ -176,3 +180,34 @@ def test_the_fit_refuses_bad_options_and_rows_without_prompts(chat):
     unprompted = ProfileSet("x", "0" * 64, (ProfileSample("a", 1, "text only"),))
     with pytest.raises(SGMError, match="without a `prompt`"):
         rows_from_profile_set(unprompted)
+
+
+def test_anchors_come_from_a_prompt_sets_benign_answered_items(tmp_path):
+    path = three_item_prompt_set(tmp_path / "none")
+    with pytest.raises(SGMError, match="no benign items with a reference answer"):
+        MethodOptions("edit", anchors=str(path)).edit_options(2)
+    rows = [
+        {
+            "id": "b1",
+            "condition": "benign",
+            "category": "benign",
+            "prompt": "colour?",
+            "reference": "it is red .",
+        },
+        {"id": "b2", "condition": "benign", "category": "benign", "prompt": "shape?"},
+        {
+            "id": "s1",
+            "condition": "standard",
+            "category": "insult",
+            "prompt": "insult me",
+            "reference": "no .",
+        },
+    ]
+    answered = tmp_path / "answered.jsonl"
+    answered.write_text("\n".join(json.dumps(row) for row in rows) + "\n")
+    options = MethodOptions("edit", anchors=str(answered)).edit_options(4)
+    assert [(a.prompt, a.response, a.label) for a in options.anchors] == [
+        ("colour?", "it is red .", 0)
+    ]
+    assert options.layers == (2, 3) and (options.rank, options.replies) == (4, 3)
+    assert MethodOptions("edit").edit_options(4).anchors == ()
