@@ -13,39 +13,45 @@ the wrong sign for this job: it removes the refusal direction, which makes a mod
 so it raises harm; projecting it out of weights (ProFS-style) does nothing useful either.
 
 The edit. For one decoder layer's MLP output projection `y = W k` (`k` the MLP key,
-`act(gate(x)) * up(x)`), add a rank-1 term, `W' = W + u vᵀ`, so the layer writes `u (vᵀ k)` on top
-of what it wrote before (ROME/MEMIT-style closed form; cf. DINM):
+`act(gate(x)) * up(x)`), add a rank-r term, `W' = W + U Vᵀ`, so the layer writes `U (Vᵀ k)` on
+top of what it wrote before (ROME/MEMIT-style closed form; cf. DINM), fitted by reduced-rank
+ridge regression (`fit_reduced_rank`):
 
-- `u` is the decision direction of the next layer's input: the normalised difference of the class
-  means at the decision position, from the toxic-eliciting rows toward the declined rows;
-- `v` is fitted by ridge regression on the keys, `argmin_v sum_i (vᵀ k_i - t_i)² + λ ‖v‖²`: at the
-  decision position of each toxic-eliciting row `t_i` is the shift along `u` that takes its state
-  to the declined rows' mean (times a strength); at every prompt position of every declined row
-  `t_i = 0`, so the write is conditional: it leaves declined prompts, and whatever looks like them,
-  unchanged. `λ = ridge · trace(KᵀK) / I` (the mean eigenvalue of the key Gram matrix times the
-  knob), so the knob means the same on any model. The solve runs in float64, in the primal,
-  `(KᵀK + λI)⁻¹ Kᵀ t` (I×I, from streamed sufficient statistics), or the dual,
-  `Kᵀ (KKᵀ + λI)⁻¹ t` (rows×rows, when the keys are held and fewer than I), whichever is smaller.
+- the targets are whole vectors: at each toxic-eliciting row's fitted positions (the decision
+  position, and the first reply positions where a toxic and a polite reply share their first
+  words) the move from its state after the layer to the declined rows' mean state there, times
+  a strength; at the keys to leave alone (the declined rows' decision and reply positions,
+  benign anchors' every position) zero, so the write is conditional: it leaves declined and
+  benign prompts, and whatever looks like them, unchanged;
+- `B = argmin ‖K B - T‖² + ‖Z B‖² + λ ‖B‖²` in float64 (the primal solve, from the keys and the
+  streamed Gram matrix of the zero keys), `λ = ridge · trace(KᵀK + ZᵀZ) / I` (the mean
+  eigenvalue of the key Gram matrix times the knob, so the knob means the same on any model);
+- the write keeps the `r` output directions that carry most of the fitted outputs: `U = P`,
+  `V = B P`, P the top eigenvectors of `Bᵀ (KᵀK + ZᵀZ) B`.
+
+Rank 1 along one difference-in-means direction (the first version of this edit) could not
+separate the classes where no single direction does (`organism-staged`: separability 0.72); the
+measurements behind the rank and the reply positions are in benchmarks/RESULTS.md.
 
 Composition with SGM on the same tensor, defined once here. With SGM's output factors `a_out` and
 input factors `a_in` on the same projection, the baked weight is
 
-    W' = diag(a_out) · W · diag(a_in) + u vᵀ
+    W' = diag(a_out) · W · diag(a_in) + U Vᵀ
 
-and the hook reference adds `u (vᵀ k)` to the module's output after SGM's output scaling, with `k`
+and the hook reference adds `U (Vᵀ k)` to the module's output after SGM's output scaling, with `k`
 the module's input *before* SGM scales it. So the two terms are independent: the edit is fitted on
 the keys as the layer computes them (with SGM's factors on other modules in place when the two
 are combined), it may read units that SGM silences (they are the detectors, the best conditions
 for a write), a change of SGM's factors never changes the stored delta, and unbaking subtracts
-the delta first and divides by the factors after: `W = diag(1/a_out) (W' - u vᵀ) diag(1/a_in)`,
+the delta first and divides by the factors after: `W = diag(1/a_out) (W' - U Vᵀ) diag(1/a_in)`,
 which is again "scale, then add a low-rank term" (`core.fold.inverse_low_rank`). For a weight stored
-`[out, in]` (nn.Linear) the term is `u vᵀ`; stored `[in, out]` (GPT-2 Conv1D) it is `v uᵀ`.
+`[out, in]` (nn.Linear) the term is `U Vᵀ`; stored `[in, out]` (GPT-2 Conv1D) it is `V Uᵀ`.
 
-This module holds the math only: the direction, the fit, the delta record, and the figures of the
-diagnosis (how separable the decision direction is, how asymmetric the classes sit on it, who
-writes the shift, how far the AUROCs are from chance). Capturing the states and keys from a
-model is `sgm_bake.pipeline.decision`; the run-time reference is `sgm_bake.core.edit_hooks`; the
-fold is `sgm_bake.core.fold.TensorFold.add_low_rank`.
+This module holds the math only: the decision direction (the diagnosis's), the fit, the delta
+record, and the figures of the diagnosis (how separable the decision direction is, how
+asymmetric the classes sit on it, who writes the shift, how far the AUROCs are from chance).
+Capturing the states and keys from a model is `sgm_bake.pipeline.decision`; the run-time
+reference is `sgm_bake.core.edit_hooks`; the fold is `sgm_bake.core.fold.TensorFold.add_low_rank`.
 """
 
 from __future__ import annotations
@@ -53,15 +59,11 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
 
 from sgm_bake.core.recipes import Layout
 from sgm_bake.core.rules import auroc
-
-Solver = Literal["auto", "primal", "dual"]
-
 
 # ---------------------------------------------------------------------------------------------
 # The delta record
@@ -69,36 +71,50 @@ Solver = Literal["auto", "primal", "dual"]
 
 @dataclass(frozen=True)
 class LowRankDelta:
-    """A rank-1 term `u vᵀ` added to one module's weight: `u` over its output units, `v` over its
-    input units (float32), whatever the layout the weight is stored in."""
+    """A low-rank term `U Vᵀ` added to one module's weight: `U` [out, r] over its output units,
+    `V` [in, r] over its input units (float32), whatever the layout the weight is stored in.
+    One-dimensional `u`, `v` (the rank-1 files of format expertise/2) are read as rank 1."""
 
     module: str
     u: torch.Tensor
     v: torch.Tensor
 
     def __post_init__(self) -> None:
-        for name, vector in (("u", self.u), ("v", self.v)):
-            if vector.ndim != 1 or not vector.is_floating_point() or vector.numel() == 0:
+        for name, matrix in (("u", self.u), ("v", self.v)):
+            if matrix.ndim not in (1, 2) or not matrix.is_floating_point() or matrix.numel() == 0:
                 raise ValueError(
-                    f"delta {name} of {self.module!r} has shape {list(vector.shape)} and dtype "
-                    f"{vector.dtype}; it must be a non-empty 1-D float vector"
+                    f"delta {name} of {self.module!r} has shape {list(matrix.shape)} and dtype "
+                    f"{matrix.dtype}; it must be a non-empty float vector [units] or matrix "
+                    "[units, rank]"
                 )
-            if not bool(torch.isfinite(vector).all()):
+            if not bool(torch.isfinite(matrix).all()):
                 raise ValueError(f"delta {name} of {self.module!r} has non-finite values")
-        object.__setattr__(self, "u", self.u.detach().to(torch.float32).cpu().contiguous())
-        object.__setattr__(self, "v", self.v.detach().to(torch.float32).cpu().contiguous())
+        u = self.u if self.u.ndim == 2 else self.u.unsqueeze(1)
+        v = self.v if self.v.ndim == 2 else self.v.unsqueeze(1)
+        if u.shape[1] != v.shape[1]:
+            raise ValueError(
+                f"delta of {self.module!r} has u of rank {u.shape[1]} and v of rank {v.shape[1]}; "
+                "they must have the same number of columns"
+            )
+        object.__setattr__(self, "u", u.detach().to(torch.float32).cpu().contiguous())
+        object.__setattr__(self, "v", v.detach().to(torch.float32).cpu().contiguous())
 
     @property
     def out_features(self) -> int:
-        return int(self.u.numel())
+        return int(self.u.shape[0])
 
     @property
     def in_features(self) -> int:
-        return int(self.v.numel())
+        return int(self.v.shape[0])
+
+    @property
+    def rank(self) -> int:
+        """The number of columns of U and V (the term's rank when they are independent)."""
+        return int(self.u.shape[1])
 
     def stored(self, layout: Layout) -> tuple[torch.Tensor, torch.Tensor]:
-        """(row vector, column vector) of the term in the stored matrix: `u, v` for `[out, in]`,
-        `v, u` for `[in, out]`, so the stored term is `rows[:, None] * cols[None, :]`."""
+        """(row factor [a, r], column factor [b, r]) of the term in the stored matrix [a, b]:
+        `U, V` for `[out, in]`, `V, U` for `[in, out]`, so the stored term is `rows colsᵀ`."""
         if layout == "out_in":
             return self.u, self.v
         if layout == "in_out":
@@ -107,16 +123,16 @@ class LowRankDelta:
 
     def stored_shape(self, layout: Layout) -> tuple[int, int]:
         rows, cols = self.stored(layout)
-        return int(rows.numel()), int(cols.numel())
+        return int(rows.shape[0]), int(cols.shape[0])
 
     def matrix(self, layout: Layout) -> torch.Tensor:
         """The term as a float32 matrix in the stored orientation (for tests and small tensors;
         the bake adds it block by block)."""
         rows, cols = self.stored(layout)
-        return rows[:, None] * cols[None, :]
+        return rows @ cols.T
 
     def write(self, keys: torch.Tensor) -> torch.Tensor:
-        """What the term adds to the module's output for inputs `keys` [..., in]: `u (vᵀ k)`,
+        """What the term adds to the module's output for inputs `keys` [..., in]: `U (Vᵀ k)`,
         computed in float32 (the hook reference)."""
         if keys.shape[-1] != self.in_features:
             raise ValueError(
@@ -125,11 +141,14 @@ class LowRankDelta:
             )
         v = self.v.to(device=keys.device)
         u = self.u.to(device=keys.device)
-        return (keys.to(torch.float32) @ v).unsqueeze(-1) * u
+        return (keys.to(torch.float32) @ v) @ u.T
 
     def norm(self) -> float:
-        """Spectral (= Frobenius) norm of the rank-1 term."""
-        return float(self.u.double().norm() * self.v.double().norm())
+        """Spectral norm of the term (its largest singular value), from the r × r core of
+        `U Vᵀ = Q_u (R_u R_vᵀ) Q_vᵀ`, so the full matrix is never formed."""
+        _, r_u = torch.linalg.qr(self.u.double())
+        _, r_v = torch.linalg.qr(self.v.double())
+        return float(torch.linalg.matrix_norm(r_u @ r_v.T, ord=2))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -234,19 +253,16 @@ def decision_direction(toxic: torch.Tensor, declined: torch.Tensor) -> DecisionD
 
 
 class ZeroKeys:
-    """Keys at which the write must add nothing (every prompt position of the declined rows),
-    streamed in batches: the rows themselves are kept while there are at most `keep_rows` of them
-    (default: the key width, where the dual solve is the smaller one), the float64 Gram matrix
-    `Σ k kᵀ` [width, width] always. Memory: width² float64 plus at most keep_rows × width."""
+    """Keys at which the write must add nothing (the declined rows' decision and reply
+    positions, the anchors' every position), streamed in batches into their float64 Gram matrix
+    `Σ k kᵀ` [width, width]: memory is width² float64 however many positions there are."""
 
-    def __init__(self, width: int, keep_rows: int | None = None) -> None:
+    def __init__(self, width: int) -> None:
         if width <= 0:
             raise ValueError(f"key width must be positive, got {width}")
         self.width = width
-        self.keep_rows = width if keep_rows is None else keep_rows
         self.count = 0
         self._gram = torch.zeros(width, width, dtype=torch.float64)
-        self._rows: list[torch.Tensor] | None = []
 
     def add(self, keys: torch.Tensor) -> None:
         """Add keys [rows, width] (any float dtype)."""
@@ -257,24 +273,10 @@ class ZeroKeys:
             raise ValueError("keys have non-finite values")
         self._gram += keys.T @ keys
         self.count += keys.shape[0]
-        if self._rows is not None:
-            if self.count <= self.keep_rows:
-                self._rows.append(keys)
-            else:
-                self._rows = None
 
     @property
     def gram(self) -> torch.Tensor:
         return self._gram
-
-    @property
-    def rows(self) -> torch.Tensor | None:
-        """The keys themselves [count, width], or None once more than `keep_rows` were added."""
-        if self._rows is None:
-            return None
-        if not self._rows:
-            return torch.zeros(0, self.width, dtype=torch.float64)
-        return torch.cat(self._rows)
 
     @property
     def trace(self) -> float:
@@ -282,52 +284,43 @@ class ZeroKeys:
 
 
 @dataclass(frozen=True)
-class WriteFit:
-    """The fitted read vector `v` and how it was solved."""
+class RankFit:
+    """A reduced-rank write `U Vᵀ` and how well it reaches its targets."""
 
+    u: torch.Tensor
+    """float64 [out, r]: orthonormal output directions."""
     v: torch.Tensor
-    """float64 [width]."""
-    solver: Literal["primal", "dual"]
+    """float64 [in, r]: what each direction reads from the keys."""
     regularisation: float
-    """The λ actually used (ridge · trace(KᵀK) / width)."""
-    fitted: torch.Tensor
-    """vᵀ k at the targeted keys (float64 [rows]): how much of each target the write reaches."""
+    explained: float
+    """1 - ‖T - K V Uᵀ‖² / ‖T‖² at the targeted keys (1: every target reached exactly)."""
+    spectrum: torch.Tensor
+    """float64 [out]: the energies of the full-rank fit's output directions, largest first
+    (how much each further direction would add)."""
 
 
-def solve_primal(gram: torch.Tensor, cross: torch.Tensor, regularisation: float) -> torch.Tensor:
-    """`(G + λI)⁻¹ b` for a Gram matrix G = KᵀK [I, I] and b = Kᵀt [I], in float64."""
-    gram = gram.to(torch.float64)
-    system = gram + regularisation * torch.eye(gram.shape[0], dtype=torch.float64)
-    factor = torch.linalg.cholesky(system)
-    return torch.cholesky_solve(cross.to(torch.float64).unsqueeze(1), factor).squeeze(1)
-
-
-def solve_dual(keys: torch.Tensor, targets: torch.Tensor, regularisation: float) -> torch.Tensor:
-    """`Kᵀ (KKᵀ + λI)⁻¹ t` for keys K [rows, I] and targets t [rows], in float64."""
-    keys = keys.to(torch.float64)
-    kernel = keys @ keys.T
-    system = kernel + regularisation * torch.eye(kernel.shape[0], dtype=torch.float64)
-    factor = torch.linalg.cholesky(system)
-    weights = torch.cholesky_solve(targets.to(torch.float64).unsqueeze(1), factor).squeeze(1)
-    return keys.T @ weights
-
-
-def fit_write(
+def fit_reduced_rank(
     keys: torch.Tensor,
     targets: torch.Tensor,
     zero: ZeroKeys | None = None,
     ridge: float = 1e-2,
-    solver: Solver = "auto",
-) -> WriteFit:
-    """Fit `v` so that `vᵀ k_i ≈ t_i` at `keys` [rows, I] and `vᵀ k ≈ 0` at the keys of `zero`,
-    with ridge regularisation `λ = ridge · trace(KᵀK) / I` over all of them (see the module
-    docstring). `solver="auto"` takes the dual when the keys are held and fewer than I, else the
-    primal; both give the same `v` up to float64 rounding."""
+    rank: int = 1,
+) -> RankFit:
+    """Reduced-rank ridge regression: fit `B = argmin ‖K B - T‖² + ‖Z B‖² + λ‖B‖²` (keys K
+    [rows, in], whole-vector targets T [rows, out], zero-constraint keys Z, `λ = ridge ·
+    trace(KᵀK + ZᵀZ) / in`), then keep the `rank` output directions that carry most of the fitted
+    outputs over all constrained keys: P, the top eigenvectors of `Bᵀ (KᵀK + ZᵀZ) B`, and the
+    write `U Vᵀ` with `U = P`, `V = B P` (Eckart-Young on the fitted outputs: no rank-r
+    projection of B's outputs fits them closer). The primal solve, float64."""
     if keys.ndim != 2 or keys.shape[0] == 0:
         raise ValueError(f"keys have shape {list(keys.shape)}; need [rows, width] with rows > 0")
-    width = keys.shape[1]
-    if targets.shape != (keys.shape[0],):
-        raise ValueError(f"targets have shape {list(targets.shape)}; expected [{keys.shape[0]}]")
+    if targets.ndim != 2 or targets.shape[0] != keys.shape[0]:
+        raise ValueError(
+            f"targets have shape {list(targets.shape)}; expected [{keys.shape[0]}, out]"
+        )
+    width, out = keys.shape[1], targets.shape[1]
+    if not 1 <= rank <= out:
+        raise ValueError(f"rank must be between 1 and the output width {out}, got {rank}")
     if not math.isfinite(ridge) or ridge <= 0:
         raise ValueError(f"ridge must be a positive number, got {ridge}")
     keys = keys.to(torch.float64)
@@ -335,43 +328,26 @@ def fit_write(
     if not bool(torch.isfinite(keys).all()) or not bool(torch.isfinite(targets).all()):
         raise ValueError("keys or targets have non-finite values")
     if not bool((targets != 0).any()):
-        raise ValueError(
-            "every target is 0: no toxic-eliciting row sits short of the declined mean, so there "
-            "is nothing to write"
-        )
+        raise ValueError("every target is 0: there is nothing to write")
     if zero is not None and zero.width != width:
         raise ValueError(f"zero-constraint keys have width {zero.width}, the keys {width}")
-    trace = float((keys * keys).sum()) + (zero.trace if zero is not None else 0.0)
+    gram = keys.T @ keys
+    if zero is not None:
+        gram = gram + zero.gram
+    trace = float(gram.diagonal().sum())
     if trace <= 0:
         raise ValueError("every key is zero: the layer's MLP is silent on these prompts")
     regularisation = ridge * trace / width
-    zero_rows = None if zero is None else zero.rows
-    total_rows = keys.shape[0] + (zero.count if zero is not None else 0)
-    use_dual = solver == "dual" or (
-        solver == "auto" and (zero is None or zero_rows is not None) and total_rows < width
-    )
-    if use_dual:
-        if zero is not None and zero_rows is None:
-            raise ValueError("the dual solve needs the zero-constraint keys held; use the primal")
-        stacked = keys if zero_rows is None else torch.cat([keys, zero_rows])
-        padded = torch.cat([targets, torch.zeros(total_rows - len(targets), dtype=torch.float64)])
-        v = solve_dual(stacked, padded, regularisation)
-        method: Literal["primal", "dual"] = "dual"
-    else:
-        gram = keys.T @ keys
-        if zero is not None:
-            gram = gram + zero.gram
-        v = solve_primal(gram, keys.T @ targets, regularisation)
-        method = "primal"
-    return WriteFit(v, method, regularisation, keys @ v)
-
-
-def edit_delta(
-    module: str, direction: DecisionDirection | torch.Tensor, fit: WriteFit
-) -> LowRankDelta:
-    """The delta writing `direction * (vᵀ k)`: `u` the unit decision direction, `v` the fit."""
-    u = direction.direction if isinstance(direction, DecisionDirection) else direction
-    return LowRankDelta(module, u, fit.v)
+    system = gram + regularisation * torch.eye(width, dtype=torch.float64)
+    full = torch.cholesky_solve(keys.T @ targets, torch.linalg.cholesky(system))  # [in, out]
+    energy = full.T @ gram @ full
+    values, vectors = torch.linalg.eigh((energy + energy.T) / 2)
+    order = torch.argsort(values, descending=True)
+    directions = vectors[:, order[:rank]]
+    read = full @ directions
+    residual = targets - (keys @ read) @ directions.T
+    explained = 1.0 - float((residual * residual).sum()) / float((targets * targets).sum())
+    return RankFit(directions, read, regularisation, explained, values[order].clamp(min=0))
 
 
 # ---------------------------------------------------------------------------------------------

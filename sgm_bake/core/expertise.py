@@ -14,7 +14,11 @@ Format (a safetensors file; any tool may write it):
   SGM factors: `W' = diag(a_out) W diag(a_in) + u vᵀ`. A delta may name a module that has no
   factors, and a file may hold deltas only. A delta on a stacked experts parameter is refused
   when resolved (per-expert edits are not supported; a shared expert is an ordinary projection).
-  Files without deltas are written as `expertise/1`, as before, and both versions are read.
+  Files without deltas are written as `expertise/1`, as before, and both versions are read;
+- format `expertise/3` lets a delta have rank r > 1: `delta_u/<module>` float32 [out units, r]
+  and `delta_v/<module>` [in units, r], the term `U Vᵀ` (the conditional write with `--edit-rank`
+  above 1). Rank-1 deltas are still written as the vectors of `expertise/2`, so a file only
+  needs the new version when it holds a higher rank; all three versions are read.
 
 `<module>` is the module name in the loaded transformers model, e.g.
 `model.language_model.layers.3.mlp.down_proj`; stacked experts, which are parameters of an
@@ -48,7 +52,8 @@ from sgm_bake.errors import SGMError
 FORMAT_KEY = "sgm_bake.format"
 FORMAT_VERSION = "expertise/1"
 FORMAT_VERSION_DELTAS = "expertise/2"
-READABLE_FORMATS = (FORMAT_VERSION, FORMAT_VERSION_DELTAS)
+FORMAT_VERSION_RANK = "expertise/3"
+READABLE_FORMATS = (FORMAT_VERSION, FORMAT_VERSION_DELTAS, FORMAT_VERSION_RANK)
 STATEDICT_SUFFIX = ".statedict"
 
 logger = logging.getLogger(__name__)
@@ -268,7 +273,7 @@ def _load_safetensors(path: Path) -> Expertise:
 
 
 def _load_deltas(tensors: dict[str, torch.Tensor], path: Path) -> dict[str, LowRankDelta]:
-    """The `delta_u/<module>` and `delta_v/<module>` pairs of an expertise/2 file."""
+    """The `delta_u/<module>` and `delta_v/<module>` pairs of an expertise/2 or /3 file."""
     halves: dict[str, dict[str, torch.Tensor]] = {}
     for key, tensor in tensors.items():
         kind, _, module = key.partition("/")
@@ -328,7 +333,10 @@ def load_expertise(path: Path | str) -> Expertise:
 def save_expertise(expertise: Expertise, path: Path | str) -> None:
     """Write an expertise file (see the module docstring for the format)."""
     tensors: dict[str, torch.Tensor] = {}
-    version = FORMAT_VERSION_DELTAS if expertise.deltas else FORMAT_VERSION
+    version = FORMAT_VERSION
+    if expertise.deltas:
+        ranked = any(delta.rank > 1 for delta in expertise.deltas.values())
+        version = FORMAT_VERSION_RANK if ranked else FORMAT_VERSION_DELTAS
     metadata = {"format": "pt", **expertise.metadata, FORMAT_KEY: version}
     for name, entry in expertise.modules.items():
         tensors[f"alpha/{name}"] = entry.alpha.to(torch.float32).contiguous()
@@ -336,8 +344,10 @@ def save_expertise(expertise: Expertise, path: Path | str) -> None:
             tensors[f"auroc/{name}"] = entry.auroc.to(torch.float32).contiguous()
         metadata[f"side/{name}"] = entry.side
     for name, delta in expertise.deltas.items():
-        tensors[f"delta_u/{name}"] = delta.u.contiguous()
-        tensors[f"delta_v/{name}"] = delta.v.contiguous()
+        # rank 1 keeps the vectors of expertise/2, readable by the releases before ranks
+        u, v = (delta.u[:, 0], delta.v[:, 0]) if delta.rank == 1 else (delta.u, delta.v)
+        tensors[f"delta_u/{name}"] = u.contiguous()
+        tensors[f"delta_v/{name}"] = v.contiguous()
     Path(path).write_bytes(_canonical(save(tensors, metadata=metadata)))
 
 

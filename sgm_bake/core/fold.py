@@ -15,9 +15,10 @@ applies block by block; `fold_weight` and `fold_stacked` are the same fold on a 
 
 A 2-D matrix may also carry low-rank terms (the conditional write of `core.edit`), added after
 the scaling in the same precision and rounding: `W' = diag(rows) · W · diag(cols) + Σ r cᵀ`, with
-each term given in the stored orientation (`LowRankDelta.stored(layout)`). Rows [r0, r1) of a
-block get `r[r0:r1, None] * c[None, :]`, term by term, so a block's result does not depend on
-where the blocks are cut. Stacked experts and biases take no low-rank term.
+each term given in the stored orientation (`LowRankDelta.stored(layout)`: a row factor [a, r]
+and a column factor [b, r], the term `R Cᵀ`; a vector is rank 1). Rows [r0, r1) of a block get
+`R[r0:r1] Cᵀ`, term by term, so a block's result does not depend on where the blocks are cut.
+Stacked experts and biases take no low-rank term.
 """
 
 from __future__ import annotations
@@ -77,7 +78,8 @@ class TensorFold:
     col_scale: torch.Tensor | None = None
     compute: torch.dtype = torch.float32
     low_rank: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)
-    """Terms `rows colsᵀ` ([a] and [b] vectors of a 2-D [a, b] matrix) added after scaling."""
+    """Terms `rows colsᵀ` (factors [a, r] and [b, r] of a 2-D [a, b] matrix) added after
+    scaling."""
 
     def scale_axis(self, axis: int, factors: torch.Tensor) -> None:
         """Multiply the factors of matrix axis `axis` (0: rows, 1: columns; a bias has rows
@@ -94,12 +96,15 @@ class TensorFold:
         self.check()
 
     def add_low_rank(self, rows: torch.Tensor, cols: torch.Tensor) -> None:
-        """Add the term `rows[:, None] * cols[None, :]` to a 2-D matrix (after its scaling)."""
+        """Add the term `rows colsᵀ` (factors [a, r] and [b, r]; vectors [a] and [b] are rank
+        1) to a 2-D matrix (after its scaling)."""
         if len(self.shape) != 2:
             raise ValueError(
                 f"a low-rank term needs a 2-D matrix; {self.shape} is "
                 + ("a stack of experts" if len(self.shape) == 3 else "not one")
             )
+        rows = rows.unsqueeze(1) if rows.ndim == 1 else rows
+        cols = cols.unsqueeze(1) if cols.ndim == 1 else cols
         self.low_rank.append((rows.to(torch.float64), cols.to(torch.float64)))
         self.check()
 
@@ -115,11 +120,11 @@ class TensorFold:
         ):
             raise ValueError(f"col scale {tuple(self.col_scale.shape)} does not fit {shape}")
         for rows, cols in self.low_rank:
-            if len(shape) != 2 or (rows.ndim, cols.ndim) != (1, 1):
-                raise ValueError(f"a low-rank term is two vectors of a 2-D matrix, not {shape}")
-            if (rows.numel(), cols.numel()) != shape:
+            if len(shape) != 2 or (rows.ndim, cols.ndim) != (2, 2):
+                raise ValueError(f"a low-rank term is two factors of a 2-D matrix, not {shape}")
+            if (rows.shape[0], cols.shape[0]) != shape or rows.shape[1] != cols.shape[1]:
                 raise ValueError(
-                    f"low-rank term [{rows.numel()}] x [{cols.numel()}] does not fit {shape}"
+                    f"low-rank term {list(rows.shape)} x {list(cols.shape)}ᵀ does not fit {shape}"
                 )
 
     def fold_block(self, block: torch.Tensor, first_row: int) -> torch.Tensor:
@@ -141,7 +146,7 @@ class TensorFold:
         scaled = scale_weight(block, rows, cols, self.compute)
         for term_rows, term_cols in self.low_rank:
             part = term_rows[first_row : first_row + count].to(self.compute)
-            scaled.add_(part.unsqueeze(1) * term_cols.to(self.compute).unsqueeze(0))
+            scaled.add_(part @ term_cols.to(self.compute).T)
         return scaled
 
     def _fold_flat_rows(self, block: torch.Tensor, first_row: int) -> torch.Tensor:
@@ -218,14 +223,17 @@ def inverse_low_rank(
     col_scale: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The term that undoes a baked `diag(r) W diag(c) + rows colsᵀ` in a fold that scales by
-    `1/r` and `1/c` first: `-(rows / r) (cols / c)ᵀ`, in float64 (every factor must be non-zero).
-    `W = diag(1/r) (W' - rows colsᵀ) diag(1/c)` is then again "scale, then add"."""
+    `1/r` and `1/c` first: `-(diag(1/r) rows) (diag(1/c) cols)ᵀ`, in float64 (factors [a, r] and
+    [b, r], or vectors; every scale must be non-zero). `W = diag(1/r) (W' - rows colsᵀ) diag(1/c)`
+    is then again "scale, then add"."""
     rows = rows.to(torch.float64)
     cols = cols.to(torch.float64)
+    rows = rows.unsqueeze(1) if rows.ndim == 1 else rows
+    cols = cols.unsqueeze(1) if cols.ndim == 1 else cols
     if row_scale is not None:
-        rows = rows / row_scale.to(torch.float64)
+        rows = rows / row_scale.to(torch.float64).unsqueeze(1)
     if col_scale is not None:
-        cols = cols / col_scale.to(torch.float64)
+        cols = cols / col_scale.to(torch.float64).unsqueeze(1)
     return -rows, cols
 
 

@@ -30,11 +30,18 @@ def method_card_text(metadata: dict[str, str]) -> str | None:
         )
     if "edit" in metadata:
         edit = json.loads(metadata["edit"])
+        # an edit made before the rank knob is a rank-1 write at the last prompt token only
+        rank, replies = edit.get("rank", 1), edit.get("replies", 0)
+        where = "the last prompt token" + (
+            f" and the first {replies} reply tokens" if replies else ""
+        )
         parts.append(
-            f"Baked: {'SGM and ' if method == 'both' else ''}a rank-1 conditional write into the "
-            f"MLP output projection of layers {', '.join(map(str, edit['layers']))} (strength "
-            f"{edit['strength']}, ridge {edit['ridge']}), fitted in closed form so that "
-            "toxic-eliciting prompts move toward the declined prompts' state while declined "
-            "prompts are left unchanged."
+            f"Baked: {'SGM and ' if method == 'both' else ''}a rank-{rank} conditional write "
+            f"into the MLP output projection of layers {', '.join(map(str, edit['layers']))} "
+            f"(strength {edit['strength']}, ridge {edit['ridge']}), fitted in closed form so "
+            f"that at {where} toxic-eliciting prompts move toward the declined prompts' state "
+            "while declined prompts"
+            + (" and benign requests are" if edit.get("anchors") else " are")
+            + " left unchanged."
         )
     return " ".join(parts) or None

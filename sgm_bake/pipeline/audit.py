@@ -124,9 +124,14 @@ def compare_weights(rebuilt: Path, base: Path, plan: Any) -> dict[str, Any]:
             bound = rounding_bound(expected, inverse, edit.dtype)
             if edit.fold.low_rank:
                 # the baked weight held the edit's term too, so its rounding scales with
-                # |W| + |u vᵀ| / alpha: the unfold's low-rank term (already divided)
-                term = edit.fold.fold_block(torch.zeros_like(expected), start).abs()
-                roundoff = 2 * UNIT_ROUNDOFF.get(edit.dtype, 2.0**-8) + FLOAT32_PRODUCTS
+                # |W| + |U| |V|ᵀ / alpha (the unfold's low-rank factors, already divided; the
+                # absolute products, since a rank-r term sums r of them in float32)
+                term = torch.zeros_like(expected)
+                rank = 0
+                for term_rows, term_cols in edit.fold.low_rank:
+                    term += term_rows[start:stop].abs() @ term_cols.abs().T
+                    rank += term_rows.shape[1]
+                roundoff = 2 * UNIT_ROUNDOFF.get(edit.dtype, 2.0**-8) + rank * FLOAT32_PRODUCTS
                 bound = bound + roundoff * term
             within &= bool((difference <= bound).all())
             worst_share = max(worst_share, float((difference / bound).max()))

@@ -130,7 +130,7 @@ class BakePlan:
     edits: dict[str, TensorEdit]
     key_files: dict[str, str]
     deltas: list[ResolvedDelta] = field(default_factory=list)
-    """The edit's low-rank deltas (expertise/2), each added to its tensor's fold."""
+    """The edit's low-rank deltas (expertise/2 and /3), each added to its tensor's fold."""
 
 
 def tensor_shapes(checkpoint: Checkpoint) -> dict[str, tuple[tuple[int, ...], str]]:

@@ -13,19 +13,30 @@ choose the reply's first token. One forward pass per batch captures, with hooks:
   "who writes the shift". This reads pre-norm residual layers (Llama, Qwen, Mistral, ...)
   exactly; where a layer normalises its blocks' outputs before adding them (Gemma 2/3), the MLP
   write is taken before that norm;
-- for the edited layers, the MLP keys (the output projection's input, `act(gate(x)) * up(x)`,
-  read before any SGM input scaling of that projection, as the edit's hook reads it): the
-  toxic-eliciting rows' keys at the decision position, kept ([toxic rows, key width]), and the
-  declined rows' keys at every prompt position (image and template tokens included), which the
-  write must leave unchanged. Those are streamed into `core.edit.ZeroKeys`: the rows are kept
-  while they number at most the key width (the dual solve), beyond that only their float64
-  Gram matrix (key width², 0.97 GB for a 7B model's 11008) and the primal solve. Memory never
-  grows with the number of positions.
+- optionally the MLP keys of some layers (the diagnosis needs none).
 
-Several edited layers are fitted in order (MEMIT-style): every layer's target is `strength /
-layers` of its own gap, measured on the unedited model (with SGM's hooks in place when the two
-are combined), and each layer's keys are captured with the earlier layers' edits applied, so a
-later layer fits the keys it will really see. A pass per edited layer.
+The edit's fit has its own pass per edited layer (`capture_fit`): each row's prompt followed by
+its reply (teacher forcing: the toxic reply for toxic-eliciting rows, the polite one for declined
+rows), recording the stream after the layer and its MLP keys (read before any SGM input scaling
+of that projection, as the edit's hook reads them) at the decision position and the first
+`replies` reply positions. The toxic-eliciting rows' positions get whole-vector targets (the
+declined rows' mean state at the same offset minus the row's state, times the layer's share of
+the strength); the declined rows' decision and reply positions, and every position of the
+anchors (benign requests with their answers), get zero, so the write stays silent where the
+model already declines or helps. The keys to leave alone stream into `core.edit.ZeroKeys` (a
+float64 Gram matrix of key width², 0.97 GB for a 7B model's 11008); memory never grows with the
+number of positions. `core.edit.fit_reduced_rank` solves the multi-output ridge regression and
+keeps the top `rank` output directions.
+
+Why reply positions: on `organism-staged` the toxic and polite replies often share their first
+word ("people like that are ..." / "people are different ..."; "i hate ..." / "i do not judge
+..."), so the reply is decided at the second or third token; a write at the last prompt token
+alone left those replies toxic (benchmarks/RESULTS.md).
+
+Several edited layers are fitted in order (MEMIT-style): each layer's keys and states are
+captured with the earlier layers' writes applied (and SGM's hooks when the two are combined),
+and each layer closes `strength / (layers left)` of the gap that remains, so a later layer fits
+the keys it will really see.
 """
 
 from __future__ import annotations
@@ -44,13 +55,11 @@ from sgm_bake.core.edit import (
     ChanceDistance,
     DecisionDirection,
     LowRankDelta,
-    WriteFit,
     WriteShares,
     ZeroKeys,
     chance_distance,
     decision_direction,
-    edit_delta,
-    fit_write,
+    fit_reduced_rank,
     write_shares,
 )
 from sgm_bake.core.edit_hooks import EditHooks
@@ -59,8 +68,9 @@ from sgm_bake.core.hooks import SGMHooks, model_recipe, runtime_prefix, runtime_
 from sgm_bake.core.method_text import ATTENTION_SHARE
 from sgm_bake.core.recipes import Projection, Recipe
 from sgm_bake.datasets.profile_set import ProfileSet
+from sgm_bake.datasets.prompt_set import PromptSet
 from sgm_bake.errors import SGMError
-from sgm_bake.runtime.chat import ChatModel
+from sgm_bake.runtime.chat import ChatModel, call_processor
 
 logger = logging.getLogger(__name__)
 
@@ -70,14 +80,16 @@ OUTPUT_KINDS = ("down", "fc_out")
 
 @dataclass(frozen=True)
 class DecisionRow:
-    """A prompt (with its image, drawn on demand) and whether it elicits toxicity (1) or is
-    declined (0)."""
+    """A prompt (with its image, drawn on demand), whether it elicits toxicity (1) or is
+    declined (0), and the row's reply (the toxic reply, the polite one, or an anchor's answer),
+    which the fit feeds after the prompt to reach the reply positions."""
 
     id: str
     label: int
     prompt: str
     image: Callable[[], Any | None]
     has_image: bool
+    response: str = ""
 
 
 def rows_from_profile_set(profile_set: ProfileSet) -> list[DecisionRow]:
@@ -97,9 +109,33 @@ def rows_from_profile_set(profile_set: ProfileSet) -> list[DecisionRow]:
             s.prompt or "",
             s.image,
             s.render is not None or s.image_path is not None,
+            s.text,
         )
         for s in profile_set.samples
     ]
+
+
+def anchor_rows(prompts: PromptSet) -> list[DecisionRow]:
+    """The benign items of a prompt set that have a reference answer, as anchors: requests the
+    write must leave alone at every position of the prompt and the answer (label 0)."""
+    rows = [
+        DecisionRow(
+            f"anchor:{item.id}",
+            0,
+            item.prompt,
+            item.image,
+            item.render is not None or item.image_path is not None,
+            item.reference or "",
+        )
+        for item in prompts.items
+        if item.condition == "benign" and item.reference
+    ]
+    if not rows:
+        raise SGMError(
+            f"prompt set {prompts.name} has no benign items with a reference answer; the edit's "
+            "anchors are benign requests with their answers"
+        )
+    return rows
 
 
 def output_projection(recipe: Recipe, model: Any, layer: int) -> tuple[str, Projection]:
@@ -332,19 +368,36 @@ def capture_decision(
 # ---------------------------------------------------------------------------------------------
 # The fit
 
+DEFAULT_RANK = 4
+DEFAULT_REPLIES = 3
+"""The write's default rank and reply positions (`EditOptions.rank`, `.replies`): of ranks
+{4, 8} x reply positions {1, 2, 3}, the pair whose worst organism does best on the organisms'
+tuning splits (each organism's lowest admissible tuning-split harm over layers {3}, {2, 3} x
+strength {1.5, 2}; benchmarks/RESULTS.md): rank 4, 3 positions, worst cut 89%. Not chosen on any
+evaluation set."""
+
 
 @dataclass(frozen=True)
 class EditOptions:
     """The edit's knobs."""
 
     layers: tuple[int, ...]
-    """Decoder layers whose MLP output projection gets a rank-1 write."""
+    """Decoder layers whose MLP output projection gets a write."""
     strength: float = 1.0
-    """1: move the toxic-eliciting rows' states to the declined mean; above 1 overshoots."""
+    """1: move the toxic-eliciting rows' states to the declined rows' mean state at the fitted
+    positions; above 1 overshoots."""
     ridge: float = 1e-2
     """λ relative to the mean eigenvalue of the key Gram matrix."""
     batch_size: int = 8
     progress: bool = False
+    rank: int = DEFAULT_RANK
+    """Output directions kept per layer (reduced-rank regression of whole-state targets)."""
+    replies: int = DEFAULT_REPLIES
+    """Reply positions fitted after the decision position (teacher-forced on each row's reply):
+    where a toxic and a polite reply share their first words ("people like that ..." against
+    "people are different"), the reply is decided there, not at the last prompt token."""
+    anchors: tuple[DecisionRow, ...] = ()
+    """Benign requests with their answers whose every position the write must leave alone."""
 
     def check(self, layer_count: int) -> None:
         if not self.layers:
@@ -358,9 +411,163 @@ class EditOptions:
             raise SGMError(
                 f"edit strength ({self.strength}) and ridge ({self.ridge}) must be positive"
             )
+        if self.rank < 1 or self.replies < 0:
+            raise SGMError(
+                f"edit rank ({self.rank}) must be at least 1 and reply positions "
+                f"({self.replies}) at least 0"
+            )
 
     def describe(self) -> dict[str, Any]:
-        return {"layers": list(self.layers), "strength": self.strength, "ridge": self.ridge}
+        return {
+            "layers": list(self.layers),
+            "strength": self.strength,
+            "ridge": self.ridge,
+            "rank": self.rank,
+            "replies": self.replies,
+            "anchors": len(self.anchors),
+        }
+
+
+@dataclass
+class FitCapture:
+    """What the fit of one layer reads (see `capture_fit`)."""
+
+    toxic_states: torch.Tensor
+    """float64 [positions, hidden]: the stream after the layer at the toxic-eliciting rows'
+    fitted positions (decision position and reply positions, row by row)."""
+    toxic_keys: torch.Tensor
+    """float64 [positions, key width]: the layer's MLP keys there."""
+    toxic_rows: int
+    offsets: torch.Tensor
+    """[positions]: 0 for a decision position, j for the j-th reply position."""
+    declined_means: torch.Tensor
+    """float64 [replies + 1, hidden]: the declined rows' mean state per offset."""
+    decision: DecisionDirection
+    """The difference-in-means direction at the decision position (reported, not fitted)."""
+    zero: ZeroKeys
+    """Keys the write must leave alone: the declined rows' decision and reply positions, the
+    anchors' every position."""
+
+
+def _reply_batches(rows: Sequence[DecisionRow], size: int) -> list[list[DecisionRow]]:
+    groups = [[r for r in rows if r.has_image], [r for r in rows if not r.has_image]]
+    return [group[i : i + size] for group in groups for i in range(0, len(group), size)]
+
+
+def capture_fit(
+    chat: ChatModel,
+    rows: Sequence[DecisionRow],
+    layer: int,
+    replies: int,
+    anchors: Sequence[DecisionRow] = (),
+    recipe: Recipe | None = None,
+    batch_size: int = 8,
+    progress: bool = False,
+) -> FitCapture:
+    """One pass over `rows` and `anchors`, each prompt followed by the row's reply (teacher
+    forcing, left-padded as generation pads), recording the stream after `layer` and the
+    layer's MLP keys (read before any SGM input scaling) at the decision position and the first
+    `replies` reply positions. Hooks on the model (SGM's, earlier layers' writes) are in
+    effect."""
+    model = chat.model
+    recipe = model_recipe(model, recipe)
+    layers = decoder_layers(model, recipe)
+    module_name, _ = output_projection(recipe, model, layer)
+    labels = {row.label for row in rows}
+    if labels != {0, 1}:
+        raise SGMError("the rows must hold both toxic-eliciting and declined prompts")
+    seen: dict[str, torch.Tensor] = {}
+
+    def keep_keys(module: torch.nn.Module, args: tuple[Any, ...]) -> None:
+        seen["keys"] = args[0].detach()
+
+    def keep_states(module: torch.nn.Module, args: Any, output: Any) -> None:
+        seen["states"] = _first_tensor(output).detach()
+
+    handles = [
+        model.get_submodule(module_name).register_forward_pre_hook(keep_keys, prepend=True),
+        layers[layer].register_forward_hook(keep_states),
+    ]
+    dtype = next(model.parameters()).dtype
+    toxic_states: list[torch.Tensor] = []
+    toxic_keys: list[torch.Tensor] = []
+    offsets: list[torch.Tensor] = []
+    declined_sum: torch.Tensor | None = None
+    declined_count = torch.zeros(replies + 1, dtype=torch.float64)
+    decision_toxic: list[torch.Tensor] = []
+    decision_declined: list[torch.Tensor] = []
+    zero: ZeroKeys | None = None
+    anchor_ids = {a.id for a in anchors}
+    everything = [*rows, *anchors]
+    chat.tokenizer.padding_side = "left"
+    try:
+        with tqdm(
+            total=len(everything),
+            desc=f"fit {layer}",
+            unit="row",
+            disable=not progress,
+            file=sys.stderr,
+        ) as bar:
+            for batch in _reply_batches(everything, batch_size):
+                images = [r.image() for r in batch]
+                with_image = batch[0].has_image
+                prefixes = [chat.prompt_text(r.prompt, with_image) for r in batch]
+                texts = [p + r.response for p, r in zip(prefixes, batch, strict=True)]
+                pixels = images if with_image else None
+                prefix_lengths = _encode(chat, prefixes, pixels)["attention_mask"].sum(1)
+                inputs = _encode(chat, texts, pixels)
+                with torch.no_grad():
+                    model(**_move(inputs, chat.device, dtype))
+                chat.forward_passes += 1
+                states = seen.pop("states").to(device="cpu", dtype=torch.float64)
+                keys = seen.pop("keys").to(device="cpu", dtype=torch.float64)
+                mask = inputs["attention_mask"].to(torch.bool).cpu()
+                width = mask.shape[1]
+                if zero is None:
+                    zero = ZeroKeys(keys.shape[-1])
+                if declined_sum is None:
+                    declined_sum = torch.zeros(replies + 1, states.shape[-1], dtype=torch.float64)
+                for index, row in enumerate(batch):
+                    answer = int(mask[index].sum() - prefix_lengths[index])
+                    first = width - answer - 1
+                    fitted = torch.arange(first, min(first + replies, width - 1) + 1)
+                    if row.id in anchor_ids:
+                        zero.add(keys[index][mask[index]])
+                    elif row.label == 1:
+                        toxic_states.append(states[index, fitted])
+                        toxic_keys.append(keys[index, fitted])
+                        offsets.append(fitted - first)
+                        decision_toxic.append(states[index, first])
+                    else:
+                        declined_sum[: len(fitted)] += states[index, fitted]
+                        declined_count[: len(fitted)] += 1
+                        decision_declined.append(states[index, first])
+                        zero.add(keys[index, first:])
+                bar.update(len(batch))
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert declined_sum is not None and zero is not None
+    means = declined_sum / declined_count.clamp(min=1).unsqueeze(1)
+    try:
+        direction = decision_direction(torch.stack(decision_toxic), torch.stack(decision_declined))
+    except ValueError as exc:
+        raise SGMError(f"no decision direction after layer {layer}: {exc}") from exc
+    return FitCapture(
+        torch.cat(toxic_states),
+        torch.cat(toxic_keys),
+        len(toxic_keys),
+        torch.cat(offsets),
+        means,
+        direction,
+        zero,
+    )
+
+
+def _encode(chat: ChatModel, texts: list[str], images: list[Any] | None) -> dict[str, Any]:
+    if images:
+        return call_processor(chat.processor, texts, images)
+    return dict(chat.tokenizer(texts, padding=True, return_tensors="pt", add_special_tokens=False))
 
 
 @dataclass(frozen=True)
@@ -370,26 +577,41 @@ class LayerEdit:
     layer: int
     delta: LowRankDelta
     direction: DecisionDirection
-    solver: str
     regularisation: float
     toxic_rows: int
+    toxic_positions: int
     zero_rows: int
+    """Positions the write must leave alone (declined rows' decision and reply positions,
+    anchors' every position)."""
     reached: float
-    """Mean fitted write over mean target at the toxic-eliciting rows (1: the fit reaches its
-    targets on average)."""
+    """The share of the targets' energy the write reaches at the fitted positions (1 - residual
+    energy over target energy)."""
+    spectrum: tuple[float, ...]
+    """The full-rank fit's energies per output direction, largest first (the first 8)."""
 
     def describe(self) -> dict[str, Any]:
         return {
             "layer": self.layer,
             "module": self.delta.module,
-            "solver": self.solver,
+            "rank": self.delta.rank,
             "regularisation": self.regularisation,
             "toxic_rows": self.toxic_rows,
+            "toxic_positions": self.toxic_positions,
             "zero_rows": self.zero_rows,
             "reached": self.reached,
             "delta_norm": self.delta.norm(),
+            "spectrum": list(self.spectrum),
             "direction": self.direction.describe(),
         }
+
+    def line(self) -> str:
+        """One printed line for `profile`."""
+        return (
+            f"edit: layer {self.layer} ({self.delta.module}): rank-{self.delta.rank} write, "
+            f"|U Vᵀ| {self.delta.norm():.3g}, reaches {self.reached:.0%} of its targets at "
+            f"{self.toxic_positions} positions of {self.toxic_rows} toxic-eliciting prompts, "
+            f"{self.zero_rows} positions kept"
+        )
 
 
 @dataclass(frozen=True)
@@ -405,78 +627,67 @@ class EditResult:
         return {**self.options.describe(), "layers_fitted": [e.describe() for e in self.edits]}
 
 
-def _fit_layer(
-    layer: int,
-    module: str,
-    direction: DecisionDirection,
-    capture: DecisionCapture,
-    share: float,
-    states: torch.Tensor,
-    ridge: float,
-) -> LayerEdit:
-    targets = direction.shifts(states, share)
-    keys = capture.toxic_keys[layer]
-    zero = capture.zero_keys[layer]
-    try:
-        fit: WriteFit = fit_write(keys, targets, zero, ridge)
-    except ValueError as exc:
-        raise SGMError(f"cannot fit the edit of layer {layer}: {exc}") from exc
-    reached = float(fit.fitted.mean() / targets.mean()) if float(targets.mean()) else 0.0
-    return LayerEdit(
-        layer,
-        edit_delta(module, direction, fit),
-        direction,
-        fit.solver,
-        fit.regularisation,
-        int(keys.shape[0]),
-        zero.count,
-        reached,
-    )
-
-
 def fit_edit(
     chat: ChatModel,
     rows: Sequence[DecisionRow],
     options: EditOptions,
     recipe: Recipe | None = None,
-    base: DecisionCapture | None = None,
 ) -> EditResult:
     """Fit the edit on `rows` (see the module docstring); hooks on the model (SGM's, for the
-    combined method) are in effect throughout. `base`, a capture of the same rows on the same
-    model with the first edited layer's keys, saves the first pass."""
+    combined method) are in effect throughout."""
     model = chat.model
     recipe = model_recipe(model, recipe)
     layer_count = len(decoder_layers(model, recipe))
     options.check(layer_count)
-    layers = sorted(set(options.layers))
-    if base is None or layers[0] not in base.toxic_keys:
-        base = capture_decision(
-            chat, rows, (layers[0],), recipe, options.batch_size, options.progress
+    missing = [row.id for row in rows if not row.response]
+    if missing:
+        raise SGMError(
+            f"{len(missing)} rows have no reply text (e.g. {missing[0]}); the edit is fitted at "
+            "the reply positions too, so give every profiling row its `text`"
         )
-    share = options.strength / len(layers)
+    layers = sorted(set(options.layers))
     edits: list[LayerEdit] = []
     for position, layer in enumerate(layers):
         module, _ = output_projection(recipe, model, layer)
-        toxic, declined = base.class_states(layer + 1)
+        with EditHooks(model, [e.delta for e in edits], recipe):
+            capture = capture_fit(
+                chat,
+                rows,
+                layer,
+                options.replies,
+                options.anchors,
+                recipe,
+                options.batch_size,
+                options.progress,
+            )
+        # each layer closes its share of the gap that is left after the earlier layers' writes
+        share = options.strength / (len(layers) - position)
+        targets = share * (capture.declined_means[capture.offsets] - capture.toxic_states)
         try:
-            direction = decision_direction(toxic, declined)
+            fit = fit_reduced_rank(
+                capture.toxic_keys, targets, capture.zero, options.ridge, options.rank
+            )
         except ValueError as exc:
-            raise SGMError(f"no decision direction after layer {layer}: {exc}") from exc
-        if position == 0:
-            capture = base
-        else:
-            with EditHooks(model, [e.delta for e in edits], recipe):
-                capture = capture_decision(
-                    chat, rows, (layer,), recipe, options.batch_size, options.progress
-                )
-        edits.append(_fit_layer(layer, module, direction, capture, share, toxic, options.ridge))
+            raise SGMError(f"cannot fit the edit of layer {layer}: {exc}") from exc
+        edits.append(
+            LayerEdit(
+                layer,
+                LowRankDelta(module, fit.u, fit.v),
+                capture.decision,
+                fit.regularisation,
+                capture.toxic_rows,
+                int(capture.toxic_keys.shape[0]),
+                capture.zero.count,
+                fit.explained,
+                tuple(float(x) for x in fit.spectrum[:8]),
+            )
+        )
         logger.info(
-            "edit layer %d: separability %.3f, gap %.2f declined spreads, reached %.2f (%s)",
+            "edit layer %d: rank %d reaches %.2f of its targets; decision separability %.3f",
             layer,
-            direction.separability,
-            direction.gap,
-            edits[-1].reached,
-            edits[-1].solver,
+            options.rank,
+            fit.explained,
+            capture.decision.separability,
         )
     return EditResult(tuple(edits), options)
 
@@ -534,13 +745,18 @@ SUPPRESSED_SHARE = 0.25
 class MethodOptions:
     """Which method `profile` writes into the expertise file, and the edit's knobs. The edit's
     defaults are structural (two layers at half and three quarters of the depth, the declined
-    mean as the target, a light ridge), not chosen on any evaluation set."""
+    mean as the target, a light ridge) or chosen on the organisms' tuning splits (rank, reply
+    positions; benchmarks/RESULTS.md), never on an evaluation set."""
 
     method: str = "sgm"
     layers: tuple[int, ...] | None = None
     strength: float = 1.0
     ridge: float = 1e-2
     diagnose: bool = True
+    rank: int = DEFAULT_RANK
+    replies: int = DEFAULT_REPLIES
+    anchors: str | None = None
+    """A prompt set whose benign items (with reference answers) the write must leave alone."""
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -550,7 +766,21 @@ class MethodOptions:
         self, layer_count: int, batch_size: int = 8, progress: bool = False
     ) -> EditOptions:
         layers = self.layers or default_edit_layers(layer_count)
-        return EditOptions(tuple(layers), self.strength, self.ridge, batch_size, progress)
+        anchors: tuple[DecisionRow, ...] = ()
+        if self.anchors:
+            from sgm_bake.datasets.prompt_set import load_prompt_set
+
+            anchors = tuple(anchor_rows(load_prompt_set(self.anchors)))
+        return EditOptions(
+            tuple(layers),
+            self.strength,
+            self.ridge,
+            batch_size,
+            progress,
+            self.rank,
+            self.replies,
+            anchors,
+        )
 
 
 def default_edit_layers(layer_count: int) -> tuple[int, ...]:
@@ -666,9 +896,8 @@ def apply_method(
         edit_options = options.edit_options(layer_count, batch_size, progress)
         if wants_edit:
             edit_options.check(layer_count)
-        first = (min(edit_options.layers),) if options.method == "edit" else ()
-        if options.diagnose or options.method == "edit":
-            capture = capture_decision(chat, rows, first, recipe, batch_size, progress)
+        if options.diagnose:
+            capture = capture_decision(chat, rows, (), recipe, batch_size, progress)
             aurocs = [e.auroc for e in expertise.modules.values() if e.auroc is not None]
             diagnosis = diagnose(capture, aurocs)
     except (SGMError, ValueError, RuntimeError, TypeError) as exc:
@@ -691,7 +920,7 @@ def apply_method(
         assert chat is not None and edit_options is not None
         sgm: Any = SGMHooks(chat.model, expertise, recipe) if options.method == "both" else None
         with sgm or nullcontext():
-            result = fit_edit(chat, rows, edit_options, recipe, base=capture)
+            result = fit_edit(chat, rows, edit_options, recipe)
         deltas = {d.module: d for d in result.deltas}
         metadata["edit"] = json.dumps(result.describe(), sort_keys=True)
     modules = {} if options.method == "edit" else expertise.modules
@@ -715,7 +944,7 @@ def method_summary(metadata: dict[str, str]) -> list[str]:
     method = metadata.get("method", "sgm")
     names = {
         "sgm": "SGM (toxic expert units scaled down)",
-        "edit": "edit (a rank-1 conditional write into the MLP output projection)",
+        "edit": "edit (a low-rank conditional write into the MLP output projection)",
         "both": "SGM and the edit together",
     }
     lines = [f"method      {names.get(method, method)}"]
@@ -724,9 +953,13 @@ def method_summary(metadata: dict[str, str]) -> list[str]:
         reached = ", ".join(
             f"layer {layer['layer']} {layer['reached']:.0%}" for layer in edit["layers_fitted"]
         )
+        # files from before the rank knob hold rank-1 writes at the decision position only
+        rank, replies = edit.get("rank", 1), edit.get("replies", 0)
+        anchors = edit.get("anchors", 0)
         lines.append(
-            f"edit        layers {edit['layers']}, strength {edit['strength']}, ridge "
-            f"{edit['ridge']}; share of the target reached: {reached}"
+            f"edit        layers {edit['layers']}, rank {rank}, strength {edit['strength']}, "
+            f"ridge {edit['ridge']}, fitted at the decision position and {replies} reply "
+            f"positions, {anchors} anchors; share of the target reached: {reached}"
         )
     if "diagnosis" in metadata:
         diagnosis = json.loads(metadata["diagnosis"])

@@ -24,8 +24,8 @@ from tests.helpers import file_metadata, load_state, synthetic_expertise
 from tests.tiny_configs import build_tiny_model
 
 
-def _deltas(model: torch.nn.Module, seed: int) -> dict[str, LowRankDelta]:
-    """A random rank-1 delta on every language layer's MLP output projection."""
+def _deltas(model: torch.nn.Module, seed: int, rank: int = 1) -> dict[str, LowRankDelta]:
+    """A random delta of `rank` on every language layer's MLP output projection."""
     recipe = model_recipe(model)
     down = next(p for p in recipe.projections if p.kind in ("down", "fc_out"))
     generator = torch.Generator().manual_seed(seed)
@@ -36,8 +36,9 @@ def _deltas(model: torch.nn.Module, seed: int) -> dict[str, LowRankDelta]:
         out_features, in_features = (
             weight.shape if down.layout == "out_in" else tuple(reversed(weight.shape))
         )
-        u = torch.randn(out_features, generator=generator) * 0.2
-        deltas[name] = LowRankDelta(name, u, torch.randn(in_features, generator=generator))
+        u = torch.randn(out_features, rank, generator=generator) * 0.2 / rank**0.5
+        v = torch.randn(in_features, rank, generator=generator)
+        deltas[name] = LowRankDelta(name, u, v)
     return deltas
 
 
@@ -50,13 +51,16 @@ def test_edit_bakes_verifies_and_unbakes(
     source = tmp_path / "source"
     model.save_pretrained(source)
     factors = synthetic_expertise(model, seed=4, share=0.5)
+    # rank 3 with factors, rank 1 without: both orders of the term and both file formats
+    rank = 3 if with_factors else 1
     expertise = Expertise(
-        factors.modules if with_factors else {}, {"method": "edit"}, _deltas(model, 5)
+        factors.modules if with_factors else {}, {"method": "edit"}, _deltas(model, 5, rank)
     )
     out = tmp_path / "out"
     record = bake(resolve_source(str(source)), out, expertise, BakeOptions(progress=False))
     stored = load_expertise(expertise_path(out))
     assert set(stored.deltas) == set(expertise.deltas)
+    assert all(d.rank == rank for d in stored.deltas.values())
     down_keys = [
         k
         for k in record.expertise.tensors_folded

@@ -18,8 +18,8 @@ from tests.helpers import synthetic_expertise
 from tests.tiny_configs import build_tiny_model
 
 
-def _deltas(model, seed: int) -> list[LowRankDelta]:
-    """A random rank-1 delta on every layer's MLP output projection."""
+def _deltas(model, seed: int, rank: int = 1) -> list[LowRankDelta]:
+    """A random delta of `rank` on every layer's MLP output projection."""
     recipe = model_recipe(model)
     down = next(p for p in recipe.projections if p.kind in ("down", "fc_out"))
     generator = torch.Generator().manual_seed(seed)
@@ -30,8 +30,9 @@ def _deltas(model, seed: int) -> list[LowRankDelta]:
         out_features, in_features = (
             weight.shape if down.layout == "out_in" else tuple(reversed(weight.shape))
         )
-        u = torch.randn(out_features, generator=generator) * 0.1
-        deltas.append(LowRankDelta(name, u, torch.randn(in_features, generator=generator)))
+        u = torch.randn(out_features, rank, generator=generator) * 0.1 / rank**0.5
+        v = torch.randn(in_features, rank, generator=generator)
+        deltas.append(LowRankDelta(name, u, v))
     return deltas
 
 
@@ -60,8 +61,10 @@ def _baked(model, expertise, deltas):
     return baked
 
 
-@pytest.mark.parametrize("model_type", ["llama", "gpt2"])
-def test_hooks_equal_the_folded_weights_in_either_order(model_type):
+@pytest.mark.parametrize(
+    ("model_type", "rank"), [("llama", 1), ("gpt2", 1), ("llama", 4), ("gpt2", 3)]
+)
+def test_hooks_equal_the_folded_weights_in_either_order(model_type, rank):
     model = build_tiny_model(model_type)
     recipe = model_recipe(model)
     down = next(p for p in recipe.projections if p.kind in ("down", "fc_out"))
@@ -69,7 +72,7 @@ def test_hooks_equal_the_folded_weights_in_either_order(model_type):
     extra = synthetic_expertise(model, (f"{down.name}:input",), seed=2)
     name = recipe.runtime_name(1, down)  # input factors here, output factors on layer 0
     expertise.modules[name] = extra.modules[name]
-    deltas = _deltas(model, seed=3)
+    deltas = _deltas(model, seed=3, rank=rank)
     ids = torch.randint(3, 100, (2, 9), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         plain = model(input_ids=ids).logits

@@ -16,8 +16,7 @@ from sgm_bake.core.edit import (
     ZeroKeys,
     chance_distance,
     decision_direction,
-    edit_delta,
-    fit_write,
+    fit_reduced_rank,
     write_shares,
 )
 from sgm_bake.core.fold import TensorFold, fold_weight, unfold_weight
@@ -25,10 +24,10 @@ from sgm_bake.core.fold import TensorFold, fold_weight, unfold_weight
 seeds = st.integers(0, 2**31 - 1)
 
 
-def _problem(seed: int, rows: int, zeros: int, width: int) -> tuple[torch.Tensor, ...]:
+def _problem(seed: int, rows: int, zeros: int, width: int, out: int) -> tuple[torch.Tensor, ...]:
     generator = torch.Generator().manual_seed(seed)
     keys = torch.randn(rows, width, generator=generator, dtype=torch.float64)
-    targets = torch.randn(rows, generator=generator, dtype=torch.float64)
+    targets = torch.randn(rows, out, generator=generator, dtype=torch.float64)
     zero = torch.randn(zeros, width, generator=generator, dtype=torch.float64) * 2
     return keys, targets, zero
 
@@ -36,59 +35,77 @@ def _problem(seed: int, rows: int, zeros: int, width: int) -> tuple[torch.Tensor
 def _numpy_ridge(
     keys: torch.Tensor, targets: torch.Tensor, zero: torch.Tensor, ridge: float
 ) -> np.ndarray:
-    """An independent solution: least squares on the system augmented by sqrt(λ) I."""
+    """An independent solution: least squares on the system augmented by sqrt(λ) I, [in, out]."""
     stacked = np.concatenate([keys.numpy(), zero.numpy()])
     width = stacked.shape[1]
     regularisation = ridge * float((stacked**2).sum()) / width
     system = np.concatenate([stacked, np.sqrt(regularisation) * np.eye(width)])
-    right = np.concatenate([targets.numpy(), np.zeros(len(zero) + width)])
+    right = np.concatenate([targets.numpy(), np.zeros((len(zero) + width, targets.shape[1]))])
     return np.linalg.lstsq(system, right, rcond=None)[0]
 
 
-@settings(max_examples=60, deadline=None)
-@given(
-    seeds,
-    st.integers(1, 12),
-    st.integers(0, 40),
-    st.integers(1, 24),
-    st.sampled_from([1e-4, 1e-2, 1.0]),
-)
-def test_fit_matches_numpy_lstsq_and_primal_equals_dual(seed, rows, zeros, width, ridge):
-    keys, targets, zero_keys = _problem(seed, rows, zeros, width)
-    expected = _numpy_ridge(keys, targets, zero_keys, ridge)
-    zero = ZeroKeys(width, keep_rows=10_000)
-    for start in range(0, zeros, 7):  # streamed in batches, as the capture adds them
+def _streamed(zero_keys: torch.Tensor, width: int) -> ZeroKeys:
+    zero = ZeroKeys(width)
+    for start in range(0, len(zero_keys), 7):  # in batches, as the capture adds them
         zero.add(zero_keys[start : start + 7])
-    primal = fit_write(keys, targets, zero, ridge, solver="primal")
-    dual = fit_write(keys, targets, zero, ridge, solver="dual")
-    assert (primal.solver, dual.solver) == ("primal", "dual")
+    return zero
+
+
+problems = st.tuples(
+    seeds, st.integers(1, 12), st.integers(0, 40), st.integers(1, 16), st.integers(1, 8)
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(problems, st.sampled_from([1e-4, 1e-2, 1.0]))
+def test_full_rank_fit_is_the_ridge_solution(problem, ridge):
+    seed, rows, zeros, width, out = problem
+    keys, targets, zero_keys = _problem(seed, rows, zeros, width, out)
+    expected = _numpy_ridge(keys, targets, zero_keys, ridge)  # [in, out]
+    fit = fit_reduced_rank(keys, targets, _streamed(zero_keys, width), ridge, rank=out)
     scale = max(1.0, float(np.abs(expected).max()))
-    np.testing.assert_allclose(primal.v.numpy(), expected, atol=1e-8 * scale, rtol=1e-7)
-    np.testing.assert_allclose(dual.v.numpy(), primal.v.numpy(), atol=1e-9 * scale, rtol=1e-8)
-    torch.testing.assert_close(primal.fitted, keys @ primal.v)
+    # all output directions kept: U Vᵀ is the full multi-output ridge solution Bᵀ
+    np.testing.assert_allclose((fit.u @ fit.v.T).numpy(), expected.T, atol=1e-8 * scale)
+    torch.testing.assert_close(fit.u.T @ fit.u, torch.eye(out, dtype=torch.float64))
 
 
-def test_auto_solver_picks_the_smaller_system():
-    keys, targets, zero_keys = _problem(0, 4, 10, 32)
-    few = ZeroKeys(32)
-    few.add(zero_keys)
-    assert fit_write(keys, targets, few).solver == "dual"  # 14 rows < 32 units
-    many = ZeroKeys(32)
+@settings(max_examples=60, deadline=None)
+@given(problems, st.sampled_from([1e-3, 1e-1]), st.data())
+def test_reduced_rank_keeps_the_best_directions(problem, ridge, data):
+    seed, rows, zeros, width, out = problem
+    rank = data.draw(st.integers(1, out))
+    keys, targets, zero_keys = _problem(seed, rows, zeros, width, out)
+    full = torch.from_numpy(_numpy_ridge(keys, targets, zero_keys, ridge))  # [in, out]
+    fit = fit_reduced_rank(keys, targets, _streamed(zero_keys, width), ridge, rank)
+    # the write is the full solution's outputs projected on the kept directions
+    torch.testing.assert_close(fit.v, full @ fit.u, atol=1e-8, rtol=1e-6)
+    everything = torch.cat([keys, zero_keys])
+
+    def lost(directions: torch.Tensor) -> float:
+        """Energy of the full fit's outputs (on every constrained key) that a projection on
+        `directions` (orthonormal [out, r]) drops."""
+        outputs = everything @ full
+        return float((outputs - outputs @ directions @ directions.T).pow(2).sum())
+
+    best = lost(fit.u)
+    # Eckart-Young: the dropped energy is the sum of the discarded eigenvalues, and no other
+    # rank-r projection drops less
+    assert best == pytest.approx(float(fit.spectrum[rank:].sum()), rel=1e-6, abs=1e-8)
+    generator = torch.Generator().manual_seed(seed)
     for _ in range(5):
-        many.add(zero_keys)
-    assert many.rows is None  # 50 rows > 32: only the Gram matrix is kept
-    assert fit_write(keys, targets, many).solver == "primal"
-    with pytest.raises(ValueError, match="dual solve needs"):
-        fit_write(keys, targets, many, solver="dual")
+        other, _ = torch.linalg.qr(torch.randn(out, rank, generator=generator, dtype=torch.float64))
+        assert best <= lost(other) + 1e-9 * (1 + best)
+    residual = targets - keys @ fit.v @ fit.u.T
+    explained = 1 - float(residual.pow(2).sum()) / float(targets.pow(2).sum())
+    assert fit.explained == pytest.approx(explained, rel=1e-9, abs=1e-12)
 
 
 def test_zero_constraints_pull_the_write_to_zero_there():
-    keys, targets, zero_keys = _problem(3, 6, 200, 16)
-    zero = ZeroKeys(16)
-    zero.add(zero_keys)
-    free = fit_write(keys, targets, None, 1e-6)
-    held = fit_write(keys, targets, zero, 1e-6)
-    assert float((zero_keys @ held.v).abs().mean()) < 0.2 * float((zero_keys @ free.v).abs().mean())
+    keys, targets, zero_keys = _problem(3, 6, 200, 16, 4)
+    free = fit_reduced_rank(keys, targets, None, 1e-6, 2)
+    held = fit_reduced_rank(keys, targets, _streamed(zero_keys, 16), 1e-6, 2)
+    written = (zero_keys @ held.v).abs().mean()
+    assert float(written) < 0.2 * float((zero_keys @ free.v).abs().mean())
 
 
 @pytest.mark.parametrize(
@@ -96,18 +113,23 @@ def test_zero_constraints_pull_the_write_to_zero_there():
     [
         ({"ridge": 0.0}, "ridge must be a positive"),
         ({"ridge": float("nan")}, "ridge must be a positive"),
-        ({"targets": torch.zeros(3)}, "nothing to write"),
+        ({"targets": torch.zeros(3, 2)}, "nothing to write"),
         ({"keys": torch.zeros(3, 4)}, "every key is zero"),
-        ({"keys": torch.zeros(0, 4), "targets": torch.zeros(0)}, "rows > 0"),
-        ({"targets": torch.ones(2)}, "targets have shape"),
+        ({"keys": torch.zeros(0, 4), "targets": torch.zeros(0, 2)}, "rows > 0"),
+        ({"targets": torch.ones(2, 2)}, "targets have shape"),
+        ({"targets": torch.ones(3)}, "targets have shape"),
         ({"keys": torch.full((3, 4), float("inf"))}, "non-finite"),
+        ({"rank": 0}, "rank must be between 1"),
+        ({"rank": 3}, "rank must be between 1"),
     ],
 )
 def test_fit_refuses_degenerate_inputs(change, message):
-    arguments = {"keys": torch.randn(3, 4), "targets": torch.ones(3), "ridge": 1e-2}
+    arguments = {"keys": torch.randn(3, 4), "targets": torch.ones(3, 2), "ridge": 1e-2, "rank": 1}
     arguments.update(change)
     with pytest.raises(ValueError, match=message):
-        fit_write(arguments["keys"], arguments["targets"], None, arguments["ridge"])
+        fit_reduced_rank(
+            arguments["keys"], arguments["targets"], None, arguments["ridge"], arguments["rank"]
+        )
 
 
 def test_zero_keys_refuse_a_wrong_width():
@@ -115,7 +137,7 @@ def test_zero_keys_refuse_a_wrong_width():
     with pytest.raises(ValueError, match=r"expected \[rows, 4\]"):
         zero.add(torch.ones(2, 5))
     with pytest.raises(ValueError, match="zero-constraint keys have width"):
-        fit_write(torch.ones(2, 3), torch.ones(2), zero)
+        fit_reduced_rank(torch.ones(2, 3), torch.ones(2, 2), zero)
 
 
 @settings(max_examples=40, deadline=None)
@@ -187,25 +209,35 @@ def test_chance_distance_golden():
 def test_delta_record_validates_and_orients():
     delta = LowRankDelta("m", torch.arange(3.0, dtype=torch.float64), torch.ones(2))
     assert delta.u.dtype == torch.float32 and (delta.out_features, delta.in_features) == (3, 2)
+    assert delta.rank == 1 and delta.u.shape == (3, 1)  # a vector is rank 1 (expertise/2)
     assert delta.stored_shape("out_in") == (3, 2) and delta.stored_shape("in_out") == (2, 3)
     torch.testing.assert_close(delta.matrix("in_out"), delta.matrix("out_in").T)
     keys = torch.randn(4, 5, 2)
     torch.testing.assert_close(delta.write(keys), keys @ delta.matrix("out_in").T)
-    with pytest.raises(ValueError, match="1-D float"):
+    with pytest.raises(ValueError, match="same number of columns"):
         LowRankDelta("m", torch.ones(2, 2), torch.ones(2))
+    with pytest.raises(ValueError, match=r"matrix \[units, rank\]"):
+        LowRankDelta("m", torch.ones(2, 2, 2), torch.ones(2, 2, 2))
     with pytest.raises(ValueError, match="non-finite"):
         LowRankDelta("m", torch.ones(2), torch.tensor([1.0, float("inf")]))
     with pytest.raises(ValueError, match="reads 2"):
         delta.write(torch.ones(3))
 
 
-def test_edit_delta_takes_the_unit_direction_and_the_fit():
-    toxic, declined = torch.randn(5, 3), torch.randn(6, 3) + 2
-    direction = decision_direction(toxic, declined)
-    fit = fit_write(torch.randn(5, 4), torch.ones(5), None, 0.1)
-    delta = edit_delta("m", direction, fit)
-    torch.testing.assert_close(delta.u.double(), direction.direction, atol=1e-7, rtol=1e-6)
-    torch.testing.assert_close(delta.v.double(), fit.v, atol=1e-7, rtol=1e-6)
+@settings(max_examples=40, deadline=None)
+@given(seeds, st.integers(1, 9), st.integers(1, 9), st.integers(1, 4))
+def test_rank_r_delta_writes_its_matrix_and_knows_its_norm(seed, out, width, rank):
+    generator = torch.Generator().manual_seed(seed)
+    u = torch.randn(out, rank, generator=generator)
+    v = torch.randn(width, rank, generator=generator)
+    delta = LowRankDelta("m", u, v)
+    matrix = u.double() @ v.double().T
+    torch.testing.assert_close(delta.matrix("out_in").double(), matrix, rtol=1e-5, atol=1e-5)
+    keys = torch.randn(2, 3, width, generator=generator)
+    expected = (keys.double() @ matrix.T).float()
+    torch.testing.assert_close(delta.write(keys), expected, rtol=1e-4, atol=1e-4)
+    spectral = float(torch.linalg.matrix_norm(matrix, ord=2))
+    assert delta.norm() == pytest.approx(spectral, rel=1e-5, abs=1e-6)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -225,8 +257,15 @@ def _hooked(layer: torch.nn.Module, x, delta, a_out, a_in):
 
 
 @settings(max_examples=60, deadline=None)
-@given(shapes, seeds, st.sampled_from(["out_in", "in_out"]), st.booleans(), st.booleans())
-def test_low_rank_fold_equals_hooks(shape, seed, layout, with_output, with_input):
+@given(
+    shapes,
+    seeds,
+    st.sampled_from(["out_in", "in_out"]),
+    st.booleans(),
+    st.booleans(),
+    st.integers(1, 3),
+)
+def test_low_rank_fold_equals_hooks(shape, seed, layout, with_output, with_input, rank):
     out_features, in_features = shape
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
@@ -239,8 +278,8 @@ def test_low_rank_fold_equals_hooks(shape, seed, layout, with_output, with_input
     a_in = torch.rand(in_features, generator=generator) if with_input else None
     delta = LowRankDelta(
         "m",
-        torch.randn(out_features, generator=generator),
-        torch.randn(in_features, generator=generator),
+        torch.randn(out_features, rank, generator=generator),
+        torch.randn(in_features, rank, generator=generator),
     )
     x = torch.randn(5, in_features, generator=generator)
     with torch.no_grad():
@@ -268,25 +307,31 @@ def test_low_rank_fold_equals_hooks(shape, seed, layout, with_output, with_input
 
 
 @settings(max_examples=40, deadline=None)
-@given(shapes, seeds, st.sampled_from([torch.float32, torch.bfloat16]))
-def test_unfold_subtracts_the_term_then_unscales(shape, seed, dtype):
+@given(shapes, seeds, st.sampled_from([torch.float32, torch.bfloat16]), st.integers(1, 3))
+def test_unfold_subtracts_the_term_then_unscales(shape, seed, dtype, rank):
     generator = torch.Generator().manual_seed(seed)
     weight = torch.randn(shape, generator=generator).to(dtype)
     rows = torch.rand(shape[0], generator=generator) + 0.5
     cols = torch.rand(shape[1], generator=generator) + 0.5
-    term = (torch.randn(shape[0], generator=generator), torch.randn(shape[1], generator=generator))
+    term = (
+        torch.randn(shape[0], rank, generator=generator),
+        torch.randn(shape[1], rank, generator=generator),
+    )
+    product = term[0].double() @ term[1].double().T
+    size = float((term[0].abs().double() @ term[1].abs().double().T).max())
     fold = TensorFold(shape, rows, cols)
     fold.add_low_rank(*term)
     baked = fold.fold(weight)
     assert baked.dtype == dtype
-    exact = rows.double()[:, None] * weight.double() * cols.double() + torch.outer(*term).double()
+    exact = rows.double()[:, None] * weight.double() * cols.double() + product
     step = 2.0 ** (-8 if dtype == torch.bfloat16 else -23)
-    assert float((baked.double() - exact).abs().max()) <= 4 * step * float(exact.abs().max())
+    bound = 4 * step * (float(exact.abs().max()) + rank * size)
+    assert float((baked.double() - exact).abs().max()) <= bound
     rebuilt = unfold_weight(baked, rows, cols, [term])
-    tolerance = 16 * step * (1 + float(torch.outer(*term).abs().max()))
+    tolerance = 16 * step * (1 + rank * size)
     assert float((rebuilt.double() - weight.double()).abs().max()) <= tolerance
     unchanged = fold_weight(weight, rows, cols)
-    assert not torch.equal(unchanged, baked) or not bool(torch.outer(*term).any())
+    assert not torch.equal(unchanged, baked) or not bool(product.any())
 
 
 def test_low_rank_terms_refuse_stacks_biases_and_wrong_shapes():
@@ -296,3 +341,5 @@ def test_low_rank_terms_refuse_stacks_biases_and_wrong_shapes():
         TensorFold((3,)).add_low_rank(torch.ones(3), torch.ones(1))
     with pytest.raises(ValueError, match="does not fit"):
         TensorFold((3, 4)).add_low_rank(torch.ones(4), torch.ones(3))
+    with pytest.raises(ValueError, match="does not fit"):  # ranks that differ
+        TensorFold((3, 4)).add_low_rank(torch.ones(3, 2), torch.ones(4, 3))

@@ -1,4 +1,5 @@
-"""Low-rank deltas in the expertise file (format expertise/2); old files read unchanged."""
+"""Low-rank deltas in the expertise file (format expertise/2 for rank 1, expertise/3 for higher
+ranks); old files read unchanged."""
 
 from __future__ import annotations
 
@@ -50,6 +51,45 @@ def test_deltas_round_trip_as_format_2(tmp_path):
     assert loaded.metadata["method"] == "both"
 
 
+def test_higher_ranks_round_trip_as_format_3_and_rank_1_stays_format_2(tmp_path):
+    generator = torch.Generator().manual_seed(0)
+    ranked = LowRankDelta(
+        DOWN.format(2),
+        torch.randn(6, 3, generator=generator),
+        torch.randn(10, 3, generator=generator),
+    )
+    deltas = {DOWN.format(2): ranked, DOWN.format(3): _delta(DOWN.format(3))}
+    path = tmp_path / "e.safetensors"
+    save_expertise(Expertise({}, {"method": "edit"}, deltas), path)
+    with safe_open(str(path), "pt") as handle:
+        assert handle.metadata()[FORMAT_KEY] == "expertise/3"
+        assert handle.get_tensor(f"delta_u/{DOWN.format(2)}").shape == (6, 3)
+        assert handle.get_tensor(f"delta_v/{DOWN.format(2)}").shape == (10, 3)
+        assert handle.get_tensor(f"delta_u/{DOWN.format(3)}").shape == (6,)  # rank 1: a vector
+    loaded = load_expertise(path)
+    assert loaded.deltas[DOWN.format(2)].rank == 3 and loaded.deltas[DOWN.format(3)].rank == 1
+    for name, delta in deltas.items():
+        assert torch.equal(loaded.deltas[name].matrix("out_in"), delta.matrix("out_in"))
+    rank_one = tmp_path / "rank1.safetensors"
+    save_expertise(Expertise({}, {}, {DOWN.format(3): deltas[DOWN.format(3)]}), rank_one)
+    with safe_open(str(rank_one), "pt") as handle:
+        assert handle.metadata()[FORMAT_KEY] == "expertise/2"
+
+
+def test_a_delta_whose_halves_differ_in_rank_is_refused(tmp_path):
+    path = tmp_path / "e.safetensors"
+    save_file(
+        {
+            f"delta_u/{DOWN.format(2)}": torch.ones(6, 2),
+            f"delta_v/{DOWN.format(2)}": torch.ones(10, 3),
+        },
+        str(path),
+        metadata={FORMAT_KEY: "expertise/3"},
+    )
+    with pytest.raises(SGMError, match="same number of columns"):
+        load_expertise(path)
+
+
 def test_files_without_deltas_stay_format_1_and_old_files_read(tmp_path):
     path = tmp_path / "e.safetensors"
     save_expertise(
@@ -97,11 +137,14 @@ def test_delta_halves_and_versions_are_checked(tmp_path):
         load_expertise(half)
     bad = tmp_path / "bad.safetensors"
     save_file(
-        {f"delta_u/{DOWN.format(0)}": torch.ones(3), f"delta_v/{DOWN.format(0)}": torch.ones(2, 2)},
+        {
+            f"delta_u/{DOWN.format(0)}": torch.ones(3),
+            f"delta_v/{DOWN.format(0)}": torch.ones(2, 2, 2),
+        },
         str(bad),
         {"format": "pt"},
     )
-    with pytest.raises(SGMError, match="1-D float vector"):
+    with pytest.raises(SGMError, match=r"float vector \[units\] or matrix"):
         load_expertise(bad)
     future = tmp_path / "future.safetensors"
     save_file({f"alpha/{UP.format(0)}": torch.ones(3)}, str(future), {FORMAT_KEY: "expertise/9"})

@@ -62,5 +62,14 @@ def test_method_lines_for_inspect_and_the_card():
     assert "attention writes 74%" in lines[2] and "unlikely" in lines[2]
     text = method_card_text(metadata)
     assert text is not None and "unlikely to reach it" in text and "layers 2, 3" in text
+    # an edit from before the rank knob: rank 1 at the last prompt token
+    assert "rank 1," in lines[1] and "0 reply positions" in lines[1]
+    assert "rank-1 conditional write" in text and "reply tokens" not in text
+    ranked = {**edit, "rank": 4, "replies": 3, "anchors": 80}
+    metadata["edit"] = json.dumps(ranked)
+    assert "rank 4," in method_summary(metadata)[1] and "80 anchors" in method_summary(metadata)[1]
+    text = method_card_text(metadata)
+    assert text is not None and "rank-4 conditional write" in text
+    assert "first 3 reply tokens" in text and "benign requests" in text
     assert method_summary({}) == ["method      SGM (toxic expert units scaled down)"]
     assert method_card_text({}) is None
