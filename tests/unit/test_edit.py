@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from sklearn.metrics import roc_auc_score
 from transformers.pytorch_utils import Conv1D
@@ -308,6 +308,7 @@ def test_low_rank_fold_equals_hooks(shape, seed, layout, with_output, with_input
 
 @settings(max_examples=40, deadline=None)
 @given(shapes, seeds, st.sampled_from([torch.float32, torch.bfloat16]), st.integers(1, 3))
+@example((1, 1), 13696186, torch.bfloat16, 1)  # a term below bf16's step at the weight: it vanishes
 def test_unfold_subtracts_the_term_then_unscales(shape, seed, dtype, rank):
     generator = torch.Generator().manual_seed(seed)
     weight = torch.randn(shape, generator=generator).to(dtype)
@@ -330,8 +331,12 @@ def test_unfold_subtracts_the_term_then_unscales(shape, seed, dtype, rank):
     rebuilt = unfold_weight(baked, rows, cols, [term])
     tolerance = 16 * step * (1 + rank * size)
     assert float((rebuilt.double() - weight.double()).abs().max()) <= tolerance
+    # wherever the term outweighs both roundings (half a step of each side), the baked element
+    # differs from the scaled-only one; a term below the rounding step may vanish, rightly
     unchanged = fold_weight(weight, rows, cols)
-    assert not torch.equal(unchanged, baked) or not bool(product.any())
+    scaled = rows.double()[:, None] * weight.to(torch.float32).double() * cols.double()
+    visible = product.abs() > 4 * step * torch.maximum(scaled.abs(), (scaled + product).abs())
+    assert bool((unchanged != baked)[visible].all())
 
 
 def test_low_rank_terms_refuse_stacks_biases_and_wrong_shapes():
