@@ -462,7 +462,9 @@ def main() -> None:
                     "layers": layers,
                     "strength": strength,
                     "ridge": ridge,
-                    "rank": rank if variant != "fam" else sum(t[1].shape[1] for t in terms),
+                    "rank": rank
+                    if variant in ("rrr", "reply")
+                    else sum(t[1].shape[1] for t in terms),
                     **asdict(figures),
                     "admissible": bench_edit.admissible(figures, base, 0.1),
                 }

@@ -185,13 +185,6 @@ class DecisionDirection:
         """Projections of states [..., hidden] on the direction (float64)."""
         return states.to(torch.float64) @ self.direction.to(states.device)
 
-    def shifts(self, states: torch.Tensor, strength: float = 1.0) -> torch.Tensor:
-        """The write each state needs along the direction to reach the declined mean, times
-        `strength`; states already at or beyond it need none (float64 [rows])."""
-        if not math.isfinite(strength) or strength <= 0:
-            raise ValueError(f"strength must be a positive number, got {strength}")
-        return strength * (self.declined_mean - self.project(states)).clamp(min=0)
-
     def describe(self) -> dict[str, float]:
         return {
             "separability": self.separability,

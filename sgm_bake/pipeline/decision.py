@@ -553,11 +553,14 @@ def capture_fit(
         direction = decision_direction(torch.stack(decision_toxic), torch.stack(decision_declined))
     except ValueError as exc:
         raise SGMError(f"no decision direction after layer {layer}: {exc}") from exc
+    # a reply position no declined reply reaches has no mean to move toward: it is not fitted
+    all_offsets = torch.cat(offsets)
+    reached = declined_count[all_offsets] > 0
     return FitCapture(
-        torch.cat(toxic_states),
-        torch.cat(toxic_keys),
+        torch.cat(toxic_states)[reached],
+        torch.cat(toxic_keys)[reached],
         len(toxic_keys),
-        torch.cat(offsets),
+        all_offsets[reached],
         means,
         direction,
         zero,

@@ -134,6 +134,29 @@ def test_the_fit_capture_reads_the_decision_and_reply_positions(chat):
     assert capture.toxic_keys.shape == (18, 64) and capture.declined_means.shape == (3, 32)
 
 
+def test_reply_positions_no_declined_reply_reaches_are_not_fitted(chat):
+    rows = [
+        DecisionRow(
+            r.id, r.label, r.prompt, r.image, r.has_image, "no" if r.label == 0 else r.response
+        )
+        for r in _rows()
+    ]
+    capture = capture_fit(chat, rows, 0, replies=3)
+    shortest = min(
+        int(
+            chat._inputs([chat.prompt_text(r.prompt, True) + r.response], [r.image()])[
+                "attention_mask"
+            ].sum()
+        )
+        - int(chat._inputs([chat.prompt_text(r.prompt, True)], [r.image()])["attention_mask"].sum())
+        for r in rows
+        if r.label == 0
+    )
+    assert shortest < 3  # the declined replies end before the third reply position
+    assert int(capture.offsets.max()) == shortest
+    assert capture.toxic_states.shape[0] == 6 * (shortest + 1)
+
+
 def test_the_fitted_write_is_what_the_hooks_add_and_favours_toxic_rows(chat):
     rows = _rows()
     recipe = model_recipe(chat.model)

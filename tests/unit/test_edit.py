@@ -160,19 +160,6 @@ def test_decision_direction_against_numpy_and_sklearn(seed, toxic_rows, declined
     assert found.gap == pytest.approx(gap)
 
 
-def test_shifts_reach_the_declined_mean_and_never_push_back():
-    toxic = torch.tensor([[0.0, 0.0], [2.0, 0.0], [5.0, 1.0]])
-    declined = torch.tensor([[4.0, 0.0], [4.0, 2.0]])
-    found = decision_direction(toxic, declined)
-    # direction (4 - 7/3, 1 - 1/3) normalised; the third toxic row is beyond the declined mean
-    shifts = found.shifts(toxic, strength=2.0)
-    expected = 2.0 * (found.declined_mean - found.project(toxic)).clamp(min=0)
-    torch.testing.assert_close(shifts, expected)
-    assert float(shifts[2]) == 0.0 and float(shifts[0]) > float(shifts[1]) > 0
-    with pytest.raises(ValueError, match="strength"):
-        found.shifts(toxic, strength=0.0)
-
-
 def test_decision_direction_refuses_degenerate_classes():
     with pytest.raises(ValueError, match="same mean state"):
         decision_direction(torch.ones(3, 2), torch.ones(4, 2))
