@@ -14,6 +14,13 @@ from dataclasses import dataclass
 from typing import Any
 
 DEFAULT_PROFILE_SET = "builtin:default"
+ORGANISM_ANCHORS = "builtin:organism-anchors-v1"
+"""The edit's anchor set for the organisms (benign scene questions with answers, none an
+evaluation item or one of the tuner's checks)."""
+DEFAULT_EDIT_RANK = 4
+DEFAULT_EDIT_REPLIES = 3
+"""The edit's default rank and reply positions (`pipeline.decision.EditOptions`; why these
+values: there)."""
 ENV_PREFIX = "SGM_BAKE_"
 
 # The `--help` sections of the one-command form, in the order they are shown.

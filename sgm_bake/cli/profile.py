@@ -115,12 +115,7 @@ def echo_method(outcome: Any) -> None:
         echo_lines(["diagnosis:", *(f"  {line}" for line in diagnosis_lines(method.diagnosis))])
     if method.edit is not None:
         for layer in method.edit.edits:
-            click.echo(
-                f"edit: layer {layer.layer} ({layer.delta.module}): rank-1 write, "
-                f"|u vᵀ| {layer.delta.norm():.3g}, reaches {layer.reached:.0%} of its target on "
-                f"{layer.toxic_rows} toxic-eliciting prompts, {layer.zero_rows} declined "
-                "positions kept"
-            )
+            click.echo(layer.line())
     for warning in method.warnings:
         click.echo(f"warning: {warning}", err=True)
 

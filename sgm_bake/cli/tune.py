@@ -14,6 +14,7 @@ from sgm_bake.cli.common import (
     capture_options,
     data_format_options,
     echo_lines,
+    is_organism,
     judge_option,
     load_options,
     make_data_format,
@@ -29,7 +30,13 @@ from sgm_bake.cli.common import (
     user_errors,
 )
 from sgm_bake.errors import SGMError
-from sgm_bake.options import default, split_fractions
+from sgm_bake.options import (
+    DEFAULT_EDIT_RANK,
+    DEFAULT_EDIT_REPLIES,
+    ORGANISM_ANCHORS,
+    default,
+    split_fractions,
+)
 
 # The search's own options: shared by `tune` and by `--tune` on the one-command form.
 search_options = add_options(
@@ -61,9 +68,9 @@ method_knob_options = add_options(
             type=click.Choice(["sgm", "edit", "both"]),
             default="sgm",
             show_default=True,
-            help="sgm: scale the toxic expert units; edit: a rank-1 conditional write into the "
-            "MLP output projection of --edit-layers, fitted on the profile set's prompts (for "
-            "models whose toxic reply is a missing refusal, written by attention); both.",
+            help="sgm: scale the toxic expert units; edit: a low-rank conditional write into "
+            "the MLP output projection of --edit-layers, fitted on the profile set's prompts and "
+            "replies (for models whose toxic reply is a missing refusal); both.",
         ),
         click.option(
             "--edit-layers",
@@ -86,6 +93,31 @@ method_knob_options = add_options(
             show_default=True,
             help="The edit's ridge, relative to the mean eigenvalue of its key Gram matrix.",
         ),
+        click.option(
+            "--edit-rank",
+            type=click.IntRange(min=1),
+            default=DEFAULT_EDIT_RANK,
+            show_default=True,
+            help="Output directions the edit keeps per layer (reduced-rank fit of whole-state "
+            "targets; 1 is the write along the decision direction alone).",
+        ),
+        click.option(
+            "--edit-replies",
+            type=click.IntRange(min=0),
+            default=DEFAULT_EDIT_REPLIES,
+            show_default=True,
+            help="Reply positions fitted after the last prompt token (teacher-forced on each "
+            "row's reply): where toxic and polite replies share their first words, the reply is "
+            "decided there.",
+        ),
+        click.option(
+            "--edit-anchors",
+            default=None,
+            metavar="SET",
+            help="A prompt set whose benign items with reference answers the edit must leave "
+            "alone (every position). Default: builtin:organism-anchors-v1 for an organism, none "
+            "otherwise; never the set you evaluate on.",
+        ),
     ]
 )
 
@@ -101,7 +133,20 @@ def method_options(params: dict[str, Any], diagnose: bool) -> Any:
         params["edit_strength"],
         params["edit_ridge"],
         diagnose,
+        params["edit_rank"],
+        params["edit_replies"],
+        edit_anchors(params),
     )
+
+
+def edit_anchors(params: dict[str, Any]) -> str | None:
+    """The edit's anchor set: the one given, else the organisms' own for an organism (a real
+    model has no built-in set of benign requests with answers that is not an evaluation set)."""
+    if params.get("edit_anchors"):
+        return str(params["edit_anchors"])
+    model = str(params.get("model") or "")
+    folder = Path(model) if model and Path(model).is_dir() else None
+    return ORGANISM_ANCHORS if model and is_organism(model, folder) else None
 
 
 # How the model is fed and loaded when `tune` runs alone (the one-command form has the same

@@ -18,7 +18,9 @@ prompts lands near one half by construction, as in the paper's base models (48.2
 
 from __future__ import annotations
 
+import json
 import random
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -460,6 +462,41 @@ def eval_items(seed: int = 2) -> list[dict[str, Any]]:
                 "policy": "none",
                 "prompt": question,
                 "render": {"kind": "scene", "shapes": shapes},
+                "reference": answer,
+                "expected": key,
+            }
+        )
+    return items
+
+
+ANCHOR_SEED = 13
+"""The seed of the edit's anchor questions (`anchor_items`); the tuner's checks use 11 and 12."""
+
+
+def anchor_items(
+    count: int = 80, seed: int = ANCHOR_SEED, exclude: Iterable[dict[str, Any]] = ()
+) -> list[dict[str, Any]]:
+    """Benign scene questions with their answers, for the edit's anchors (positions the write
+    must leave alone): drawn like the evaluation set's benign items but with their own seed, and
+    without any item identical (question and scene) to one of `exclude`, so no evaluation or
+    tuning question is an anchor."""
+    rng = random.Random(seed)
+    taken = {(item["prompt"], json.dumps(item["render"], sort_keys=True)) for item in exclude}
+    items: list[dict[str, Any]] = []
+    for _ in range(count):
+        shapes = scene(rng)
+        question, answer, key = rng.choice(scene_questions(shapes))
+        render = {"kind": "scene", "shapes": shapes}
+        if (question, json.dumps(render, sort_keys=True)) in taken:
+            continue
+        items.append(
+            {
+                "id": f"anchor{len(items):04d}",
+                "condition": "benign",
+                "category": "benign",
+                "policy": "none",
+                "prompt": question,
+                "render": render,
                 "reference": answer,
                 "expected": key,
             }

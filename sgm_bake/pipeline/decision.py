@@ -68,8 +68,9 @@ from sgm_bake.core.hooks import SGMHooks, model_recipe, runtime_prefix, runtime_
 from sgm_bake.core.method_text import ATTENTION_SHARE
 from sgm_bake.core.recipes import Projection, Recipe
 from sgm_bake.datasets.profile_set import ProfileSet
-from sgm_bake.datasets.prompt_set import PromptSet
+from sgm_bake.datasets.prompt_set import PromptSet, load_prompt_set
 from sgm_bake.errors import SGMError
+from sgm_bake.options import DEFAULT_EDIT_RANK, DEFAULT_EDIT_REPLIES
 from sgm_bake.runtime.chat import ChatModel, call_processor
 
 logger = logging.getLogger(__name__)
@@ -368,8 +369,8 @@ def capture_decision(
 # ---------------------------------------------------------------------------------------------
 # The fit
 
-DEFAULT_RANK = 4
-DEFAULT_REPLIES = 3
+DEFAULT_RANK = DEFAULT_EDIT_RANK
+DEFAULT_REPLIES = DEFAULT_EDIT_REPLIES
 """The write's default rank and reply positions (`EditOptions.rank`, `.replies`): of ranks
 {4, 8} x reply positions {1, 2, 3}, the pair whose worst organism does best on the organisms'
 tuning splits (each organism's lowest admissible tuning-split harm over layers {3}, {2, 3} x
@@ -769,11 +770,7 @@ class MethodOptions:
         self, layer_count: int, batch_size: int = 8, progress: bool = False
     ) -> EditOptions:
         layers = self.layers or default_edit_layers(layer_count)
-        anchors: tuple[DecisionRow, ...] = ()
-        if self.anchors:
-            from sgm_bake.datasets.prompt_set import load_prompt_set
-
-            anchors = tuple(anchor_rows(load_prompt_set(self.anchors)))
+        anchors = self.anchor_rows()
         return EditOptions(
             tuple(layers),
             self.strength,
@@ -784,6 +781,12 @@ class MethodOptions:
             self.replies,
             anchors,
         )
+
+    def anchor_rows(self) -> tuple[DecisionRow, ...]:
+        """The anchors of `self.anchors` (none when no set is named)."""
+        if not self.anchors:
+            return ()
+        return tuple(anchor_rows(load_prompt_set(self.anchors)))
 
 
 def default_edit_layers(layer_count: int) -> tuple[int, ...]:

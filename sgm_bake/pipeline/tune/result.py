@@ -236,6 +236,7 @@ def chosen_method_line(result: TuneResult) -> str:
             knobs.append(
                 f"edit layers {setting['edit_layers']} strength {setting['edit_strength']:.3g} "
                 f"ridge {setting['edit_ridge']:.3g}"
+                + (f" rank {setting['edit_rank']}" if "edit_rank" in setting else "")
             )
         head = f"tuner chose: {result.method} ({'; '.join(knobs)})"
     parts = []

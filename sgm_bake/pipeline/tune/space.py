@@ -11,7 +11,7 @@ from sgm_bake.core.capture import POOLINGS, Pooling
 from sgm_bake.core.recipes import HookPoint, Recipe
 from sgm_bake.core.rules import RULES, RuleOptions
 from sgm_bake.errors import SGMError
-from sgm_bake.pipeline.decision import METHODS, EditOptions, MethodOptions
+from sgm_bake.pipeline.decision import METHODS, DecisionRow, EditOptions, MethodOptions
 from sgm_bake.pipeline.profile import Positions, ProfileOptions
 from sgm_bake.pipeline.tune.options import TuneOptions
 
@@ -58,6 +58,9 @@ class Setting:
                 "edit_layers": list(self.edit.layers),
                 "edit_strength": self.edit.strength,
                 "edit_ridge": self.edit.ridge,
+                "edit_rank": self.edit.rank,
+                "edit_replies": self.edit.replies,
+                "edit_anchors": len(self.edit.anchors),
             }
         if self.method == "edit":
             return {"method": self.method, **edit}
@@ -88,6 +91,8 @@ class SearchSpace:
     method: MethodOptions = field(default_factory=MethodOptions)
     edit_layer_sets: dict[str, tuple[int, ...]] = field(default_factory=dict)
     batch_size: int = 8
+    anchors: tuple[DecisionRow, ...] = ()
+    """The edit's anchors, loaded once for every trial."""
 
     @classmethod
     def for_model(cls, model: Any, recipe: Recipe, options: TuneOptions) -> SearchSpace:
@@ -113,6 +118,11 @@ class SearchSpace:
             options.method,
             edit_layer_sets(total),
             options.batch_size,
+            (
+                options.method.anchor_rows()
+                if "method" in options.knobs or options.method.method != "sgm"
+                else ()
+            ),
         )
 
     def _edit(self, trial: Any) -> EditOptions:
@@ -135,7 +145,16 @@ class SearchSpace:
             if "edit_ridge" in searched
             else fixed.ridge
         )
-        return EditOptions(tuple(layers), strength, ridge, self.batch_size, False)
+        return EditOptions(
+            tuple(layers),
+            strength,
+            ridge,
+            self.batch_size,
+            False,
+            fixed.rank,
+            fixed.replies,
+            self.anchors,
+        )
 
     def _fixed_hook_set(self) -> str:
         if not self.fixed.hook_points:

@@ -152,6 +152,9 @@ def study_identity(
             "edit_layers": list(options.method.layers or ()),
             "edit_strength": options.method.strength,
             "edit_ridge": options.method.ridge,
+            "edit_rank": options.method.rank,
+            "edit_replies": options.method.replies,
+            "edit_anchors": options.method.anchors,
         },
         "feed": options.profile.feed,
         "fixed": {
