@@ -373,8 +373,10 @@ _OPTIONS = [
     Option(
         "--knobs",
         "tuning",
-        "Knobs to search (also: pooling; method with edit_layers, edit_strength, edit_ridge: "
-        "let the tuner choose sgm, edit or both); the others keep their option's value.",
+        "Knobs to search (also: pooling, edit_ridge); the others keep their option's value. "
+        "Left at its default and without --method, the search also chooses the method (sgm, "
+        "edit or both: method, edit_layers, edit_strength) when every profiling row has a "
+        "prompt.",
         default="rule,strength,top_k,threshold,hook_points,layers,positions",
     ),
     Option(

@@ -180,6 +180,7 @@ def profile(
     if output.exists() and not overwrite:
         raise SGMError(f"{output} exists; pass --overwrite to replace it")
     params["profile_set"] = choose_set(params["profile_set"], "profile", model)
+    params["model"] = model  # the edit's default anchors depend on it
     rule_options_, _ = rule_from(params)
     request = profile_request(params, recipe_file, rule_options_)
     source = resolve_model_source(model, revision, progress_enabled())
@@ -277,6 +278,7 @@ def run(
     """
     from sgm_bake.pipeline.run import Messages, RunRequest, run_all
 
+    params["model"] = model  # the edit's default anchors depend on it
     if expertise_path is None:
         params["profile_set"] = choose_set(params["profile_set"], "profile", model)
         used = f"profile set: {params['profile_set']}"

@@ -12,6 +12,7 @@ from sgm_bake.cli.common import (
     SectionedCommand,
     add_options,
     capture_options,
+    choose_set,
     data_format_options,
     echo_lines,
     is_organism,
@@ -66,11 +67,11 @@ method_knob_options = add_options(
         click.option(
             "--method",
             type=click.Choice(["sgm", "edit", "both"]),
-            default="sgm",
-            show_default=True,
+            default=None,
             help="sgm: scale the toxic expert units; edit: a low-rank conditional write into "
             "the MLP output projection of --edit-layers, fitted on the profile set's prompts and "
-            "replies (for models whose toxic reply is a missing refusal); both.",
+            "replies (for models whose toxic reply is a missing refusal); both. Default: sgm; "
+            "when tuning, the tuner chooses among the three.",
         ),
         click.option(
             "--edit-layers",
@@ -128,7 +129,7 @@ def method_options(params: dict[str, Any], diagnose: bool) -> Any:
     from sgm_bake.pipeline.profile import parse_layers
 
     return MethodOptions(
-        params["method"],
+        params.get("method") or "sgm",
         parse_layers(params["edit_layers"]),
         params["edit_strength"],
         params["edit_ridge"],
@@ -156,13 +157,22 @@ TUNE_BATCH_SIZE = 8
 """The batch of `--batch-size auto` while tuning (the search's forward passes are not probed)."""
 
 
+AUTO_METHOD_KNOBS = ("method", "edit_layers", "edit_strength")
+"""What the default search adds so that the tuner chooses the method (the edit's ridge keeps its
+value: a light regulariser the strength already trades against)."""
+
+
 def searched_knobs(params: dict[str, Any]) -> tuple[str, ...]:
     """The knobs to search. Hook points given explicitly (`--hook-points`, `--neurons`) are a
     fixed value, so the default search leaves that knob out (and says so); an explicit --knobs
     that searches it as well is a contradiction, refused. The same holds for a method other than
     sgm (`--method edit`), whose default search covers the edit's knobs."""
     knobs = tuple(k.strip() for k in params["knobs"].split(",") if k.strip())
-    method = params.get("method", "sgm")
+    if params.get("method") is None and params["knobs"] == default("knobs"):
+        # the default search chooses the method too (dropped, with a note, when the profile
+        # set's rows have no prompts to fit the edit on: `TuneOptions.method_auto`)
+        knobs += tuple(k for k in AUTO_METHOD_KNOBS if k not in knobs)
+    method = params.get("method") or "sgm"
     if method != "sgm" and "method" in knobs:
         if params["knobs"] != default("knobs"):
             raise SGMError(
@@ -217,7 +227,7 @@ def tune_request(
         progress=progress_enabled(),
         rule=rule,
     )
-    method = MethodOptions(diagnose=False)
+    method = MethodOptions(diagnose=False, anchors=edit_anchors(params))
     if "method" in params:  # the one-command form: its --method and --edit-* fix those knobs
         method = method_options(params, diagnose=False)
     options = TuneOptions(
@@ -231,6 +241,7 @@ def tune_request(
         method=method,
         fractions=fractions,
         knobs=searched_knobs(params),
+        method_auto=params.get("method") is None and params["knobs"] == default("knobs"),
         sampler=params["sampler"],
         profile=profile,
         generation=GenerationConfig(max_new_tokens=params["max_new_tokens"]),
@@ -320,6 +331,8 @@ def tune(
             f"resumes the search in {workdir} and writes the expertise anew)"
         )
     rule_options_, _ = rule_from(params)
+    params["model"] = model  # the edit's default anchors depend on it
+    profile_set = choose_set(profile_set, "profile", model)
     request = tune_request(profile_set, params, rule_options_, recipe_file, workdir)
     source = resolve_model_source(model, revision, progress_enabled())
     outcome = tune_source(source, request)

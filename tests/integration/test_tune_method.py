@@ -138,6 +138,67 @@ def test_a_fixed_method_searches_the_edit_s_knobs_and_contradictions_are_refused
     assert "method" not in request.options.knobs and "edit_strength" in request.options.knobs
 
 
+def test_the_default_search_chooses_the_method_with_the_organisms_anchors(tmp_path: Path):
+    from sgm_bake.cli.profile import run as run_command
+    from sgm_bake.cli.tune import tune as tune_command
+
+    for command, arguments in (
+        (run_command, ["organism", str(tmp_path / "out"), "--tune"]),
+        (tune_command, ["organism"]),
+    ):
+        params = dict(command.make_context(command.name, arguments).params)
+        params["model"] = "organism"
+        from sgm_bake.cli.common import make_rule
+        from sgm_bake.cli.tune import tune_request
+
+        rule = make_rule(None, None, None, None, None)
+        request = tune_request("builtin:organism", params, rule, None, tmp_path)
+        assert {"method", "edit_layers", "edit_strength"} <= set(request.options.knobs)
+        assert request.options.method_auto
+        assert request.options.method.anchors == "builtin:organism-anchors-v1"
+        assert request.options.method.rank == 4 and request.options.method.replies == 3
+    # knobs given, or a method given, are what the user asked for: no method search added
+    params = dict(tune_command.make_context("tune", ["m", "--knobs", "strength"]).params)
+    request = tune_request("builtin:organism", params, rule, None, tmp_path)
+    assert request.options.knobs == ("strength",) and not request.options.method_auto
+    assert request.options.method.anchors is None  # not an organism: no built-in anchors
+    params = dict(tune_command.make_context("tune", ["organism", "--method", "sgm"]).params)
+    request = tune_request("builtin:organism", params, rule, None, tmp_path)
+    assert "method" not in request.options.knobs and not request.options.method_auto
+
+
+def test_the_default_search_keeps_to_sgm_on_a_set_without_prompts(
+    llava_dir: Path, tmp_path: Path, caplog
+):
+    from dataclasses import replace as replace_row
+
+    from sgm_bake.datasets.profile_set import ProfileSet, load_profile_set
+
+    full = load_profile_set("builtin:organism")
+    rows = tuple(s if s.label == 1 else replace_row(s, prompt=None) for s in full.samples[:64])
+    chat, loaded = load_chat(resolve_model_source(str(llava_dir)), "cpu", "float32")
+    knobs = ("strength", "method", "edit_layers", "edit_strength")
+    options = TuneOptions(
+        workdir=tmp_path / "work", trials=1, knobs=knobs, progress=False, method_auto=True
+    )
+    with caplog.at_level("WARNING"):
+        result = run_tune(
+            chat,
+            llava_dir,
+            loaded.recipe,
+            ProfileSet("no-prompts", full.sha256, rows),
+            make_judge("profanity"),
+            options,
+            "tiny-llava",
+            None,
+            torch.float32,
+        )
+    assert "no prompts to fit the edit on" in caplog.text
+    assert [t.setting.get("method", "sgm") for t in result.trials] == ["sgm"]
+    saved = json.loads((tmp_path / "work" / "tune.json").read_text())
+    assert saved["knobs"] == ["strength"] and saved["options"]["method"] == "sgm"
+
+
 @pytest.mark.slow
 def test_the_tuner_compares_the_three_methods_and_keeps_the_chosen_edit(tmp_path: Path):
     """On organism-plain, whose toxicity SGM barely reaches, three trials are one of each
@@ -257,3 +318,16 @@ def test_a_search_that_can_draw_the_edit_needs_every_row_s_prompt_before_it_star
             torch.float32,
         )
     assert not (tmp_path / "work" / "study.journal").exists()
+
+
+@pytest.mark.slow
+def test_tune_alone_takes_the_organism_s_own_profile_set_by_default(runner, tmp_path: Path):
+    """`tune organism` with no --profile-set profiled `None` (a crash) before the default set
+    was chosen for the model."""
+    from sgm_bake.cli import main
+
+    arguments = ["tune", "organism", "--workdir", str(tmp_path / "w"), "--trials", "1"]
+    result = runner.invoke(main, [*arguments, "--knobs", "strength"])
+    assert result.exit_code == 0, result.output
+    saved = json.loads((tmp_path / "w" / "tune.json").read_text())
+    assert saved["knobs"] == ["strength"] and saved["trials_run"] == 1

@@ -70,6 +70,9 @@ class TuneOptions:
     generation: GenerationConfig = field(default_factory=GenerationConfig)
     batch_size: int = 8
     progress: bool = True
+    method_auto: bool = False
+    """The method knobs were added by the default search (not asked for): a profile set whose
+    rows cannot fit the edit (no prompts) drops them with a note instead of failing."""
 
     def check(self) -> None:
         unknown = [k for k in self.knobs if k not in KNOBS]

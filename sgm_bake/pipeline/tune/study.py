@@ -27,7 +27,7 @@ from sgm_bake.io import interrupts
 from sgm_bake.pipeline.decision import rows_from_profile_set
 from sgm_bake.pipeline.tune.measure import Measurement, SplitMeasure
 from sgm_bake.pipeline.tune.objectives import objectives, violations
-from sgm_bake.pipeline.tune.options import TuneOptions, TuneRequest
+from sgm_bake.pipeline.tune.options import EDIT_KNOBS, TuneOptions, TuneRequest
 from sgm_bake.pipeline.tune.result import (
     TrialRecord,
     TuneResult,
@@ -186,6 +186,14 @@ def run_tune(
     optuna = require_optuna()
     start = time.perf_counter()
     splits = split_profile_set(profile_set, options.seed, options.fractions)
+    if options.method_auto and any(not s.prompt for s in splits.profile.samples):
+        logger.warning(
+            "the profile set's rows have no prompts to fit the edit on: the search keeps to "
+            "SGM's knobs (give every row a prompt to let the tuner choose the method)"
+        )
+        options = replace(
+            options, knobs=tuple(k for k in options.knobs if k not in ("method", *EDIT_KNOBS))
+        )
     if "method" in options.knobs or options.method.method != "sgm":
         # the edit is fitted at the last token of every profiling row's prompt: a set without
         # them fails here, in one line, not in the middle of the search
