@@ -17,7 +17,9 @@ from sgm_bake.evaluation.ecso import templates_for
 from sgm_bake.evaluation.judges import make_judge
 from sgm_bake.io.atomic import atomic_folder, check_target
 from sgm_bake.organism.checks import tuning_checks
+from sgm_bake.options import ORGANISM_ANCHORS
 from sgm_bake.pipeline.bake import BakeOptions, bake
+from sgm_bake.pipeline.decision import MethodOptions
 from sgm_bake.pipeline.profile import ProfileOptions
 from sgm_bake.pipeline.run import Messages, ProfileRequest, profile_source, verify_output
 from sgm_bake.pipeline.tune import (
@@ -168,6 +170,7 @@ def tune_demo(source: Any, request: DemoRequest, profile: ProfileOptions) -> Tun
         trials=request.tune_trials,
         knobs=DEMO_KNOBS,
         profile=profile,
+        method=MethodOptions(diagnose=False, anchors=ORGANISM_ANCHORS),
         generation=GenerationConfig(max_new_tokens=16),
         batch_size=16,
         progress=request.bake.progress,
