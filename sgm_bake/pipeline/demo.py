@@ -16,8 +16,8 @@ from sgm_bake.evaluation.conditions import EvalSettings, Variant, evaluate_varia
 from sgm_bake.evaluation.ecso import templates_for
 from sgm_bake.evaluation.judges import make_judge
 from sgm_bake.io.atomic import atomic_folder, check_target
-from sgm_bake.organism.checks import tuning_checks
 from sgm_bake.options import ORGANISM_ANCHORS
+from sgm_bake.organism.checks import tuning_checks
 from sgm_bake.pipeline.bake import BakeOptions, bake
 from sgm_bake.pipeline.decision import MethodOptions
 from sgm_bake.pipeline.profile import ProfileOptions
