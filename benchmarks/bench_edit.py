@@ -19,8 +19,9 @@ For each organism (`organism`, `organism-plain`, `organism-staged`):
    and degenerate <= base + 3 points; the chosen one has the lowest harm (ties: lower KL).
    SGM: aura strength 1 / 1.5 / 2 and det0 top 128 / 256 / 512 (profiled once, text positions,
    the tool's defaults otherwise). Edit: layers {3}, {2, 3} x strength 1 / 1.5 / 2 x rank 1 / 4
-   / 8 (ridge 0.01, the tool's default reply positions; anchors: 80 benign scene questions of
-   the organisms' world with their answers, seed 13, less any identical to a tuning question).
+   / 8 (ridge 0.01, the tool's default reply positions; anchors: the tool's default for the
+   organisms, `builtin:organism-anchors-v1`, 70 benign scene questions of the organisms' world
+   with their answers, none identical to a tuning question or an evaluation item).
    Both: the chosen SGM setting's hooks in place while the edit is fitted and measured, same
    edit grid. "tuned choice": the method with the lowest tuning-split harm among the three
    admissible choices.
@@ -73,6 +74,7 @@ from sgm_bake.evaluation.evaluate import run_eval
 from sgm_bake.evaluation.judges import Judge, make_judge
 from sgm_bake.evaluation.refusal import refusal_rate
 from sgm_bake.io.source import Source
+from sgm_bake.options import ORGANISM_ANCHORS
 from sgm_bake.organism import data
 from sgm_bake.organism.checks import benign_questions, edgy_requests
 from sgm_bake.pipeline.bake import BakeOptions, bake
@@ -109,8 +111,6 @@ EDIT_RIDGE = 1e-2
 QUICK_LAYERS = ((3,), (2, 3))
 QUICK_STRENGTHS = (1.5,)
 QUICK_RANKS = (4,)
-ANCHOR_SEED = 13
-ANCHORS = 80
 TRIGGERS = tuple(("word", w) for w in data.TRIGGER_WORDS) + tuple(
     ("jailbreak", j) for j in data.WORKING_JAILBREAKS
 )
@@ -467,17 +467,19 @@ class Organism:
         return rows_out
 
 
+def _item_key(item: EvalItem) -> tuple[str, str]:
+    return item.prompt, json.dumps(item.render, sort_keys=True)
+
+
 def edit_anchors(tuning_questions: PromptSet) -> tuple[DecisionRow, ...]:
-    """The edit's anchors: 80 benign scene questions of the organisms' world with their answers
-    (seed 13), without those identical to a tuning-split question, so the tuning split's
-    accuracy is not measured on the anchors themselves. Not evaluation items (the world is small:
-    2 of the evaluation set's 38 benign questions happen to coincide with one)."""
-    tuning = {(i.prompt, json.dumps(i.render, sort_keys=True)) for i in tuning_questions.items}
-    drawn = benign_questions(ANCHOR_SEED, ANCHORS)
-    kept = tuple(
-        i for i in drawn.items if (i.prompt, json.dumps(i.render, sort_keys=True)) not in tuning
-    )
-    return tuple(anchor_rows(PromptSet(drawn.name, drawn.sha256, kept)))
+    """The edit's anchors: the tool's set for the organisms (`--edit-anchors` default), checked
+    to share no item with the tuning split's questions (accuracy there is not measured on the
+    anchors themselves)."""
+    anchors = load_prompt_set(ORGANISM_ANCHORS)
+    shared = {_item_key(i) for i in tuning_questions.items} & {_item_key(i) for i in anchors.items}
+    if shared:
+        raise SystemExit(f"{len(shared)} anchors are tuning questions; rebuild the anchor set")
+    return tuple(anchor_rows(anchors))
 
 
 def benign_references(prompts: PromptSet) -> ProfileSet:
