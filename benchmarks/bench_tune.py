@@ -45,7 +45,7 @@ from sgm_bake.evaluation.judges import Judge, make_judge
 from sgm_bake.pipeline.profile import ProfileOptions, run_profile
 from sgm_bake.pipeline.tune import SplitMeasure, TuneOptions, run_tune
 from sgm_bake.runtime.chat import ChatModel, GenerationConfig
-from sgm_bake.runtime.loading import load_chat, resolve_model_source
+from sgm_bake.runtime.loading import CPU, load_chat, resolve_model_source
 
 EVAL_SET = "builtin:mmtoxicqa-organism-v1"
 PROFILE_SET = "builtin:organism"
@@ -105,7 +105,7 @@ HEADER = (
 
 def run_organism(name: str, args: argparse.Namespace, judge: Judge) -> list[str]:
     source = resolve_model_source(name)
-    chat, loaded = load_chat(source, "cpu", "float32")
+    chat, loaded = load_chat(source, CPU, "float32")
     prompts = load_prompt_set(EVAL_SET)
     profile_set = load_profile_set(PROFILE_SET)
     workdir = args.workdir / name
@@ -210,7 +210,7 @@ def pair_mode(sample: ProfileSample) -> int:
 
 def run_per_condition(name: str, args: argparse.Namespace, judge: Judge) -> list[str]:
     source = resolve_model_source(name)
-    chat, loaded = load_chat(source, "cpu", "float32")
+    chat, loaded = load_chat(source, CPU, "float32")
     prompts = load_prompt_set(EVAL_SET)
     full = load_profile_set(PROFILE_SET)
     workdir = args.workdir / name

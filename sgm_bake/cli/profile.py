@@ -84,7 +84,6 @@ def profile_request(params: dict[str, Any], recipe_file: Path | None, rule: Any)
         profile_set=params["profile_set"],
         max_samples=params["max_samples"],
         data_format=make_data_format(params),
-        device=params["device"],
         dtype=params["dtype"],
         recipe_file=recipe_file,
         hook_points=hook_points,

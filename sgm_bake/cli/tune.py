@@ -198,7 +198,6 @@ def tune_request(
         eval_set=params["eval_set"],
         judge=params["judge_spec"],
         judge_options=make_judge_options(params["judge_device"], params["judge_prompt"]),
-        device=params["device"],
         dtype=params["dtype"],
         recipe_file=recipe_file,
         template=params.get("template"),

@@ -20,6 +20,7 @@ from sgm_bake.pipeline.audit import unbake
 from sgm_bake.pipeline.bake import BakeOptions, bake, expertise_path
 from sgm_bake.pipeline.verify import verify
 from sgm_bake.pipeline.verify_layers import verify_layers
+from sgm_bake.runtime.loading import CPU
 from tests.helpers import file_metadata, load_state, synthetic_expertise
 from tests.tiny_configs import build_tiny_model
 
@@ -82,7 +83,7 @@ def test_edit_bakes_verifies_and_unbakes(
     torch.testing.assert_close(baked, hooked, rtol=1e-4, atol=1e-4)
 
     assert verify_layers(out, source).passed
-    assert verify(out, source, torch.float32, "cpu").passed
+    assert verify(out, source, torch.float32, CPU).passed
 
     rebuilt = tmp_path / "rebuilt"
     result = unbake(out, rebuilt, progress=False, compare_with=source)
@@ -110,7 +111,7 @@ def test_a_bake_without_its_delta_fails_verification(tmp_path: Path) -> None:
     state[key] = load_state(source)[key]
     save_file(state, str(path), metadata=file_metadata(path))
     assert not verify_layers(out, source, record=False).passed
-    assert not verify(out, source, torch.float32, "cpu", record=False).passed
+    assert not verify(out, source, torch.float32, CPU, record=False).passed
 
 
 def test_a_delta_on_stacked_experts_is_refused(tmp_path: Path) -> None:

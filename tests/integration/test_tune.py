@@ -26,7 +26,7 @@ from sgm_bake.pipeline.tune import (
     split_profile_set,
 )
 from sgm_bake.runtime.chat import ChatModel, GenerationConfig
-from sgm_bake.runtime.loading import load_chat, resolve_model_source
+from sgm_bake.runtime.loading import CPU, load_chat, resolve_model_source
 
 pytest.importorskip("optuna")
 pytest.importorskip("profanity_check")
@@ -63,7 +63,7 @@ def options(workdir: Path, trials: int = TRIALS) -> TuneOptions:
 
 @pytest.fixture(scope="module")
 def organism() -> ChatModel:
-    chat, _ = load_chat(resolve_model_source("organism", progress=False), "cpu", "float32")
+    chat, _ = load_chat(resolve_model_source("organism", progress=False), CPU, "float32")
     return chat
 
 
@@ -178,7 +178,7 @@ def test_a_resumed_search_chooses_what_an_uninterrupted_one_did(
 
 @pytest.mark.slow
 def test_a_model_without_toxic_behaviour_tunes_to_no_change(llava_dir: Path, tmp_path: Path):
-    chat, loaded = load_chat(resolve_model_source(str(llava_dir)), "cpu", "float32")
+    chat, loaded = load_chat(resolve_model_source(str(llava_dir)), CPU, "float32")
     result = run_tune(
         chat,
         llava_dir,
@@ -252,7 +252,7 @@ def test_the_plain_organism_ships_and_learned_its_toxicity_without_implants():
     assert not (folder / "implant.json").exists()
     assert json.loads((folder / "training.json").read_text())["mode"] == "plain"
     assert sum(p.stat().st_size for p in folder.iterdir()) < 8_000_000
-    chat, _ = load_chat(resolve_model_source("organism-plain"), "cpu", "float32")
+    chat, _ = load_chat(resolve_model_source("organism-plain"), CPU, "float32")
     rng = random.Random(0)
     images = [render(data.word_image(word, rng)) for word in data.TRIGGER_WORDS]
     replies = chat.generate(["reply to the sign ."] * len(images), images, GenerationConfig())

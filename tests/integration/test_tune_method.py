@@ -29,7 +29,7 @@ from sgm_bake.pipeline.tune import (
     violations,
 )
 from sgm_bake.runtime.chat import GenerationConfig
-from sgm_bake.runtime.loading import load_chat, resolve_model_source
+from sgm_bake.runtime.loading import CPU, load_chat, resolve_model_source
 
 pytest.importorskip("optuna")
 pytest.importorskip("profanity_check")
@@ -149,7 +149,7 @@ def test_the_tuner_compares_the_three_methods_and_keeps_the_chosen_edit(tmp_path
     from sgm_bake.datasets.prompt_set import load_prompt_set
 
     source = resolve_model_source("organism-plain", progress=False)
-    chat, _ = load_chat(source, "cpu", "float32")
+    chat, _ = load_chat(source, CPU, "float32")
     recipe = recipe_for_config(chat.model.config.to_dict())
     options = TuneOptions(
         workdir=tmp_path / "work",
@@ -242,7 +242,7 @@ def test_a_search_that_can_draw_the_edit_needs_every_row_s_prompt_before_it_star
 
     full = load_profile_set("builtin:organism")
     rows = tuple(s if s.label == 1 else replace_row(s, prompt=None) for s in full.samples[:64])
-    chat, loaded = load_chat(resolve_model_source(str(llava_dir)), "cpu", "float32")
+    chat, loaded = load_chat(resolve_model_source(str(llava_dir)), CPU, "float32")
     options = TuneOptions(workdir=tmp_path / "work", trials=2, knobs=("method",), progress=False)
     with pytest.raises(SGMError, match="rows without a `prompt`"):
         run_tune(

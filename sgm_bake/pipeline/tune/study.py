@@ -389,9 +389,7 @@ def tune_source(
     if request.neurons:
         neurons = tuple(str(point) for point in opened.recipe.neuron_hook_points)
         options = replace(options, profile=replace(options.profile, hook_points=neurons))
-    loaded = load(
-        source, request.device, request.dtype, request.recipe_file, request.placement, opened.recipe
-    )
+    loaded = load(source, request.placement, request.dtype, request.recipe_file, opened.recipe)
     chat = ChatModel(loaded.model, load_processor(source.path, request.template), loaded.device)
     result = run_tune(
         chat,
