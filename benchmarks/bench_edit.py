@@ -292,17 +292,7 @@ class Organism:
         options = ProfileOptions(
             positions="text", progress=False, responses_dir=self.workdir / f"responses-{tag}"
         )
-        expertise = run_profile(
-            self.chat.model,
-            self.source.path,
-            self.loaded.recipe,
-            rows,
-            options,
-            self.source.id,
-            None,
-            self.loaded.device,
-            self.loaded.dtype,
-        )
+        expertise = run_profile(self.loaded, rows, options)
         assert expertise is not None
         return expertise
 

@@ -125,17 +125,7 @@ def run_organism(name: str, args: argparse.Namespace, judge: Judge) -> list[str]
     lines.append(row("base", base, base))
 
     def profiled(options: ProfileOptions) -> Any:
-        return run_profile(
-            chat.model,
-            source.path,
-            loaded.recipe,
-            profile_set,
-            options,
-            source.id,
-            None,
-            loaded.device,
-            loaded.dtype,
-        )
+        return run_profile(loaded, profile_set, options)
 
     fixed = [
         ("default rule (aura 0.5, dialogue, max)", ProfileOptions(progress=False)),
@@ -156,17 +146,7 @@ def run_organism(name: str, args: argparse.Namespace, judge: Judge) -> list[str]
     tune_options = TuneOptions(
         workdir=workdir / "tune", trials=args.trials, seed=args.seed, max_kl=args.max_kl
     )
-    result = run_tune(
-        chat,
-        source.path,
-        loaded.recipe,
-        profile_set,
-        judge,
-        tune_options,
-        source.id,
-        None,
-        loaded.dtype,
-    )
+    result = run_tune(chat, loaded, profile_set, judge, tune_options)
     seconds = time.perf_counter() - start
     if result.expertise is not None:
         with SGMHooks(chat.model, result.expertise, loaded.recipe):
@@ -233,15 +213,9 @@ def run_per_condition(name: str, args: argparse.Namespace, judge: Judge) -> list
     }
     experts = {
         key: run_profile(
-            chat.model,
-            source.path,
-            loaded.recipe,
+            loaded,
             ProfileSet(f"{full.name}[{key}]", full.sha256, rows),
             ProfileOptions(progress=False),
-            source.id,
-            None,
-            loaded.device,
-            loaded.dtype,
         )
         for key, rows in subsets.items()
     }

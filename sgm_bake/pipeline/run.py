@@ -142,19 +142,7 @@ def profile_source(
     stats = CaptureStats()
     with PeakMemory("profile") as memory:
         loaded = load(source, placement, request.dtype, request.recipe_file, recipe)
-        expertise = run_profile(
-            loaded.model,
-            source.path,
-            loaded.recipe,
-            profile_set,
-            options,
-            source.id,
-            source.revision,
-            loaded.device,
-            loaded.dtype,
-            distributed,
-            stats,
-        )
+        expertise = run_profile(loaded, profile_set, options, distributed, stats)
     parameters = sum(p.numel() for p in loaded.model.parameters())
     empty: dict[str, Any] = {}
     memory.extra["throughput"] = measured(

@@ -144,13 +144,11 @@ def test_the_tuner_compares_the_three_methods_and_keeps_the_chosen_edit(tmp_path
     method (the warm starts); every trial measures benign refusal on the evaluation set, the
     chosen method's deltas are refitted into the expertise, and a resumed search reads its
     journal back."""
-    from sgm_bake.core.recipes import recipe_for_config
     from sgm_bake.datasets.profile_set import load_profile_set
     from sgm_bake.datasets.prompt_set import load_prompt_set
 
     source = resolve_model_source("organism-plain", progress=False)
-    chat, _ = load_chat(source, CPU, "float32")
-    recipe = recipe_for_config(chat.model.config.to_dict())
+    chat, loaded = load_chat(source, CPU, "float32")
     options = TuneOptions(
         workdir=tmp_path / "work",
         trials=3,
@@ -163,14 +161,10 @@ def test_the_tuner_compares_the_three_methods_and_keeps_the_chosen_edit(tmp_path
     )
     arguments = (
         chat,
-        source.path,
-        recipe,
+        loaded,
         load_profile_set("builtin:organism"),
         make_judge("profanity"),
         options,
-        "sgm-bake/organism-plain",
-        None,
-        torch.float32,
         load_prompt_set("builtin:mmtoxicqa-organism-v1"),
     )
     result = run_tune(*arguments)  # type: ignore[arg-type]
@@ -247,13 +241,9 @@ def test_a_search_that_can_draw_the_edit_needs_every_row_s_prompt_before_it_star
     with pytest.raises(SGMError, match="rows without a `prompt`"):
         run_tune(
             chat,
-            llava_dir,
-            loaded.recipe,
+            loaded,
             ProfileSet("no-prompts", full.sha256, rows),
             make_judge("profanity"),
             options,
-            "tiny-llava",
-            None,
-            torch.float32,
         )
     assert not (tmp_path / "work" / "study.journal").exists()
