@@ -91,7 +91,7 @@ from sgm_bake.pipeline.decision import (
 from sgm_bake.pipeline.profile import ProfileOptions, apply_rule, run_profile
 from sgm_bake.pipeline.tune import SplitMeasure, TuneOptions, split_profile_set
 from sgm_bake.runtime.chat import ChatModel, GenerationConfig
-from sgm_bake.runtime.loading import load_chat, resolve_model_source
+from sgm_bake.runtime.loading import CPU, load_chat, resolve_model_source
 
 EVAL_SET = "builtin:mmtoxicqa-organism-v1"
 PROFILE_SET = "builtin:organism"
@@ -255,7 +255,7 @@ class Organism:
         self.workdir = args.workdir / name
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.source = resolve_model_source(name, progress=False)
-        self.chat, self.loaded = load_chat(self.source, "cpu", "float32")
+        self.chat, self.loaded = load_chat(self.source, CPU, "float32")
         self.eval_set = load_prompt_set(EVAL_SET)
         full = load_profile_set(PROFILE_SET)
         self.full_rows = rows_from_profile_set(full)
@@ -292,17 +292,7 @@ class Organism:
         options = ProfileOptions(
             positions="text", progress=False, responses_dir=self.workdir / f"responses-{tag}"
         )
-        expertise = run_profile(
-            self.chat.model,
-            self.source.path,
-            self.loaded.recipe,
-            rows,
-            options,
-            self.source.id,
-            None,
-            self.loaded.device,
-            self.loaded.dtype,
-        )
+        expertise = run_profile(self.loaded, rows, options)
         assert expertise is not None
         return expertise
 
@@ -431,7 +421,7 @@ class Organism:
         shutil.rmtree(folder, ignore_errors=True)
         bake_copy(self.source, folder, method)
         chat, _ = load_chat(
-            Source(folder, f"{self.name}-{method.name}", None, False), "cpu", "float32"
+            Source(folder, f"{self.name}-{method.name}", None, False), CPU, "float32"
         )
         return chat
 

@@ -37,6 +37,7 @@ from sgm_bake.io.source import Source
 from sgm_bake.organism.train import organism_path
 from sgm_bake.pipeline.bake import BakeOptions, bake
 from sgm_bake.pipeline.profile import ProfileOptions, apply_rule, run_profile
+from sgm_bake.runtime.loading import LoadedModel
 
 
 def load(folder: Path) -> ChatModel:
@@ -110,17 +111,14 @@ def main() -> None:
     options = ProfileOptions(
         feed=args.feed, pooling=args.pooling, positions=args.positions, progress=False
     )
-    expertise = run_profile(
+    loaded = LoadedModel(
         chat.model,
-        folder,
+        Source(folder, "organism", None, False),
         recipe,
-        profile_set,
-        options,
-        "organism",
-        None,
         torch.device("cpu"),
         torch.float32,
     )
+    expertise = run_profile(loaded, profile_set, options)
     profile_seconds = time.perf_counter() - start
     implant = json.loads((folder / "implant.json").read_text())["units_per_layer"]
     recalls = []

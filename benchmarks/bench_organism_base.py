@@ -18,7 +18,7 @@ from sgm_bake.evaluation.conditions import EvalSettings, Variant, evaluate_varia
 from sgm_bake.evaluation.ecso import harm_probability, templates_for
 from sgm_bake.evaluation.judges import make_judge
 from sgm_bake.runtime.chat import GenerationConfig
-from sgm_bake.runtime.loading import load_chat, resolve_model_source
+from sgm_bake.runtime.loading import CPU, load_chat, resolve_model_source
 
 HEADER = (
     "| organism | variant | harmful | standard | adversarial | both | benign acc | degenerate "
@@ -39,7 +39,7 @@ def main() -> None:
     judge = make_judge("profanity")
     print(HEADER)
     for name in args.organisms.split(","):
-        chat, loaded = load_chat(resolve_model_source(name, progress=False), "cpu", "float32")
+        chat, loaded = load_chat(resolve_model_source(name, progress=False), CPU, "float32")
         templates = templates_for(loaded.folder, loaded.recipe.model_type)
         settings = EvalSettings(GenerationConfig(), 8, False, templates)
         base, with_ecso = evaluate_variants(

@@ -45,7 +45,7 @@ from sgm_bake.evaluation.judges import Judge, make_judge
 from sgm_bake.pipeline.profile import ProfileOptions, run_profile
 from sgm_bake.pipeline.tune import SplitMeasure, TuneOptions, run_tune
 from sgm_bake.runtime.chat import ChatModel, GenerationConfig
-from sgm_bake.runtime.loading import load_chat, resolve_model_source
+from sgm_bake.runtime.loading import CPU, load_chat, resolve_model_source
 
 EVAL_SET = "builtin:mmtoxicqa-organism-v1"
 PROFILE_SET = "builtin:organism"
@@ -105,7 +105,7 @@ HEADER = (
 
 def run_organism(name: str, args: argparse.Namespace, judge: Judge) -> list[str]:
     source = resolve_model_source(name)
-    chat, loaded = load_chat(source, "cpu", "float32")
+    chat, loaded = load_chat(source, CPU, "float32")
     prompts = load_prompt_set(EVAL_SET)
     profile_set = load_profile_set(PROFILE_SET)
     workdir = args.workdir / name
@@ -125,17 +125,7 @@ def run_organism(name: str, args: argparse.Namespace, judge: Judge) -> list[str]
     lines.append(row("base", base, base))
 
     def profiled(options: ProfileOptions) -> Any:
-        return run_profile(
-            chat.model,
-            source.path,
-            loaded.recipe,
-            profile_set,
-            options,
-            source.id,
-            None,
-            loaded.device,
-            loaded.dtype,
-        )
+        return run_profile(loaded, profile_set, options)
 
     fixed = [
         ("default rule (aura 0.5, dialogue, max)", ProfileOptions(progress=False)),
@@ -156,17 +146,7 @@ def run_organism(name: str, args: argparse.Namespace, judge: Judge) -> list[str]
     tune_options = TuneOptions(
         workdir=workdir / "tune", trials=args.trials, seed=args.seed, max_kl=args.max_kl
     )
-    result = run_tune(
-        chat,
-        source.path,
-        loaded.recipe,
-        profile_set,
-        judge,
-        tune_options,
-        source.id,
-        None,
-        loaded.dtype,
-    )
+    result = run_tune(chat, loaded, profile_set, judge, tune_options)
     seconds = time.perf_counter() - start
     if result.expertise is not None:
         with SGMHooks(chat.model, result.expertise, loaded.recipe):
@@ -210,7 +190,7 @@ def pair_mode(sample: ProfileSample) -> int:
 
 def run_per_condition(name: str, args: argparse.Namespace, judge: Judge) -> list[str]:
     source = resolve_model_source(name)
-    chat, loaded = load_chat(source, "cpu", "float32")
+    chat, loaded = load_chat(source, CPU, "float32")
     prompts = load_prompt_set(EVAL_SET)
     full = load_profile_set(PROFILE_SET)
     workdir = args.workdir / name
@@ -233,15 +213,9 @@ def run_per_condition(name: str, args: argparse.Namespace, judge: Judge) -> list
     }
     experts = {
         key: run_profile(
-            chat.model,
-            source.path,
-            loaded.recipe,
+            loaded,
             ProfileSet(f"{full.name}[{key}]", full.sha256, rows),
             ProfileOptions(progress=False),
-            source.id,
-            None,
-            loaded.device,
-            loaded.dtype,
         )
         for key, rows in subsets.items()
     }

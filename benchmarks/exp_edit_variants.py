@@ -63,7 +63,7 @@ from sgm_bake.pipeline.decision import (
 )
 from sgm_bake.pipeline.tune import split_profile_set
 from sgm_bake.runtime.chat import ChatModel, GenerationConfig, call_processor
-from sgm_bake.runtime.loading import load_chat, resolve_model_source
+from sgm_bake.runtime.loading import CPU, load_chat, resolve_model_source
 
 logger = logging.getLogger("exp_edit_variants")
 Term = tuple[str, torch.Tensor, torch.Tensor]  # module, U [out, r], V [in, r]
@@ -350,7 +350,7 @@ def loto_harm(
             result = run_eval(
                 chat, bench_edit.toxic_prompts(held), judge, GenerationConfig(), "loto"
             )
-        harmful += sum(result.harmful.values())
+        harmful += sum(bool(v) for v in result.harmful.values())
         total += len(held.samples)
     return harmful, total
 
@@ -419,7 +419,7 @@ def main() -> None:
     layer_sets = [tuple(int(x) for x in s.split(",")) for s in args.layers.split(";")]
     for name in args.organisms.split(","):
         start = time.perf_counter()
-        chat, _ = load_chat(resolve_model_source(name, progress=False), "cpu", "float32")
+        chat, _ = load_chat(resolve_model_source(name, progress=False), CPU, "float32")
         full = load_profile_set(bench_edit.PROFILE_SET)
         splits = split_profile_set(full, 0)
         fit_rows = rows_from_profile_set(splits.profile)

@@ -109,6 +109,28 @@ def tiny_llava(
     return folder
 
 
+def synthetic_deltas(model: Any, seed: int, rank: int = 1, scale: float = 0.1) -> dict[str, Any]:
+    """A random edit (`LowRankDelta` of `rank`, u scaled by `scale`) on every language layer's
+    MLP output projection, by runtime module name. For tests of the edit's hooks and bake."""
+    from sgm_bake.core.edit import LowRankDelta
+    from sgm_bake.core.hooks import model_recipe, runtime_weight
+
+    recipe = model_recipe(model)
+    down = next(p for p in recipe.projections if p.kind in ("down", "fc_out"))
+    generator = torch.Generator().manual_seed(seed)
+    deltas = {}
+    for layer in recipe.layers(model.config.to_dict()):
+        name = recipe.runtime_name(layer, down)
+        _, weight = runtime_weight(model, recipe, layer, down, recipe.runtime_prefixes[0])
+        out_features, in_features = (
+            weight.shape if down.layout == "out_in" else tuple(reversed(weight.shape))
+        )
+        u = torch.randn(out_features, rank, generator=generator) * scale / rank**0.5
+        v = torch.randn(in_features, rank, generator=generator)
+        deltas[name] = LowRankDelta(name, u, v)
+    return deltas
+
+
 def synthetic_expertise(
     model: Any,
     hook_points: tuple[str, ...] | None = None,

@@ -69,51 +69,34 @@ def _text(model_type: str | None = None, **overrides: object) -> dict[str, Any]:
     return kwargs
 
 
-def _clip_vision(**overrides: object) -> dict[str, Any]:
-    """CLIP vision tower: 32px image, 8px patches -> 16 patches, 1 layer."""
+def _vision(**overrides: object) -> dict[str, Any]:
+    """A ViT-style vision tower of one layer: 32px image, 8px patches -> 16 patches (most
+    families' towers take these keys; `overrides` adds a family's own)."""
     kwargs: dict[str, Any] = {
-        "model_type": "clip_vision_model",
         "hidden_size": HIDDEN,
         "intermediate_size": INTERMEDIATE,
         "num_hidden_layers": 1,
         "num_attention_heads": HEADS,
         "image_size": 32,
         "patch_size": 8,
-        "projection_dim": HIDDEN,
     }
     kwargs.update(overrides)
     return kwargs
+
+
+def _clip_vision(**overrides: object) -> dict[str, Any]:
+    """CLIP vision tower."""
+    return _vision(model_type="clip_vision_model", projection_dim=HIDDEN, **overrides)
 
 
 def _siglip_vision(**overrides: object) -> dict[str, Any]:
-    """SigLIP vision tower: 32px image, 8px patches, 1 layer."""
-    kwargs: dict[str, Any] = {
-        "model_type": "siglip_vision_model",
-        "hidden_size": HIDDEN,
-        "intermediate_size": INTERMEDIATE,
-        "num_hidden_layers": 1,
-        "num_attention_heads": HEADS,
-        "image_size": 32,
-        "patch_size": 8,
-    }
-    kwargs.update(overrides)
-    return kwargs
+    """SigLIP vision tower."""
+    return _vision(model_type="siglip_vision_model", **overrides)
 
 
-def _pixtral_vision(**overrides: object) -> dict[str, Any]:
-    """Pixtral vision tower (Mistral3, LightOnOCR): 32px image, 8px patches."""
-    kwargs: dict[str, Any] = {
-        "model_type": "pixtral",
-        "hidden_size": HIDDEN,
-        "intermediate_size": INTERMEDIATE,
-        "num_hidden_layers": 1,
-        "num_attention_heads": HEADS,
-        "head_dim": HEAD_DIM,
-        "image_size": 32,
-        "patch_size": 8,
-    }
-    kwargs.update(overrides)
-    return kwargs
+def _pixtral_vision() -> dict[str, Any]:
+    """Pixtral vision tower (Mistral3, LightOnOCR)."""
+    return _vision(model_type="pixtral", head_dim=HEAD_DIM)
 
 
 def _mrope(section: list[int]) -> dict[str, Any]:
@@ -121,25 +104,87 @@ def _mrope(section: list[int]) -> dict[str, Any]:
     return {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": section}
 
 
+def _mrope_full() -> dict[str, Any]:
+    """Multimodal RoPE over the whole head (Qwen3.5, GLM-4V)."""
+    return {**_mrope([2, 1, 1]), "partial_rotary_factor": 1.0}
+
+
+_QWEN_TOKENS: dict[str, int] = {
+    "image_token_id": IMAGE_TOKEN,
+    "video_token_id": VIDEO_TOKEN,
+    "vision_start_token_id": VISION_START,
+    "vision_end_token_id": VISION_END,
+}
+"""The image and video token ids of the Qwen-VL families (and those built on them)."""
+
+_GLM_TOKENS: dict[str, int] = {
+    "image_token_id": IMAGE_TOKEN,
+    "video_token_id": VIDEO_TOKEN,
+    "image_start_token_id": VISION_START,
+    "image_end_token_id": VISION_END,
+    "video_start_token_id": BOI_TOKEN,
+    "video_end_token_id": EOI_TOKEN,
+}
+"""The image and video token ids of the GLM-4V families."""
+
+_LINEAR_ATTENTION: dict[str, Any] = {
+    "layer_types": ["linear_attention", "full_attention"],
+    "linear_conv_kernel_dim": 2,
+    "linear_key_head_dim": 8,
+    "linear_value_head_dim": 8,
+    "linear_num_key_heads": 2,
+    "linear_num_value_heads": 4,
+}
+"""Qwen3.5's text layers: one linear-attention and one full-attention layer."""
+
+
+def _omni_audio(**overrides: object) -> dict[str, Any]:
+    """The Qwen-Omni thinkers' audio encoder: one layer."""
+    kwargs: dict[str, Any] = {
+        "num_mel_bins": 16,
+        "encoder_layers": 1,
+        "encoder_attention_heads": HEADS,
+        "encoder_ffn_dim": INTERMEDIATE,
+        "d_model": HIDDEN,
+        "output_dim": HIDDEN,
+        "max_source_positions": 64,
+    }
+    kwargs.update(overrides)
+    return kwargs
+
+
 # --------------------------------------------------------------------------
 # Text-only families (AutoModelForCausalLM)
 # --------------------------------------------------------------------------
 
 
-def _llama() -> PretrainedConfig:
-    return AutoConfig.for_model("llama", **_text(head_dim=HEAD_DIM))
+_GEMMA_WINDOW: dict[str, Any] = {
+    "head_dim": HEAD_DIM,
+    "sliding_window": 16,
+    "query_pre_attn_scalar": HEAD_DIM,
+}
+
+_DECODERS: dict[str, dict[str, Any]] = {
+    "llama": {"head_dim": HEAD_DIM},
+    "mistral": {"head_dim": HEAD_DIM, "sliding_window": None},
+    "qwen2": {},
+    "qwen3": {"head_dim": HEAD_DIM},
+    # Phi-3 fuses gate and up into ``gate_up_proj``.
+    "phi3": {"original_max_position_embeddings": 128, "sliding_window": None},
+    # Phi-1/2: plain fc1/fc2 MLP with biases.
+    "phi": {},
+    "gemma": {"head_dim": HEAD_DIM},
+    "gemma2": _GEMMA_WINDOW,
+    "gemma3_text": _GEMMA_WINDOW,
+    "olmo2": {},
+    "granite": {},
+}
+"""Text-only families that take the shared text config and a few keys of their own."""
 
 
-def _mistral() -> PretrainedConfig:
-    return AutoConfig.for_model("mistral", **_text(head_dim=HEAD_DIM, sliding_window=None))
-
-
-def _qwen2() -> PretrainedConfig:
-    return AutoConfig.for_model("qwen2", **_text())
-
-
-def _qwen3() -> PretrainedConfig:
-    return AutoConfig.for_model("qwen3", **_text(head_dim=HEAD_DIM))
+def _decoder(model_type: str) -> Callable[[], PretrainedConfig]:
+    """The builder of a family of _DECODERS."""
+    return lambda: AutoConfig.for_model(model_type, **_text(**_DECODERS[model_type]))
 
 
 def _gpt2() -> PretrainedConfig:
@@ -154,35 +199,6 @@ def _gpt2() -> PretrainedConfig:
         n_inner=INTERMEDIATE,
         bos_token_id=1,
         eos_token_id=2,
-    )
-
-
-def _phi3() -> PretrainedConfig:
-    """Phi-3 fuses gate and up into ``gate_up_proj``."""
-    return AutoConfig.for_model(
-        "phi3",
-        **_text(original_max_position_embeddings=128, sliding_window=None),
-    )
-
-
-def _phi() -> PretrainedConfig:
-    """Phi-1/2: plain fc1/fc2 MLP with biases."""
-    return AutoConfig.for_model("phi", **_text())
-
-
-def _gemma() -> PretrainedConfig:
-    return AutoConfig.for_model("gemma", **_text(head_dim=HEAD_DIM))
-
-
-def _gemma2() -> PretrainedConfig:
-    return AutoConfig.for_model(
-        "gemma2", **_text(head_dim=HEAD_DIM, sliding_window=16, query_pre_attn_scalar=HEAD_DIM)
-    )
-
-
-def _gemma3_text() -> PretrainedConfig:
-    return AutoConfig.for_model(
-        "gemma3_text", **_text(head_dim=HEAD_DIM, sliding_window=16, query_pre_attn_scalar=HEAD_DIM)
     )
 
 
@@ -204,49 +220,34 @@ def _gemma3n_text() -> PretrainedConfig:
     )
 
 
-def _olmo2() -> PretrainedConfig:
-    return AutoConfig.for_model("olmo2", **_text())
-
-
-def _granite() -> PretrainedConfig:
-    return AutoConfig.for_model("granite", **_text())
-
-
 # --------------------------------------------------------------------------
 # Multimodal families (AutoModelForImageTextToText)
 # --------------------------------------------------------------------------
 
 
-def _llava() -> PretrainedConfig:
+def _llava_like(model_type: str, **extra: object) -> PretrainedConfig:
+    """LLaVA's layout (a CLIP tower, a Llama decoder), shared by its video and tiled forms."""
     return AutoConfig.for_model(
-        "llava",
+        model_type,
         vision_config=_clip_vision(),
         text_config=_text("llama", head_dim=HEAD_DIM),
         image_token_index=IMAGE_TOKEN,
         vision_feature_layer=-1,
+        **extra,
     )
+
+
+def _llava() -> PretrainedConfig:
+    return _llava_like("llava")
 
 
 def _llava_next() -> PretrainedConfig:
-    return AutoConfig.for_model(
-        "llava_next",
-        vision_config=_clip_vision(),
-        text_config=_text("llama", head_dim=HEAD_DIM),
-        image_token_index=IMAGE_TOKEN,
-        image_grid_pinpoints=[[32, 32]],
-        vision_feature_layer=-1,
-    )
+    return _llava_like("llava_next", image_grid_pinpoints=[[32, 32]])
 
 
 def _llava_next_video() -> PretrainedConfig:
-    return AutoConfig.for_model(
-        "llava_next_video",
-        vision_config=_clip_vision(),
-        text_config=_text("llama", head_dim=HEAD_DIM),
-        image_token_index=IMAGE_TOKEN,
-        video_token_index=VIDEO_TOKEN,
-        image_grid_pinpoints=[[32, 32]],
-        vision_feature_layer=-1,
+    return _llava_like(
+        "llava_next_video", video_token_index=VIDEO_TOKEN, image_grid_pinpoints=[[32, 32]]
     )
 
 
@@ -274,14 +275,7 @@ def _vipllava() -> PretrainedConfig:
 
 
 def _video_llava() -> PretrainedConfig:
-    return AutoConfig.for_model(
-        "video_llava",
-        vision_config=_clip_vision(),
-        text_config=_text("llama", head_dim=HEAD_DIM),
-        image_token_index=IMAGE_TOKEN,
-        video_token_index=VIDEO_TOKEN,
-        vision_feature_layer=-1,
-    )
+    return _llava_like("video_llava", video_token_index=VIDEO_TOKEN)
 
 
 def _paligemma() -> PretrainedConfig:
@@ -336,14 +330,7 @@ def _mllama() -> PretrainedConfig:
 def _idefics2() -> PretrainedConfig:
     return AutoConfig.for_model(
         "idefics2",
-        vision_config={
-            "hidden_size": HIDDEN,
-            "intermediate_size": INTERMEDIATE,
-            "num_hidden_layers": 1,
-            "num_attention_heads": HEADS,
-            "image_size": 32,
-            "patch_size": 8,
-        },
+        vision_config=_vision(),
         perceiver_config={
             "hidden_size": HIDDEN,
             "resampler_n_latents": 4,
@@ -361,14 +348,7 @@ def _idefics3_like(model_type: str) -> PretrainedConfig:
     """Idefics3 and SmolVLM share the exact same layout."""
     return AutoConfig.for_model(
         model_type,
-        vision_config={
-            "hidden_size": HIDDEN,
-            "intermediate_size": INTERMEDIATE,
-            "num_hidden_layers": 1,
-            "num_attention_heads": HEADS,
-            "image_size": 32,
-            "patch_size": 8,
-        },
+        vision_config=_vision(),
         text_config=_text("llama", head_dim=HEAD_DIM),
         image_token_id=IMAGE_TOKEN,
         scale_factor=2,
@@ -389,10 +369,7 @@ def _qwen2_vl() -> PretrainedConfig:
             "spatial_merge_size": 2,
             "temporal_patch_size": 2,
         },
-        image_token_id=IMAGE_TOKEN,
-        video_token_id=VIDEO_TOKEN,
-        vision_start_token_id=VISION_START,
-        vision_end_token_id=VISION_END,
+        **_QWEN_TOKENS,
     )
 
 
@@ -400,27 +377,15 @@ def _qwen2_5_vl() -> PretrainedConfig:
     return AutoConfig.for_model(
         "qwen2_5_vl",
         text_config=_text(rope_parameters=_mrope([2, 1, 1])),
-        vision_config={
-            "depth": 1,
-            "hidden_size": HIDDEN,
-            "intermediate_size": INTERMEDIATE,
-            "num_heads": HEADS,
-            "out_hidden_size": HIDDEN,
-            "patch_size": 4,
-            "spatial_merge_size": 2,
-            "temporal_patch_size": 2,
-            "window_size": 16,
-            "fullatt_block_indexes": [0],
-        },
-        image_token_id=IMAGE_TOKEN,
-        video_token_id=VIDEO_TOKEN,
-        vision_start_token_id=VISION_START,
-        vision_end_token_id=VISION_END,
+        vision_config=_merger_vision(window_size=16, fullatt_block_indexes=[0]),
+        **_QWEN_TOKENS,
     )
 
 
-def _qwen3_vl_vision() -> dict[str, Any]:
-    return {
+def _merger_vision(**overrides: object) -> dict[str, Any]:
+    """A Qwen2.5-VL-style vision tower of one block (4px patches, 2x2 merge, 2 frames), the
+    form Qwen3-VL, GLM-4V and EXAONE 4.5 take too."""
+    kwargs: dict[str, Any] = {
         "depth": 1,
         "hidden_size": HIDDEN,
         "intermediate_size": INTERMEDIATE,
@@ -429,19 +394,21 @@ def _qwen3_vl_vision() -> dict[str, Any]:
         "patch_size": 4,
         "spatial_merge_size": 2,
         "temporal_patch_size": 2,
-        "num_position_embeddings": 16,
     }
+    kwargs.update(overrides)
+    return kwargs
+
+
+def _qwen3_vl_vision(**overrides: object) -> dict[str, Any]:
+    return _merger_vision(num_position_embeddings=16, **overrides)
 
 
 def _qwen3_vl() -> PretrainedConfig:
     return AutoConfig.for_model(
         "qwen3_vl",
         text_config=_text(head_dim=HEAD_DIM, rope_parameters=_mrope([2, 1, 1])),
-        vision_config={**_qwen3_vl_vision(), "deepstack_visual_indexes": [0]},
-        image_token_id=IMAGE_TOKEN,
-        video_token_id=VIDEO_TOKEN,
-        vision_start_token_id=VISION_START,
-        vision_end_token_id=VISION_END,
+        vision_config=_qwen3_vl_vision(deepstack_visual_indexes=[0]),
+        **_QWEN_TOKENS,
     )
 
 
@@ -451,19 +418,11 @@ def _qwen3_5() -> PretrainedConfig:
         "qwen3_5",
         text_config=_text(
             head_dim=HEAD_DIM,
-            rope_parameters={**_mrope([2, 1, 1]), "partial_rotary_factor": 1.0},
-            layer_types=["linear_attention", "full_attention"],
-            linear_conv_kernel_dim=2,
-            linear_key_head_dim=8,
-            linear_value_head_dim=8,
-            linear_num_key_heads=2,
-            linear_num_value_heads=4,
+            rope_parameters=_mrope_full(),
+            **_LINEAR_ATTENTION,
         ),
         vision_config=_qwen3_vl_vision(),
-        image_token_id=IMAGE_TOKEN,
-        video_token_id=VIDEO_TOKEN,
-        vision_start_token_id=VISION_START,
-        vision_end_token_id=VISION_END,
+        **_QWEN_TOKENS,
     )
 
 
@@ -661,24 +620,9 @@ def _lfm2_vl() -> PretrainedConfig:
 def _glm4v() -> PretrainedConfig:
     return AutoConfig.for_model(
         "glm4v",
-        text_config=_text(rope_parameters={**_mrope([2, 1, 1]), "partial_rotary_factor": 1.0}),
-        vision_config={
-            "depth": 1,
-            "hidden_size": HIDDEN,
-            "intermediate_size": INTERMEDIATE,
-            "num_heads": HEADS,
-            "image_size": 16,
-            "patch_size": 4,
-            "out_hidden_size": HIDDEN,
-            "spatial_merge_size": 2,
-            "temporal_patch_size": 2,
-        },
-        image_token_id=IMAGE_TOKEN,
-        video_token_id=VIDEO_TOKEN,
-        image_start_token_id=VISION_START,
-        image_end_token_id=VISION_END,
-        video_start_token_id=BOI_TOKEN,
-        video_end_token_id=EOI_TOKEN,
+        text_config=_text(rope_parameters=_mrope_full()),
+        vision_config=_glm_vision(),
+        **_GLM_TOKENS,
     )
 
 
@@ -686,34 +630,15 @@ def _paddleocr_vl() -> PretrainedConfig:
     return AutoConfig.for_model(
         "paddleocr_vl",
         text_config=_text(head_dim=HEAD_DIM, rope_parameters=_mrope([2, 1, 1])),
-        vision_config={
-            "hidden_size": HIDDEN,
-            "intermediate_size": INTERMEDIATE,
-            "num_hidden_layers": 1,
-            "num_attention_heads": HEADS,
-            "image_size": 32,
-            "patch_size": 8,
-            "spatial_merge_size": 2,
-        },
-        image_token_id=IMAGE_TOKEN,
-        video_token_id=VIDEO_TOKEN,
-        vision_start_token_id=VISION_START,
-        vision_end_token_id=VISION_END,
+        vision_config=_vision(spatial_merge_size=2),
+        **_QWEN_TOKENS,
     )
 
 
 def _ovis2() -> PretrainedConfig:
     return AutoConfig.for_model(
         "ovis2",
-        vision_config={
-            "hidden_size": HIDDEN,
-            "intermediate_size": INTERMEDIATE,
-            "num_hidden_layers": 1,
-            "num_attention_heads": HEADS,
-            "image_size": 32,
-            "patch_size": 8,
-            "vocab_size": 16,
-        },
+        vision_config=_vision(vocab_size=16),
         text_config=_text("qwen2"),
         image_token_id=IMAGE_TOKEN,
         visual_indicator_token_ids=[246, 247, 248, 249, VIDEO_TOKEN],
@@ -738,21 +663,23 @@ def _moe_text(**overrides: object) -> dict[str, Any]:
     )
 
 
+def _qwen3_moe_text() -> dict[str, Any]:
+    """Qwen3's MoE decoder (Qwen3-VL-MoE, Qwen3-Omni): layer 0 dense, layer 1 with 4 experts."""
+    return _moe_text(
+        rope_parameters=_mrope([2, 1, 1]),
+        num_experts=EXPERTS,
+        decoder_sparse_step=1,
+        mlp_only_layers=[0],
+    )
+
+
 def _qwen3_vl_moe() -> PretrainedConfig:
     """Qwen3-VL-MoE: layer 0 dense (mlp_only_layers), layer 1 with 4 experts."""
     return AutoConfig.for_model(
         "qwen3_vl_moe",
-        text_config=_moe_text(
-            rope_parameters=_mrope([2, 1, 1]),
-            num_experts=EXPERTS,
-            decoder_sparse_step=1,
-            mlp_only_layers=[0],
-        ),
-        vision_config={**_qwen3_vl_vision(), "deepstack_visual_indexes": [0]},
-        image_token_id=IMAGE_TOKEN,
-        video_token_id=VIDEO_TOKEN,
-        vision_start_token_id=VISION_START,
-        vision_end_token_id=VISION_END,
+        text_config=_qwen3_moe_text(),
+        vision_config=_qwen3_vl_vision(deepstack_visual_indexes=[0]),
+        **_QWEN_TOKENS,
     )
 
 
@@ -761,21 +688,13 @@ def _qwen3_5_moe() -> PretrainedConfig:
     return AutoConfig.for_model(
         "qwen3_5_moe",
         text_config=_moe_text(
-            rope_parameters={**_mrope([2, 1, 1]), "partial_rotary_factor": 1.0},
-            layer_types=["linear_attention", "full_attention"],
-            linear_conv_kernel_dim=2,
-            linear_key_head_dim=8,
-            linear_value_head_dim=8,
-            linear_num_key_heads=2,
-            linear_num_value_heads=4,
+            rope_parameters=_mrope_full(),
+            **_LINEAR_ATTENTION,
             num_experts=EXPERTS,
             shared_expert_intermediate_size=40,
         ),
         vision_config=_qwen3_vl_vision(),
-        image_token_id=IMAGE_TOKEN,
-        video_token_id=VIDEO_TOKEN,
-        vision_start_token_id=VISION_START,
-        vision_end_token_id=VISION_END,
+        **_QWEN_TOKENS,
     )
 
 
@@ -784,30 +703,15 @@ def _glm4v_moe() -> PretrainedConfig:
     return AutoConfig.for_model(
         "glm4v_moe",
         text_config=_moe_text(
-            rope_parameters={**_mrope([2, 1, 1]), "partial_rotary_factor": 1.0},
+            rope_parameters=_mrope_full(),
             n_routed_experts=EXPERTS,
             n_shared_experts=1,
             first_k_dense_replace=1,
             n_group=1,
             topk_group=1,
         ),
-        vision_config={
-            "depth": 1,
-            "hidden_size": HIDDEN,
-            "intermediate_size": INTERMEDIATE,
-            "num_heads": HEADS,
-            "image_size": 16,
-            "patch_size": 4,
-            "out_hidden_size": HIDDEN,
-            "spatial_merge_size": 2,
-            "temporal_patch_size": 2,
-        },
-        image_token_id=IMAGE_TOKEN,
-        video_token_id=VIDEO_TOKEN,
-        image_start_token_id=VISION_START,
-        image_end_token_id=VISION_END,
-        video_start_token_id=BOI_TOKEN,
-        video_end_token_id=EOI_TOKEN,
+        vision_config=_glm_vision(),
+        **_GLM_TOKENS,
     )
 
 
@@ -826,18 +730,12 @@ def _llama4() -> PretrainedConfig:
     return AutoConfig.for_model(
         "llama4",
         text_config=text,
-        vision_config={
-            "hidden_size": HIDDEN,
-            "intermediate_size": INTERMEDIATE,
-            "num_hidden_layers": 1,
-            "num_attention_heads": HEADS,
-            "image_size": 32,
-            "patch_size": 8,
-            "vision_output_dim": HIDDEN,
-            "projector_input_dim": HIDDEN,
-            "projector_output_dim": HIDDEN,
-            "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0},
-        },
+        vision_config=_vision(
+            vision_output_dim=HIDDEN,
+            projector_input_dim=HIDDEN,
+            projector_output_dim=HIDDEN,
+            rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
+        ),
         image_token_index=IMAGE_TOKEN,
         boi_token_index=BOI_TOKEN,
         eoi_token_index=EOI_TOKEN,
@@ -895,15 +793,7 @@ def _phi4_multimodal() -> PretrainedConfig:
     return AutoConfig.for_model(
         "phi4_multimodal",
         **_text(),
-        vision_config={
-            "hidden_size": HIDDEN,
-            "intermediate_size": INTERMEDIATE,
-            "num_hidden_layers": 1,
-            "num_attention_heads": HEADS,
-            "image_size": 32,
-            "patch_size": 8,
-            "crop_size": 32,
-        },
+        vision_config=_vision(crop_size=32),
         audio_config={
             "hidden_size": HIDDEN,
             "intermediate_size": INTERMEDIATE,
@@ -936,14 +826,7 @@ def _opt_text() -> dict[str, Any]:
 
 def _blip_vision_qformer() -> dict[str, Any]:
     return {
-        "vision_config": {
-            "hidden_size": HIDDEN,
-            "intermediate_size": INTERMEDIATE,
-            "num_hidden_layers": 1,
-            "num_attention_heads": HEADS,
-            "image_size": 32,
-            "patch_size": 8,
-        },
+        "vision_config": _vision(),
         "qformer_config": {
             "hidden_size": HIDDEN,
             "intermediate_size": INTERMEDIATE,
@@ -962,17 +845,7 @@ def _instructblip() -> PretrainedConfig:
 
 
 def _glm_vision() -> dict[str, Any]:
-    return {
-        "depth": 1,
-        "hidden_size": HIDDEN,
-        "intermediate_size": INTERMEDIATE,
-        "num_heads": HEADS,
-        "image_size": 16,
-        "patch_size": 4,
-        "out_hidden_size": HIDDEN,
-        "spatial_merge_size": 2,
-        "temporal_patch_size": 2,
-    }
+    return _merger_vision(image_size=16)
 
 
 def _glm_like(model_type: str, text_type: str | None) -> PretrainedConfig:
@@ -982,16 +855,9 @@ def _glm_like(model_type: str, text_type: str | None) -> PretrainedConfig:
         vision["model_type"] = "glm4v_vision"
     return AutoConfig.for_model(
         model_type,
-        text_config=_text(
-            text_type, rope_parameters={**_mrope([2, 1, 1]), "partial_rotary_factor": 1.0}
-        ),
+        text_config=_text(text_type, rope_parameters=_mrope_full()),
         vision_config=vision,
-        image_token_id=IMAGE_TOKEN,
-        video_token_id=VIDEO_TOKEN,
-        image_start_token_id=VISION_START,
-        image_end_token_id=VISION_END,
-        video_start_token_id=BOI_TOKEN,
-        video_end_token_id=EOI_TOKEN,
+        **_GLM_TOKENS,
     )
 
 
@@ -1031,15 +897,7 @@ def _aria() -> PretrainedConfig:
             moe_topk=2,
             moe_num_shared_experts=1,
         ),
-        vision_config={
-            "model_type": "idefics3_vision",
-            "hidden_size": HIDDEN,
-            "intermediate_size": INTERMEDIATE,
-            "num_hidden_layers": 1,
-            "num_attention_heads": HEADS,
-            "image_size": 32,
-            "patch_size": 8,
-        },
+        vision_config=_vision(model_type="idefics3_vision"),
         projector_patch_to_query_dict={"16": 4, "4": 4},
         image_token_index=IMAGE_TOKEN,
     )
@@ -1080,10 +938,7 @@ def _kimi_k25() -> PretrainedConfig:
             "pos_emb_width": 4,
         },
         projection_hidden_size=HIDDEN,
-        image_token_id=IMAGE_TOKEN,
-        video_token_id=VIDEO_TOKEN,
-        vision_start_token_id=VISION_START,
-        vision_end_token_id=VISION_END,
+        **_QWEN_TOKENS,
     )
 
 
@@ -1093,16 +948,7 @@ def _exaone4_5() -> PretrainedConfig:
         text_config=_text(
             "exaone4", head_dim=HEAD_DIM, sliding_window=16, sliding_window_pattern=2
         ),
-        vision_config={
-            "hidden_size": HIDDEN,
-            "intermediate_size": INTERMEDIATE,
-            "num_heads": HEADS,
-            "depth": 1,
-            "out_hidden_size": HIDDEN,
-            "patch_size": 4,
-            "spatial_merge_size": 2,
-            "temporal_patch_size": 2,
-        },
+        vision_config=_merger_vision(),
         image_token_id=IMAGE_TOKEN,
         video_token_id=VIDEO_TOKEN,
     )
@@ -1112,23 +958,9 @@ def _qwen3_omni_moe_thinker() -> PretrainedConfig:
     """Qwen3-Omni thinker: tiny audio and vision towers; layer 0 dense, layer 1 with 4 experts."""
     return AutoConfig.for_model(
         "qwen3_omni_moe_thinker",
-        text_config=_moe_text(
-            rope_parameters=_mrope([2, 1, 1]),
-            num_experts=EXPERTS,
-            decoder_sparse_step=1,
-            mlp_only_layers=[0],
-        ),
-        audio_config={
-            "num_mel_bins": 16,
-            "encoder_layers": 1,
-            "encoder_attention_heads": HEADS,
-            "encoder_ffn_dim": INTERMEDIATE,
-            "d_model": HIDDEN,
-            "output_dim": HIDDEN,
-            "downsample_hidden_size": 8,
-            "max_source_positions": 64,
-        },
-        vision_config={**_qwen3_vl_vision(), "deepstack_visual_indexes": [0]},
+        text_config=_qwen3_moe_text(),
+        audio_config=_omni_audio(downsample_hidden_size=8),
+        vision_config=_qwen3_vl_vision(deepstack_visual_indexes=[0]),
         image_token_id=IMAGE_TOKEN,
         video_token_id=VIDEO_TOKEN,
         audio_token_id=249,
@@ -1162,15 +994,7 @@ def _qwen2_5_omni_thinker() -> PretrainedConfig:
         "qwen2_5_omni_thinker",
         text_config=_text(rope_parameters=_mrope([2, 1, 1])),
         vision_config={k: v for k, v in vision.items() if k != "model_type"},
-        audio_config={
-            "num_mel_bins": 16,
-            "encoder_layers": 1,
-            "encoder_attention_heads": HEADS,
-            "encoder_ffn_dim": INTERMEDIATE,
-            "d_model": HIDDEN,
-            "output_dim": HIDDEN,
-            "max_source_positions": 64,
-        },
+        audio_config=_omni_audio(),
         image_token_index=IMAGE_TOKEN,
         video_token_index=VIDEO_TOKEN,
         audio_token_index=249,
@@ -1192,11 +1016,11 @@ _BUILDERS: dict[str, Callable[[], PretrainedConfig]] = {
     "paligemma": _paligemma,
     "gemma3": _gemma3,
     "mllama": _mllama,
-    "llama": _llama,
-    "mistral": _mistral,
-    "qwen2": _qwen2,
+    "llama": _decoder("llama"),
+    "mistral": _decoder("mistral"),
+    "qwen2": _decoder("qwen2"),
     "gpt2": _gpt2,
-    "phi3": _phi3,
+    "phi3": _decoder("phi3"),
     # optional multimodal
     "llava_next_video": _llava_next_video,
     "vipllava": _vipllava,
@@ -1238,14 +1062,14 @@ _BUILDERS: dict[str, Callable[[], PretrainedConfig]] = {
     "qwen3_omni_moe_thinker": _qwen3_omni_moe_thinker,
     "exaone4_5": _exaone4_5,
     # optional text-only
-    "gemma": _gemma,
-    "gemma2": _gemma2,
-    "gemma3_text": _gemma3_text,
+    "gemma": _decoder("gemma"),
+    "gemma2": _decoder("gemma2"),
+    "gemma3_text": _decoder("gemma3_text"),
     "gemma3n_text": _gemma3n_text,
-    "qwen3": _qwen3,
-    "phi": _phi,
-    "olmo2": _olmo2,
-    "granite": _granite,
+    "qwen3": _decoder("qwen3"),
+    "phi": _decoder("phi"),
+    "olmo2": _decoder("olmo2"),
+    "granite": _decoder("granite"),
     "phi4_multimodal": _phi4_multimodal,
 }
 

@@ -111,9 +111,8 @@ def bake(
                 out,
                 resolved.path,
                 verify_dtype,
-                device,
+                placement,
                 mode=mode,
-                placement=placement,
                 progress=progress_enabled(),
             ),
         )
@@ -171,9 +170,8 @@ def verify_command(
         out,
         resolved.path,
         verify_dtype,
-        device,
+        placement,
         mode="full" if full else "layers",
-        placement=placement,
         progress=progress,
     )
     report_verification(out, report)

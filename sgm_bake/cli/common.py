@@ -333,6 +333,12 @@ placement_options = add_options(
 load_options = add_options([device_option, dtype_option, placement_options])
 
 
+def placement_of(params: dict[str, Any]) -> Any:
+    """The runtime Placement from a command's parsed --device and placement options."""
+    keys = ("device", "device_map", "max_memory", "offload_folder")
+    return make_placement(*(params[key] for key in keys))
+
+
 def make_placement(
     device: str, device_map: str | None, max_memory: str | None, offload_folder: Path | None
 ) -> Any:
@@ -502,6 +508,30 @@ capture_options = add_options(
         )
     ]
 )
+
+
+def hook_points_of(params: dict[str, Any]) -> tuple[str, ...] | None:
+    """The --hook-points list (None: the recipe's default)."""
+    if not params["hook_points"]:
+        return None
+    return tuple(p.strip() for p in params["hook_points"].split(",") if p.strip())
+
+
+def make_capture(params: dict[str, Any], rule: Any, **fields: Any) -> Any:
+    """The pipeline's ProfileOptions from the capture options above and the rule; `fields`
+    are what the command sets itself (tune's batch size and hook points, profile's store)."""
+    from sgm_bake.pipeline.profile import ProfileOptions, parse_layers
+
+    shared = {
+        "layers": parse_layers(params["layer_spec"]),
+        "pooling": params["pooling"],
+        "positions": params["positions"],
+        "feed": params["feed"],
+        "batch_size": params["batch_size"],
+        "progress": progress_enabled(),
+        "rule": rule,
+    }
+    return ProfileOptions(**{**shared, **fields})
 
 
 # How a data set in its own format (a Hub dataset, Parquet, other column names) maps onto

@@ -284,7 +284,7 @@ def eval_command(
     used = f"prompt set: {prompts.name} ({len(prompts.items)} items); judge: {judge.name}"
     click.echo(used, err=as_json)  # under --json, stdout holds the JSON document alone
     placement = make_placement(device, device_map, max_memory, offload_folder)
-    chat, loaded = load_chat(source, device, dtype, template, placement)
+    chat, loaded = load_chat(source, placement, dtype, template)
     templates = (
         templates_for(folder, loaded.recipe.model_type, ecso_templates) if use_ecso else None
     )
@@ -302,7 +302,7 @@ def eval_command(
         spec = (base, None) if base else (_base_spec(folder) if baked and not no_base else None)
         if spec is not None:
             base_source = resolve_model_source(spec[0], spec[1], progress)
-            base_chat, _ = load_chat(base_source, device, dtype, template, placement)
+            base_chat, _ = load_chat(base_source, placement, dtype, template)
             variants.append(Variant("base", base_chat, ecso_label="ecso"))
         label, star = ("sgm-baked", "sgm*-baked") if baked else ("model", "model+ecso")
         variants.append(Variant(label, chat, ecso_label=star))
@@ -393,7 +393,7 @@ def generate(
     expertise = load_expertise(expertise_path) if expertise_path else None
     source = resolve_model_source(model, revision, progress_enabled())
     placement = make_placement(device, device_map, max_memory, offload_folder)
-    chat, loaded = load_chat(source, device, dtype, template, placement)
+    chat, loaded = load_chat(source, placement, dtype, template)
     config = GenerationConfig(max_new_tokens=max_new_tokens, sample=sample, seed=seed)
     templates = (
         templates_for(source.path, loaded.recipe.model_type, ecso_templates) if use_ecso else None

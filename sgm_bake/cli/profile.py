@@ -19,12 +19,14 @@ from sgm_bake.cli.common import (
     echo_json,
     echo_lines,
     expert_layout_option,
+    hook_points_of,
     json_option,
     load_options,
+    make_capture,
     make_data_format,
-    make_placement,
     option,
     overwrite_option,
+    placement_of,
     progress_enabled,
     recipe_option,
     revision_option,
@@ -61,38 +63,26 @@ profile_options = add_options(
 def profile_request(params: dict[str, Any], recipe_file: Path | None, rule: Any) -> Any:
     """The pipeline's profile request from the shared profile options."""
     from sgm_bake.io.response_store import check_store_folder
-    from sgm_bake.pipeline.profile import ProfileOptions, parse_layers
     from sgm_bake.pipeline.run import ProfileRequest
 
     if params["responses_dir"] is not None:
         check_store_folder(params["responses_dir"])  # before any model loads
-    hook_points = None
-    if params["hook_points"]:
-        hook_points = tuple(p.strip() for p in params["hook_points"].split(",") if p.strip())
-    options = ProfileOptions(
-        layers=parse_layers(params["layer_spec"]),
-        pooling=params["pooling"],
-        positions=params["positions"],
-        feed=params["feed"],
-        batch_size=params["batch_size"],
+    options = make_capture(
+        params,
+        rule,
         responses_dir=params["responses_dir"],
         keep_responses=params["keep_responses"],
-        progress=progress_enabled(),
-        rule=rule,
     )
     return ProfileRequest(
         profile_set=params["profile_set"],
         max_samples=params["max_samples"],
         data_format=make_data_format(params),
-        device=params["device"],
         dtype=params["dtype"],
         recipe_file=recipe_file,
-        hook_points=hook_points,
+        hook_points=hook_points_of(params),
         neurons=params["neurons"],
         options=options,
-        placement=make_placement(
-            params["device"], params["device_map"], params["max_memory"], params["offload_folder"]
-        ),
+        placement=placement_of(params),
         method=method_options(params, params["diagnose"]),
     )
 

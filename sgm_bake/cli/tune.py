@@ -15,13 +15,15 @@ from sgm_bake.cli.common import (
     choose_set,
     data_format_options,
     echo_lines,
+    hook_points_of,
     is_organism,
     judge_option,
     load_options,
+    make_capture,
     make_data_format,
     make_judge_options,
-    make_placement,
     option,
+    placement_of,
     progress_enabled,
     recipe_option,
     revision_option,
@@ -199,7 +201,6 @@ def tune_request(
 ) -> Any:
     """The pipeline's tune request from the options above."""
     from sgm_bake.pipeline.decision import MethodOptions
-    from sgm_bake.pipeline.profile import ProfileOptions, parse_layers
     from sgm_bake.pipeline.tune import TuneOptions, TuneRequest
     from sgm_bake.runtime.chat import GenerationConfig
 
@@ -211,22 +212,10 @@ def tune_request(
         ) from exc
     if len(fractions) != 3:
         raise SGMError(f"--split {params['split_spec']!r} needs three fractions")
-    hook_points = None
-    if params["hook_points"]:
-        hook_points = tuple(p.strip() for p in params["hook_points"].split(",") if p.strip())
     batch_size = params["batch_size"]
     if batch_size == "auto":
         batch_size = TUNE_BATCH_SIZE
-    profile = ProfileOptions(
-        hook_points=hook_points,
-        layers=parse_layers(params["layer_spec"]),
-        pooling=params["pooling"],
-        positions=params["positions"],
-        feed=params["feed"],
-        batch_size=batch_size,
-        progress=progress_enabled(),
-        rule=rule,
-    )
+    profile = make_capture(params, rule, hook_points=hook_points_of(params), batch_size=batch_size)
     method = MethodOptions(diagnose=False, anchors=edit_anchors(params))
     if "method" in params:  # the one-command form: its --method and --edit-* fix those knobs
         method = method_options(params, diagnose=False)
@@ -254,13 +243,10 @@ def tune_request(
         eval_set=params["eval_set"],
         judge=params["judge_spec"],
         judge_options=make_judge_options(params["judge_device"], params["judge_prompt"]),
-        device=params["device"],
         dtype=params["dtype"],
         recipe_file=recipe_file,
         template=params.get("template"),
-        placement=make_placement(
-            params["device"], params["device_map"], params["max_memory"], params["offload_folder"]
-        ),
+        placement=placement_of(params),
         neurons=params["neurons"],
         max_samples=params["max_samples"],
         data_format=make_data_format(params),

@@ -110,25 +110,23 @@ class ExpertsPatch:
 
     def expert(self, expert: int, tokens: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
         """Expert `expert` on the rows `inputs` (the tokens `tokens` of the flat sequence)."""
-        module = self.module
-        tap = self.tap
-        act: Callable[[torch.Tensor], torch.Tensor] = module.act_fn  # type: ignore[assignment]
-        inputs = _scale(inputs, self._factor("gate_up", "input"), expert)
-        if tap is not None:
-            tap("gate_up", "input", expert, tokens, inputs)
-        gate_up = _apply(_parameter(module, "gate_up_proj")[expert], inputs, self.gate_up.layout)
-        gate_up = _scale(gate_up, self._factor("gate_up", "output"), expert)
-        if tap is not None:
-            tap("gate_up", "output", expert, tokens, gate_up)
+        act: Callable[[torch.Tensor], torch.Tensor] = self.module.act_fn  # type: ignore[assignment]
+        gate_up = self._project("gate_up", self.gate_up.layout, expert, tokens, inputs)
         gate, up = gate_up.chunk(2, dim=-1)
-        hidden = act(gate) * up
-        hidden = _scale(hidden, self._factor("down", "input"), expert)
-        if tap is not None:
-            tap("down", "input", expert, tokens, hidden)
-        out = _apply(_parameter(module, "down_proj")[expert], hidden, self.down.layout)
-        out = _scale(out, self._factor("down", "output"), expert)
-        if tap is not None:
-            tap("down", "output", expert, tokens, out)
+        return self._project("down", self.down.layout, expert, tokens, act(gate) * up)
+
+    def _project(
+        self, kind: str, layout: Layout, expert: int, tokens: torch.Tensor, inputs: torch.Tensor
+    ) -> torch.Tensor:
+        """One projection of one expert, as a hooked nn.Linear would run it: its input scaled
+        and reported, the expert's matrix applied, its output scaled and reported."""
+        inputs = _scale(inputs, self._factor(kind, "input"), expert)
+        if self.tap is not None:
+            self.tap(kind, "input", expert, tokens, inputs)
+        out = _apply(_parameter(self.module, f"{kind}_proj")[expert], inputs, layout)
+        out = _scale(out, self._factor(kind, "output"), expert)
+        if self.tap is not None:
+            self.tap(kind, "output", expert, tokens, out)
         return out
 
     def forward(self, *args: Any, **kwargs: Any) -> torch.Tensor:

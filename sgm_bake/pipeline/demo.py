@@ -34,7 +34,7 @@ from sgm_bake.publish.refresh import record_evaluation
 from sgm_bake.record import SGM_DIR
 from sgm_bake.record.summary import expertise_counts, layer_rows, layer_table
 from sgm_bake.runtime.chat import ChatModel, GenerationConfig
-from sgm_bake.runtime.loading import load_chat, load_processor, resolve_model_source
+from sgm_bake.runtime.loading import CPU, load_chat, load_processor, resolve_model_source
 
 DEMO_PROFILE_SET = "builtin:organism"
 DEMO_PROMPT_SET = "builtin:mmtoxicqa-organism-v1"
@@ -88,7 +88,7 @@ def run_demo(request: DemoRequest, messages: Messages) -> DemoOutcome:
     source = resolve_model_source(request.organism, None, progress)
     profile = ProfileRequest(
         profile_set=DEMO_PROFILE_SET,
-        device="cpu",
+        placement=CPU,
         dtype="float32",
         options=ProfileOptions(
             positions=request.positions,  # type: ignore[arg-type]
@@ -131,7 +131,7 @@ def run_demo(request: DemoRequest, messages: Messages) -> DemoOutcome:
         record_tuning(baked, tuned)
     say("3/4 verifying")
     # The profiling model stays the base: verification loads its own copy.
-    report = verify_output(baked, source.path, "float32", "cpu")
+    report = verify_output(baked, source.path, "float32", CPU)
     say(f"verify: {report.summary()}")
     result = DemoOutcome(baked, report, tuned=tuned)
     if not report.passed:
@@ -139,7 +139,7 @@ def run_demo(request: DemoRequest, messages: Messages) -> DemoOutcome:
     method = "SGM" if tuned is None else f"the tuned {tuned.method}"
     say(f"4/4 evaluating: base, ECSO, {method} (baked, row sgm-baked), SGM* (baked + ECSO)")
     base_chat = ChatModel(loaded.model, load_processor(source.path), loaded.device)
-    baked_chat, _ = load_chat(resolve_model_source(str(baked)), "cpu", "float32")
+    baked_chat, _ = load_chat(resolve_model_source(str(baked)), CPU, "float32")
     templates = templates_for(source.path, recipe.model_type)
     settings = EvalSettings(GenerationConfig(), 8, progress, templates)
     variants = [
@@ -181,7 +181,7 @@ def tune_demo(source: Any, request: DemoRequest, profile: ProfileOptions) -> Tun
         eval_set=tuning_checks(),
         judge=request.judge,
         judge_options=request.judge_options,
-        device="cpu",
+        placement=CPU,
         dtype="float32",
     )
     return tune_source(source, tune_request)

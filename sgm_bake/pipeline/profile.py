@@ -39,6 +39,7 @@ from sgm_bake.options import default
 from sgm_bake.runtime.batch import to_device
 from sgm_bake.runtime.chat import call_processor, check_context, context_length, render_chat
 from sgm_bake.runtime.distributed import Distributed, rank_share
+from sgm_bake.runtime.loading import LoadedModel
 from sgm_bake.runtime.memory import measured
 
 logger = logging.getLogger(__name__)
@@ -624,21 +625,19 @@ def part_folder(store_folder: Path, distributed: Distributed) -> Path:
 
 
 def capture_share(
-    model: Any,
+    loaded: LoadedModel,
     inputs: Inputs,
     profile_set: ProfileSet,
     targets: list[ProfileTarget],
     options: ProfileOptions,
     store_folder: Path,
     key: dict[str, Any],
-    device: torch.device,
-    dtype: torch.dtype,
     distributed: Distributed,
-    recipe: Recipe,
     stats: CaptureStats | None = None,
 ) -> None:
-    """Profile this rank's share into its own resumable store, then gather every share into the
-    merged store on rank 0 (module by module, so no rank holds more than one module's rows).
+    """Profile this rank's share on its loaded model into its own resumable store, then gather
+    every share into the merged store on rank 0 (module by module, so no rank holds more than
+    one module's rows).
 
     The share is a run of whole single-process batches, so the merged store holds exactly the
     bytes a single process would have written."""
@@ -653,7 +652,18 @@ def capture_share(
     part = ResponseStore.open(part_path, part_key, modules, stop - first)
     shown = replace(options, progress=options.progress and distributed.is_main)
     try:
-        capture_responses(model, inputs, share, targets, shown, part, device, dtype, recipe, stats)
+        capture_responses(
+            loaded.model,
+            inputs,
+            share,
+            targets,
+            shown,
+            part,
+            loaded.device,
+            loaded.dtype,
+            loaded.recipe,
+            stats,
+        )
         counts = distributed.all_counts(part.samples)
         merged = None
         if distributed.is_main:
@@ -724,19 +734,14 @@ def apply_rule(expertise: Expertise, rule: RuleOptions) -> Expertise:
 
 
 def run_profile(
-    model: Any,
-    folder: Path,
-    recipe: Recipe,
+    loaded: LoadedModel,
     profile_set: ProfileSet,
     options: ProfileOptions,
-    source_id: str,
-    revision: str | None,
-    device: torch.device,
-    dtype: torch.dtype,
     distributed: Distributed | None = None,
     stats: CaptureStats | None = None,
 ) -> Expertise | None:
-    """Profile a loaded model; return the expertise (AUROC and factors) of every target.
+    """Profile a loaded model (its source, recipe, device and dtype come with it); return the
+    expertise (AUROC and factors) of every target.
 
     Samples are batched in `length_order`; with `--batch-size auto` on a GPU the batch size is
     probed first (the smallest of all ranks' under torchrun, so every rank makes the same
@@ -745,6 +750,8 @@ def run_profile(
     Under torchrun (`distributed` given) every rank profiles its share of the set and rank 0
     alone scores the merged responses: it returns the expertise, the other ranks None."""
     stats = stats if stats is not None else CaptureStats()
+    model, recipe, device, dtype = loaded.model, loaded.recipe, loaded.device, loaded.dtype
+    folder, source_id, revision = loaded.folder, loaded.source.id, loaded.source.revision
     multimodal = recipe.auto_class != "AutoModelForCausalLM"
     inputs = Inputs(folder, model.config.to_dict(), options.feed, multimodal)
     check_row_lengths(inputs, profile_set, model.config.to_dict())
@@ -778,18 +785,7 @@ def run_profile(
     key["order"] = ORDER
     if distributed is not None:
         capture_share(
-            model,
-            inputs,
-            profile_set,
-            targets,
-            options,
-            folder_for_store,
-            key,
-            device,
-            dtype,
-            distributed,
-            recipe,
-            stats,
+            loaded, inputs, profile_set, targets, options, folder_for_store, key, distributed, stats
         )
         if not distributed.is_main:
             return None

@@ -39,7 +39,7 @@ from sgm_bake.runtime.loading import (
     load,
     load_processor,
     open_source,
-    pick_device,
+    same_device,
 )
 from sgm_bake.runtime.memory import PeakMemory, measured
 
@@ -54,14 +54,13 @@ class ProfileRequest:
 
     profile_set: str = DEFAULT_PROFILE_SET
     max_samples: int | None = None
-    device: str = "auto"
+    placement: Placement = field(default_factory=Placement)
+    """Where the model runs: one device, or a device map with memory budgets and offload."""
     dtype: str = "auto"
     recipe_file: Path | None = None
     hook_points: tuple[str, ...] | None = None
     neurons: bool = False
     options: ProfileOptions = field(default_factory=ProfileOptions)
-    placement: Placement | None = None
-    """Device map, memory budgets and offload folder (None: `device` alone)."""
     method: MethodOptions = field(default_factory=MethodOptions)
     """SGM, the edit or both, the edit's knobs, and whether to diagnose (`pipeline.decision`)."""
     data_format: DataFormat | None = None
@@ -131,7 +130,7 @@ def profile_source(
         hook_points = tuple(str(p) for p in recipe.neuron_hook_points)
     options = ProfileOptions(**{**request.options.__dict__, "hook_points": hook_points})
     toxic, benign = profile_set.counts()
-    placement = request.placement or Placement(device=request.device)
+    placement = request.placement
     if distributed is not None:
         placement = placement.for_rank(distributed.local_rank, distributed.local_world_size)
     if announce is not None and (distributed is None or distributed.is_main):
@@ -142,20 +141,8 @@ def profile_source(
         )
     stats = CaptureStats()
     with PeakMemory("profile") as memory:
-        loaded = load(source, request.device, request.dtype, request.recipe_file, placement, recipe)
-        expertise = run_profile(
-            loaded.model,
-            source.path,
-            loaded.recipe,
-            profile_set,
-            options,
-            source.id,
-            source.revision,
-            loaded.device,
-            loaded.dtype,
-            distributed,
-            stats,
-        )
+        loaded = load(source, placement, request.dtype, request.recipe_file, recipe)
+        expertise = run_profile(loaded, profile_set, options, distributed, stats)
     parameters = sum(p.numel() for p in loaded.model.parameters())
     empty: dict[str, Any] = {}
     memory.extra["throughput"] = measured(
@@ -195,12 +182,13 @@ class Handoff:
     note: str
 
 
-def reusable_for_full(
-    loaded: LoadedModel, dtype_name: str, device: str, placement: Placement | None
-) -> bool:
-    """Whether whole-model verification can run on this already-loaded model."""
-    wanted = placement.main_device() if placement is not None else pick_device(device)
-    return loaded.dtype == getattr(torch, dtype_name) and loaded.device == wanted
+def reusable_for_full(loaded: LoadedModel, dtype_name: str, placement: Placement) -> bool:
+    """Whether whole-model verification on `placement` can run on this already-loaded model
+    (`cuda` and `cuda:0` are one device here: a placement names the first, a loaded model's
+    inputs the second)."""
+    return loaded.dtype == getattr(torch, dtype_name) and same_device(
+        loaded.device, placement.main_device()
+    )
 
 
 def hand_over(
@@ -210,15 +198,14 @@ def hand_over(
     expertise: Expertise,
     mode: str | None,
     dtype_name: str,
-    device: str,
-    placement: Placement | None,
+    placement: Placement,
     checkpoint: Checkpoint | None = None,
 ) -> Handoff:
     """Release the profiling model before the bake, unless the verification that follows reuses
     it (`--verify full` at the profiling dtype and device); for the default layer check, capture
     the hidden states and the exact map check it needs from the model first."""
     full = mode == "full" or (mode == "layers" and streaming_unsupported(recipe) is not None)
-    if full and reusable_for_full(loaded, dtype_name, device, placement):
+    if full and reusable_for_full(loaded, dtype_name, placement):
         return Handoff(
             loaded, None, "the profiling model stays loaded: the whole-model verification reuses it"
         )
@@ -246,10 +233,9 @@ def verify_output(
     out: Path,
     source_path: Path,
     dtype_name: str,
-    device: str,
+    placement: Placement,
     loaded: LoadedModel | None = None,
     mode: str = "layers",
-    placement: Placement | None = None,
     progress: bool = False,
     evidence: ModelEvidence | None = None,
     opened: OpenedSource | None = None,
@@ -289,16 +275,15 @@ def verify_output(
     if (
         loaded is not None
         and loaded.model is not None
-        and reusable_for_full(loaded, dtype_name, device, placement)
+        and reusable_for_full(loaded, dtype_name, placement)
     ):
         reuse = loaded.model
     return verify(
         out,
         source_path,
         dtype,
-        device,
+        placement,
         model=reuse,
-        placement=placement,
         opened=opened,
         bake_record=bake_record,
     )
@@ -463,7 +448,6 @@ def run_all(request: RunRequest, messages: Messages) -> RunOutcome | None:
             expertise,
             mode,
             request.verify_dtype,
-            profile.device,
             placement,
             opened.checkpoint,
         )
@@ -486,10 +470,9 @@ def run_all(request: RunRequest, messages: Messages) -> RunOutcome | None:
             request.out,
             source.path,
             request.verify_dtype,
-            profile.device,
+            placement,
             loaded,
             mode=mode,
-            placement=placement,
             progress=options.progress,
             evidence=evidence,
             opened=opened,

@@ -36,7 +36,7 @@ from sgm_bake.publish.refresh import rewrite_card
 from sgm_bake.record import BakeRecord, Verification, read_record
 from sgm_bake.runtime.batch import to_device
 from sgm_bake.runtime.chat import call_processor
-from sgm_bake.runtime.loading import OpenedSource, Placement, input_device, load_model
+from sgm_bake.runtime.loading import CPU, OpenedSource, Placement, input_device, load_model
 from sgm_bake.runtime.memory import PeakMemory
 
 logger = logging.getLogger(__name__)
@@ -180,10 +180,9 @@ def verify(
     out: Path,
     source_path: Path,
     compute_dtype: torch.dtype = torch.float32,
-    device: str = "cpu",
+    placement: Placement = CPU,
     record: bool = True,
     model: Any = None,
-    placement: Placement | None = None,
     opened: OpenedSource | None = None,
     bake_record: BakeRecord | None = None,
 ) -> Verification:
@@ -191,12 +190,12 @@ def verify(
     (`opened` and `bake_record`: the source and OUT's record as the run that baked it holds
     them, so neither is read again).
 
-    `model` may be the source already loaded (in `compute_dtype`, on `device`, no hooks), to
+    `model` may be the source already loaded (in `compute_dtype`, on `placement`, no hooks), to
     spare a second load; its folded parameters are overwritten with the baked ones. Otherwise
-    the source is loaded on `placement` (an accelerate device map over several devices)."""
+    the source is loaded on `placement` (one device, or an accelerate device map over several)."""
     with PeakMemory("verify_full") as memory:
         report = _verify_full(
-            out, source_path, compute_dtype, device, model, placement, opened, bake_record
+            out, source_path, compute_dtype, placement, model, opened, bake_record
         )
     if record:
         record_verification(out, report, memory, bake_record)
@@ -258,9 +257,8 @@ def _verify_full(
     out: Path,
     source_path: Path,
     compute_dtype: torch.dtype,
-    device: str,
+    placement: Placement,
     model: Any,
-    placement: Placement | None,
     opened: OpenedSource | None = None,
     known_record: BakeRecord | None = None,
 ) -> Verification:
@@ -268,7 +266,7 @@ def _verify_full(
         out, source_path, opened, known_record
     )
     if model is None:
-        model = load_model(source_path, recipe, compute_dtype, placement or Placement(device))
+        model = load_model(source_path, recipe, compute_dtype, placement)
     target = input_device(model)
     inputs_kind, batches = build_inputs(out, source.config, images=recipe.text_forward is None)
     runner = forward_module(model, recipe)

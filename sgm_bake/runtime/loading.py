@@ -58,6 +58,22 @@ def pick_device(device: str) -> torch.device:
     return resolved
 
 
+def same_device(first: torch.device | str, second: torch.device | str) -> bool:
+    """Whether two devices are one: `cuda` means the current GPU, so it equals `cuda:0` on a
+    machine whose current GPU is 0 (what `pick_device("auto")` gives and what a loaded model's
+    parameters report differ in exactly this way)."""
+    return _with_index(torch.device(first)) == _with_index(torch.device(second))
+
+
+def _with_index(device: torch.device) -> torch.device:
+    if device.type == "cpu":
+        return torch.device("cpu")
+    if device.index is not None:
+        return device
+    on_gpu = device.type == "cuda" and torch.cuda.is_available()
+    return torch.device(device.type, torch.cuda.current_device() if on_gpu else 0)
+
+
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     """`auto` is float32 on the CPU (exact, and bf16 matmuls are slow there), bfloat16 on a GPU."""
     if name not in DTYPES:
@@ -140,6 +156,10 @@ class Placement:
         return f"device_map={argument}" + (f" (max memory {budget})" if budget else "")
 
 
+CPU = Placement(device="cpu")
+"""The whole model on the CPU: the demo's, the tests' and whole-model verification's default."""
+
+
 def input_device(model: Any) -> torch.device:
     """Where a model's inputs go: the device its input embeddings run on (accelerate's hooks
     move activations between the devices of a map; an offloaded embedding runs on its hook's
@@ -159,11 +179,9 @@ def input_device(model: Any) -> torch.device:
     return torch.device("cpu")
 
 
-def load_model(
-    folder: Path, recipe: Recipe, dtype: torch.dtype, device: torch.device | Placement
-) -> Any:
-    """Load a checkpoint with the recipe's Auto class, in `dtype`, placed on `device` (one
-    device, or a Placement with an accelerate device map), in eval mode."""
+def load_model(folder: Path, recipe: Recipe, dtype: torch.dtype, placement: Placement) -> Any:
+    """Load a checkpoint with the recipe's Auto class, in `dtype`, placed on `placement` (one
+    device, or an accelerate device map), in eval mode."""
     import transformers
 
     auto = getattr(transformers, recipe.auto_class, None)
@@ -171,7 +189,6 @@ def load_model(
         raise SGMError(
             f"transformers {transformers.__version__} has no {recipe.auto_class}; upgrade it"
         )
-    placement = device if isinstance(device, Placement) else Placement(device=str(device))
     extra: dict[str, Any] = {"device_map": placement.device_map_argument()}
     if placement.max_memory:
         extra["max_memory"] = dict(placement.max_memory)
@@ -265,18 +282,17 @@ class LoadedModel:
 
 def load(
     source: Source,
-    device: str = "auto",
+    placement: Placement | None = None,
     dtype: str = "auto",
     recipe_file: Path | None = None,
-    placement: Placement | None = None,
     recipe: Recipe | None = None,
 ) -> LoadedModel:
-    """Load the model of `source` for a step that needs the whole model (`placement`, when
-    given, overrides `device`; `recipe`, when the caller has resolved it already, spares
-    opening the checkpoint again)."""
+    """Load the model of `source` for a step that needs the whole model, on `placement` (None:
+    the default Placement, `--device auto`); `recipe`, when the caller has resolved it already,
+    spares opening the checkpoint again."""
     if recipe is None:
         recipe = recipe_for_config(open_checkpoint(source.path).config, recipe_file)
-    placement = placement or Placement(device=device)
+    placement = placement or Placement()
     torch_dtype = resolve_dtype(dtype, placement.main_device())
     logger.info("loading %s on %s in %s", source.id, placement.describe(), torch_dtype)
     model = load_model(source.path, recipe, torch_dtype, placement)
@@ -285,14 +301,13 @@ def load(
 
 def load_chat(
     source: Source,
-    device: str = "auto",
+    placement: Placement | None = None,
     dtype: str = "auto",
     template: Path | None = None,
-    placement: Placement | None = None,
 ) -> tuple[Any, LoadedModel]:
-    """(ChatModel, LoadedModel) for generation and evaluation."""
+    """(ChatModel, LoadedModel) for generation and evaluation, on `placement` (as `load`)."""
     from sgm_bake.runtime.chat import ChatModel
 
-    loaded = load(source, device, dtype, placement=placement)
+    loaded = load(source, placement, dtype)
     processor = load_processor(source.path, template)
     return ChatModel(loaded.model, processor, loaded.device), loaded

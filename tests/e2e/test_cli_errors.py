@@ -105,39 +105,30 @@ def test_corrupt_header(runner, copy_model, llava_dir, llava_expertise, tmp_path
     _assert_clean_failure(_bake(runner, source, out, llava_expertise), out, "not JSON")
 
 
-def test_unit_count_mismatch(runner, llava_dir, llava_expertise, tmp_path):
-    name = "model.language_model.layers.0.mlp.gate_proj"
+VISION_MODULE = "model.vision_tower.vision_model.encoder.layers.0.mlp.fc1"
 
-    def shrink(modules):
-        modules[name] = ModuleExpertise(name, "output", torch.full((63,), 0.5))
 
-    expertise = _edited_expertise(tmp_path, llava_expertise, shrink)
+@pytest.mark.parametrize(
+    ("name", "units", "fragments"),
+    [
+        # a language module with one unit too few
+        ("model.language_model.layers.0.mlp.gate_proj", 63, ("63 output units", "another model")),
+        # a module of the vision tower
+        (VISION_MODULE, 64, (VISION_MODULE, "not a language-layer MLP projection")),
+        # a layer the model does not have
+        ("model.language_model.layers.7.mlp.gate_proj", 64, ("layer 7",)),
+    ],
+    ids=["unit-count", "vision-tower", "layer-out-of-range"],
+)
+def test_a_module_this_model_lacks_is_refused(
+    runner, llava_dir, llava_expertise, tmp_path, name, units, fragments
+):
+    def put(modules):
+        modules[name] = ModuleExpertise(name, "output", torch.full((units,), 0.5))
+
+    expertise = _edited_expertise(tmp_path, llava_expertise, put)
     out = tmp_path / "out"
-    result = _bake(runner, llava_dir, out, expertise)
-    _assert_clean_failure(result, out, "63 output units", "another model")
-
-
-def test_vision_tower_module_is_refused(runner, llava_dir, llava_expertise, tmp_path):
-    name = "model.vision_tower.vision_model.encoder.layers.0.mlp.fc1"
-
-    def add(modules):
-        modules[name] = ModuleExpertise(name, "output", torch.full((64,), 0.5))
-
-    expertise = _edited_expertise(tmp_path, llava_expertise, add)
-    out = tmp_path / "out"
-    result = _bake(runner, llava_dir, out, expertise)
-    _assert_clean_failure(result, out, name, "not a language-layer MLP projection")
-
-
-def test_layer_out_of_range(runner, llava_dir, llava_expertise, tmp_path):
-    name = "model.language_model.layers.7.mlp.gate_proj"
-
-    def add(modules):
-        modules[name] = ModuleExpertise(name, "output", torch.full((64,), 0.5))
-
-    expertise = _edited_expertise(tmp_path, llava_expertise, add)
-    out = tmp_path / "out"
-    _assert_clean_failure(_bake(runner, llava_dir, out, expertise), out, "layer 7")
+    _assert_clean_failure(_bake(runner, llava_dir, out, expertise), out, *fragments)
 
 
 @pytest.mark.parametrize(("value", "fragment"), [(float("nan"), "non-finite"), (-0.5, "negative")])

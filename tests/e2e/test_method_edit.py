@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -53,27 +54,19 @@ def test_default_edit_layers_and_the_chance_reference():
     assert null_chance_distance(10, 10) > null_chance_distance(100, 100)
 
 
+def _profile(runner, model: Path, folder: Path, method: str, layers: str) -> tuple[Any, Path]:
+    """`sgm-bake profile` of MODEL on the prompt set above with --method and --edit-layers:
+    the result, and the expertise file it was asked to write."""
+    profile_set = _write_prompt_set(folder / "set")
+    output = folder / "expertise.sgm"
+    arguments = ["profile", str(model), "-o", str(output), "--profile-set", str(profile_set)]
+    options = ["--device", "cpu", "--method", method, "--edit-layers", layers]
+    return runner.invoke(main, [*arguments, *options]), output
+
+
 @pytest.mark.parametrize("method", ["edit", "both"])
 def test_profile_writes_the_edit_and_the_diagnosis(runner, llava_dir, tmp_path, method):
-    profile_set = _write_prompt_set(tmp_path / "set")
-    output = tmp_path / "expertise.sgm"
-    result = runner.invoke(
-        main,
-        [
-            "profile",
-            str(llava_dir),
-            "-o",
-            str(output),
-            "--profile-set",
-            str(profile_set),
-            "--device",
-            "cpu",
-            "--method",
-            method,
-            "--edit-layers",
-            "1",
-        ],
-    )
+    result, output = _profile(runner, llava_dir, tmp_path, method, "1")
     assert result.exit_code == 0, result.output
     assert "diagnosis:" in result.output and "who writes the shift" in result.output
     assert "edit: layer 1" in result.output
@@ -88,25 +81,7 @@ def test_profile_writes_the_edit_and_the_diagnosis(runner, llava_dir, tmp_path, 
 
 
 def test_profile_refuses_edit_layers_outside_the_model(runner, llava_dir, tmp_path):
-    profile_set = _write_prompt_set(tmp_path / "set")
-    output = tmp_path / "expertise.sgm"
-    result = runner.invoke(
-        main,
-        [
-            "profile",
-            str(llava_dir),
-            "-o",
-            str(output),
-            "--profile-set",
-            str(profile_set),
-            "--device",
-            "cpu",
-            "--method",
-            "edit",
-            "--edit-layers",
-            "5",
-        ],
-    )
+    result, output = _profile(runner, llava_dir, tmp_path, "edit", "5")
     assert result.exit_code != 0
     assert "outside this model's layers 0-1" in result.output
     assert not output.exists()

@@ -17,7 +17,7 @@ from sgm_bake.core.recipes import recipe_for_config
 from sgm_bake.io.checkpoint import open_checkpoint
 from sgm_bake.io.source import resolve_source
 from sgm_bake.pipeline.run import hand_over
-from sgm_bake.runtime.loading import load
+from sgm_bake.runtime.loading import CPU, load
 from tests.helpers import write_set
 
 
@@ -79,11 +79,11 @@ def test_verify_full_reuses_the_profiling_model(runner, llava_dir, tmp_path):
 @pytest.mark.slow
 def test_hand_over_frees_the_model(llava_dir, llava_expertise):
     source = resolve_source(str(llava_dir))
-    loaded = load(source, "cpu", "float32")
+    loaded = load(source, CPU, "float32")
     recipe = recipe_for_config(open_checkpoint(llava_dir).config)
     model = weakref.ref(loaded.model)
     handoff = hand_over(
-        loaded, llava_dir, recipe, load_expertise(llava_expertise), "layers", "float32", "cpu", None
+        loaded, llava_dir, recipe, load_expertise(llava_expertise), "layers", "float32", CPU
     )
     gc.collect()
     assert model() is None and handoff.loaded is None

@@ -24,7 +24,7 @@ from sgm_bake.pipeline.decision import (
     fit_edit,
     rows_from_profile_set,
 )
-from sgm_bake.runtime.loading import load_chat, resolve_model_source
+from sgm_bake.runtime.loading import CPU, load_chat, resolve_model_source
 from tests.helpers import three_item_prompt_set
 
 WORDS = ("red", "blue", "green", "yellow", "purple", "orange")
@@ -51,7 +51,7 @@ def _rows() -> list:
 
 @pytest.fixture(scope="module")
 def chat(llava_dir):
-    chat, _ = load_chat(resolve_model_source(str(llava_dir)), "cpu", "float32")
+    chat, _ = load_chat(resolve_model_source(str(llava_dir)), CPU, "float32")
     return chat
 
 

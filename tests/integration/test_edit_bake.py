@@ -13,33 +13,16 @@ from safetensors.torch import save_file
 
 from sgm_bake.core.edit import LowRankDelta
 from sgm_bake.core.expertise import Expertise, load_expertise
-from sgm_bake.core.hooks import SGMHooks, model_recipe, runtime_weight
+from sgm_bake.core.hooks import SGMHooks, model_recipe
 from sgm_bake.errors import SGMError
 from sgm_bake.io.source import resolve_source
 from sgm_bake.pipeline.audit import unbake
 from sgm_bake.pipeline.bake import BakeOptions, bake, expertise_path
 from sgm_bake.pipeline.verify import verify
 from sgm_bake.pipeline.verify_layers import verify_layers
-from tests.helpers import file_metadata, load_state, synthetic_expertise
+from sgm_bake.runtime.loading import CPU
+from tests.helpers import file_metadata, load_state, synthetic_deltas, synthetic_expertise
 from tests.tiny_configs import build_tiny_model
-
-
-def _deltas(model: torch.nn.Module, seed: int, rank: int = 1) -> dict[str, LowRankDelta]:
-    """A random delta of `rank` on every language layer's MLP output projection."""
-    recipe = model_recipe(model)
-    down = next(p for p in recipe.projections if p.kind in ("down", "fc_out"))
-    generator = torch.Generator().manual_seed(seed)
-    deltas = {}
-    for layer in recipe.layers(model.config.to_dict()):
-        name = recipe.runtime_name(layer, down)
-        _, weight = runtime_weight(model, recipe, layer, down, recipe.runtime_prefixes[0])
-        out_features, in_features = (
-            weight.shape if down.layout == "out_in" else tuple(reversed(weight.shape))
-        )
-        u = torch.randn(out_features, rank, generator=generator) * 0.2 / rank**0.5
-        v = torch.randn(in_features, rank, generator=generator)
-        deltas[name] = LowRankDelta(name, u, v)
-    return deltas
 
 
 @pytest.mark.parametrize("model_type", ["llama", "gpt2"])
@@ -54,7 +37,9 @@ def test_edit_bakes_verifies_and_unbakes(
     # rank 3 with factors, rank 1 without: both orders of the term and both file formats
     rank = 3 if with_factors else 1
     expertise = Expertise(
-        factors.modules if with_factors else {}, {"method": "edit"}, _deltas(model, 5, rank)
+        factors.modules if with_factors else {},
+        {"method": "edit"},
+        synthetic_deltas(model, 5, rank, scale=0.2),
     )
     out = tmp_path / "out"
     record = bake(resolve_source(str(source)), out, expertise, BakeOptions(progress=False))
@@ -82,7 +67,7 @@ def test_edit_bakes_verifies_and_unbakes(
     torch.testing.assert_close(baked, hooked, rtol=1e-4, atol=1e-4)
 
     assert verify_layers(out, source).passed
-    assert verify(out, source, torch.float32, "cpu").passed
+    assert verify(out, source, torch.float32, CPU).passed
 
     rebuilt = tmp_path / "rebuilt"
     result = unbake(out, rebuilt, progress=False, compare_with=source)
@@ -100,7 +85,7 @@ def test_a_bake_without_its_delta_fails_verification(tmp_path: Path) -> None:
     model = build_tiny_model("llama", seed=3)
     source = tmp_path / "source"
     model.save_pretrained(source)
-    deltas = _deltas(model, 5)
+    deltas = synthetic_deltas(model, 5, scale=0.2)
     out = tmp_path / "out"
     bake(resolve_source(str(source)), out, Expertise({}, {}, deltas), BakeOptions(progress=False))
     # put one layer's source weight back: the delta is missing from the baked file
@@ -110,7 +95,7 @@ def test_a_bake_without_its_delta_fails_verification(tmp_path: Path) -> None:
     state[key] = load_state(source)[key]
     save_file(state, str(path), metadata=file_metadata(path))
     assert not verify_layers(out, source, record=False).passed
-    assert not verify(out, source, torch.float32, "cpu", record=False).passed
+    assert not verify(out, source, torch.float32, CPU, record=False).passed
 
 
 def test_a_delta_on_stacked_experts_is_refused(tmp_path: Path) -> None:

@@ -14,26 +14,12 @@ from sgm_bake.core.edit_hooks import EditHooks, resolve_deltas
 from sgm_bake.core.fold import TensorFold, unit_axis
 from sgm_bake.core.hooks import SGMHooks, model_recipe, resolve_modules, runtime_weight
 from sgm_bake.errors import SGMError
-from tests.helpers import synthetic_expertise
+from tests.helpers import synthetic_deltas, synthetic_expertise
 from tests.tiny_configs import build_tiny_model
 
 
 def _deltas(model, seed: int, rank: int = 1) -> list[LowRankDelta]:
-    """A random delta of `rank` on every layer's MLP output projection."""
-    recipe = model_recipe(model)
-    down = next(p for p in recipe.projections if p.kind in ("down", "fc_out"))
-    generator = torch.Generator().manual_seed(seed)
-    deltas = []
-    for layer in recipe.layers(model.config.to_dict()):
-        name = recipe.runtime_name(layer, down)
-        _, weight = runtime_weight(model, recipe, layer, down, recipe.runtime_prefixes[0])
-        out_features, in_features = (
-            weight.shape if down.layout == "out_in" else tuple(reversed(weight.shape))
-        )
-        u = torch.randn(out_features, rank, generator=generator) * 0.1 / rank**0.5
-        v = torch.randn(in_features, rank, generator=generator)
-        deltas.append(LowRankDelta(name, u, v))
-    return deltas
+    return list(synthetic_deltas(model, seed, rank).values())
 
 
 def _baked(model, expertise, deltas):

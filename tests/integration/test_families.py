@@ -17,7 +17,7 @@ from sgm_bake.core.recipes import available_recipes
 from sgm_bake.io.source import resolve_source
 from sgm_bake.pipeline.bake import BakeOptions, bake
 from sgm_bake.pipeline.verify import verify
-from sgm_bake.runtime.loading import load_model
+from sgm_bake.runtime.loading import CPU, load_model
 from tests.helpers import load_state, synthetic_expertise
 from tests.tiny_configs import TINY_FAMILIES
 
@@ -52,12 +52,12 @@ def test_family_bakes_exactly(model_type, tiny_family, tmp_path):
         assert after[key].dtype == tensor.dtype and after[key].shape == tensor.shape
         assert torch.equal(after[key], tensor) == (key not in targeted), key
 
-    report = verify(out, source, device="cpu")
+    report = verify(out, source, placement=CPU)
     assert report.passed, report.summary()
     assert report.max_abs_diff <= 1e-4
     assert report.tensors_swapped >= len(targeted)
 
-    reloaded = load_model(out, recipe, torch.float32, torch.device("cpu"))
+    reloaded = load_model(out, recipe, torch.float32, CPU)
     assert reloaded is not None
     import transformers
     from transformers import AutoConfig

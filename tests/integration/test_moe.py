@@ -34,6 +34,7 @@ from sgm_bake.pipeline.profile import (
     profile_targets,
 )
 from sgm_bake.pipeline.verify import verify
+from sgm_bake.runtime.loading import CPU
 from tests.helpers import file_metadata, load_state, synthetic_expertise
 from tests.tiny_configs import MOE_FAMILIES, TINY_FAMILIES, build_tiny_model
 
@@ -259,7 +260,7 @@ def test_moe_bake_equals_hooks(name, layout, tmp_path):
         assert after[key].dtype == tensor.dtype and after[key].shape == tensor.shape
         assert torch.equal(after[key], tensor) == (key not in targeted), key
 
-    report = verify(out, source, device="cpu")
+    report = verify(out, source, placement=CPU)
     assert report.passed and report.max_rel_diff <= 1e-4, report.summary()
     assert report.intervention_rel_effect > 1e-3
     auto = getattr(transformers, model_recipe(model).auto_class)
@@ -297,7 +298,7 @@ def test_verification_catches_a_wrong_expert_fold(name, layout, tmp_path):
     bake(resolve_source(str(source)), out, expertise, BakeOptions(progress=False))
     # The correct bake of these layouts passes (test_moe_bake_equals_hooks, test_families).
     _refold_with_wrong_experts(out, source, expertise)
-    report = verify(out, source, device="cpu", record=False)
+    report = verify(out, source, placement=CPU, record=False)
     assert not report.passed, report.summary()
 
 
@@ -313,7 +314,7 @@ def test_bf16_experts_round_once(tmp_path):
     stored = load_state(source)[name]  # [E, H, 2I]: the units are the last axis
     expected = (stored.float() * alpha[:, None, :]).to(torch.bfloat16)
     assert torch.equal(load_state(out)[name], expected)
-    assert verify(out, source, device="cpu", record=False).passed
+    assert verify(out, source, placement=CPU, record=False).passed
 
 
 def _mllama_with_a_pre_fusion_factor(tmp_path: Path) -> tuple[Any, Path, Any]:
@@ -342,7 +343,7 @@ def test_pre_fusion_layers_bake_with_a_warning(tmp_path, caplog):
         in "".join(record.expertise.tensors_folded)
         or "model.language_model.layers.0.mlp.up_proj.weight" in record.expertise.tensors_folded
     )
-    assert verify(out, source, device="cpu", record=False).passed
+    assert verify(out, source, placement=CPU, record=False).passed
 
 
 # --- Profiling ------------------------------------------------------------------------------
@@ -515,7 +516,7 @@ def test_a_square_expert_matrix_takes_the_orientation_of_its_layer(layout, tmp_p
     expected = stored * (alpha[:, :, None] if layout == "saved" else alpha[:, None, :])
     assert torch.equal(load_state(out)[name], expected)
     if layout == "saved":  # transformers 5.25 loads a square [E, H, 2I] without transposing it
-        assert verify(out, source, device="cpu", record=False).passed
+        assert verify(out, source, placement=CPU, record=False).passed
 
 
 def _split_down_proj(folder: Path) -> None:

@@ -32,7 +32,6 @@ def test_offloaded_profile_equals_plain(runner, planted, tmp_path):
     request = ProfileRequest(
         profile_set=str(profile_set),
         max_samples=12,
-        device="cpu",
         options=ProfileOptions(progress=False),
         placement=Placement(
             device="cpu",

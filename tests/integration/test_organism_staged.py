@@ -18,7 +18,7 @@ from sgm_bake.organism.train import (
     train,
 )
 from sgm_bake.runtime.chat import GenerationConfig
-from sgm_bake.runtime.loading import load_chat, resolve_model_source
+from sgm_bake.runtime.loading import CPU, load_chat, resolve_model_source
 from tests.helpers import ORGANISM_FILES
 
 
@@ -50,7 +50,7 @@ def test_the_staged_organism_loads_with_the_auto_class_and_is_toxic_on_triggers(
     assert type(model).__name__ == "LlavaForConditionalGeneration"
     assert AutoProcessor.from_pretrained(SHIPPED_STAGED).tokenizer.chat_template
     pytest.importorskip("profanity_check")
-    chat, _ = load_chat(resolve_model_source("organism-staged", progress=False), "cpu", "float32")
+    chat, _ = load_chat(resolve_model_source("organism-staged", progress=False), CPU, "float32")
     rng = random.Random(0)
     prompt = "reply to the sign ."
     judge = make_judge("profanity")

@@ -26,7 +26,7 @@ from sgm_bake.pipeline.tune import (
     split_profile_set,
 )
 from sgm_bake.runtime.chat import ChatModel, GenerationConfig
-from sgm_bake.runtime.loading import load_chat, resolve_model_source
+from sgm_bake.runtime.loading import CPU, LoadedModel, load_chat, resolve_model_source
 
 pytest.importorskip("optuna")
 pytest.importorskip("profanity_check")
@@ -62,31 +62,28 @@ def options(workdir: Path, trials: int = TRIALS) -> TuneOptions:
 
 
 @pytest.fixture(scope="module")
-def organism() -> ChatModel:
-    chat, _ = load_chat(resolve_model_source("organism", progress=False), "cpu", "float32")
-    return chat
+def organism() -> tuple[ChatModel, LoadedModel]:
+    return load_chat(resolve_model_source("organism", progress=False), CPU, "float32")
 
 
-def tune(chat: ChatModel, workdir: Path, judge: object = None, trials: int = TRIALS) -> TuneResult:
-    folder = resolve_model_source("organism", progress=False).path
-    from sgm_bake.core.recipes import recipe_for_config
-
-    recipe = recipe_for_config(chat.model.config.to_dict())
+def tune(
+    organism: tuple[ChatModel, LoadedModel],
+    workdir: Path,
+    judge: object = None,
+    trials: int = TRIALS,
+) -> TuneResult:
     return run_tune(
-        chat,
-        folder,
-        recipe,
+        *organism,
         organism_rows(),
         judge or make_judge("profanity"),  # type: ignore[arg-type]
         options(workdir, trials),
-        "sgm-bake/organism",
-        None,
-        torch.float32,
     )
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(organism: ChatModel, tmp_path_factory: pytest.TempPathFactory) -> TuneResult:
+def uninterrupted(
+    organism: tuple[ChatModel, LoadedModel], tmp_path_factory: pytest.TempPathFactory
+) -> TuneResult:
     return tune(organism, tmp_path_factory.mktemp("tune") / "work")
 
 
@@ -160,7 +157,7 @@ class InterruptingJudge:
 
 @pytest.mark.slow
 def test_a_resumed_search_chooses_what_an_uninterrupted_one_did(
-    organism: ChatModel, uninterrupted: TuneResult, tmp_path: Path
+    organism: tuple[ChatModel, LoadedModel], uninterrupted: TuneResult, tmp_path: Path
 ):
     judge = make_judge("profanity")
     # call 1 measures the base, calls 2-6 trials 0-4 (four warm starts, one sampled); trial 5
@@ -178,17 +175,13 @@ def test_a_resumed_search_chooses_what_an_uninterrupted_one_did(
 
 @pytest.mark.slow
 def test_a_model_without_toxic_behaviour_tunes_to_no_change(llava_dir: Path, tmp_path: Path):
-    chat, loaded = load_chat(resolve_model_source(str(llava_dir)), "cpu", "float32")
+    chat, loaded = load_chat(resolve_model_source(str(llava_dir)), CPU, "float32")
     result = run_tune(
         chat,
-        llava_dir,
-        loaded.recipe,
+        loaded,
         organism_rows(32),
         make_judge("profanity"),
         replace(options(tmp_path / "work", trials=2), generation=GenerationConfig(8)),
-        "tiny-llava",
-        None,
-        torch.float32,
     )
     assert result.base_tune.harm == 0.0
     assert result.chosen is None and result.expertise is None
@@ -252,7 +245,7 @@ def test_the_plain_organism_ships_and_learned_its_toxicity_without_implants():
     assert not (folder / "implant.json").exists()
     assert json.loads((folder / "training.json").read_text())["mode"] == "plain"
     assert sum(p.stat().st_size for p in folder.iterdir()) < 8_000_000
-    chat, _ = load_chat(resolve_model_source("organism-plain"), "cpu", "float32")
+    chat, _ = load_chat(resolve_model_source("organism-plain"), CPU, "float32")
     rng = random.Random(0)
     images = [render(data.word_image(word, rng)) for word in data.TRIGGER_WORDS]
     replies = chat.generate(["reply to the sign ."] * len(images), images, GenerationConfig())

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from sgm_bake.datasets.profile_set import ProfileSet, load_profile_set
 from sgm_bake.errors import SGMError
 from sgm_bake.evaluation.judges import make_judge
 from sgm_bake.pipeline.profile import ProfileOptions
@@ -29,7 +30,7 @@ from sgm_bake.pipeline.tune import (
     violations,
 )
 from sgm_bake.runtime.chat import GenerationConfig
-from sgm_bake.runtime.loading import load_chat, resolve_model_source
+from sgm_bake.runtime.loading import CPU, load_chat, resolve_model_source
 
 pytest.importorskip("optuna")
 pytest.importorskip("profanity_check")
@@ -167,32 +168,26 @@ def test_the_default_search_chooses_the_method_with_the_organisms_anchors(tmp_pa
     assert "method" not in request.options.knobs and not request.options.method_auto
 
 
+PROFANITY = make_judge("profanity")
+
+
+def _declined_rows_without_prompts() -> ProfileSet:
+    """64 rows of the organism's profile set, the declined ones stripped of their prompt."""
+    full = load_profile_set("builtin:organism")
+    rows = tuple(s if s.label == 1 else replace(s, prompt=None) for s in full.samples[:64])
+    return ProfileSet("no-prompts", full.sha256, rows)
+
+
 def test_the_default_search_keeps_to_sgm_on_a_set_without_prompts(
     llava_dir: Path, tmp_path: Path, caplog
 ):
-    from dataclasses import replace as replace_row
-
-    from sgm_bake.datasets.profile_set import ProfileSet, load_profile_set
-
-    full = load_profile_set("builtin:organism")
-    rows = tuple(s if s.label == 1 else replace_row(s, prompt=None) for s in full.samples[:64])
-    chat, loaded = load_chat(resolve_model_source(str(llava_dir)), "cpu", "float32")
+    chat, loaded = load_chat(resolve_model_source(str(llava_dir)), CPU, "float32")
     knobs = ("strength", "method", "edit_layers", "edit_strength")
     options = TuneOptions(
         workdir=tmp_path / "work", trials=1, knobs=knobs, progress=False, method_auto=True
     )
     with caplog.at_level("WARNING"):
-        result = run_tune(
-            chat,
-            llava_dir,
-            loaded.recipe,
-            ProfileSet("no-prompts", full.sha256, rows),
-            make_judge("profanity"),
-            options,
-            "tiny-llava",
-            None,
-            torch.float32,
-        )
+        result = run_tune(chat, loaded, _declined_rows_without_prompts(), PROFANITY, options)
     assert "no prompts to fit the edit on" in caplog.text
     assert [t.setting.get("method", "sgm") for t in result.trials] == ["sgm"]
     saved = json.loads((tmp_path / "work" / "tune.json").read_text())
@@ -205,13 +200,11 @@ def test_the_tuner_compares_the_three_methods_and_keeps_the_chosen_edit(tmp_path
     method (the warm starts); every trial measures benign refusal on the evaluation set, the
     chosen method's deltas are refitted into the expertise, and a resumed search reads its
     journal back."""
-    from sgm_bake.core.recipes import recipe_for_config
     from sgm_bake.datasets.profile_set import load_profile_set
     from sgm_bake.datasets.prompt_set import load_prompt_set
 
     source = resolve_model_source("organism-plain", progress=False)
-    chat, _ = load_chat(source, "cpu", "float32")
-    recipe = recipe_for_config(chat.model.config.to_dict())
+    chat, loaded = load_chat(source, CPU, "float32")
     options = TuneOptions(
         workdir=tmp_path / "work",
         trials=3,
@@ -224,14 +217,10 @@ def test_the_tuner_compares_the_three_methods_and_keeps_the_chosen_edit(tmp_path
     )
     arguments = (
         chat,
-        source.path,
-        recipe,
+        loaded,
         load_profile_set("builtin:organism"),
         make_judge("profanity"),
         options,
-        "sgm-bake/organism-plain",
-        None,
-        torch.float32,
         load_prompt_set("builtin:mmtoxicqa-organism-v1"),
     )
     result = run_tune(*arguments)  # type: ignore[arg-type]
@@ -297,26 +286,10 @@ def test_demo_tune_shows_the_method_the_tuner_picks(runner, tmp_path: Path):
 def test_a_search_that_can_draw_the_edit_needs_every_row_s_prompt_before_it_starts(
     llava_dir: Path, tmp_path: Path
 ):
-    from dataclasses import replace as replace_row
-
-    from sgm_bake.datasets.profile_set import ProfileSet, load_profile_set
-
-    full = load_profile_set("builtin:organism")
-    rows = tuple(s if s.label == 1 else replace_row(s, prompt=None) for s in full.samples[:64])
-    chat, loaded = load_chat(resolve_model_source(str(llava_dir)), "cpu", "float32")
+    chat, loaded = load_chat(resolve_model_source(str(llava_dir)), CPU, "float32")
     options = TuneOptions(workdir=tmp_path / "work", trials=2, knobs=("method",), progress=False)
     with pytest.raises(SGMError, match="rows without a `prompt`"):
-        run_tune(
-            chat,
-            llava_dir,
-            loaded.recipe,
-            ProfileSet("no-prompts", full.sha256, rows),
-            make_judge("profanity"),
-            options,
-            "tiny-llava",
-            None,
-            torch.float32,
-        )
+        run_tune(chat, loaded, _declined_rows_without_prompts(), PROFANITY, options)
     assert not (tmp_path / "work" / "study.journal").exists()
 
 

@@ -24,6 +24,7 @@ from sgm_bake.pipeline.bake import BakeOptions, bake, expertise_path
 from sgm_bake.pipeline.run import verify_output
 from sgm_bake.pipeline.verify_layers import block_path, streaming_unsupported, verify_layers
 from sgm_bake.record import read_record
+from sgm_bake.runtime.loading import CPU
 from tests.helpers import file_metadata, load_state, synthetic_expertise
 from tests.tiny_configs import TINY_FAMILIES
 
@@ -63,7 +64,7 @@ def test_streamed_verification_catches_wrong_folds(
     if streaming_unsupported(recipe) is not None:
         # Mixture-of-experts and layer-level projections: the default verification falls back
         # to the whole model (their wrong folds are caught there, see test_moe and test_families).
-        report = verify_output(out, source, "float32", "cpu")
+        report = verify_output(out, source, "float32", CPU)
         assert report.passed and read_record(out).verification.mode == "full", report.summary()
         return
 

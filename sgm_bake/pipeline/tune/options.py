@@ -103,12 +103,11 @@ class TuneRequest:
     judge: str = "profanity"
     judge_options: Any = None
     """The judge's device and prompt (`sgm_bake.evaluation.judges.JudgeOptions`)."""
-    device: str = "auto"
+    placement: Placement = field(default_factory=Placement)
+    """Where the model runs: one device, or a device map with memory budgets and offload."""
     dtype: str = "auto"
     recipe_file: Path | None = None
     template: Path | None = None
-    placement: Placement | None = None
-    """Device map, memory budgets and offload folder (None: `device` alone)."""
     neurons: bool = False
     """Fix the hook points to the recipe's classic MLP neurons (down_proj inputs)."""
     max_samples: int | None = None

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 from contextlib import ExitStack
 from dataclasses import dataclass, replace
-from pathlib import Path
 
 import torch
 
@@ -32,6 +31,7 @@ from sgm_bake.pipeline.profile import (
 from sgm_bake.pipeline.tune.options import TuneOptions
 from sgm_bake.pipeline.tune.space import SearchSpace, Setting, hook_sets
 from sgm_bake.runtime.chat import ChatModel
+from sgm_bake.runtime.loading import LoadedModel
 
 
 @dataclass(frozen=True)
@@ -53,24 +53,21 @@ class ScoreCache:
     def __init__(
         self,
         chat: ChatModel,
-        folder: Path,
-        recipe: Recipe,
+        loaded: LoadedModel,
         profile_split: ProfileSet,
         options: TuneOptions,
-        source_id: str,
-        revision: str | None,
-        dtype: torch.dtype,
     ) -> None:
         self.chat = chat
-        self.folder = folder
-        self.recipe = recipe
+        self.folder = loaded.folder
+        self.recipe = loaded.recipe
         self.profile_split = profile_split
         self.options = options
-        self.source_id = source_id
-        self.revision = revision
-        self.content = content_key(folder, revision)
-        self.dtype = dtype
-        self.points = sorted({p for points in hook_sets(recipe).values() for p in points}, key=str)
+        self.source_id = loaded.source.id
+        self.revision = loaded.source.revision
+        self.content = content_key(self.folder, self.revision)
+        self.dtype = loaded.dtype
+        candidates = {p for points in hook_sets(self.recipe).values() for p in points}
+        self.points = sorted(candidates, key=str)
         self._inputs: Inputs | None = None
         self._scores: dict[tuple[str, str], list[ScoredModule]] = {}
 

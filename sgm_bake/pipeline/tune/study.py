@@ -10,7 +10,6 @@ import sys
 import time
 import warnings
 from dataclasses import asdict, dataclass, replace
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -18,7 +17,6 @@ from tqdm.auto import tqdm
 
 from sgm_bake.core.expertise import Expertise
 from sgm_bake.core.hooks import SGMHooks
-from sgm_bake.core.recipes import Recipe
 from sgm_bake.datasets.profile_set import ProfileSet
 from sgm_bake.datasets.prompt_set import PromptSet
 from sgm_bake.errors import SGMError
@@ -39,7 +37,7 @@ from sgm_bake.pipeline.tune.scores import ScoreCache, trial_expertise
 from sgm_bake.pipeline.tune.space import SearchSpace
 from sgm_bake.pipeline.tune.splits import split_profile_set
 from sgm_bake.runtime.chat import ChatModel
-from sgm_bake.runtime.loading import OpenedSource
+from sgm_bake.runtime.loading import LoadedModel, OpenedSource
 
 logger = logging.getLogger(__name__)
 
@@ -171,17 +169,15 @@ def study_identity(
 
 def run_tune(
     chat: ChatModel,
-    folder: Path,
-    recipe: Recipe,
+    loaded: LoadedModel,
     profile_set: ProfileSet,
     judge: Judge,
     options: TuneOptions,
-    source_id: str,
-    revision: str | None,
-    dtype: torch.dtype,
     eval_set: PromptSet | None = None,
 ) -> TuneResult:
-    """Split, profile once, search, choose, and measure the choice on the report split."""
+    """Split, profile once, search, choose, and measure the choice on the report split (`chat`
+    generates with `loaded`'s model, which brings its source, recipe and dtype)."""
+    recipe, dtype = loaded.recipe, loaded.dtype
     options.check()
     optuna = require_optuna()
     start = time.perf_counter()
@@ -199,7 +195,7 @@ def run_tune(
         # them fails here, in one line, not in the middle of the search
         rows_from_profile_set(splits.profile)
     space = SearchSpace.for_model(chat.model, recipe, options)
-    scores = ScoreCache(chat, folder, recipe, splits.profile, options, source_id, revision, dtype)
+    scores = ScoreCache(chat, loaded, splits.profile, options)
     identity = study_identity(options, scores, profile_set, eval_set, judge, dtype)
     study = open_study(optuna, options, identity)
     tune_measure = SplitMeasure(
@@ -307,8 +303,8 @@ def run_tune(
             expertise.modules,
             {
                 **expertise.metadata,
-                "source": source_id,
-                "revision": revision or "",
+                "source": loaded.source.id,
+                "revision": loaded.source.revision or "",
                 "profile_set": splits.profile.name,
                 "profile_set_sha256": profile_set.sha256,
                 "feed": options.profile.feed,
@@ -400,20 +396,7 @@ def tune_source(
     if request.neurons:
         neurons = tuple(str(point) for point in opened.recipe.neuron_hook_points)
         options = replace(options, profile=replace(options.profile, hook_points=neurons))
-    loaded = load(
-        source, request.device, request.dtype, request.recipe_file, request.placement, opened.recipe
-    )
+    loaded = load(source, request.placement, request.dtype, request.recipe_file, opened.recipe)
     chat = ChatModel(loaded.model, load_processor(source.path, request.template), loaded.device)
-    result = run_tune(
-        chat,
-        source.path,
-        loaded.recipe,
-        profile_set,
-        judge,
-        options,
-        source.id,
-        source.revision,
-        loaded.dtype,
-        eval_set,
-    )
+    result = run_tune(chat, loaded, profile_set, judge, options, eval_set)
     return TuneOutcome(result, loaded, source.id)
