@@ -160,6 +160,18 @@ def output_projection(recipe: Recipe, model: Any, layer: int) -> tuple[str, Proj
     return recipe.runtime_name(layer, found[0], template), found[0]
 
 
+def writes_into(model: Any, recipe: Recipe, layers: Sequence[int]) -> bool:
+    """Whether the edit can write into every one of `layers` (each has one dense MLP output
+    projection; layers of stacked experts alone have none)."""
+    recipe = model_recipe(model, recipe)
+    try:
+        for layer in layers:
+            output_projection(recipe, model, layer)
+    except SGMError:
+        return False
+    return True
+
+
 def decoder_layers(model: Any, recipe: Recipe) -> list[torch.nn.Module]:
     """The language decoder layers of a loaded model, in order."""
     config = model.config.to_dict()

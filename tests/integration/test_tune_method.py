@@ -188,7 +188,7 @@ def test_the_default_search_keeps_to_sgm_on_a_set_without_prompts(
     )
     with caplog.at_level("WARNING"):
         result = run_tune(chat, loaded, _declined_rows_without_prompts(), PROFANITY, options)
-    assert "no prompts to fit the edit on" in caplog.text
+    assert "lack the prompts and replies the edit is fitted on" in caplog.text
     assert [t.setting.get("method", "sgm") for t in result.trials] == ["sgm"]
     saved = json.loads((tmp_path / "work" / "tune.json").read_text())
     assert saved["knobs"] == ["strength"] and saved["options"]["method"] == "sgm"

@@ -125,11 +125,14 @@ class ScoreCache:
                     store,
                     self.chat.device,
                     self.dtype,
+                    self.recipe,  # stacked experts are captured through it
                 )
                 for target in targets:
                     responses = torch.from_numpy(store.responses(target.name).copy())
                     try:
                         score = auroc(responses, labels).to(torch.float32)
+                        if target.shape:  # stacked experts: [experts, units], as profile keeps
+                            score = score.reshape(target.shape)
                     except ValueError as exc:
                         raise SGMError(f"cannot score module {target.name}: {exc}") from exc
                     scored.append(ScoredModule(target.name, target.layer, target.point, score))

@@ -11,7 +11,13 @@ from sgm_bake.core.capture import POOLINGS, Pooling
 from sgm_bake.core.recipes import HookPoint, Recipe
 from sgm_bake.core.rules import RULES, RuleOptions
 from sgm_bake.errors import SGMError
-from sgm_bake.pipeline.decision import METHODS, DecisionRow, EditOptions, MethodOptions
+from sgm_bake.pipeline.decision import (
+    METHODS,
+    DecisionRow,
+    EditOptions,
+    MethodOptions,
+    writes_into,
+)
 from sgm_bake.pipeline.profile import Positions, ProfileOptions
 from sgm_bake.pipeline.tune.options import TuneOptions
 
@@ -116,7 +122,11 @@ class SearchSpace:
             multimodal,
             fixed,
             options.method,
-            edit_layer_sets(total),
+            {
+                name: layers
+                for name, layers in edit_layer_sets(total).items()
+                if writes_into(model, recipe, layers)
+            },
             options.batch_size,
             (
                 options.method.anchor_rows()
@@ -257,8 +267,9 @@ class SearchSpace:
             {"rule": "det0", "strength": 1.0, "threshold": 0.5, "top_k_share": 0.05},
         ]
         # the edit's structural default: both layers, the declined mean, a light ridge
-        edit = {"edit_layers": list(self.edit_layer_sets)[-1], "edit_strength": 1.0}
-        edit["edit_ridge"] = 1e-2
+        edit: dict[str, Any] = {"edit_strength": 1.0, "edit_ridge": 1e-2}
+        if self.edit_layer_sets:  # none when the edit's layers are fixed and the sets unwritable
+            edit["edit_layers"] = list(self.edit_layer_sets)[-1]
         if "method" in self.knobs:
             # one of each method first, so that a small budget compares all three
             starts = [

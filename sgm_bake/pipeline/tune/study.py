@@ -167,6 +167,21 @@ def study_identity(
     }
 
 
+def edit_unavailable(profile_split: ProfileSet, space: SearchSpace) -> str | None:
+    """Why the edit cannot be fitted in this search (None when it can)."""
+    if any(not s.prompt or not s.text for s in profile_split.samples):
+        return (
+            "the profile set's rows lack the prompts and replies the edit is fitted on (give "
+            "every row a prompt and a response to let the tuner choose the method)"
+        )
+    if not space.edit_layer_sets:
+        return (
+            "this model's layers at half and three quarters of its depth have no dense MLP "
+            "output projection for the edit (stacked experts only)"
+        )
+    return None
+
+
 def run_tune(
     chat: ChatModel,
     loaded: LoadedModel,
@@ -182,19 +197,27 @@ def run_tune(
     optuna = require_optuna()
     start = time.perf_counter()
     splits = split_profile_set(profile_set, options.seed, options.fractions)
-    if options.method_auto and any(not s.prompt for s in splits.profile.samples):
-        logger.warning(
-            "the profile set's rows have no prompts to fit the edit on: the search keeps to "
-            "SGM's knobs (give every row a prompt to let the tuner choose the method)"
-        )
-        options = replace(
-            options, knobs=tuple(k for k in options.knobs if k not in ("method", *EDIT_KNOBS))
-        )
+    space = SearchSpace.for_model(chat.model, recipe, options)
+    if options.method_auto and "method" in options.knobs:
+        # the default search adds the method; where the edit cannot be fitted it keeps to SGM
+        # and says why, instead of failing a search nobody asked to include the edit
+        reason = edit_unavailable(splits.profile, space)
+        if reason:
+            logger.warning(f"{reason}: the search keeps to SGM's knobs")
+            options = replace(
+                options, knobs=tuple(k for k in options.knobs if k not in ("method", *EDIT_KNOBS))
+            )
+            space = SearchSpace.for_model(chat.model, recipe, options)
     if "method" in options.knobs or options.method.method != "sgm":
         # the edit is fitted at the last token of every profiling row's prompt: a set without
         # them fails here, in one line, not in the middle of the search
         rows_from_profile_set(splits.profile)
-    space = SearchSpace.for_model(chat.model, recipe, options)
+        if "edit_layers" in options.knobs and not space.edit_layer_sets:
+            raise SGMError(
+                "no layer at half or three quarters of this model's depth has a dense MLP output "
+                "projection for the edit (stacked experts only); give --edit-layers or search "
+                "SGM's knobs alone"
+            )
     scores = ScoreCache(chat, loaded, splits.profile, options)
     identity = study_identity(options, scores, profile_set, eval_set, judge, dtype)
     study = open_study(optuna, options, identity)
