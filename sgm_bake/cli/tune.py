@@ -146,7 +146,12 @@ def edit_anchors(params: dict[str, Any]) -> str | None:
     """The edit's anchor set: the one given, else the organisms' own for an organism (a real
     model has no built-in set of benign requests with answers that is not an evaluation set)."""
     if params.get("edit_anchors"):
-        return str(params["edit_anchors"])
+        from sgm_bake.datasets.prompt_set import load_prompt_set
+        from sgm_bake.pipeline.decision import anchor_rows
+
+        spec = str(params["edit_anchors"])
+        anchor_rows(load_prompt_set(spec))  # a wrong set fails now, not after the profiling
+        return spec
     model = str(params.get("model") or "")
     folder = Path(model) if model and Path(model).is_dir() else None
     return ORGANISM_ANCHORS if model and is_organism(model, folder) else None

@@ -54,13 +54,15 @@ def test_default_edit_layers_and_the_chance_reference():
     assert null_chance_distance(10, 10) > null_chance_distance(100, 100)
 
 
-def _profile(runner, model: Path, folder: Path, method: str, layers: str) -> tuple[Any, Path]:
+def _profile(
+    runner, model: Path, folder: Path, method: str, layers: str, *extra: str
+) -> tuple[Any, Path]:
     """`sgm-bake profile` of MODEL on the prompt set above with --method and --edit-layers:
     the result, and the expertise file it was asked to write."""
     profile_set = _write_prompt_set(folder / "set")
     output = folder / "expertise.sgm"
     arguments = ["profile", str(model), "-o", str(output), "--profile-set", str(profile_set)]
-    options = ["--device", "cpu", "--method", method, "--edit-layers", layers]
+    options = ["--device", "cpu", "--method", method, "--edit-layers", layers, *extra]
     return runner.invoke(main, [*arguments, *options]), output
 
 
@@ -85,6 +87,21 @@ def test_profile_refuses_edit_layers_outside_the_model(runner, llava_dir, tmp_pa
     assert result.exit_code != 0
     assert "outside this model's layers 0-1" in result.output
     assert not output.exists()
+
+
+def test_a_wrong_anchor_set_is_refused_before_the_model_loads(runner, llava_dir, tmp_path):
+    unanswered = tmp_path / "unanswered.jsonl"
+    item = {"condition": "benign", "category": "benign", "prompt": "what colour is the sky ?"}
+    unanswered.write_text(json.dumps({"id": "b0", **item}) + "\n")
+    for anchors, message in (
+        ("builtin:organism", "lacks ['condition', 'category']"),  # a profile set, not prompts
+        (str(unanswered), "no benign items with a reference answer"),
+    ):
+        result, output = _profile(
+            runner, llava_dir, tmp_path, "edit", "1", "--edit-anchors", anchors
+        )
+        assert result.exit_code != 0 and message in result.output
+        assert "profiling" not in result.output and not output.exists()
 
 
 def test_one_command_bakes_verifies_inspects_and_unbakes_the_edit(runner, llava_dir, tmp_path):
