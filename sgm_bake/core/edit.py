@@ -324,16 +324,21 @@ def fit_reduced_rank(
         raise ValueError("every target is 0: there is nothing to write")
     if zero is not None and zero.width != width:
         raise ValueError(f"zero-constraint keys have width {zero.width}, the keys {width}")
+    # memory: three width x width float64 matrices at the peak (the caller's zero Gram, this
+    # Gram, its Cholesky factor); the ridge goes onto the diagonal in place and comes off again
     gram = keys.T @ keys
     if zero is not None:
-        gram = gram + zero.gram
+        gram += zero.gram
     trace = float(gram.diagonal().sum())
     if trace <= 0:
         raise ValueError("every key is zero: the layer's MLP is silent on these prompts")
     regularisation = ridge * trace / width
-    system = gram + regularisation * torch.eye(width, dtype=torch.float64)
-    full = torch.cholesky_solve(keys.T @ targets, torch.linalg.cholesky(system))  # [in, out]
-    energy = full.T @ gram @ full
+    gram.diagonal().add_(regularisation)
+    factor = torch.linalg.cholesky(gram)
+    gram.diagonal().sub_(regularisation)
+    full = torch.cholesky_solve(keys.T @ targets, factor)  # [in, out]
+    del factor
+    energy = full.T @ (gram @ full)
     values, vectors = torch.linalg.eigh((energy + energy.T) / 2)
     order = torch.argsort(values, descending=True)
     directions = vectors[:, order[:rank]]
