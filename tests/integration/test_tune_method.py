@@ -304,3 +304,35 @@ def test_tune_alone_takes_the_organism_s_own_profile_set_by_default(runner, tmp_
     assert result.exit_code == 0, result.output
     saved = json.loads((tmp_path / "w" / "tune.json").read_text())
     assert saved["knobs"] == ["strength"] and saved["trials_run"] == 1
+
+
+def test_an_edit_that_cannot_be_fitted_is_a_trial_over_budget_not_the_end_of_the_search(
+    llava_dir: Path, tmp_path: Path, caplog
+):
+    """A draw of the edit that fails (here every edit: its fixed layer is outside the model) is
+    recorded as a complete trial over budget with its error; the search goes on and a resumed
+    search counts it as done."""
+    from sgm_bake.pipeline.decision import MethodOptions
+
+    chat, loaded = load_chat(resolve_model_source(str(llava_dir)), CPU, "float32")
+    full = load_profile_set("builtin:organism")
+    rows = ProfileSet("organism-64", full.sha256, full.samples[:64])
+    options = TuneOptions(
+        workdir=tmp_path / "work",
+        trials=3,
+        knobs=("method",),
+        progress=False,
+        method=MethodOptions(layers=(9,), diagnose=False),
+    )
+    with caplog.at_level("WARNING"):
+        result = run_tune(chat, loaded, rows, PROFANITY, options)
+    assert "the edit could not be fitted" in caplog.text and "outside" in caplog.text
+    saved = json.loads((tmp_path / "work" / "tune.json").read_text())
+    assert saved["trials_run"] == 3
+    methods = [t.setting["method"] for t in result.trials]
+    assert sorted(methods) == ["both", "edit", "sgm"]
+    unfit = [t for t in result.trials if t.setting["method"] != "sgm"]
+    assert all(not t.feasible for t in unfit)
+    assert result.chosen is None or result.chosen.setting["method"] == "sgm"
+    again = run_tune(chat, loaded, rows, PROFANITY, options)  # resumes: nothing left to run
+    assert len(again.trials) == 3

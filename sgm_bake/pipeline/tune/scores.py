@@ -170,6 +170,11 @@ def setting_expertise(
     return Expertise(modules, metadata), rule
 
 
+class EditUnfit(Exception):
+    """The edit could not be fitted with a trial's knobs (the search marks the trial over budget
+    and goes on: one bad draw of the edit must not end a search that also covers SGM)."""
+
+
 def trial_expertise(
     chat: ChatModel,
     recipe: Recipe,
@@ -197,7 +202,10 @@ def trial_expertise(
         with ExitStack() as stack:
             if modules:
                 stack.enter_context(SGMHooks(chat.model, Expertise(modules), recipe))
-            fitted = fit_edit(chat, rows_from_profile_set(fit_rows), setting.edit, recipe)
+            try:
+                fitted = fit_edit(chat, rows_from_profile_set(fit_rows), setting.edit, recipe)
+            except (SGMError, ValueError) as exc:
+                raise EditUnfit(str(exc)) from exc
         deltas = {delta.module: delta for delta in fitted.deltas}
         metadata["edit"] = json.dumps(fitted.describe(), sort_keys=True)
     return Expertise(modules, metadata, deltas), rule

@@ -33,7 +33,7 @@ from sgm_bake.pipeline.tune.result import (
     pareto_front,
     write_result,
 )
-from sgm_bake.pipeline.tune.scores import ScoreCache, trial_expertise
+from sgm_bake.pipeline.tune.scores import EditUnfit, ScoreCache, trial_expertise
 from sgm_bake.pipeline.tune.space import SearchSpace
 from sgm_bake.pipeline.tune.splits import split_profile_set
 from sgm_bake.runtime.chat import ChatModel
@@ -274,11 +274,19 @@ def run_tune(
             try:
                 trial_start = time.perf_counter()
                 setting = space.suggest(trial)
-                factors_of_trial, rule = trial_expertise(
-                    chat, recipe, setting, scores, space, splits.profile
-                )
-                with SGMHooks(chat.model, factors_of_trial, recipe):
-                    measurement = tune_measure.measure(f"trial {trial.number}")
+                unfit = None
+                try:
+                    factors_of_trial, rule = trial_expertise(
+                        chat, recipe, setting, scores, space, splits.profile
+                    )
+                except EditUnfit as exc:
+                    # over budget, kept as a complete trial so a resumed search draws the same
+                    unfit = str(exc)
+                    logger.warning(f"trial {trial.number}: the edit could not be fitted: {unfit}")
+                    factors_of_trial, rule, measurement = Expertise({}), None, base_tune
+                if unfit is None:
+                    with SGMHooks(chat.model, factors_of_trial, recipe):
+                        measurement = tune_measure.measure(f"trial {trial.number}")
             except KeyboardInterrupt as exc:  # SIGINT or SIGTERM: keep the trials, stop
                 study.tell(trial, state=optuna.trial.TrialState.FAIL)
                 found = (
@@ -296,6 +304,9 @@ def run_tune(
             if rule is not None:
                 described["top_k"] = rule.top_k
             constraints = violations(measurement, base_tune, options)
+            if unfit is not None:
+                constraints["edit_fit"] = 1.0
+                trial.set_user_attr("error", unfit)
             trial.set_user_attr("setting", described)
             trial.set_user_attr("measurement", measurement.to_dict())
             for name, value in constraints.items():
