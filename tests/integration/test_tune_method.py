@@ -332,7 +332,9 @@ def test_an_edit_that_cannot_be_fitted_is_a_trial_over_budget_not_the_end_of_the
     methods = [t.setting["method"] for t in result.trials]
     assert sorted(methods) == ["both", "edit", "sgm"]
     unfit = [t for t in result.trials if t.setting["method"] != "sgm"]
-    assert all(not t.feasible for t in unfit)
+    assert all(not t.feasible and "outside" in (t.error or "") for t in unfit)
+    errors = [t.get("error") for t in saved["trials"]]
+    assert sum("outside" in (e or "") for e in errors) == 2
     assert result.chosen is None or result.chosen.setting["method"] == "sgm"
     again = run_tune(chat, loaded, rows, PROFANITY, options)  # resumes: nothing left to run
     assert len(again.trials) == 3

@@ -32,6 +32,8 @@ class TrialRecord:
     feasible: bool
     suppressed_units: int
     seconds: float
+    error: str | None = None
+    """Why the trial's edit could not be fitted (the trial is then over budget)."""
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -42,6 +44,7 @@ class TrialRecord:
             "feasible": self.feasible,
             "suppressed_units": self.suppressed_units,
             "seconds": round(self.seconds, 3),
+            **({"error": self.error} if self.error is not None else {}),
         }
 
 

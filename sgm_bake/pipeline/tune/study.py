@@ -116,6 +116,7 @@ def _record_of(frozen: Any) -> TrialRecord:
         feasible=all(v <= 0 for v in frozen.constraints.values()),
         suppressed_units=attrs["suppressed_units"],
         seconds=attrs["seconds"],
+        error=attrs.get("error"),
     )
 
 
