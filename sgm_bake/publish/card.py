@@ -296,6 +296,11 @@ def _setting_text(setting: dict[str, Any]) -> str:
             f"edit into layers {setting['edit_layers']}, strength "
             f"{setting['edit_strength']:.3g}, ridge {setting['edit_ridge']:.3g}"
         )
+        if "edit_rank" in setting:  # searches from before the rank knob wrote rank-1 edits
+            edit += (
+                f", rank {setting['edit_rank']}, {setting['edit_replies']} reply positions, "
+                f"{setting['edit_anchors']} anchors"
+            )
     if method == "edit":
         return f"method edit: {edit}"
     prefix = f"method {method}: " + (f"{edit}; SGM " if edit else "")

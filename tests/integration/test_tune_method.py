@@ -262,6 +262,8 @@ def test_the_one_command_form_bakes_the_method_the_tuner_chose(runner, tmp_path:
     card = (out / "README.md").read_text()
     assert f"The tuner chose the method **{method}**" in card
     assert "benign refusal" in card
+    # every edit trial's row names the write's rank, reply positions and anchors
+    assert "rank 4, 3 reply positions, 70 anchors" in card
 
 
 @pytest.mark.slow
