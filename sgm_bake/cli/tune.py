@@ -221,9 +221,10 @@ def tune_request(
     if batch_size == "auto":
         batch_size = TUNE_BATCH_SIZE
     profile = make_capture(params, rule, hook_points=hook_points_of(params), batch_size=batch_size)
-    method = MethodOptions(diagnose=False, anchors=edit_anchors(params))
-    if "method" in params:  # the one-command form: its --method and --edit-* fix those knobs
+    if "method" in params:  # `tune` and the one-command form: --method and --edit-* fix those
         method = method_options(params, diagnose=False)
+    else:
+        method = MethodOptions(diagnose=False, anchors=edit_anchors(params))
     options = TuneOptions(
         workdir=workdir,
         trials=params["trials"],
