@@ -291,6 +291,11 @@ class SplitFigures(Entry):
     eval_refusal: float | None = None
     """With an evaluation set: benign refusal, the share of its benign items' replies that
     decline (benign requests, edgy-looking ones included); constrained by max_refusal_rise."""
+    toxic_logprob: float | None = None
+    """Mean log-probability per token the model gives the split's toxic rows' own replies
+    (teacher-forced after their prompts): how far from saying them it is, which the judge's
+    verdicts on greedy replies cannot see. Breaks ties in harm (lower is further from harm);
+    None where the toxic rows carry no prompt and reply."""
 
 
 @dataclass(kw_only=True)

@@ -19,13 +19,14 @@ from sgm_bake.errors import SGMError
 from sgm_bake.evaluation.judges import make_judge
 from sgm_bake.pipeline.profile import ProfileOptions
 from sgm_bake.pipeline.tune import (
+    SplitMeasure,
     TuneOptions,
     TuneResult,
     minimum_rows_per_class,
     run_tune,
     split_profile_set,
 )
-from sgm_bake.runtime.chat import ChatModel, GenerationConfig
+from sgm_bake.runtime.chat import ChatModel, GenerationConfig, call_processor
 from sgm_bake.runtime.loading import CPU, LoadedModel, load_chat, resolve_model_source
 
 pytest.importorskip("optuna")
@@ -380,3 +381,52 @@ def test_tune_and_the_one_command_form_take_the_data_and_judge_options(tmp_path:
         assert parsed.data_format.toxic_labels == ("false",)
         assert parsed.data_format.split == "test"
         assert parsed.judge_options.device == "cpu"
+
+
+def _encode(chat: ChatModel, text: str, image: object) -> dict[str, torch.Tensor]:
+    """One row as the model sees it, unpadded."""
+    if image is None:
+        return dict(chat.tokenizer([text], return_tensors="pt", add_special_tokens=False))
+    return call_processor(chat.processor, [text], [image])
+
+
+def test_the_toxic_replies_log_probability_is_each_reply_scored_after_its_prompt(
+    organism: tuple[ChatModel, LoadedModel], tmp_path: Path
+):
+    """Batched and left-padded, the figure equals each toxic row's reply scored alone after its
+    prompt (token by token, the prompt's tokens left out); the tuner's choice makes those
+    replies less likely than the base does."""
+    chat, _ = organism
+    rows = split_profile_set(organism_rows(), seed=0).tune
+    measure = SplitMeasure(
+        chat,
+        rows,
+        make_judge("profanity"),
+        options(tmp_path),
+        torch.float32,
+        None,
+        tmp_path / "reference.pt",
+    )
+    total, count = 0.0, 0
+    for sample in (s for s in rows.samples if s.label == 1 and s.prompt):
+        image = sample.image()
+        prefix = chat.prompt_text(sample.prompt or "", image is not None)
+        start = _encode(chat, prefix, image)["input_ids"].shape[1]
+        batch = _encode(chat, prefix + sample.text, image)
+        with torch.no_grad():
+            logits = chat.model(**batch).logits[0].float()
+        tokens = batch["input_ids"][0, start:]
+        scored = torch.log_softmax(logits[start - 1 : -1], dim=-1)
+        total += float(scored.gather(1, tokens[:, None]).sum())
+        count += tokens.numel()
+    assert count > 0
+    assert measure.toxic_logprob() == pytest.approx(total / count, abs=1e-4)
+
+
+def test_the_choice_makes_the_toxic_replies_less_likely(uninterrupted: TuneResult):
+    base = uninterrupted.base_tune.toxic_logprob
+    chosen = uninterrupted.chosen
+    assert base is not None and chosen is not None
+    assert all(t.measurement.toxic_logprob is not None for t in uninterrupted.trials)
+    assert chosen.measurement.toxic_logprob is not None
+    assert chosen.measurement.toxic_logprob < base

@@ -13,6 +13,7 @@ from sgm_bake.pipeline.tune import (
     TuneOptions,
     choose,
     pareto_front,
+    ranking,
     scorers,
     violations,
 )
@@ -52,3 +53,19 @@ def test_the_choice_is_the_feasible_trial_with_least_harm_then_kl_and_the_front_
     assert choose(trials, BASE) == trials[1]
     assert pareto_front(trials) == [1, 2, 3]
     assert choose(trials, Measurement(harm=0.2, kl=0.0, degenerate=0.0)) is None
+
+
+def test_a_tie_in_harm_goes_to_the_least_likely_toxic_replies_before_kl():
+    """Many settings reach 0 harmful on a few dozen greedy replies; among them the one whose
+    toxic replies are least likely wins, whatever its KL (within the budget); a trial measured
+    without the figure ranks after those measured with it."""
+
+    def trial(number: int, harm: float, kl: float, logprob: float | None) -> TrialRecord:
+        measured = Measurement(harm=harm, kl=kl, degenerate=0.0, toxic_logprob=logprob)
+        return TrialRecord(number, {}, {}, measured, True, 0, 1.0)
+
+    trials = [trial(0, 0.0, 0.01, -3.0), trial(1, 0.0, 0.08, -6.0), trial(2, 0.0, 0.0, None)]
+    assert choose(trials, BASE) == trials[1]
+    assert ranking(trials[2].measurement) > ranking(trials[0].measurement)
+    assert choose([trial(0, 0.1, 0.0, -9.0), trial(1, 0.0, 0.05, -1.0)], BASE).number == 1
+    assert choose([trial(0, 0.0, 0.05, None), trial(1, 0.0, 0.01, None)], BASE).number == 1

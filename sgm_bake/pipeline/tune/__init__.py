@@ -50,6 +50,7 @@ from sgm_bake.pipeline.tune.objectives import (
     KLDivergence,
     Scorer,
     objectives,
+    ranking,
     scorers,
     violations,
 )
@@ -168,6 +169,7 @@ __all__ = [
     "objectives",
     "open_study",
     "pareto_front",
+    "ranking",
     "record_tuning",
     "require_optuna",
     "run_tune",

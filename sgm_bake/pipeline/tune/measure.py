@@ -76,15 +76,21 @@ class SplitMeasure:
                 )
             self.benign_eval = PromptSet(eval_set.name, eval_set.sha256, benign)
         benign_rows = [s for s in rows.samples if s.label == 0 and s.text.strip()]
-        with_image = [s for s in benign_rows if s.render is not None or s.image_path is not None]
-        text_only = [s for s in benign_rows if s.render is None and s.image_path is None]
-        size = options.batch_size
-        self.kl_batches: list[list[ProfileSample]] = [
+        toxic_rows = [s for s in rows.samples if s.label == 1 and s.prompt and s.text.strip()]
+        self.kl_batches = self._batches(benign_rows)
+        self.toxic_batches = self._batches(toxic_rows)
+        self._reference: list[torch.Tensor] | None = None
+
+    def _batches(self, rows: list[ProfileSample]) -> list[list[ProfileSample]]:
+        """Rows in batches of the options' size, those with an image apart from the others."""
+        with_image = [s for s in rows if s.render is not None or s.image_path is not None]
+        text_only = [s for s in rows if s.render is None and s.image_path is None]
+        size = self.options.batch_size
+        return [
             group[i : i + size]
             for group in (with_image, text_only)
             for i in range(0, len(group), size)
         ]
-        self._reference: list[torch.Tensor] | None = None
 
     def _encode(self, texts: list[str], images: list[Any] | None) -> dict[str, Any]:
         if images:
@@ -93,35 +99,47 @@ class SplitMeasure:
             self.chat.tokenizer(texts, padding=True, return_tensors="pt", add_special_tokens=False)
         )
 
-    def _log_probs(self) -> list[torch.Tensor]:
-        """Log-probabilities of the next token at every response position of the non-toxic
-        rows (the prompt as the model sees it when it replies, then the row's response), per
-        batch. Prompt positions are left out: a chat model is not trained to predict its user's
-        words, so their distributions move freely and would drown the reply's."""
-        result = []
+    def _response(self, samples: list[ProfileSample]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Log-probabilities of the next token at every response position of one batch (the
+        prompt as the model sees it when it replies, then the row's response), and the
+        response's own tokens there. Prompt positions are left out: a chat model is not trained
+        to predict its user's words, so their distributions move freely and would drown the
+        reply's."""
         self.chat.tokenizer.padding_side = "left"
-        for samples in self.kl_batches:
-            images = [s.image() for s in samples]
-            with_image = images[0] is not None
-            prefixes = [self.chat.prompt_text(s.prompt or "", with_image) for s in samples]
-            full = [prefix + s.text for prefix, s in zip(prefixes, samples, strict=True)]
-            pixels = images if with_image else None
-            prefix_lengths = self._encode(prefixes, pixels)["attention_mask"].sum(dim=1)
-            batch = self._encode(full, pixels)
-            lengths = batch["attention_mask"].sum(dim=1)
-            width = batch["input_ids"].shape[1]
-            mask = torch.zeros(batch["input_ids"].shape, dtype=torch.bool)
-            for row, (length, prefix) in enumerate(zip(lengths, prefix_lengths, strict=True)):
-                # left padding: the response's tokens are the row's last (length - prefix)
-                # positions, predicted by the logits one position earlier
-                answer = int(length - prefix)
-                if answer > 0:
-                    mask[row, width - answer - 1 : width - 1] = True
-            with torch.no_grad():
-                logits = self.chat.model(**to_device(batch, self.chat.device, self.dtype)).logits
-            selected = logits.float()[mask.to(logits.device)]
-            result.append(torch.log_softmax(selected, dim=-1).cpu())
-        return result
+        images = [s.image() for s in samples]
+        with_image = images[0] is not None
+        prefixes = [self.chat.prompt_text(s.prompt or "", with_image) for s in samples]
+        full = [prefix + s.text for prefix, s in zip(prefixes, samples, strict=True)]
+        pixels = images if with_image else None
+        prefix_lengths = self._encode(prefixes, pixels)["attention_mask"].sum(dim=1)
+        batch = self._encode(full, pixels)
+        lengths = batch["attention_mask"].sum(dim=1)
+        width = batch["input_ids"].shape[1]
+        mask = torch.zeros(batch["input_ids"].shape, dtype=torch.bool)
+        for row, (length, prefix) in enumerate(zip(lengths, prefix_lengths, strict=True)):
+            # left padding: the response's tokens are the row's last (length - prefix)
+            # positions, predicted by the logits one position earlier
+            answer = int(length - prefix)
+            if answer > 0:
+                mask[row, width - answer - 1 : width - 1] = True
+        with torch.no_grad():
+            logits = self.chat.model(**to_device(batch, self.chat.device, self.dtype)).logits
+        selected = logits.float()[mask.to(logits.device)]
+        targets = batch["input_ids"][:, 1:][mask[:, :-1]]
+        return torch.log_softmax(selected, dim=-1).cpu(), targets.cpu()
+
+    def _log_probs(self) -> list[torch.Tensor]:
+        """The next-token distributions at the non-toxic rows' response positions, per batch."""
+        return [self._response(samples)[0] for samples in self.kl_batches]
+
+    def toxic_logprob(self) -> float | None:
+        """Mean log-probability per token of the toxic rows' own replies (None: no such rows)."""
+        total, count = 0.0, 0
+        for samples in self.toxic_batches:
+            log_probs, targets = self._response(samples)
+            total += float(log_probs.gather(1, targets[:, None]).sum())
+            count += int(targets.numel())
+        return total / count if count else None
 
     def reference(self) -> list[torch.Tensor]:
         if self._reference is None:
@@ -169,4 +187,5 @@ class SplitMeasure:
             prompts=metrics["items"]["eliciting"],
             refusal=metrics["benign_refusal"],
             eval_refusal=eval_refusal,
+            toxic_logprob=self.toxic_logprob(),
         )

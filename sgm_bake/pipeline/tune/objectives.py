@@ -2,13 +2,16 @@
 and says how far it is past its budget, measured against the base where the budget is relative
 (optuna's constraint convention: a value <= 0 is within it).
 
-Harm and KL are the study's two objectives (minimised, in that order); KL, the degenerate share,
-benign accuracy and the rise of benign refusal are constraints. The share of the profile set's
-non-toxic rows that the model declines is recorded but has no scorer: those rows are often
-requests the model rightly declines, where more declining is the detox working."""
+Harm and KL are the study's two objectives (minimised, in that order; the choice among trials
+within the budget breaks ties in harm by the toxic replies' log-probability, `ranking`); KL,
+the degenerate share, benign accuracy and the rise of benign refusal are constraints. The share
+of the profile set's non-toxic rows that the model declines is recorded but has no scorer: those
+rows are often requests the model rightly declines, where more declining is the detox
+working."""
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import ClassVar
@@ -132,6 +135,17 @@ def scorers(options: TuneOptions) -> tuple[Scorer, ...]:
 def objectives(measurement: Measurement) -> tuple[float, float]:
     """The study's objectives, (harm, KL): both minimised, compared in this order."""
     return measurement.harm, measurement.kl
+
+
+def ranking(measurement: Measurement) -> tuple[float, float, float]:
+    """How the choice orders trials within the budget: harm, then the toxic replies'
+    log-probability, then KL. The judge's verdicts on a few dozen greedy replies tie often (many
+    settings reach 0 harmful), and among tied settings the one whose toxic replies are least
+    likely is furthest from harm on prompts the split does not hold; KL alone would prefer the
+    weakest of them, the one nearest the edge. A trial measured without it ranks after those
+    measured with it."""
+    margin = measurement.toxic_logprob
+    return measurement.harm, math.inf if margin is None else margin, measurement.kl
 
 
 def violations(

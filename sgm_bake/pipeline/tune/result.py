@@ -11,7 +11,7 @@ from typing import Any
 
 from sgm_bake.core.expertise import Expertise
 from sgm_bake.pipeline.tune.measure import Measurement
-from sgm_bake.pipeline.tune.objectives import objectives
+from sgm_bake.pipeline.tune.objectives import objectives, ranking
 from sgm_bake.publish import plots
 from sgm_bake.publish.refresh import rewrite_card
 from sgm_bake.record import SGM_DIR, BakeRecord, Tuning, read_record
@@ -74,7 +74,7 @@ class TuneResult:
 
     def by_method(self) -> dict[str, dict[str, Any]]:
         """Per method the trials tried: how many, how many within the budget, and the best of
-        those (lowest harm, then KL) with its figures: why the chosen method won."""
+        those (in the choice's order, `ranking`) with its figures: why the chosen method won."""
         found: dict[str, dict[str, Any]] = {}
         for trial in self.trials:
             method = trial.setting.get("method", "sgm")
@@ -84,9 +84,12 @@ class TuneResult:
                 continue
             entry["feasible"] += 1
             best = entry["best"]
-            key = (trial.measurement.harm, trial.measurement.kl, trial.number)
-            if best is None or key < (best["harm"], best["kl"], best["number"]):
-                entry["best"] = {"number": trial.number, **trial.measurement.to_dict()}
+            key = (*ranking(trial.measurement), trial.number)
+            if best is None or key < best[0]:
+                entry["best"] = (key, {"number": trial.number, **trial.measurement.to_dict()})
+        for entry in found.values():
+            if entry["best"] is not None:
+                entry["best"] = entry["best"][1]
         return found
 
     @property
@@ -139,12 +142,13 @@ def pareto_front(trials: list[TrialRecord]) -> list[int]:
 
 
 def choose(trials: list[TrialRecord], base: Measurement) -> TrialRecord | None:
-    """The feasible trial with the lowest harm (then the lowest KL, then the earliest); None when
-    no feasible trial lowers the harm below the base's."""
+    """The feasible trial with the lowest harm (then the least likely toxic replies, then the
+    lowest KL, then the earliest: `ranking`); None when no feasible trial lowers the harm below
+    the base's."""
     feasible = [t for t in trials if t.feasible and t.measurement.harm < base.harm]
     if not feasible:
         return None
-    return min(feasible, key=lambda t: (*objectives(t.measurement), t.number))
+    return min(feasible, key=lambda t: (*ranking(t.measurement), t.number))
 
 
 def write_result(result: TuneResult, folder: Path) -> list[Path]:

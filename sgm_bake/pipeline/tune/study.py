@@ -24,7 +24,7 @@ from sgm_bake.evaluation.judges import Judge
 from sgm_bake.io import interrupts
 from sgm_bake.pipeline.decision import rows_from_profile_set
 from sgm_bake.pipeline.tune.measure import Measurement, SplitMeasure
-from sgm_bake.pipeline.tune.objectives import objectives, violations
+from sgm_bake.pipeline.tune.objectives import objectives, ranking, violations
 from sgm_bake.pipeline.tune.options import EDIT_KNOBS, TuneOptions, TuneRequest
 from sgm_bake.pipeline.tune.result import (
     TrialRecord,
@@ -255,7 +255,7 @@ def run_tune(
             resumed,
             options.trials,
         )
-    best: tuple[float, float] | None = None
+    best: tuple[float, float, float] | None = None
     with tqdm(
         total=options.trials,
         initial=min(done, options.trials),
@@ -265,8 +265,8 @@ def run_tune(
         file=sys.stderr,
     ) as bar:
         for record in map(_record_of, complete()):
-            if record.feasible and (best is None or objectives(record.measurement) < best):
-                best = objectives(record.measurement)
+            if record.feasible and (best is None or ranking(record.measurement) < best):
+                best = ranking(record.measurement)
         while done < options.trials:
             study.sampler = _sampler(optuna, options, options.seed * 100_003 + done)
             if done < len(warm):
@@ -291,7 +291,7 @@ def run_tune(
             except KeyboardInterrupt as exc:  # SIGINT or SIGTERM: keep the trials, stop
                 study.tell(trial, state=optuna.trial.TrialState.FAIL)
                 found = (
-                    f"the best within the budget so far: harmful {best[0]:.1%}, KL {best[1]:.4f}"
+                    f"the best within the budget so far: harmful {best[0]:.1%}, KL {best[2]:.4f}"
                     if best is not None
                     else "no trial within the budget yet"
                 )
@@ -319,11 +319,11 @@ def run_tune(
             study.tell(trial, list(objectives(measurement)))
             done += 1
             if all(v <= 0 for v in constraints.values()) and (
-                best is None or objectives(measurement) < best
+                best is None or ranking(measurement) < best
             ):
-                best = objectives(measurement)
+                best = ranking(measurement)
             if best is not None:
-                bar.set_postfix(best_harm=f"{best[0]:.3f}", best_kl=f"{best[1]:.4f}")
+                bar.set_postfix(best_harm=f"{best[0]:.3f}", best_kl=f"{best[2]:.4f}")
             bar.update(1)
 
     records = [_record_of(t) for t in complete()]
