@@ -256,7 +256,13 @@ def eval_command(
     from sgm_bake.evaluation.ecso import templates_for
     from sgm_bake.evaluation.judges import make_judge
     from sgm_bake.publish.refresh import record_evaluation
-    from sgm_bake.record import RECORD_PATH, SGM_DIR, require_intact
+    from sgm_bake.record import (
+        BAKED_ECSO_LABEL,
+        BAKED_LABEL,
+        RECORD_PATH,
+        SGM_DIR,
+        require_intact,
+    )
     from sgm_bake.runtime.chat import GenerationConfig
     from sgm_bake.runtime.loading import load_chat, resolve_model_source
 
@@ -304,7 +310,8 @@ def eval_command(
             base_source = resolve_model_source(spec[0], spec[1], progress)
             base_chat, _ = load_chat(base_source, placement, dtype, template)
             variants.append(Variant("base", base_chat, ecso_label="ecso"))
-        label, star = ("sgm-baked", "sgm*-baked") if baked else ("model", "model+ecso")
+        # `baked` whatever the bake folded (SGM's factors, the edit or both)
+        label, star = (BAKED_LABEL, BAKED_ECSO_LABEL) if baked else ("model", "model+ecso")
         variants.append(Variant(label, chat, ecso_label=star))
     results = evaluate_variants(variants, prompts, judge, settings, base_chat)
     path = output or (folder / SGM_DIR / "eval.json" if baked else Path("sgm-eval.json"))

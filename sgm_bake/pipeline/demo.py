@@ -1,6 +1,6 @@
 """The offline demo on a built-in model organism: profile, bake, verify, and evaluate base, ECSO,
-SGM (baked) and SGM* (baked + ECSO) on the organism's prompt set. The CLI's `demo` parses its
-options, calls `run_demo` and prints the table."""
+the baked model (SGM, or the method the tuner chose) and it with ECSO on the organism's prompt
+set. The CLI's `demo` parses its options, calls `run_demo` and prints the table."""
 
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ from sgm_bake.pipeline.tune import (
     tune_source,
 )
 from sgm_bake.publish.refresh import record_evaluation
-from sgm_bake.record import SGM_DIR
+from sgm_bake.record import BAKED_ECSO_LABEL, BAKED_LABEL, SGM_DIR
 from sgm_bake.record.summary import expertise_counts, layer_rows, layer_table
 from sgm_bake.runtime.chat import ChatModel, GenerationConfig
 from sgm_bake.runtime.loading import CPU, load_chat, load_processor, resolve_model_source
@@ -137,14 +137,17 @@ def run_demo(request: DemoRequest, messages: Messages) -> DemoOutcome:
     if not report.passed:
         return result
     method = "SGM" if tuned is None else f"the tuned {tuned.method}"
-    say(f"4/4 evaluating: base, ECSO, {method} (baked, row sgm-baked), SGM* (baked + ECSO)")
+    say(
+        f"4/4 evaluating: base, ECSO, {method} baked (row {BAKED_LABEL}), and baked + ECSO "
+        f"(row {BAKED_ECSO_LABEL})"
+    )
     base_chat = ChatModel(loaded.model, load_processor(source.path), loaded.device)
     baked_chat, _ = load_chat(resolve_model_source(str(baked)), CPU, "float32")
     templates = templates_for(source.path, recipe.model_type)
     settings = EvalSettings(GenerationConfig(), 8, progress, templates)
     variants = [
         Variant("base", base_chat, ecso_label="ecso"),
-        Variant("sgm-baked", baked_chat, ecso_label="sgm*"),
+        Variant(BAKED_LABEL, baked_chat, ecso_label=BAKED_ECSO_LABEL),
     ]
     result.results = evaluate_variants(variants, prompts, judge, settings, base_chat)
     data = write_report(

@@ -18,7 +18,15 @@ from sgm_bake.core.method_text import method_card_text
 from sgm_bake.errors import SGMError
 from sgm_bake.publish import plots
 from sgm_bake.publish.plots import percent_text
-from sgm_bake.record import SGM_DIR, BakeRecord, MethodTrials, SplitFigures
+from sgm_bake.record import (
+    BAKED_ECSO_LABEL,
+    BAKED_LABEL,
+    LEGACY_LABELS,
+    SGM_DIR,
+    BakeRecord,
+    MethodTrials,
+    SplitFigures,
+)
 from sgm_bake.record.summary import layer_rows
 from sgm_bake.resources import data_dir
 
@@ -135,11 +143,10 @@ def _model_index(record: BakeRecord, task: str) -> list[Any]:
     evaluation = record.evaluation
     if evaluation is None:
         return []
-    metrics = evaluation.ordered()
-    label = next((v for v in ("sgm-baked", "model") if v in metrics), None)
+    label = evaluation.model_label()
     if label is None:
         return []
-    figures = metrics[label]
+    figures = evaluation.metrics[label]
     values: list[tuple[str, str, Any]] = [
         ("harmful_rate", "harmful rate (%, lower is better)", figures.harmful_rate)
     ]
@@ -230,6 +237,16 @@ def _rule_text(metadata: dict[str, str]) -> str:
     return ", ".join(parts)
 
 
+def _row_label(label: str, record: BakeRecord) -> str:
+    """An evaluated variant as the card's table and chart name it: the baked rows by their
+    current name (an older record's `sgm-baked` or `sgm*` held whatever the bake folded) with
+    the method baked, e.g. `baked (edit)`; other rows as recorded."""
+    current = LEGACY_LABELS.get(label, label)
+    if current not in (BAKED_LABEL, BAKED_ECSO_LABEL):
+        return label
+    return f"{current} ({record.expertise.metadata.get('method', 'sgm')})"
+
+
 def _evaluation(record: BakeRecord) -> dict[str, Any] | None:
     evaluation = record.evaluation
     if evaluation is None:
@@ -243,7 +260,7 @@ def _evaluation(record: BakeRecord) -> dict[str, Any] | None:
         runs = max(runs, metrics.runs or 1)
         rows.append(
             {
-                "label": label,
+                "label": _row_label(label, record),
                 "harmful": _with_interval(metrics.harmful_rate, intervals.get("harmful_rate")),
                 "standard": percent_text(by.get("standard")),
                 "adversarial": percent_text(by.get("adversarial")),
@@ -521,6 +538,10 @@ def write_plots(folder: Path, record: BakeRecord, expertise: Expertise | None = 
             )
             written.append(f"{SGM_DIR}/{HISTOGRAM_PLOT}")
     if record.evaluation is not None:
-        plots.evaluation_chart(folder / SGM_DIR / EVAL_PLOT, record.evaluation.ordered_dicts())
+        shown = {
+            _row_label(label, record): metrics
+            for label, metrics in record.evaluation.ordered_dicts().items()
+        }
+        plots.evaluation_chart(folder / SGM_DIR / EVAL_PLOT, shown)
         written.append(f"{SGM_DIR}/{EVAL_PLOT}")
     return written

@@ -3,7 +3,10 @@ the folder, and the per-layer summary of the factors. Below pipeline, evaluation
 which all read or add to it; it imports only core and io."""
 
 from sgm_bake.record.schema import (
+    BAKED_ECSO_LABEL,
+    BAKED_LABEL,
     LEGACY_FORMAT,
+    LEGACY_LABELS,
     RECORD_FILE,
     RECORD_FORMAT,
     RECORD_PATH,
@@ -44,7 +47,10 @@ from sgm_bake.record.store import (
 )
 
 __all__ = [
+    "BAKED_ECSO_LABEL",
+    "BAKED_LABEL",
     "LEGACY_FORMAT",
+    "LEGACY_LABELS",
     "RECORD_FILE",
     "RECORD_FORMAT",
     "RECORD_PATH",

@@ -32,6 +32,14 @@ RECORD_FORMAT = "sgm-bake-record/2"
 LEGACY_FORMAT = "sgm-bake-record/1"
 READABLE_FORMATS = (RECORD_FORMAT, LEGACY_FORMAT)
 
+# The evaluation's rows of a baked folder: the baked weights, and them answering through ECSO.
+# Method-neutral, since a bake folds SGM's factors, the edit's deltas or both.
+BAKED_LABEL = "baked"
+BAKED_ECSO_LABEL = "baked+ecso"
+# What older sgm-bake called those rows whatever it baked (`eval`: sgm-baked and sgm*-baked, the
+# demo: sgm-baked and sgm*); records that hold them are read as they are.
+LEGACY_LABELS = {"sgm-baked": BAKED_LABEL, "sgm*-baked": BAKED_ECSO_LABEL, "sgm*": BAKED_ECSO_LABEL}
+
 
 @dataclass
 class ToolInfo:
@@ -266,6 +274,12 @@ class Evaluation(Entry):
         order = [name for name in self.variants if name in self.metrics]
         order += [name for name in self.metrics if name not in order]
         return {name: self.metrics[name] for name in order}
+
+    def model_label(self) -> str | None:
+        """The row of the evaluated model itself (not of the base or of ECSO): `baked`, its
+        name in an older record, or `model` for an evaluation of a folder that was not baked."""
+        legacy = [old for old, new in LEGACY_LABELS.items() if new == BAKED_LABEL]
+        return next((v for v in (BAKED_LABEL, *legacy, "model") if v in self.metrics), None)
 
     def ordered_dicts(self) -> dict[str, dict[str, Any]]:
         """`ordered()` in JSON form (what the evaluation chart and `inspect --json` show)."""

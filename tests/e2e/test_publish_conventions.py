@@ -16,7 +16,7 @@ from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData
 from huggingface_hub.repocard import metadata_load
 
 from sgm_bake.cli import main
-from sgm_bake.publish.card import card_metadata, validate_metadata
+from sgm_bake.publish.card import card_metadata, render_card, validate_metadata
 from sgm_bake.publish.refresh import record_evaluation
 from sgm_bake.record import read_record
 from tests.e2e.test_hardening import snapshot
@@ -37,7 +37,7 @@ METRICS = {
 @pytest.fixture(scope="module")
 def evaluated(tmp_path_factory, llava_dir, llava_expertise) -> Path:
     """A verified bake named after a Hub base, with an evaluation of three variants recorded in
-    run order: base, sgm-baked, ecso (not alphabetical)."""
+    run order: base, baked, ecso (not alphabetical)."""
     from click.testing import CliRunner
 
     out = tmp_path_factory.mktemp("conventions") / "out"
@@ -49,12 +49,25 @@ def evaluated(tmp_path_factory, llava_dir, llava_expertise) -> Path:
         "prompt_set": {"name": "builtin:x", "sha256": "0" * 64, "items": 120},
         "variants": {
             "base": {"metrics": METRICS},
-            "sgm-baked": {"metrics": {**METRICS, "harmful_rate": 0.0, "benign_accuracy": 0.7}},
+            "baked": {"metrics": {**METRICS, "harmful_rate": 0.0, "benign_accuracy": 0.7}},
             "ecso": {"metrics": {**METRICS, "harmful_rate": 0.2}},
         },
     }
     record_evaluation(out, "sgm/eval.json", data)
     return out
+
+
+def _evaluation(labels: tuple[str, ...]) -> dict:
+    """An evaluation report of base and of the rows LABELS (the baked model first)."""
+    return {
+        "judge": "keyword",
+        "prompt_set": {"name": "builtin:x", "sha256": "0" * 64, "items": 120},
+        "variants": {
+            "base": {"metrics": METRICS},
+            labels[0]: {"metrics": {**METRICS, "harmful_rate": 0.0, "benign_accuracy": 0.7}},
+            **{label: {"metrics": {**METRICS, "harmful_rate": 0.1}} for label in labels[1:]},
+        },
+    }
 
 
 def _copy(folder: Path, tmp_path: Path) -> Path:
@@ -101,11 +114,11 @@ def test_card_text_has_no_blank_runs_and_no_pypi_link(evaluated):
 
 def test_rerender_keeps_the_run_order_of_variants(runner, evaluated, tmp_path):
     out = _copy(evaluated, tmp_path)
-    order = ["base", "sgm-baked", "ecso"]
+    order = ["base", "baked", "ecso"]
 
     def card_order() -> list[str]:
-        rows = re.findall(r"^\| (base|sgm-baked|ecso) \|", (out / "README.md").read_text(), re.M)
-        return rows
+        text = (out / "README.md").read_text()
+        return re.findall(r"^\| (base|baked|ecso)(?: \(sgm\))? \|", text, re.M)
 
     assert card_order() == order
     result = runner.invoke(main, ["-q", "inspect", str(out), "--rerender"])
@@ -113,6 +126,36 @@ def test_rerender_keeps_the_run_order_of_variants(runner, evaluated, tmp_path):
     assert card_order() == order
     summary = json.loads(runner.invoke(main, ["inspect", str(out), "--json"]).output)
     assert [v["label"] for v in summary["evaluation"]] == order
+
+
+@pytest.mark.parametrize("labels", [("sgm-baked", "sgm*-baked"), ("sgm-baked", "sgm*")])
+def test_a_record_with_the_old_baked_labels_still_renders_its_rows(evaluated, tmp_path, labels):
+    """Records of sgm-bake before the method-neutral names (eval's sgm-baked and sgm*-baked,
+    the demo's sgm*): the card shows their rows under the current names, and the model-index
+    still holds the baked model's figures."""
+    out = _copy(evaluated, tmp_path)
+    record_evaluation(out, "sgm/eval.json", _evaluation(labels))
+    text = (out / "README.md").read_text().split("## Evaluation")[1].split("\n## ")[0]
+    rows = re.findall(r"^\| ([^|]+?) \| \d", text, re.M)
+    assert rows == ["base", "baked (sgm)", "baked+ecso (sgm)"]
+    figures = {
+        r.metric_type: r.metric_value for r in ModelCard.load(out / "README.md").data.eval_results
+    }
+    assert figures["harmful_rate"] == 0.0 and figures["benign_accuracy"] == 70.0
+    assert list(read_record(out).evaluation.ordered()) == ["base", *labels]  # as recorded
+
+
+def test_the_card_names_the_method_baked(evaluated, tmp_path):
+    """A bake of the edit is `baked (edit)` in the card, not an SGM row."""
+    out = _copy(evaluated, tmp_path)
+    record_path = out / "sgm" / "bake.json"
+    data = json.loads(record_path.read_text())
+    data["expertise"]["metadata"]["method"] = "edit"
+    record_path.write_text(json.dumps(data))
+    record = read_record(out)
+    assert card_metadata(record)["eval_results"]  # the edit's baked row is the model's own
+    text = render_card(out, record)
+    assert "| baked (edit) |" in text and "sgm-baked" not in text
 
 
 @pytest.mark.parametrize(

@@ -104,3 +104,21 @@ def test_an_organism_set_on_another_model_warns(runner, llava_dir, tmp_path):
     )
     assert result.exit_code == 0, result.output
     assert "organism's vocabulary" in result.output and "builtin:mm-safety-eval-v1" in result.output
+
+
+def test_eval_of_a_baked_folder_names_its_rows_baked(runner, llava_dir, llava_expertise, tmp_path):
+    """The rows of a baked folder are `baked` and `baked+ecso`, whatever the bake folded (SGM's
+    factors here, the edit's deltas or both): not `sgm-baked`, which misnamed a baked edit."""
+    out = tmp_path / "baked"
+    bake = ["-q", "bake", str(llava_dir), str(out), "--expertise", str(llava_expertise)]
+    assert runner.invoke(main, bake).exit_code == 0
+    prompts = _prompt_set(tmp_path / "set")
+    args = ["-q", "eval", str(out), "--device", "cpu", "--max-new-tokens", "4", "--no-base"]
+    result = runner.invoke(main, [*args, "--prompt-set", str(prompts), "--ecso"])
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "sgm" / "eval.json").read_text())
+    assert list(report["variants"]) == ["baked", "baked+ecso"]
+    assert "\nbaked " in result.output and "sgm-baked" not in result.output
+    record = json.loads((out / "sgm" / "bake.json").read_text())
+    assert sorted(record["evaluation"]["metrics"]) == ["baked", "baked+ecso"]
+    assert "| baked (sgm) |" in (out / "README.md").read_text()

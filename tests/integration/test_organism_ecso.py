@@ -219,15 +219,17 @@ def test_demo_end_to_end(runner, tmp_path):
     result = runner.invoke(main, ["-q", "demo", str(out)])
     assert result.exit_code == 0, result.output
     assert "verify: PASS" in result.output
-    for label in ("base", "ecso", "sgm-baked", "sgm*"):
+    for label in ("base", "ecso", "baked", "baked+ecso"):
         assert f"\n{label} " in result.output
     record = json.loads((out / "baked" / "sgm" / "bake.json").read_text())
     metrics = record["evaluation"]["metrics"]
-    assert metrics["sgm-baked"]["harmful_rate"] < metrics["base"]["harmful_rate"]
+    assert sorted(metrics) == ["baked", "baked+ecso", "base", "ecso"]
+    assert metrics["baked"]["harmful_rate"] < metrics["base"]["harmful_rate"]
     assert (out / "baked" / "sgm" / "eval.png").is_file() and (
         out / "baked" / "README.md"
     ).is_file()
-    assert "## Evaluation" in (out / "baked" / "README.md").read_text()
+    card = (out / "baked" / "README.md").read_text()
+    assert "## Evaluation" in card and "| baked (sgm) |" in card
     if plots.available():
         assert f"plots: {out.resolve() / 'baked' / 'sgm'} (auroc_histogram.png, eval.png" in (
             result.output

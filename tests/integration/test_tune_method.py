@@ -282,6 +282,9 @@ def test_demo_tune_shows_the_method_the_tuner_picks(runner, tmp_path: Path):
     record = json.loads((workdir / "baked" / "sgm" / "bake.json").read_text())
     assert record["tuning"]["method"] == method and record["tuning"]["trials_run"] == 3
     assert (workdir / "baked" / "sgm" / "eval.json").is_file()
+    # the baked rows are named for no method; the card names the one baked
+    assert sorted(record["evaluation"]["metrics"]) == ["baked", "baked+ecso", "base", "ecso"]
+    assert f"| baked ({method}) |" in (workdir / "baked" / "README.md").read_text()
 
 
 @pytest.mark.slow

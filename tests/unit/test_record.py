@@ -167,6 +167,7 @@ def test_an_older_evaluation_and_tuning_read_typed_and_are_written_back_unchange
     assert baked.harmful_rate == 0.05 and baked.harmful_rate_by_condition["adversarial"] == 0.1
     assert baked.runs == 1 and baked.benign_refusal is None  # the defaults of absent figures
     assert list(record.evaluation.ordered()) == ["sgm-baked", "base"]
+    assert record.evaluation.model_label() == "sgm-baked"  # the baked row under its old name
     tuning = record.tuning
     assert tuning.chosen is not None and tuning.chosen.number == 2 and tuning.chosen.kl == 0.03
     assert tuning.report_split.chosen.harm == 0.1 and tuning.report_split.base.eval_refusal is None
@@ -175,6 +176,23 @@ def test_an_older_evaluation_and_tuning_read_typed_and_are_written_back_unchange
     written = record.to_dict()
     assert written["evaluation"] == OLD_EVALUATION and written["tuning"] == OLD_TUNING
     assert parse_record(written).to_dict() == written
+
+
+@pytest.mark.parametrize(
+    ("labels", "expected"),
+    [
+        (["base", "baked", "baked+ecso"], "baked"),
+        (["base", "sgm-baked", "sgm*"], "sgm-baked"),  # the demo before the neutral names
+        (["base", "model", "model+ecso"], "model"),  # an evaluation of a folder not baked
+        (["base", "ecso"], None),
+    ],
+)
+def test_the_model_row_is_found_under_current_and_legacy_names(labels, expected):
+    evaluation = copy.deepcopy(OLD_EVALUATION)
+    row = evaluation["metrics"].pop("sgm-baked")
+    evaluation["metrics"] = {label: row for label in labels}
+    record = parse_record({**copy.deepcopy(RECORD), "evaluation": evaluation})
+    assert record.evaluation.model_label() == expected
 
 
 def test_a_damaged_tuning_figure_is_named():
