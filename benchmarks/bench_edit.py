@@ -45,7 +45,10 @@ For each organism (`organism`, `organism-plain`, `organism-staged`):
 Prints markdown per organism, then one table across the organisms (base, SGM, edit, both, the
 tuned choice marked; the cuts, held-out triggers, benign accuracy and refusal, KL, and which
 parts of the issue's goal each method misses), and writes `results.json` into the work folder.
-About an hour on a shared 2-core CPU box; `--quick` shrinks the edit grid to 2 candidates.
+About 4 minutes per organism on a shared 2-core CPU box; `--quick` shrinks the edit grid to 2
+candidates. `--organisms` also takes folders of organisms trained apart from the shipped ones
+(`python -m sgm_bake.organism.train --out DIR --seed 1 --mode staged`): the same world and
+evaluation set, other weights, nothing in the protocol chosen on them.
 
     OMP_NUM_THREADS=1 nice -n 10 python benchmarks/bench_edit.py --workdir /tmp/sgm-edit-bench
 """
@@ -266,7 +269,9 @@ class Organism:
         self.name = name
         self.args = args
         self.judge = judge
-        self.workdir = args.workdir / name
+        # a folder (an organism trained elsewhere, `python -m sgm_bake.organism.train`) works in
+        # a subfolder named after it, never inside the model's own folder
+        self.workdir = args.workdir / Path(name).name
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.source = resolve_model_source(name, progress=False)
         self.chat, self.loaded = load_chat(self.source, CPU, "float32")
@@ -759,7 +764,11 @@ def run_organism(name: str, args: argparse.Namespace, judge: Judge) -> dict[str,
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--workdir", type=Path, required=True)
-    parser.add_argument("--organisms", default=",".join(ORGANISMS))
+    parser.add_argument(
+        "--organisms",
+        default=",".join(ORGANISMS),
+        help="built-in organisms or folders of organisms trained with sgm_bake.organism.train",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max-kl", type=float, default=0.1)
     parser.add_argument("--quick", action="store_true", help="a small edit grid, for a smoke run")
