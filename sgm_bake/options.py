@@ -17,6 +17,8 @@ DEFAULT_PROFILE_SET = "builtin:default"
 ORGANISM_ANCHORS = "builtin:organism-anchors-v1"
 """The edit's anchor set for the organisms (benign scene questions with answers, none an
 evaluation item or one of the tuner's checks)."""
+ORGANISM_EVAL_SET = "builtin:mmtoxicqa-organism-v1"
+"""The organisms' evaluation set (held-out phrasings and scenes)."""
 DEFAULT_EDIT_RANK = 4
 DEFAULT_EDIT_REPLIES = 3
 """The edit's default rank and reply positions (`pipeline.decision.EditOptions`; why these

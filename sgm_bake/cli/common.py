@@ -17,7 +17,7 @@ import click
 from sgm_bake.errors import SGMError, TamperedError
 from sgm_bake.io import interrupts
 from sgm_bake.io.atomic import describe_os_error
-from sgm_bake.options import BY_NAME, GROUPS, OPTIONS, Option, default
+from sgm_bake.options import BY_NAME, GROUPS, OPTIONS, ORGANISM_EVAL_SET, Option, default
 
 F = TypeVar("F", bound=Callable[..., Any])
 EXIT_ERROR = 2
@@ -593,7 +593,7 @@ def make_data_format(params: dict[str, Any]) -> Any:
 
 # The built-in sets a command uses when none is given: the organisms' own sets (written in the
 # organism's small vocabulary) for the organisms, the sets for real models for every other one.
-ORGANISM_SETS = {"profile": "builtin:organism", "eval": "builtin:mmtoxicqa-organism-v1"}
+ORGANISM_SETS = {"profile": "builtin:organism", "eval": ORGANISM_EVAL_SET}
 REAL_MODEL_SETS = {"profile": "builtin:safety-profile-v1", "eval": "builtin:mm-safety-eval-v1"}
 ORGANISM_IDS = ("sgm-bake/organism", "sgm-bake/organism-plain", "sgm-bake/organism-staged")
 

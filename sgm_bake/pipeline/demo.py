@@ -16,7 +16,7 @@ from sgm_bake.evaluation.conditions import EvalSettings, Variant, evaluate_varia
 from sgm_bake.evaluation.ecso import templates_for
 from sgm_bake.evaluation.judges import make_judge
 from sgm_bake.io.atomic import atomic_folder, check_target
-from sgm_bake.options import ORGANISM_ANCHORS
+from sgm_bake.options import ORGANISM_ANCHORS, ORGANISM_EVAL_SET
 from sgm_bake.organism.checks import tuning_checks
 from sgm_bake.pipeline.bake import BakeOptions, bake
 from sgm_bake.pipeline.decision import MethodOptions
@@ -37,7 +37,7 @@ from sgm_bake.runtime.chat import ChatModel, GenerationConfig
 from sgm_bake.runtime.loading import CPU, load_chat, load_processor, resolve_model_source
 
 DEMO_PROFILE_SET = "builtin:organism"
-DEMO_PROMPT_SET = "builtin:mmtoxicqa-organism-v1"
+DEMO_PROMPT_SET = ORGANISM_EVAL_SET
 DEMO_KNOBS = ("method", "edit_layers", "edit_strength", "rule", "strength")
 """What `demo --tune` searches: the method, the edit's layers and strength, SGM's rule and
 strength (a few trials compare the three methods; see `tune` for the full search)."""
