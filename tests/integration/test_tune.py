@@ -25,6 +25,7 @@ from sgm_bake.pipeline.tune import (
     minimum_rows_per_class,
     run_tune,
     split_profile_set,
+    summary_lines,
 )
 from sgm_bake.runtime.chat import ChatModel, GenerationConfig, call_processor
 from sgm_bake.runtime.loading import CPU, LoadedModel, load_chat, resolve_model_source
@@ -430,3 +431,5 @@ def test_the_choice_makes_the_toxic_replies_less_likely(uninterrupted: TuneResul
     assert all(t.measurement.toxic_logprob is not None for t in uninterrupted.trials)
     assert chosen.measurement.toxic_logprob is not None
     assert chosen.measurement.toxic_logprob < base
+    printed = "\n".join(summary_lines(uninterrupted))
+    assert f"toxic replies' log-probability {chosen.measurement.toxic_logprob:.2f}" in printed

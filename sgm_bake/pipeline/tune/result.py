@@ -200,6 +200,8 @@ def summary_lines(result: TuneResult) -> list[str]:
             text += f", benign refusal {m.eval_refusal:.1%}"
         if m.refusal is not None:
             text += f", non-toxic rows declined {m.refusal:.1%}"
+        if m.toxic_logprob is not None:
+            text += f", toxic replies' log-probability {m.toxic_logprob:.2f} per token"
         return text
 
     resumed = (
