@@ -646,7 +646,7 @@ def summary_rows(name: str, found: dict[str, Any], max_kl: float) -> list[str]:
 def run_organism(name: str, args: argparse.Namespace, judge: Judge) -> dict[str, Any]:
     start = time.perf_counter()
     organism = Organism(name, args, judge)
-    lines = [f"### {name}", ""]
+    lines = [f"### {Path(name).name}", ""]
     # 1. diagnosis on the whole profile set
     whole = organism.profile(load_profile_set(PROFILE_SET), "whole")
     aurocs = [e.auroc for e in whole.modules.values() if e.auroc is not None]
@@ -778,7 +778,7 @@ def main() -> None:
     judge = make_judge("profanity")
     summary = {}
     for name in args.organisms.split(","):
-        summary[name] = run_organism(name, args, judge)
+        summary[Path(name).name] = run_organism(name, args, judge)
         (args.workdir / "results.json").write_text(json.dumps(summary, indent=1, default=str))
     lines = ["### All organisms (hooks; baked replies are compared per organism above)", ""]
     lines.append(SUMMARY_HEADER)
