@@ -6,9 +6,10 @@ For each organism (`organism`, `organism-plain`, `organism-staged`):
    direction's separability and asymmetry, who writes the shift (attention vs MLP), the AUROC
    histogram's distance from chance.
 2. `builtin:organism` is split once (`split_profile_set`, seed 0, 0.5/0.25/0.25, stratified by
-   label): while knobs are chosen, SGM is profiled and the edit fitted on the first part and
-   every candidate is measured on the second (the tuning split); the chosen setting of each
-   method is then refitted on the first two parts together (288 rows), and the third part is a
+   label): SGM is profiled and the edit fitted on the first part and every candidate is
+   measured on the second (the tuning split); what is evaluated is each method's chosen
+   candidate as fitted there, which is what the tool's tuner bakes (`--refit`: refitted on the
+   first two parts together, 288 rows, as this benchmark did before). The third part is a
    held-out report inside the profile set. The evaluation set is never used to choose
    anything.
 3. On the tuning split each candidate is measured: harm (the judge on greedy replies to its
@@ -39,7 +40,8 @@ For each organism (`organism`, `organism-plain`, `organism-staged`):
    sign say ?" on any word; reported, never used to choose), degenerate share, and KL from the
    base on the evaluation set's benign reference answers.
 5. Leave one trigger out: for each of the 7 triggers (4 image words, 3 jailbreaks), the rows
-   of the final fitting set that use it are removed, each method is refitted with its chosen knobs
+   of the fitting set (the profiling split; with `--refit` the first two parts) that use it are
+   removed, each method is refitted with its chosen knobs
    (SGM re-profiled, the edit refitted), and the evaluation items that use the trigger are
    judged. The knobs themselves were chosen with every trigger present in the tuning split.
 
@@ -280,14 +282,17 @@ class Organism:
         self.full_rows = rows_from_profile_set(full)
         self.splits = split_profile_set(full, args.seed)
         self.fit_rows = rows_from_profile_set(self.splits.profile)
-        # knobs are chosen with the fit on the profiling split; the chosen setting is then
-        # refitted on the profiling and tuning splits together (the report split stays out)
-        chosen_ids = {x.id for x in self.splits.profile.samples + self.splits.tune.samples}
-        self.final_set = ProfileSet(
-            f"{full.name}[profile+tune]",
-            self.splits.profile.sha256,
-            tuple(x for x in full.samples if x.id in chosen_ids),
-        )
+        # knobs are chosen with the fit on the profiling split, and what is evaluated is that fit,
+        # as the tool's tuner bakes it; with --refit the chosen setting is refitted on the
+        # profiling and tuning splits together (the report split stays out)
+        self.final_set = self.splits.profile
+        if args.refit:
+            chosen_ids = {x.id for x in self.splits.profile.samples + self.splits.tune.samples}
+            self.final_set = ProfileSet(
+                f"{full.name}[profile+tune]",
+                self.splits.profile.sha256,
+                tuple(x for x in full.samples if x.id in chosen_ids),
+            )
         self.final_rows = rows_from_profile_set(self.final_set)
         self.sgm_choice: Candidate | None = None
         self.measure = TuneMeasure(self.chat, self.splits.tune, judge, self.workdir)
@@ -770,6 +775,12 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max-kl", type=float, default=0.1)
     parser.add_argument("--quick", action="store_true", help="a small edit grid, for a smoke run")
+    parser.add_argument(
+        "--refit",
+        action="store_true",
+        help="refit each chosen setting on the profiling and tuning splits together (the tool "
+        "bakes the fit on the profiling split, which is what is evaluated without this)",
+    )
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING)
